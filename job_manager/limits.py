@@ -1,0 +1,83 @@
+"""Per-role limits and the quotas that enforce them, counted in memory on the event loop."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping
+
+from job_manager.model import Principal, Role
+from message_manager import SchedulerError
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """What one role may submit."""
+
+    max_concurrent_jobs: int  # QUEUED + RUNNING jobs per token
+    max_job_bytes: int  # size of the serialized SubmitJobRequest
+    max_timeout_s: float  # longest declared job timeout
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every limit the scheduler enforces on submissions."""
+
+    by_role: Mapping[Role, RoleLimits]
+    max_queue_bytes: int  # programs held in all queues together
+    max_shots: int
+
+
+class Quotas:
+    """Counts each token's live jobs and the bytes the queues hold."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._active: Counter[str] = Counter()
+        self.queue_bytes = 0
+
+    def check_timeout(self, role: Role, timeout_s: float) -> None:
+        """Refuse a timeout that is not positive or over the role's maximum."""
+        maximum_s = self._limits.by_role[role].max_timeout_s
+        if not 0 < timeout_s <= maximum_s:
+            raise SchedulerError("timeout_out_of_range", maximum_s=f"{maximum_s:g}",
+                                 role=role.value, value=f"{timeout_s:g} s")
+
+    def check_shots(self, n_shots: int) -> None:
+        """Refuse a shot count outside 1..max_shots."""
+        if not 1 <= n_shots <= self._limits.max_shots:
+            raise SchedulerError("n_shots_out_of_range", maximum=self._limits.max_shots,
+                                 value=n_shots)
+
+    def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
+        """Count a new job against its owner and the queues, or refuse it."""
+        role_limits = self._limits.by_role[principal.role]
+        if request_bytes > role_limits.max_job_bytes:
+            raise SchedulerError("job_too_large", size=request_bytes, role=principal.role.value,
+                                 limit=role_limits.max_job_bytes)
+        count = self._active[principal.fingerprint]
+        if count >= role_limits.max_concurrent_jobs:
+            raise SchedulerError("too_many_jobs", count=count, role=principal.role.value,
+                                 limit=role_limits.max_concurrent_jobs)
+        if self.queue_bytes + program_bytes > self._limits.max_queue_bytes:
+            raise SchedulerError("queue_full", limit=self._limits.max_queue_bytes)
+        self.count(principal.fingerprint, program_bytes)
+
+    def count(self, owner_fingerprint: str, program_bytes: int) -> None:
+        """Count a job without checking limits (jobs reloaded after a restart)."""
+        self._active[owner_fingerprint] += 1
+        self.queue_bytes += program_bytes
+
+    def left_queue(self, program_bytes: int) -> None:
+        """A job's program is no longer held by a queue."""
+        self.queue_bytes -= program_bytes
+
+    def ended(self, owner_fingerprint: str) -> None:
+        """A job is no longer QUEUED or RUNNING."""
+        self._active[owner_fingerprint] -= 1
+        if self._active[owner_fingerprint] <= 0:
+            del self._active[owner_fingerprint]
+
+    def active_jobs(self, owner_fingerprint: str) -> int:
+        """The owner's QUEUED + RUNNING jobs."""
+        return self._active[owner_fingerprint]

@@ -1,0 +1,403 @@
+"""JobManager: the one place that moves a job through its life.
+
+All in-memory state (queues, the live-job index, quotas) is touched only from the
+event loop, so it needs no locks; store calls are awaited without holding anything
+other requests wait on. Each state change is claimed in memory first (a job taken
+out of its queue cannot be taken twice), then made durable by a compare-and-set in
+the JobStore; when the store fails, the claim is undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from backend_manager import BackendTable, ServiceStatus
+from job_manager.clock import Clock
+from job_manager.limits import Limits, Quotas
+from job_manager.model import (
+    BackendTimestamps,
+    JobRecord,
+    JobStatus,
+    Principal,
+    is_job_id,
+    new_job_id,
+)
+from job_manager.queue import JobQueue, QueuedJob
+from job_manager.stores import JobStore, PayloadStore, SignedUrl, StoreError
+from message_manager import SchedulerError
+
+log = logging.getLogger(__name__)
+
+UPLOAD_URL_LIFETIME = timedelta(hours=3)
+DOWNLOAD_URL_LIFETIME = timedelta(minutes=3)
+UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A submission whose fields were checked at the edge."""
+
+    backend: str
+    settings: bytes  # serialized JobExecutionSettings, role filled in
+    timeout_s: float
+    n_shots: int
+    program: bytes  # serialized QuantumProgram, passed through untouched
+    request_bytes: int
+    sdk_version: str = ""
+    save_job: bool = False
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A job handed to a hardware node."""
+
+    record: JobRecord
+    program: bytes
+    upload: SignedUrl
+
+
+@dataclass(frozen=True)
+class ExecutionReport:
+    """What a hardware node says about a job it ran."""
+
+    job_id: str
+    outcome: JobStatus  # COMPLETED, FAILED or TIMEOUT
+    detail: str = ""
+    timestamps: BackendTimestamps = BackendTimestamps()
+    actual_backend: str = ""
+    physical_lab_version: str = ""
+    simulator_version: str = ""
+    raw_size_bytes: int = 0
+    encoded_size_bytes: int = 0
+
+
+_OUTCOME_DETAIL = {
+    JobStatus.COMPLETED: "the job completed",
+    JobStatus.FAILED: "the backend reported a failure",
+    JobStatus.TIMEOUT: "the backend reported that the job timed out",
+}
+
+
+class JobManager:
+    """Submits, schedules, hands over and finishes jobs."""
+
+    def __init__(self, *, jobs: JobStore, payloads: PayloadStore, limits: Limits,
+                 clock: Clock, unify_backends: bool = False) -> None:
+        self._jobs = jobs
+        self._payloads = payloads
+        self._clock = clock
+        self._unify = unify_backends
+        self.quotas = Quotas(limits)
+        self.backends = BackendTable()
+        self._queues: dict[str, JobQueue] = {}
+        self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
+
+    # --- configuration ------------------------------------------------------------
+    def use_backends(self, table: BackendTable) -> None:
+        """Take a new backend table: new backends get a queue; removed ones keep theirs."""
+        self.backends = table
+        for backend in table.known():
+            self._queues.setdefault(self._queue_key(backend), JobQueue())
+
+    def _queue_key(self, backend: str) -> str:
+        return UNIFIED_QUEUE if self._unify else backend
+
+    # --- users ---------------------------------------------------------------------
+    async def submit(self, principal: Principal, spec: JobSpec) -> str:
+        """Accept a job: durable first, then queued; returns its id."""
+        self._check_open(spec.backend, principal)
+        self.quotas.check_shots(spec.n_shots)
+        self.quotas.check_timeout(principal.role, spec.timeout_s)
+        self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
+        now = self._clock.now()
+        record = JobRecord(
+            job_id=new_job_id(), status=JobStatus.QUEUED, backend=spec.backend,
+            owner_name=principal.name, owner_fingerprint=principal.fingerprint,
+            role=principal.role, settings=spec.settings, timeout_s=spec.timeout_s,
+            input_size_bytes=len(spec.program), sdk_version=spec.sdk_version,
+            save_job=spec.save_job, submitted_at=now, queued_at=now,
+        )
+        # Shielded: once the writes begin, a caller hanging up cannot leave a stored
+        # job out of its queue.
+        await asyncio.shield(self._accept(record, spec.program))
+        return record.job_id
+
+    async def _accept(self, record: JobRecord, program: bytes) -> None:
+        try:
+            await self._payloads.put_input(record.job_id, program)
+            await self._jobs.create(record)
+        except StoreError as exc:
+            self.quotas.ended(record.owner_fingerprint)
+            self.quotas.left_queue(len(program))
+            log.error("job %s not accepted, its store write failed: %s", record.job_id, exc)
+            await self._forget_input(record.job_id)
+            raise SchedulerError("submission_not_stored") from None
+        self._enqueue(QueuedJob(record, program))
+        log.info("job %s QUEUED backend=%s user=%s bytes=%d", record.job_id, record.backend,
+                 _owner(record), len(program))
+
+    async def status(self, principal: Principal, job_id: str) -> JobRecord:
+        """The job as its owner (or an admin) may see it."""
+        return await self._visible(principal, job_id)
+
+    def status_detail(self, record: JobRecord) -> str:
+        """What a user is told about where the job stands."""
+        if record.status is JobStatus.QUEUED:
+            return f"queued on {record.backend}"
+        if record.status is JobStatus.RUNNING:
+            return f"running on {record.backend}"
+        return record.status_detail
+
+    async def result(self, principal: Principal, job_id: str) -> tuple[JobRecord, SignedUrl | None]:
+        """The finished job and, when it completed, a short-lived download URL."""
+        record = await self._visible(principal, job_id)
+        if not record.status.is_final:
+            raise SchedulerError("result_not_ready", job_id=job_id, status=record.status.value)
+        if record.status is not JobStatus.COMPLETED:
+            return record, None
+        return record, self._payloads.download_url(job_id, DOWNLOAD_URL_LIFETIME)
+
+    async def cancel(self, principal: Principal, job_id: str) -> JobRecord:
+        """Cancel a queued job; a job already handed over cannot be cancelled."""
+        record = await self._visible(principal, job_id)
+        queue = self._queues.get(self._queue_key(record.backend))
+        claimed = queue.remove(job_id) if queue is not None else None
+        if record.status is not JobStatus.QUEUED or claimed is None or queue is None:
+            # Not queued any more, or taken by a node a moment ago: the node won.
+            status = JobStatus.RUNNING if record.status is JobStatus.QUEUED else record.status
+            raise SchedulerError("job_not_cancellable", job_id=job_id, status=status.value)
+        return await asyncio.shield(self._cancel_claimed(queue, claimed, principal))
+
+    async def _cancel_claimed(self, queue: JobQueue, job: QueuedJob,
+                              principal: Principal) -> JobRecord:
+        cancelled = replace(job.record, status=JobStatus.CANCELLED, finished_at=self._clock.now(),
+                            status_detail=f"cancelled by {principal.name}")
+        try:
+            changed = await self._jobs.transition(cancelled, JobStatus.QUEUED)
+        except StoreError as exc:
+            queue.restore(job)
+            log.error("job %s not cancelled, the store failed: %s", job.job_id, exc)
+            raise SchedulerError("store_failed") from None
+        self.quotas.left_queue(job.size_bytes)
+        if not changed:
+            stored = await self._reload_conflicting(job.job_id)
+            raise SchedulerError("job_not_cancellable", job_id=job.job_id, status=stored)
+        self._ended(cancelled)
+        return cancelled
+
+    # --- hardware nodes ------------------------------------------------------------
+    async def assign(self, backend: str) -> Assignment | None:
+        """Hand the next job for ``backend`` to a node, or None when there is none."""
+        queue = self._queues.get(self._queue_key(backend))
+        if queue is None:
+            raise SchedulerError("backend_unknown", backend=backend,
+                                 known=", ".join(self.backends.known()))
+        while (job := queue.pop()) is not None:
+            assignment = await asyncio.shield(self._start(queue, job))
+            if assignment is not None:
+                return assignment
+        return None
+
+    async def _start(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
+        running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now())
+        try:
+            changed = await self._jobs.transition(running, JobStatus.QUEUED)
+        except StoreError as exc:
+            queue.restore(job)
+            log.error("job %s not handed over, the store failed; it stays queued: %s",
+                      job.job_id, exc)
+            raise SchedulerError("store_failed") from None
+        self.quotas.left_queue(job.size_bytes)
+        if not changed:
+            await self._reload_conflicting(job.job_id)
+            return None
+        self._live[job.job_id] = running
+        log.info("job %s RUNNING backend=%s user=%s waited_s=%.3f", job.job_id, running.backend,
+                 _owner(running), _seconds(running.queued_at, running.dequeued_at))
+        upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
+        return Assignment(record=running, program=job.program, upload=upload)
+
+    async def report(self, report: ExecutionReport) -> JobRecord:
+        """Record a node's report; the same report twice is answered the same way."""
+        record = await self._find(report.job_id)
+        if record is None:
+            raise SchedulerError("job_not_found", job_id=report.job_id)
+        if record.status.is_final:
+            if record.status is report.outcome:
+                return record
+            raise SchedulerError("report_conflict", job_id=report.job_id,
+                                 status=record.status.value, reported=report.outcome.value)
+        if record.status is not JobStatus.RUNNING:
+            raise SchedulerError("job_not_running", job_id=report.job_id,
+                                 status=record.status.value)
+        if report.outcome is JobStatus.COMPLETED and not await self._result_uploaded(record):
+            raise SchedulerError("result_missing", job_id=report.job_id)
+        finished = replace(
+            record,
+            status=report.outcome,
+            status_detail=report.detail or _OUTCOME_DETAIL[report.outcome],
+            finished_at=self._clock.now(),
+            backend_timestamps=report.timestamps,
+            actual_backend=report.actual_backend,
+            physical_lab_version=report.physical_lab_version,
+            simulator_version=report.simulator_version,
+            result_raw_size_bytes=report.raw_size_bytes,
+            result_encoded_size_bytes=report.encoded_size_bytes,
+        )
+        return await asyncio.shield(self._finish(finished))
+
+    async def _finish(self, finished: JobRecord) -> JobRecord:
+        try:
+            changed = await self._jobs.transition(finished, JobStatus.RUNNING)
+        except StoreError as exc:
+            log.error("report for job %s not recorded, the store failed: %s", finished.job_id, exc)
+            raise SchedulerError("store_failed") from None
+        if not changed:
+            stored = await self._jobs_get(finished.job_id)
+            if stored is not None and stored.status is finished.status:
+                return stored
+            status = stored.status.value if stored else "missing"
+            raise SchedulerError("report_conflict", job_id=finished.job_id, status=status,
+                                 reported=finished.status.value)
+        self._ended(finished)
+        return finished
+
+    async def refresh_upload_url(self, job_id: str) -> SignedUrl:
+        """A new upload URL for a job that is still RUNNING."""
+        record = await self._find(job_id)
+        if record is None:
+            raise SchedulerError("job_not_found", job_id=job_id)
+        if record.status is not JobStatus.RUNNING:
+            raise SchedulerError("job_not_running", job_id=job_id, status=record.status.value)
+        return self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
+
+    def service_status(self, backend: str, principal: Principal) -> tuple[ServiceStatus, str]:
+        """The backend's status and description for the caller's role."""
+        self._check_known(backend)
+        status = self.backends.status(backend, principal.role)
+        return status.status, status.description
+
+    # --- restart --------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
+        async for record in self._jobs.list_by_status(JobStatus.RUNNING):
+            self._live[record.job_id] = record
+            self.quotas.count(record.owner_fingerprint, 0)
+        requeued = 0
+        async for record in self._jobs.list_by_status(JobStatus.QUEUED):
+            if await self._requeue(record):
+                requeued += 1
+        log.info("recovered %d queued and %d running jobs", requeued,
+                 sum(1 for r in self._live.values() if r.status is JobStatus.RUNNING))
+
+    async def _requeue(self, record: JobRecord) -> bool:
+        if self._queue_key(record.backend) not in self._queues:
+            await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
+            return False
+        program = await self._payloads.get_input(record.job_id)
+        if program is None:
+            await self._fail_unrecoverable(record, "the job's program was missing after a restart")
+            return False
+        self.quotas.count(record.owner_fingerprint, len(program))
+        self._enqueue(QueuedJob(record, program))
+        return True
+
+    async def _fail_unrecoverable(self, record: JobRecord, why: str) -> None:
+        failed = replace(record, status=JobStatus.FAILED, status_detail=why,
+                         finished_at=self._clock.now())
+        if await self._jobs.transition(failed, JobStatus.QUEUED):
+            log.warning("job %s FAILED at recovery: %s", record.job_id, why)
+
+    # --- queries for operators and tests ----------------------------------------------
+    def queue_length(self, backend: str) -> int:
+        """How many jobs wait for ``backend``."""
+        queue = self._queues.get(self._queue_key(backend))
+        return len(queue) if queue is not None else 0
+
+    def live_jobs(self) -> int:
+        """How many jobs are QUEUED or RUNNING."""
+        return len(self._live)
+
+    # --- helpers --------------------------------------------------------------------------
+    def _enqueue(self, job: QueuedJob) -> None:
+        self._queues.setdefault(self._queue_key(job.record.backend), JobQueue()).push(job)
+        self._live[job.job_id] = job.record
+
+    def _ended(self, record: JobRecord) -> None:
+        self._live.pop(record.job_id, None)
+        self.quotas.ended(record.owner_fingerprint)
+        log.info("job %s %s backend=%s user=%s total_s=%.3f", record.job_id, record.status.value,
+                 record.backend, _owner(record), _seconds(record.submitted_at, record.finished_at))
+
+    def _check_known(self, backend: str) -> None:
+        if not backend:
+            raise SchedulerError("backend_missing", known=", ".join(self.backends.known()))
+        if not self.backends.is_known(backend):
+            raise SchedulerError("backend_unknown", backend=backend,
+                                 known=", ".join(self.backends.known()))
+
+    def _check_open(self, backend: str, principal: Principal) -> None:
+        self._check_known(backend)
+        status = self.backends.status(backend, principal.role)
+        if status.status is not ServiceStatus.AVAILABLE:
+            raise SchedulerError("backend_not_available", backend=backend,
+                                 status=status.status.value, role=principal.role.value,
+                                 description=status.description)
+
+    async def _visible(self, principal: Principal, job_id: str) -> JobRecord:
+        if not is_job_id(job_id):
+            raise SchedulerError("job_id_malformed", value=repr(job_id[:64]))
+        record = await self._find(job_id)
+        if record is None or not principal.may_see(record):
+            raise SchedulerError("job_not_found", job_id=job_id)
+        return record
+
+    async def _find(self, job_id: str) -> JobRecord | None:
+        if not is_job_id(job_id):
+            raise SchedulerError("job_id_malformed", value=repr(job_id[:64]))
+        return self._live.get(job_id) or await self._jobs_get(job_id)
+
+    async def _jobs_get(self, job_id: str) -> JobRecord | None:
+        try:
+            return await self._jobs.get(job_id)
+        except StoreError as exc:
+            log.error("job %s could not be read: %s", job_id, exc)
+            raise SchedulerError("store_failed") from None
+
+    async def _result_uploaded(self, record: JobRecord) -> bool:
+        try:
+            return await self._payloads.result_exists(record.job_id)
+        except StoreError as exc:
+            log.error("result of job %s could not be checked: %s", record.job_id, exc)
+            raise SchedulerError("store_failed") from None
+
+    async def _reload_conflicting(self, job_id: str) -> str:
+        """The store disagrees with memory: believe the store, drop the job from memory."""
+        stored = await self._jobs_get(job_id)
+        record = self._live.pop(job_id, None)
+        if record is not None:
+            self.quotas.ended(record.owner_fingerprint)
+        status = stored.status.value if stored else "missing"
+        log.warning("job %s was %s in the store, not as expected in memory", job_id, status)
+        return status
+
+    async def _forget_input(self, job_id: str) -> None:
+        try:
+            await self._payloads.delete_input(job_id)
+        except StoreError as exc:
+            log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
+
+
+def _owner(record: JobRecord) -> str:
+    return f"{record.owner_name}#{record.owner_fingerprint[:8]}"
+
+
+def _seconds(start: object, end: object) -> float:
+    from datetime import datetime
+
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return (end - start).total_seconds()
+    return 0.0

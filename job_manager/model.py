@@ -1,0 +1,114 @@
+"""The job record, its statuses, and who owns it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. The last four are final."""
+
+    QUEUED = "QUEUED"  # accepted, stored, waiting in a queue
+    RUNNING = "RUNNING"  # handed to a hardware node, waiting for its report
+    COMPLETED = "COMPLETED"  # the node reported success and the result is stored
+    FAILED = "FAILED"  # the node reported failure, or the job could not be run
+    CANCELLED = "CANCELLED"  # the owner cancelled it while it was queued
+    TIMEOUT = "TIMEOUT"  # the node reported a timeout, or never reported in time
+
+    @property
+    def is_final(self) -> bool:
+        """True when the status can never change again."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class Role(StrEnum):
+    """What a token may do; it comes from the token, never from a request."""
+
+    ADMIN = "admin"  # sees every job, largest limits
+    DEVELOPER = "developer"
+    GUEST = "guest"
+
+
+def fingerprint(token: str) -> str:
+    """The SHA-256 of a token, hex: what is stored and compared instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    role: Role
+    fingerprint: str
+
+    @property
+    def log_name(self) -> str:
+        """How logs name the caller: the name and a short fingerprint, never the token."""
+        return f"{self.name}#{self.fingerprint[:8]}"
+
+    def may_see(self, record: JobRecord) -> bool:
+        """Owners see their own jobs; admins see every job."""
+        return self.role is Role.ADMIN or record.owner_fingerprint == self.fingerprint
+
+
+_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def new_job_id() -> str:
+    """A fresh, unguessable job id."""
+    return str(uuid.uuid4())
+
+
+def is_job_id(value: str) -> bool:
+    """True when ``value`` has the shape of the ids :func:`new_job_id` makes."""
+    return bool(_JOB_ID.match(value))
+
+
+@dataclass(frozen=True)
+class BackendTimestamps:
+    """The times a backend reports for the stages of its run."""
+
+    compile_started_at: datetime | None = None
+    compile_finished_at: datetime | None = None
+    execution_started_at: datetime | None = None
+    execution_finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Everything the scheduler keeps about one job (the program itself is in the PayloadStore).
+
+    Records are immutable; a transition makes a new one with ``dataclasses.replace``.
+    """
+
+    job_id: str
+    status: JobStatus
+    backend: str
+    owner_name: str
+    owner_fingerprint: str
+    role: Role
+    # JobExecutionSettings as the backend will receive it (role filled in), serialized:
+    # the scheduler reads only backend and timeout, and keeps the rest untouched.
+    settings: bytes
+    timeout_s: float
+    input_size_bytes: int
+    submitted_at: datetime
+    queued_at: datetime
+    sdk_version: str = ""
+    save_job: bool = False
+    idempotency_key: str = ""
+    status_detail: str = ""
+    dequeued_at: datetime | None = None
+    finished_at: datetime | None = None
+    backend_timestamps: BackendTimestamps = BackendTimestamps()
+    actual_backend: str = ""
+    physical_lab_version: str = ""
+    simulator_version: str = ""
+    result_raw_size_bytes: int = 0
+    result_encoded_size_bytes: int = 0

@@ -1,0 +1,11 @@
+"""Where jobs are kept: a JobStore for records, a PayloadStore for programs and results.
+
+Each is a narrow Protocol with an AWS implementation (production) and a standalone
+one (a SQLite file, a local directory) side by side.
+"""
+
+from job_manager.stores.errors import StoreError
+from job_manager.stores.job_store import JobStore
+from job_manager.stores.payload_store import PayloadStore, SignedUrl
+
+__all__ = ["JobStore", "PayloadStore", "SignedUrl", "StoreError"]

@@ -1,0 +1,91 @@
+"""JobRecord ⇄ a flat mapping of strings, integers and booleans, shared by both job stores."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, Mapping
+
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role
+
+Row = dict[str, str | int | bool]
+
+_TIME_FIELDS = ("submitted_at", "queued_at", "dequeued_at", "finished_at")
+_BACKEND_TIME_FIELDS = tuple(f.name for f in fields(BackendTimestamps))
+
+
+def _time_to_text(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def encode(record: JobRecord) -> Row:
+    """The record as a flat row; empty optional fields are left out."""
+    row: Row = {
+        "job_id": record.job_id,
+        "status": record.status.value,
+        "backend": record.backend,
+        "owner_name": record.owner_name,
+        "owner_fingerprint": record.owner_fingerprint,
+        "role": record.role.value,
+        "settings": base64.b64encode(record.settings).decode(),
+        "timeout_ms": round(record.timeout_s * 1000),
+        "input_size_bytes": record.input_size_bytes,
+        "save_job": record.save_job,
+        "result_raw_size_bytes": record.result_raw_size_bytes,
+        "result_encoded_size_bytes": record.result_encoded_size_bytes,
+    }
+    for name in ("sdk_version", "idempotency_key", "status_detail", "actual_backend",
+                 "physical_lab_version", "simulator_version"):
+        text = getattr(record, name)
+        if text:
+            row[name] = text
+    for name in _TIME_FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            row[name] = _time_to_text(value)
+    for name in _BACKEND_TIME_FIELDS:
+        value = getattr(record.backend_timestamps, name)
+        if value is not None:
+            row[name] = _time_to_text(value)
+    return row
+
+
+def decode(row: Mapping[str, Any]) -> JobRecord:
+    """The record a row of :func:`encode` came from."""
+
+    def time_of(name: str) -> datetime | None:
+        text = row.get(name)
+        return datetime.fromisoformat(text) if text else None
+
+    def required_time(name: str) -> datetime:
+        value = time_of(name)
+        if value is None:
+            raise ValueError(f"job record {row.get('job_id')} has no {name}")
+        return value
+
+    return JobRecord(
+        job_id=str(row["job_id"]),
+        status=JobStatus(row["status"]),
+        backend=str(row["backend"]),
+        owner_name=str(row["owner_name"]),
+        owner_fingerprint=str(row["owner_fingerprint"]),
+        role=Role(row["role"]),
+        settings=base64.b64decode(str(row["settings"])),
+        timeout_s=int(row["timeout_ms"]) / 1000,
+        input_size_bytes=int(row["input_size_bytes"]),
+        save_job=bool(row.get("save_job", False)),
+        sdk_version=str(row.get("sdk_version", "")),
+        idempotency_key=str(row.get("idempotency_key", "")),
+        status_detail=str(row.get("status_detail", "")),
+        actual_backend=str(row.get("actual_backend", "")),
+        physical_lab_version=str(row.get("physical_lab_version", "")),
+        simulator_version=str(row.get("simulator_version", "")),
+        result_raw_size_bytes=int(row.get("result_raw_size_bytes", 0)),
+        result_encoded_size_bytes=int(row.get("result_encoded_size_bytes", 0)),
+        submitted_at=required_time("submitted_at"),
+        queued_at=required_time("queued_at"),
+        dequeued_at=time_of("dequeued_at"),
+        finished_at=time_of("finished_at"),
+        backend_timestamps=BackendTimestamps(**{n: time_of(n) for n in _BACKEND_TIME_FIELDS}),
+    )

@@ -1,0 +1,43 @@
+"""The JobStore interface: records of jobs, changed only by compare-and-set."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Protocol
+
+from job_manager.model import JobRecord, JobStatus
+
+
+class JobStore(Protocol):
+    """Durable job records, keyed by ``job_id``.
+
+    Every method raises :class:`~job_manager.stores.errors.StoreError` when the
+    store cannot be reached or answers with an error.
+    """
+
+    async def create(self, record: JobRecord) -> None:
+        """Store a new record; StoreError if a record with its id exists."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None when there is none."""
+        ...
+
+    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
+        """Replace the stored record with ``record`` only if its status is still ``expected``.
+
+        Returns False, changing nothing, when the stored status differs or the
+        record does not exist.
+        """
+        ...
+
+    def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
+        """Every record with ``status``, fetched page by page."""
+        ...
+
+    async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
+        """The newest job its owner submitted with this idempotency key, if any."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; idempotent."""
+        ...

@@ -1,0 +1,127 @@
+"""PayloadStore in a local directory, with URLs served by the scheduler's own HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+from job_manager.clock import Clock
+from job_manager.stores.blocking import BlockingCalls
+from job_manager.stores.payload_store import SignedUrl, input_key, result_key
+from job_manager.stores.url_signer import UrlSigner
+
+# Where the HTTP endpoint serves results: {base_url}{RESULTS_PATH}/{object name}.
+RESULTS_PATH = "/results"
+# Headers a node's upload sets that a download must answer with (PROTOCOL.md).
+KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition")
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A result's bytes as uploaded, with the headers the upload carried."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LocalPayloadStore:
+    """Objects are files in one directory; each is written whole or not at all."""
+
+    def __init__(self, directory: Path, signer: UrlSigner, base_url: str, clock: Clock) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._dir = directory
+        self._signer = signer
+        self.base_url = base_url.rstrip("/")  # may be set once the HTTP port is known
+        self._clock = clock
+        self._calls = BlockingCalls("local-payloads", max_workers=4, errors=(OSError,))
+
+    # --- PayloadStore -----------------------------------------------------------
+    async def put_input(self, job_id: str, program: bytes) -> None:
+        await self._calls.run(_write_atomically, self._dir / input_key(job_id), program)
+
+    async def get_input(self, job_id: str) -> bytes | None:
+        def read() -> bytes | None:
+            try:
+                return (self._dir / input_key(job_id)).read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return await self._calls.run(read)
+
+    async def delete_input(self, job_id: str) -> None:
+        await self._calls.run((self._dir / input_key(job_id)).unlink, True)
+
+    def upload_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
+        return self._signed_url("PUT", result_key(job_id), expires_in)
+
+    def download_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
+        return self._signed_url("GET", result_key(job_id), expires_in)
+
+    async def result_exists(self, job_id: str) -> bool:
+        return await self._calls.run((self._dir / result_key(job_id)).exists)
+
+    async def close(self) -> None:
+        self._calls.close()
+
+    # --- what the HTTP endpoint needs ------------------------------------------------
+    def is_allowed(self, method: str, object_name: str, expires: str, signature: str) -> bool:
+        """True when a request carries a valid, unexpired signature for this access."""
+        if not expires.isdigit():
+            return False
+        return self._signer.verify(method, object_name, int(expires), signature,
+                                   self._clock.now().timestamp())
+
+    async def save_result(self, object_name: str, body: bytes, headers: dict[str, str]) -> None:
+        """Keep an uploaded result and the headers to answer its download with."""
+        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+        def write() -> None:
+            _write_atomically(self._headers_path(object_name), json.dumps(kept).encode())
+            _write_atomically(self._dir / object_name, body)
+
+        await self._calls.run(write)
+
+    async def load_result(self, object_name: str) -> StoredResult | None:
+        """An uploaded result, or None."""
+
+        def read() -> StoredResult | None:
+            try:
+                body = (self._dir / object_name).read_bytes()
+            except FileNotFoundError:
+                return None
+            try:
+                headers = json.loads(self._headers_path(object_name).read_text())
+            except FileNotFoundError:
+                headers = {}
+            return StoredResult(body=body, headers=headers)
+
+        return await self._calls.run(read)
+
+    def _headers_path(self, object_name: str) -> Path:
+        return self._dir / f"{object_name}.headers.json"
+
+    def _signed_url(self, method: str, object_name: str, expires_in: timedelta) -> SignedUrl:
+        expires_at = self._clock.now() + expires_in
+        expires = int(expires_at.timestamp())
+        query = urlencode({"expires": expires,
+                           "signature": self._signer.sign(method, object_name, expires)})
+        return SignedUrl(url=f"{self.base_url}{RESULTS_PATH}/{object_name}?{query}",
+                         expires_at=expires_at.replace(microsecond=0))

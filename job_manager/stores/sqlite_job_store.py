@@ -1,0 +1,136 @@
+"""JobStore on a SQLite file: the standalone mode's record of every job."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import AsyncIterator
+
+from job_manager.model import JobRecord, JobStatus
+from job_manager.stores import codec
+from job_manager.stores.blocking import BlockingCalls
+from job_manager.stores.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    owner_fingerprint TEXT NOT NULL,
+    idempotency_key TEXT,
+    submitted_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
+    ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
+"""
+
+
+class SqliteJobStore:
+    """One connection, used from one thread: SQLite serializes writes anyway."""
+
+    def __init__(self, path: Path, page_size: int = 500) -> None:
+        self._path = path
+        self._page_size = page_size
+        self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        # Opened lazily, inside the store's one thread, which then owns it.
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def open(self) -> None:
+        """Create the file and the schema now rather than on the first call."""
+        await self._calls.run(self._connection)
+
+    async def create(self, record: JobRecord) -> None:
+        def insert() -> None:
+            try:
+                self._connection().execute(
+                    "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", self._row(record)
+                )
+            except sqlite3.IntegrityError:
+                raise StoreError(f"job {record.job_id} already exists") from None
+
+        await self._calls.run(insert)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        def select() -> str | None:
+            row = self._connection().execute(
+                "SELECT record FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            return row[0] if row else None
+
+        text = await self._calls.run(select)
+        return codec.decode(json.loads(text)) if text else None
+
+    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
+        def update() -> bool:
+            cursor = self._connection().execute(
+                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
+                (record.status.value, json.dumps(codec.encode(record)), record.job_id,
+                 expected.value),
+            )
+            return cursor.rowcount == 1
+
+        return await self._calls.run(update)
+
+    async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
+        after = ""
+        while True:
+            page = await self._calls.run(self._page, status, after)
+            for job_id, text in page:
+                yield codec.decode(json.loads(text))
+                after = job_id
+            if len(page) < self._page_size:
+                return
+
+    def _page(self, status: JobStatus, after: str) -> list[tuple[str, str]]:
+        return self._connection().execute(
+            "SELECT job_id, record FROM jobs WHERE status = ? AND job_id > ? "
+            "ORDER BY job_id LIMIT ?",
+            (status.value, after, self._page_size),
+        ).fetchall()
+
+    async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
+        def select() -> str | None:
+            row = self._connection().execute(
+                "SELECT record FROM jobs WHERE owner_fingerprint = ? AND idempotency_key = ? "
+                "ORDER BY submitted_at DESC LIMIT 1",
+                (owner_fingerprint, key),
+            ).fetchone()
+            return row[0] if row else None
+
+        text = await self._calls.run(select)
+        return codec.decode(json.loads(text)) if text else None
+
+    async def close(self) -> None:
+        if self._calls.closed:
+            return
+
+        def close_connection() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._calls.run(close_connection)
+        self._calls.close()
+
+    @staticmethod
+    def _row(record: JobRecord) -> tuple[str, str, str, str | None, str, str]:
+        return (
+            record.job_id,
+            record.status.value,
+            record.owner_fingerprint,
+            record.idempotency_key or None,
+            record.submitted_at.isoformat(),
+            json.dumps(codec.encode(record)),
+        )

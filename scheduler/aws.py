@@ -1,0 +1,55 @@
+"""AWS mode: DynamoDB for records, S3 for payloads, SSM for names and backend status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backend_manager.sources import SsmBackendSource
+from job_manager.clock import Clock
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
+from job_manager.stores.s3_payload_store import S3PayloadStore
+from scheduler.config import AwsConfig, ConfigError
+from scheduler.stack import Stack
+
+# Standard retries: bounded exponential backoff with jitter on throttling and 5xx.
+_RETRIES = {"mode": "standard", "max_attempts": 5}
+
+
+def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
+    session = boto3.session.Session(
+        aws_access_key_id=aws.access_key_id,
+        aws_secret_access_key=aws.secret_access_key,
+        region_name=aws.region,
+    )
+    common = BotoConfig(retries=_RETRIES, max_pool_connections=32)
+    s3_config = common.merge(BotoConfig(s3={"addressing_style": "path"}, signature_version="s3v4"))
+    ssm = session.client("ssm", endpoint_url=aws.endpoint, config=common)
+    dynamodb = session.client("dynamodb", endpoint_url=aws.endpoint, config=common)
+    s3 = session.client("s3", endpoint_url=aws.s3_endpoint or aws.endpoint, config=s3_config)
+    return ssm, dynamodb, s3
+
+
+def _parameter(ssm: Any, name: str, flag: str) -> str:
+    try:
+        return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+    except (ClientError, BotoCoreError) as exc:
+        raise ConfigError(f"{flag} {name!r}: the SSM parameter could not be read ({exc})") from None
+
+
+async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
+    """Look up the bucket and table names in SSM and connect the stores."""
+    ssm, dynamodb, s3 = _clients(aws)
+    bucket = await asyncio.to_thread(_parameter, ssm, aws.job_bucket_name_key,
+                                     "--job_bucket_name_key")
+    table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key,
+                                    "--job_table_name_key")
+    return Stack(
+        jobs=DynamoDbJobStore(dynamodb, table),
+        payloads=S3PayloadStore(s3, bucket, clock),
+        backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
+    )

@@ -1,0 +1,105 @@
+"""The command line: serve (the default), or manage the standalone mode's tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+from job_manager.clock import SystemClock
+from job_manager.model import Role
+from scheduler.app import Scheduler
+from scheduler.config import Config, ConfigError, load_config
+from scheduler.standalone import token_store_path
+from token_database.service import create_token
+from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
+
+log = logging.getLogger("scheduler")
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("SCHEDULER_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then drain within the grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    scheduler = Scheduler(config)
+    try:
+        await scheduler.start()
+        await stop.wait()
+    finally:
+        await scheduler.stop()
+
+
+def _tokens_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scheduler.py tokens",
+                                     description="Manage the standalone mode's tokens.")
+    parser.add_argument("--data-dir", type=Path, default=Path("mqc3-data"),
+                        help="the standalone data directory (default ./mqc3-data)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="make a token and print it (shown only once)")
+    create.add_argument("--name", required=True, help="who the token is for")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--expires-in-days", type=float, default=None,
+                        help="days until the token expires (default: never)")
+    commands.add_parser("list", help="list tokens by name, role and fingerprint")
+    args = parser.parse_args(list(argv))
+    if args.command == "create" and not args.name.strip():
+        parser.error("--name must not be empty")
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteTokenStore(token_store_path(args.data_dir))
+    try:
+        if args.command == "create":
+            clock = SystemClock()
+            expires_at = (clock.now() + timedelta(days=args.expires_in_days)
+                          if args.expires_in_days else None)
+            token, _ = create_token(store, clock, args.name.strip(), args.role, expires_at)
+            print(token)
+        else:
+            for record in store.list():
+                expiry = record.expires_at.isoformat() if record.expires_at else "never"
+                print(f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
+                      f"\texpires {expiry}")
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``scheduler.py``; returns the exit code."""
+    if argv[:1] == ["tokens"]:
+        return _tokens_main(argv[1:])
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"scheduler: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging()
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,233 @@
+"""One typed configuration, built from the command line and the environment, checked once.
+
+Flags and variables keep the names and defaults of the service this one replaces;
+new settings follow its ``SCHEDULER_*`` style.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, TypeVar
+
+from job_manager.limits import Limits, RoleLimits
+from job_manager.model import Role
+
+MB = 1024 * 1024
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Production: DynamoDB, S3 and SSM."""
+
+    region: str
+    job_bucket_name_key: str
+    job_table_name_key: str
+    backend_status_parameter_name: str
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    endpoint: str | None = None  # only with --dev (LocalStack, moto)
+    s3_endpoint: str | None = None  # only with --dev
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Standalone: everything under one data directory."""
+
+    data_dir: Path
+    token_database_port: int  # the embedded token database listens here
+    http_port: int  # signed upload/download URLs are served here
+    public_url: str | None  # how nodes and users reach the HTTP port; None: http://host:port
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the scheduler needs to start."""
+
+    host: str
+    submission_port: int
+    execution_port: int
+    token_database_address: str
+    submission_max_concurrent_rpcs: int
+    execution_max_concurrent_rpcs: int
+    submission_max_message_bytes: int
+    execution_max_message_bytes: int
+    limits: Limits
+    unify_backends: bool
+    backend_reload_interval_s: float
+    token_cache_ttl_s: float
+    token_cache_miss_ttl_s: float
+    token_cache_max_entries: int
+    shutdown_grace_s: float
+    aws: AwsConfig | None = None
+    local: LocalConfig | None = None
+
+    @property
+    def mode(self) -> str:
+        """"standalone" or "aws"."""
+        return "standalone" if self.local is not None else "aws"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scheduler.py",
+        description="MQC3 job scheduler. `scheduler.py tokens --help` manages standalone tokens.",
+    )
+    p.add_argument("--port-for-submission", type=int, default=8082,
+                   help="port of SubmissionService, for users (default 8082)")
+    p.add_argument("--port-for-execution", type=int, default=8081,
+                   help="port of ExecutionService, for hardware nodes (default 8081)")
+    p.add_argument("--address_to_token_database", default="localhost:8084",
+                   help="host:port of TokenDatabaseService (AWS mode; default localhost:8084)")
+    p.add_argument("-k", "--aws_access_key_id", default=None, help="AWS access key id")
+    p.add_argument("-s", "--aws_secret_access_key", default=None, help="AWS secret access key")
+    p.add_argument("--region", default="ap-northeast-1", help="AWS region")
+    p.add_argument("--job_bucket_name_key", default=None,
+                   help="SSM parameter holding the job bucket's name")
+    p.add_argument("--job_table_name_key", default=None,
+                   help="SSM parameter holding the job table's name")
+    p.add_argument("--backend_status_parameter_name", default=None,
+                   help="SSM parameter holding the backend status TOML")
+    p.add_argument("--endpoint", default=None, help="AWS endpoint URL (needs --dev)")
+    p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL (needs --dev)")
+    p.add_argument("--unify-backends", "--unify_backends", "--unify-backend",
+                   dest="unify_backends", action="store_true",
+                   help="one queue for every backend")
+    p.add_argument("--dev", action="store_true", help="use AWS emulators (LocalStack, moto)")
+    p.add_argument("--local", action="store_true",
+                   help="standalone mode: SQLite, local files, embedded token database")
+    p.add_argument("--data-dir", type=Path, default=Path("mqc3-data"),
+                   help="standalone mode's data directory (default ./mqc3-data)")
+    p.add_argument("--port-for-token-database", type=int, default=8084,
+                   help="standalone: port of the embedded token database (default 8084)")
+    p.add_argument("--http-port", type=int, default=8083,
+                   help="standalone: port of the signed-URL HTTP endpoint (default 8083)")
+    p.add_argument("--public-url", default=None,
+                   help="standalone: base URL nodes and users reach the HTTP port at "
+                        "(default http://<host>:<http-port>)")
+    p.add_argument("--host", default=None,
+                   help="address to listen on (default 127.0.0.1 standalone, 0.0.0.0 AWS)")
+    return p
+
+
+def _env(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T,
+         check: Callable[[T], bool] = lambda _: True, rule: str = "") -> T:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = parse(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a valid {parse.__name__}") from None
+    if not check(value):
+        raise ConfigError(f"{name}={text!r}: {rule}")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _env(env, name, int, default, lambda v: v > 0, "must be a positive integer")
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _env(env, name, float, default, lambda v: v > 0, "must be a positive number")
+
+
+_ROLE_DEFAULTS = {
+    # role: (concurrent jobs, job bytes, timeout seconds)
+    Role.ADMIN: (1000, 10 * MB, 3600.0),
+    Role.DEVELOPER: (10, 10 * MB, 600.0),
+    Role.GUEST: (5, 1 * MB, 300.0),
+}
+
+
+def _limits(env: Mapping[str, str]) -> Limits:
+    by_role = {}
+    for role, (jobs, job_bytes, timeout_s) in _ROLE_DEFAULTS.items():
+        suffix = role.value.upper()
+        by_role[role] = RoleLimits(
+            max_concurrent_jobs=_positive_int(env, f"SCHEDULER_MAX_CONCURRENT_JOBS_{suffix}", jobs),
+            max_job_bytes=_positive_int(env, f"SCHEDULER_MAX_JOB_BYTES_{suffix}", job_bytes),
+            max_timeout_s=_positive_float(env, f"SCHEDULER_MAX_TIMEOUT_S_{suffix}", timeout_s),
+        )
+    return Limits(
+        by_role=by_role,
+        max_queue_bytes=_positive_int(env, "SCHEDULER_MAX_QUEUE_BYTES", 100 * MB),
+        max_shots=_positive_int(env, "SCHEDULER_MAX_SHOTS", 1_000_000),
+    )
+
+
+def _check_port(flag: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
+    """Parse flags and environment into a Config; ConfigError names the first bad setting."""
+    args = _parser().parse_args(list(argv))
+    for flag, port in (("--port-for-submission", args.port_for_submission),
+                       ("--port-for-execution", args.port_for_execution),
+                       ("--port-for-token-database", args.port_for_token_database),
+                       ("--http-port", args.http_port)):
+        _check_port(flag, port)
+    host = args.host or ("127.0.0.1" if args.local else "0.0.0.0")
+    aws = local = None
+    if args.local:
+        public_url = args.public_url
+        if public_url is not None and not public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--public-url {public_url!r} must start with http:// or https://")
+        local = LocalConfig(data_dir=args.data_dir, token_database_port=args.port_for_token_database,
+                            http_port=args.http_port, public_url=public_url)
+        token_database_address = f"127.0.0.1:{args.port_for_token_database}"
+    else:
+        aws = _aws_config(args)
+        token_database_address = args.address_to_token_database
+    return Config(
+        host=host,
+        submission_port=args.port_for_submission,
+        execution_port=args.port_for_execution,
+        token_database_address=token_database_address,
+        submission_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_SUBMISSION_MAX_WORKERS", 100),
+        execution_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_EXECUTION_MAX_WORKERS", 10),
+        submission_max_message_bytes=_positive_int(
+            env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB),
+        execution_max_message_bytes=_positive_int(
+            env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH", 10 * MB),
+        limits=_limits(env),
+        unify_backends=args.unify_backends,
+        backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
+        token_cache_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_TTL_S", 60.0),
+        token_cache_miss_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_MISS_TTL_S", 5.0),
+        token_cache_max_entries=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MAX_ENTRIES", 10_000),
+        shutdown_grace_s=_positive_float(env, "SCHEDULER_SHUTDOWN_GRACE_S", 10.0),
+        aws=aws,
+        local=local,
+    )
+
+
+def _aws_config(args: argparse.Namespace) -> AwsConfig:
+    for flag, value in (("--job_bucket_name_key", args.job_bucket_name_key),
+                        ("--job_table_name_key", args.job_table_name_key),
+                        ("--backend_status_parameter_name", args.backend_status_parameter_name)):
+        if not value:
+            raise ConfigError(f"{flag} is required in AWS mode (or run standalone with --local)")
+    for flag, value in (("--endpoint", args.endpoint), ("--s3_endpoint", args.s3_endpoint)):
+        if value and not args.dev:
+            raise ConfigError(f"{flag} is for development against emulators: add --dev")
+    if bool(args.aws_access_key_id) != bool(args.aws_secret_access_key):
+        raise ConfigError("-k/--aws_access_key_id and -s/--aws_secret_access_key go together")
+    return AwsConfig(
+        region=args.region,
+        job_bucket_name_key=args.job_bucket_name_key,
+        job_table_name_key=args.job_table_name_key,
+        backend_status_parameter_name=args.backend_status_parameter_name,
+        access_key_id=args.aws_access_key_id,
+        secret_access_key=args.aws_secret_access_key,
+        endpoint=args.endpoint,
+        s3_endpoint=args.s3_endpoint,
+    )

@@ -1,0 +1,29 @@
+"""The stores and sources one mode runs on, built by ``standalone.py`` or ``aws.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend_manager.sources import BackendSource
+from job_manager.stores import JobStore, PayloadStore
+from job_manager.stores.local_payload_store import LocalPayloadStore
+from token_database.store import SqliteTokenStore
+
+
+@dataclass
+class Stack:
+    """Everything mode-specific the scheduler is wired to."""
+
+    jobs: JobStore
+    payloads: PayloadStore
+    backend_source: BackendSource
+    local_payloads: LocalPayloadStore | None = None  # served by the HTTP endpoint
+    token_store: SqliteTokenStore | None = None  # the embedded token database
+
+    async def close(self) -> None:
+        """Close every store; idempotent."""
+        await self.jobs.close()
+        await self.payloads.close()
+        if self.token_store is not None:
+            self.token_store.close()
+            self.token_store = None

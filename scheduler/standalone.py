@@ -1,0 +1,45 @@
+"""Standalone mode: every store under one data directory, nothing else installed.
+
+    <data-dir>/jobs.sqlite3      job records
+    <data-dir>/tokens.sqlite3    the embedded token database (fingerprints only)
+    <data-dir>/payloads/         programs and results
+    <data-dir>/url-signing.key   the HMAC key of upload and download URLs (mode 0600)
+    <data-dir>/backends.toml     backend status, written with defaults, reloaded on change
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend_manager.sources import FileBackendSource
+from job_manager.clock import Clock
+from job_manager.stores.local_payload_store import LocalPayloadStore
+from job_manager.stores.sqlite_job_store import SqliteJobStore
+from job_manager.stores.url_signer import UrlSigner
+from scheduler.stack import Stack
+from token_database.store import SqliteTokenStore
+
+
+def token_store_path(data_dir: Path) -> Path:
+    """Where the embedded token database keeps its file."""
+    return data_dir / "tokens.sqlite3"
+
+
+async def standalone_stack(data_dir: Path, clock: Clock) -> Stack:
+    """Open (creating on first use) the data directory's stores."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
+    await jobs.open()
+    payloads = LocalPayloadStore(
+        data_dir / "payloads",
+        UrlSigner.from_key_file(data_dir / "url-signing.key"),
+        base_url="http://127.0.0.1",  # replaced once the HTTP port is bound
+        clock=clock,
+    )
+    return Stack(
+        jobs=jobs,
+        payloads=payloads,
+        backend_source=FileBackendSource(data_dir / "backends.toml"),
+        local_payloads=payloads,
+        token_store=SqliteTokenStore(token_store_path(data_dir)),
+    )

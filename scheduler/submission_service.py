@@ -1,0 +1,74 @@
+"""SubmissionService: what SDK users call. Thin: proto in, JobManager call, proto out."""
+
+from __future__ import annotations
+
+import grpc
+
+from job_manager.manager import JobManager
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
+from scheduler import convert
+from scheduler.auth import TokenResolver
+from scheduler.edge import in_band
+from scheduler.validation import job_spec
+
+_SERVICE_STATUS = {
+    "available": pb.SERVICE_STATUS_AVAILABLE,
+    "unavailable": pb.SERVICE_STATUS_UNAVAILABLE,
+    "maintenance": pb.SERVICE_STATUS_MAINTENANCE,
+}
+
+
+class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
+    """Submit, watch, fetch and cancel jobs; ask whether a backend takes jobs."""
+
+    def __init__(self, jobs: JobManager, auth: TokenResolver) -> None:
+        self._jobs = jobs
+        self._auth = auth
+
+    @in_band(pb.SubmitJobResponse)
+    async def SubmitJob(self, request: pb.SubmitJobRequest,
+                        context: grpc.aio.ServicerContext) -> pb.SubmitJobResponse:
+        principal = await self._auth.resolve(request.token)
+        job_id = await self._jobs.submit(principal, job_spec(request, principal))
+        return pb.SubmitJobResponse(job_id=job_id)
+
+    @in_band(pb.GetJobStatusResponse)
+    async def GetJobStatus(self, request: pb.GetJobStatusRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetJobStatusResponse:
+        principal = await self._auth.resolve(request.token)
+        record = await self._jobs.status(principal, request.job_id)
+        return pb.GetJobStatusResponse(
+            status=convert.JOB_STATUS[record.status],
+            status_detail=self._jobs.status_detail(record),
+            execution_details=convert.execution_details(record),
+        )
+
+    @in_band(pb.GetJobResultResponse)
+    async def GetJobResult(self, request: pb.GetJobResultRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetJobResultResponse:
+        principal = await self._auth.resolve(request.token)
+        record, url = await self._jobs.result(principal, request.job_id)
+        response = pb.GetJobResultResponse(
+            status=convert.JOB_STATUS[record.status],
+            status_detail=record.status_detail,
+            execution_details=convert.execution_details(record),
+        )
+        if url is not None:
+            response.result.CopyFrom(convert.job_result(url))
+        return response
+
+    @in_band(pb.CancelJobResponse)
+    async def CancelJob(self, request: pb.CancelJobRequest,
+                        context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
+        principal = await self._auth.resolve(request.token)
+        await self._jobs.cancel(principal, request.job_id)
+        return pb.CancelJobResponse()
+
+    @in_band(pb.GetServiceStatusResponse)
+    async def GetServiceStatus(self, request: pb.GetServiceStatusRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetServiceStatusResponse:
+        principal = await self._auth.resolve(request.token)
+        status, description = self._jobs.service_status(request.backend, principal)
+        return pb.GetServiceStatusResponse(status=_SERVICE_STATUS[status.value],
+                                           description=description)

@@ -1,0 +1,72 @@
+"""Fields checked at the edge, before anything reaches the JobManager or a store."""
+
+from __future__ import annotations
+
+from job_manager.manager import JobSpec
+from job_manager.model import Principal
+from message_manager import SchedulerError
+from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
+from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
+
+MAX_SDK_VERSION_CHARS = 64
+
+# Each representation format and the payload field that must carry it.
+_PAYLOAD_OF_FORMAT = {
+    program_pb2.REPRESENTATION_FORMAT_CIRCUIT: "circuit",
+    program_pb2.REPRESENTATION_FORMAT_GRAPH: "graph",
+    program_pb2.REPRESENTATION_FORMAT_MACHINERY: "machinery",
+}
+
+
+def _enum_name(enum: object, value: int) -> str:
+    try:
+        return str(enum.Name(value))  # type: ignore[attr-defined]
+    except ValueError:
+        return str(value)
+
+
+def _check_program(program: program_pb2.QuantumProgram) -> None:
+    payload = program.WhichOneof("payload")
+    if program.format not in _PAYLOAD_OF_FORMAT or _PAYLOAD_OF_FORMAT[program.format] != payload:
+        allowed = ", ".join(
+            f"{_enum_name(program_pb2.RepresentationFormat, f)} with {p}"
+            for f, p in _PAYLOAD_OF_FORMAT.items()
+        )
+        raise SchedulerError(
+            "program_format_mismatch",
+            format=_enum_name(program_pb2.RepresentationFormat, program.format),
+            payload=payload or "none", allowed=allowed,
+        )
+
+
+def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
+    if settings.state_save_policy not in job_pb2.JobStateSavePolicy.values():
+        raise SchedulerError("state_save_policy_unknown",
+                             allowed=", ".join(job_pb2.JobStateSavePolicy.keys()),
+                             value=settings.state_save_policy)
+
+
+def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal) -> JobSpec:
+    """The submission as the JobManager takes it; role-dependent limits are checked there."""
+    if len(request.sdk_version) > MAX_SDK_VERSION_CHARS:
+        raise SchedulerError("sdk_version_too_long", maximum=MAX_SDK_VERSION_CHARS,
+                             length=len(request.sdk_version))
+    if not request.job.HasField("program"):
+        raise SchedulerError("program_missing")
+    _check_program(request.job.program)
+    settings = job_pb2.JobExecutionSettings()
+    settings.CopyFrom(request.job.settings)
+    _check_settings(settings)
+    # The role comes from the token; whatever the request said is replaced.
+    settings.role = principal.role.value
+    timeout = settings.timeout
+    return JobSpec(
+        backend=settings.backend,
+        settings=settings.SerializeToString(),
+        timeout_s=timeout.seconds + timeout.nanos / 1e9,
+        n_shots=settings.n_shots,
+        program=request.job.program.SerializeToString(),
+        request_bytes=request.ByteSize(),
+        sdk_version=request.sdk_version,
+        save_job=request.options.save_job,
+    )
