@@ -34,8 +34,9 @@ class BackendManager:
             return
         table = parse_backend_table(text)
         self._text, self.table = text, table
-        log.info("backend status loaded from %s: %s", self._source.description,
-                 ", ".join(table.known()))
+        log.info(
+            "backend status loaded from %s: %s", self._source.description, ", ".join(table.known())
+        )
         for listener in self._listeners:
             listener(table)
 
@@ -58,5 +59,6 @@ class BackendManager:
             except BackendConfigError as exc:
                 log.warning("backend status not reloaded, keeping the last good one: %s", exc)
             except Exception as exc:  # noqa: BLE001 - any source failure must not stop reloading
-                log.warning("backend status could not be read from %s: %s",
-                            self._source.description, exc)
+                log.warning(
+                    "backend status could not be read from %s: %s", self._source.description, exc
+                )

@@ -1,8 +1,8 @@
 """The backend status table and the TOML text it is read from.
 
-    [backends.<backend>.<role>]
-    status = "available" | "unavailable" | "maintenance"
-    description = "shown to users"
+[backends.<backend>.<role>]
+status = "available" | "unavailable" | "maintenance"
+description = "shown to users"
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def parse_backend_table(text: str) -> BackendTable:
             if not isinstance(entry, dict):
                 raise BackendConfigError(f"{where} must be a table with status and description")
             try:
-                status = ServiceStatus(entry.get("status"))
+                status = ServiceStatus(str(entry.get("status")))
             except ValueError:
                 raise BackendConfigError(
                     f"{where}.status must be one of {[s.value for s in ServiceStatus]}"

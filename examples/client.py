@@ -21,13 +21,19 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2  # noqa: E402
-from pb.mqc3_cloud.scheduler.v1 import job_pb2  # noqa: E402
-from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb  # noqa: E402
-from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc  # noqa: E402
+from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
+from pb.mqc3_cloud.scheduler.v1 import (
+    job_pb2,
+    submission_pb2_grpc,
+)
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 
-FINAL = {job_pb2.JOB_STATUS_COMPLETED, job_pb2.JOB_STATUS_FAILED, job_pb2.JOB_STATUS_CANCELLED,
-         job_pb2.JOB_STATUS_TIMEOUT}
+FINAL = {
+    job_pb2.JOB_STATUS_COMPLETED,
+    job_pb2.JOB_STATUS_FAILED,
+    job_pb2.JOB_STATUS_CANCELLED,
+    job_pb2.JOB_STATUS_TIMEOUT,
+}
 
 
 def download(url: str) -> bytes:
@@ -57,25 +63,27 @@ def main() -> int:
         request.job.settings.timeout.seconds = 60
         submitted = stub.SubmitJob(request, timeout=30)
         if submitted.error.code:
-            raise SystemExit(f"submit refused: {submitted.error.code}: "
-                             f"{submitted.error.description}")
+            raise SystemExit(
+                f"submit refused: {submitted.error.code}: {submitted.error.description}"
+            )
         job_id = submitted.job_id
         print(f"submitted job {job_id}", flush=True)
         deadline = time.monotonic() + args.timeout_s
         while True:
-            status = stub.GetJobStatus(pb.GetJobStatusRequest(token=args.token, job_id=job_id),
-                                       timeout=30)
+            status = stub.GetJobStatus(
+                pb.GetJobStatusRequest(token=args.token, job_id=job_id), timeout=30
+            )
             if status.error.code:
-                raise SystemExit(f"status refused: {status.error.code}: "
-                                 f"{status.error.description}")
+                raise SystemExit(f"status refused: {status.error.code}: {status.error.description}")
             if status.status in FINAL:
                 break
             if time.monotonic() > deadline:
                 raise SystemExit(f"job {job_id} still {job_pb2.JobStatus.Name(status.status)}")
             time.sleep(0.5)
         print(f"job {job_id} is {job_pb2.JobStatus.Name(status.status)}: {status.status_detail}")
-        result = stub.GetJobResult(pb.GetJobResultRequest(token=args.token, job_id=job_id),
-                                   timeout=30)
+        result = stub.GetJobResult(
+            pb.GetJobResultRequest(token=args.token, job_id=job_id), timeout=30
+        )
         if result.error.code or status.status != job_pb2.JOB_STATUS_COMPLETED:
             raise SystemExit(f"no result: {result.error.code} {result.status_detail}")
         body = download(result.result.result_url)

@@ -21,8 +21,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb  # noqa: E402
-from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc  # noqa: E402
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc
 
 
 def _now() -> Timestamp:
@@ -40,9 +40,14 @@ def run_job(stub: execution_pb2_grpc.ExecutionServiceStub, job: pb.AssignNextJob
     raw = b"\x0a" + bytes([len(echo)]) + echo
     body = gzip.compress(raw)
     request = urllib.request.Request(
-        job.upload_target.upload_url, data=body, method="PUT",
-        headers={"Content-Type": "application/protobuf", "Content-Encoding": "gzip",
-                 "Content-Disposition": "attachment"},
+        job.upload_target.upload_url,
+        data=body,
+        method="PUT",
+        headers={
+            "Content-Type": "application/protobuf",
+            "Content-Encoding": "gzip",
+            "Content-Disposition": "attachment",
+        },
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         answer.read()

@@ -40,25 +40,38 @@ class Quotas:
         """Refuse a timeout that is not positive or over the role's maximum."""
         maximum_s = self._limits.by_role[role].max_timeout_s
         if not 0 < timeout_s <= maximum_s:
-            raise SchedulerError("timeout_out_of_range", maximum_s=f"{maximum_s:g}",
-                                 role=role.value, value=f"{timeout_s:g} s")
+            raise SchedulerError(
+                "timeout_out_of_range",
+                maximum_s=f"{maximum_s:g}",
+                role=role.value,
+                value=f"{timeout_s:g} s",
+            )
 
     def check_shots(self, n_shots: int) -> None:
         """Refuse a shot count outside 1..max_shots."""
         if not 1 <= n_shots <= self._limits.max_shots:
-            raise SchedulerError("n_shots_out_of_range", maximum=self._limits.max_shots,
-                                 value=n_shots)
+            raise SchedulerError(
+                "n_shots_out_of_range", maximum=self._limits.max_shots, value=n_shots
+            )
 
     def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
         """Count a new job against its owner and the queues, or refuse it."""
         role_limits = self._limits.by_role[principal.role]
         if request_bytes > role_limits.max_job_bytes:
-            raise SchedulerError("job_too_large", size=request_bytes, role=principal.role.value,
-                                 limit=role_limits.max_job_bytes)
+            raise SchedulerError(
+                "job_too_large",
+                size=request_bytes,
+                role=principal.role.value,
+                limit=role_limits.max_job_bytes,
+            )
         count = self._active[principal.fingerprint]
         if count >= role_limits.max_concurrent_jobs:
-            raise SchedulerError("too_many_jobs", count=count, role=principal.role.value,
-                                 limit=role_limits.max_concurrent_jobs)
+            raise SchedulerError(
+                "too_many_jobs",
+                count=count,
+                role=principal.role.value,
+                limit=role_limits.max_concurrent_jobs,
+            )
         if self.queue_bytes + program_bytes > self._limits.max_queue_bytes:
             raise SchedulerError("queue_full", limit=self._limits.max_queue_bytes)
         self.count(principal.fingerprint, program_bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from backend_manager import BackendTable, ServiceStatus
@@ -66,7 +66,7 @@ class ExecutionReport:
     job_id: str
     outcome: JobStatus  # COMPLETED, FAILED or TIMEOUT
     detail: str = ""
-    timestamps: BackendTimestamps = BackendTimestamps()
+    timestamps: BackendTimestamps = field(default_factory=BackendTimestamps)
     actual_backend: str = ""
     physical_lab_version: str = ""
     simulator_version: str = ""
@@ -84,8 +84,15 @@ _OUTCOME_DETAIL = {
 class JobManager:
     """Submits, schedules, hands over and finishes jobs."""
 
-    def __init__(self, *, jobs: JobStore, payloads: PayloadStore, limits: Limits,
-                 clock: Clock, unify_backends: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        payloads: PayloadStore,
+        limits: Limits,
+        clock: Clock,
+        unify_backends: bool = False,
+    ) -> None:
         self._jobs = jobs
         self._payloads = payloads
         self._clock = clock
@@ -114,11 +121,19 @@ class JobManager:
         self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
         now = self._clock.now()
         record = JobRecord(
-            job_id=new_job_id(), status=JobStatus.QUEUED, backend=spec.backend,
-            owner_name=principal.name, owner_fingerprint=principal.fingerprint,
-            role=principal.role, settings=spec.settings, timeout_s=spec.timeout_s,
-            input_size_bytes=len(spec.program), sdk_version=spec.sdk_version,
-            save_job=spec.save_job, submitted_at=now, queued_at=now,
+            job_id=new_job_id(),
+            status=JobStatus.QUEUED,
+            backend=spec.backend,
+            owner_name=principal.name,
+            owner_fingerprint=principal.fingerprint,
+            role=principal.role,
+            settings=spec.settings,
+            timeout_s=spec.timeout_s,
+            input_size_bytes=len(spec.program),
+            sdk_version=spec.sdk_version,
+            save_job=spec.save_job,
+            submitted_at=now,
+            queued_at=now,
         )
         # Shielded: once the writes begin, a caller hanging up cannot leave a stored
         # job out of its queue.
@@ -136,8 +151,13 @@ class JobManager:
             await self._forget_input(record.job_id)
             raise SchedulerError("submission_not_stored") from None
         self._enqueue(QueuedJob(record, program))
-        log.info("job %s QUEUED backend=%s user=%s bytes=%d", record.job_id, record.backend,
-                 _owner(record), len(program))
+        log.info(
+            "job %s QUEUED backend=%s user=%s bytes=%d",
+            record.job_id,
+            record.backend,
+            _owner(record),
+            len(program),
+        )
 
     async def status(self, principal: Principal, job_id: str) -> JobRecord:
         """The job as its owner (or an admin) may see it."""
@@ -171,10 +191,15 @@ class JobManager:
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=status.value)
         return await asyncio.shield(self._cancel_claimed(queue, claimed, principal))
 
-    async def _cancel_claimed(self, queue: JobQueue, job: QueuedJob,
-                              principal: Principal) -> JobRecord:
-        cancelled = replace(job.record, status=JobStatus.CANCELLED, finished_at=self._clock.now(),
-                            status_detail=f"cancelled by {principal.name}")
+    async def _cancel_claimed(
+        self, queue: JobQueue, job: QueuedJob, principal: Principal
+    ) -> JobRecord:
+        cancelled = replace(
+            job.record,
+            status=JobStatus.CANCELLED,
+            finished_at=self._clock.now(),
+            status_detail=f"cancelled by {principal.name}",
+        )
         try:
             changed = await self._jobs.transition(cancelled, JobStatus.QUEUED)
         except StoreError as exc:
@@ -193,8 +218,9 @@ class JobManager:
         """Hand the next job for ``backend`` to a node, or None when there is none."""
         queue = self._queues.get(self._queue_key(backend))
         if queue is None:
-            raise SchedulerError("backend_unknown", backend=backend,
-                                 known=", ".join(self.backends.known()))
+            raise SchedulerError(
+                "backend_unknown", backend=backend, known=", ".join(self.backends.known())
+            )
         while (job := queue.pop()) is not None:
             assignment = await asyncio.shield(self._start(queue, job))
             if assignment is not None:
@@ -207,16 +233,22 @@ class JobManager:
             changed = await self._jobs.transition(running, JobStatus.QUEUED)
         except StoreError as exc:
             queue.restore(job)
-            log.error("job %s not handed over, the store failed; it stays queued: %s",
-                      job.job_id, exc)
+            log.error(
+                "job %s not handed over, the store failed; it stays queued: %s", job.job_id, exc
+            )
             raise SchedulerError("store_failed") from None
         self.quotas.left_queue(job.size_bytes)
         if not changed:
             await self._reload_conflicting(job.job_id)
             return None
         self._live[job.job_id] = running
-        log.info("job %s RUNNING backend=%s user=%s waited_s=%.3f", job.job_id, running.backend,
-                 _owner(running), _seconds(running.queued_at, running.dequeued_at))
+        log.info(
+            "job %s RUNNING backend=%s user=%s waited_s=%.3f",
+            job.job_id,
+            running.backend,
+            _owner(running),
+            _seconds(running.queued_at, running.dequeued_at),
+        )
         upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
         return Assignment(record=running, program=job.program, upload=upload)
 
@@ -228,11 +260,16 @@ class JobManager:
         if record.status.is_final:
             if record.status is report.outcome:
                 return record
-            raise SchedulerError("report_conflict", job_id=report.job_id,
-                                 status=record.status.value, reported=report.outcome.value)
+            raise SchedulerError(
+                "report_conflict",
+                job_id=report.job_id,
+                status=record.status.value,
+                reported=report.outcome.value,
+            )
         if record.status is not JobStatus.RUNNING:
-            raise SchedulerError("job_not_running", job_id=report.job_id,
-                                 status=record.status.value)
+            raise SchedulerError(
+                "job_not_running", job_id=report.job_id, status=record.status.value
+            )
         if report.outcome is JobStatus.COMPLETED and not await self._result_uploaded(record):
             raise SchedulerError("result_missing", job_id=report.job_id)
         finished = replace(
@@ -260,8 +297,12 @@ class JobManager:
             if stored is not None and stored.status is finished.status:
                 return stored
             status = stored.status.value if stored else "missing"
-            raise SchedulerError("report_conflict", job_id=finished.job_id, status=status,
-                                 reported=finished.status.value)
+            raise SchedulerError(
+                "report_conflict",
+                job_id=finished.job_id,
+                status=status,
+                reported=finished.status.value,
+            )
         self._ended(finished)
         return finished
 
@@ -290,8 +331,11 @@ class JobManager:
         async for record in self._jobs.list_by_status(JobStatus.QUEUED):
             if await self._requeue(record):
                 requeued += 1
-        log.info("recovered %d queued and %d running jobs", requeued,
-                 sum(1 for r in self._live.values() if r.status is JobStatus.RUNNING))
+        log.info(
+            "recovered %d queued and %d running jobs",
+            requeued,
+            sum(1 for r in self._live.values() if r.status is JobStatus.RUNNING),
+        )
 
     async def _requeue(self, record: JobRecord) -> bool:
         if self._queue_key(record.backend) not in self._queues:
@@ -306,8 +350,9 @@ class JobManager:
         return True
 
     async def _fail_unrecoverable(self, record: JobRecord, why: str) -> None:
-        failed = replace(record, status=JobStatus.FAILED, status_detail=why,
-                         finished_at=self._clock.now())
+        failed = replace(
+            record, status=JobStatus.FAILED, status_detail=why, finished_at=self._clock.now()
+        )
         if await self._jobs.transition(failed, JobStatus.QUEUED):
             log.warning("job %s FAILED at recovery: %s", record.job_id, why)
 
@@ -329,23 +374,34 @@ class JobManager:
     def _ended(self, record: JobRecord) -> None:
         self._live.pop(record.job_id, None)
         self.quotas.ended(record.owner_fingerprint)
-        log.info("job %s %s backend=%s user=%s total_s=%.3f", record.job_id, record.status.value,
-                 record.backend, _owner(record), _seconds(record.submitted_at, record.finished_at))
+        log.info(
+            "job %s %s backend=%s user=%s total_s=%.3f",
+            record.job_id,
+            record.status.value,
+            record.backend,
+            _owner(record),
+            _seconds(record.submitted_at, record.finished_at),
+        )
 
     def _check_known(self, backend: str) -> None:
         if not backend:
             raise SchedulerError("backend_missing", known=", ".join(self.backends.known()))
         if not self.backends.is_known(backend):
-            raise SchedulerError("backend_unknown", backend=backend,
-                                 known=", ".join(self.backends.known()))
+            raise SchedulerError(
+                "backend_unknown", backend=backend, known=", ".join(self.backends.known())
+            )
 
     def _check_open(self, backend: str, principal: Principal) -> None:
         self._check_known(backend)
         status = self.backends.status(backend, principal.role)
         if status.status is not ServiceStatus.AVAILABLE:
-            raise SchedulerError("backend_not_available", backend=backend,
-                                 status=status.status.value, role=principal.role.value,
-                                 description=status.description)
+            raise SchedulerError(
+                "backend_not_available",
+                backend=backend,
+                status=status.status.value,
+                role=principal.role.value,
+                description=status.description,
+            )
 
     async def _visible(self, principal: Principal, job_id: str) -> JobRecord:
         if not is_job_id(job_id):

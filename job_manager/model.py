@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -106,7 +106,7 @@ class JobRecord:
     status_detail: str = ""
     dequeued_at: datetime | None = None
     finished_at: datetime | None = None
-    backend_timestamps: BackendTimestamps = BackendTimestamps()
+    backend_timestamps: BackendTimestamps = field(default_factory=BackendTimestamps)
     actual_backend: str = ""
     physical_lab_version: str = ""
     simulator_version: str = ""

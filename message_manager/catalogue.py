@@ -36,9 +36,7 @@ class Entry:
     @property
     def fields(self) -> frozenset[str]:
         """The placeholder names the template uses."""
-        return frozenset(
-            name for _, name, _, _ in string.Formatter().parse(self.template) if name
-        )
+        return frozenset(name for _, name, _, _ in string.Formatter().parse(self.template) if name)
 
     def render(self, params: Mapping[str, object]) -> str:
         """The message with its placeholders filled in."""

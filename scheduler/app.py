@@ -60,8 +60,12 @@ class Scheduler:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -72,11 +76,14 @@ class Scheduler:
         else:
             assert config.aws is not None
             self.stack = await aws_stack(config.aws, self.clock)
-        self.jobs = JobManager(jobs=self.stack.jobs, payloads=self.stack.payloads,
-                               limits=config.limits, clock=self.clock,
-                               unify_backends=config.unify_backends)
-        self._backends = BackendManager(self.stack.backend_source,
-                                        config.backend_reload_interval_s)
+        self.jobs = JobManager(
+            jobs=self.stack.jobs,
+            payloads=self.stack.payloads,
+            limits=config.limits,
+            clock=self.clock,
+            unify_backends=config.unify_backends,
+        )
+        self._backends = BackendManager(self.stack.backend_source, config.backend_reload_interval_s)
         self._backends.on_change(self.jobs.use_backends)
         await self._backends.load()
         await self.jobs.recover()
@@ -84,33 +91,50 @@ class Scheduler:
         token_address = config.token_database_address
         if self.stack.token_store is not None:
             assert config.local is not None
-            self.token_database_port = await self._serve_token_database(config.local.token_database_port)
+            self.token_database_port = await self._serve_token_database(
+                config.local.token_database_port
+            )
             token_address = f"127.0.0.1:{self.token_database_port}"
         if self.stack.local_payloads is not None:
             await self._serve_http()
         self._channel = grpc.aio.insecure_channel(token_address)
-        auth = TokenResolver(self._channel, self.clock, config.token_cache_ttl_s,
-                             config.token_cache_miss_ttl_s, config.token_cache_max_entries)
+        auth = TokenResolver(
+            self._channel,
+            self.clock,
+            config.token_cache_ttl_s,
+            config.token_cache_miss_ttl_s,
+            config.token_cache_max_entries,
+        )
 
-        submission = _grpc_server(config.submission_max_message_bytes,
-                                  config.submission_max_concurrent_rpcs)
+        submission = _grpc_server(
+            config.submission_max_message_bytes, config.submission_max_concurrent_rpcs
+        )
         submission_pb2_grpc.add_SubmissionServiceServicer_to_server(
-            SubmissionService(self.jobs, auth), submission)
+            SubmissionService(self.jobs, auth), submission
+        )
         self.submission_port = self._listen(submission, config.submission_port)
-        execution = _grpc_server(config.execution_max_message_bytes,
-                                 config.execution_max_concurrent_rpcs)
-        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(ExecutionService(self.jobs),
-                                                                  execution)
+        execution = _grpc_server(
+            config.execution_max_message_bytes, config.execution_max_concurrent_rpcs
+        )
+        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
+            ExecutionService(self.jobs), execution
+        )
         self.execution_port = self._listen(execution, config.execution_port)
         for server in (submission, execution):
             await server.start()
         self._backends.start()
         log.warning("serving WITHOUT TLS: submission and execution traffic is plaintext")
-        log.info("scheduler ready (%s mode): submission %s:%d, execution %s:%d", config.mode,
-                 config.host, self.submission_port, config.host, self.execution_port)
+        log.info(
+            "scheduler ready (%s mode): submission %s:%d, execution %s:%d",
+            config.mode,
+            config.host,
+            self.submission_port,
+            config.host,
+            self.execution_port,
+        )
 
     def _listen(self, server: grpc.aio.Server, port: int) -> int:
-        bound = server.add_insecure_port(f"{self.config.host}:{port}")
+        bound: int = server.add_insecure_port(f"{self.config.host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen on {self.config.host}:{port}")
         self._servers.append(server)
@@ -120,7 +144,8 @@ class Scheduler:
         assert self.stack is not None and self.stack.token_store is not None
         server = grpc.aio.server()
         token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
-            TokenDatabaseService(self.stack.token_store, self.clock), server)
+            TokenDatabaseService(self.stack.token_store, self.clock), server
+        )
         bound = self._listen(server, port)
         await server.start()
         return bound
@@ -129,15 +154,19 @@ class Scheduler:
         assert self.stack is not None and self.config.local is not None
         payloads = self.stack.local_payloads
         # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
-        self._http = web.AppRunner(build_http_app(payloads, MAX_RESULT_UPLOAD_BYTES),
-                                   access_log=None, auto_decompress=False)
+        self._http = web.AppRunner(
+            build_http_app(payloads, MAX_RESULT_UPLOAD_BYTES),
+            access_log=None,
+            auto_decompress=False,
+        )
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.host, self.config.local.http_port)
         await site.start()
-        self.http_port = self._http.addresses[0][1]
+        self.http_port = int(self._http.addresses[0][1])
         assert payloads is not None
-        payloads.base_url = (self.config.local.public_url
-                             or f"http://{self.config.host}:{self.http_port}").rstrip("/")
+        payloads.base_url = (
+            self.config.local.public_url or f"http://{self.config.host}:{self.http_port}"
+        ).rstrip("/")
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking calls, let those under way finish within the grace, close everything."""

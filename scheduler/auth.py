@@ -34,8 +34,15 @@ class TokenResolver:
     The cache is keyed by fingerprint, so it holds no raw token.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, clock: Clock, ttl_s: float, miss_ttl_s: float,
-                 max_entries: int, call_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        clock: Clock,
+        ttl_s: float,
+        miss_ttl_s: float,
+        max_entries: int,
+        call_timeout_s: float = 3.0,
+    ) -> None:
         self._stub = tdb_grpc.TokenDatabaseServiceStub(channel)
         self._clock = clock
         self._ttl_s = ttl_s
@@ -110,8 +117,9 @@ class TokenResolver:
             left_s = (expires_at - self._clock.now()).total_seconds()
             # An expired token is remembered like an unknown one: briefly.
             valid_until_s = now_s + (min(self._ttl_s, left_s) if left_s > 0 else self._miss_ttl_s)
-        return _Entry(Principal(name=info.name, role=role, fingerprint=key), expires_at,
-                      valid_until_s)
+        return _Entry(
+            Principal(name=info.name, role=role, fingerprint=key), expires_at, valid_until_s
+        )
 
     def _remember(self, key: str, entry: _Entry) -> None:
         self._cache[key] = entry

@@ -17,7 +17,7 @@ from scheduler.config import AwsConfig, ConfigError
 from scheduler.stack import Stack
 
 # Standard retries: bounded exponential backoff with jitter on throttling and 5xx.
-_RETRIES = {"mode": "standard", "max_attempts": 5}
+_RETRIES: Any = {"mode": "standard", "max_attempts": 5}
 
 
 def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
@@ -44,10 +44,10 @@ def _parameter(ssm: Any, name: str, flag: str) -> str:
 async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
     """Look up the bucket and table names in SSM and connect the stores."""
     ssm, dynamodb, s3 = _clients(aws)
-    bucket = await asyncio.to_thread(_parameter, ssm, aws.job_bucket_name_key,
-                                     "--job_bucket_name_key")
-    table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key,
-                                    "--job_table_name_key")
+    bucket = await asyncio.to_thread(
+        _parameter, ssm, aws.job_bucket_name_key, "--job_bucket_name_key"
+    )
+    table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key, "--job_table_name_key")
     return Stack(
         jobs=DynamoDbJobStore(dynamodb, table),
         payloads=S3PayloadStore(s3, bucket, clock),

@@ -51,16 +51,25 @@ async def serve(config: Config) -> None:
 
 
 def _tokens_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="scheduler.py tokens",
-                                     description="Manage the standalone mode's tokens.")
-    parser.add_argument("--data-dir", type=Path, default=Path("mqc3-data"),
-                        help="the standalone data directory (default ./mqc3-data)")
+    parser = argparse.ArgumentParser(
+        prog="scheduler.py tokens", description="Manage the standalone mode's tokens."
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("mqc3-data"),
+        help="the standalone data directory (default ./mqc3-data)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="make a token and print it (shown only once)")
     create.add_argument("--name", required=True, help="who the token is for")
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
-    create.add_argument("--expires-in-days", type=float, default=None,
-                        help="days until the token expires (default: never)")
+    create.add_argument(
+        "--expires-in-days",
+        type=float,
+        default=None,
+        help="days until the token expires (default: never)",
+    )
     commands.add_parser("list", help="list tokens by name, role and fingerprint")
     args = parser.parse_args(list(argv))
     if args.command == "create" and not args.name.strip():
@@ -70,15 +79,18 @@ def _tokens_main(argv: Sequence[str]) -> int:
     try:
         if args.command == "create":
             clock = SystemClock()
-            expires_at = (clock.now() + timedelta(days=args.expires_in_days)
-                          if args.expires_in_days else None)
+            expires_at = (
+                clock.now() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+            )
             token, _ = create_token(store, clock, args.name.strip(), args.role, expires_at)
             print(token)
         else:
             for record in store.list():
                 expiry = record.expires_at.isoformat() if record.expires_at else "never"
-                print(f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
-                      f"\texpires {expiry}")
+                print(
+                    f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
+                    f"\texpires {expiry}"
+                )
     finally:
         store.close()
     return 0

@@ -70,7 +70,7 @@ class Config:
 
     @property
     def mode(self) -> str:
-        """"standalone" or "aws"."""
+        """ "standalone" or "aws"."""
         return "standalone" if self.local is not None else "aws"
 
 
@@ -79,45 +79,93 @@ def _parser() -> argparse.ArgumentParser:
         prog="scheduler.py",
         description="MQC3 job scheduler. `scheduler.py tokens --help` manages standalone tokens.",
     )
-    p.add_argument("--port-for-submission", type=int, default=8082,
-                   help="port of SubmissionService, for users (default 8082)")
-    p.add_argument("--port-for-execution", type=int, default=8081,
-                   help="port of ExecutionService, for hardware nodes (default 8081)")
-    p.add_argument("--address_to_token_database", default="localhost:8084",
-                   help="host:port of TokenDatabaseService (AWS mode; default localhost:8084)")
+    p.add_argument(
+        "--port-for-submission",
+        type=int,
+        default=8082,
+        help="port of SubmissionService, for users (default 8082)",
+    )
+    p.add_argument(
+        "--port-for-execution",
+        type=int,
+        default=8081,
+        help="port of ExecutionService, for hardware nodes (default 8081)",
+    )
+    p.add_argument(
+        "--address_to_token_database",
+        default="localhost:8084",
+        help="host:port of TokenDatabaseService (AWS mode; default localhost:8084)",
+    )
     p.add_argument("-k", "--aws_access_key_id", default=None, help="AWS access key id")
     p.add_argument("-s", "--aws_secret_access_key", default=None, help="AWS secret access key")
     p.add_argument("--region", default="ap-northeast-1", help="AWS region")
-    p.add_argument("--job_bucket_name_key", default=None,
-                   help="SSM parameter holding the job bucket's name")
-    p.add_argument("--job_table_name_key", default=None,
-                   help="SSM parameter holding the job table's name")
-    p.add_argument("--backend_status_parameter_name", default=None,
-                   help="SSM parameter holding the backend status TOML")
+    p.add_argument(
+        "--job_bucket_name_key", default=None, help="SSM parameter holding the job bucket's name"
+    )
+    p.add_argument(
+        "--job_table_name_key", default=None, help="SSM parameter holding the job table's name"
+    )
+    p.add_argument(
+        "--backend_status_parameter_name",
+        default=None,
+        help="SSM parameter holding the backend status TOML",
+    )
     p.add_argument("--endpoint", default=None, help="AWS endpoint URL (needs --dev)")
     p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL (needs --dev)")
-    p.add_argument("--unify-backends", "--unify_backends", "--unify-backend",
-                   dest="unify_backends", action="store_true",
-                   help="one queue for every backend")
+    p.add_argument(
+        "--unify-backends",
+        "--unify_backends",
+        "--unify-backend",
+        dest="unify_backends",
+        action="store_true",
+        help="one queue for every backend",
+    )
     p.add_argument("--dev", action="store_true", help="use AWS emulators (LocalStack, moto)")
-    p.add_argument("--local", action="store_true",
-                   help="standalone mode: SQLite, local files, embedded token database")
-    p.add_argument("--data-dir", type=Path, default=Path("mqc3-data"),
-                   help="standalone mode's data directory (default ./mqc3-data)")
-    p.add_argument("--port-for-token-database", type=int, default=8084,
-                   help="standalone: port of the embedded token database (default 8084)")
-    p.add_argument("--http-port", type=int, default=8083,
-                   help="standalone: port of the signed-URL HTTP endpoint (default 8083)")
-    p.add_argument("--public-url", default=None,
-                   help="standalone: base URL nodes and users reach the HTTP port at "
-                        "(default http://<host>:<http-port>)")
-    p.add_argument("--host", default=None,
-                   help="address to listen on (default 127.0.0.1 standalone, 0.0.0.0 AWS)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="standalone mode: SQLite, local files, embedded token database",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("mqc3-data"),
+        help="standalone mode's data directory (default ./mqc3-data)",
+    )
+    p.add_argument(
+        "--port-for-token-database",
+        type=int,
+        default=8084,
+        help="standalone: port of the embedded token database (default 8084)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=8083,
+        help="standalone: port of the signed-URL HTTP endpoint (default 8083)",
+    )
+    p.add_argument(
+        "--public-url",
+        default=None,
+        help="standalone: base URL nodes and users reach the HTTP port at "
+        "(default http://<host>:<http-port>)",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default 127.0.0.1 standalone, 0.0.0.0 AWS)",
+    )
     return p
 
 
-def _env(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T,
-         check: Callable[[T], bool] = lambda _: True, rule: str = "") -> T:
+def _env(
+    env: Mapping[str, str],
+    name: str,
+    parse: Callable[[str], T],
+    default: T,
+    check: Callable[[T], bool] = lambda _: True,
+    rule: str = "",
+) -> T:
     text = env.get(name)
     if text is None or text == "":
         return default
@@ -170,10 +218,12 @@ def _check_port(flag: str, port: int) -> None:
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Parse flags and environment into a Config; ConfigError names the first bad setting."""
     args = _parser().parse_args(list(argv))
-    for flag, port in (("--port-for-submission", args.port_for_submission),
-                       ("--port-for-execution", args.port_for_execution),
-                       ("--port-for-token-database", args.port_for_token_database),
-                       ("--http-port", args.http_port)):
+    for flag, port in (
+        ("--port-for-submission", args.port_for_submission),
+        ("--port-for-execution", args.port_for_execution),
+        ("--port-for-token-database", args.port_for_token_database),
+        ("--http-port", args.http_port),
+    ):
         _check_port(flag, port)
     host = args.host or ("127.0.0.1" if args.local else "0.0.0.0")
     aws = local = None
@@ -181,8 +231,12 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         public_url = args.public_url
         if public_url is not None and not public_url.startswith(("http://", "https://")):
             raise ConfigError(f"--public-url {public_url!r} must start with http:// or https://")
-        local = LocalConfig(data_dir=args.data_dir, token_database_port=args.port_for_token_database,
-                            http_port=args.http_port, public_url=public_url)
+        local = LocalConfig(
+            data_dir=args.data_dir,
+            token_database_port=args.port_for_token_database,
+            http_port=args.http_port,
+            public_url=public_url,
+        )
         token_database_address = f"127.0.0.1:{args.port_for_token_database}"
     else:
         aws = _aws_config(args)
@@ -195,9 +249,11 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         submission_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_SUBMISSION_MAX_WORKERS", 100),
         execution_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_EXECUTION_MAX_WORKERS", 10),
         submission_max_message_bytes=_positive_int(
-            env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB),
+            env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB
+        ),
         execution_max_message_bytes=_positive_int(
-            env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH", 10 * MB),
+            env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH", 10 * MB
+        ),
         limits=_limits(env),
         unify_backends=args.unify_backends,
         backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
@@ -211,9 +267,11 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
 
 
 def _aws_config(args: argparse.Namespace) -> AwsConfig:
-    for flag, value in (("--job_bucket_name_key", args.job_bucket_name_key),
-                        ("--job_table_name_key", args.job_table_name_key),
-                        ("--backend_status_parameter_name", args.backend_status_parameter_name)):
+    for flag, value in (
+        ("--job_bucket_name_key", args.job_bucket_name_key),
+        ("--job_table_name_key", args.job_table_name_key),
+        ("--backend_status_parameter_name", args.backend_status_parameter_name),
+    ):
         if not value:
             raise ConfigError(f"{flag} is required in AWS mode (or run standalone with --local)")
     for flag, value in (("--endpoint", args.endpoint), ("--s3_endpoint", args.s3_endpoint)):

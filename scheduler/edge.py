@@ -22,7 +22,9 @@ def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
     return error_detail_pb2.ErrorDetail(code=error.code, description=str(error))
 
 
-def in_band(response_type: Callable[..., Response]) -> Callable[[Handler[Response]], Handler[Response]]:
+def in_band(
+    response_type: Callable[..., Response],
+) -> Callable[[Handler[Response]], Handler[Response]]:
     """Answer a servicer method's refusals and failures in the response's ``error`` field.
 
     A SchedulerError becomes its catalogue entry; anything else is logged with its

@@ -38,9 +38,11 @@ def _backend_timestamps(stamps: job_pb2.JobTimestamps) -> BackendTimestamps:
 def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
     outcome = _OUTCOME.get(request.status)
     if outcome is None:
-        raise SchedulerError("execution_status_invalid",
-                             allowed=", ".join(pb.ExecutionStatus.Name(s) for s in _OUTCOME),
-                             value=request.status)
+        raise SchedulerError(
+            "execution_status_invalid",
+            allowed=", ".join(pb.ExecutionStatus.Name(s) for s in _OUTCOME),
+            value=request.status,
+        )
     detail = request.error.description
     if request.error.code and detail:
         detail = f"{request.error.code}: {detail}"
@@ -64,8 +66,9 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self._jobs = jobs
 
     @in_band(pb.AssignNextJobResponse)
-    async def AssignNextJob(self, request: pb.AssignNextJobRequest,
-                            context: grpc.aio.ServicerContext) -> pb.AssignNextJobResponse:
+    async def AssignNextJob(
+        self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AssignNextJobResponse:
         assignment = await self._jobs.assign(request.backend)
         if assignment is None:
             return pb.AssignNextJobResponse()
@@ -85,7 +88,8 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         return pb.ReportExecutionResultResponse()
 
     @in_band(pb.RefreshUploadUrlResponse)
-    async def RefreshUploadUrl(self, request: pb.RefreshUploadUrlRequest,
-                               context: grpc.aio.ServicerContext) -> pb.RefreshUploadUrlResponse:
+    async def RefreshUploadUrl(
+        self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefreshUploadUrlResponse:
         url = await self._jobs.refresh_upload_url(request.job_id)
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))

@@ -22,8 +22,9 @@ def _authorized(request: web.Request) -> str:
     if not _RESULT_NAME.match(name):
         raise web.HTTPNotFound(text="no such object\n")
     store = request.app[PAYLOADS_KEY]
-    if not store.is_allowed(request.method, name, request.query.get("expires", ""),
-                            request.query.get("signature", "")):
+    if not store.is_allowed(
+        request.method, name, request.query.get("expires", ""), request.query.get("signature", "")
+    ):
         raise web.HTTPForbidden(text="the URL's signature is invalid or has expired\n")
     return name
 

@@ -1,10 +1,10 @@
 """Standalone mode: every store under one data directory, nothing else installed.
 
-    <data-dir>/jobs.sqlite3      job records
-    <data-dir>/tokens.sqlite3    the embedded token database (fingerprints only)
-    <data-dir>/payloads/         programs and results
-    <data-dir>/url-signing.key   the HMAC key of upload and download URLs (mode 0600)
-    <data-dir>/backends.toml     backend status, written with defaults, reloaded on change
+<data-dir>/jobs.sqlite3      job records
+<data-dir>/tokens.sqlite3    the embedded token database (fingerprints only)
+<data-dir>/payloads/         programs and results
+<data-dir>/url-signing.key   the HMAC key of upload and download URLs (mode 0600)
+<data-dir>/backends.toml     backend status, written with defaults, reloaded on change
 """
 
 from __future__ import annotations

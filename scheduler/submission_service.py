@@ -27,15 +27,17 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self._auth = auth
 
     @in_band(pb.SubmitJobResponse)
-    async def SubmitJob(self, request: pb.SubmitJobRequest,
-                        context: grpc.aio.ServicerContext) -> pb.SubmitJobResponse:
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
         job_id = await self._jobs.submit(principal, job_spec(request, principal))
         return pb.SubmitJobResponse(job_id=job_id)
 
     @in_band(pb.GetJobStatusResponse)
-    async def GetJobStatus(self, request: pb.GetJobStatusRequest,
-                           context: grpc.aio.ServicerContext) -> pb.GetJobStatusResponse:
+    async def GetJobStatus(
+        self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobStatusResponse:
         principal = await self._auth.resolve(request.token)
         record = await self._jobs.status(principal, request.job_id)
         return pb.GetJobStatusResponse(
@@ -45,8 +47,9 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         )
 
     @in_band(pb.GetJobResultResponse)
-    async def GetJobResult(self, request: pb.GetJobResultRequest,
-                           context: grpc.aio.ServicerContext) -> pb.GetJobResultResponse:
+    async def GetJobResult(
+        self, request: pb.GetJobResultRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobResultResponse:
         principal = await self._auth.resolve(request.token)
         record, url = await self._jobs.result(principal, request.job_id)
         response = pb.GetJobResultResponse(
@@ -59,16 +62,19 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         return response
 
     @in_band(pb.CancelJobResponse)
-    async def CancelJob(self, request: pb.CancelJobRequest,
-                        context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelJobResponse:
         principal = await self._auth.resolve(request.token)
         await self._jobs.cancel(principal, request.job_id)
         return pb.CancelJobResponse()
 
     @in_band(pb.GetServiceStatusResponse)
-    async def GetServiceStatus(self, request: pb.GetServiceStatusRequest,
-                               context: grpc.aio.ServicerContext) -> pb.GetServiceStatusResponse:
+    async def GetServiceStatus(
+        self, request: pb.GetServiceStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServiceStatusResponse:
         principal = await self._auth.resolve(request.token)
         status, description = self._jobs.service_status(request.backend, principal)
-        return pb.GetServiceStatusResponse(status=_SERVICE_STATUS[status.value],
-                                           description=description)
+        return pb.GetServiceStatusResponse(
+            status=_SERVICE_STATUS[status.value], description=description
+        )

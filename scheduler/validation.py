@@ -35,22 +35,26 @@ def _check_program(program: program_pb2.QuantumProgram) -> None:
         raise SchedulerError(
             "program_format_mismatch",
             format=_enum_name(program_pb2.RepresentationFormat, program.format),
-            payload=payload or "none", allowed=allowed,
+            payload=payload or "none",
+            allowed=allowed,
         )
 
 
 def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
     if settings.state_save_policy not in job_pb2.JobStateSavePolicy.values():
-        raise SchedulerError("state_save_policy_unknown",
-                             allowed=", ".join(job_pb2.JobStateSavePolicy.keys()),
-                             value=settings.state_save_policy)
+        raise SchedulerError(
+            "state_save_policy_unknown",
+            allowed=", ".join(job_pb2.JobStateSavePolicy.keys()),
+            value=settings.state_save_policy,
+        )
 
 
 def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal) -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
     if len(request.sdk_version) > MAX_SDK_VERSION_CHARS:
-        raise SchedulerError("sdk_version_too_long", maximum=MAX_SDK_VERSION_CHARS,
-                             length=len(request.sdk_version))
+        raise SchedulerError(
+            "sdk_version_too_long", maximum=MAX_SDK_VERSION_CHARS, length=len(request.sdk_version)
+        )
     if not request.job.HasField("program"):
         raise SchedulerError("program_missing")
     _check_program(request.job.program)

@@ -39,8 +39,13 @@ def _expiry(stamp: Timestamp, has: bool) -> datetime | None:
 
 
 def _info(record: TokenRecord, token: str) -> pb.TokenInfo:
-    return pb.TokenInfo(token=token, name=record.name, role=record.role,
-                        created_at=_stamp(record.created_at), expires_at=_stamp(record.expires_at))
+    return pb.TokenInfo(
+        token=token,
+        name=record.name,
+        role=record.role,
+        created_at=_stamp(record.created_at),
+        expires_at=_stamp(record.expires_at),
+    )
 
 
 class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer):
@@ -50,56 +55,75 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
         self._store = store
         self._clock = clock
 
-    async def CreateToken(self, request: pb.CreateTokenRequest,
-                          context: grpc.aio.ServicerContext) -> pb.CreateTokenResponse:
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTokenResponse:
         if not request.name or request.role not in ROLES:
             return pb.CreateTokenResponse(
                 status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
                 detail=f"name is required and role must be one of {', '.join(ROLES)}",
             )
         token, record = await asyncio.to_thread(
-            create_token, self._store, self._clock, request.name, request.role,
+            create_token,
+            self._store,
+            self._clock,
+            request.name,
+            request.role,
             _expiry(request.expires_at, request.HasField("expires_at")),
         )
-        return pb.CreateTokenResponse(status=pb.DATABASE_OPERATION_STATUS_OK,
-                                      token_info=_info(record, token))
+        return pb.CreateTokenResponse(
+            status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(record, token)
+        )
 
-    async def GetTokenInfo(self, request: pb.GetTokenInfoRequest,
-                           context: grpc.aio.ServicerContext) -> pb.GetTokenInfoResponse:
+    async def GetTokenInfo(
+        self, request: pb.GetTokenInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTokenInfoResponse:
         record = await asyncio.to_thread(self._store.get, token_key(request.token))
         if record is None:
-            return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND,
-                                           detail="no such token")
-        return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_OK,
-                                       token_info=_info(record, request.token))
+            return pb.GetTokenInfoResponse(
+                status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
+            )
+        return pb.GetTokenInfoResponse(
+            status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(record, request.token)
+        )
 
-    async def DeleteToken(self, request: pb.DeleteTokenRequest,
-                          context: grpc.aio.ServicerContext) -> pb.DeleteTokenResponse:
+    async def DeleteToken(
+        self, request: pb.DeleteTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteTokenResponse:
         if await asyncio.to_thread(self._store.delete, token_key(request.token)):
             return pb.DeleteTokenResponse(status=pb.DATABASE_OPERATION_STATUS_OK)
-        return pb.DeleteTokenResponse(status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND,
-                                      detail="no such token")
+        return pb.DeleteTokenResponse(
+            status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
+        )
 
-    async def RenewToken(self, request: pb.RenewTokenRequest,
-                         context: grpc.aio.ServicerContext) -> pb.RenewTokenResponse:
+    async def RenewToken(
+        self, request: pb.RenewTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewTokenResponse:
         record = await asyncio.to_thread(self._store.get, token_key(request.token))
         if record is None:
-            return pb.RenewTokenResponse(status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND,
-                                         detail="no such token")
+            return pb.RenewTokenResponse(
+                status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
+            )
         if request.role and request.role not in ROLES:
-            return pb.RenewTokenResponse(status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
-                                         detail=f"role must be one of {', '.join(ROLES)}")
+            return pb.RenewTokenResponse(
+                status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
+                detail=f"role must be one of {', '.join(ROLES)}",
+            )
         renewed = TokenRecord(
-            fingerprint=record.fingerprint, name=record.name,
-            role=request.role or record.role, created_at=record.created_at,
+            fingerprint=record.fingerprint,
+            name=record.name,
+            role=request.role or record.role,
+            created_at=record.created_at,
             expires_at=_expiry(request.expires_at, request.HasField("expires_at")),
         )
         await asyncio.to_thread(self._store.put, renewed)
-        return pb.RenewTokenResponse(status=pb.DATABASE_OPERATION_STATUS_OK,
-                                     token_info=_info(renewed, request.token))
+        return pb.RenewTokenResponse(
+            status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(renewed, request.token)
+        )
 
-    async def GetTokenInfoList(self, request: empty_pb2.Empty,
-                               context: grpc.aio.ServicerContext) -> pb.GetTokenInfoListResponse:
+    async def GetTokenInfoList(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> pb.GetTokenInfoListResponse:
         records = await asyncio.to_thread(self._store.list)
         # Raw tokens are not kept; a listing names each by its fingerprint, which
         # DeleteToken and RenewToken accept in place of the token.
@@ -109,12 +133,18 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
         )
 
 
-def create_token(store: TokenStore, clock: Clock, name: str, role: str,
-                 expires_at: datetime | None = None) -> tuple[str, TokenRecord]:
+def create_token(
+    store: TokenStore, clock: Clock, name: str, role: str, expires_at: datetime | None = None
+) -> tuple[str, TokenRecord]:
     """Make and store a new token; the raw token is returned once and never kept."""
     token = new_token()
-    record = TokenRecord(fingerprint=token_key(token), name=name, role=role,
-                         created_at=clock.now(), expires_at=expires_at)
+    record = TokenRecord(
+        fingerprint=token_key(token),
+        name=name,
+        role=role,
+        created_at=clock.now(),
+        expires_at=expires_at,
+    )
     store.put(record)
     log.info("token created for %s (%s) #%s", name, role, record.fingerprint[:8])
     return token, record

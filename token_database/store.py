@@ -24,7 +24,7 @@ def new_token() -> str:
 def token_key(token_or_reference: str) -> str:
     """The fingerprint a raw token or a ``sha256:<fingerprint>`` reference names."""
     if token_or_reference.startswith(FINGERPRINT_PREFIX):
-        return token_or_reference[len(FINGERPRINT_PREFIX):]
+        return token_or_reference[len(FINGERPRINT_PREFIX) :]
     return fingerprint(token_or_reference)
 
 
@@ -69,26 +69,36 @@ class SqliteTokenStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS tokens (fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL,"
-                " role TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT)"
+                "CREATE TABLE IF NOT EXISTS tokens (fingerprint TEXT PRIMARY KEY,"
+                " name TEXT NOT NULL, role TEXT NOT NULL, created_at TEXT NOT NULL,"
+                " expires_at TEXT)"
             )
 
     def put(self, record: TokenRecord) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?)",
-                (record.fingerprint, record.name, record.role, record.created_at.isoformat(),
-                 record.expires_at.isoformat() if record.expires_at else None),
+                (
+                    record.fingerprint,
+                    record.name,
+                    record.role,
+                    record.created_at.isoformat(),
+                    record.expires_at.isoformat() if record.expires_at else None,
+                ),
             )
 
     def get(self, key: str) -> TokenRecord | None:
         with self._lock:
-            row = self._conn.execute("SELECT * FROM tokens WHERE fingerprint = ?", (key,)).fetchone()
+            row = self._conn.execute(
+                "SELECT * FROM tokens WHERE fingerprint = ?", (key,)
+            ).fetchone()
         return self._record(row) if row else None
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            return self._conn.execute("DELETE FROM tokens WHERE fingerprint = ?", (key,)).rowcount == 1
+            return (
+                self._conn.execute("DELETE FROM tokens WHERE fingerprint = ?", (key,)).rowcount == 1
+            )
 
     def list(self) -> list[TokenRecord]:
         with self._lock:
@@ -103,5 +113,10 @@ class SqliteTokenStore:
     @staticmethod
     def _record(row: tuple[str, str, str, str, str | None]) -> TokenRecord:
         key, name, role, created_at, expires_at = row
-        return TokenRecord(key, name, role, datetime.fromisoformat(created_at),
-                           datetime.fromisoformat(expires_at) if expires_at else None)
+        return TokenRecord(
+            key,
+            name,
+            role,
+            datetime.fromisoformat(created_at),
+            datetime.fromisoformat(expires_at) if expires_at else None,
+        )

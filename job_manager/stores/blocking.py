@@ -15,7 +15,9 @@ T = TypeVar("T")
 class BlockingCalls:
     """A store's own thread pool; the errors it names become StoreError, once, here."""
 
-    def __init__(self, name: str, max_workers: int, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, name: str, max_workers: int, errors: tuple[type[BaseException], ...]
+    ) -> None:
         self._name = name
         self._errors = errors
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)

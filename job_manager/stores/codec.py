@@ -35,8 +35,14 @@ def encode(record: JobRecord) -> Row:
         "result_raw_size_bytes": record.result_raw_size_bytes,
         "result_encoded_size_bytes": record.result_encoded_size_bytes,
     }
-    for name in ("sdk_version", "idempotency_key", "status_detail", "actual_backend",
-                 "physical_lab_version", "simulator_version"):
+    for name in (
+        "sdk_version",
+        "idempotency_key",
+        "status_detail",
+        "actual_backend",
+        "physical_lab_version",
+        "simulator_version",
+    ):
         text = getattr(record, name)
         if text:
             row[name] = text

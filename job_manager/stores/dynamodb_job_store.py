@@ -7,6 +7,7 @@ retried submissions; TTL attribute ``job_expiry`` (epoch seconds) on final recor
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
@@ -33,8 +34,13 @@ def _conditional_failure(exc: ClientError) -> bool:
 class DynamoDbJobStore:
     """Records as DynamoDB items; each status change is one conditional put."""
 
-    def __init__(self, client: Any, table_name: str, max_workers: int = 16,
-                 retention: timedelta = FINISHED_JOB_RETENTION) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        max_workers: int = 16,
+        retention: timedelta = FINISHED_JOB_RETENTION,
+    ) -> None:
         self._client = client
         self._table = table_name
         self._retention = retention
@@ -106,7 +112,7 @@ class DynamoDbJobStore:
             }
             if start:
                 query["ExclusiveStartKey"] = start
-            page = await self._calls.run(lambda: self._client.query(**query))
+            page = await self._calls.run(functools.partial(self._client.query, **query))
             for item in page.get("Items", []):
                 yield self._record(item)
             start = page.get("LastEvaluatedKey")

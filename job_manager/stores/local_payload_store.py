@@ -86,8 +86,9 @@ class LocalPayloadStore:
         """True when a request carries a valid, unexpired signature for this access."""
         if not expires.isdigit():
             return False
-        return self._signer.verify(method, object_name, int(expires), signature,
-                                   self._clock.now().timestamp())
+        return self._signer.verify(
+            method, object_name, int(expires), signature, self._clock.now().timestamp()
+        )
 
     async def save_result(self, object_name: str, body: bytes, headers: dict[str, str]) -> None:
         """Keep an uploaded result and the headers to answer its download with."""
@@ -121,7 +122,10 @@ class LocalPayloadStore:
     def _signed_url(self, method: str, object_name: str, expires_in: timedelta) -> SignedUrl:
         expires_at = self._clock.now() + expires_in
         expires = int(expires_at.timestamp())
-        query = urlencode({"expires": expires,
-                           "signature": self._signer.sign(method, object_name, expires)})
-        return SignedUrl(url=f"{self.base_url}{RESULTS_PATH}/{object_name}?{query}",
-                         expires_at=expires_at.replace(microsecond=0))
+        query = urlencode(
+            {"expires": expires, "signature": self._signer.sign(method, object_name, expires)}
+        )
+        return SignedUrl(
+            url=f"{self.base_url}{RESULTS_PATH}/{object_name}?{query}",
+            expires_at=expires_at.replace(microsecond=0),
+        )

@@ -29,7 +29,9 @@ class S3PayloadStore:
     async def put_input(self, job_id: str, program: bytes) -> None:
         await self._calls.run(
             lambda: self._client.put_object(
-                Bucket=self._bucket, Key=input_key(job_id), Body=program,
+                Bucket=self._bucket,
+                Key=input_key(job_id),
+                Body=program,
                 ContentType="application/protobuf",
             )
         )

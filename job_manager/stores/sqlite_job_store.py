@@ -64,9 +64,11 @@ class SqliteJobStore:
 
     async def get(self, job_id: str) -> JobRecord | None:
         def select() -> str | None:
-            row = self._connection().execute(
-                "SELECT record FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,))
+                .fetchone()
+            )
             return row[0] if row else None
 
         text = await self._calls.run(select)
@@ -76,8 +78,12 @@ class SqliteJobStore:
         def update() -> bool:
             cursor = self._connection().execute(
                 "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
-                (record.status.value, json.dumps(codec.encode(record)), record.job_id,
-                 expected.value),
+                (
+                    record.status.value,
+                    json.dumps(codec.encode(record)),
+                    record.job_id,
+                    expected.value,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -94,19 +100,27 @@ class SqliteJobStore:
                 return
 
     def _page(self, status: JobStatus, after: str) -> list[tuple[str, str]]:
-        return self._connection().execute(
-            "SELECT job_id, record FROM jobs WHERE status = ? AND job_id > ? "
-            "ORDER BY job_id LIMIT ?",
-            (status.value, after, self._page_size),
-        ).fetchall()
+        return (
+            self._connection()
+            .execute(
+                "SELECT job_id, record FROM jobs WHERE status = ? AND job_id > ? "
+                "ORDER BY job_id LIMIT ?",
+                (status.value, after, self._page_size),
+            )
+            .fetchall()
+        )
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
         def select() -> str | None:
-            row = self._connection().execute(
-                "SELECT record FROM jobs WHERE owner_fingerprint = ? AND idempotency_key = ? "
-                "ORDER BY submitted_at DESC LIMIT 1",
-                (owner_fingerprint, key),
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT record FROM jobs WHERE owner_fingerprint = ? AND idempotency_key = ? "
+                    "ORDER BY submitted_at DESC LIMIT 1",
+                    (owner_fingerprint, key),
+                )
+                .fetchone()
+            )
             return row[0] if row else None
 
         text = await self._calls.run(select)

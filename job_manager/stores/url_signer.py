@@ -33,8 +33,14 @@ class UrlSigner:
         message = f"{method.upper()}\n{object_name}\n{expires_epoch_s}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def verify(self, method: str, object_name: str, expires_epoch_s: int, signature: str,
-               now_epoch_s: float) -> bool:
+    def verify(
+        self,
+        method: str,
+        object_name: str,
+        expires_epoch_s: int,
+        signature: str,
+        now_epoch_s: float,
+    ) -> bool:
         """True when the signature is right and has not expired."""
         if now_epoch_s > expires_epoch_s:
             return False

@@ -1,0 +1,110 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from scheduler.app import Scheduler
+from tests.helpers import (
+    AwsNames,
+    Clients,
+    TokenDatabase,
+    aws_config,
+    create_aws_resources,
+    local_config,
+)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server on loopback for the whole run (HTTP, so presigned URLs work)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_names(moto_endpoint: str) -> AwsNames:
+    """Fresh AWS resources for one test."""
+    return create_aws_resources(moto_endpoint, uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+async def token_database(tmp_path: Path) -> AsyncIterator[TokenDatabase]:
+    """A standalone TokenDatabaseService for AWS-mode schedulers."""
+    database = TokenDatabase(tmp_path / "tokens.sqlite3")
+    await database.start()
+    yield database
+    await database.stop()
+
+
+@pytest.fixture(params=["standalone", "aws"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run a test once per mode."""
+    return str(request.param)
+
+
+class Running:
+    """A started scheduler with clients and a way to mint tokens."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        clients: Clients,
+        tokens: TokenDatabase | None,
+        data_dir: Path | None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.clients = clients
+        self._tokens = tokens
+        self.data_dir = data_dir
+
+    def token(self, name: str = "alice", role: str = "developer") -> str:
+        from job_manager.clock import SystemClock
+        from scheduler.standalone import token_store_path
+        from token_database.service import create_token
+        from token_database.store import SqliteTokenStore
+
+        if self._tokens is not None:
+            return self._tokens.token(name, role)
+        assert self.data_dir is not None
+        store = SqliteTokenStore(token_store_path(self.data_dir))
+        try:
+            return create_token(store, SystemClock(), name, role)[0]
+        finally:
+            store.close()
+
+
+@pytest.fixture
+async def running(
+    mode: str, tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase
+) -> AsyncIterator[Running]:
+    """A scheduler in each mode, on loopback, with the test backends."""
+    tokens: TokenDatabase | None = None
+    data_dir: Path | None = None
+    if mode == "standalone":
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        from tests.helpers import TEST_BACKENDS_TOML
+
+        (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
+        config = local_config(data_dir)
+    else:
+        names: AwsNames = request.getfixturevalue("aws_names")
+        tokens = token_database
+        config = aws_config(names, tokens.address)
+    scheduler = Scheduler(config)
+    await scheduler.start()
+    clients = Clients(scheduler.submission_port, scheduler.execution_port)
+    try:
+        yield Running(scheduler, clients, tokens, data_dir)
+    finally:
+        await clients.close()
+        await scheduler.stop(grace_s=0)
