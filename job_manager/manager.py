@@ -25,8 +25,10 @@ from job_manager.model import (
     is_job_id,
     new_job_id,
 )
-from job_manager.queue import JobQueue, QueuedJob
+from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.stores import JobStore, PayloadStore, SignedUrl, StoreError
+from job_manager.throughput import DispatchRate
+from job_manager.waiters import Waiters
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class JobManager:
         payloads: PayloadStore,
         limits: Limits,
         clock: Clock,
+        policy: SchedulingPolicy | None = None,
         unify_backends: bool = False,
     ) -> None:
         self._jobs = jobs
@@ -99,18 +102,28 @@ class JobManager:
         self._unify = unify_backends
         self.quotas = Quotas(limits)
         self.backends = BackendTable()
+        self._policy = policy or SchedulingPolicy()
         self._queues: dict[str, JobQueue] = {}
+        self._rates: dict[str, DispatchRate] = {}
         self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
+        self.waiters = Waiters()
 
     # --- configuration ------------------------------------------------------------
     def use_backends(self, table: BackendTable) -> None:
         """Take a new backend table: new backends get a queue; removed ones keep theirs."""
         self.backends = table
         for backend in table.known():
-            self._queues.setdefault(self._queue_key(backend), JobQueue())
+            self._queue(self._queue_key(backend))
 
     def _queue_key(self, backend: str) -> str:
         return UNIFIED_QUEUE if self._unify else backend
+
+    def _queue(self, key: str) -> JobQueue:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = JobQueue(self._policy, self._clock)
+            self._rates[key] = DispatchRate()
+        return queue
 
     # --- users ---------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: JobSpec) -> str:
@@ -166,10 +179,23 @@ class JobManager:
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
         if record.status is JobStatus.QUEUED:
-            return f"queued on {record.backend}"
+            return self._queue_detail(record)
         if record.status is JobStatus.RUNNING:
             return f"running on {record.backend}"
         return record.status_detail
+
+    def _queue_detail(self, record: JobRecord) -> str:
+        key = self._queue_key(record.backend)
+        queue = self._queues.get(key)
+        position = queue.position(record.job_id) if queue is not None else None
+        if queue is None or position is None:
+            return f"queued on {record.backend}"
+        where = "all backends" if self._unify else record.backend
+        detail = f"queued: {_ordinal(position)} of {len(queue)} on {where}"
+        seconds_per_job = self._rates[key].seconds_per_job()
+        if seconds_per_job is not None:
+            detail += f", about {_duration(position * seconds_per_job)}"
+        return detail
 
     async def result(self, principal: Principal, job_id: str) -> tuple[JobRecord, SignedUrl | None]:
         """The finished job and, when it completed, a short-lived download URL."""
@@ -203,7 +229,7 @@ class JobManager:
         try:
             changed = await self._jobs.transition(cancelled, JobStatus.QUEUED)
         except StoreError as exc:
-            queue.restore(job)
+            self._restore(queue, job)
             log.error("job %s not cancelled, the store failed: %s", job.job_id, exc)
             raise SchedulerError("store_failed") from None
         self.quotas.left_queue(job.size_bytes)
@@ -214,25 +240,32 @@ class JobManager:
         return cancelled
 
     # --- hardware nodes ------------------------------------------------------------
-    async def assign(self, backend: str) -> Assignment | None:
-        """Hand the next job for ``backend`` to a node, or None when there is none."""
-        queue = self._queues.get(self._queue_key(backend))
+    async def assign(self, backend: str, wait_s: float = 0.0) -> Assignment | None:
+        """Hand the next job for ``backend`` to a node, or None when there is none.
+
+        With ``wait_s`` the node is parked until a job arrives or the time is up.
+        """
+        key = self._queue_key(backend)
+        queue = self._queues.get(key)
         if queue is None:
             raise SchedulerError(
                 "backend_unknown", backend=backend, known=", ".join(self.backends.known())
             )
-        while (job := queue.pop()) is not None:
-            assignment = await asyncio.shield(self._start(queue, job))
-            if assignment is not None:
-                return assignment
-        return None
+        deadline_s = self._clock.monotonic() + wait_s
+        while True:
+            while (job := queue.pop()) is not None:
+                assignment = await asyncio.shield(self._start(queue, job))
+                if assignment is not None:
+                    return assignment
+            if not await self.waiters.wait(key, deadline_s - self._clock.monotonic()):
+                return None
 
     async def _start(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now())
         try:
             changed = await self._jobs.transition(running, JobStatus.QUEUED)
         except StoreError as exc:
-            queue.restore(job)
+            self._restore(queue, job)
             log.error(
                 "job %s not handed over, the store failed; it stays queued: %s", job.job_id, exc
             )
@@ -242,6 +275,7 @@ class JobManager:
             await self._reload_conflicting(job.job_id)
             return None
         self._live[job.job_id] = running
+        self._rates[self._queue_key(running.backend)].record(self._clock.monotonic())
         log.info(
             "job %s RUNNING backend=%s user=%s waited_s=%.3f",
             job.job_id,
@@ -368,8 +402,14 @@ class JobManager:
 
     # --- helpers --------------------------------------------------------------------------
     def _enqueue(self, job: QueuedJob) -> None:
-        self._queues.setdefault(self._queue_key(job.record.backend), JobQueue()).push(job)
+        key = self._queue_key(job.record.backend)
+        self._queue(key).push(job)
         self._live[job.job_id] = job.record
+        self.waiters.wake(key)
+
+    def _restore(self, queue: JobQueue, job: QueuedJob) -> None:
+        queue.restore(job)
+        self.waiters.wake(self._queue_key(job.record.backend))
 
     def _ended(self, record: JobRecord) -> None:
         self._live.pop(record.job_id, None)
@@ -445,6 +485,19 @@ class JobManager:
             await self._payloads.delete_input(job_id)
         except StoreError as exc:
             log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _owner(record: JobRecord) -> str:

@@ -1,12 +1,47 @@
-"""A backend's queue of jobs waiting for a hardware node."""
+"""A backend's queue: fair between tokens, shorter timeouts first, nobody waits forever.
+
+Order of hand-over, decided at each ``pop``:
+
+1. Starvation bound: a job that has waited longer than ``max_wait_s`` goes before
+   every job that has waited less, oldest first.
+2. Fair share between tokens (stride scheduling): each token with queued jobs has a
+   virtual time that advances by ``1 / weight(role)`` each time one of its jobs is
+   handed over; the token with the smallest virtual time goes next. A token that
+   starts queueing joins at the queue's current virtual time, so a flood of one
+   token's jobs holds back a newcomer's job by at most one hand-over.
+3. Within a token, and between tokens at the same virtual time: the smallest
+   ``queued_at + timeout_weight * timeout``, so among otherwise equal jobs the
+   shorter declared timeout goes first, and age still counts.
+
+Every operation is O(log n) in the queued jobs (sorted lists); ``position`` is
+O(log n + tokens with queued jobs).
+"""
 
 from __future__ import annotations
 
-import heapq
 import itertools
+import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
-from job_manager.model import JobRecord
+from sortedcontainers import SortedKeyList
+
+from job_manager.clock import Clock
+from job_manager.model import JobRecord, Role
+
+
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class SchedulingPolicy:
+    """The factors of the queue order; configuration, not code."""
+
+    max_wait_s: float = 1800.0
+    timeout_weight: float = 0.1  # seconds of queue age one second of declared timeout costs
+    role_weights: Mapping[Role, float] = field(
+        default_factory=lambda: {Role.ADMIN: 4.0, Role.DEVELOPER: 2.0, Role.GUEST: 1.0}
+    )
 
 
 @dataclass(eq=False)
@@ -15,73 +50,154 @@ class QueuedJob:
 
     record: JobRecord
     program: bytes
-    sequence: int = -1  # arrival order among equal queued_at; kept when put back
+    sequence: int = -1  # arrival order, set by the queue on first push, kept when put back
+    rank_s: float = 0.0  # queued_at + timeout_weight * timeout, set by the queue
+    charged: bool = False  # its token's fair share was charged when it was taken out
 
     @property
     def job_id(self) -> str:
         return self.record.job_id
 
     @property
+    def owner(self) -> str:
+        return self.record.owner_fingerprint
+
+    @property
     def size_bytes(self) -> int:
         return len(self.program)
 
+    @property
+    def queued_at_s(self) -> float:
+        return self.record.queued_at.timestamp()
 
-@dataclass(order=True)
-class _Slot:
-    queued_at_s: float
-    sequence: int
-    job: QueuedJob | None = field(compare=False)  # None once removed
+
+@dataclass(eq=False)
+class _Owner:
+    """One token's jobs in this queue and its place in the fair share."""
+
+    fingerprint: str
+    weight: float
+    virtual_time: float
+    jobs: SortedKeyList = field(
+        default_factory=lambda: SortedKeyList(key=lambda j: (j.rank_s, j.sequence))
+    )
+
+    def order_key(self) -> tuple[float, float, int]:
+        head = self.jobs[0]
+        return (self.virtual_time, head.rank_s, head.sequence)
 
 
 class JobQueue:
-    """Jobs in order of arrival (``queued_at``); a job put back returns to its place.
+    """The jobs waiting for one backend (or for all, with --unify-backends)."""
 
-    Removal is lazy (the slot is emptied and skipped later), so push, pop and
-    remove are O(log n).
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[_Slot] = []
-        self._slots: dict[str, _Slot] = {}
+    def __init__(self, policy: SchedulingPolicy, clock: Clock) -> None:
+        self._policy = policy
+        self._clock = clock
         self._sequence = itertools.count()
+        self._jobs: dict[str, QueuedJob] = {}
+        self._by_age = SortedKeyList(key=lambda j: (j.queued_at_s, j.sequence))
+        self._owners: dict[str, _Owner] = {}
+        self._turns = SortedKeyList(key=_Owner.order_key)  # owners with queued jobs
+        self._virtual_clock = 0.0
         self.bytes_held = 0
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self._jobs)
 
     def __contains__(self, job_id: str) -> bool:
-        return job_id in self._slots
+        return job_id in self._jobs
 
     def push(self, job: QueuedJob) -> None:
-        """Add a job in its place by ``queued_at``."""
+        """Add a job in its place."""
         if job.sequence < 0:
             job.sequence = next(self._sequence)
-        slot = _Slot(job.record.queued_at.timestamp(), job.sequence, job)
-        heapq.heappush(self._heap, slot)
-        self._slots[job.job_id] = slot
+            job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s
+        owner = self._owners.get(job.owner)
+        if owner is None:
+            weight = self._policy.role_weights.get(job.record.role, 1.0)
+            owner = self._owners[job.owner] = _Owner(job.owner, weight, self._virtual_clock)
+        if owner.jobs:
+            self._turns.remove(owner)
+        else:
+            owner.virtual_time = max(owner.virtual_time, self._virtual_clock)
+        owner.jobs.add(job)
+        self._turns.add(owner)
+        self._by_age.add(job)
+        self._jobs[job.job_id] = job
         self.bytes_held += job.size_bytes
 
     def pop(self) -> QueuedJob | None:
         """Take the job that goes next, or None when the queue is empty."""
-        while self._heap:
-            slot = heapq.heappop(self._heap)
-            if slot.job is not None:
-                return self._take(slot)
-        return None
+        if not self._jobs:
+            return None
+        oldest = self._by_age[0]
+        if self._clock.now().timestamp() - oldest.queued_at_s > self._policy.max_wait_s:
+            job = oldest
+        else:
+            job = self._turns[0].jobs[0]
+        self._take(job, charge=True)
+        return job
 
     def remove(self, job_id: str) -> QueuedJob | None:
-        """Take a given job out, or None when it is not in this queue."""
-        slot = self._slots.get(job_id)
-        return self._take(slot) if slot else None
+        """Take a given job out (a cancel), or None when it is not in this queue."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._take(job, charge=False)
+        return job
 
     def restore(self, job: QueuedJob) -> None:
-        """Put back a job that was taken but could not be started: same place as before."""
+        """Put back a job taken out but not started (or not cancelled): same place, no charge."""
+        owner = self._owners.get(job.owner)
+        if owner is not None and job.charged:
+            if owner.jobs:
+                self._turns.remove(owner)
+            owner.virtual_time -= 1.0 / owner.weight
+            if owner.jobs:
+                self._turns.add(owner)
         self.push(job)
 
-    def _take(self, slot: _Slot) -> QueuedJob:
-        job = slot.job
-        assert job is not None
-        slot.job = None
-        del self._slots[job.job_id]
+    def position(self, job_id: str) -> int | None:
+        """About how many hand-overs until this job's (1 = next), or None if not queued.
+
+        Counts the token's own jobs ahead of it and, for each other token, the jobs
+        whose turn comes earlier in the fair share. It only falls as jobs leave.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        owner = self._owners[job.owner]
+        ahead_in_own = owner.jobs.index(job)
+        turn = owner.virtual_time + ahead_in_own / owner.weight
+        ahead = ahead_in_own
+        for other in self._turns:
+            if other is not owner:
+                ahead += self._turns_before(other, turn, job)
+        return ahead + 1
+
+    @staticmethod
+    def _turns_before(other: _Owner, turn: float, job: QueuedJob) -> int:
+        """How many of ``other``'s jobs come before ``job``, whose turn is at ``turn``."""
+        count = max(0, math.ceil((turn - other.virtual_time) * other.weight - _EPSILON))
+        if count < len(other.jobs):
+            # At the same turn, the smaller rank goes first (as in pop).
+            tied = other.jobs[count]
+            same_turn = abs(other.virtual_time + count / other.weight - turn) < _EPSILON
+            if same_turn and (tied.rank_s, tied.sequence) < (job.rank_s, job.sequence):
+                count += 1
+        return min(count, len(other.jobs))
+
+    def _take(self, job: QueuedJob, *, charge: bool) -> None:
+        owner = self._owners[job.owner]
+        self._turns.remove(owner)
+        owner.jobs.remove(job)
+        self._by_age.remove(job)
+        del self._jobs[job.job_id]
         self.bytes_held -= job.size_bytes
-        return job
+        job.charged = charge
+        if charge:
+            self._virtual_clock = max(self._virtual_clock, owner.virtual_time)
+            owner.virtual_time += 1.0 / owner.weight
+        if owner.jobs:
+            self._turns.add(owner)
+        elif owner.virtual_time <= self._virtual_clock:
+            del self._owners[job.owner]  # would rejoin at the virtual clock anyway

@@ -81,6 +81,7 @@ class Scheduler:
             payloads=self.stack.payloads,
             limits=config.limits,
             clock=self.clock,
+            policy=config.policy,
             unify_backends=config.unify_backends,
         )
         self._backends = BackendManager(self.stack.backend_source, config.backend_reload_interval_s)
@@ -117,7 +118,7 @@ class Scheduler:
             config.execution_max_message_bytes, config.execution_max_concurrent_rpcs
         )
         execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionService(self.jobs), execution
+            ExecutionService(self.jobs, config.max_assign_wait_s), execution
         )
         self.execution_port = self._listen(execution, config.execution_port)
         for server in (submission, execution):

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 from job_manager.limits import Limits, RoleLimits
 from job_manager.model import Role
+from job_manager.queue import SchedulingPolicy
 
 MB = 1024 * 1024
 T = TypeVar("T")
@@ -59,6 +60,8 @@ class Config:
     submission_max_message_bytes: int
     execution_max_message_bytes: int
     limits: Limits
+    policy: SchedulingPolicy
+    max_assign_wait_s: float
     unify_backends: bool
     backend_reload_interval_s: float
     token_cache_ttl_s: float
@@ -210,6 +213,21 @@ def _limits(env: Mapping[str, str]) -> Limits:
     )
 
 
+_ROLE_WEIGHTS = {Role.ADMIN: 4.0, Role.DEVELOPER: 2.0, Role.GUEST: 1.0}
+
+
+def _policy(env: Mapping[str, str]) -> SchedulingPolicy:
+    return SchedulingPolicy(
+        max_wait_s=_positive_float(env, "SCHEDULER_MAX_WAIT_S", 1800.0),
+        timeout_weight=_env(env, "SCHEDULER_TIMEOUT_WEIGHT", float, 0.1, lambda v: v >= 0,
+                            "must be zero or more"),
+        role_weights={
+            role: _positive_float(env, f"SCHEDULER_ROLE_WEIGHT_{role.value.upper()}", weight)
+            for role, weight in _ROLE_WEIGHTS.items()
+        },
+    )
+
+
 def _check_port(flag: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
@@ -255,6 +273,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
             env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH", 10 * MB
         ),
         limits=_limits(env),
+        policy=_policy(env),
+        max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
         unify_backends=args.unify_backends,
         backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
         token_cache_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_TTL_S", 60.0),

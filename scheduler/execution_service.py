@@ -59,17 +59,41 @@ def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
     )
 
 
+WAIT_METADATA = "x-mqc3-wait-ms"
+# A long poll answers this long before the caller's own deadline, so the node gets an
+# empty answer rather than DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S = 0.05
+
+
+def _wait_s(context: grpc.aio.ServicerContext, max_wait_s: float) -> float:
+    """How long the node asked to wait for a job (x-mqc3-wait-ms), capped; 0 if it did not."""
+    asked = dict(context.invocation_metadata() or ()).get(WAIT_METADATA)
+    if asked is None:
+        return 0.0
+    text = asked.decode() if isinstance(asked, bytes) else str(asked)
+    if not text.strip().isdigit():
+        raise SchedulerError("wait_ms_invalid", header=WAIT_METADATA, value=repr(text[:32]),
+                             maximum=round(max_wait_s * 1000))
+    wait_s = min(int(text) / 1000, max_wait_s)
+    remaining = context.time_remaining()
+    if remaining is not None:
+        wait_s = min(wait_s, max(0.0, remaining - DEADLINE_MARGIN_S))
+    return wait_s
+
+
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
-    def __init__(self, jobs: JobManager) -> None:
+    def __init__(self, jobs: JobManager, max_assign_wait_s: float) -> None:
         self._jobs = jobs
+        self._max_assign_wait_s = max_assign_wait_s
 
     @in_band(pb.AssignNextJobResponse)
     async def AssignNextJob(
         self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignNextJobResponse:
-        assignment = await self._jobs.assign(request.backend)
+        wait_s = _wait_s(context, self._max_assign_wait_s)
+        assignment = await self._jobs.assign(request.backend, wait_s)
         if assignment is None:
             return pb.AssignNextJobResponse()
         response = pb.AssignNextJobResponse(

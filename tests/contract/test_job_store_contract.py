@@ -1,0 +1,388 @@
+"""The JobStore contract: every test runs against the SQLite file and against DynamoDB (moto)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role
+from job_manager.stores import JobStore, StoreError
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from job_manager.stores.sqlite_job_store import SqliteJobStore
+from tests.helpers import aws_client
+
+# Small enough that ten records take several SQLite pages, one of them exactly full.
+PAGE_SIZE = 3
+T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+JST = timezone(timedelta(hours=9))
+
+
+def record(**fields: Any) -> JobRecord:
+    """A QUEUED record with only the required fields set; ``fields`` override."""
+    base = JobRecord(
+        job_id=str(uuid.uuid4()),
+        status=JobStatus.QUEUED,
+        backend="emulator",
+        owner_name="alice",
+        owner_fingerprint="f" * 64,
+        role=Role.DEVELOPER,
+        settings=b"",
+        timeout_s=60.0,
+        input_size_bytes=0,
+        submitted_at=T0,
+        queued_at=T0,
+    )
+    return replace(base, **fields)
+
+
+def full_record() -> JobRecord:
+    """A final record with every field set, to the microsecond, in more than one UTC offset."""
+    return record(
+        status=JobStatus.COMPLETED,
+        backend="qpu",
+        owner_name="bob",
+        owner_fingerprint="0123abcd" * 8,
+        role=Role.ADMIN,
+        settings=b"\x08\x01\x00\xff\xfe\x80 not utf-8 \xc3\x28",
+        timeout_s=90.5,
+        input_size_bytes=123_456,
+        submitted_at=T0,
+        queued_at=T0 + timedelta(microseconds=1),
+        sdk_version="1.2.3",
+        save_job=True,
+        idempotency_key="retry-7",
+        status_detail="all good ✓",
+        dequeued_at=(T0 + timedelta(seconds=1, microseconds=2)).astimezone(JST),
+        finished_at=T0 + timedelta(seconds=9, microseconds=999_999),
+        backend_timestamps=BackendTimestamps(
+            compile_started_at=T0 + timedelta(seconds=2, microseconds=3),
+            compile_finished_at=T0 + timedelta(seconds=3, microseconds=4),
+            execution_started_at=T0 + timedelta(seconds=4, microseconds=5),
+            execution_finished_at=T0 + timedelta(seconds=5, microseconds=6),
+        ),
+        actual_backend="qpu-2",
+        physical_lab_version="lab-2.1",
+        simulator_version="sim-0.9",
+        result_raw_size_bytes=4096,
+        result_encoded_size_bytes=1024,
+    )
+
+
+def running(queued: JobRecord, node: str = "qpu-1") -> JobRecord:
+    return replace(
+        queued, status=JobStatus.RUNNING, dequeued_at=T0 + timedelta(seconds=1), actual_backend=node
+    )
+
+
+def finished(run: JobRecord, status: JobStatus = JobStatus.COMPLETED) -> JobRecord:
+    return replace(
+        run,
+        status=status,
+        finished_at=T0 + timedelta(seconds=5),
+        status_detail=f"{status.value.lower()} by test",
+    )
+
+
+async def collect(store: JobStore, status: JobStatus) -> list[JobRecord]:
+    return sorted([r async for r in store.list_by_status(status)], key=lambda r: r.job_id)
+
+
+def by_id(records: list[JobRecord]) -> list[JobRecord]:
+    return sorted(records, key=lambda r: r.job_id)
+
+
+# --- the backends --------------------------------------------------------------------------
+Opener = Callable[[], JobStore]
+
+
+def _dynamodb_table(moto_endpoint: str) -> str:
+    name = f"jobs-{uuid.uuid4().hex[:12]}"
+    create_table(aws_client("dynamodb", moto_endpoint), name)
+    return name
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens a store over one backend's data; a second call is the same data after a restart."""
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.sqlite3"
+
+        def opener() -> JobStore:
+            return SqliteJobStore(path, page_size=PAGE_SIZE)
+    else:
+        endpoint: str = request.getfixturevalue("moto_endpoint")
+        table = _dynamodb_table(endpoint)
+
+        def opener() -> JobStore:
+            return DynamoDbJobStore(aws_client("dynamodb", endpoint), table)
+
+    yield opener
+
+
+@pytest.fixture
+async def store(open_store: Opener) -> AsyncIterator[JobStore]:
+    job_store = open_store()
+    yield job_store
+    await job_store.close()
+
+
+# --- create and get ------------------------------------------------------------------------
+async def test_get_returns_a_record_equal_to_the_created_one_in_every_field(
+    store: JobStore,
+) -> None:
+    full = full_record()
+    await store.create(full)
+    got = await store.get(full.job_id)
+    assert got == full
+    assert got is not None and got.settings == full.settings
+    for name in ("submitted_at", "queued_at", "dequeued_at", "finished_at"):
+        value = getattr(got, name)
+        assert value.tzinfo is not None and value.utcoffset() is not None, name
+        assert value.microsecond == getattr(full, name).microsecond, name
+
+
+async def test_get_returns_empty_optional_fields_as_empty(store: JobStore) -> None:
+    minimal = record()
+    await store.create(minimal)
+    got = await store.get(minimal.job_id)
+    assert got == minimal
+    assert got is not None
+    assert (got.dequeued_at, got.finished_at) == (None, None)
+    assert got.backend_timestamps == BackendTimestamps()
+    assert (got.settings, got.idempotency_key, got.status_detail) == (b"", "", "")
+
+
+async def test_get_of_a_missing_id_is_none(store: JobStore) -> None:
+    await store.create(record())
+    assert await store.get(str(uuid.uuid4())) is None
+
+
+async def test_create_of_an_existing_id_raises_and_keeps_the_first_record(
+    store: JobStore,
+) -> None:
+    first = record(owner_name="first")
+    await store.create(first)
+    with pytest.raises(StoreError):
+        await store.create(replace(first, owner_name="second", status=JobStatus.RUNNING))
+    assert await store.get(first.job_id) == first
+
+
+# --- transition ----------------------------------------------------------------------------
+async def test_transition_from_queued_to_running_succeeds_once(store: JobStore) -> None:
+    queued = record()
+    await store.create(queued)
+    first = running(queued, node="qpu-1")
+    assert await store.transition(first, JobStatus.QUEUED) is True
+    assert await store.get(queued.job_id) == first
+
+    assert await store.transition(running(queued, node="qpu-2"), JobStatus.QUEUED) is False
+    assert await store.get(queued.job_id) == first
+
+
+async def test_transition_from_running_to_a_final_status_stores_the_new_record(
+    store: JobStore,
+) -> None:
+    queued = record()
+    await store.create(queued)
+    await store.transition(running(queued), JobStatus.QUEUED)
+    done = finished(running(queued))
+    assert await store.transition(done, JobStatus.RUNNING) is True
+    assert await store.get(queued.job_id) == done
+
+
+@pytest.mark.parametrize("expected", [JobStatus.QUEUED, JobStatus.RUNNING])
+async def test_a_completed_record_never_changes(store: JobStore, expected: JobStatus) -> None:
+    queued = record()
+    await store.create(queued)
+    await store.transition(running(queued), JobStatus.QUEUED)
+    done = finished(running(queued))
+    await store.transition(done, JobStatus.RUNNING)
+    for status in JobStatus:
+        attempt = replace(done, status=status, status_detail="overwritten")
+        assert await store.transition(attempt, expected) is False, status
+    assert await store.get(queued.job_id) == done
+
+
+async def test_transition_of_a_missing_job_is_false_and_creates_nothing(
+    store: JobStore,
+) -> None:
+    ghost = record()
+    assert await store.transition(running(ghost), JobStatus.QUEUED) is False
+    assert await store.transition(running(ghost), JobStatus.RUNNING) is False
+    assert await store.get(ghost.job_id) is None
+    assert await collect(store, JobStatus.RUNNING) == []
+
+
+async def test_transition_changes_only_the_job_it_names(store: JobStore) -> None:
+    first, second = record(), record()
+    await store.create(first)
+    await store.create(second)
+    assert await store.transition(running(first), JobStatus.QUEUED)
+    assert await store.get(second.job_id) == second
+
+
+# --- list_by_status ------------------------------------------------------------------------
+async def test_list_by_status_returns_exactly_the_records_in_that_status_across_pages(
+    store: JobStore,
+) -> None:
+    queued = [record(submitted_at=T0 + timedelta(seconds=i)) for i in range(10)]
+    for r in queued:
+        await store.create(r)
+    moved = [record() for _ in range(PAGE_SIZE)]
+    for r in moved:
+        await store.create(r)
+        await store.transition(running(r), JobStatus.QUEUED)
+
+    assert await collect(store, JobStatus.QUEUED) == by_id(queued)
+    assert await collect(store, JobStatus.RUNNING) == by_id([running(r) for r in moved])
+    assert await collect(store, JobStatus.COMPLETED) == []
+
+
+async def test_list_by_status_of_an_empty_store_is_empty(store: JobStore) -> None:
+    assert await collect(store, JobStatus.QUEUED) == []
+
+
+# --- find_by_idempotency_key ---------------------------------------------------------------
+async def test_find_by_idempotency_key_returns_the_owners_newest_match(
+    store: JobStore,
+) -> None:
+    alice, bob = "a" * 64, "b" * 64
+    # The newest is neither the last created nor the greatest id.
+    newest = record(
+        job_id="00000000-0000-4000-8000-000000000001",
+        owner_fingerprint=alice,
+        idempotency_key="k",
+        submitted_at=T0 + timedelta(microseconds=1),
+    )
+    older = record(
+        job_id="ffffffff-ffff-4fff-bfff-ffffffffffff",
+        owner_fingerprint=alice,
+        idempotency_key="k",
+        submitted_at=T0,
+    )
+    bobs = record(owner_fingerprint=bob, idempotency_key="k", submitted_at=T0 + timedelta(1))
+    other_key = record(
+        owner_fingerprint=alice, idempotency_key="other", submitted_at=T0 + timedelta(2)
+    )
+    for r in (newest, older, bobs, other_key):
+        await store.create(r)
+
+    assert await store.find_by_idempotency_key(alice, "k") == newest
+    assert await store.find_by_idempotency_key(bob, "k") == bobs
+    assert await store.find_by_idempotency_key("c" * 64, "k") is None
+    assert await store.find_by_idempotency_key(alice, "missing") is None
+
+
+async def test_find_by_idempotency_key_ignores_records_without_a_key(store: JobStore) -> None:
+    await store.create(record(idempotency_key=""))
+    assert await store.find_by_idempotency_key("f" * 64, "") is None
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+async def test_close_is_idempotent_and_later_calls_raise_store_error(open_store: Opener) -> None:
+    job_store = open_store()
+    await job_store.create(record())
+    await job_store.close()
+    await job_store.close()
+    with pytest.raises(StoreError):
+        await job_store.get(str(uuid.uuid4()))
+
+
+async def test_close_of_an_unused_store_is_idempotent(open_store: Opener) -> None:
+    job_store = open_store()
+    await job_store.close()
+    await job_store.close()
+
+
+async def test_records_survive_closing_and_reopening_the_store(open_store: Opener) -> None:
+    before = open_store()
+    queued, moved = record(), record()
+    await before.create(queued)
+    await before.create(moved)
+    await before.transition(running(moved), JobStatus.QUEUED)
+    await before.close()
+
+    after = open_store()
+    try:
+        assert await after.get(queued.job_id) == queued
+        assert await after.get(moved.job_id) == running(moved)
+        assert await collect(after, JobStatus.QUEUED) == [queued]
+        assert await after.transition(running(moved), JobStatus.QUEUED) is False
+    finally:
+        await after.close()
+
+
+# --- DynamoDB only: the TTL attribute ------------------------------------------------------
+@pytest.fixture
+def dynamodb(moto_endpoint: str) -> tuple[Any, str]:
+    """A raw client and a fresh table, to read items as DynamoDB holds them."""
+    return aws_client("dynamodb", moto_endpoint), _dynamodb_table(moto_endpoint)
+
+
+def _raw_item(client: Any, table: str, job_id: str) -> dict[str, Any]:
+    item: dict[str, Any] = client.get_item(TableName=table, Key={"job_id": {"S": job_id}})["Item"]
+    return item
+
+
+@pytest.mark.parametrize(
+    "final", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED]
+)
+async def test_dynamodb_final_records_expire_30_days_after_they_finish(
+    dynamodb: tuple[Any, str], final: JobStatus
+) -> None:
+    client, table = dynamodb
+    job_store = DynamoDbJobStore(client, table)
+    try:
+        queued = record()
+        await job_store.create(queued)
+        assert "job_expiry" not in _raw_item(client, table, queued.job_id)
+        await job_store.transition(running(queued), JobStatus.QUEUED)
+        assert "job_expiry" not in _raw_item(client, table, queued.job_id)
+
+        done = finished(running(queued), final)
+        assert await job_store.transition(done, JobStatus.RUNNING)
+        expiry = _raw_item(client, table, queued.job_id)["job_expiry"]
+        assert done.finished_at is not None
+        expected = (done.finished_at + timedelta(days=30)).timestamp()
+        assert abs(int(expiry["N"]) - expected) <= 1
+    finally:
+        await job_store.close()
+
+
+# --- faults become StoreError --------------------------------------------------------------
+@pytest.fixture(params=["sqlite-corrupt-file", "sqlite-unopenable-path", "dynamodb-no-table"])
+async def broken_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    job_store: JobStore
+    if request.param == "sqlite-corrupt-file":
+        path = tmp_path / "jobs.sqlite3"
+        path.write_bytes(b"this is not a SQLite database\n" * 200)
+        job_store = SqliteJobStore(path)
+    elif request.param == "sqlite-unopenable-path":
+        # A directory nobody can create, even root: its would-be parent is a regular file.
+        (tmp_path / "a-file").write_text("")
+        job_store = SqliteJobStore(tmp_path / "a-file" / "jobs.sqlite3")
+    else:
+        endpoint: str = request.getfixturevalue("moto_endpoint")
+        job_store = DynamoDbJobStore(aws_client("dynamodb", endpoint), "no-such-table")
+    yield job_store
+    await job_store.close()
+
+
+async def test_every_call_on_a_broken_store_raises_store_error(broken_store: JobStore) -> None:
+    queued = record()
+    with pytest.raises(StoreError):
+        await broken_store.create(queued)
+    with pytest.raises(StoreError):
+        await broken_store.get(queued.job_id)
+    with pytest.raises(StoreError):
+        await broken_store.transition(running(queued), JobStatus.QUEUED)
+    with pytest.raises(StoreError):
+        await collect(broken_store, JobStatus.QUEUED)
+    with pytest.raises(StoreError):
+        await broken_store.find_by_idempotency_key(queued.owner_fingerprint, "k")

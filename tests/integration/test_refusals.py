@@ -1,0 +1,425 @@
+"""Every refusal over real gRPC, in both modes: the in-band code, a description that says
+what is wrong, and nothing changed by the refused call."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+
+from job_manager.clock import SystemClock
+from job_manager.model import fingerprint
+from pb.mqc3_cloud.common.v1.error_detail_pb2 import ErrorDetail
+from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
+from scheduler.app import Scheduler
+from scheduler.standalone import token_store_path
+from tests.conftest import Running
+from tests.helpers import (
+    UPLOAD_HEADERS,
+    AwsNames,
+    Clients,
+    TokenDatabase,
+    aws_config,
+    submit_request,
+)
+from token_database.service import create_token
+from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
+
+MAINTENANCE_DESCRIPTION = "qpu calibration until 18:00"  # tests.helpers.TEST_BACKENDS_TOML
+GUEST_DESCRIPTION = "qpu is not offered to guests"
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _queued(running: Running, backend: str = "emulator") -> int:
+    assert running.scheduler.jobs is not None
+    return running.scheduler.jobs.queue_length(backend)
+
+
+def _live(running: Running) -> int:
+    assert running.scheduler.jobs is not None
+    return running.scheduler.jobs.live_jobs()
+
+
+async def _submit(running: Running, token: str, backend: str = "emulator") -> str:
+    answer = await running.clients.submission.SubmitJob(submit_request(token, backend))
+    assert answer.error.code == "", answer.error
+    return str(answer.job_id)
+
+
+async def _status(running: Running, token: str, job_id: str) -> int:
+    answer = await running.clients.submission.GetJobStatus(
+        pb.GetJobStatusRequest(token=token, job_id=job_id))
+    assert answer.error.code == "", answer.error
+    return int(answer.status)
+
+
+async def _report(running: Running, job_id: str,
+                  status: execution_pb2.ExecutionStatus) -> ErrorDetail:
+    answer = await running.clients.execution.ReportExecutionResult(
+        execution_pb2.ReportExecutionResultRequest(job_id=job_id, status=status))
+    return answer.error
+
+
+async def _upload(url: str) -> None:
+    answer = await asyncio.to_thread(requests.put, url, data=gzip.compress(b"\x0a\x01r"),
+                                     headers=UPLOAD_HEADERS, timeout=10)
+    assert answer.status_code == 200
+
+
+def _expired_token(running: Running, token_database: TokenDatabase) -> str:
+    """A developer token that expired an hour ago, in whichever store the scheduler reads."""
+    expired_at = datetime.now(UTC) - timedelta(hours=1)
+    if running.data_dir is None:  # AWS mode: the test's own TokenDatabase
+        return create_token(token_database.store, SystemClock(), "alice", "developer",
+                            expired_at)[0]
+    store = SqliteTokenStore(token_store_path(running.data_dir))
+    try:
+        return create_token(store, SystemClock(), "alice", "developer", expired_at)[0]
+    finally:
+        store.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+JobCall = Callable[[submission_pb2_grpc.SubmissionServiceStub, str, str], Awaitable[Any]]
+
+
+async def _get_job_status(stub: Any, token: str, job_id: str) -> Any:
+    return await stub.GetJobStatus(pb.GetJobStatusRequest(token=token, job_id=job_id))
+
+
+async def _get_job_result(stub: Any, token: str, job_id: str) -> Any:
+    return await stub.GetJobResult(pb.GetJobResultRequest(token=token, job_id=job_id))
+
+
+async def _cancel_job(stub: Any, token: str, job_id: str) -> Any:
+    return await stub.CancelJob(pb.CancelJobRequest(token=token, job_id=job_id))
+
+
+JOB_CALLS = [pytest.param(_get_job_status, id="GetJobStatus"),
+             pytest.param(_get_job_result, id="GetJobResult"),
+             pytest.param(_cancel_job, id="CancelJob")]
+
+
+async def _token_refusals(stub: Any, token: str, job_id: str) -> dict[str, ErrorDetail]:
+    """The errors of SubmitJob, GetJobStatus and GetServiceStatus called with ``token``."""
+    return {
+        "SubmitJob": (await stub.SubmitJob(submit_request(token))).error,
+        "GetJobStatus": (await _get_job_status(stub, token, job_id)).error,
+        "GetServiceStatus": (await stub.GetServiceStatus(
+            pb.GetServiceStatusRequest(token=token, backend="emulator"))).error,
+    }
+
+
+# --- cancelling ---------------------------------------------------------------------------
+async def test_cancelling_a_queued_job_takes_it_out_of_the_queue(running: Running) -> None:
+    token = running.token()
+    job_id = await _submit(running, token)
+
+    cancelled = await _cancel_job(running.clients.submission, token, job_id)
+
+    assert cancelled.error.code == ""
+    assert await _status(running, token, job_id) == job_pb2.JOB_STATUS_CANCELLED
+    assert (await running.clients.assign()).job_id == ""
+    assert _queued(running) == 0
+
+
+async def test_cancelling_a_running_job_is_refused_and_it_keeps_running(running: Running) -> None:
+    token = running.token()
+    job_id = await _submit(running, token)
+    assert (await running.clients.assign()).job_id == job_id
+
+    refused = await _cancel_job(running.clients.submission, token, job_id)
+
+    assert refused.error.code == "FAILED_PRECONDITION"
+    assert "RUNNING" in refused.error.description
+    assert await _status(running, token, job_id) == job_pb2.JOB_STATUS_RUNNING
+
+
+# --- unknown and malformed ids ------------------------------------------------------------
+@pytest.mark.parametrize("call", JOB_CALLS)
+async def test_an_unknown_job_is_not_found(running: Running, call: JobCall) -> None:
+    job_id = str(uuid.uuid4())
+
+    answer = await call(running.clients.submission, running.token(), job_id)
+
+    assert answer.error.code == "NOT_FOUND"
+    assert job_id in answer.error.description
+    assert _live(running) == 0
+
+
+@pytest.mark.parametrize("call", JOB_CALLS)
+async def test_another_users_job_is_not_found_and_untouched(running: Running,
+                                                            call: JobCall) -> None:
+    alice = running.token("alice", "developer")
+    job_id = await _submit(running, alice)
+
+    answer = await call(running.clients.submission, running.token("bob", "developer"), job_id)
+
+    assert answer.error.code == "NOT_FOUND"
+    assert job_id in answer.error.description
+    assert await _status(running, alice, job_id) == job_pb2.JOB_STATUS_QUEUED
+    assert _queued(running) == 1
+
+
+@pytest.mark.parametrize("call", JOB_CALLS)
+async def test_a_malformed_job_id_is_invalid_argument(running: Running, call: JobCall) -> None:
+    answer = await call(running.clients.submission, running.token(), "not-a-job-id")
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "job_id" in answer.error.description
+    assert "not-a-job-id" in answer.error.description
+
+
+# --- unknown backends ---------------------------------------------------------------------
+async def test_submitting_to_an_unknown_backend_is_invalid_argument_naming_it(
+        running: Running) -> None:
+    answer = await running.clients.submission.SubmitJob(
+        submit_request(running.token(), "no-such-backend"))
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "no-such-backend" in answer.error.description
+    assert "emulator" in answer.error.description  # the known ones are listed
+    assert answer.job_id == ""
+    assert _queued(running, "no-such-backend") == 0
+    assert _live(running) == 0
+
+
+async def test_assigning_from_an_unknown_backend_is_invalid_argument_naming_it(
+        running: Running) -> None:
+    await _submit(running, running.token())
+
+    answer = await running.clients.assign("no-such-backend")
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "no-such-backend" in answer.error.description
+    assert answer.job_id == ""
+    assert _queued(running) == 1
+
+
+async def test_service_status_of_an_unknown_backend_is_invalid_argument(running: Running) -> None:
+    answer = await running.clients.submission.GetServiceStatus(
+        pb.GetServiceStatusRequest(token=running.token(), backend="no-such-backend"))
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "no-such-backend" in answer.error.description
+
+
+# --- tokens -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "says"), [("empty", "no token"), ("unknown", "not known"),
+                                            ("expired", "expired")])
+async def test_a_bad_token_is_unauthenticated_everywhere(running: Running,
+                                                        token_database: TokenDatabase,
+                                                        kind: str, says: str) -> None:
+    job_id = await _submit(running, running.token())
+    token = {"empty": lambda: "", "unknown": lambda: "mqc3_" + uuid.uuid4().hex,
+             "expired": lambda: _expired_token(running, token_database)}[kind]()
+
+    errors = await _token_refusals(running.clients.submission, token, job_id)
+
+    for rpc, error in errors.items():
+        assert error.code == "UNAUTHENTICATED", rpc
+        assert says in error.description, rpc
+    assert _queued(running) == 1
+
+
+async def test_a_token_fingerprint_is_not_a_token(running: Running) -> None:
+    # Stores and listings hold fingerprints so that reading them reveals no credential.
+    token = running.token()
+    job_id = await _submit(running, token)
+
+    errors = await _token_refusals(running.clients.submission,
+                                   FINGERPRINT_PREFIX + fingerprint(token), job_id)
+
+    for rpc, error in errors.items():
+        assert error.code == "UNAUTHENTICATED", rpc
+    assert _queued(running) == 1
+
+
+async def test_token_database_down_is_unavailable(aws_names: AwsNames) -> None:
+    scheduler = Scheduler(aws_config(aws_names, f"127.0.0.1:{_closed_port()}"))
+    await scheduler.start()
+    clients = Clients(scheduler.submission_port, scheduler.execution_port)
+    try:
+        errors = await _token_refusals(clients.submission, "mqc3_some-token", str(uuid.uuid4()))
+    finally:
+        await clients.close()
+        await scheduler.stop(grace_s=0)
+
+    for rpc, error in errors.items():
+        assert error.code == "UNAVAILABLE", rpc
+        assert "token database" in error.description, rpc
+    assert scheduler.jobs is not None and scheduler.jobs.queue_length("emulator") == 0
+
+
+# --- backend availability by role ---------------------------------------------------------
+async def test_submitting_to_a_backend_in_maintenance_is_unavailable_with_its_description(
+        running: Running) -> None:
+    answer = await running.clients.submission.SubmitJob(
+        submit_request(running.token("dave", "developer"), "qpu"))
+
+    assert answer.error.code == "UNAVAILABLE"
+    assert MAINTENANCE_DESCRIPTION in answer.error.description
+    assert answer.job_id == ""
+    assert _queued(running, "qpu") == 0
+
+
+async def test_service_status_of_a_backend_in_maintenance_is_an_answer_not_an_error(
+        running: Running) -> None:
+    answer = await running.clients.submission.GetServiceStatus(
+        pb.GetServiceStatusRequest(token=running.token("dave", "developer"), backend="qpu"))
+
+    assert answer.error.code == ""
+    assert answer.status == pb.SERVICE_STATUS_MAINTENANCE
+    assert answer.description == MAINTENANCE_DESCRIPTION
+
+
+async def test_a_backend_not_offered_to_guests_refuses_their_jobs(running: Running) -> None:
+    guest = running.token("gus", "guest")
+
+    submitted = await running.clients.submission.SubmitJob(submit_request(guest, "qpu"))
+    status = await running.clients.submission.GetServiceStatus(
+        pb.GetServiceStatusRequest(token=guest, backend="qpu"))
+
+    assert submitted.error.code == "UNAVAILABLE"
+    assert GUEST_DESCRIPTION in submitted.error.description
+    assert (status.error.code, status.status) == ("", pb.SERVICE_STATUS_UNAVAILABLE)
+    assert status.description == GUEST_DESCRIPTION
+    assert _queued(running, "qpu") == 0
+
+
+async def test_an_admin_may_submit_to_a_backend_closed_to_other_roles(running: Running) -> None:
+    await _submit(running, running.token("ada", "admin"), "qpu")
+
+    assert _queued(running, "qpu") == 1
+
+
+# --- results and reports ------------------------------------------------------------------
+async def test_the_result_of_an_unfinished_job_is_refused(running: Running) -> None:
+    token = running.token()
+    job_id = await _submit(running, token)
+
+    queued = await _get_job_result(running.clients.submission, token, job_id)
+    assert (await running.clients.assign()).job_id == job_id
+    started = await _get_job_result(running.clients.submission, token, job_id)
+
+    assert queued.error.code == "FAILED_PRECONDITION"
+    assert "QUEUED" in queued.error.description
+    assert started.error.code == "FAILED_PRECONDITION"
+    assert "RUNNING" in started.error.description
+    assert await _status(running, token, job_id) == job_pb2.JOB_STATUS_RUNNING
+
+
+async def test_success_reported_before_the_upload_is_refused_and_the_job_keeps_running(
+        running: Running) -> None:
+    token = running.token()
+    job_id = await _submit(running, token)
+    assert (await running.clients.assign()).job_id == job_id
+
+    error = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_SUCCESS)
+
+    assert error.code == "FAILED_PRECONDITION"
+    assert "upload" in error.description
+    assert await _status(running, token, job_id) == job_pb2.JOB_STATUS_RUNNING
+
+
+async def test_a_repeated_report_is_ok_and_a_conflicting_one_is_refused(running: Running) -> None:
+    token = running.token()
+    job_id = await _submit(running, token)
+    assigned = await running.clients.assign()
+    refused = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_SUCCESS)
+    await _upload(assigned.upload_target.upload_url)
+
+    first = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_SUCCESS)
+    repeated = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_SUCCESS)
+    conflicting = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_FAILURE)
+
+    assert refused.code == "FAILED_PRECONDITION"
+    assert (first.code, repeated.code) == ("", "")
+    assert conflicting.code == "FAILED_PRECONDITION"
+    assert "COMPLETED" in conflicting.description
+    assert await _status(running, token, job_id) == job_pb2.JOB_STATUS_COMPLETED
+
+
+# --- fields -------------------------------------------------------------------------------
+def _n_shots(value: int) -> Callable[[pb.SubmitJobRequest], None]:
+    def change(request: pb.SubmitJobRequest) -> None:
+        request.job.settings.n_shots = value
+    return change
+
+
+def _timeout(seconds: int | None) -> Callable[[pb.SubmitJobRequest], None]:
+    def change(request: pb.SubmitJobRequest) -> None:
+        request.job.settings.ClearField("timeout")
+        if seconds is not None:
+            request.job.settings.timeout.SetInParent()
+            request.job.settings.timeout.seconds = seconds
+    return change
+
+
+def _no_program(request: pb.SubmitJobRequest) -> None:
+    request.job.ClearField("program")
+
+
+def _graph_format_with_circuit_payload(request: pb.SubmitJobRequest) -> None:
+    request.job.program.format = program_pb2.REPRESENTATION_FORMAT_GRAPH
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    pytest.param(_n_shots(0), ["settings.n_shots", "1000000"], id="n_shots-zero"),
+    pytest.param(_n_shots(1_000_001), ["settings.n_shots", "1000000"], id="n_shots-over-max"),
+    pytest.param(_timeout(None), ["settings.timeout", "600"], id="timeout-missing"),
+    pytest.param(_timeout(0), ["settings.timeout", "600"], id="timeout-zero"),
+    pytest.param(_timeout(601), ["settings.timeout", "600", "developer"], id="timeout-over-max"),
+    pytest.param(_no_program, ["job.program"], id="program-missing"),
+    pytest.param(_graph_format_with_circuit_payload, ["job.program.format", "circuit"],
+                 id="format-not-matching-payload"),
+])
+async def test_a_bad_field_is_invalid_argument_naming_it(
+        running: Running, change: Callable[[pb.SubmitJobRequest], None], says: list[str]) -> None:
+    request = submit_request(running.token("alice", "developer"))
+    change(request)
+
+    answer = await running.clients.submission.SubmitJob(request)
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    for fragment in says:
+        assert fragment in answer.error.description
+    assert answer.job_id == ""
+    assert _live(running) == 0
+
+
+# --- roles come from the token ------------------------------------------------------------
+async def test_a_role_sent_in_the_request_is_replaced_by_the_tokens(running: Running) -> None:
+    request = submit_request(running.token("alice", "developer"))
+    request.job.settings.role = "admin"
+    assert (await running.clients.submission.SubmitJob(request)).error.code == ""
+
+    assigned = await running.clients.assign()
+
+    assert assigned.job.settings.role == "developer"
+
+
+async def test_a_role_sent_in_the_request_does_not_lift_the_tokens_limits(
+        running: Running) -> None:
+    request = submit_request(running.token("alice", "developer"), timeout_s=3600)
+    request.job.settings.role = "admin"
+
+    answer = await running.clients.submission.SubmitJob(request)
+
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "developer" in answer.error.description
+    assert _live(running) == 0

@@ -1,0 +1,240 @@
+"""The queue's order, on a fake clock: starvation bound, fair share, shorter timeouts first."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from job_manager.clock import FakeClock
+from job_manager.model import JobRecord, JobStatus, Role, new_job_id
+from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+
+_counter = itertools.count()
+
+
+def make_job(clock: FakeClock, owner: str, *, timeout_s: float = 60, role: Role = Role.DEVELOPER,
+             size: int = 10) -> QueuedJob:
+    now = clock.now()
+    record = JobRecord(
+        job_id=new_job_id(), status=JobStatus.QUEUED, backend="emulator", owner_name=owner,
+        owner_fingerprint=owner, role=role, settings=b"", timeout_s=timeout_s,
+        input_size_bytes=size, submitted_at=now, queued_at=now,
+    )
+    return QueuedJob(record, b"x" * size)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def queue(clock: FakeClock) -> JobQueue:
+    return JobQueue(SchedulingPolicy(max_wait_s=1800), clock)
+
+
+def drain(queue: JobQueue) -> list[QueuedJob]:
+    taken = []
+    while (job := queue.pop()) is not None:
+        taken.append(job)
+    return taken
+
+
+def test_one_token_is_served_in_arrival_order(queue: JobQueue, clock: FakeClock) -> None:
+    jobs = []
+    for _ in range(5):
+        jobs.append(make_job(clock, "a"))
+        queue.push(jobs[-1])
+        clock.advance(1)
+    assert drain(queue) == jobs
+
+
+def test_a_newcomer_is_among_the_next_two_despite_a_flood(queue: JobQueue,
+                                                           clock: FakeClock) -> None:
+    for _ in range(100):
+        queue.push(make_job(clock, "flooder"))
+    for _ in range(10):  # the flood is already being served
+        queue.pop()
+    clock.advance(1)
+    newcomer = make_job(clock, "newcomer")
+    queue.push(newcomer)
+    assert newcomer in [queue.pop(), queue.pop()]
+
+
+def test_a_newcomer_before_any_hand_over_is_among_the_next_two(queue: JobQueue,
+                                                                clock: FakeClock) -> None:
+    for _ in range(100):
+        queue.push(make_job(clock, "flooder"))
+    clock.advance(5)
+    newcomer = make_job(clock, "newcomer")
+    queue.push(newcomer)
+    assert newcomer in [queue.pop(), queue.pop()]
+
+
+def test_two_flooding_tokens_alternate(queue: JobQueue, clock: FakeClock) -> None:
+    for _ in range(50):
+        queue.push(make_job(clock, "a"))
+        queue.push(make_job(clock, "b"))
+    owners = [job.owner for job in drain(queue)]
+    served_a = served_b = 0
+    for owner in owners:
+        served_a += owner == "a"
+        served_b += owner == "b"
+        assert abs(served_a - served_b) <= 1
+
+
+def test_two_floods_queued_one_after_the_other_still_alternate(queue: JobQueue,
+                                                                clock: FakeClock) -> None:
+    for _ in range(30):
+        queue.push(make_job(clock, "a"))
+    clock.advance(1)
+    for _ in range(30):
+        queue.push(make_job(clock, "b"))
+    owners = [job.owner for job in drain(queue)]
+    for i in range(0, 60, 2):
+        assert set(owners[i:i + 2]) == {"a", "b"}, owners[: i + 2]
+
+
+def test_the_shorter_timeout_goes_first_among_equals(queue: JobQueue, clock: FakeClock) -> None:
+    long_job = make_job(clock, "a", timeout_s=600)
+    short_job = make_job(clock, "a", timeout_s=30)
+    queue.push(long_job)
+    queue.push(short_job)
+    assert drain(queue) == [short_job, long_job]
+
+
+def test_the_shorter_timeout_goes_first_between_tokens_at_the_same_turn(
+        queue: JobQueue, clock: FakeClock) -> None:
+    long_job = make_job(clock, "a", timeout_s=600)
+    short_job = make_job(clock, "b", timeout_s=30)
+    queue.push(long_job)
+    queue.push(short_job)
+    assert queue.pop() is short_job
+
+
+def test_a_job_past_the_wait_bound_goes_before_younger_ones(clock: FakeClock) -> None:
+    queue = JobQueue(SchedulingPolicy(max_wait_s=100), clock)
+    old_long = make_job(clock, "a", timeout_s=3000)  # ranks last by timeout
+    queue.push(old_long)
+    clock.advance(50)
+    for _ in range(20):
+        queue.push(make_job(clock, "a", timeout_s=1))
+    clock.advance(51)  # old_long has now waited 101 s; the others 51 s
+    assert queue.pop() is old_long
+
+
+def test_jobs_past_the_wait_bound_go_oldest_first(clock: FakeClock) -> None:
+    queue = JobQueue(SchedulingPolicy(max_wait_s=100), clock)
+    first = make_job(clock, "a", timeout_s=3000)
+    queue.push(first)
+    clock.advance(1)
+    second = make_job(clock, "b", timeout_s=2000)
+    queue.push(second)
+    clock.advance(1)
+    fresh = make_job(clock, "c", timeout_s=1)
+    clock.advance(200)
+    queue.push(fresh)
+    assert [queue.pop(), queue.pop(), queue.pop()] == [first, second, fresh]
+
+
+def test_role_weights_give_a_heavier_role_a_larger_share(clock: FakeClock) -> None:
+    policy = SchedulingPolicy(role_weights={Role.ADMIN: 3.0, Role.DEVELOPER: 1.0,
+                                            Role.GUEST: 1.0})
+    queue = JobQueue(policy, clock)
+    for _ in range(40):
+        queue.push(make_job(clock, "admin", role=Role.ADMIN))
+        queue.push(make_job(clock, "dev", role=Role.DEVELOPER))
+    first_forty = [queue.pop() for _ in range(40)]
+    admins = sum(1 for job in first_forty if job is not None and job.owner == "admin")
+    assert admins == 30
+
+
+def test_removed_job_is_never_handed_over(queue: JobQueue, clock: FakeClock) -> None:
+    jobs = [make_job(clock, "a") for _ in range(3)]
+    for job in jobs:
+        queue.push(job)
+    assert queue.remove(jobs[1].job_id) is jobs[1]
+    assert queue.remove(jobs[1].job_id) is None
+    assert drain(queue) == [jobs[0], jobs[2]]
+    assert queue.bytes_held == 0
+
+
+def test_a_restored_job_returns_to_its_place_and_share(queue: JobQueue,
+                                                       clock: FakeClock) -> None:
+    for _ in range(3):
+        queue.push(make_job(clock, "a"))
+        queue.push(make_job(clock, "b"))
+    expected = [job.job_id for job in drain(_copy(queue, clock))]
+    first = queue.pop()
+    assert first is not None
+    queue.restore(first)
+    assert [job.job_id for job in drain(queue)] == expected
+
+
+def _copy(queue: JobQueue, clock: FakeClock) -> JobQueue:
+    """A second queue with the same jobs in the same arrival order."""
+    twin = JobQueue(SchedulingPolicy(max_wait_s=1800), clock)
+    for job in sorted(queue._jobs.values(), key=lambda j: j.sequence):
+        twin.push(QueuedJob(job.record, job.program))
+    return twin
+
+
+def test_position_matches_the_actual_hand_over_order(queue: JobQueue, clock: FakeClock) -> None:
+    for i in range(12):
+        queue.push(make_job(clock, "a" if i < 8 else "b"))
+        clock.advance(0.1)
+    positions = {job_id: queue.position(job_id) for job_id in list(queue._jobs)}
+    order = [job.job_id for job in drain(queue)]
+    for index, job_id in enumerate(order):
+        assert positions[job_id] == index + 1
+
+
+def test_position_only_falls_as_jobs_ahead_leave(queue: JobQueue, clock: FakeClock) -> None:
+    for i in range(30):
+        queue.push(make_job(clock, ["a", "b", "c"][i % 3]))
+    last = make_job(clock, "a")
+    queue.push(last)
+    seen = [queue.position(last.job_id)]
+    while (job := queue.pop()) is not last:
+        assert job is not None
+        seen.append(queue.position(last.job_id))
+    assert all(later < earlier for earlier, later in zip(seen, seen[1:]))  # type: ignore[operator]
+    assert seen[-1] == 1
+
+
+def test_position_of_an_unknown_job_is_none(queue: JobQueue) -> None:
+    assert queue.position("nope") is None
+
+
+def test_bytes_held_follow_the_jobs(queue: JobQueue, clock: FakeClock) -> None:
+    a, b = make_job(clock, "a", size=100), make_job(clock, "b", size=50)
+    queue.push(a)
+    queue.push(b)
+    assert queue.bytes_held == 150
+    queue.pop()
+    assert queue.bytes_held in (50, 100)
+    clock.advance(timedelta(seconds=1).total_seconds())
+    drain(queue)
+    assert queue.bytes_held == 0 and len(queue) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from([10, 60, 600]),
+                          st.sampled_from(list(Role)), st.booleans()),
+                min_size=1, max_size=40))
+def test_position_is_the_hand_over_order_for_any_mix(
+        arrivals: list[tuple[str, int, Role, bool]]) -> None:
+    clock = FakeClock()
+    queue = JobQueue(SchedulingPolicy(max_wait_s=10_000), clock)
+    roles: dict[str, Role] = {}
+    for owner, timeout_s, role, tick in arrivals:
+        queue.push(make_job(clock, owner, timeout_s=timeout_s, role=roles.setdefault(owner, role)))
+        if tick:
+            clock.advance(1)
+    positions = {job_id: queue.position(job_id) for job_id in list(queue._jobs)}
+    order = [job.job_id for job in drain(queue)]
+    assert [positions[job_id] for job_id in order] == list(range(1, len(order) + 1))
