@@ -26,9 +26,11 @@ from job_manager.model import (
     new_job_id,
 )
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+from job_manager.single_flight import SingleFlight
 from job_manager.stores import JobStore, PayloadStore, SignedUrl, StoreError
 from job_manager.throughput import DispatchRate
 from job_manager.waiters import Waiters
+from job_manager.watchdog import Watchdog
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class JobSpec:
     request_bytes: int
     sdk_version: str = ""
     save_job: bool = False
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class JobManager:
         clock: Clock,
         policy: SchedulingPolicy | None = None,
         unify_backends: bool = False,
+        report_grace_s: float = 60.0,
+        idempotency_window: timedelta = timedelta(hours=24),
     ) -> None:
         self._jobs = jobs
         self._payloads = payloads
@@ -107,6 +112,11 @@ class JobManager:
         self._rates: dict[str, DispatchRate] = {}
         self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
         self.waiters = Waiters()
+        self.watchdog = Watchdog(clock, self._time_out)
+        self._report_grace = timedelta(seconds=report_grace_s)
+        self._idempotency_window = idempotency_window
+        self._recent_keys: dict[tuple[str, str], str] = {}  # (owner, key) → live job id
+        self._submissions: SingleFlight[tuple[str, str], str] = SingleFlight()
 
     # --- configuration ------------------------------------------------------------
     def use_backends(self, table: BackendTable) -> None:
@@ -127,7 +137,34 @@ class JobManager:
 
     # --- users ---------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: JobSpec) -> str:
-        """Accept a job: durable first, then queued; returns its id."""
+        """Accept a job: durable first, then queued; returns its id.
+
+        With an idempotency key, a retry of an accepted submission (same token and
+        key, within the window) returns the first job's id and makes nothing new.
+        """
+        if not spec.idempotency_key:
+            return await self._submit_new(principal, spec)
+        key = (principal.fingerprint, spec.idempotency_key)
+        return await self._submissions.run(key, lambda: self._submit_once(principal, spec))
+
+    async def _submit_once(self, principal: Principal, spec: JobSpec) -> str:
+        key = (principal.fingerprint, spec.idempotency_key)
+        known = self._recent_keys.get(key)
+        if known is not None:
+            return known
+        try:
+            earlier = await self._jobs.find_by_idempotency_key(*key)
+        except StoreError as exc:
+            log.error("idempotency key could not be looked up: %s", exc)
+            raise SchedulerError("submission_not_stored") from None
+        window_start = self._clock.now() - self._idempotency_window
+        if earlier is not None and earlier.submitted_at >= window_start:
+            log.info("job %s submitted again with its idempotency key; not duplicated",
+                     earlier.job_id)
+            return earlier.job_id
+        return await self._submit_new(principal, spec)
+
+    async def _submit_new(self, principal: Principal, spec: JobSpec) -> str:
         self._check_open(spec.backend, principal)
         self.quotas.check_shots(spec.n_shots)
         self.quotas.check_timeout(principal.role, spec.timeout_s)
@@ -145,6 +182,7 @@ class JobManager:
             input_size_bytes=len(spec.program),
             sdk_version=spec.sdk_version,
             save_job=spec.save_job,
+            idempotency_key=spec.idempotency_key,
             submitted_at=now,
             queued_at=now,
         )
@@ -234,8 +272,9 @@ class JobManager:
             raise SchedulerError("store_failed") from None
         self.quotas.left_queue(job.size_bytes)
         if not changed:
-            stored = await self._reload_conflicting(job.job_id)
-            raise SchedulerError("job_not_cancellable", job_id=job.job_id, status=stored)
+            stored = await self._believe_store(job.job_id)
+            status = stored.status.value if stored else "missing"
+            raise SchedulerError("job_not_cancellable", job_id=job.job_id, status=status)
         self._ended(cancelled)
         return cancelled
 
@@ -272,9 +311,10 @@ class JobManager:
             raise SchedulerError("store_failed") from None
         self.quotas.left_queue(job.size_bytes)
         if not changed:
-            await self._reload_conflicting(job.job_id)
+            await self._believe_store(job.job_id)
             return None
         self._live[job.job_id] = running
+        self._watch(running)
         self._rates[self._queue_key(running.backend)].record(self._clock.monotonic())
         log.info(
             "job %s RUNNING backend=%s user=%s waited_s=%.3f",
@@ -327,7 +367,7 @@ class JobManager:
             log.error("report for job %s not recorded, the store failed: %s", finished.job_id, exc)
             raise SchedulerError("store_failed") from None
         if not changed:
-            stored = await self._jobs_get(finished.job_id)
+            stored = await self._believe_store(finished.job_id)
             if stored is not None and stored.status is finished.status:
                 return stored
             status = stored.status.value if stored else "missing"
@@ -339,6 +379,37 @@ class JobManager:
             )
         self._ended(finished)
         return finished
+
+    def _watch(self, record: JobRecord) -> None:
+        assert record.dequeued_at is not None
+        deadline = record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
+        self.watchdog.watch(record.job_id, deadline)
+
+    async def _time_out(self, job_id: str) -> None:
+        """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT."""
+        record = self._live.get(job_id)
+        if record is None or record.status is not JobStatus.RUNNING:
+            return  # reported in time
+        grace_s = self._report_grace.total_seconds()
+        timed_out = replace(
+            record,
+            status=JobStatus.TIMEOUT,
+            finished_at=self._clock.now(),
+            status_detail=(
+                f"the backend never reported: no report within the job's timeout "
+                f"({record.timeout_s:g} s) and {grace_s:g} s of grace"
+            ),
+        )
+        try:
+            await asyncio.shield(self._finish(timed_out))
+        except SchedulerError as exc:
+            if exc.key != "report_conflict":
+                raise
+            # A report won the race: the job ended as the node said.
+
+    def shutdown(self) -> None:
+        """Release waiting nodes with an empty answer; later long polls return at once."""
+        self.waiters.close()
 
     async def refresh_upload_url(self, job_id: str) -> SignedUrl:
         """A new upload URL for a job that is still RUNNING."""
@@ -361,6 +432,7 @@ class JobManager:
         async for record in self._jobs.list_by_status(JobStatus.RUNNING):
             self._live[record.job_id] = record
             self.quotas.count(record.owner_fingerprint, 0)
+            self._watch(record)
         requeued = 0
         async for record in self._jobs.list_by_status(JobStatus.QUEUED):
             if await self._requeue(record):
@@ -405,6 +477,8 @@ class JobManager:
         key = self._queue_key(job.record.backend)
         self._queue(key).push(job)
         self._live[job.job_id] = job.record
+        if job.record.idempotency_key:
+            self._recent_keys[(job.owner, job.record.idempotency_key)] = job.job_id
         self.waiters.wake(key)
 
     def _restore(self, queue: JobQueue, job: QueuedJob) -> None:
@@ -413,6 +487,8 @@ class JobManager:
 
     def _ended(self, record: JobRecord) -> None:
         self._live.pop(record.job_id, None)
+        if record.idempotency_key:
+            self._recent_keys.pop((record.owner_fingerprint, record.idempotency_key), None)
         self.quotas.ended(record.owner_fingerprint)
         log.info(
             "job %s %s backend=%s user=%s total_s=%.3f",
@@ -470,15 +546,15 @@ class JobManager:
             log.error("result of job %s could not be checked: %s", record.job_id, exc)
             raise SchedulerError("store_failed") from None
 
-    async def _reload_conflicting(self, job_id: str) -> str:
+    async def _believe_store(self, job_id: str) -> JobRecord | None:
         """The store disagrees with memory: believe the store, drop the job from memory."""
         stored = await self._jobs_get(job_id)
         record = self._live.pop(job_id, None)
         if record is not None:
             self.quotas.ended(record.owner_fingerprint)
-        status = stored.status.value if stored else "missing"
-        log.warning("job %s was %s in the store, not as expected in memory", job_id, status)
-        return status
+        log.warning("job %s was %s in the store, not as expected in memory", job_id,
+                    stored.status.value if stored else "missing")
+        return stored
 
     async def _forget_input(self, job_id: str) -> None:
         try:

@@ -29,7 +29,6 @@ from sortedcontainers import SortedKeyList
 from job_manager.clock import Clock
 from job_manager.model import JobRecord, Role
 
-
 _EPSILON = 1e-9
 
 
@@ -130,11 +129,9 @@ class JobQueue:
         """Take the job that goes next, or None when the queue is empty."""
         if not self._jobs:
             return None
-        oldest = self._by_age[0]
-        if self._clock.now().timestamp() - oldest.queued_at_s > self._policy.max_wait_s:
-            job = oldest
-        else:
-            job = self._turns[0].jobs[0]
+        oldest: QueuedJob = self._by_age[0]
+        overdue = self._clock.now().timestamp() - oldest.queued_at_s > self._policy.max_wait_s
+        job: QueuedJob = oldest if overdue else self._turns[0].jobs[0]
         self._take(job, charge=True)
         return job
 
@@ -166,7 +163,7 @@ class JobQueue:
         if job is None:
             return None
         owner = self._owners[job.owner]
-        ahead_in_own = owner.jobs.index(job)
+        ahead_in_own: int = owner.jobs.index(job)
         turn = owner.virtual_time + ahead_in_own / owner.weight
         ahead = ahead_in_own
         for other in self._turns:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import timedelta
 from types import TracebackType
 
 import grpc
@@ -50,7 +52,8 @@ class Scheduler:
         self.execution_port = 0
         self.token_database_port = 0
         self.http_port = 0
-        self._servers: list[grpc.aio.Server] = []
+        self._servers: list[grpc.aio.Server] = []  # submission and execution
+        self._token_server: grpc.aio.Server | None = None  # standalone only
         self._backends: BackendManager | None = None
         self._channel: grpc.aio.Channel | None = None
         self._http: web.AppRunner | None = None
@@ -83,6 +86,8 @@ class Scheduler:
             clock=self.clock,
             policy=config.policy,
             unify_backends=config.unify_backends,
+            report_grace_s=config.report_grace_s,
+            idempotency_window=timedelta(seconds=config.idempotency_window_s),
         )
         self._backends = BackendManager(self.stack.backend_source, config.backend_reload_interval_s)
         self._backends.on_change(self.jobs.use_backends)
@@ -114,6 +119,7 @@ class Scheduler:
             SubmissionService(self.jobs, auth), submission
         )
         self.submission_port = self._listen(submission, config.submission_port)
+        self._servers.append(submission)
         execution = _grpc_server(
             config.execution_max_message_bytes, config.execution_max_concurrent_rpcs
         )
@@ -121,9 +127,11 @@ class Scheduler:
             ExecutionService(self.jobs, config.max_assign_wait_s), execution
         )
         self.execution_port = self._listen(execution, config.execution_port)
+        self._servers.append(execution)
         for server in (submission, execution):
             await server.start()
         self._backends.start()
+        self.jobs.watchdog.start()
         log.warning("serving WITHOUT TLS: submission and execution traffic is plaintext")
         log.info(
             "scheduler ready (%s mode): submission %s:%d, execution %s:%d",
@@ -138,7 +146,6 @@ class Scheduler:
         bound: int = server.add_insecure_port(f"{self.config.host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen on {self.config.host}:{port}")
-        self._servers.append(server)
         return bound
 
     async def _serve_token_database(self, port: int) -> int:
@@ -149,6 +156,7 @@ class Scheduler:
         )
         bound = self._listen(server, port)
         await server.start()
+        self._token_server = server
         return bound
 
     async def _serve_http(self) -> None:
@@ -175,8 +183,14 @@ class Scheduler:
             return
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        for server in reversed(self._servers):
-            await server.stop(grace)
+        if self.jobs is not None:
+            self.jobs.shutdown()  # waiting nodes get an empty answer now
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        if self._token_server is not None:
+            # Last: submissions still in flight resolve their tokens through it.
+            await self._token_server.stop(grace)
+        if self.jobs is not None:
+            await self.jobs.watchdog.stop()
         if self._backends is not None:
             await self._backends.stop()
         if self._channel is not None:

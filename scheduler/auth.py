@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import grpc
 
 from job_manager.clock import Clock
 from job_manager.model import Principal, Role, fingerprint
+from job_manager.single_flight import SingleFlight
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
@@ -50,7 +50,7 @@ class TokenResolver:
         self._max_entries = max_entries
         self._call_timeout_s = call_timeout_s
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[_Entry]] = {}
+        self._lookups: SingleFlight[str, _Entry] = SingleFlight()
         self.hits = 0
         self.misses = 0
 
@@ -64,7 +64,7 @@ class TokenResolver:
             self.hits += 1
         else:
             self.misses += 1
-            entry = await self._lookup_shared(key, token)
+            entry = await self._lookups.run(key, lambda: self._lookup_and_remember(key, token))
         return self._principal_of(entry)
 
     def _principal_of(self, entry: _Entry) -> Principal:
@@ -74,24 +74,10 @@ class TokenResolver:
             raise SchedulerError("token_expired", expired_at=entry.expires_at.isoformat())
         return entry.principal
 
-    async def _lookup_shared(self, key: str, token: str) -> _Entry:
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            entry = await self._lookup(key, token)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody must log it unread
-            raise
-        else:
-            future.set_result(entry)
-            self._remember(key, entry)
-            return entry
-        finally:
-            del self._pending[key]
+    async def _lookup_and_remember(self, key: str, token: str) -> _Entry:
+        entry = await self._lookup(key, token)
+        self._remember(key, entry)
+        return entry
 
     async def _lookup(self, key: str, token: str) -> _Entry:
         try:

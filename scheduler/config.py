@@ -62,6 +62,8 @@ class Config:
     limits: Limits
     policy: SchedulingPolicy
     max_assign_wait_s: float
+    report_grace_s: float
+    idempotency_window_s: float
     unify_backends: bool
     backend_reload_interval_s: float
     token_cache_ttl_s: float
@@ -275,6 +277,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         limits=_limits(env),
         policy=_policy(env),
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
+        report_grace_s=_positive_float(env, "SCHEDULER_REPORT_GRACE_S", 60.0),
+        idempotency_window_s=_positive_float(env, "SCHEDULER_IDEMPOTENCY_WINDOW_S", 86_400.0),
         unify_backends=args.unify_backends,
         backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
         token_cache_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_TTL_S", 60.0),

@@ -11,7 +11,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from job_manager.clock import Clock
-from job_manager.model import Role
+from job_manager.model import Role, fingerprint
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from token_database.store import (
@@ -78,7 +78,9 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
     async def GetTokenInfo(
         self, request: pb.GetTokenInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetTokenInfoResponse:
-        record = await asyncio.to_thread(self._store.get, token_key(request.token))
+        # Only the token itself authenticates: a fingerprint reference is for admin
+        # operations on a listed token, never a way to sign in.
+        record = await asyncio.to_thread(self._store.get, fingerprint(request.token))
         if record is None:
             return pb.GetTokenInfoResponse(
                 status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"

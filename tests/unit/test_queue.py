@@ -202,7 +202,7 @@ def test_position_only_falls_as_jobs_ahead_leave(queue: JobQueue, clock: FakeClo
     while (job := queue.pop()) is not last:
         assert job is not None
         seen.append(queue.position(last.job_id))
-    assert all(later < earlier for earlier, later in zip(seen, seen[1:]))  # type: ignore[operator]
+    assert all(later < earlier for earlier, later in itertools.pairwise(seen))  # type: ignore[operator]
     assert seen[-1] == 1
 
 
