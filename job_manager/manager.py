@@ -25,6 +25,7 @@ from job_manager.model import (
     is_job_id,
     new_job_id,
 )
+from job_manager.observer import JobObserver, NoObserver
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.single_flight import SingleFlight
 from job_manager.stores import JobStore, PayloadStore, SignedUrl, StoreError
@@ -100,6 +101,7 @@ class JobManager:
         unify_backends: bool = False,
         report_grace_s: float = 60.0,
         idempotency_window: timedelta = timedelta(hours=24),
+        observer: JobObserver | None = None,
     ) -> None:
         self._jobs = jobs
         self._payloads = payloads
@@ -112,6 +114,7 @@ class JobManager:
         self._rates: dict[str, DispatchRate] = {}
         self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
         self.waiters = Waiters()
+        self._observer = observer or NoObserver()
         self.watchdog = Watchdog(clock, self._time_out)
         self._report_grace = timedelta(seconds=report_grace_s)
         self._idempotency_window = idempotency_window
@@ -165,10 +168,14 @@ class JobManager:
         return await self._submit_new(principal, spec)
 
     async def _submit_new(self, principal: Principal, spec: JobSpec) -> str:
-        self._check_open(spec.backend, principal)
-        self.quotas.check_shots(spec.n_shots)
-        self.quotas.check_timeout(principal.role, spec.timeout_s)
-        self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
+        try:
+            self._check_open(spec.backend, principal)
+            self.quotas.check_shots(spec.n_shots)
+            self.quotas.check_timeout(principal.role, spec.timeout_s)
+            self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
+        except SchedulerError as exc:
+            self._observer.refused(spec.backend, principal.role.value, exc.code)
+            raise
         now = self._clock.now()
         record = JobRecord(
             job_id=new_job_id(),
@@ -202,6 +209,7 @@ class JobManager:
             await self._forget_input(record.job_id)
             raise SchedulerError("submission_not_stored") from None
         self._enqueue(QueuedJob(record, program))
+        self._observer.submitted(record)
         log.info(
             "job %s QUEUED backend=%s user=%s bytes=%d",
             record.job_id,
@@ -315,6 +323,7 @@ class JobManager:
             return None
         self._live[job.job_id] = running
         self._watch(running)
+        self._observer.started(running)
         self._rates[self._queue_key(running.backend)].record(self._clock.monotonic())
         log.info(
             "job %s RUNNING backend=%s user=%s waited_s=%.3f",
@@ -472,6 +481,11 @@ class JobManager:
         """How many jobs are QUEUED or RUNNING."""
         return len(self._live)
 
+    def queue_snapshot(self) -> list[tuple[str, int, int, int]]:
+        """Each queue's (name, jobs, program bytes, waiting nodes), for metrics."""
+        return [(key, len(queue), queue.bytes_held, self.waiters.count(key))
+                for key, queue in sorted(self._queues.items())]
+
     # --- helpers --------------------------------------------------------------------------
     def _enqueue(self, job: QueuedJob) -> None:
         key = self._queue_key(job.record.backend)
@@ -489,6 +503,7 @@ class JobManager:
         self._live.pop(record.job_id, None)
         if record.idempotency_key:
             self._recent_keys.pop((record.owner_fingerprint, record.idempotency_key), None)
+        self._observer.finished(record)
         self.quotas.ended(record.owner_fingerprint)
         log.info(
             "job %s %s backend=%s user=%s total_s=%.3f",

@@ -9,34 +9,52 @@ from types import TracebackType
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from backend_manager import BackendManager
 from job_manager.clock import Clock, SystemClock
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
+from scheduler.admission import Admission
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
-from scheduler.config import Config
+from scheduler.config import Config, TlsConfig
+from scheduler.edge import Edge
 from scheduler.execution_service import ExecutionService
+from scheduler.health import Health
 from scheduler.http_server import build_http_app
+from scheduler.metrics import Metrics
 from scheduler.stack import Stack
 from scheduler.standalone import standalone_stack
+from scheduler.store_monitor import StoreMonitor
 from scheduler.submission_service import SubmissionService
 from token_database.service import TokenDatabaseService
 
 log = logging.getLogger(__name__)
 
 MAX_RESULT_UPLOAD_BYTES = 1024 * 1024 * 1024
+PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
+SUBMISSION = "mqc3_cloud.scheduler.v1.SubmissionService"
+EXECUTION = "mqc3_cloud.scheduler.v1.ExecutionService"
+HEALTH = "grpc.health.v1.Health"
 
 
-def _grpc_server(max_message_bytes: int, max_concurrent_rpcs: int | None) -> grpc.aio.Server:
-    return grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:
+    # No maximum_concurrent_rpcs: admission is per service (Edge), so health checks
+    # and reflection still answer while the services are saturated.
+    return grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ])
+
+
+def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.cert_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None,
     )
 
 
@@ -46,143 +64,170 @@ class Scheduler:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.metrics = Metrics()
         self.stack: Stack | None = None
         self.jobs: JobManager | None = None
+        self.health: Health | None = None
         self.submission_port = 0
         self.execution_port = 0
         self.token_database_port = 0
         self.http_port = 0
+        self.metrics_port = 0
         self._servers: list[grpc.aio.Server] = []  # submission and execution
         self._token_server: grpc.aio.Server | None = None  # standalone only
         self._backends: BackendManager | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._http: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
         self._stopped = False
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self.stop()
 
     async def start(self) -> None:
-        """Open the stores, recover the jobs, then start serving."""
+        """Listen (NOT_SERVING), open the stores, recover the jobs, then serve."""
         config = self.config
         if config.local is not None:
             self.stack = await standalone_stack(config.local.data_dir, self.clock)
         else:
             assert config.aws is not None
             self.stack = await aws_stack(config.aws, self.clock)
+        monitor = StoreMonitor(self.metrics)
+        job_store = monitor.wrap(self.stack.jobs, "jobs")
         self.jobs = JobManager(
-            jobs=self.stack.jobs,
-            payloads=self.stack.payloads,
+            jobs=job_store,
+            payloads=monitor.wrap(self.stack.payloads, "payloads"),
             limits=config.limits,
             clock=self.clock,
             policy=config.policy,
             unify_backends=config.unify_backends,
             report_grace_s=config.report_grace_s,
             idempotency_window=timedelta(seconds=config.idempotency_window_s),
+            observer=self.metrics,
         )
-        self._backends = BackendManager(self.stack.backend_source, config.backend_reload_interval_s)
+        self.metrics.watch_queues(self.jobs.queue_snapshot)
+        self.health = Health(monitor, lambda: job_store.get(PROBE_JOB_ID),
+                             config.store_unhealthy_after_s)
+        await self.health.starting()
+        await self._serve_metrics()
+        await self._serve_grpc()
+        self._backends = BackendManager(self.stack.backend_source,
+                                        config.backend_reload_interval_s)
         self._backends.on_change(self.jobs.use_backends)
         await self._backends.load()
         await self.jobs.recover()
-
-        token_address = config.token_database_address
-        if self.stack.token_store is not None:
-            assert config.local is not None
-            self.token_database_port = await self._serve_token_database(
-                config.local.token_database_port
-            )
-            token_address = f"127.0.0.1:{self.token_database_port}"
-        if self.stack.local_payloads is not None:
-            await self._serve_http()
-        self._channel = grpc.aio.insecure_channel(token_address)
-        auth = TokenResolver(
-            self._channel,
-            self.clock,
-            config.token_cache_ttl_s,
-            config.token_cache_miss_ttl_s,
-            config.token_cache_max_entries,
-        )
-
-        submission = _grpc_server(
-            config.submission_max_message_bytes, config.submission_max_concurrent_rpcs
-        )
-        submission_pb2_grpc.add_SubmissionServiceServicer_to_server(
-            SubmissionService(self.jobs, auth), submission
-        )
-        self.submission_port = self._listen(submission, config.submission_port)
-        self._servers.append(submission)
-        execution = _grpc_server(
-            config.execution_max_message_bytes, config.execution_max_concurrent_rpcs
-        )
-        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionService(self.jobs, config.max_assign_wait_s), execution
-        )
-        self.execution_port = self._listen(execution, config.execution_port)
-        self._servers.append(execution)
-        for server in (submission, execution):
-            await server.start()
         self._backends.start()
         self.jobs.watchdog.start()
-        log.warning("serving WITHOUT TLS: submission and execution traffic is plaintext")
-        log.info(
-            "scheduler ready (%s mode): submission %s:%d, execution %s:%d",
-            config.mode,
-            config.host,
-            self.submission_port,
-            config.host,
-            self.execution_port,
-        )
+        await self.health.ready()
+        log.info("scheduler ready (%s mode): submission %s:%d, execution %s:%d, metrics :%d",
+                 config.mode, config.host, self.submission_port, config.host,
+                 self.execution_port, self.metrics_port)
 
-    def _listen(self, server: grpc.aio.Server, port: int) -> int:
-        bound: int = server.add_insecure_port(f"{self.config.host}:{port}")
+    async def _serve_grpc(self) -> None:
+        config, stack, jobs, health = self.config, self.stack, self.jobs, self.health
+        assert stack is not None and jobs is not None and health is not None
+        token_address = config.token_database_address
+        if stack.token_store is not None:
+            assert config.local is not None
+            self.token_database_port = await self._serve_token_database(
+                config.local.token_database_port)
+            token_address = f"127.0.0.1:{self.token_database_port}"
+        if stack.local_payloads is not None:
+            await self._serve_payloads()
+        self._channel = grpc.aio.insecure_channel(token_address)
+        auth = TokenResolver(
+            self._channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
+            config.token_cache_max_entries,
+            on_cache=lambda hit: self.metrics.token_cache.labels("hit" if hit else "miss").inc(),
+        )
+        submission = _grpc_server(config.submission_max_message_bytes)
+        submission_pb2_grpc.add_SubmissionServiceServicer_to_server(SubmissionService(
+            jobs, auth, Edge(Admission(config.submission_max_concurrent_rpcs), self.metrics)),
+            submission)
+        execution = _grpc_server(config.execution_max_message_bytes)
+        secret = config.execution_secret or stack.execution_secret
+        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(ExecutionService(
+            jobs, config.max_assign_wait_s,
+            Edge(Admission(config.execution_max_concurrent_rpcs), self.metrics, secret)),
+            execution)
+        for server, service, port, tls in (
+            (submission, SUBMISSION, config.submission_port, config.submission_tls),
+            (execution, EXECUTION, config.execution_port, config.execution_tls),
+        ):
+            health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+            reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
+            bound = self._listen(server, port, tls)
+            if service == SUBMISSION:
+                self.submission_port = bound
+            else:
+                self.execution_port = bound
+            self._servers.append(server)
+            await server.start()
+        if config.submission_tls is None or config.execution_tls is None:
+            plain = [name for name, tls in (("submission", config.submission_tls),
+                                            ("execution", config.execution_tls)) if tls is None]
+            log.warning("no TLS on the %s port: its traffic, tokens included, is plaintext",
+                        " and ".join(plain))
+
+    def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None) -> int:
+        address = f"{self.config.host}:{port}"
+        bound: int = (server.add_secure_port(address, _credentials(tls)) if tls
+                      else server.add_insecure_port(address))
         if bound == 0:
-            raise OSError(f"cannot listen on {self.config.host}:{port}")
+            raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
         return bound
 
     async def _serve_token_database(self, port: int) -> int:
         assert self.stack is not None and self.stack.token_store is not None
         server = grpc.aio.server()
         token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
-            TokenDatabaseService(self.stack.token_store, self.clock), server
-        )
+            TokenDatabaseService(self.stack.token_store, self.clock), server)
         bound = self._listen(server, port)
         await server.start()
         self._token_server = server
         return bound
 
-    async def _serve_http(self) -> None:
+    async def _serve_http(self, app: web.Application, port: int, **kwargs: object) -> int:
+        runner = web.AppRunner(app, access_log=None, **kwargs)  # type: ignore[arg-type]
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(f"cannot listen on {self.config.host}:{port}: {exc.strerror}") from None
+        return int(runner.addresses[-1][1])
+
+    async def _serve_payloads(self) -> None:
         assert self.stack is not None and self.config.local is not None
         payloads = self.stack.local_payloads
-        # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
-        self._http = web.AppRunner(
-            build_http_app(payloads, MAX_RESULT_UPLOAD_BYTES),
-            access_log=None,
-            auto_decompress=False,
-        )
-        await self._http.setup()
-        site = web.TCPSite(self._http, self.config.host, self.config.local.http_port)
-        await site.start()
-        self.http_port = int(self._http.addresses[0][1])
         assert payloads is not None
-        payloads.base_url = (
-            self.config.local.public_url or f"http://{self.config.host}:{self.http_port}"
-        ).rstrip("/")
+        # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
+        self.http_port = await self._serve_http(
+            build_http_app(payloads, MAX_RESULT_UPLOAD_BYTES, self._is_serving),
+            self.config.local.http_port, auto_decompress=False)
+        payloads.base_url = (self.config.local.public_url
+                             or f"http://{self.config.host}:{self.http_port}").rstrip("/")
+
+    async def _serve_metrics(self) -> None:
+        app = build_http_app(None, 0, self._is_serving, self.metrics.exposition)
+        self.metrics_port = await self._serve_http(app, self.config.metrics_port)
+
+    def _is_serving(self) -> bool:
+        return self.health is not None and self.health.serving
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Stop taking calls, let those under way finish within the grace, close everything."""
+        """Drain: NOT_SERVING, release waiting nodes, let calls finish within the grace."""
         if self._stopped:
             return
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if self.health is not None:
+            await self.health.draining()
         if self.jobs is not None:
             self.jobs.shutdown()  # waiting nodes get an empty answer now
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
@@ -195,8 +240,8 @@ class Scheduler:
             await self._backends.stop()
         if self._channel is not None:
             await self._channel.close()
-        if self._http is not None:
-            await self._http.cleanup()
+        for runner in self._runners:
+            await runner.cleanup()
         if self.stack is not None:
             await self.stack.close()
         log.info("scheduler stopped")

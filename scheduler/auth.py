@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,6 +43,7 @@ class TokenResolver:
         miss_ttl_s: float,
         max_entries: int,
         call_timeout_s: float = 3.0,
+        on_cache: Callable[[bool], None] = lambda hit: None,
     ) -> None:
         self._stub = tdb_grpc.TokenDatabaseServiceStub(channel)
         self._clock = clock
@@ -51,8 +53,7 @@ class TokenResolver:
         self._call_timeout_s = call_timeout_s
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lookups: SingleFlight[str, _Entry] = SingleFlight()
-        self.hits = 0
-        self.misses = 0
+        self._on_cache = on_cache
 
     async def resolve(self, token: str) -> Principal:
         """The caller behind ``token``, or a SchedulerError saying why not."""
@@ -61,9 +62,9 @@ class TokenResolver:
         key = fingerprint(token)
         entry = self._cache.get(key)
         if entry is not None and entry.valid_until_s > self._clock.monotonic():
-            self.hits += 1
+            self._on_cache(True)
         else:
-            self.misses += 1
+            self._on_cache(False)
             entry = await self._lookups.run(key, lambda: self._lookup_and_remember(key, token))
         return self._principal_of(entry)
 

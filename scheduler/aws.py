@@ -36,9 +36,22 @@ def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
 
 def _parameter(ssm: Any, name: str, flag: str) -> str:
     try:
-        return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+        return str(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
     except (ClientError, BotoCoreError) as exc:
         raise ConfigError(f"{flag} {name!r}: the SSM parameter could not be read ({exc})") from None
+
+
+def _check_reachable(dynamodb: Any, table: str, s3: Any, bucket: str) -> None:
+    try:
+        dynamodb.describe_table(TableName=table)
+    except (ClientError, BotoCoreError) as exc:
+        raise ConfigError(
+            f"--job_table_name_key: table {table!r} is not reachable ({exc})") from None
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as exc:
+        raise ConfigError(
+            f"--job_bucket_name_key: bucket {bucket!r} is not reachable ({exc})") from None
 
 
 async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
@@ -48,7 +61,13 @@ async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
         _parameter, ssm, aws.job_bucket_name_key, "--job_bucket_name_key"
     )
     table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key, "--job_table_name_key")
+    secret = None
+    if aws.execution_secret_parameter:
+        secret = await asyncio.to_thread(_parameter, ssm, aws.execution_secret_parameter,
+                                         "--execution-secret-parameter")
+    await asyncio.to_thread(_check_reachable, dynamodb, table, s3, bucket)
     return Stack(
+        execution_secret=secret,
         jobs=DynamoDbJobStore(dynamodb, table),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),

@@ -7,7 +7,7 @@ new settings follow its ``SCHEDULER_*`` style.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -24,6 +24,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """A port's certificate and key (PEM), and for mTLS the CA that signs client certificates."""
+
+    cert_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class AwsConfig:
     """Production: DynamoDB, S3 and SSM."""
 
@@ -35,6 +44,7 @@ class AwsConfig:
     secret_access_key: str | None = None
     endpoint: str | None = None  # only with --dev (LocalStack, moto)
     s3_endpoint: str | None = None  # only with --dev
+    execution_secret_parameter: str | None = None  # SSM parameter with the nodes' secret
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,12 @@ class Config:
     token_cache_miss_ttl_s: float
     token_cache_max_entries: int
     shutdown_grace_s: float
+    metrics_port: int
+    log_format: str
+    store_unhealthy_after_s: float
+    submission_tls: TlsConfig | None = None
+    execution_tls: TlsConfig | None = None
+    execution_secret: str | None = field(default=None, repr=False)
     aws: AwsConfig | None = None
     local: LocalConfig | None = None
 
@@ -155,6 +171,20 @@ def _parser() -> argparse.ArgumentParser:
         help="standalone: base URL nodes and users reach the HTTP port at "
         "(default http://<host>:<http-port>)",
     )
+    p.add_argument("--metrics-port", type=int, default=8085,
+                   help="HTTP port of /metrics and /healthz (default 8085)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text or as one JSON object each (default text)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the submission port")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of the submission port")
+    p.add_argument("--execution-tls-cert", type=Path,
+                   help="PEM certificate chain of the execution port")
+    p.add_argument("--execution-tls-key", type=Path, help="PEM private key of the execution port")
+    p.add_argument("--execution-client-ca", type=Path,
+                   help="PEM CA bundle: the execution port then requires client certificates")
+    p.add_argument("--execution-secret-parameter", default=None,
+                   help="AWS mode: SSM parameter holding the nodes' shared secret "
+                        "(else SCHEDULER_EXECUTION_SECRET)")
     p.add_argument(
         "--host",
         default=None,
@@ -230,6 +260,26 @@ def _policy(env: Mapping[str, str]) -> SchedulingPolicy:
     )
 
 
+def _read(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+
+
+def _tls(cert_flag: str, cert: Path | None, key_flag: str, key: Path | None,
+         ca: Path | None = None) -> TlsConfig | None:
+    if cert is None and key is None:
+        if ca is not None:
+            raise ConfigError("--execution-client-ca needs --execution-tls-cert and "
+                              "--execution-tls-key")
+        return None
+    if cert is None or key is None:
+        raise ConfigError(f"{cert_flag} and {key_flag} go together")
+    return TlsConfig(cert_chain=_read(cert_flag, cert), private_key=_read(key_flag, key),
+                     client_ca=_read("--execution-client-ca", ca) if ca else None)
+
+
 def _check_port(flag: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
@@ -243,10 +293,14 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         ("--port-for-execution", args.port_for_execution),
         ("--port-for-token-database", args.port_for_token_database),
         ("--http-port", args.http_port),
+        ("--metrics-port", args.metrics_port),
     ):
         _check_port(flag, port)
     host = args.host or ("127.0.0.1" if args.local else "0.0.0.0")
     aws = local = None
+    if args.local and args.execution_secret_parameter:
+        raise ConfigError("--execution-secret-parameter is for AWS mode; standalone reads "
+                          "SCHEDULER_EXECUTION_SECRET")
     if args.local:
         public_url = args.public_url
         if public_url is not None and not public_url.startswith(("http://", "https://")):
@@ -285,6 +339,14 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         token_cache_miss_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_MISS_TTL_S", 5.0),
         token_cache_max_entries=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MAX_ENTRIES", 10_000),
         shutdown_grace_s=_positive_float(env, "SCHEDULER_SHUTDOWN_GRACE_S", 10.0),
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+        store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
+        submission_tls=_tls("--tls-cert", args.tls_cert, "--tls-key", args.tls_key),
+        execution_tls=_tls("--execution-tls-cert", args.execution_tls_cert,
+                           "--execution-tls-key", args.execution_tls_key,
+                           args.execution_client_ca),
+        execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
         aws=aws,
         local=local,
     )
@@ -312,4 +374,5 @@ def _aws_config(args: argparse.Namespace) -> AwsConfig:
         secret_access_key=args.aws_secret_access_key,
         endpoint=args.endpoint,
         s3_endpoint=args.s3_endpoint,
+        execution_secret_parameter=args.execution_secret_parameter,
     )

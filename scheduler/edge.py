@@ -1,20 +1,50 @@
-"""The gRPC edge's error translation: every refusal travels in-band as an ErrorDetail."""
+"""The gRPC edge: admission, latency metrics, and every refusal in-band as an ErrorDetail."""
 
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
+from scheduler.admission import Admission
+from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+class Edge:
+    """What every call of one gRPC service passes through."""
+
+    def __init__(self, admission: Admission, metrics: Metrics,
+                 shared_secret: str | None = None) -> None:
+        self.admission = admission
+        self.metrics = metrics
+        self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """With a shared secret set, refuse calls that do not present it."""
+        if self._expected is None:
+            return
+        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
+        if not hmac.compare_digest(sent_bytes, self._expected):
+            raise SchedulerError("node_unauthenticated")
+
+
+class EdgeServicer(Protocol):
+    """A servicer whose methods are wrapped by :func:`in_band`."""
+
+    edge: Edge
 
 
 def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
@@ -25,23 +55,42 @@ def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
 def in_band(
     response_type: Callable[..., Response],
 ) -> Callable[[Handler[Response]], Handler[Response]]:
-    """Answer a servicer method's refusals and failures in the response's ``error`` field.
+    """Admit, time and answer a servicer method, refusals and failures in ``error``.
 
     A SchedulerError becomes its catalogue entry; anything else is logged with its
     traceback and answered INTERNAL, so a client never sees a transport error for
-    something the scheduler did.
+    something the scheduler did. Past the service's limit of concurrent calls the
+    answer is RESOURCE_EXHAUSTED at once.
     """
 
     def wrap(handler: Handler[Response]) -> Handler[Response]:
+        method = handler.__name__
+
         @functools.wraps(handler)
-        async def answer(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        async def answer(self: EdgeServicer, request: Any,
+                         context: grpc.aio.ServicerContext) -> Response:
+            edge = self.edge
+            if not edge.admission.try_enter():
+                edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
+                refusal = SchedulerError("overloaded", limit=edge.admission.limit)
+                return response_type(error=error_detail(refusal))
+            started = time.perf_counter()
+            code = "INTERNAL"
             try:
-                return await handler(self, request, context)
+                edge.authorize(context)
+                response = await handler(self, request, context)
+                code = "OK"
+                return response
             except SchedulerError as exc:
+                code = exc.code
                 return response_type(error=error_detail(exc))
             except Exception:
-                log.exception("%s failed unexpectedly", handler.__qualname__)
+                log.exception("%s failed unexpectedly", method)
                 return response_type(error=error_detail(SchedulerError("unexpected")))
+            finally:
+                edge.admission.leave()
+                edge.metrics.rpc_latency.labels(method, code).observe(
+                    time.perf_counter() - started)
 
         return answer
 

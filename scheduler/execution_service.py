@@ -12,7 +12,7 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, job_pb2
 from scheduler import convert
-from scheduler.edge import in_band
+from scheduler.edge import Edge, in_band
 
 _OUTCOME = {
     pb.EXECUTION_STATUS_SUCCESS: JobStatus.COMPLETED,
@@ -84,16 +84,20 @@ def _wait_s(context: grpc.aio.ServicerContext, max_wait_s: float) -> float:
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
-    def __init__(self, jobs: JobManager, max_assign_wait_s: float) -> None:
+    def __init__(self, jobs: JobManager, max_assign_wait_s: float, edge: Edge) -> None:
         self._jobs = jobs
         self._max_assign_wait_s = max_assign_wait_s
+        self.edge = edge
 
     @in_band(pb.AssignNextJobResponse)
     async def AssignNextJob(
         self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
-        assignment = await self._jobs.assign(request.backend, wait_s)
+        assignment = await self._jobs.assign(request.backend)
+        if assignment is None and wait_s > 0:
+            with self.edge.admission.released():  # a parked node holds no call slot
+                assignment = await self._jobs.assign(request.backend, wait_s)
         if assignment is None:
             return pb.AssignNextJobResponse()
         response = pb.AssignNextJobResponse(

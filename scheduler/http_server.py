@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from job_manager.stores.local_payload_store import KEPT_HEADERS, RESULTS_PATH, LocalPayloadStore
 
@@ -12,8 +14,19 @@ _RESULT_NAME = re.compile(r"^[0-9a-f-]{36}\.out\.proto\.gz$")
 PAYLOADS_KEY = web.AppKey("payloads", LocalPayloadStore)
 
 
+SERVING_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("serving")
+METRICS_KEY: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics")
+
+
 async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+    if request.app[SERVING_KEY]():
+        return web.Response(text="SERVING\n")
+    return web.Response(status=503, text="NOT_SERVING\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY](),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _authorized(request: web.Request) -> str:
@@ -48,10 +61,16 @@ async def _get_result(request: web.Request) -> web.Response:
     return web.Response(body=stored.body, headers=stored.headers)
 
 
-def build_http_app(payloads: LocalPayloadStore | None, max_upload_bytes: int) -> web.Application:
-    """The aiohttp application; result routes only when payloads are local."""
-    app = web.Application(client_max_size=max_upload_bytes)
+def build_http_app(payloads: LocalPayloadStore | None, max_upload_bytes: int,
+                   serving: Callable[[], bool],
+                   metrics: Callable[[], bytes] | None = None) -> web.Application:
+    """The aiohttp application: /healthz always, /metrics and the result routes when given."""
+    app = web.Application(client_max_size=max_upload_bytes or 1024 ** 2)
+    app[SERVING_KEY] = serving
     app.router.add_get("/healthz", _healthz)
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+        app.router.add_get("/metrics", _metrics)
     if payloads is not None:
         app[PAYLOADS_KEY] = payloads
         app.router.add_put(RESULTS_PATH + "/{name}", _put_result)

@@ -19,6 +19,7 @@ class Stack:
     backend_source: BackendSource
     local_payloads: LocalPayloadStore | None = None  # served by the HTTP endpoint
     token_store: SqliteTokenStore | None = None  # the embedded token database
+    execution_secret: str | None = None  # the nodes' shared secret, when read from SSM
 
     async def close(self) -> None:
         """Close every store; idempotent."""

@@ -9,8 +9,8 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from scheduler import convert
 from scheduler.auth import TokenResolver
-from scheduler.edge import in_band
-from scheduler.validation import job_spec
+from scheduler.edge import Edge, in_band
+from scheduler.validation import idempotency_key, job_spec
 
 _SERVICE_STATUS = {
     "available": pb.SERVICE_STATUS_AVAILABLE,
@@ -22,16 +22,18 @@ _SERVICE_STATUS = {
 class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
     """Submit, watch, fetch and cancel jobs; ask whether a backend takes jobs."""
 
-    def __init__(self, jobs: JobManager, auth: TokenResolver) -> None:
+    def __init__(self, jobs: JobManager, auth: TokenResolver, edge: Edge) -> None:
         self._jobs = jobs
         self._auth = auth
+        self.edge = edge
 
     @in_band(pb.SubmitJobResponse)
     async def SubmitJob(
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
-        job_id = await self._jobs.submit(principal, job_spec(request, principal))
+        spec = job_spec(request, principal, idempotency_key(context))
+        job_id = await self._jobs.submit(principal, spec)
         return pb.SubmitJobResponse(job_id=job_id)
 
     @in_band(pb.GetJobStatusResponse)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import grpc
+
 from job_manager.manager import JobSpec
 from job_manager.model import Principal
 from message_manager import SchedulerError
@@ -9,6 +13,9 @@ from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
 
 MAX_SDK_VERSION_CHARS = 64
+IDEMPOTENCY_METADATA = "x-mqc3-idempotency-key"
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+_IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$")
 
 # Each representation format and the payload field that must carry it.
 _PAYLOAD_OF_FORMAT = {
@@ -49,7 +56,20 @@ def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
         )
 
 
-def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal) -> JobSpec:
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """The submission's idempotency key from gRPC metadata, checked; "" when none was sent."""
+    sent = dict(context.invocation_metadata() or ()).get(IDEMPOTENCY_METADATA)
+    if sent is None:
+        return ""
+    key = sent.decode(errors="replace") if isinstance(sent, bytes) else str(sent)
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise SchedulerError("idempotency_key_invalid", header=IDEMPOTENCY_METADATA,
+                             maximum=MAX_IDEMPOTENCY_KEY_CHARS)
+    return key
+
+
+def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
+             idempotency_key: str = "") -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
     if len(request.sdk_version) > MAX_SDK_VERSION_CHARS:
         raise SchedulerError(
@@ -73,4 +93,5 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal) -> 
         request_bytes=request.ByteSize(),
         sdk_version=request.sdk_version,
         save_job=request.options.save_job,
+        idempotency_key=idempotency_key,
     )

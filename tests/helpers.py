@@ -25,7 +25,8 @@ from token_database.service import TokenDatabaseService, create_token
 from token_database.store import SqliteTokenStore
 
 REGION = "us-east-1"
-PORT_FLAGS = ["--host", "127.0.0.1", "--port-for-submission", "0", "--port-for-execution", "0"]
+PORT_FLAGS = ["--host", "127.0.0.1", "--port-for-submission", "0", "--port-for-execution", "0",
+              "--metrics-port", "0"]
 
 TEST_BACKENDS_TOML = """
 [backends.emulator.admin]

@@ -33,16 +33,17 @@ def free_ports(count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Ports:
-    """The four ports of one standalone scheduler."""
+    """The five ports of one standalone scheduler."""
 
     submission: int
     execution: int
     token_database: int
     http: int
+    metrics: int
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*free_ports(4))
+        return cls(*free_ports(5))
 
 
 def python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
@@ -73,6 +74,7 @@ class SchedulerProcess:
             "--port-for-execution", str(ports.execution),
             "--port-for-token-database", str(ports.token_database),
             "--http-port", str(ports.http),
+            "--metrics-port", str(ports.metrics),
             stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

@@ -1,0 +1,43 @@
+"""What the JobManager tells the outside about jobs (metrics hook in here)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from job_manager.model import JobRecord
+
+
+class JobObserver(Protocol):
+    """Notified on each job event; must not block or raise."""
+
+    def submitted(self, record: JobRecord) -> None:
+        """A job was accepted and queued."""
+        ...
+
+    def refused(self, backend: str, role: str, code: str) -> None:
+        """A submission was refused with ``code``."""
+        ...
+
+    def started(self, record: JobRecord) -> None:
+        """A job was handed to a node."""
+        ...
+
+    def finished(self, record: JobRecord) -> None:
+        """A job reached a final status."""
+        ...
+
+
+class NoObserver:
+    """Observes nothing."""
+
+    def submitted(self, record: JobRecord) -> None:
+        pass
+
+    def refused(self, backend: str, role: str, code: str) -> None:
+        pass
+
+    def started(self, record: JobRecord) -> None:
+        pass
+
+    def finished(self, record: JobRecord) -> None:
+        pass

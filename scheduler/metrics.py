@@ -1,0 +1,87 @@
+"""Prometheus metrics: one registry per scheduler, no global state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from job_manager.model import JobRecord
+
+_WAIT_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200)
+_RPC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30)
+
+
+class QueueCollector(Collector):
+    """Queue gauges read at scrape time from the JobManager (no bookkeeping on the hot path)."""
+
+    def __init__(self, snapshot: Callable[[], list[tuple[str, int, int, int]]]) -> None:
+        self._snapshot = snapshot  # → [(queue, jobs, bytes, waiting nodes)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("mqc3_queue_depth_jobs", "Jobs waiting", labels=["backend"])
+        size = GaugeMetricFamily("mqc3_queue_bytes", "Program bytes held", labels=["backend"])
+        nodes = GaugeMetricFamily("mqc3_waiting_nodes", "Nodes in a long poll",
+                                  labels=["backend"])
+        for queue, jobs, held, waiting in self._snapshot():
+            depth.add_metric([queue], jobs)
+            size.add_metric([queue], held)
+            nodes.add_metric([queue], waiting)
+        yield from (depth, size, nodes)
+
+
+class Metrics:
+    """Every metric the scheduler exports, and the JobObserver that feeds the job ones."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs_submitted = Counter("mqc3_jobs_submitted", "Jobs accepted",
+                                      ["backend", "role"], registry=r)
+        self.jobs_refused = Counter("mqc3_jobs_refused", "Submissions refused",
+                                    ["backend", "role", "code"], registry=r)
+        self.jobs_finished = Counter("mqc3_jobs_finished", "Jobs that reached a final status",
+                                     ["backend", "role", "outcome"], registry=r)
+        self.queue_wait = Histogram("mqc3_job_queue_wait_seconds", "From queued to dequeued",
+                                    ["backend"], buckets=_WAIT_BUCKETS_S, registry=r)
+        self.job_duration = Histogram("mqc3_job_total_seconds", "From submitted to finished",
+                                      ["backend", "outcome"], buckets=_WAIT_BUCKETS_S,
+                                      registry=r)
+        self.rpc_latency = Histogram("mqc3_rpc_seconds", "RPC latency by method and result code",
+                                     ["method", "code"], buckets=_RPC_BUCKETS_S, registry=r)
+        self.store_latency = Histogram("mqc3_store_call_seconds", "Store call latency",
+                                       ["store", "operation"], buckets=_RPC_BUCKETS_S,
+                                       registry=r)
+        self.store_errors = Counter("mqc3_store_errors", "Store calls that failed",
+                                    ["store", "operation"], registry=r)
+        self.token_cache = Counter("mqc3_token_cache_lookups", "Token cache hits and misses",
+                                   ["result"], registry=r)
+
+    def watch_queues(self, snapshot: Callable[[], list[tuple[str, int, int, int]]]) -> None:
+        """Export queue gauges from ``snapshot``."""
+        self.registry.register(QueueCollector(snapshot))
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+    # --- JobObserver ------------------------------------------------------------------
+    def submitted(self, record: JobRecord) -> None:
+        self.jobs_submitted.labels(record.backend, record.role.value).inc()
+
+    def refused(self, backend: str, role: str, code: str) -> None:
+        self.jobs_refused.labels(backend, role, code).inc()
+
+    def started(self, record: JobRecord) -> None:
+        if record.dequeued_at is not None:
+            waited_s = (record.dequeued_at - record.queued_at).total_seconds()
+            self.queue_wait.labels(record.backend).observe(waited_s)
+
+    def finished(self, record: JobRecord) -> None:
+        outcome = record.status.value
+        self.jobs_finished.labels(record.backend, record.role.value, outcome).inc()
+        if record.finished_at is not None:
+            total_s = (record.finished_at - record.submitted_at).total_seconds()
+            self.job_duration.labels(record.backend, outcome).observe(total_s)

@@ -1,0 +1,70 @@
+"""Every store call timed and counted; how long the stores have been failing, for health."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from job_manager.stores import StoreError
+from scheduler.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class StoreMonitor:
+    """Wraps stores so each async call is measured; tracks since when calls fail."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.failing_since_s: float | None = None  # monotonic; None while calls succeed
+        self.last_call_s = 0.0
+
+    def wrap(self, store: T, name: str) -> T:
+        """A stand-in for ``store`` that measures its coroutine methods."""
+        return _Measured(store, name, self)  # type: ignore[return-value]
+
+    def failing_for_s(self) -> float:
+        """How long every store call has failed (0 when the last one succeeded)."""
+        if self.failing_since_s is None:
+            return 0.0
+        return time.monotonic() - self.failing_since_s
+
+    def _observe(self, store: str, operation: str, seconds: float, ok: bool) -> None:
+        self.last_call_s = time.monotonic()
+        self._metrics.store_latency.labels(store, operation).observe(seconds)
+        if ok:
+            self.failing_since_s = None
+        else:
+            self._metrics.store_errors.labels(store, operation).inc()
+            if self.failing_since_s is None:
+                self.failing_since_s = self.last_call_s
+
+
+class _Measured:
+    def __init__(self, inner: Any, name: str, monitor: StoreMonitor) -> None:
+        self._inner = inner
+        self._name = name
+        self._monitor = monitor
+
+    def __getattr__(self, operation: str) -> Any:
+        attribute = getattr(self._inner, operation)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+        return self._measure(operation, attribute)
+
+    def _measure(self, operation: str, call: Callable[..., Awaitable[Any]]) -> Any:
+        @functools.wraps(call)
+        async def measured(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = await call(*args, **kwargs)
+            except StoreError:
+                self._monitor._observe(self._name, operation, time.perf_counter() - started, False)
+                raise
+            self._monitor._observe(self._name, operation, time.perf_counter() - started, True)
+            return result
+
+        return measured
