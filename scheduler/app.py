@@ -170,8 +170,8 @@ class Scheduler:
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
                                             ("execution", config.execution_tls)) if tls is None]
-            log.warning("no TLS on the %s port: its traffic, tokens included, is plaintext",
-                        " and ".join(plain))
+            log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
+                        " and ".join(plain), "s" if len(plain) > 1 else "")
 
     def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None) -> int:
         address = f"{self.config.host}:{port}"

@@ -12,20 +12,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
+from backend_manager import BackendConfigError
 from job_manager.clock import SystemClock
 from job_manager.model import Role
 from scheduler.app import Scheduler
 from scheduler.config import Config, ConfigError, load_config
+from scheduler.logs import configure_logging
 from scheduler.standalone import token_store_path
 from token_database.service import create_token
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
 
 log = logging.getLogger("scheduler")
-
-
-def _configure_logging() -> None:
-    level = os.environ.get("SCHEDULER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 async def serve(config: Config) -> None:
@@ -105,11 +102,16 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
-    _configure_logging()
+    level = os.environ.get("SCHEDULER_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        print(f"scheduler: SCHEDULER_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR",
+              file=sys.stderr)
+        return 2
+    configure_logging(level, config.log_format)
     try:
         asyncio.run(serve(config))
-    except ConfigError as exc:
-        log.error("%s", exc)
+    except (ConfigError, BackendConfigError) as exc:
+        log.error("cannot start: %s", exc)
         return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
