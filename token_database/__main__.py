@@ -1,0 +1,85 @@
+"""Run the token database alone, or make a token in it.
+
+    python -m token_database serve  --sqlite tokens.sqlite3 [--host 127.0.0.1] [--port 8084]
+    python -m token_database serve  --dynamodb-table mqc3-tokens [--region R] [--endpoint URL]
+    python -m token_database create --sqlite tokens.sqlite3 --name alice --role developer
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import grpc
+
+from job_manager.clock import SystemClock
+from job_manager.model import Role
+from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
+from scheduler.logs import configure_logging
+from token_database.dynamodb_store import DynamoDbTokenStore
+from token_database.service import TokenDatabaseService, create_token
+from token_database.store import SqliteTokenStore, TokenStore
+
+log = logging.getLogger("token_database")
+
+
+def _store(args: argparse.Namespace) -> TokenStore:
+    if args.sqlite is not None:
+        return SqliteTokenStore(args.sqlite)
+    client = boto3.client("dynamodb", region_name=args.region, endpoint_url=args.endpoint)
+    return DynamoDbTokenStore(client, args.dynamodb_table)
+
+
+async def _serve(store: TokenStore, host: str, port: int) -> None:
+    server = grpc.aio.server()
+    token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
+        TokenDatabaseService(store, SystemClock()), server)
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    log.info("token database serving on %s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(5)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m token_database", description=__doc__)
+    parser.add_argument("command", choices=["serve", "create"])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sqlite", type=Path, help="a SQLite file (created if missing)")
+    where.add_argument("--dynamodb-table", help="a DynamoDB table keyed by fingerprint")
+    parser.add_argument("--region", default="ap-northeast-1")
+    parser.add_argument("--endpoint", default=None, help="DynamoDB endpoint (development)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8084)
+    parser.add_argument("--name")
+    parser.add_argument("--role", choices=[r.value for r in Role])
+    parser.add_argument("--expires-in-days", type=float, default=None)
+    args = parser.parse_args(list(argv))
+    configure_logging("INFO", "text")
+    store = _store(args)
+    if args.command == "create":
+        if not args.name or not args.role:
+            parser.error("create needs --name and --role")
+        clock = SystemClock()
+        expires_at = (clock.now() + timedelta(days=args.expires_in_days)
+                      if args.expires_in_days else None)
+        print(create_token(store, clock, args.name, args.role, expires_at)[0])
+        return 0
+    asyncio.run(_serve(store, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
