@@ -1,0 +1,26 @@
+#!/bin/bash
+# LocalStack ready hook: the resources AWS mode expects.
+set -euo pipefail
+awslocal s3 mb s3://mqc3-jobs
+awslocal dynamodb create-table --table-name mqc3-jobs --billing-mode PAY_PER_REQUEST \
+  --attribute-definitions AttributeName=job_id,AttributeType=S AttributeName=status,AttributeType=S \
+    AttributeName=idempotency_ref,AttributeType=S \
+  --key-schema AttributeName=job_id,KeyType=HASH \
+  --global-secondary-indexes \
+    '[{"IndexName":"status-index","KeySchema":[{"AttributeName":"status","KeyType":"HASH"}],"Projection":{"ProjectionType":"ALL"}},
+      {"IndexName":"idempotency-index","KeySchema":[{"AttributeName":"idempotency_ref","KeyType":"HASH"}],"Projection":{"ProjectionType":"ALL"}}]'
+awslocal dynamodb update-time-to-live --table-name mqc3-jobs \
+  --time-to-live-specification Enabled=true,AttributeName=job_expiry
+awslocal ssm put-parameter --name /mqc3/job_bucket_name --type String --value mqc3-jobs
+awslocal ssm put-parameter --name /mqc3/job_table_name --type String --value mqc3-jobs
+awslocal ssm put-parameter --name /mqc3/backend_status --type String --value '
+[backends.emulator.admin]
+status = "available"
+description = "The emulator takes jobs."
+[backends.emulator.developer]
+status = "available"
+description = "The emulator takes jobs."
+[backends.emulator.guest]
+status = "available"
+description = "The emulator takes jobs."
+'
