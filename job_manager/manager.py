@@ -152,20 +152,22 @@ class JobManager:
 
     async def _submit_once(self, principal: Principal, spec: JobSpec) -> str:
         key = (principal.fingerprint, spec.idempotency_key)
-        known = self._recent_keys.get(key)
-        if known is not None:
-            return known
-        try:
-            earlier = await self._jobs.find_by_idempotency_key(*key)
-        except StoreError as exc:
-            log.error("idempotency key could not be looked up: %s", exc)
-            raise SchedulerError("submission_not_stored") from None
         window_start = self._clock.now() - self._idempotency_window
-        if earlier is not None and earlier.submitted_at >= window_start:
-            log.info("job %s submitted again with its idempotency key; not duplicated",
-                     earlier.job_id)
-            return earlier.job_id
-        return await self._submit_new(principal, spec)
+        earlier = self._live.get(self._recent_keys.get(key, ""))
+        if earlier is None:
+            try:
+                earlier = await self._jobs.find_by_idempotency_key(*key)
+            except StoreError as exc:
+                log.error("idempotency key could not be looked up: %s", exc)
+                raise SchedulerError("submission_not_stored") from None
+        if earlier is None or earlier.submitted_at < window_start:
+            return await self._submit_new(principal, spec)
+        if earlier.status is JobStatus.QUEUED and earlier.job_id not in self._live:
+            # Stored by an earlier attempt whose answer was lost: queue it now.
+            await self._requeue(earlier)
+        log.info("job %s submitted again with its idempotency key; not duplicated",
+                 earlier.job_id)
+        return earlier.job_id
 
     async def _submit_new(self, principal: Principal, spec: JobSpec) -> str:
         try:
@@ -203,11 +205,12 @@ class JobManager:
             await self._payloads.put_input(record.job_id, program)
             await self._jobs.create(record)
         except StoreError as exc:
-            self.quotas.ended(record.owner_fingerprint)
-            self.quotas.left_queue(len(program))
-            log.error("job %s not accepted, its store write failed: %s", record.job_id, exc)
-            await self._forget_input(record.job_id)
-            raise SchedulerError("submission_not_stored") from None
+            if not await self._was_stored(record.job_id):
+                self.quotas.ended(record.owner_fingerprint)
+                self.quotas.left_queue(len(program))
+                log.error("job %s not accepted, its store write failed: %s", record.job_id, exc)
+                raise SchedulerError("submission_not_stored") from None
+            # The record was written; only the answer was lost. The job is durable.
         self._enqueue(QueuedJob(record, program))
         self._observer.submitted(record)
         log.info(
@@ -217,6 +220,20 @@ class JobManager:
             _owner(record),
             len(program),
         )
+
+    async def _was_stored(self, job_id: str) -> bool:
+        """After a failed write: is the record there after all? Cleans up when it is not.
+
+        When even that cannot be known, the input is kept: if the record exists, the
+        next restart queues the job; if not, the input is an orphan and harms nothing.
+        """
+        try:
+            stored = await self._jobs.get(job_id)
+        except StoreError:
+            return False
+        if stored is None:
+            await self._forget_input(job_id)
+        return stored is not None
 
     async def status(self, principal: Principal, job_id: str) -> JobRecord:
         """The job as its owner (or an admin) may see it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -145,6 +146,6 @@ class SqliteJobStore:
             record.status.value,
             record.owner_fingerprint,
             record.idempotency_key or None,
-            record.submitted_at.isoformat(),
+            record.submitted_at.astimezone(UTC).isoformat(),  # sorts as time
             json.dumps(codec.encode(record)),
         )
