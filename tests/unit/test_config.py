@@ -1,0 +1,91 @@
+"""Flags and environment → one checked Config; every bad value named in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from job_manager.model import Role
+from scheduler.config import MB, ConfigError, load_config
+
+AWS_FLAGS = ["--job_bucket_name_key", "/b", "--job_table_name_key", "/t",
+             "--backend_status_parameter_name", "/s"]
+
+
+def test_defaults_are_those_of_the_original_service() -> None:
+    config = load_config(AWS_FLAGS, {})
+    assert (config.submission_port, config.execution_port) == (8082, 8081)
+    assert config.token_database_address == "localhost:8084"
+    assert config.submission_max_concurrent_rpcs == 100
+    assert config.execution_max_concurrent_rpcs == 10
+    assert config.submission_max_message_bytes == config.execution_max_message_bytes == 10 * MB
+    assert config.limits.max_queue_bytes == 100 * MB
+    jobs = {role: limits.max_concurrent_jobs for role, limits in config.limits.by_role.items()}
+    assert jobs == {Role.ADMIN: 1000, Role.DEVELOPER: 10, Role.GUEST: 5}
+    sizes = {role: limits.max_job_bytes for role, limits in config.limits.by_role.items()}
+    assert sizes == {Role.ADMIN: 10 * MB, Role.DEVELOPER: 10 * MB, Role.GUEST: 1 * MB}
+    timeouts = {role: limits.max_timeout_s for role, limits in config.limits.by_role.items()}
+    assert timeouts == {Role.ADMIN: 3600, Role.DEVELOPER: 600, Role.GUEST: 300}
+    assert config.policy.max_wait_s == 1800
+    assert config.max_assign_wait_s == 20
+    assert config.report_grace_s == 60
+    assert config.mode == "aws" and config.host == "0.0.0.0"
+
+
+def test_environment_overrides_the_defaults() -> None:
+    env = {"SCHEDULER_MAX_CONCURRENT_JOBS_GUEST": "7", "SCHEDULER_MAX_QUEUE_BYTES": "1234",
+           "SCHEDULER_ROLE_WEIGHT_ADMIN": "8", "SCHEDULER_MAX_ASSIGN_WAIT_MS": "500"}
+    config = load_config(AWS_FLAGS, env)
+    assert config.limits.by_role[Role.GUEST].max_concurrent_jobs == 7
+    assert config.limits.max_queue_bytes == 1234
+    assert config.policy.role_weights[Role.ADMIN] == 8
+    assert config.max_assign_wait_s == 0.5
+
+
+@pytest.mark.parametrize("spelling", ["--unify-backends", "--unify_backends", "--unify-backend"])
+def test_every_spelling_of_unify_backends_is_accepted(spelling: str) -> None:
+    assert load_config([*AWS_FLAGS, spelling], {}).unify_backends
+
+
+def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    config = load_config(["--local", "--data-dir", str(tmp_path)], {})
+    assert config.mode == "standalone" and config.host == "127.0.0.1"
+    assert config.local is not None and config.local.data_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        ([], {}, "--job_bucket_name_key"),
+        ([*AWS_FLAGS, "--endpoint", "http://x"], {}, "--dev"),
+        ([*AWS_FLAGS, "-k", "key"], {}, "--aws_secret_access_key"),
+        ([*AWS_FLAGS, "--port-for-submission", "70000"], {}, "--port-for-submission"),
+        (AWS_FLAGS, {"SCHEDULER_MAX_QUEUE_BYTES": "lots"}, "SCHEDULER_MAX_QUEUE_BYTES"),
+        (AWS_FLAGS, {"SCHEDULER_MAX_CONCURRENT_JOBS_GUEST": "0"},
+         "SCHEDULER_MAX_CONCURRENT_JOBS_GUEST"),
+        (AWS_FLAGS, {"SCHEDULER_TIMEOUT_WEIGHT": "-1"}, "SCHEDULER_TIMEOUT_WEIGHT"),
+        ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt"], {}, "--tls-key"),
+        ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], {},
+         "--tls-cert"),
+        ([*AWS_FLAGS, "--execution-client-ca", "/ca.crt"], {}, "--execution-client-ca"),
+        (["--local", "--execution-secret-parameter", "/x"], {}, "--execution-secret-parameter"),
+        (["--local", "--public-url", "ftp://x"], {}, "--public-url"),
+    ],
+)
+def test_a_bad_setting_is_named(argv: list[str], env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(argv, env)
+    message = str(info.value)
+    assert named in message
+    assert "\n" not in message
+
+
+def test_a_config_never_shows_key_material(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("CERT-PEM")
+    (tmp_path / "k.pem").write_text("SECRET-KEY-PEM")
+    config = load_config([*AWS_FLAGS, "--tls-cert", str(tmp_path / "c.pem"),
+                          "--tls-key", str(tmp_path / "k.pem")],
+                         {"SCHEDULER_EXECUTION_SECRET": "node-secret"})
+    shown = repr(config)
+    assert "SECRET-KEY-PEM" not in shown and "node-secret" not in shown
