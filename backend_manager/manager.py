@@ -32,7 +32,10 @@ class BackendManager:
         text = await asyncio.to_thread(self._source.read)
         if text == self._text:
             return
-        table = parse_backend_table(text)
+        try:
+            table = parse_backend_table(text)
+        except BackendConfigError as exc:
+            raise BackendConfigError(f"{self._source.description}: {exc}") from None
         self._text, self.table = text, table
         log.info(
             "backend status loaded from %s: %s", self._source.description, ", ".join(table.known())

@@ -176,7 +176,9 @@ class JobManager:
             self.quotas.check_timeout(principal.role, spec.timeout_s)
             self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
         except SchedulerError as exc:
-            self._observer.refused(spec.backend, principal.role.value, exc.code)
+            # A client's made-up backend name must not become a metric label.
+            known = spec.backend if self.backends.is_known(spec.backend) else "unknown"
+            self._observer.refused(known, principal.role.value, exc.code)
             raise
         now = self._clock.now()
         record = JobRecord(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from datetime import timedelta
 from types import TracebackType
 
@@ -35,6 +36,7 @@ from token_database.service import TokenDatabaseService
 log = logging.getLogger(__name__)
 
 MAX_RESULT_UPLOAD_BYTES = 1024 * 1024 * 1024
+LOOPBACK = "127.0.0.1"
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
 SUBMISSION = "mqc3_cloud.scheduler.v1.SubmissionService"
 EXECUTION = "mqc3_cloud.scheduler.v1.ExecutionService"
@@ -47,7 +49,21 @@ def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:
     return grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # A second scheduler on the same port must fail, not share the port's traffic.
+        ("grpc.so_reuseport", 0),
     ])
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail with one clear line before gRPC's core logs its own bind error."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -173,20 +189,28 @@ class Scheduler:
             log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
                         " and ".join(plain), "s" if len(plain) > 1 else "")
 
-    def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None) -> int:
-        address = f"{self.config.host}:{port}"
-        bound: int = (server.add_secure_port(address, _credentials(tls)) if tls
-                      else server.add_insecure_port(address))
+    def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None,
+                host: str | None = None) -> int:
+        host = host or self.config.host
+        address = f"{host}:{port}"
+        _check_free(host, port)
+        try:
+            bound: int = (server.add_secure_port(address, _credentials(tls)) if tls
+                          else server.add_insecure_port(address))
+        except RuntimeError:  # what grpcio raises when the port cannot be bound
+            bound = 0
         if bound == 0:
             raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
         return bound
 
     async def _serve_token_database(self, port: int) -> int:
+        # Loopback only, whatever --host says: CreateToken mints admin tokens for
+        # whoever can reach it, so only the machine's own admin tools may.
         assert self.stack is not None and self.stack.token_store is not None
         server = grpc.aio.server()
         token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
             TokenDatabaseService(self.stack.token_store, self.clock), server)
-        bound = self._listen(server, port)
+        bound = self._listen(server, port, host=LOOPBACK)
         await server.start()
         self._token_server = server
         return bound

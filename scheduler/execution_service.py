@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import grpc
 
@@ -22,10 +22,13 @@ _OUTCOME = {
 
 
 def _backend_timestamps(stamps: job_pb2.JobTimestamps) -> BackendTimestamps:
-    def read(name: str):  # type: ignore[no-untyped-def]
+    def read(name: str) -> datetime | None:
         if not stamps.HasField(name):
             return None
-        return getattr(stamps, name).ToDatetime(tzinfo=UTC)
+        try:
+            return getattr(stamps, name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+        except (ValueError, OverflowError):
+            raise SchedulerError("timestamp_invalid", field=f"timestamps.{name}") from None
 
     return BackendTimestamps(
         compile_started_at=read("compile_started_at"),

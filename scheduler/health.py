@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scheduler.store_monitor import StoreMonitor
 
@@ -22,6 +22,56 @@ SERVICE_NAMES = (
 CHECK_INTERVAL_S = 1.0
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 Check and Watch, whose Watch streams end when the server drains.
+
+    (The library's servicer keeps Watch streams open forever, so a load balancer
+    watching health would hold every drain for the whole grace period.)
+    """
+
+    def __init__(self) -> None:
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {}
+        self._changed = asyncio.Event()
+        self._ended = False
+
+    def set_all(self, names: tuple[str, ...],
+                status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        """Give every name ``status`` and tell the watchers."""
+        for name in names:
+            self._status[name] = status
+        self._notify()
+
+    def end_watches(self) -> None:
+        """Finish every Watch stream once it has sent the current status."""
+        self._ended = True
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> None:
+        sent = None
+        while True:
+            changed = self._changed  # taken before reading, so no change is missed
+            status = self._status.get(request.service,
+                                      health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            if status != sent:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+            if self._ended:
+                return
+            await changed.wait()
+
+
 class Health:
     """SERVING once ready, until draining, except while the stores have been down too long.
 
@@ -30,7 +80,7 @@ class Health:
 
     def __init__(self, monitor: StoreMonitor, probe: Callable[[], Awaitable[object]],
                  unhealthy_after_s: float, probe_interval_s: float = 5.0) -> None:
-        self.servicer = health_aio.HealthServicer()
+        self.servicer = HealthServicer()
         self._monitor = monitor
         self._probe = probe
         self._unhealthy_after_s = unhealthy_after_s
@@ -42,7 +92,7 @@ class Health:
 
     async def starting(self) -> None:
         """Answer NOT_SERVING until :meth:`ready`."""
-        await self._publish(False)
+        self._publish(False)
 
     async def ready(self) -> None:
         """Recovery is over: serve, and start watching the stores."""
@@ -57,7 +107,8 @@ class Health:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._publish(False)
+        self._publish(False)
+        self.servicer.end_watches()
 
     async def _watch(self) -> None:
         while True:
@@ -71,14 +122,12 @@ class Health:
 
     async def _update(self) -> None:
         stores_ok = self._monitor.failing_for_s() < self._unhealthy_after_s
-        await self._publish(self._ready and not self._draining and stores_ok)
+        self._publish(self._ready and not self._draining and stores_ok)
 
-    async def _publish(self, serving: bool) -> None:
+    def _publish(self, serving: bool) -> None:
         if serving != self.serving:
             log.log(logging.INFO if serving else logging.WARNING, "health: %s",
                     "SERVING" if serving else "NOT_SERVING")
         self.serving = serving
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in SERVICE_NAMES:
-            await self.servicer.set(name, status)
+        self.servicer.set_all(SERVICE_NAMES, health_pb2.HealthCheckResponse.SERVING if serving
+                              else health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -13,6 +13,7 @@ from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
 
 MAX_SDK_VERSION_CHARS = 64
+MAX_NANOS = 999_999_999
 IDEMPOTENCY_METADATA = "x-mqc3-idempotency-key"
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 _IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$")
@@ -84,6 +85,8 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
     # The role comes from the token; whatever the request said is replaced.
     settings.role = principal.role.value
     timeout = settings.timeout
+    if not -MAX_NANOS <= timeout.nanos <= MAX_NANOS or timeout.seconds * timeout.nanos < 0:
+        raise SchedulerError("timeout_malformed")
     return JobSpec(
         backend=settings.backend,
         settings=settings.SerializeToString(),

@@ -116,7 +116,9 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
             name=record.name,
             role=request.role or record.role,
             created_at=record.created_at,
-            expires_at=_expiry(request.expires_at, request.HasField("expires_at")),
+            # Unset keeps the expiry; a set value of 0 seconds means "never expires".
+            expires_at=(_expiry(request.expires_at, True) if request.HasField("expires_at")
+                        else record.expires_at),
         )
         await asyncio.to_thread(self._store.put, renewed)
         return pb.RenewTokenResponse(

@@ -1,0 +1,204 @@
+"""Ownership: a job answers its owner and admins; to anyone else it does not exist.
+
+For GetJobStatus, GetJobResult and CancelJob, in both modes, over real gRPC: the owner
+and an admin get an answer; another developer and a guest get NOT_FOUND, and their
+whole answer (message bytes, gRPC code and details, metadata) is the answer a job id
+that was never issued gets, but for the job id in the description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
+from tests.conftest import Running
+from tests.helpers import UPLOAD_HEADERS, submit_request
+
+OWNER = ("alice", "developer")
+CALLERS = {
+    "owner": OWNER,
+    "other-developer": ("bob", "developer"),
+    "guest": ("gus", "guest"),
+    "admin": ("ada", "admin"),
+}
+STRANGERS = ["other-developer", "guest"]
+ENTITLED = ["owner", "admin"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Everything a client can see of one unary call."""
+
+    message: bytes
+    code: Any
+    details: str | None
+    initial_metadata: tuple[tuple[str, str | bytes], ...]
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+    response: Any
+
+    def with_job_id(self, old: str, new: str) -> Answer:
+        """The same answer with every mention of job ``old`` turned into ``new``."""
+        return Answer(
+            message=self.message.replace(old.encode(), new.encode()),
+            code=self.code,
+            details=self.details,
+            initial_metadata=self.initial_metadata,
+            trailing_metadata=self.trailing_metadata,
+            response=None,
+        )
+
+    def comparable(self) -> tuple[object, ...]:
+        return (self.message, self.code, self.details, self.initial_metadata,
+                self.trailing_metadata)
+
+
+def _metadata(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple((str(key), value) for key, value in (metadata or ()))
+
+
+async def _observe(call: Any) -> Answer:
+    response = await call
+    return Answer(
+        message=response.SerializeToString(deterministic=True),
+        code=await call.code(),
+        details=await call.details(),
+        initial_metadata=_metadata(await call.initial_metadata()),
+        trailing_metadata=_metadata(await call.trailing_metadata()),
+        response=response,
+    )
+
+
+Stub = submission_pb2_grpc.SubmissionServiceStub
+JobCall = Callable[[Stub, str, str], Any]
+
+
+def _get_job_status(stub: Stub, token: str, job_id: str) -> Any:
+    return stub.GetJobStatus(pb.GetJobStatusRequest(token=token, job_id=job_id))
+
+
+def _get_job_result(stub: Stub, token: str, job_id: str) -> Any:
+    return stub.GetJobResult(pb.GetJobResultRequest(token=token, job_id=job_id))
+
+
+def _cancel_job(stub: Stub, token: str, job_id: str) -> Any:
+    return stub.CancelJob(pb.CancelJobRequest(token=token, job_id=job_id))
+
+
+# --- making jobs --------------------------------------------------------------------------
+async def _queued_job(running: Running, owner_token: str) -> str:
+    answer = await running.clients.submission.SubmitJob(submit_request(owner_token))
+    assert answer.error.code == "", answer.error
+    return str(answer.job_id)
+
+
+async def _completed_job(running: Running, owner_token: str) -> str:
+    job_id = await _queued_job(running, owner_token)
+    assigned = await running.clients.assign()
+    assert assigned.job_id == job_id, assigned.error
+    uploaded = await asyncio.to_thread(
+        requests.put, assigned.upload_target.upload_url, data=gzip.compress(b"\x0a\x01r"),
+        headers=UPLOAD_HEADERS, timeout=10)
+    assert uploaded.status_code == 200, uploaded.text
+    reported = await running.clients.execution.ReportExecutionResult(
+        execution_pb2.ReportExecutionResultRequest(
+            job_id=job_id, status=execution_pb2.EXECUTION_STATUS_SUCCESS))
+    assert reported.error.code == "", reported.error
+    return job_id
+
+
+async def _owners_view(running: Running, owner_token: str, job_id: str) -> int:
+    answer = await running.clients.submission.GetJobStatus(
+        pb.GetJobStatusRequest(token=owner_token, job_id=job_id))
+    assert answer.error.code == "", answer.error
+    return int(answer.status)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One RPC on a job in one state, and what an entitled caller's answer must show."""
+
+    call: JobCall
+    make_job: Callable[[Running, str], Any]
+    status_before: int
+    status_after_entitled_call: int
+
+    def check_entitled(self, response: Any) -> None:
+        if isinstance(response, pb.GetJobStatusResponse):
+            assert response.status == self.status_before
+        elif isinstance(response, pb.GetJobResultResponse):
+            assert response.status == job_pb2.JOB_STATUS_COMPLETED
+            assert response.result.result_url
+
+
+CASES = [
+    pytest.param(Case(_get_job_status, _queued_job, job_pb2.JOB_STATUS_QUEUED,
+                      job_pb2.JOB_STATUS_QUEUED), id="GetJobStatus-queued"),
+    pytest.param(Case(_get_job_status, _completed_job, job_pb2.JOB_STATUS_COMPLETED,
+                      job_pb2.JOB_STATUS_COMPLETED), id="GetJobStatus-completed"),
+    pytest.param(Case(_get_job_result, _completed_job, job_pb2.JOB_STATUS_COMPLETED,
+                      job_pb2.JOB_STATUS_COMPLETED), id="GetJobResult-completed"),
+    pytest.param(Case(_cancel_job, _queued_job, job_pb2.JOB_STATUS_QUEUED,
+                      job_pb2.JOB_STATUS_CANCELLED), id="CancelJob-queued"),
+]
+
+
+# --- the tests ----------------------------------------------------------------------------
+@pytest.mark.parametrize("caller", ENTITLED)
+@pytest.mark.parametrize("case", CASES)
+async def test_the_owner_and_an_admin_are_answered(running: Running, case: Case,
+                                                   caller: str) -> None:
+    owner_token = running.token(*OWNER)
+    job_id = await case.make_job(running, owner_token)
+    token = owner_token if caller == "owner" else running.token(*CALLERS[caller])
+
+    answer = await _observe(case.call(running.clients.submission, token, job_id))
+
+    assert answer.response.error.code == "", answer.response.error
+    case.check_entitled(answer.response)
+    assert await _owners_view(running, owner_token, job_id) == case.status_after_entitled_call
+
+
+@pytest.mark.parametrize("caller", STRANGERS)
+@pytest.mark.parametrize("case", CASES)
+async def test_to_anyone_else_the_job_looks_exactly_like_one_that_does_not_exist(
+        running: Running, case: Case, caller: str) -> None:
+    owner_token = running.token(*OWNER)
+    job_id = await case.make_job(running, owner_token)
+    stranger = running.token(*CALLERS[caller])
+    never_issued = str(uuid.uuid4())
+
+    refused = await _observe(case.call(running.clients.submission, stranger, job_id))
+    unknown = await _observe(case.call(running.clients.submission, stranger, never_issued))
+
+    assert refused.response.error.code == "NOT_FOUND", refused.response.error
+    assert job_id in refused.response.error.description
+    assert unknown.response.error.code == "NOT_FOUND"
+    assert refused.with_job_id(job_id, never_issued).comparable() == unknown.comparable()
+    # Nothing about the job changed, and nothing of it leaked into the answer.
+    assert await _owners_view(running, owner_token, job_id) == case.status_before
+    assert OWNER[0] not in refused.response.error.description
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_a_strangers_refusal_equals_the_owners_answer_for_a_job_that_does_not_exist(
+        running: Running, case: Case) -> None:
+    # Not even the caller's identity changes the shape of NOT_FOUND.
+    owner_token = running.token(*OWNER)
+    job_id = await case.make_job(running, owner_token)
+    never_issued = str(uuid.uuid4())
+
+    refused = await _observe(case.call(running.clients.submission,
+                                       running.token("bob", "developer"), job_id))
+    owners_unknown = await _observe(case.call(running.clients.submission, owner_token,
+                                              never_issued))
+
+    assert refused.with_job_id(job_id, never_issued).comparable() == owners_unknown.comparable()
