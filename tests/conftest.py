@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,12 +12,14 @@ from moto.server import ThreadedMotoServer
 
 from scheduler.app import Scheduler
 from tests.helpers import (
+    TEST_BACKENDS_TOML,
     AwsNames,
     Clients,
     TokenDatabase,
     aws_config,
     create_aws_resources,
     local_config,
+    standalone_token,
 )
 
 
@@ -67,39 +70,28 @@ class Running:
         self.data_dir = data_dir
 
     def token(self, name: str = "alice", role: str = "developer") -> str:
-        from job_manager.clock import SystemClock
-        from scheduler.standalone import token_store_path
-        from token_database.service import create_token
-        from token_database.store import SqliteTokenStore
-
         if self._tokens is not None:
             return self._tokens.token(name, role)
         assert self.data_dir is not None
-        store = SqliteTokenStore(token_store_path(self.data_dir))
-        try:
-            return create_token(store, SystemClock(), name, role)[0]
-        finally:
-            store.close()
+        return standalone_token(self.data_dir, name, role)
 
 
-@pytest.fixture
-async def running(
-    mode: str, tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase
-) -> AsyncIterator[Running]:
-    """A scheduler in each mode, on loopback, with the test backends."""
+@contextlib.asynccontextmanager
+async def scheduler_in(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+                       token_database: TokenDatabase, env: dict[str, str] | None = None,
+                       *flags: str) -> AsyncIterator[Running]:
+    """A started scheduler in ``mode`` on loopback, with the test backends, and its clients."""
     tokens: TokenDatabase | None = None
     data_dir: Path | None = None
     if mode == "standalone":
         data_dir = tmp_path / "data"
-        data_dir.mkdir()
-        from tests.helpers import TEST_BACKENDS_TOML
-
+        data_dir.mkdir(exist_ok=True)
         (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
-        config = local_config(data_dir)
+        config = local_config(data_dir, *flags, env=env)
     else:
         names: AwsNames = request.getfixturevalue("aws_names")
         tokens = token_database
-        config = aws_config(names, tokens.address)
+        config = aws_config(names, tokens.address, *flags, env=env)
     scheduler = Scheduler(config)
     await scheduler.start()
     clients = Clients(scheduler.submission_port, scheduler.execution_port)
@@ -108,3 +100,11 @@ async def running(
     finally:
         await clients.close()
         await scheduler.stop(grace_s=0)
+
+
+@pytest.fixture
+async def running(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+                  token_database: TokenDatabase) -> AsyncIterator[Running]:
+    """A scheduler in each mode, on loopback, with the test backends."""
+    async with scheduler_in(mode, tmp_path, request, token_database) as started:
+        yield started

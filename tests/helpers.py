@@ -21,6 +21,7 @@ from pb.mqc3_cloud.scheduler.v1 import (
 )
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from scheduler.config import Config, load_config
+from scheduler.standalone import token_store_path
 from token_database.service import TokenDatabaseService, create_token
 from token_database.store import SqliteTokenStore
 
@@ -162,6 +163,15 @@ class TokenDatabase:
 
     def token(self, name: str, role: str) -> str:
         return create_token(self.store, SystemClock(), name, role)[0]
+
+
+def standalone_token(data_dir: Path, name: str, role: str) -> str:
+    """A token made in a standalone data directory's token database."""
+    store = SqliteTokenStore(token_store_path(data_dir))
+    try:
+        return create_token(store, SystemClock(), name, role)[0]
+    finally:
+        store.close()
 
 
 def program(

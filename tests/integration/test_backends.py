@@ -10,14 +10,13 @@ import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2
 from scheduler.app import Scheduler
-from tests.conftest import Running
+from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     AwsNames,
     Clients,
     TokenDatabase,
     aws_client,
-    aws_config,
     local_config,
     submit_request,
 )
@@ -42,34 +41,21 @@ class Reloading:
 @pytest.fixture
 async def reloading(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
                     token_database: TokenDatabase) -> AsyncIterator[Reloading]:
-    if mode == "standalone":
-        data_dir = tmp_path / "data"
-        data_dir.mkdir()
-        (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
-        config = local_config(data_dir, env=FAST_RELOAD)
+    async with scheduler_in(mode, tmp_path, request, token_database, FAST_RELOAD) as running:
+        if running.data_dir is not None:
+            backends_file = running.data_dir / "backends.toml"
 
-        def write(text: str) -> None:
-            (data_dir / "backends.toml").write_text(text)
+            def write(text: str) -> None:
+                backends_file.write_text(text)
+        else:
+            names: AwsNames = request.getfixturevalue("aws_names")
+            ssm = aws_client("ssm", names.endpoint)
 
-        tokens: TokenDatabase | None = None
-    else:
-        names: AwsNames = request.getfixturevalue("aws_names")
-        config = aws_config(names, token_database.address, env=FAST_RELOAD)
-        ssm = aws_client("ssm", names.endpoint)
+            def write(text: str) -> None:
+                ssm.put_parameter(Name=names.backends_key, Value=text, Type="String",
+                                  Overwrite=True)
 
-        def write(text: str) -> None:
-            ssm.put_parameter(Name=names.backends_key, Value=text, Type="String",
-                              Overwrite=True)
-
-        data_dir, tokens = None, token_database
-    scheduler = Scheduler(config)
-    await scheduler.start()
-    clients = Clients(scheduler.submission_port, scheduler.execution_port)
-    try:
-        yield Reloading(Running(scheduler, clients, tokens, data_dir), write)
-    finally:
-        await clients.close()
-        await scheduler.stop(grace_s=0)
+        yield Reloading(running, write)
 
 
 async def _until(check: Callable[[], bool]) -> None:

@@ -22,15 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
-from scheduler.app import Scheduler
 from tests.conftest import Running
 from tests.helpers import (
-    TEST_BACKENDS_TOML,
     AwsNames,
-    Clients,
-    TokenDatabase,
-    aws_config,
-    local_config,
     submit_request,
 )
 from tests.integration.processes import HOST, ROOT, Ports, kill
@@ -41,33 +35,6 @@ HEALTH_NAMES = ("", SUBMISSION, EXECUTION)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 WAIT_METADATA = (("x-mqc3-wait-ms", "10000"),)
-
-
-# --- in-process schedulers ------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def scheduler_in(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
-                       token_database: TokenDatabase,
-                       env: dict[str, str] | None = None) -> AsyncIterator[Running]:
-    """Like the ``running`` fixture, with environment settings of the test's choosing."""
-    tokens: TokenDatabase | None = None
-    data_dir: Path | None = None
-    if mode == "standalone":
-        data_dir = tmp_path / "data"
-        data_dir.mkdir()
-        (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
-        config = local_config(data_dir, env=env)
-    else:
-        names: AwsNames = request.getfixturevalue("aws_names")
-        tokens = token_database
-        config = aws_config(names, tokens.address, env=env)
-    scheduler = Scheduler(config)
-    await scheduler.start()
-    clients = Clients(scheduler.submission_port, scheduler.execution_port)
-    try:
-        yield Running(scheduler, clients, tokens, data_dir)
-    finally:
-        await clients.close()
-        await scheduler.stop(grace_s=0)
 
 
 class Gate:

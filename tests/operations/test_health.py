@@ -14,7 +14,7 @@ from job_manager.stores import StoreError
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2
 from scheduler.app import Scheduler
 from scheduler.auth import TokenResolver
-from tests.conftest import Running
+from tests.conftest import Running, scheduler_in
 from tests.helpers import TEST_BACKENDS_TOML, TokenDatabase, local_config, submit_request
 from tests.integration.processes import HOST
 from tests.operations.support import (
@@ -26,7 +26,6 @@ from tests.operations.support import (
     check,
     healthz,
     saturated,
-    scheduler_in,
     scrape,
     statuses,
     until,

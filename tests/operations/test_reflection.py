@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.conftest import Running
+from tests.conftest import Running, scheduler_in
 from tests.helpers import TokenDatabase
 from tests.integration.processes import HOST
 from tests.operations.support import (
@@ -17,7 +17,6 @@ from tests.operations.support import (
     SATURATION_ENV,
     SUBMISSION,
     saturated,
-    scheduler_in,
 )
 
 HEALTH = "grpc.health.v1.Health"

@@ -23,7 +23,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from job_manager.clock import SystemClock
 from job_manager.model import fingerprint
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
@@ -34,10 +33,7 @@ from pb.mqc3_cloud.scheduler.v1 import (
 )
 from scheduler.app import Scheduler
 from scheduler.config import Config
-from scheduler.standalone import token_store_path
-from tests.helpers import TEST_BACKENDS_TOML, local_config, submit_request
-from token_database.service import create_token
-from token_database.store import SqliteTokenStore
+from tests.helpers import TEST_BACKENDS_TOML, local_config, standalone_token, submit_request
 
 T = TypeVar("T")
 ALLOWED_CODES = {"", "INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "RESOURCE_EXHAUSTED",
@@ -84,11 +80,7 @@ class Background:
 
     def token(self, name: str, role: str) -> str:
         assert self.data_dir is not None
-        store = SqliteTokenStore(token_store_path(self.data_dir))
-        try:
-            return create_token(store, SystemClock(), name, role)[0]
-        finally:
-            store.close()
+        return standalone_token(self.data_dir, name, role)
 
 
 def _standalone(directory: Path, env: dict[str, str]) -> Background:

@@ -15,9 +15,7 @@ import logging
 import secrets
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -26,58 +24,16 @@ import requests
 from job_manager.model import fingerprint
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.app import Scheduler
 from scheduler.logs import configure_logging
 from scheduler.standalone import token_store_path
-from tests.conftest import Running
+from tests.conftest import Running, scheduler_in
 from tests.helpers import (
-    TEST_BACKENDS_TOML,
     UPLOAD_HEADERS,
     AwsNames,
-    Clients,
     TokenDatabase,
     aws_client,
-    aws_config,
-    local_config,
     submit_request,
 )
-
-
-@dataclass
-class Life:
-    """The scheduler of one test, and where its stores are."""
-
-    running: Running
-    aws_names: AwsNames | None
-
-
-@asynccontextmanager
-async def _scheduler(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
-                     token_database: TokenDatabase) -> AsyncIterator[Life]:
-    """Like the ``running`` fixture, but started and stopped inside the test body, so
-    start-up and shut-down logs are captured too."""
-    names: AwsNames | None = None
-    if mode == "standalone":
-        data_dir: Path | None = tmp_path / "data"
-        assert data_dir is not None
-        data_dir.mkdir()
-        (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
-        config = local_config(data_dir)
-        tokens = None
-    else:
-        data_dir = None
-        names = request.getfixturevalue("aws_names")
-        assert names is not None
-        config = aws_config(names, token_database.address)
-        tokens = token_database
-    scheduler = Scheduler(config)
-    await scheduler.start()
-    clients = Clients(scheduler.submission_port, scheduler.execution_port)
-    try:
-        yield Life(Running(scheduler, clients, tokens, data_dir), names)
-    finally:
-        await clients.close()
-        await scheduler.stop(grace_s=0)
 
 
 def _everything_at_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -202,8 +158,8 @@ async def test_no_log_record_and_no_stored_job_holds_a_token(
         token_database: TokenDatabase, caplog: pytest.LogCaptureFixture) -> None:
     _everything_at_debug(caplog)
     unknown = "mqc3_" + secrets.token_urlsafe(32)
-    async with _scheduler(mode, tmp_path, request, token_database) as life:
-        running = life.running
+    # Started inside the test body, so start-up and shut-down logs are captured too.
+    async with scheduler_in(mode, tmp_path, request, token_database) as running:
         alice, bob = running.token("alice", "developer"), running.token("bob", "developer")
         guest, admin = running.token("gus", "guest"), running.token("ada", "admin")
         tokens = [alice, bob, guest, admin, unknown]
@@ -236,11 +192,11 @@ async def test_no_log_record_and_no_stored_job_holds_a_token(
                 for index, token in enumerate(tokens):
                     assert token not in text, f"token #{index} in {store.name} {column}"
     else:
-        assert life.aws_names is not None
+        aws_names: AwsNames = request.getfixturevalue("aws_names")
         for column, text in _sqlite_texts(tmp_path / "tokens.sqlite3"):  # token_database's
             for index, token in enumerate(tokens):
                 assert token not in text, f"token #{index} in the token database's {column}"
-        items = _dynamodb_items(life.aws_names)
+        items = _dynamodb_items(aws_names)
         assert len(items) == 2
         assert any(fingerprint(alice) in item for item in items)  # kept, as a fingerprint
         for item in items:
