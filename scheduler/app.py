@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from datetime import timedelta
 from types import TracebackType
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_RESULT_UPLOAD_BYTES = 1024 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
+DRAIN_POLL_S = 0.02
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
 SUBMISSION = "mqc3_cloud.scheduler.v1.SubmissionService"
 EXECUTION = "mqc3_cloud.scheduler.v1.ExecutionService"
@@ -90,6 +92,7 @@ class Scheduler:
         self.http_port = 0
         self.metrics_port = 0
         self._servers: list[grpc.aio.Server] = []  # submission and execution
+        self._edges: list[Edge] = []
         self._token_server: grpc.aio.Server | None = None  # standalone only
         self._backends: BackendManager | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -160,16 +163,17 @@ class Scheduler:
             config.token_cache_max_entries,
             on_cache=lambda hit: self.metrics.token_cache.labels("hit" if hit else "miss").inc(),
         )
-        submission = _grpc_server(config.submission_max_message_bytes)
-        submission_pb2_grpc.add_SubmissionServiceServicer_to_server(SubmissionService(
-            jobs, auth, Edge(Admission(config.submission_max_concurrent_rpcs), self.metrics)),
-            submission)
-        execution = _grpc_server(config.execution_max_message_bytes)
         secret = config.execution_secret or stack.execution_secret
-        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(ExecutionService(
-            jobs, config.max_assign_wait_s,
-            Edge(Admission(config.execution_max_concurrent_rpcs), self.metrics, secret)),
-            execution)
+        self._edges = [
+            Edge(Admission(config.submission_max_concurrent_rpcs), self.metrics),
+            Edge(Admission(config.execution_max_concurrent_rpcs), self.metrics, secret),
+        ]
+        submission = _grpc_server(config.submission_max_message_bytes)
+        submission_pb2_grpc.add_SubmissionServiceServicer_to_server(
+            SubmissionService(jobs, auth, self._edges[0]), submission)
+        execution = _grpc_server(config.execution_max_message_bytes)
+        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
+            ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
         for server, service, port, tls in (
             (submission, SUBMISSION, config.submission_port, config.submission_tls),
             (execution, EXECUTION, config.execution_port, config.execution_tls),
@@ -241,6 +245,17 @@ class Scheduler:
         app = build_http_app(None, 0, self._is_serving, self.metrics.exposition)
         self.metrics_port = await self._serve_http(app, self.config.metrics_port)
 
+    async def _finish_calls(self, within_s: float) -> float:
+        """Refuse new calls (UNAVAILABLE) until those in flight end; returns the time taken."""
+        started = time.monotonic()
+        for edge in self._edges:
+            edge.draining = True
+        while any(edge.admission.in_flight for edge in self._edges):
+            if time.monotonic() - started >= within_s:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        return time.monotonic() - started
+
     def _is_serving(self) -> bool:
         return self.health is not None and self.health.serving
 
@@ -254,7 +269,8 @@ class Scheduler:
             await self.health.draining()
         if self.jobs is not None:
             self.jobs.shutdown()  # waiting nodes get an empty answer now
-        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        grace -= await self._finish_calls(grace)
+        await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
         if self._token_server is not None:
             # Last: submissions still in flight resolve their tokens through it.
             await self._token_server.stop(grace)

@@ -29,6 +29,7 @@ class Edge:
                  shared_secret: str | None = None) -> None:
         self.admission = admission
         self.metrics = metrics
+        self.draining = False  # set on shutdown: new calls are told to go elsewhere
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
@@ -70,6 +71,11 @@ def in_band(
         async def answer(self: EdgeServicer, request: Any,
                          context: grpc.aio.ServicerContext) -> Response:
             edge = self.edge
+            if edge.draining:
+                # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
+                # once restarted); an in-band error would end the user's run instead.
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the scheduler is shutting down; retry")
             if not edge.admission.try_enter():
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
                 refusal = SchedulerError("overloaded", limit=edge.admission.limit)
