@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from backend_manager import BackendTable, ServiceStatus
 from job_manager.clock import Clock
 from job_manager.limits import Limits, Quotas
 from job_manager.model import (
+    NO_BACKEND_TIMESTAMPS,
     BackendTimestamps,
     JobRecord,
     JobStatus,
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 UPLOAD_URL_LIFETIME = timedelta(hours=3)
 DOWNLOAD_URL_LIFETIME = timedelta(minutes=3)
 UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
+FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class ExecutionReport:
     job_id: str
     outcome: JobStatus  # COMPLETED, FAILED or TIMEOUT
     detail: str = ""
-    timestamps: BackendTimestamps = field(default_factory=BackendTimestamps)
+    timestamps: BackendTimestamps = NO_BACKEND_TIMESTAMPS
     actual_backend: str = ""
     physical_lab_version: str = ""
     simulator_version: str = ""
@@ -113,6 +116,8 @@ class JobManager:
         self._queues: dict[str, JobQueue] = {}
         self._rates: dict[str, DispatchRate] = {}
         self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
+        # Final records never change, so recent ones answer status polls from memory.
+        self._finished: OrderedDict[str, JobRecord] = OrderedDict()
         self.waiters = Waiters()
         self._observer = observer or NoObserver()
         self.watchdog = Watchdog(clock, self._time_out)
@@ -520,6 +525,7 @@ class JobManager:
 
     def _ended(self, record: JobRecord) -> None:
         self._live.pop(record.job_id, None)
+        self._remember_finished(record)
         if record.idempotency_key:
             self._recent_keys.pop((record.owner_fingerprint, record.idempotency_key), None)
         self._observer.finished(record)
@@ -554,19 +560,34 @@ class JobManager:
             )
 
     async def _visible(self, principal: Principal, job_id: str) -> JobRecord:
-        record = await self._find(job_id)
+        remembered = self._remembered(job_id)
+        if remembered is not None and principal.may_see(remembered):
+            return remembered
+        # Someone else's job known from memory still costs the store read a job that
+        # does not exist costs, so the answer cannot tell the two apart by its timing.
+        record = await self._find(job_id) if remembered is None else await self._jobs_get(job_id)
         if record is not None and principal.may_see(record):
             return record
-        if record is not None and job_id in self._live:
-            # Someone else's live job: read the store as for a job that does not exist,
-            # so the answer takes as long and cannot tell the two apart.
-            await self._jobs_get(job_id)
         raise SchedulerError("job_not_found", job_id=job_id)
 
-    async def _find(self, job_id: str) -> JobRecord | None:
+    def _remembered(self, job_id: str) -> JobRecord | None:
+        """The job from memory (live or recently finished), checking its id's shape first."""
         if not is_job_id(job_id):
             raise SchedulerError("job_id_malformed", value=repr(job_id[:64]))
-        return self._live.get(job_id) or await self._jobs_get(job_id)
+        return self._live.get(job_id) or self._finished.get(job_id)
+
+    async def _find(self, job_id: str) -> JobRecord | None:
+        record = self._remembered(job_id)
+        if record is None:
+            record = await self._jobs_get(job_id)
+            if record is not None and record.status.is_final:
+                self._remember_finished(record)
+        return record
+
+    def _remember_finished(self, record: JobRecord) -> None:
+        self._finished[record.job_id] = record
+        if len(self._finished) > FINISHED_CACHE_SIZE:
+            self._finished.popitem(last=False)
 
     async def _jobs_get(self, job_id: str) -> JobRecord | None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -70,7 +70,7 @@ def is_job_id(value: str) -> bool:
     return bool(_JOB_ID.match(value))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendTimestamps:
     """The times a backend reports for the stages of its run."""
 
@@ -80,7 +80,10 @@ class BackendTimestamps:
     execution_finished_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+NO_BACKEND_TIMESTAMPS = BackendTimestamps()  # immutable, so every record may share it
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     """Everything the scheduler keeps about one job (the program itself is in the PayloadStore).
 
@@ -106,7 +109,7 @@ class JobRecord:
     status_detail: str = ""
     dequeued_at: datetime | None = None
     finished_at: datetime | None = None
-    backend_timestamps: BackendTimestamps = field(default_factory=BackendTimestamps)
+    backend_timestamps: BackendTimestamps = NO_BACKEND_TIMESTAMPS
     actual_backend: str = ""
     physical_lab_version: str = ""
     simulator_version: str = ""

@@ -43,7 +43,7 @@ class SchedulingPolicy:
     )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class QueuedJob:
     """A job waiting in a queue, with its program held in memory for a fast hand-over."""
 
@@ -70,7 +70,7 @@ class QueuedJob:
         return self.record.queued_at.timestamp()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Owner:
     """One token's jobs in this queue and its place in the fair share."""
 

@@ -54,14 +54,15 @@ def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
 
 
 def in_band(
-    response_type: Callable[..., Response],
+    response_type: Callable[..., Response], *, limited: bool = True,
 ) -> Callable[[Handler[Response]], Handler[Response]]:
     """Admit, time and answer a servicer method, refusals and failures in ``error``.
 
     A SchedulerError becomes its catalogue entry; anything else is logged with its
     traceback and answered INTERNAL, so a client never sees a transport error for
     something the scheduler did. Past the service's limit of concurrent calls the
-    answer is RESOURCE_EXHAUSTED at once.
+    answer is RESOURCE_EXHAUSTED at once, unless ``limited`` is False (calls that
+    finish work already handed out, which refusing would only waste).
     """
 
     def wrap(handler: Handler[Response]) -> Handler[Response]:
@@ -76,7 +77,7 @@ def in_band(
                 # once restarted); an in-band error would end the user's run instead.
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "the scheduler is shutting down; retry")
-            if not edge.admission.try_enter():
+            if limited and not edge.admission.try_enter():
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
                 refusal = SchedulerError("overloaded", limit=edge.admission.limit)
                 return response_type(error=error_detail(refusal))
@@ -94,7 +95,8 @@ def in_band(
                 log.exception("%s failed unexpectedly", method)
                 return response_type(error=error_detail(SchedulerError("unexpected")))
             finally:
-                edge.admission.leave()
+                if limited:
+                    edge.admission.leave()
                 edge.metrics.rpc_latency.labels(method, code).observe(
                     time.perf_counter() - started)
 

@@ -111,14 +111,14 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         response.job.settings.ParseFromString(assignment.record.settings)
         return response
 
-    @in_band(pb.ReportExecutionResultResponse)
+    @in_band(pb.ReportExecutionResultResponse, limited=False)
     async def ReportExecutionResult(
         self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportExecutionResultResponse:
         await self._jobs.report(_report(request))
         return pb.ReportExecutionResultResponse()
 
-    @in_band(pb.RefreshUploadUrlResponse)
+    @in_band(pb.RefreshUploadUrlResponse, limited=False)
     async def RefreshUploadUrl(
         self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext
     ) -> pb.RefreshUploadUrlResponse:

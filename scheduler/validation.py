@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import grpc
 
@@ -88,13 +89,14 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
     if not -MAX_NANOS <= timeout.nanos <= MAX_NANOS or timeout.seconds * timeout.nanos < 0:
         raise SchedulerError("timeout_malformed")
     return JobSpec(
-        backend=settings.backend,
+        # Interned: 100,000 queued jobs then share a handful of backend and version strings.
+        backend=sys.intern(settings.backend),
         settings=settings.SerializeToString(),
         timeout_s=timeout.seconds + timeout.nanos / 1e9,
         n_shots=settings.n_shots,
         program=request.job.program.SerializeToString(),
         request_bytes=request.ByteSize(),
-        sdk_version=request.sdk_version,
+        sdk_version=sys.intern(request.sdk_version),
         save_job=request.options.save_job,
         idempotency_key=idempotency_key,
     )

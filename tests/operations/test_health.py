@@ -213,5 +213,5 @@ async def test_overload_is_refused_at_once_and_nothing_deadlocks(
         samples = await scrape(running.scheduler.metrics_port)
         assert value(samples, "mqc3_rpc_seconds_count", method="GetServiceStatus",
                      code="RESOURCE_EXHAUSTED") == 3
-        assert value(samples, "mqc3_rpc_seconds_count", method="ReportExecutionResult",
+        assert value(samples, "mqc3_rpc_seconds_count", method="AssignNextJob",
                      code="RESOURCE_EXHAUSTED") == 3

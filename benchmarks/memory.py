@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Memory of queued jobs: bytes per job in a JobQueue (tracemalloc), and the process RSS.
+
+    python benchmarks/memory.py [--jobs 100000] [--payload-bytes 1024] [--out FILE]
+
+Builds ``job_manager.queue.JobQueue`` directly with the JobRecords and QueuedJobs a
+submission makes (a fresh job id, settings and program per job; owners shared, as the
+token cache shares them), plus the live-job index the JobManager keeps beside its
+queues. It measures twice: first the RSS without tracemalloc (which would inflate it),
+then the traced allocations. The service's libraries are imported first, so the RSS
+is that of a scheduler process, not of a bare interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1024 * 1024
+RSS_TARGET_MB = 300
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux), else its peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build(jobs: int, payload_bytes: int, owners: int) -> tuple[Any, dict[str, Any]]:
+    """A JobQueue holding ``jobs`` queued jobs, and the live-job index beside it."""
+    from job_manager.clock import SystemClock
+    from job_manager.model import JobRecord, JobStatus, Principal, Role, fingerprint, new_job_id
+    from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+    from pb.mqc3_cloud.scheduler.v1 import job_pb2
+
+    clock = SystemClock()
+    principals = [Principal(f"user-{i}", Role.DEVELOPER, fingerprint(f"token-{i}"))
+                  for i in range(owners)]
+    queue = JobQueue(SchedulingPolicy(), clock)
+    live: dict[str, JobRecord] = {}
+    program = bytearray(b"." * payload_bytes)
+    for i in range(jobs):
+        principal = principals[i % owners]
+        settings = job_pb2.JobExecutionSettings(backend="emulator", n_shots=100,
+                                                role=principal.role.value)
+        settings.timeout.seconds = 60
+        now = clock.now()
+        record = JobRecord(
+            job_id=new_job_id(), status=JobStatus.QUEUED, backend=settings.backend,
+            owner_name=principal.name, owner_fingerprint=principal.fingerprint,
+            role=principal.role, settings=settings.SerializeToString(), timeout_s=60.0,
+            input_size_bytes=payload_bytes, sdk_version=settings.role.replace("d", "d"),
+            submitted_at=now, queued_at=now)
+        queue.push(QueuedJob(record, bytes(program)))
+        live[record.job_id] = record
+    return queue, live
+
+
+def per_job_objects(record: Any, queue: Any) -> dict[str, int]:
+    """The objects each queued job owns, by sys.getsizeof (containers not included)."""
+    job = queue.remove(record.job_id)
+    sizes = {
+        "QueuedJob": sys.getsizeof(job) + _dict_size(job),
+        "JobRecord": sys.getsizeof(record) + _dict_size(record),
+        "program": sys.getsizeof(job.program),
+        "job_id": sys.getsizeof(record.job_id),
+        "settings": sys.getsizeof(record.settings),
+        "sdk_version": sys.getsizeof(record.sdk_version),
+        "backend": sys.getsizeof(record.backend),
+        "datetime": sys.getsizeof(record.submitted_at),
+        "backend_timestamps": sys.getsizeof(record.backend_timestamps)
+        + _dict_size(record.backend_timestamps),
+    }
+    queue.push(job)
+    return sizes
+
+
+def _dict_size(instance: object) -> int:
+    """The size of an instance's __dict__ (0 with __slots__)."""
+    return sys.getsizeof(vars(instance)) if hasattr(instance, "__dict__") else 0
+
+
+def measure(jobs: int, payload_bytes: int, owners: int, bare: bool) -> dict[str, Any]:
+    if not bare:
+        import scheduler.app  # noqa: F401 - the service's libraries, loaded as in production
+    gc.collect()
+    rss_before = rss_bytes()
+    began = time.perf_counter()
+    queue, live = build(jobs, payload_bytes, owners)
+    build_s = time.perf_counter() - began
+    rss_with_jobs = rss_bytes()
+    assert len(queue) == jobs
+    index_bytes = sys.getsizeof(live)
+    del queue, live
+    gc.collect()
+
+    tracemalloc.start()
+    traced_before = tracemalloc.get_traced_memory()[0]
+    queue, live = build(jobs, payload_bytes, owners)
+    traced = tracemalloc.get_traced_memory()[0] - traced_before
+    tracemalloc.stop()
+    assert len(queue) == len(live) == jobs  # both alive until measured
+    objects = per_job_objects(next(iter(live.values())), queue)
+    program_bytes = sys.getsizeof(bytes(payload_bytes))
+    per_job = traced / jobs
+    return {
+        "jobs": jobs,
+        "payload_bytes": payload_bytes,
+        "owners": owners,
+        "traced_bytes_per_job": round(per_job, 1),
+        "traced_total_mb": round(traced / MB, 2),
+        "program_object_bytes": program_bytes,
+        "overhead_bytes_per_job": round(per_job - program_bytes, 1),
+        "index_bytes_per_job": round(index_bytes / jobs, 1),
+        "queue_bytes_per_job": round((traced - index_bytes) / jobs, 1),
+        "rss_mb": {"before": round(rss_before / MB, 1), "with_jobs": round(rss_with_jobs / MB, 1),
+                   "delta": round((rss_with_jobs - rss_before) / MB, 1)},
+        "rss_bytes_per_job": round((rss_with_jobs - rss_before) / jobs, 1),
+        "rss_target_mb": RSS_TARGET_MB,
+        "rss_target_met": rss_with_jobs / MB < RSS_TARGET_MB,
+        "build_s": round(build_s, 2),
+        "service_libraries_loaded": not bare,
+        "object_bytes_per_job": objects,
+        "container_bytes_per_job": round(per_job - sum(objects.values()), 1),
+        "python": platform.python_version(),
+        "measured_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/memory.py",
+                                description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--jobs", type=int, default=100_000, help="queued jobs (default 100000)")
+    p.add_argument("--payload-bytes", type=int, default=1024,
+                   help="program size (default 1024)")
+    p.add_argument("--owners", type=int, default=16, help="tokens the jobs belong to "
+                   "(default 16)")
+    p.add_argument("--bare", action="store_true",
+                   help="do not import the service's libraries first (RSS of the queue alone)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON result (default benchmarks/out/memory-<timestamp>.json)")
+    args = p.parse_args(argv)
+    if args.jobs <= 0 or args.payload_bytes < 0 or args.owners <= 0:
+        p.error("--jobs and --owners must be positive, --payload-bytes not negative")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    result = measure(args.jobs, args.payload_bytes, args.owners, args.bare)
+    out = args.out or (ROOT / "benchmarks" / "out" /
+                       f"memory-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    rss = result["rss_mb"]
+    print(f"{result['jobs']} queued jobs of {result['payload_bytes']} B: "
+          f"{result['traced_bytes_per_job']:.0f} B per job traced "
+          f"({result['overhead_bytes_per_job']:.0f} B beyond the program), "
+          f"{result['traced_total_mb']:.1f} MB in all")
+    print(f"process RSS {rss['with_jobs']:.1f} MB with the jobs ({rss['before']:.1f} MB before, "
+          f"+{rss['delta']:.1f} MB); target < {RSS_TARGET_MB} MB: "
+          f"{'met' if result['rss_target_met'] else 'MISSED'}; result {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

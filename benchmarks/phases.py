@@ -1,0 +1,275 @@
+"""The measured phases: submit, assign probe, drain, steady, status (and the cleanup drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from benchmarks.clients import RPC_TIMEOUT_S, Outcome, closed_loop
+from benchmarks.deployment import calls_between
+from benchmarks.ledger import JobEntry
+from benchmarks.processes import rss_mb
+from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session, Taken, writes
+from benchmarks.stats import PhaseResult
+from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
+
+
+async def submit_phase(session: Session, duration_s: float, jobs: int | None) -> PhaseResult:
+    """``clients`` concurrent users submitting back to back."""
+    phase = PhaseResult("submit", "submit", extra={"clients": session.clients})
+    before = await session.metrics.store_calls()
+    rss_before = rss_mb(session.target.scheduler_pid)
+    await closed_loop(phase, "submit", session.clients, duration_s,
+                      lambda client: session.submit("submit", client), limit=jobs)
+    phase.store_calls = calls_between(before, await session.metrics.store_calls())
+    # Every job submitted here is still queued: what the scheduler process holds for them.
+    rss_after = rss_mb(session.target.scheduler_pid)
+    phase.extra["scheduler_rss_mb"] = {"before": rss_before, "with_jobs_queued": rss_after}
+    if rss_before is not None and rss_after is not None and phase.operations:
+        phase.extra["scheduler_rss_bytes_per_queued_job"] = round(
+            (rss_after - rss_before) * 1024 * 1024 / phase.operations)
+    return phase
+
+
+async def assign_probe(session: Session, count: int) -> PhaseResult:
+    """One node takes ``count`` jobs, then finishes them: store calls per assignment, per report.
+
+    Runs alone (nothing else calls the scheduler), so the store-call counters it reads
+    around each step belong to that step.
+    """
+    phase = PhaseResult("assign_probe", "assign", extra={"jobs": count})
+    first = await session.metrics.store_calls()
+    taken: list[Taken] = []
+    started = time.perf_counter()
+    for _ in range(count):
+        began = time.perf_counter()
+        got = await session.take(0, WORK_BACKEND)
+        if got.outcome or not got.job_id:
+            phase.errors[got.outcome or "queue_empty"] += 1
+            break
+        phase.samples("assign").add(got.received_at_s - began)
+        taken.append(got)
+    phase.duration_s = time.perf_counter() - started  # the rate is of assignments alone
+    assigned = await session.metrics.store_calls()
+    for got in taken:
+        outcome = await session.finish(0, got, phase)
+        if outcome:
+            phase.errors[outcome] += 1
+    reported = await session.metrics.store_calls()
+    phase.operations = len(taken)
+    per_assignment = calls_between(first, assigned)
+    per_report = calls_between(assigned, reported)
+    phase.store_calls = per_assignment
+    if taken and per_assignment is not None and per_report is not None:
+        n = len(taken)
+        phase.extra.update({
+            "store_calls_per_assignment": {k: v / n for k, v in per_assignment.items()},
+            "store_writes_per_assignment": (writes(per_assignment) or 0) / n,
+            "store_calls_per_report": {k: v / n for k, v in per_report.items()},
+            "store_writes_per_report": (writes(per_report) or 0) / n,
+        })
+    return phase
+
+
+async def drain_phase(session: Session, backend: str, timeout_s: float,
+                      name: str = "drain") -> PhaseResult:
+    """Every node assigns, uploads and reports until the queue answers empty."""
+    phase = PhaseResult(name, "cycle", extra={"nodes": session.nodes, "backend": backend})
+    before = await session.metrics.store_calls()
+    started = time.perf_counter()
+    deadline = started + timeout_s
+
+    async def node(index: int) -> None:
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            got = await session.take(index, backend)
+            if got.outcome:
+                phase.errors[got.outcome] += 1
+                await asyncio.sleep(0.01)
+                continue
+            if not got.job_id:
+                return
+            phase.samples("assign").add(got.received_at_s - began)
+            outcome = await session.finish(index, got, phase)
+            if outcome:
+                phase.errors[outcome] += 1
+                continue
+            phase.samples("cycle").add(time.perf_counter() - began)
+            phase.operations += 1
+
+    await asyncio.gather(*(node(i) for i in range(session.nodes)))
+    phase.duration_s = time.perf_counter() - started
+    phase.store_calls = calls_between(before, await session.metrics.store_calls())
+    phase.extra["timed_out"] = time.perf_counter() >= deadline
+    phase.extra["left_in_queue"] = await session.metrics.gauge("mqc3_queue_depth_jobs", backend)
+    if phase.operations:
+        phase.extra["store_writes_per_job"] = (writes(phase.store_calls) or 0) / phase.operations
+    return phase
+
+
+async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms: int,
+                       grace_s: float = 10.0) -> PhaseResult:
+    """Submissions at a fixed rate while every node long-polls: dispatch latency.
+
+    Dispatch latency is the time from the submitter's acknowledgement to the node
+    receiving the job, both read on this process's clock; it is negative when the
+    node had the job before the submitter had its answer.
+    """
+    phase = PhaseResult("steady", "dispatch", extra={
+        "target_rate_per_s": rate, "nodes": session.nodes, "wait_ms": wait_ms})
+    stop = asyncio.Event()
+    received: list[Taken] = []
+
+    async def node(index: int) -> None:
+        while not stop.is_set():
+            got = await session.take(index, WORK_BACKEND, wait_ms)
+            if got.outcome:
+                phase.errors[got.outcome] += 1
+                await asyncio.sleep(0.01)
+            elif got.job_id:
+                # Back in the long poll at once: the jobs are finished after the phase,
+                # so what is measured is dispatch under the submit load alone (and a
+                # node never holds more than one execution call).
+                received.append(got)
+
+    before = await session.metrics.store_calls()
+    pollers = [asyncio.create_task(node(i)) for i in range(session.nodes)]
+    await _until(lambda: session.metrics.gauge("mqc3_waiting_nodes", WORK_BACKEND),
+                 session.nodes, timeout_s=5.0)
+    submit_samples = phase.samples("submit")
+
+    async def submit_one(client: int) -> None:
+        began = time.perf_counter()
+        outcome = await session.submit("steady", client)
+        if outcome:
+            phase.errors[outcome] += 1
+        else:
+            submit_samples.add(time.perf_counter() - began)
+
+    total = max(1, round(rate * duration_s))
+    started = time.perf_counter()
+    lag_s = 0.0
+    submissions = []
+    for i in range(total):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            lag_s = max(lag_s, -delay)
+        submissions.append(asyncio.create_task(submit_one(i % session.clients)))
+    await asyncio.gather(*submissions)
+    window_s = time.perf_counter() - started
+
+    def undelivered() -> int:
+        return sum(1 for _, e in session.ledger.of_phase("steady") if e.received_at_s is None)
+
+    give_up = time.perf_counter() + grace_s
+    while undelivered() and time.perf_counter() < give_up:
+        await asyncio.sleep(0.01)
+    stop.set()
+    for poller in pollers:
+        poller.cancel()
+    await asyncio.gather(*pollers, return_exceptions=True)
+    phase.store_calls = calls_between(before, await session.metrics.store_calls())
+    finishing = PhaseResult("steady_finish", "report")  # after the phase: not reported
+    await _finish_all(session, received, finishing)
+    phase.errors.update(finishing.errors)
+
+    dispatch = phase.samples("dispatch")
+    for _, entry in session.ledger.of_phase("steady"):
+        if entry.received_at_s is not None:
+            dispatch.add(entry.received_at_s - entry.acknowledged_at_s)
+    phase.operations = len(dispatch)
+    phase.duration_s = window_s
+    phase.extra.update({
+        "submitted": len(submit_samples),
+        "achieved_submit_rate_per_s": round(len(submit_samples) / window_s, 1),
+        "max_schedule_lag_ms": round(lag_s * 1000, 3),
+        "received_before_acknowledged": sum(1 for v in dispatch.values if v < 0),
+        "undelivered_after_grace": undelivered(),
+    })
+    return phase
+
+
+async def _finish_all(session: Session, jobs: list[Taken], phase: PhaseResult) -> None:
+    """Upload and report ``jobs``, one call at a time per node."""
+    pending = iter(jobs)
+
+    async def node(index: int) -> None:
+        for got in pending:
+            outcome = await session.finish(index, got, phase)
+            if outcome:
+                phase.errors[outcome] += 1
+
+    await asyncio.gather(*(node(i) for i in range(session.nodes)))
+
+
+async def _until(read: Callable[[], Awaitable[int | None]], wanted: int,
+                 timeout_s: float) -> None:
+    """Wait until a gauge reading reaches ``wanted`` (or give up quietly)."""
+    give_up = time.perf_counter() + timeout_s
+    while time.perf_counter() < give_up:
+        value = await read()
+        if value is None or value >= wanted:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def status_phases(session: Session, duration_s: float, live_jobs: int,
+                        finished_sample: int = 2000) -> list[PhaseResult]:
+    """Clients polling GetJobStatus: a mix of live and finished jobs, then each alone."""
+    for start in range(0, live_jobs, session.clients):
+        batch = range(start, min(live_jobs, start + session.clients))
+        for outcome in await asyncio.gather(*(
+                session.submit("status-live", c % session.clients, IDLE_BACKEND) for c in batch)):
+            if outcome:
+                raise RuntimeError(f"the status phase's live jobs were refused: {outcome}")
+    live = [(job_id, e, int(job_pb2.JOB_STATUS_QUEUED))
+            for job_id, e in session.ledger.of_phase("status-live")]
+    finished = [(job_id, e, int(job_pb2.JOB_STATUS_COMPLETED))
+                for job_id, e in session.ledger.jobs.items() if e.reported][:finished_sample]
+    mixed = live or finished
+    if live and finished:  # alternate: half the calls ask about live jobs
+        n = max(len(live), len(finished))
+        mixed = [job for i in range(n) for job in (live[i % len(live)],
+                                                   finished[i % len(finished)])]
+    slices = [("status", mixed), ("status_live", live),
+              ("status_finished", finished)]
+    results = []
+    for name, jobs in slices:
+        if jobs:
+            results.append(await _poll_status(session, name, jobs, duration_s / 2))
+    return results
+
+
+async def _poll_status(session: Session, name: str,
+                       jobs: list[tuple[str, JobEntry, int]], duration_s: float) -> PhaseResult:
+    phase = PhaseResult(name, "status", extra={"clients": session.clients, "jobs": len(jobs)})
+    counters = [itertools.count(i * 7919) for i in range(session.clients)]
+
+    async def poll(client: int) -> Outcome:
+        job_id, entry, expected = jobs[next(counters[client]) % len(jobs)]
+        request = submission_pb2.GetJobStatusRequest(
+            token=session.target.tokens[entry.token_index], job_id=job_id)
+        try:
+            answer = await session.submitters[client].GetJobStatus(request,
+                                                                   timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return f"transport_{exc.code().name}"
+        if answer.error.code:
+            return str(answer.error.code)
+        if answer.status != expected:
+            return f"unexpected_{job_pb2.JobStatus.Name(answer.status)}"
+        return ""
+
+    before = await session.metrics.store_calls()
+    await closed_loop(phase, "status", session.clients, duration_s, poll)
+    phase.store_calls = calls_between(before, await session.metrics.store_calls())
+    if phase.operations and phase.store_calls is not None:
+        phase.extra["store_calls_per_status"] = round(
+            sum(phase.store_calls.values()) / phase.operations, 4)
+    return phase
