@@ -4,11 +4,13 @@ Every figure of the scheduler reads as a ratio to these: the trivial unary rate 
 floor under any RPC on this machine with these clients; the store ceilings are what
 the store calls of a submission (S3 put_object + DynamoDB put_item) and of an
 assignment (one conditional put_item) reach when issued concurrently, from a pool of
-threads, against the same moto server.
+threads, against the same moto server; in standalone mode, what the project's own
+local stores reach for a submission's two durable writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -30,8 +32,12 @@ from benchmarks.deployment import aws_client, create_bucket_and_table, s3_client
 from benchmarks.processes import HOST, child_env, free_ports, python_child
 from benchmarks.stats import PhaseResult, Samples
 from benchmarks.unary_server import METHOD
+from job_manager.clock import SystemClock
 from job_manager.model import JobRecord, JobStatus, Role, new_job_id
 from job_manager.stores import codec
+from job_manager.stores.local_payload_store import LocalPayloadStore
+from job_manager.stores.sqlite_job_store import SqliteJobStore
+from job_manager.stores.url_signer import UrlSigner
 
 _serializer = TypeSerializer()
 
@@ -181,3 +187,38 @@ def store_ceilings(endpoint: str, workers: int, duration_s: float,
     assign_phase = PhaseResult("store_assign", "assign", extra={"threads": workers})
     pool.run(assign_phase, assign)
     return [submit_phase, assign_phase]
+
+
+async def local_store_ceiling(directory: Path, workers: int, duration_s: float,
+                              payload_bytes: int) -> PhaseResult:
+    """Raw standalone submit rate: the project's own stores, put_input then create.
+
+    The same durable writes a submission makes (a payload file written and fsynced,
+    a SQLite row committed), from ``workers`` concurrent tasks, with no gRPC, auth or
+    queue: the ceiling under standalone submissions on this machine's disk.
+    """
+    jobs = SqliteJobStore(directory / "jobs.sqlite3")
+    await jobs.open()
+    payloads = LocalPayloadStore(directory / "payloads", UrlSigner(b"k" * 32),
+                                 "http://127.0.0.1", SystemClock())
+    program = b"x" * payload_bytes
+    phase = PhaseResult("store_submit", "submit", extra={"tasks": workers})
+    deadline = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            record = _record(payload_bytes)
+            began = time.perf_counter()
+            await payloads.put_input(record.job_id, program)
+            await jobs.create(record)
+            phase.samples("submit").add(time.perf_counter() - began)
+            phase.operations += 1
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        phase.duration_s = time.perf_counter() - started
+        await jobs.close()
+        await payloads.close()
+    return phase

@@ -21,7 +21,7 @@ import aiohttp
 import grpc
 
 from benchmarks import phases as ph
-from benchmarks.ceilings import UnaryCeiling, store_ceilings
+from benchmarks.ceilings import UnaryCeiling, local_store_ceiling, store_ceilings
 from benchmarks.deployment import Deployment, Metrics
 from benchmarks.processes import ROOT, ChildFailed
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session
@@ -157,6 +157,8 @@ def _targets(found: dict[str, PhaseResult], mode: str) -> list[dict[str, Any]]:
                     lambda v: v >= 1 / 3),
             _target("submit p99 ms", "< 25", latency("submit", "submit", "p99"),
                     lambda v: v < 25),
+            _target("submit_rate / store_submit_rate (reference)", ">= 0.8",
+                    ratio(rate("submit"), rate("store_submit")), lambda v: v >= 0.8),
         ]
     rows += [
         _target("dispatch p50 ms", "< 5", latency("steady", "dispatch", "p50"),
@@ -189,6 +191,11 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         ceilings = [await unary.measure("unary_ceiling", args.duration_s)]
         target = await deployment.start(args.mode)
         run["scheduler_env"] = deployment.scheduler_env
+        if args.mode == "standalone":
+            store_dir = work_dir / "store-ceiling"
+            store_dir.mkdir()
+            ceilings.append(await local_store_ceiling(store_dir, args.clients,
+                                                      args.duration_s, args.payload_bytes))
         if target.moto_endpoint is not None:
             ceilings += await asyncio.to_thread(store_ceilings, target.moto_endpoint,
                                                 args.clients, args.duration_s,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from datetime import UTC
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
@@ -28,14 +29,24 @@ CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
 """
 
 
+Write = Callable[[sqlite3.Connection], object]
+
+
 class SqliteJobStore:
-    """One connection, used from one thread: SQLite serializes writes anyway."""
+    """One connection, used from one thread: SQLite serializes writes anyway.
+
+    Writes are group-committed: those that arrive while a commit is under way go
+    together in the next transaction, one fsync for all of them, and each caller is
+    answered only once its write is durable.
+    """
 
     def __init__(self, path: Path, page_size: int = 500) -> None:
         self._path = path
         self._page_size = page_size
         self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
         self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Write, asyncio.Future[object]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     def _connection(self) -> sqlite3.Connection:
         # Opened lazily, inside the store's one thread, which then owns it.
@@ -53,15 +64,15 @@ class SqliteJobStore:
         await self._calls.run(self._connection)
 
     async def create(self, record: JobRecord) -> None:
-        def insert() -> None:
+        row = self._row(record)
+
+        def insert(conn: sqlite3.Connection) -> None:
             try:
-                self._connection().execute(
-                    "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", self._row(record)
-                )
+                conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
                 raise StoreError(f"job {record.job_id} already exists") from None
 
-        await self._calls.run(insert)
+        await self._write(insert)
 
     async def get(self, job_id: str) -> JobRecord | None:
         def select() -> str | None:
@@ -76,19 +87,60 @@ class SqliteJobStore:
         return codec.decode(json.loads(text)) if text else None
 
     async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
-        def update() -> bool:
-            cursor = self._connection().execute(
-                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?",
-                (
-                    record.status.value,
-                    json.dumps(codec.encode(record)),
-                    record.job_id,
-                    expected.value,
-                ),
+        values = (record.status.value, json.dumps(codec.encode(record)), record.job_id,
+                  expected.value)
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?", values
             )
             return cursor.rowcount == 1
 
-        return await self._calls.run(update)
+        return bool(await self._write(update))
+
+    async def _write(self, write: Write) -> object:
+        """Queue a write for the next group commit; returns once it is durable."""
+        if self._calls.closed:
+            raise StoreError("sqlite-jobs: the store is closed")
+        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, answer))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await answer
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = await self._calls.run(self._commit, [write for write, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting caller must get an answer
+                failure = exc if isinstance(exc, StoreError) else StoreError(f"sqlite-jobs: {exc}")
+                outcomes = [failure] * len(batch)
+            for (_, answer), outcome in zip(batch, outcomes, strict=True):
+                if answer.done():
+                    continue  # its caller went away
+                if isinstance(outcome, BaseException):
+                    answer.set_exception(outcome)
+                else:
+                    answer.set_result(outcome)
+
+    def _commit(self, writes: list[Write]) -> list[object]:
+        """One transaction for every write; a write refused on its own fails alone."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[object] = []
+        try:
+            for write in writes:
+                try:
+                    outcomes.append(write(conn))
+                except StoreError as exc:
+                    outcomes.append(exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         after = ""
