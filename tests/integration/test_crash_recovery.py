@@ -55,7 +55,7 @@ from tests.helpers import (
     gzip_result,
     submit_request,
 )
-from tests.integration.processes import HOST, SchedulerProcess, free_ports, python
+from tests.integration.processes import HOST, Ports, SchedulerProcess, python
 from token_database.service import TokenDatabaseService, create_token
 from token_database.store import SqliteTokenStore
 
@@ -111,28 +111,13 @@ class _TokenDatabase(TokenDatabase):
         self.address = f"{HOST}:{port}"
 
 
-@dataclass(frozen=True)
-class _Ports:
-    """Every port one scheduler listens on (the token database and HTTP: standalone only)."""
-
-    submission: int
-    execution: int
-    token_database: int
-    http: int
-    metrics: int
-
-    @classmethod
-    def free(cls) -> _Ports:
-        return cls(*free_ports(5))
-
-
 class _Process(SchedulerProcess):
     """``scheduler.py`` with any flags and environment; reuses the helpers' wait and stop."""
 
-    def __init__(self, argv: list[str], ports: _Ports, log_path: Path,
+    def __init__(self, argv: list[str], ports: Ports, log_path: Path,
                  env: dict[str, str]) -> None:
         self.data_dir = None  # type: ignore[assignment]
-        self.ports = ports  # type: ignore[assignment]
+        self.ports = ports
         self.log_path = log_path
         self._log = log_path.open("a")
         self.process = python("scheduler.py", *argv, stdout=self._log,
@@ -148,7 +133,7 @@ class Deployment:
 
     mode: str
     tmp_path: Path
-    ports: _Ports
+    ports: Ports
     data_dir: Path | None = None
     aws_argv: list[str] = field(default_factory=list)
     token_database: _TokenDatabase | None = None
@@ -193,7 +178,7 @@ class Deployment:
 async def deployment(mode: str, tmp_path: Path,
                      request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
     """Data for a scheduler in ``mode``; every process started is killed on the way out."""
-    ports = _Ports.free()
+    ports = Ports.free()
     if mode == "standalone":
         data_dir = tmp_path / "data"
         data_dir.mkdir()
