@@ -23,7 +23,7 @@ from scheduler.admission import Admission
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
-from scheduler.edge import Edge
+from scheduler.edge import DRAINING, Edge
 from scheduler.execution_service import ExecutionService
 from scheduler.health import Health
 from scheduler.http_server import build_http_app
@@ -141,6 +141,8 @@ class Scheduler:
         await self.jobs.recover()
         self._backends.start()
         self.jobs.watchdog.start()
+        for edge in self._edges:
+            edge.not_serving = None
         await self.health.ready()
         log.info("scheduler ready (%s mode): submission %s:%d, execution %s:%d, metrics :%d",
                  config.mode, config.host, self.submission_port, config.host,
@@ -249,7 +251,7 @@ class Scheduler:
         """Refuse new calls (UNAVAILABLE) until those in flight end; returns the time taken."""
         started = time.monotonic()
         for edge in self._edges:
-            edge.draining = True
+            edge.not_serving = DRAINING
         while any(edge.admission.in_flight for edge in self._edges):
             if time.monotonic() - started >= within_s:
                 break

@@ -18,6 +18,9 @@ from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+STARTING = "the scheduler is starting (recovering its jobs); retry"
+DRAINING = "the scheduler is shutting down; retry"
+
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
@@ -29,7 +32,8 @@ class Edge:
                  shared_secret: str | None = None) -> None:
         self.admission = admission
         self.metrics = metrics
-        self.draining = False  # set on shutdown: new calls are told to go elsewhere
+        # Why calls are turned away (starting, draining), or None while serving.
+        self.not_serving: str | None = STARTING
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
@@ -72,11 +76,10 @@ def in_band(
         async def answer(self: EdgeServicer, request: Any,
                          context: grpc.aio.ServicerContext) -> Response:
             edge = self.edge
-            if edge.draining:
+            if edge.not_serving is not None:
                 # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
-                # once restarted); an in-band error would end the user's run instead.
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "the scheduler is shutting down; retry")
+                # once ready); an in-band error would end the user's run instead.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, edge.not_serving)
             if limited and not edge.admission.try_enter():
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
                 refusal = SchedulerError("overloaded", limit=edge.admission.limit)

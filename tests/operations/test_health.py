@@ -15,7 +15,13 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2
 from scheduler.app import Scheduler
 from scheduler.auth import TokenResolver
 from tests.conftest import Running, scheduler_in
-from tests.helpers import TEST_BACKENDS_TOML, TokenDatabase, local_config, submit_request
+from tests.helpers import (
+    TEST_BACKENDS_TOML,
+    Clients,
+    TokenDatabase,
+    local_config,
+    submit_request,
+)
 from tests.integration.processes import HOST
 from tests.operations.support import (
     HEALTH_NAMES,
@@ -71,6 +77,17 @@ async def test_not_serving_until_recovery_has_finished(
         assert set(found.values()) == {NOT_SERVING}, found
         assert (await healthz(scheduler.metrics_port))[0] == 503
         assert not starting.done()
+        # Calls are turned away with UNAVAILABLE, which the SDK retries.
+        clients = Clients(*ports)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await clients.submission.SubmitJob(submit_request("any-token"), timeout=5)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await clients.assign()
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        finally:
+            await clients.close()
 
         recovery.open()
         await asyncio.wait_for(starting, 10)
