@@ -40,9 +40,8 @@ class Edge:
         """With a shared secret set, refuse calls that do not present it."""
         if self._expected is None:
             return
-        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        sent_bytes = sent.encode() if isinstance(sent, str) else bytes(sent)
-        if not hmac.compare_digest(sent_bytes, self._expected):
+        sent = (metadata_value(context, "authorization") or "").encode()
+        if not hmac.compare_digest(sent, self._expected):
             raise SchedulerError("node_unauthenticated")
 
 
@@ -50,6 +49,14 @@ class EdgeServicer(Protocol):
     """A servicer whose methods are wrapped by :func:`in_band`."""
 
     edge: Edge
+
+
+def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """A request's metadata value (text), or None when it was not sent."""
+    value = dict(context.invocation_metadata() or ()).get(name)
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:

@@ -12,7 +12,7 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, job_pb2
 from scheduler import convert
-from scheduler.edge import Edge, in_band
+from scheduler.edge import Edge, in_band, metadata_value
 
 _OUTCOME = {
     pb.EXECUTION_STATUS_SUCCESS: JobStatus.COMPLETED,
@@ -70,14 +70,14 @@ DEADLINE_MARGIN_S = 0.05
 
 def _wait_s(context: grpc.aio.ServicerContext, max_wait_s: float) -> float:
     """How long the node asked to wait for a job (x-mqc3-wait-ms), capped; 0 if it did not."""
-    asked = dict(context.invocation_metadata() or ()).get(WAIT_METADATA)
-    if asked is None:
+    text = metadata_value(context, WAIT_METADATA)
+    if text is None:
         return 0.0
-    text = asked.decode() if isinstance(asked, bytes) else str(asked)
-    if not text.strip().isdigit():
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdecimal()):
         raise SchedulerError("wait_ms_invalid", header=WAIT_METADATA, value=repr(text[:32]),
                              maximum=round(max_wait_s * 1000))
-    wait_s = min(int(text) / 1000, max_wait_s)
+    wait_s = min(int(digits[:12]) / 1000, max_wait_s)  # 12 digits: well past any cap
     remaining = context.time_remaining()
     if remaining is not None:
         wait_s = min(wait_s, max(0.0, remaining - DEADLINE_MARGIN_S))

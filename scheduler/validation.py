@@ -12,6 +12,7 @@ from job_manager.model import Principal
 from message_manager import SchedulerError
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
+from scheduler.edge import metadata_value
 
 MAX_SDK_VERSION_CHARS = 64
 MAX_NANOS = 999_999_999
@@ -60,10 +61,9 @@ def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
 
 def idempotency_key(context: grpc.aio.ServicerContext) -> str:
     """The submission's idempotency key from gRPC metadata, checked; "" when none was sent."""
-    sent = dict(context.invocation_metadata() or ()).get(IDEMPOTENCY_METADATA)
-    if sent is None:
+    key = metadata_value(context, IDEMPOTENCY_METADATA)
+    if key is None:
         return ""
-    key = sent.decode(errors="replace") if isinstance(sent, bytes) else str(sent)
     if not _IDEMPOTENCY_KEY.match(key):
         raise SchedulerError("idempotency_key_invalid", header=IDEMPOTENCY_METADATA,
                              maximum=MAX_IDEMPOTENCY_KEY_CHARS)

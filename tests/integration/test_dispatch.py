@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
-from tests.conftest import Running
-from tests.helpers import submit_request
+from tests.conftest import Running, scheduler_in
+from tests.helpers import TokenDatabase, submit_request
 
 
 async def _wait_for_job(running: Running, wait_ms: int, backend: str = "emulator"
@@ -132,3 +133,20 @@ async def test_a_timeout_over_the_role_maximum_names_the_range(running: Running)
     assert refused.error.code == "INVALID_ARGUMENT"
     assert "settings.timeout" in refused.error.description
     assert "300" in refused.error.description
+
+
+@pytest.mark.parametrize("wait", ["0x10", "-1", "", "1e3", "5 5", "9" * 400])
+async def test_every_odd_wait_value_is_answered_in_band(
+        wait: str, tmp_path: Path, request: pytest.FixtureRequest,
+        token_database: TokenDatabase) -> None:
+    env = {"SCHEDULER_MAX_ASSIGN_WAIT_MS": "100"}
+    async with scheduler_in("standalone", tmp_path, request, token_database, env) as running:
+        started = time.perf_counter()
+        answer = await running.clients.execution.AssignNextJob(
+            execution_pb2.AssignNextJobRequest(backend="emulator"),
+            metadata=(("x-mqc3-wait-ms", wait),), timeout=30)
+        if wait == "9" * 400:
+            assert answer.error.code == "" and answer.job_id == ""
+            assert time.perf_counter() - started < 5  # capped at 100 ms, not 10**397 ms
+        else:
+            assert answer.error.code == "INVALID_ARGUMENT", answer
