@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -53,11 +52,13 @@ class _Measured:
         attribute = getattr(self._inner, operation)
         if not inspect.iscoroutinefunction(attribute):
             return attribute
-        return self._measure(operation, attribute)
+        measured = self._measure(operation)
+        setattr(self, operation, measured)  # made once: later lookups find it directly
+        return measured
 
-    def _measure(self, operation: str, call: Callable[..., Awaitable[Any]]) -> Any:
-        @functools.wraps(call)
+    def _measure(self, operation: str) -> Callable[..., Awaitable[Any]]:
         async def measured(*args: Any, **kwargs: Any) -> Any:
+            call = getattr(self._inner, operation)  # looked up per call, as without the wrapper
             started = time.perf_counter()
             try:
                 result = await call(*args, **kwargs)
