@@ -1,0 +1,144 @@
+"""The token cache on a fake clock, against a counting TokenDatabaseService on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from job_manager.clock import FakeClock
+from job_manager.model import Role
+from message_manager import SchedulerError
+from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
+from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
+from scheduler.auth import TokenResolver
+
+TTL_S, MISS_TTL_S = 60.0, 5.0
+
+
+class CountingTokens(token_database_pb2_grpc.TokenDatabaseServiceServicer):
+    """Knows a few tokens; counts lookups; can be made slow."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.lookups = 0
+        self.delay_s = 0.0
+        self.expires_at = clock.now() + timedelta(days=1)
+
+    async def GetTokenInfo(self, request: pb.GetTokenInfoRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetTokenInfoResponse:
+        self.lookups += 1
+        await asyncio.sleep(self.delay_s)
+        if request.token not in ("good", "expiring"):
+            return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND)
+        info = pb.TokenInfo(token=request.token, name="alice", role="developer")
+        if request.token == "expiring":
+            info.expires_at.FromDatetime(self.expires_at)
+        return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_OK, token_info=info)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def tokens(clock: FakeClock) -> AsyncIterator[tuple[CountingTokens, grpc.aio.Server, str]]:
+    servicer = CountingTokens(clock)
+    server = grpc.aio.server()
+    token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield servicer, server, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.fixture
+async def resolver(tokens: tuple[CountingTokens, grpc.aio.Server, str],
+                   clock: FakeClock) -> AsyncIterator[TokenResolver]:
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        yield TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                            call_timeout_s=1.0)
+
+
+async def _code(resolver: TokenResolver, token: str) -> str:
+    with pytest.raises(SchedulerError) as refused:
+        await resolver.resolve(token)
+    return refused.value.key
+
+
+async def test_a_known_token_is_asked_for_once_per_ttl(resolver: TokenResolver,
+                                                       tokens: tuple[CountingTokens, ...],
+                                                       clock: FakeClock) -> None:
+    servicer = tokens[0]
+    principal = await resolver.resolve("good")
+    assert (principal.name, principal.role) == ("alice", Role.DEVELOPER)
+    await resolver.resolve("good")
+    clock.advance(TTL_S - 1)
+    await resolver.resolve("good")
+    assert servicer.lookups == 1
+    clock.advance(2)
+    await resolver.resolve("good")
+    assert servicer.lookups == 2
+
+
+async def test_concurrent_lookups_of_one_token_share_one_call(
+        resolver: TokenResolver, tokens: tuple[CountingTokens, ...]) -> None:
+    servicer = tokens[0]
+    servicer.delay_s = 0.1
+    found = await asyncio.gather(*(resolver.resolve("good") for _ in range(10)))
+    assert {p.fingerprint for p in found} == {found[0].fingerprint}
+    assert servicer.lookups == 1
+
+
+async def test_an_unknown_token_is_remembered_briefly(resolver: TokenResolver,
+                                                      tokens: tuple[CountingTokens, ...],
+                                                      clock: FakeClock) -> None:
+    servicer = tokens[0]
+    assert await _code(resolver, "nope") == "token_unknown"
+    assert await _code(resolver, "nope") == "token_unknown"
+    assert servicer.lookups == 1
+    clock.advance(MISS_TTL_S + 1)
+    assert await _code(resolver, "nope") == "token_unknown"
+    assert servicer.lookups == 2
+
+
+async def test_a_cached_token_is_refused_once_it_expires(resolver: TokenResolver,
+                                                         tokens: tuple[CountingTokens, ...],
+                                                         clock: FakeClock) -> None:
+    tokens[0].expires_at = clock.now() + timedelta(seconds=10)
+    await resolver.resolve("expiring")
+    clock.advance(11)  # within the cache TTL, past the token's own expiry
+    assert await _code(resolver, "expiring") == "token_expired"
+    assert await _code(resolver, "expiring") == "token_expired"
+    assert tokens[0].lookups == 2  # asked again once, then remembered as expired
+
+
+async def test_an_empty_token_never_reaches_the_database(resolver: TokenResolver,
+                                                         tokens: tuple[CountingTokens, ...]
+                                                         ) -> None:
+    assert await _code(resolver, "") == "token_missing"
+    assert tokens[0].lookups == 0
+
+
+async def test_the_cache_is_bounded(resolver: TokenResolver, tokens: tuple[CountingTokens, ...]
+                                    ) -> None:
+    for token in ("good", "expiring", "nope", "nope2"):  # max_entries=2
+        try:
+            await resolver.resolve(token)
+        except SchedulerError:
+            pass
+    before = tokens[0].lookups
+    await resolver.resolve("good")  # evicted as the oldest entry: asked again
+    assert tokens[0].lookups == before + 1
+
+
+async def test_with_the_database_down_cached_tokens_work_and_others_are_unavailable(
+        resolver: TokenResolver, tokens: tuple[CountingTokens, grpc.aio.Server, str]) -> None:
+    await resolver.resolve("good")
+    await tokens[1].stop(0)
+    assert (await resolver.resolve("good")).name == "alice"
+    assert await _code(resolver, "expiring") == "token_database_unavailable"
