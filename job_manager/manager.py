@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from backend_manager import BackendTable, ServiceStatus
 from job_manager.clock import Clock
@@ -224,7 +224,7 @@ class JobManager:
             "job %s QUEUED backend=%s user=%s bytes=%d",
             record.job_id,
             record.backend,
-            _owner(record),
+            record.owner_label,
             len(program),
         )
 
@@ -353,7 +353,7 @@ class JobManager:
             "job %s RUNNING backend=%s user=%s waited_s=%.3f",
             job.job_id,
             running.backend,
-            _owner(running),
+            running.owner_label,
             _seconds(running.queued_at, running.dequeued_at),
         )
         upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
@@ -535,7 +535,7 @@ class JobManager:
             record.job_id,
             record.status.value,
             record.backend,
-            _owner(record),
+            record.owner_label,
             _seconds(record.submitted_at, record.finished_at),
         )
 
@@ -633,13 +633,5 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _owner(record: JobRecord) -> str:
-    return f"{record.owner_name}#{record.owner_fingerprint[:8]}"
-
-
-def _seconds(start: object, end: object) -> float:
-    from datetime import datetime
-
-    if isinstance(start, datetime) and isinstance(end, datetime):
-        return (end - start).total_seconds()
-    return 0.0
+def _seconds(start: datetime, end: datetime | None) -> float:
+    return (end - start).total_seconds() if end is not None else 0.0

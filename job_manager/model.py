@@ -50,11 +50,16 @@ class Principal:
     @property
     def log_name(self) -> str:
         """How logs name the caller: the name and a short fingerprint, never the token."""
-        return f"{self.name}#{self.fingerprint[:8]}"
+        return user_label(self.name, self.fingerprint)
 
     def may_see(self, record: JobRecord) -> bool:
         """Owners see their own jobs; admins see every job."""
         return self.role is Role.ADMIN or record.owner_fingerprint == self.fingerprint
+
+
+def user_label(name: str, token_fingerprint: str) -> str:
+    """A user as logs name them: name and the first 8 hex of the token's fingerprint."""
+    return f"{name}#{token_fingerprint[:8]}"
 
 
 _JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -115,3 +120,8 @@ class JobRecord:
     simulator_version: str = ""
     result_raw_size_bytes: int = 0
     result_encoded_size_bytes: int = 0
+
+    @property
+    def owner_label(self) -> str:
+        """The owner as logs name them."""
+        return user_label(self.owner_name, self.owner_fingerprint)
