@@ -149,8 +149,8 @@ class Scheduler:
                  self.execution_port, self.metrics_port)
 
     async def _serve_grpc(self) -> None:
-        config, stack, jobs, health = self.config, self.stack, self.jobs, self.health
-        assert stack is not None and jobs is not None and health is not None
+        config, stack, jobs = self.config, self.stack, self.jobs
+        assert stack is not None and jobs is not None
         token_address = config.token_database_address
         if stack.token_store is not None:
             assert config.local is not None
@@ -176,24 +176,26 @@ class Scheduler:
         execution = _grpc_server(config.execution_max_message_bytes)
         execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
             ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
-        for server, service, port, tls in (
-            (submission, SUBMISSION, config.submission_port, config.submission_tls),
-            (execution, EXECUTION, config.execution_port, config.execution_tls),
-        ):
-            health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-            reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
-            bound = self._listen(server, port, tls)
-            if service == SUBMISSION:
-                self.submission_port = bound
-            else:
-                self.execution_port = bound
-            self._servers.append(server)
-            await server.start()
+        self.submission_port = await self._start_service(
+            submission, SUBMISSION, config.submission_port, config.submission_tls)
+        self.execution_port = await self._start_service(
+            execution, EXECUTION, config.execution_port, config.execution_tls)
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
                                             ("execution", config.execution_tls)) if tls is None]
             log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
                         " and ".join(plain), "s" if len(plain) > 1 else "")
+
+    async def _start_service(self, server: grpc.aio.Server, service: str, port: int,
+                             tls: TlsConfig | None) -> int:
+        """Add health and reflection beside ``service``, listen, start; the bound port."""
+        assert self.health is not None
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
+        bound = self._listen(server, port, tls)
+        self._servers.append(server)
+        await server.start()
+        return bound
 
     def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None,
                 host: str | None = None) -> int:
@@ -238,13 +240,14 @@ class Scheduler:
         assert payloads is not None
         # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
         self.http_port = await self._serve_http(
-            build_http_app(payloads, MAX_RESULT_UPLOAD_BYTES, self._is_serving),
+            build_http_app(self._is_serving, payloads=payloads,
+                           max_upload_bytes=MAX_RESULT_UPLOAD_BYTES),
             self.config.local.http_port, auto_decompress=False)
         payloads.base_url = (self.config.local.public_url
                              or f"http://{self.config.host}:{self.http_port}").rstrip("/")
 
     async def _serve_metrics(self) -> None:
-        app = build_http_app(None, 0, self._is_serving, self.metrics.exposition)
+        app = build_http_app(self._is_serving, metrics=self.metrics.exposition)
         self.metrics_port = await self._serve_http(app, self.config.metrics_port)
 
     async def _finish_calls(self, within_s: float) -> float:

@@ -102,12 +102,7 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
-    level = os.environ.get("SCHEDULER_LOG_LEVEL", "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        print(f"scheduler: SCHEDULER_LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR",
-              file=sys.stderr)
-        return 2
-    configure_logging(level, config.log_format)
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
     except (ConfigError, BackendConfigError) as exc:

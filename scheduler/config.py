@@ -81,6 +81,7 @@ class Config:
     token_cache_max_entries: int
     shutdown_grace_s: float
     metrics_port: int
+    log_level: str
     log_format: str
     store_unhealthy_after_s: float
     submission_tls: TlsConfig | None = None
@@ -280,6 +281,16 @@ def _tls(cert_flag: str, cert: Path | None, key_flag: str, key: Path | None,
                      client_ca=_read("--execution-client-ca", ca) if ca else None)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (env.get("SCHEDULER_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"SCHEDULER_LOG_LEVEL={level!r}: use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _check_port(flag: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
@@ -340,6 +351,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         token_cache_max_entries=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MAX_ENTRIES", 10_000),
         shutdown_grace_s=_positive_float(env, "SCHEDULER_SHUTDOWN_GRACE_S", 10.0),
         metrics_port=args.metrics_port,
+        log_level=_log_level(env),
         log_format=args.log_format,
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
         submission_tls=_tls("--tls-cert", args.tls_cert, "--tls-key", args.tls_key),

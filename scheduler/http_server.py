@@ -61,11 +61,11 @@ async def _get_result(request: web.Request) -> web.Response:
     return web.Response(body=stored.body, headers=stored.headers)
 
 
-def build_http_app(payloads: LocalPayloadStore | None, max_upload_bytes: int,
-                   serving: Callable[[], bool],
+def build_http_app(serving: Callable[[], bool], *, payloads: LocalPayloadStore | None = None,
+                   max_upload_bytes: int = 1024**2,
                    metrics: Callable[[], bytes] | None = None) -> web.Application:
     """The aiohttp application: /healthz always, /metrics and the result routes when given."""
-    app = web.Application(client_max_size=max_upload_bytes or 1024 ** 2)
+    app = web.Application(client_max_size=max_upload_bytes)
     app[SERVING_KEY] = serving
     app.router.add_get("/healthz", _healthz)
     if metrics is not None:

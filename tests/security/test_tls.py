@@ -230,15 +230,20 @@ async def test_a_client_that_does_not_trust_the_servers_ca_refuses_the_connectio
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def _submit_over_tls(secured: Standalone,
+                           certificates: Certificates) -> submission_pb2.SubmitJobResponse:
+    """A job submitted by a user over the TLS submission port."""
+    users = f"127.0.0.1:{secured.scheduler.submission_port}"
+    async with grpc.aio.secure_channel(users, _credentials(certificates)) as channel:
+        return await submission_pb2_grpc.SubmissionServiceStub(channel).SubmitJob(
+            submit_request(secured.token()), timeout=CALL_TIMEOUT_S)
+
+
 # --- mTLS on the execution port -----------------------------------------------------------
 async def test_a_node_with_a_client_certificate_gets_jobs_on_the_execution_port(
         secured: Standalone, certificates: Certificates) -> None:
-    token = secured.token()
-    users = f"127.0.0.1:{secured.scheduler.submission_port}"
+    submitted = await _submit_over_tls(secured, certificates)
     nodes = f"127.0.0.1:{secured.scheduler.execution_port}"
-    async with grpc.aio.secure_channel(users, _credentials(certificates)) as channel:
-        submitted = await submission_pb2_grpc.SubmissionServiceStub(channel).SubmitJob(
-            submit_request(token), timeout=CALL_TIMEOUT_S)
     async with grpc.aio.secure_channel(
             nodes, _credentials(certificates, certificates.client)) as channel:
         assigned = await _assign(channel)
@@ -251,12 +256,8 @@ async def test_a_node_with_a_client_certificate_gets_jobs_on_the_execution_port(
 @pytest.mark.parametrize("client", ["no certificate", "certificate of another CA", "plaintext"])
 async def test_a_node_without_a_trusted_certificate_is_refused_and_gets_no_job(
         secured: Standalone, certificates: Certificates, client: str) -> None:
-    token = secured.token()
-    users = f"127.0.0.1:{secured.scheduler.submission_port}"
+    submitted = await _submit_over_tls(secured, certificates)
     nodes = f"127.0.0.1:{secured.scheduler.execution_port}"
-    async with grpc.aio.secure_channel(users, _credentials(certificates)) as channel:
-        submitted = await submission_pb2_grpc.SubmissionServiceStub(channel).SubmitJob(
-            submit_request(token), timeout=CALL_TIMEOUT_S)
     assert submitted.error.code == ""
     if client == "plaintext":
         channel = grpc.aio.insecure_channel(nodes)
