@@ -81,6 +81,10 @@ class Quotas:
         self._active[owner_fingerprint] += 1
         self.queue_bytes += program_bytes
 
+    def rejoined_queue(self, program_bytes: int) -> None:
+        """A job taken out of its queue is back in it (its node never received it)."""
+        self.queue_bytes += program_bytes
+
     def left_queue(self, program_bytes: int) -> None:
         """A job's program is no longer held by a queue."""
         self.queue_bytes -= program_bytes

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from backend_manager import BackendTable, ServiceStatus
 from job_manager.clock import Clock
@@ -30,13 +32,15 @@ from job_manager.model import (
 from job_manager.observer import JobObserver, NoObserver
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.single_flight import SingleFlight
-from job_manager.stores import JobStore, PayloadStore, SignedUrl, StoreError
+from job_manager.stores import JobStore, KeyTaken, PayloadStore, SignedUrl, StoreError
 from job_manager.throughput import DispatchRate
 from job_manager.waiters import Waiters
 from job_manager.watchdog import Watchdog
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 UPLOAD_URL_LIFETIME = timedelta(hours=3)
 DOWNLOAD_URL_LIFETIME = timedelta(minutes=3)
@@ -64,8 +68,12 @@ class Assignment:
     """A job handed to a hardware node."""
 
     record: JobRecord
-    program: bytes
     upload: SignedUrl
+    queued: QueuedJob = field(repr=False)  # its place in the queue, should it come back
+
+    @property
+    def program(self) -> bytes:
+        return self.queued.program
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,9 @@ class JobManager:
         self._idempotency_window = idempotency_window
         self._recent_keys: dict[tuple[str, str], str] = {}  # (owner, key) → live job id
         self._submissions: SingleFlight[tuple[str, str], str] = SingleFlight()
+        # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
+        self._moving: dict[str, asyncio.Future[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
 
     # --- configuration ------------------------------------------------------------
     def use_backends(self, table: BackendTable) -> None:
@@ -167,9 +178,18 @@ class JobManager:
                 raise SchedulerError("submission_not_stored") from None
         if earlier is None or earlier.submitted_at < window_start:
             return await self._submit_new(principal, spec)
+        return await self._adopt(earlier)
+
+    async def _adopt(self, earlier: JobRecord) -> str:
+        """Answer a keyed retry with the job its key already names."""
         if earlier.status is JobStatus.QUEUED and earlier.job_id not in self._live:
-            # Stored by an earlier attempt whose answer was lost: queue it now.
-            await self._requeue(earlier)
+            # Stored by an attempt whose answer was lost (another process, or before a
+            # restart that has not seen it): queue it now.
+            try:
+                await self._requeue(earlier)
+            except StoreError as exc:
+                log.error("job %s could not be queued again: %s", earlier.job_id, exc)
+                raise SchedulerError("store_failed") from None
         log.info("job %s submitted again with its idempotency key; not duplicated",
                  earlier.job_id)
         return earlier.job_id
@@ -204,17 +224,21 @@ class JobManager:
         )
         # Shielded: once the writes begin, a caller hanging up cannot leave a stored
         # job out of its queue.
-        await asyncio.shield(self._accept(record, spec.program))
-        return record.job_id
+        return await asyncio.shield(self._accept(record, spec.program))
 
-    async def _accept(self, record: JobRecord, program: bytes) -> None:
+    async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
             await self._payloads.put_input(record.job_id, program)
             await self._jobs.create(record)
+        except KeyTaken:
+            # Another submission with this key was stored first (another process, or
+            # one this process no longer remembers): that one is the job.
+            self._release(record, len(program))
+            await self._forget_input(record.job_id)
+            return await self._adopt(await self._stored_key_holder(record))
         except StoreError as exc:
             if not await self._was_stored(record.job_id):
-                self.quotas.ended(record.owner_fingerprint)
-                self.quotas.left_queue(len(program))
+                self._release(record, len(program))
                 log.error("job %s not accepted, its store write failed: %s", record.job_id, exc)
                 raise SchedulerError("submission_not_stored") from None
             # The record was written; only the answer was lost. The job is durable.
@@ -227,6 +251,23 @@ class JobManager:
             record.owner_label,
             len(program),
         )
+        return record.job_id
+
+    def _release(self, record: JobRecord, program_bytes: int) -> None:
+        """Undo a new job's reservation: it was never accepted."""
+        self.quotas.ended(record.owner_fingerprint)
+        self.quotas.left_queue(program_bytes)
+
+    async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
+        try:
+            holder = await self._jobs.find_by_idempotency_key(
+                record.owner_fingerprint, record.idempotency_key)
+        except StoreError as exc:
+            log.error("idempotency key could not be looked up: %s", exc)
+            raise SchedulerError("submission_not_stored") from None
+        if holder is None:  # the holder expired in between: rare, and a retry succeeds
+            raise SchedulerError("submission_not_stored")
+        return holder
 
     async def _was_stored(self, job_id: str) -> bool:
         """After a failed write: is the record there after all? Cleans up when it is not.
@@ -279,13 +320,34 @@ class JobManager:
     async def cancel(self, principal: Principal, job_id: str) -> JobRecord:
         """Cancel a queued job; a job already handed over cannot be cancelled."""
         record = await self._visible(principal, job_id)
+        while (moving := self._moving.get(job_id)) is not None:
+            # Being handed over or cancelled by another call: answer what that leads to.
+            await asyncio.shield(moving)
+            record = await self._visible(principal, job_id)
         queue = self._queues.get(self._queue_key(record.backend))
         claimed = queue.remove(job_id) if queue is not None else None
-        if record.status is not JobStatus.QUEUED or claimed is None or queue is None:
-            # Not queued any more, or taken by a node a moment ago: the node won.
-            status = JobStatus.RUNNING if record.status is JobStatus.QUEUED else record.status
-            raise SchedulerError("job_not_cancellable", job_id=job_id, status=status.value)
-        return await asyncio.shield(self._cancel_claimed(queue, claimed, principal))
+        if queue is None or claimed is None:
+            # Not in a queue, and no change under way: its status says why.
+            raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
+        return await self._moved(job_id, self._cancel_claimed(queue, claimed, principal))
+
+    async def _moved(self, job_id: str, change: Awaitable[T]) -> T:
+        """Run a claimed job's store change to its end whatever the caller does.
+
+        While it runs, other calls about the job wait for it (see ``cancel``) instead
+        of answering from a view of the job that is about to change.
+        """
+        async def settle() -> T:
+            settled = asyncio.get_running_loop().create_future()
+            self._moving[job_id] = settled
+            try:
+                return await change
+            finally:
+                if self._moving.get(job_id) is settled:
+                    del self._moving[job_id]
+                settled.set_result(None)
+
+        return await asyncio.shield(settle())
 
     async def _cancel_claimed(
         self, queue: JobQueue, job: QueuedJob, principal: Principal
@@ -325,11 +387,31 @@ class JobManager:
         deadline_s = self._clock.monotonic() + wait_s
         while True:
             while (job := queue.pop()) is not None:
-                assignment = await asyncio.shield(self._start(queue, job))
-                if assignment is not None:
+                if (assignment := await self._hand_over(queue, job)) is not None:
                     return assignment
             if not await self.waiters.wait(key, deadline_s - self._clock.monotonic()):
                 return None
+
+    async def _hand_over(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
+        """Mark ``job`` RUNNING for the calling node; if the node leaves meanwhile, undo it."""
+        caller_left = asyncio.Event()
+
+        async def start() -> Assignment | None:
+            assignment = await self._start(queue, job)
+            if assignment is not None and caller_left.is_set():
+                await self._give_back(assignment)  # the node never received it
+                return None
+            return assignment
+
+        handover = asyncio.ensure_future(self._moved(job.job_id, start()))
+        try:
+            return await asyncio.shield(handover)
+        except asyncio.CancelledError:
+            caller_left.set()
+            if handover.done() and not handover.cancelled() and handover.exception() is None:
+                if (finished := handover.result()) is not None:
+                    self.give_back(finished)  # made RUNNING just as the node left
+            raise
 
     async def _start(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now())
@@ -357,7 +439,36 @@ class JobManager:
             _seconds(running.queued_at, running.dequeued_at),
         )
         upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
-        return Assignment(record=running, program=job.program, upload=upload)
+        return Assignment(record=running, upload=upload, queued=job)
+
+    def give_back(self, assignment: Assignment) -> None:
+        """The node's call ended before it received ``assignment``: the job is queued again."""
+        self._in_background(self._moved(assignment.record.job_id, self._give_back(assignment)))
+
+    async def _give_back(self, assignment: Assignment) -> None:
+        """Back to its place at the head of its queue, as if never taken; no timeout, no quota."""
+        running = assignment.record
+        if self._live.get(running.job_id) is not running:
+            return  # reported or timed out meanwhile: the node did have it
+        queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None)
+        try:
+            changed = await self._jobs.transition(queued, JobStatus.RUNNING)
+        except StoreError as exc:
+            # It stays RUNNING and watched, and ends TIMEOUT as any silent node's job.
+            log.error("job %s whose node never received it could not be queued again: %s",
+                      running.job_id, exc)
+            return
+        if not changed:
+            await self._believe_store(running.job_id)
+            return
+        job = assignment.queued
+        job.record = queued
+        self._live[job.job_id] = queued
+        self.quotas.rejoined_queue(job.size_bytes)
+        self._restore(self._queue(self._queue_key(queued.backend)), job)
+        self._observer.returned(queued)
+        log.warning("job %s QUEUED again: its node's call ended before it received the job",
+                    job.job_id)
 
     async def report(self, report: ExecutionReport) -> JobRecord:
         """Record a node's report; the same report twice is answered the same way."""
@@ -414,15 +525,19 @@ class JobManager:
         return finished
 
     def _watch(self, record: JobRecord) -> None:
+        self.watchdog.watch(record.job_id, self._report_deadline(record))
+
+    def _report_deadline(self, record: JobRecord) -> datetime:
         assert record.dequeued_at is not None
-        deadline = record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
-        self.watchdog.watch(record.job_id, deadline)
+        return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
 
     async def _time_out(self, job_id: str) -> None:
         """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT."""
         record = self._live.get(job_id)
         if record is None or record.status is not JobStatus.RUNNING:
             return  # reported in time
+        if self._report_deadline(record) > self._clock.now():
+            return  # given back and handed over again since: its new deadline is watched
         grace_s = self._report_grace.total_seconds()
         timed_out = replace(
             record,
@@ -477,6 +592,8 @@ class JobManager:
         )
 
     async def _requeue(self, record: JobRecord) -> bool:
+        if record.job_id in self._live:
+            return True  # queued already (a keyed retry met its own recovery): never twice
         if self._queue_key(record.backend) not in self._queues:
             await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
             return False
@@ -484,6 +601,8 @@ class JobManager:
         if program is None:
             await self._fail_unrecoverable(record, "the job's program was missing after a restart")
             return False
+        if record.job_id in self._live:
+            return True  # queued while its program was read
         self.quotas.count(record.owner_fingerprint, len(program))
         self._enqueue(QueuedJob(record, program))
         return True
@@ -512,12 +631,27 @@ class JobManager:
 
     # --- helpers --------------------------------------------------------------------------
     def _enqueue(self, job: QueuedJob) -> None:
+        if job.job_id in self._live:
+            # Rebuilt twice (a lost answer's retry met the first attempt): one copy only.
+            log.warning("job %s is queued already; not queued twice", job.job_id)
+            return
         key = self._queue_key(job.record.backend)
         self._queue(key).push(job)
         self._live[job.job_id] = job.record
         if job.record.idempotency_key:
             self._recent_keys[(job.owner, job.record.idempotency_key)] = job.job_id
         self.waiters.wake(key)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        """Run ``work`` to its end though no caller waits for it; failures are logged."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_ended)
+
+    def _background_ended(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background job work failed", exc_info=task.exception())
 
     def _restore(self, queue: JobQueue, job: QueuedJob) -> None:
         queue.restore(job)

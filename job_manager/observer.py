@@ -22,6 +22,10 @@ class JobObserver(Protocol):
         """A job was handed to a node."""
         ...
 
+    def returned(self, record: JobRecord) -> None:
+        """A job handed to a node that never received it went back to its queue."""
+        ...
+
     def finished(self, record: JobRecord) -> None:
         """A job reached a final status."""
         ...
@@ -37,6 +41,9 @@ class NoObserver:
         pass
 
     def started(self, record: JobRecord) -> None:
+        pass
+
+    def returned(self, record: JobRecord) -> None:
         pass
 
     def finished(self, record: JobRecord) -> None:

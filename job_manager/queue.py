@@ -107,7 +107,9 @@ class JobQueue:
         return job_id in self._jobs
 
     def push(self, job: QueuedJob) -> None:
-        """Add a job in its place."""
+        """Add a job in its place; a job already queued is refused, never held twice."""
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id} is queued already")
         if job.sequence < 0:
             job.sequence = next(self._sequence)
             job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s

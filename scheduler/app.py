@@ -110,11 +110,12 @@ class Scheduler:
     async def start(self) -> None:
         """Listen (NOT_SERVING), open the stores, recover the jobs, then serve."""
         config = self.config
+        key_window = timedelta(seconds=config.idempotency_window_s)
         if config.local is not None:
-            self.stack = await standalone_stack(config.local.data_dir, self.clock)
+            self.stack = await standalone_stack(config.local.data_dir, self.clock, key_window)
         else:
             assert config.aws is not None
-            self.stack = await aws_stack(config.aws, self.clock)
+            self.stack = await aws_stack(config.aws, self.clock, key_window)
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(self.stack.jobs, "jobs")
         self.jobs = JobManager(
@@ -125,7 +126,7 @@ class Scheduler:
             policy=config.policy,
             unify_backends=config.unify_backends,
             report_grace_s=config.report_grace_s,
-            idempotency_window=timedelta(seconds=config.idempotency_window_s),
+            idempotency_window=key_window,
             observer=self.metrics,
         )
         self.metrics.watch_queues(self.jobs.queue_snapshot)

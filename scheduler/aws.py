@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -54,7 +55,7 @@ def _check_reachable(dynamodb: Any, table: str, s3: Any, bucket: str) -> None:
             f"--job_bucket_name_key: bucket {bucket!r} is not reachable ({exc})") from None
 
 
-async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
+async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta) -> Stack:
     """Look up the bucket and table names in SSM and connect the stores."""
     ssm, dynamodb, s3 = _clients(aws)
     bucket = await asyncio.to_thread(
@@ -68,7 +69,7 @@ async def aws_stack(aws: AwsConfig, clock: Clock) -> Stack:
     await asyncio.to_thread(_check_reachable, dynamodb, table, s3, bucket)
     return Stack(
         execution_secret=secret,
-        jobs=DynamoDbJobStore(dynamodb, table),
+        jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
     )

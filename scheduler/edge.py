@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 STARTING = "the scheduler is starting (recovering its jobs); retry"
 DRAINING = "the scheduler is shutting down; retry"
+INTERRUPTED = "the work this call was waiting for was interrupted; retry"
 
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
@@ -101,6 +103,15 @@ def in_band(
             except SchedulerError as exc:
                 code = exc.code
                 return response_type(error=error_detail(exc))
+            except asyncio.CancelledError:
+                if _caller_left():
+                    raise  # the caller hung up or its deadline passed: nobody to answer
+                # Work shared with other calls (a single flight) was cancelled under this
+                # one, as at shutdown: answered, and retryable, rather than left hanging.
+                code = "UNAVAILABLE"
+                log.warning("%s: shared work was interrupted; answered UNAVAILABLE", method)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
+                raise  # not reached: abort raises
             except Exception:
                 log.exception("%s failed unexpectedly", method)
                 return response_type(error=error_detail(SchedulerError("unexpected")))
@@ -113,3 +124,9 @@ def in_band(
         return answer
 
     return wrap
+
+
+def _caller_left() -> bool:
+    """Whether this call's own task is being cancelled (as gRPC does when a caller leaves)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -103,6 +103,10 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
                 assignment = await self._jobs.assign(request.backend, wait_s)
         if assignment is None:
             return pb.AssignNextJobResponse()
+        # Should the call end without the node receiving the job (its deadline passed
+        # as the answer was sent), the job goes back to its queue.
+        context.add_done_callback(
+            lambda done: self._jobs.give_back(assignment) if done.cancelled() else None)
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),

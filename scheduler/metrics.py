@@ -44,6 +44,9 @@ class Metrics:
                                     ["backend", "role", "code"], registry=r)
         self.jobs_finished = Counter("mqc3_jobs_finished", "Jobs that reached a final status",
                                      ["backend", "role", "outcome"], registry=r)
+        self.jobs_returned = Counter(
+            "mqc3_jobs_returned", "Jobs whose node's call ended before it received them, "
+            "put back at the head of their queue", ["backend"], registry=r)
         self.queue_wait = Histogram("mqc3_job_queue_wait_seconds", "From queued to dequeued",
                                     ["backend"], buckets=_WAIT_BUCKETS_S, registry=r)
         self.job_duration = Histogram("mqc3_job_total_seconds", "From submitted to finished",
@@ -78,6 +81,9 @@ class Metrics:
         if record.dequeued_at is not None:
             waited_s = (record.dequeued_at - record.queued_at).total_seconds()
             self.queue_wait.labels(record.backend).observe(waited_s)
+
+    def returned(self, record: JobRecord) -> None:
+        self.jobs_returned.labels(record.backend).inc()
 
     def finished(self, record: JobRecord) -> None:
         outcome = record.status.value

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from backend_manager.sources import FileBackendSource
@@ -25,10 +26,10 @@ def token_store_path(data_dir: Path) -> Path:
     return data_dir / "tokens.sqlite3"
 
 
-async def standalone_stack(data_dir: Path, clock: Clock) -> Stack:
+async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta) -> Stack:
     """Open (creating on first use) the data directory's stores."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
+    jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window)
     await jobs.open()
     payloads = LocalPayloadStore(
         data_dir / "payloads",

@@ -1,14 +1,22 @@
 """JobStore on DynamoDB: production's record of every job.
 
 Table: partition key ``job_id``; GSI ``status-index`` on ``status`` (all attributes
-projected) for recovery; sparse GSI ``idempotency-index`` on ``idempotency_ref`` for
-retried submissions; TTL attribute ``job_expiry`` (epoch seconds) on final records.
+projected) for recovery; TTL attribute ``job_expiry`` (epoch seconds) on final records.
+That is the original deployment's table: nothing more is needed.
+
+Idempotency keys live in the same table as small claim items, keyed
+``idempotency-key#{owner fingerprint}#{sha256 of the key}`` (never a job id, which is a
+UUID) and naming the job that holds the key. A keyed job and its claim are written in
+one transaction whose condition is that the claim is free or past its window, so two
+racing submissions with one key make one job, in one process or several. Claims carry
+no ``status`` (the status index never sees them) and expire through ``job_expiry``.
 """
 
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
+import hashlib
+from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -17,11 +25,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import StoreError
+from job_manager.stores.errors import KeyTaken, StoreError
 
 STATUS_INDEX = "status-index"
-IDEMPOTENCY_INDEX = "idempotency-index"
 FINISHED_JOB_RETENTION = timedelta(days=30)
+CLAIM_PREFIX = "idempotency-key#"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -29,6 +37,21 @@ _deserializer = TypeDeserializer()
 
 def _conditional_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _cancelled_by_condition(exc: ClientError, index: int) -> bool:
+    """Whether a cancelled transaction's ``index``-th item failed its condition."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed"
+
+
+def claim_key(owner_fingerprint: str, key: str) -> str:
+    """The item that says which job holds an owner's idempotency key."""
+    return f"{CLAIM_PREFIX}{owner_fingerprint}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _epoch_s(moment: datetime) -> str:
+    return str(int(moment.timestamp()))
 
 
 class DynamoDbJobStore:
@@ -40,16 +63,16 @@ class DynamoDbJobStore:
         table_name: str,
         max_workers: int = 16,
         retention: timedelta = FINISHED_JOB_RETENTION,
+        key_window: timedelta = timedelta(hours=24),
     ) -> None:
         self._client = client
         self._table = table_name
         self._retention = retention
+        self._key_window = key_window
         self._calls = BlockingCalls("dynamodb-jobs", max_workers, (ClientError, BotoCoreError))
 
     def _item(self, record: JobRecord) -> dict[str, Any]:
         row: dict[str, Any] = dict(codec.encode(record))
-        if record.idempotency_key:
-            row["idempotency_ref"] = f"{record.owner_fingerprint}:{record.idempotency_key}"
         if record.status.is_final and record.finished_at is not None:
             row["job_expiry"] = int((record.finished_at + self._retention).timestamp())
         return {name: _serializer.serialize(value) for name, value in row.items()}
@@ -59,19 +82,47 @@ class DynamoDbJobStore:
         return codec.decode({name: _deserializer.deserialize(v) for name, v in item.items()})
 
     async def create(self, record: JobRecord) -> None:
+        new_job = {
+            "TableName": self._table,
+            "Item": self._item(record),
+            "ConditionExpression": "attribute_not_exists(job_id)",
+        }
+
         def put() -> None:
             try:
-                self._client.put_item(
-                    TableName=self._table,
-                    Item=self._item(record),
-                    ConditionExpression="attribute_not_exists(job_id)",
-                )
+                self._client.put_item(**new_job)
             except ClientError as exc:
                 if _conditional_failure(exc):
                     raise StoreError(f"job {record.job_id} already exists") from None
                 raise
 
-        await self._calls.run(put)
+        def put_with_claim() -> None:
+            try:
+                self._client.transact_write_items(
+                    TransactItems=[{"Put": self._claim(record)}, {"Put": new_job}])
+            except ClientError as exc:
+                if _cancelled_by_condition(exc, 0):
+                    raise KeyTaken(record.idempotency_key) from None
+                if _cancelled_by_condition(exc, 1):
+                    raise StoreError(f"job {record.job_id} already exists") from None
+                raise
+
+        await self._calls.run(put_with_claim if record.idempotency_key else put)
+
+    def _claim(self, record: JobRecord) -> dict[str, Any]:
+        """The conditional put of a keyed record's claim: free, or past its window."""
+        until = _epoch_s(record.submitted_at + self._key_window)
+        return {
+            "TableName": self._table,
+            "Item": {
+                "job_id": {"S": claim_key(record.owner_fingerprint, record.idempotency_key)},
+                "claimed_job_id": {"S": record.job_id},
+                "claim_until": {"N": until},
+                "job_expiry": {"N": until},
+            },
+            "ConditionExpression": "attribute_not_exists(job_id) OR claim_until <= :now",
+            "ExpressionAttributeValues": {":now": {"N": _epoch_s(record.submitted_at)}},
+        }
 
     async def get(self, job_id: str) -> JobRecord | None:
         answer = await self._calls.run(
@@ -121,15 +172,14 @@ class DynamoDbJobStore:
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
         answer = await self._calls.run(
-            lambda: self._client.query(
+            lambda: self._client.get_item(
                 TableName=self._table,
-                IndexName=IDEMPOTENCY_INDEX,
-                KeyConditionExpression="idempotency_ref = :ref",
-                ExpressionAttributeValues={":ref": {"S": f"{owner_fingerprint}:{key}"}},
+                Key={"job_id": {"S": claim_key(owner_fingerprint, key)}},
+                ConsistentRead=True,
             )
         )
-        records = [self._record(item) for item in answer.get("Items", [])]
-        return max(records, key=lambda r: r.submitted_at, default=None)
+        claim = answer.get("Item")
+        return await self.get(claim["claimed_job_id"]["S"]) if claim else None
 
     async def close(self) -> None:
         self._calls.close()
@@ -143,18 +193,12 @@ def create_table(client: Any, table_name: str) -> None:
         AttributeDefinitions=[
             {"AttributeName": "job_id", "AttributeType": "S"},
             {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "idempotency_ref", "AttributeType": "S"},
         ],
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
         GlobalSecondaryIndexes=[
             {
                 "IndexName": STATUS_INDEX,
                 "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "ALL"},
-            },
-            {
-                "IndexName": IDEMPOTENCY_INDEX,
-                "KeySchema": [{"AttributeName": "idempotency_ref", "KeyType": "HASH"}],
                 "Projection": {"ProjectionType": "ALL"},
             },
         ],

@@ -15,7 +15,13 @@ class JobStore(Protocol):
     """
 
     async def create(self, record: JobRecord) -> None:
-        """Store a new record; StoreError if a record with its id exists."""
+        """Store a new record; StoreError if a record with its id exists.
+
+        A record with an idempotency key is stored only if no other record of its
+        owner holds that key within the store's key window (submitted less than the
+        window before it); otherwise KeyTaken, and nothing is stored. The check and
+        the write are one atomic step, so two racing submissions make one job.
+        """
         ...
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -35,7 +41,8 @@ class JobStore(Protocol):
         ...
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
-        """The newest job its owner submitted with this idempotency key, if any."""
+        """The newest job its owner submitted with this idempotency key, if any (it may
+        be older than the window: the caller decides what an old one means)."""
         ...
 
     async def close(self) -> None:

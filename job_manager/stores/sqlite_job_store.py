@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import StoreError
+from job_manager.stores.errors import KeyTaken, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,9 +40,11 @@ class SqliteJobStore:
     answered only once its write is durable.
     """
 
-    def __init__(self, path: Path, page_size: int = 500) -> None:
+    def __init__(self, path: Path, page_size: int = 500,
+                 key_window: timedelta = timedelta(hours=24)) -> None:
         self._path = path
         self._page_size = page_size
+        self._key_window = key_window
         self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Write, asyncio.Future[object]]] = []
@@ -65,8 +67,15 @@ class SqliteJobStore:
 
     async def create(self, record: JobRecord) -> None:
         row = self._row(record)
+        window_start = (record.submitted_at - self._key_window).astimezone(UTC).isoformat()
 
         def insert(conn: sqlite3.Connection) -> None:
+            if record.idempotency_key and conn.execute(
+                "SELECT 1 FROM jobs WHERE owner_fingerprint = ? AND idempotency_key = ? "
+                "AND submitted_at > ? LIMIT 1",
+                (record.owner_fingerprint, record.idempotency_key, window_start),
+            ).fetchone():
+                raise KeyTaken(record.idempotency_key)
             try:
                 conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
@@ -133,7 +142,7 @@ class SqliteJobStore:
             for write in writes:
                 try:
                     outcomes.append(write(conn))
-                except StoreError as exc:
+                except (StoreError, KeyTaken) as exc:  # refused alone; the others commit
                     outcomes.append(exc)
             conn.execute("COMMIT")
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role
-from job_manager.stores import JobStore, StoreError
+from job_manager.stores import JobStore, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from tests.helpers import aws_client
@@ -248,34 +249,46 @@ async def test_list_by_status_of_an_empty_store_is_empty(store: JobStore) -> Non
 
 
 # --- find_by_idempotency_key ---------------------------------------------------------------
-async def test_find_by_idempotency_key_returns_the_owners_newest_match(
-    store: JobStore,
-) -> None:
+async def test_a_key_names_one_job_per_owner_within_its_window(store: JobStore) -> None:
     alice, bob = "a" * 64, "b" * 64
-    # The newest is neither the last created nor the greatest id.
-    newest = record(
-        job_id="00000000-0000-4000-8000-000000000001",
-        owner_fingerprint=alice,
-        idempotency_key="k",
-        submitted_at=T0 + timedelta(microseconds=1),
-    )
-    older = record(
-        job_id="ffffffff-ffff-4fff-bfff-ffffffffffff",
-        owner_fingerprint=alice,
-        idempotency_key="k",
-        submitted_at=T0,
-    )
-    bobs = record(owner_fingerprint=bob, idempotency_key="k", submitted_at=T0 + timedelta(days=1))
-    other_key = record(
-        owner_fingerprint=alice, idempotency_key="other", submitted_at=T0 + timedelta(days=2)
-    )
-    for r in (newest, older, bobs, other_key):
+    first = record(owner_fingerprint=alice, idempotency_key="k", submitted_at=T0)
+    await store.create(first)
+    second = record(owner_fingerprint=alice, idempotency_key="k",
+                    submitted_at=T0 + timedelta(hours=23))
+    with pytest.raises(KeyTaken):
+        await store.create(second)
+    assert await store.get(second.job_id) is None  # refused: nothing stored
+    bobs = record(owner_fingerprint=bob, idempotency_key="k", submitted_at=T0)
+    other_key = record(owner_fingerprint=alice, idempotency_key="other", submitted_at=T0)
+    for r in (bobs, other_key):
         await store.create(r)
 
-    assert await store.find_by_idempotency_key(alice, "k") == newest
+    assert await store.find_by_idempotency_key(alice, "k") == first
     assert await store.find_by_idempotency_key(bob, "k") == bobs
+    assert await store.find_by_idempotency_key(alice, "other") == other_key
     assert await store.find_by_idempotency_key("c" * 64, "k") is None
     assert await store.find_by_idempotency_key(alice, "missing") is None
+
+
+async def test_a_key_past_its_window_is_taken_by_the_newer_job(store: JobStore) -> None:
+    older = record(idempotency_key="k", submitted_at=T0)
+    newer = record(idempotency_key="k", submitted_at=T0 + timedelta(hours=24, seconds=1))
+    await store.create(older)
+    await store.create(newer)
+    assert await store.find_by_idempotency_key(older.owner_fingerprint, "k") == newer
+
+
+async def test_racing_creates_with_one_key_store_exactly_one_job(store: JobStore) -> None:
+    racers = [record(idempotency_key="race", submitted_at=T0 + timedelta(microseconds=i))
+              for i in range(6)]
+    outcomes = await asyncio.gather(*(store.create(r) for r in racers), return_exceptions=True)
+    won = [r for r, outcome in zip(racers, outcomes, strict=True) if outcome is None]
+    assert len(won) == 1
+    assert all(isinstance(o, KeyTaken) for o in outcomes if o is not None), outcomes
+    assert await store.find_by_idempotency_key(won[0].owner_fingerprint, "race") == won[0]
+    for loser in racers:
+        if loser is not won[0]:
+            assert await store.get(loser.job_id) is None
 
 
 async def test_find_by_idempotency_key_ignores_records_without_a_key(store: JobStore) -> None:
