@@ -142,3 +142,18 @@ async def test_with_the_database_down_cached_tokens_work_and_others_are_unavaila
     await tokens[1].stop(0)
     assert (await resolver.resolve("good")).name == "alice"
     assert await _code(resolver, "expiring") == "token_database_unavailable"
+
+
+async def test_callers_sharing_a_lookup_are_answered_when_the_first_one_leaves(
+        resolver: TokenResolver, tokens: tuple[CountingTokens, ...]) -> None:
+    servicer = tokens[0]
+    servicer.delay_s = 0.2
+    first = asyncio.create_task(resolver.resolve("good"))
+    await asyncio.sleep(0.05)  # its lookup is under way
+    others = [asyncio.create_task(resolver.resolve("good")) for _ in range(3)]
+    await asyncio.sleep(0)
+    first.cancel()  # its caller hung up
+    answered = await asyncio.wait_for(asyncio.gather(*others), 2.0)
+    assert {p.name for p in answered} == {"alice"}
+    assert servicer.lookups == 1
+    assert first.cancelled()

@@ -96,12 +96,35 @@ async def refused(call: Awaitable[Any], code: str) -> SchedulerError:
     return info.value
 
 
+class Events:
+    """A JobObserver that writes down what it is told: (event, job id)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def submitted(self, record: JobRecord) -> None:
+        self.seen.append(("submitted", record.job_id))
+
+    def refused(self, backend: str, role: str, code: str) -> None:
+        self.seen.append(("refused", code))
+
+    def started(self, record: JobRecord) -> None:
+        self.seen.append(("started", record.job_id))
+
+    def returned(self, record: JobRecord) -> None:
+        self.seen.append(("returned", record.job_id))
+
+    def finished(self, record: JobRecord) -> None:
+        self.seen.append(("finished", record.job_id))
+
+
 class Harness:
     """A JobManager over fault-injecting real stores in ``directory``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.clock = FakeClock()
+        self.events = Events()
         self.signer = UrlSigner(b"k" * 32)
         self.jobs, self.payloads = self._open_stores()
         self.manager = self.new_manager()
@@ -124,6 +147,7 @@ class Harness:
             clock=self.clock,
             report_grace_s=GRACE_S,
             idempotency_window=WINDOW,
+            observer=self.events,
         )
         manager.use_backends(parse_backend_table(backends))
         return manager

@@ -238,3 +238,14 @@ def test_position_is_the_hand_over_order_for_any_mix(
     positions = {job_id: queue.position(job_id) for job_id in list(queue._jobs)}
     order = [job.job_id for job in drain(queue)]
     assert [positions[job_id] for job_id in order] == list(range(1, len(order) + 1))
+
+
+def test_a_job_already_queued_is_refused_not_held_twice(queue: JobQueue,
+                                                         clock: FakeClock) -> None:
+    job = make_job(clock, "alice")
+    queue.push(job)
+    with pytest.raises(ValueError, match="queued already"):
+        queue.push(job)
+    assert len(queue) == 1
+    assert queue.pop() is job
+    assert queue.pop() is None

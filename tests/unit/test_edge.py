@@ -1,0 +1,65 @@
+"""The gRPC edge answers every call, also when work it shared with others was cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
+from scheduler.admission import Admission
+from scheduler.edge import INTERRUPTED, Edge, in_band
+from scheduler.metrics import Metrics
+
+
+class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
+    """GetServiceStatus waits for work it shares with other calls (as a single flight)."""
+
+    def __init__(self) -> None:
+        self.edge = Edge(Admission(10), Metrics())
+        self.edge.not_serving = None
+        self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting = asyncio.Event()
+
+    @in_band(pb.GetServiceStatusResponse)
+    async def GetServiceStatus(self, request: pb.GetServiceStatusRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetServiceStatusResponse:
+        self.waiting.set()
+        await asyncio.shield(self.work)
+        return pb.GetServiceStatusResponse(description="done")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]]:
+    servicer = SharedWork()
+    server = grpc.aio.server()
+    submission_pb2_grpc.add_SubmissionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield servicer, submission_pb2_grpc.SubmissionServiceStub(channel)
+    await server.stop(0)
+
+
+async def test_shared_work_cancelled_under_a_call_is_answered_unavailable(
+        served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
+    servicer, stub = served
+    call = asyncio.ensure_future(stub.GetServiceStatus(pb.GetServiceStatusRequest(), timeout=5))
+    await servicer.waiting.wait()
+    servicer.work.cancel()  # not the caller's doing: the work it waited for was stopped
+    with pytest.raises(grpc.aio.AioRpcError) as answer:
+        await call
+    assert answer.value.code() is grpc.StatusCode.UNAVAILABLE  # which the SDK retries
+    assert answer.value.details() == INTERRUPTED
+
+
+async def test_shared_work_that_ends_answers_the_call(
+        served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
+    servicer, stub = served
+    call = asyncio.ensure_future(stub.GetServiceStatus(pb.GetServiceStatusRequest(), timeout=5))
+    await servicer.waiting.wait()
+    servicer.work.set_result(None)
+    assert (await call).description == "done"
