@@ -62,7 +62,9 @@ def user_label(name: str, token_fingerprint: str) -> str:
     return f"{name}#{token_fingerprint[:8]}"
 
 
-_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# Any UUID in its text form: an id this scheduler never issued (the nil UUID, another
+# version) is a job that does not exist (NOT_FOUND), as the SDK expects, not a malformed one.
+_JOB_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def new_job_id() -> str:
@@ -71,8 +73,8 @@ def new_job_id() -> str:
 
 
 def is_job_id(value: str) -> bool:
-    """True when ``value`` has the shape of the ids :func:`new_job_id` makes."""
-    return bool(_JOB_ID.match(value))
+    """True when ``value`` is a UUID in text form, nothing before or after it."""
+    return _JOB_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,12 +176,40 @@ async def test_another_users_job_is_not_found_and_untouched(running: Running,
 
 
 @pytest.mark.parametrize("call", JOB_CALLS)
-async def test_a_malformed_job_id_is_invalid_argument(running: Running, call: JobCall) -> None:
-    answer = await call(running.clients.submission, running.token(), "not-a-job-id")
+@pytest.mark.parametrize("job_id", ["not-a-job-id", f"{uuid.uuid4()}\n", f" {uuid.uuid4()}",
+                                    str(uuid.uuid4())[:-1], f"{{{uuid.uuid4()}}}"])
+async def test_a_malformed_job_id_is_invalid_argument(running: Running, call: JobCall,
+                                                      job_id: str) -> None:
+    answer = await call(running.clients.submission, running.token(), job_id)
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "job_id" in answer.error.description
-    assert "not-a-job-id" in answer.error.description
+    assert repr(job_id) in answer.error.description
+
+
+# Ids this scheduler never issued but which are UUIDs: jobs that do not exist.
+NEVER_ISSUED = ["00000000-0000-0000-0000-000000000000", str(uuid.uuid1()),
+                str(uuid.uuid4()).upper()]
+
+
+@pytest.mark.parametrize("call", JOB_CALLS)
+@pytest.mark.parametrize("job_id", NEVER_ISSUED)
+async def test_a_well_formed_unknown_job_id_is_not_found(running: Running, call: JobCall,
+                                                         job_id: str) -> None:
+    answer = await call(running.clients.submission, running.token(), job_id)
+
+    assert answer.error.code == "NOT_FOUND", answer.error
+    assert job_id in answer.error.description
+
+
+@pytest.mark.parametrize("job_id", NEVER_ISSUED)
+async def test_a_node_naming_an_unknown_job_id_is_answered_not_found(running: Running,
+                                                                    job_id: str) -> None:
+    report = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_FAILURE)
+    refresh = await running.clients.execution.RefreshUploadUrl(
+        execution_pb2.RefreshUploadUrlRequest(job_id=job_id))
+
+    assert (report.code, refresh.error.code) == ("NOT_FOUND", "NOT_FOUND")
 
 
 # --- unknown backends ---------------------------------------------------------------------
