@@ -32,7 +32,15 @@ from job_manager.model import (
 from job_manager.observer import JobObserver, NoObserver
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.single_flight import SingleFlight
-from job_manager.stores import JobStore, KeyTaken, PayloadStore, SignedUrl, StoreError
+from job_manager.stores import (
+    JobStore,
+    KeyTaken,
+    ObjectTags,
+    PayloadStore,
+    RecordUnreadable,
+    SignedUrl,
+    StoreError,
+)
 from job_manager.throughput import DispatchRate
 from job_manager.waiters import Waiters
 from job_manager.watchdog import Watchdog
@@ -228,7 +236,7 @@ class JobManager:
 
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
-            await self._payloads.put_input(record.job_id, program)
+            await self._payloads.put_input(record.job_id, program, _tags(record))
             await self._jobs.create(record)
         except KeyTaken:
             # Another submission with this key was stored first (another process, or
@@ -522,7 +530,15 @@ class JobManager:
                 reported=finished.status.value,
             )
         self._ended(finished)
+        if finished.status is JobStatus.COMPLETED:
+            await self._seal_result(finished)
         return finished
+
+    async def _seal_result(self, record: JobRecord) -> None:
+        try:
+            await self._payloads.seal_result(record.job_id, _tags(record))
+        except StoreError as exc:  # the job is COMPLETED either way; only its tags are late
+            log.warning("result of job %s could not be tagged complete: %s", record.job_id, exc)
 
     def _watch(self, record: JobRecord) -> None:
         self.watchdog.watch(record.job_id, self._report_deadline(record))
@@ -726,6 +742,8 @@ class JobManager:
     async def _jobs_get(self, job_id: str) -> JobRecord | None:
         try:
             return await self._jobs.get(job_id)
+        except RecordUnreadable:
+            raise SchedulerError("record_unreadable", job_id=job_id) from None
         except StoreError as exc:
             log.error("job %s could not be read: %s", job_id, exc)
             raise SchedulerError("store_failed") from None
@@ -752,6 +770,10 @@ class JobManager:
             await self._payloads.delete_input(job_id)
         except StoreError as exc:
             log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
+
+
+def _tags(record: JobRecord) -> ObjectTags:
+    return ObjectTags(role=record.role.value, save_job=record.save_job)
 
 
 def _ordinal(n: int) -> str:

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from backend_manager import BackendManager
 from job_manager.clock import Clock, SystemClock
 from job_manager.manager import JobManager
+from job_manager.stores.unreadable import UnreadableRecords
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from scheduler.admission import Admission
@@ -56,6 +57,11 @@ def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:
     ])
 
 
+def _address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _check_free(host: str, port: int) -> None:
     """Fail with one clear line before gRPC's core logs its own bind error."""
     if port == 0:
@@ -65,7 +71,7 @@ def _check_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise OSError(f"cannot listen on {_address(host, port)}: {exc.strerror}") from None
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -111,11 +117,13 @@ class Scheduler:
         """Listen (NOT_SERVING), open the stores, recover the jobs, then serve."""
         config = self.config
         key_window = timedelta(seconds=config.idempotency_window_s)
+        unreadable = UnreadableRecords(self.metrics.unreadable_records.inc)
         if config.local is not None:
-            self.stack = await standalone_stack(config.local.data_dir, self.clock, key_window)
+            self.stack = await standalone_stack(config.local.data_dir, self.clock, key_window,
+                                                unreadable)
         else:
             assert config.aws is not None
-            self.stack = await aws_stack(config.aws, self.clock, key_window)
+            self.stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(self.stack.jobs, "jobs")
         self.jobs = JobManager(
@@ -145,9 +153,9 @@ class Scheduler:
         for edge in self._edges:
             edge.not_serving = None
         await self.health.ready()
-        log.info("scheduler ready (%s mode): submission %s:%d, execution %s:%d, metrics :%d",
-                 config.mode, config.host, self.submission_port, config.host,
-                 self.execution_port, self.metrics_port)
+        log.info("scheduler ready (%s mode): submission %s, execution %s, metrics :%d",
+                 config.mode, _address(config.submission_host, self.submission_port),
+                 _address(config.execution_host, self.execution_port), self.metrics_port)
 
     async def _serve_grpc(self) -> None:
         config, stack, jobs = self.config, self.stack, self.jobs
@@ -178,22 +186,24 @@ class Scheduler:
         execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
             ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
-            submission, SUBMISSION, config.submission_port, config.submission_tls)
+            submission, SUBMISSION, config.submission_host, config.submission_port,
+            config.submission_tls)
         self.execution_port = await self._start_service(
-            execution, EXECUTION, config.execution_port, config.execution_tls)
+            execution, EXECUTION, config.execution_host, config.execution_port,
+            config.execution_tls)
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
                                             ("execution", config.execution_tls)) if tls is None]
             log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
                         " and ".join(plain), "s" if len(plain) > 1 else "")
 
-    async def _start_service(self, server: grpc.aio.Server, service: str, port: int,
+    async def _start_service(self, server: grpc.aio.Server, service: str, host: str, port: int,
                              tls: TlsConfig | None) -> int:
         """Add health and reflection beside ``service``, listen, start; the bound port."""
         assert self.health is not None
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
-        bound = self._listen(server, port, tls)
+        bound = self._listen(server, port, tls, host)
         self._servers.append(server)
         await server.start()
         return bound
@@ -201,7 +211,7 @@ class Scheduler:
     def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None,
                 host: str | None = None) -> int:
         host = host or self.config.host
-        address = f"{host}:{port}"
+        address = _address(host, port)
         _check_free(host, port)
         try:
             bound: int = (server.add_secure_port(address, _credentials(tls)) if tls

@@ -12,8 +12,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backend_manager.sources import SsmBackendSource
 from job_manager.clock import Clock
-from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from_table
 from job_manager.stores.s3_payload_store import S3PayloadStore
+from job_manager.stores.unreadable import UnreadableRecords
 from scheduler.config import AwsConfig, ConfigError
 from scheduler.stack import Stack
 
@@ -42,12 +43,16 @@ def _parameter(ssm: Any, name: str, flag: str) -> str:
         raise ConfigError(f"{flag} {name!r}: the SSM parameter could not be read ({exc})") from None
 
 
-def _check_reachable(dynamodb: Any, table: str, s3: Any, bucket: str) -> None:
+def _check_reachable(dynamodb: Any, table: str, status_index: str, s3: Any,
+                     bucket: str) -> None:
     try:
-        dynamodb.describe_table(TableName=table)
+        description = dynamodb.describe_table(TableName=table)
     except (ClientError, BotoCoreError) as exc:
         raise ConfigError(
             f"--job_table_name_key: table {table!r} is not reachable ({exc})") from None
+    missing = missing_from_table(description, status_index)
+    if missing is not None:
+        raise ConfigError(f"--job_table_name_key: table {table!r} needs {missing}")
     try:
         s3.head_bucket(Bucket=bucket)
     except (ClientError, BotoCoreError) as exc:
@@ -55,7 +60,8 @@ def _check_reachable(dynamodb: Any, table: str, s3: Any, bucket: str) -> None:
             f"--job_bucket_name_key: bucket {bucket!r} is not reachable ({exc})") from None
 
 
-async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta) -> Stack:
+async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
+                    unreadable: UnreadableRecords) -> Stack:
     """Look up the bucket and table names in SSM and connect the stores."""
     ssm, dynamodb, s3 = _clients(aws)
     bucket = await asyncio.to_thread(
@@ -66,10 +72,11 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta) -> Stac
     if aws.execution_secret_parameter:
         secret = await asyncio.to_thread(_parameter, ssm, aws.execution_secret_parameter,
                                          "--execution-secret-parameter")
-    await asyncio.to_thread(_check_reachable, dynamodb, table, s3, bucket)
+    await asyncio.to_thread(_check_reachable, dynamodb, table, aws.status_index, s3, bucket)
     return Stack(
         execution_secret=secret,
-        jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window),
+        jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window,
+                              status_index=aws.status_index, unreadable=unreadable),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
     )

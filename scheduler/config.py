@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from job_manager.limits import Limits, RoleLimits
 from job_manager.model import Role
 from job_manager.queue import SchedulingPolicy
+from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 
 MB = 1024 * 1024
 T = TypeVar("T")
@@ -40,8 +41,9 @@ class AwsConfig:
     job_bucket_name_key: str
     job_table_name_key: str
     backend_status_parameter_name: str
+    status_index: str = STATUS_INDEX  # the jobs table's GSI on ``status``
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
     endpoint: str | None = None  # only with --dev (LocalStack, moto)
     s3_endpoint: str | None = None  # only with --dev
     execution_secret_parameter: str | None = None  # SSM parameter with the nodes' secret
@@ -64,6 +66,8 @@ class Config:
     host: str
     submission_port: int
     execution_port: int
+    submission_host: str  # an address given with the port (--port-for-submission [::]:8082)
+    execution_host: str  # wins over --host for that port
     token_database_address: str
     submission_max_concurrent_rpcs: int
     execution_max_concurrent_rpcs: int
@@ -96,41 +100,81 @@ class Config:
         return "standalone" if self.local is not None else "aws"
 
 
-def _parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class ListenAddress:
+    """A port to listen on, and the address to listen at when the flag named one."""
+
+    host: str | None
+    port: int
+
+
+def listen_address(text: str) -> ListenAddress:
+    """``8082``, ``0.0.0.0:8082``, ``[::]:8082`` or ``127.0.0.1:8082``: the original's forms."""
+    host, colon, port_text = text.strip().rpartition(":")
+    if not colon:
+        host = ""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isascii() or not port_text.isdecimal():
+        raise ValueError(text)
+    if colon and not host:
+        raise ValueError(text)
+    return ListenAddress(host or None, int(port_text))
+
+
+listen_address.__name__ = "port or host:port"  # how argparse names it in an error
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scheduler.py",
-        description="MQC3 job scheduler. `scheduler.py tokens --help` manages standalone tokens.",
+        description="MQC3 job scheduler. `scheduler.py tokens --help` manages standalone tokens. "
+        "AWS_REGION, JOB_BUCKET_NAME_KEY, DYNAMODB_JOB_TABLE_NAME_KEY, "
+        "BACKEND_STATUS_PARAMETER_NAME and DYNAMODB_JOB_TABLE_GSI_NAME give the defaults of "
+        "their flags, as for the service this one replaces.",
     )
     p.add_argument(
         "--port-for-submission",
-        type=int,
-        default=8082,
-        help="port of SubmissionService, for users (default 8082)",
+        type=listen_address,
+        default=ListenAddress(None, 8082),
+        help="port (or host:port, [::]:port) of SubmissionService, for users (default 8082)",
     )
     p.add_argument(
         "--port-for-execution",
-        type=int,
-        default=8081,
-        help="port of ExecutionService, for hardware nodes (default 8081)",
+        type=listen_address,
+        default=ListenAddress(None, 8081),
+        help="port (or host:port) of ExecutionService, for hardware nodes (default 8081)",
     )
     p.add_argument(
+        "-t",
+        "-at",
         "--address_to_token_database",
         default="localhost:8084",
         help="host:port of TokenDatabaseService (AWS mode; default localhost:8084)",
     )
     p.add_argument("-k", "--aws_access_key_id", default=None, help="AWS access key id")
     p.add_argument("-s", "--aws_secret_access_key", default=None, help="AWS secret access key")
-    p.add_argument("--region", default="ap-northeast-1", help="AWS region")
+    p.add_argument("--region", default=env.get("AWS_REGION") or "ap-northeast-1",
+                   help="AWS region (default $AWS_REGION, else ap-northeast-1)")
     p.add_argument(
-        "--job_bucket_name_key", default=None, help="SSM parameter holding the job bucket's name"
+        "--job_bucket_name_key", default=env.get("JOB_BUCKET_NAME_KEY") or None,
+        help="SSM parameter holding the job bucket's name (default $JOB_BUCKET_NAME_KEY)",
     )
     p.add_argument(
-        "--job_table_name_key", default=None, help="SSM parameter holding the job table's name"
+        "--job_table_name_key", default=env.get("DYNAMODB_JOB_TABLE_NAME_KEY") or None,
+        help="SSM parameter holding the job table's name (default $DYNAMODB_JOB_TABLE_NAME_KEY)",
     )
     p.add_argument(
         "--backend_status_parameter_name",
-        default=None,
-        help="SSM parameter holding the backend status TOML",
+        default=env.get("BACKEND_STATUS_PARAMETER_NAME") or None,
+        help="SSM parameter holding the backend status TOML "
+        "(default $BACKEND_STATUS_PARAMETER_NAME)",
+    )
+    p.add_argument(
+        "--job_table_gsi_name",
+        default=env.get("DYNAMODB_JOB_TABLE_GSI_NAME") or STATUS_INDEX,
+        help=f"the jobs table's index on status (default $DYNAMODB_JOB_TABLE_GSI_NAME, "
+        f"else {STATUS_INDEX})",
     )
     p.add_argument("--endpoint", default=None, help="AWS endpoint URL (needs --dev)")
     p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL (needs --dev)")
@@ -298,10 +342,10 @@ def _check_port(flag: str, port: int) -> None:
 
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Parse flags and environment into a Config; ConfigError names the first bad setting."""
-    args = _parser().parse_args(list(argv))
+    args = _parser(env).parse_args(list(argv))
     for flag, port in (
-        ("--port-for-submission", args.port_for_submission),
-        ("--port-for-execution", args.port_for_execution),
+        ("--port-for-submission", args.port_for_submission.port),
+        ("--port-for-execution", args.port_for_execution.port),
         ("--port-for-token-database", args.port_for_token_database),
         ("--http-port", args.http_port),
         ("--metrics-port", args.metrics_port),
@@ -328,8 +372,10 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         token_database_address = args.address_to_token_database
     return Config(
         host=host,
-        submission_port=args.port_for_submission,
-        execution_port=args.port_for_execution,
+        submission_port=args.port_for_submission.port,
+        execution_port=args.port_for_execution.port,
+        submission_host=args.port_for_submission.host or host,
+        execution_host=args.port_for_execution.host or host,
         token_database_address=token_database_address,
         submission_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_SUBMISSION_MAX_WORKERS", 100),
         execution_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_EXECUTION_MAX_WORKERS", 10),
@@ -382,6 +428,7 @@ def _aws_config(args: argparse.Namespace) -> AwsConfig:
         job_bucket_name_key=args.job_bucket_name_key,
         job_table_name_key=args.job_table_name_key,
         backend_status_parameter_name=args.backend_status_parameter_name,
+        status_index=args.job_table_gsi_name,
         access_key_id=args.aws_access_key_id,
         secret_access_key=args.aws_secret_access_key,
         endpoint=args.endpoint,

@@ -47,6 +47,9 @@ class Metrics:
         self.jobs_returned = Counter(
             "mqc3_jobs_returned", "Jobs whose node's call ended before it received them, "
             "put back at the head of their queue", ["backend"], registry=r)
+        self.unreadable_records = Counter(
+            "mqc3_unreadable_records", "Job records the scheduler could not read and left "
+            "untouched (each counted once)", registry=r)
         self.queue_wait = Histogram("mqc3_job_queue_wait_seconds", "From queued to dequeued",
                                     ["backend"], buckets=_WAIT_BUCKETS_S, registry=r)
         self.job_duration = Histogram("mqc3_job_total_seconds", "From submitted to finished",

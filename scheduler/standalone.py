@@ -16,6 +16,7 @@ from backend_manager.sources import FileBackendSource
 from job_manager.clock import Clock
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
+from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
 from scheduler.stack import Stack
 from token_database.store import SqliteTokenStore
@@ -26,10 +27,12 @@ def token_store_path(data_dir: Path) -> Path:
     return data_dir / "tokens.sqlite3"
 
 
-async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta) -> Stack:
+async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
+                           unreadable: UnreadableRecords) -> Stack:
     """Open (creating on first use) the data directory's stores."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window)
+    jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window,
+                          unreadable=unreadable)
     await jobs.open()
     payloads = LocalPayloadStore(
         data_dir / "payloads",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from job_manager.stores import StoreError
+from job_manager.stores import RecordUnreadable, StoreError
 from scheduler.metrics import Metrics
 
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class _Measured:
             started = time.perf_counter()
             try:
                 result = await call(*args, **kwargs)
+            except RecordUnreadable:  # the store answered; one record is bad
+                self._monitor._observe(self._name, operation, time.perf_counter() - started, True)
+                raise
             except StoreError:
                 self._monitor._observe(self._name, operation, time.perf_counter() - started, False)
                 raise

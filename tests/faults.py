@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from job_manager.model import JobRecord, JobStatus
-from job_manager.stores import JobStore, PayloadStore, SignedUrl
+from job_manager.stores import JobStore, ObjectTags, PayloadStore, SignedUrl
 from job_manager.stores.errors import StoreError
 
 T = TypeVar("T")
@@ -149,8 +149,8 @@ class FlakyPayloadStore(_Faults):
         super().__init__("payloads")
         self.inner = inner
 
-    async def put_input(self, job_id: str, program: bytes) -> None:
-        await self._call("put_input", lambda: self.inner.put_input(job_id, program))
+    async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
+        await self._call("put_input", lambda: self.inner.put_input(job_id, program, tags))
 
     async def get_input(self, job_id: str) -> bytes | None:
         return await self._call("get_input", lambda: self.inner.get_input(job_id))
@@ -168,6 +168,9 @@ class FlakyPayloadStore(_Faults):
 
     async def result_exists(self, job_id: str) -> bool:
         return await self._call("result_exists", lambda: self.inner.result_exists(job_id))
+
+    async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
+        await self._call("seal_result", lambda: self.inner.seal_result(job_id, tags))
 
     async def close(self) -> None:
         """Never fails."""

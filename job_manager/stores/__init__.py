@@ -4,8 +4,16 @@ Each is a narrow Protocol with an AWS implementation (production) and a standalo
 one (a SQLite file, a local directory) side by side.
 """
 
-from job_manager.stores.errors import KeyTaken, StoreError
+from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
 from job_manager.stores.job_store import JobStore
-from job_manager.stores.payload_store import PayloadStore, SignedUrl
+from job_manager.stores.payload_store import ObjectTags, PayloadStore, SignedUrl
 
-__all__ = ["JobStore", "KeyTaken", "PayloadStore", "SignedUrl", "StoreError"]
+__all__ = [
+    "JobStore",
+    "KeyTaken",
+    "ObjectTags",
+    "PayloadStore",
+    "RecordUnreadable",
+    "SignedUrl",
+    "StoreError",
+]

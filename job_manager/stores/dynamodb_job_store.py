@@ -25,7 +25,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import KeyTaken, StoreError
+from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.original_format import decode_original, is_original
+from job_manager.stores.unreadable import UnreadableRecords
 
 STATUS_INDEX = "status-index"
 FINISHED_JOB_RETENTION = timedelta(days=30)
@@ -64,9 +66,13 @@ class DynamoDbJobStore:
         max_workers: int = 16,
         retention: timedelta = FINISHED_JOB_RETENTION,
         key_window: timedelta = timedelta(hours=24),
+        status_index: str = STATUS_INDEX,
+        unreadable: UnreadableRecords | None = None,
     ) -> None:
+        self._unreadable = unreadable or UnreadableRecords()
         self._client = client
         self._table = table_name
+        self._status_index = status_index
         self._retention = retention
         self._key_window = key_window
         self._calls = BlockingCalls("dynamodb-jobs", max_workers, (ClientError, BotoCoreError))
@@ -77,9 +83,19 @@ class DynamoDbJobStore:
             row["job_expiry"] = int((record.finished_at + self._retention).timestamp())
         return {name: _serializer.serialize(value) for name, value in row.items()}
 
-    @staticmethod
-    def _record(item: dict[str, Any]) -> JobRecord:
-        return codec.decode({name: _deserializer.deserialize(v) for name, v in item.items()})
+    def _record(self, item: dict[str, Any]) -> JobRecord:
+        """The item as a record, in this scheduler's form or the original's.
+
+        RecordUnreadable (reported once) when it is neither.
+        """
+        job_id = str(item.get("job_id", {}).get("S", "?"))
+        try:
+            values = {name: _deserializer.deserialize(v) for name, v in item.items()}
+            return (decode_original(values) if is_original(values) else codec.decode(values))
+        except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self._unreadable.saw(job_id, why)
+            raise RecordUnreadable(job_id, why) from None
 
     async def create(self, record: JobRecord) -> None:
         new_job = {
@@ -156,7 +172,7 @@ class DynamoDbJobStore:
         while True:
             query: dict[str, Any] = {
                 "TableName": self._table,
-                "IndexName": STATUS_INDEX,
+                "IndexName": self._status_index,
                 "KeyConditionExpression": "#status = :status",
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": {":status": {"S": status.value}},
@@ -165,7 +181,10 @@ class DynamoDbJobStore:
                 query["ExclusiveStartKey"] = start
             page = await self._calls.run(functools.partial(self._client.query, **query))
             for item in page.get("Items", []):
-                yield self._record(item)
+                try:
+                    yield self._record(item)
+                except RecordUnreadable:
+                    continue  # reported; the others are served
             start = page.get("LastEvaluatedKey")
             if not start:
                 return
@@ -183,6 +202,22 @@ class DynamoDbJobStore:
 
     async def close(self) -> None:
         self._calls.close()
+
+
+def missing_from_table(description: dict[str, Any], status_index: str) -> str | None:
+    """What the table (as DescribeTable tells it) lacks that this store needs, or None."""
+    table = description.get("Table", {})
+    if [k.get("AttributeName") for k in table.get("KeySchema", [])] != ["job_id"]:
+        return "a partition key named job_id (and no sort key)"
+    for index in table.get("GlobalSecondaryIndexes", []):
+        if index.get("IndexName") == status_index:
+            keys = [k.get("AttributeName") for k in index.get("KeySchema", [])]
+            projection = index.get("Projection", {}).get("ProjectionType")
+            if keys[:1] != ["status"] or projection != "ALL":
+                return (f"global secondary index {status_index!r} keyed on status with all "
+                        f"attributes projected (it is keyed on {keys}, projects {projection})")
+            return None
+    return f"global secondary index {status_index!r} on status"
 
 
 def create_table(client: Any, table_name: str) -> None:

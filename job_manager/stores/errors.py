@@ -8,3 +8,15 @@ class StoreError(Exception):
 class KeyTaken(Exception):
     """A new record's idempotency key already names another job of its owner within the
     key's window, so nothing was stored: that other job is the submission."""
+
+
+class RecordUnreadable(StoreError):
+    """A record is there but cannot be read (corrupt, or a form this scheduler does not know).
+
+    It is left untouched; other records are served (docs/job-rules.md, rule 13).
+    """
+
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(f"the record of job {job_id} cannot be read: {why}")
+        self.job_id = job_id
+        self.why = why

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from job_manager.clock import Clock
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.payload_store import SignedUrl, input_key, result_key
+from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
 from job_manager.stores.url_signer import UrlSigner
 
 # Where the HTTP endpoint serves results: {base_url}{RESULTS_PATH}/{object name}.
@@ -59,7 +59,8 @@ class LocalPayloadStore:
         self._calls = BlockingCalls("local-payloads", max_workers=4, errors=(OSError,))
 
     # --- PayloadStore -----------------------------------------------------------
-    async def put_input(self, job_id: str, program: bytes) -> None:
+    async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
+        # Tags are for S3 bucket rules; a directory has none.
         await self._calls.run(_write_atomically, self._dir / input_key(job_id), program)
 
     async def get_input(self, job_id: str) -> bytes | None:
@@ -82,6 +83,9 @@ class LocalPayloadStore:
 
     async def result_exists(self, job_id: str) -> bool:
         return await self._calls.run((self._dir / result_key(job_id)).exists)
+
+    async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
+        pass  # tags select S3 lifecycle rules and policies; a directory has neither
 
     async def close(self) -> None:
         self._calls.close()

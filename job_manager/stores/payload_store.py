@@ -15,6 +15,22 @@ class SignedUrl:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class ObjectTags:
+    """What the original deployment tags each object with; bucket lifecycle rules use them."""
+
+    role: str  # the submitting token's role
+    save_job: bool
+
+    def as_tag_set(self, *, complete: bool = True) -> list[dict[str, str]]:
+        """The S3 TagSet: ``token_role``, ``save_job``, and ``upload-status`` once final."""
+        tags = [{"Key": "token_role", "Value": self.role},
+                {"Key": "save_job", "Value": "true" if self.save_job else "false"}]
+        if complete:
+            tags.append({"Key": "upload-status", "Value": "complete"})
+        return tags
+
+
 def input_key(job_id: str) -> str:
     """The object name of a job's program: the serialized QuantumProgram."""
     return f"{job_id}.in.proto"
@@ -32,8 +48,8 @@ class PayloadStore(Protocol):
     store cannot be reached; URL signing is local computation and does not fail.
     """
 
-    async def put_input(self, job_id: str, program: bytes) -> None:
-        """Store a job's program."""
+    async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
+        """Store a job's program, tagged as the original tags it when ``tags`` are given."""
         ...
 
     async def get_input(self, job_id: str) -> bytes | None:
@@ -54,6 +70,10 @@ class PayloadStore(Protocol):
 
     async def result_exists(self, job_id: str) -> bool:
         """True once a result has been uploaded for the job."""
+        ...
+
+    async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
+        """The job's result is final: tag it as the original does (``upload-status=complete``)."""
         ...
 
     async def close(self) -> None:

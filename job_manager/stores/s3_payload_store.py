@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from job_manager.clock import Clock
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.payload_store import SignedUrl, input_key, result_key
+from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
+
+
+def _pairs(tag_set: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(tag["Key"], tag["Value"]) for tag in tag_set]
 
 
 def _missing(exc: ClientError) -> bool:
@@ -26,13 +31,18 @@ class S3PayloadStore:
         self._clock = clock
         self._calls = BlockingCalls("s3-payloads", max_workers, (ClientError, BotoCoreError))
 
-    async def put_input(self, job_id: str, program: bytes) -> None:
+    async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
+        # The headers and tags of the original deployment's objects, which an existing
+        # bucket's lifecycle rules and policies may select on.
+        extra = {"Tagging": urlencode(_pairs(tags.as_tag_set()))} if tags else {}
         await self._calls.run(
             lambda: self._client.put_object(
                 Bucket=self._bucket,
                 Key=input_key(job_id),
                 Body=program,
                 ContentType="application/protobuf",
+                ContentDisposition="attachment",
+                **extra,
             )
         )
 
@@ -72,6 +82,14 @@ class S3PayloadStore:
             return True
 
         return await self._calls.run(head)
+
+    async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
+        await self._calls.run(
+            lambda: self._client.put_object_tagging(
+                Bucket=self._bucket, Key=result_key(job_id),
+                Tagging={"TagSet": tags.as_tag_set()},
+            )
+        )
 
     async def close(self) -> None:
         self._calls.close()

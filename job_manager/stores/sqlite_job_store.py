@@ -12,7 +12,8 @@ from typing import AsyncIterator, Callable
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import KeyTaken, StoreError
+from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.unreadable import UnreadableRecords
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -41,7 +42,9 @@ class SqliteJobStore:
     """
 
     def __init__(self, path: Path, page_size: int = 500,
-                 key_window: timedelta = timedelta(hours=24)) -> None:
+                 key_window: timedelta = timedelta(hours=24),
+                 unreadable: UnreadableRecords | None = None) -> None:
+        self._unreadable = unreadable or UnreadableRecords()
         self._path = path
         self._page_size = page_size
         self._key_window = key_window
@@ -93,7 +96,16 @@ class SqliteJobStore:
             return row[0] if row else None
 
         text = await self._calls.run(select)
-        return codec.decode(json.loads(text)) if text else None
+        return self._record(job_id, text) if text else None
+
+    def _record(self, job_id: str, text: str) -> JobRecord:
+        """The stored text as a record; RecordUnreadable (reported once) when it is not one."""
+        try:
+            return codec.decode(json.loads(text))
+        except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self._unreadable.saw(job_id, why)
+            raise RecordUnreadable(job_id, why) from None
 
     async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
         values = (record.status.value, json.dumps(codec.encode(record)), record.job_id,
@@ -156,8 +168,11 @@ class SqliteJobStore:
         while True:
             page = await self._calls.run(self._page, status, after)
             for job_id, text in page:
-                yield codec.decode(json.loads(text))
                 after = job_id
+                try:
+                    yield self._record(job_id, text)
+                except RecordUnreadable:
+                    continue  # reported; the others are served
             if len(page) < self._page_size:
                 return
 
@@ -173,20 +188,20 @@ class SqliteJobStore:
         )
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
-        def select() -> str | None:
-            row = (
+        def select() -> tuple[str, str] | None:
+            row: tuple[str, str] | None = (
                 self._connection()
                 .execute(
-                    "SELECT record FROM jobs WHERE owner_fingerprint = ? AND idempotency_key = ? "
-                    "ORDER BY submitted_at DESC LIMIT 1",
+                    "SELECT job_id, record FROM jobs WHERE owner_fingerprint = ? "
+                    "AND idempotency_key = ? ORDER BY submitted_at DESC LIMIT 1",
                     (owner_fingerprint, key),
                 )
                 .fetchone()
             )
-            return row[0] if row else None
+            return row
 
-        text = await self._calls.run(select)
-        return codec.decode(json.loads(text)) if text else None
+        row = await self._calls.run(select)
+        return self._record(*row) if row else None
 
     async def close(self) -> None:
         if self._calls.closed:

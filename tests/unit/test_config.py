@@ -90,3 +90,67 @@ def test_a_config_never_shows_key_material(tmp_path: Path) -> None:
                          {"SCHEDULER_EXECUTION_SECRET": "node-secret"})
     shown = repr(config)
     assert "SECRET-KEY-PEM" not in shown and "node-secret" not in shown
+
+
+def test_a_config_never_shows_the_aws_secret_key() -> None:
+    config = load_config([*AWS_FLAGS, "-k", "AKIDEXAMPLE", "-s", "aws-secret-value"], {})
+    assert config.aws is not None and config.aws.secret_access_key == "aws-secret-value"
+    assert "aws-secret-value" not in repr(config)
+
+
+# --- the original's command line and environment ---------------------------------------------
+@pytest.mark.parametrize(("given", "host", "port"), [
+    ("8082", "0.0.0.0", 8082),  # a bare port listens at --host
+    ("[::]:8082", "::", 8082),  # the original's default form
+    ("0.0.0.0:9082", "0.0.0.0", 9082),
+    ("127.0.0.1:8082", "127.0.0.1", 8082),
+    ("localhost:0", "localhost", 0),
+])
+def test_a_port_flag_takes_an_address_or_a_port(given: str, host: str, port: int) -> None:
+    config = load_config([*AWS_FLAGS, "--port-for-submission", given,
+                          "--port-for-execution", given], {})
+    assert (config.submission_host, config.submission_port) == (host, port)
+    assert (config.execution_host, config.execution_port) == (host, port)
+
+
+@pytest.mark.parametrize("given", ["[::]:", ":8082", "host", "8082x", "-1", "[::]:80:80x"])
+def test_a_port_flag_that_is_neither_is_refused_naming_it(
+        given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_config([*AWS_FLAGS, "--port-for-execution", given], {})
+    assert "--port-for-execution" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["-t", "-at", "--address_to_token_database"])
+def test_every_spelling_of_the_token_database_address_is_accepted(spelling: str) -> None:
+    assert load_config([*AWS_FLAGS, spelling, "tokens:9"], {}).token_database_address == "tokens:9"
+
+
+ORIGINAL_ENV = {
+    "AWS_REGION": "us-west-2",
+    "JOB_BUCKET_NAME_KEY": "/env/bucket",
+    "DYNAMODB_JOB_TABLE_NAME_KEY": "/env/table",
+    "BACKEND_STATUS_PARAMETER_NAME": "/env/backends",
+    "DYNAMODB_JOB_TABLE_GSI_NAME": "by-status",
+}
+
+
+def test_the_originals_environment_gives_the_flags_defaults() -> None:
+    config = load_config([], ORIGINAL_ENV)
+    assert config.aws is not None
+    assert (config.aws.region, config.aws.job_bucket_name_key, config.aws.job_table_name_key,
+            config.aws.backend_status_parameter_name, config.aws.status_index) == (
+        "us-west-2", "/env/bucket", "/env/table", "/env/backends", "by-status")
+
+
+def test_flags_win_over_the_originals_environment() -> None:
+    config = load_config([*AWS_FLAGS, "--region", "eu-west-1", "--job_table_gsi_name", "idx"],
+                         ORIGINAL_ENV)
+    assert config.aws is not None
+    assert (config.aws.region, config.aws.job_bucket_name_key, config.aws.status_index) == (
+        "eu-west-1", "/b", "idx")
+
+
+def test_without_the_environment_the_status_index_is_the_originals() -> None:
+    config = load_config(AWS_FLAGS, {})
+    assert config.aws is not None and config.aws.status_index == "status-index"
