@@ -43,8 +43,7 @@ def _parameter(ssm: Any, name: str, flag: str) -> str:
         raise ConfigError(f"{flag} {name!r}: the SSM parameter could not be read ({exc})") from None
 
 
-def _check_reachable(dynamodb: Any, table: str, status_index: str, s3: Any,
-                     bucket: str) -> None:
+def _check_table(dynamodb: Any, table: str, status_index: str) -> None:
     try:
         description = dynamodb.describe_table(TableName=table)
     except (ClientError, BotoCoreError) as exc:
@@ -53,6 +52,11 @@ def _check_reachable(dynamodb: Any, table: str, status_index: str, s3: Any,
     missing = missing_from_table(description, status_index)
     if missing is not None:
         raise ConfigError(f"--job_table_name_key: table {table!r} needs {missing}")
+
+
+def _check_reachable(dynamodb: Any, table: str, status_index: str, s3: Any,
+                     bucket: str) -> None:
+    _check_table(dynamodb, table, status_index)
     try:
         s3.head_bucket(Bucket=bucket)
     except (ClientError, BotoCoreError) as exc:
@@ -80,3 +84,11 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
     )
+
+
+async def aws_job_store(aws: AwsConfig) -> DynamoDbJobStore:
+    """The jobs table alone, for the migration commands (docs/migrating.md)."""
+    ssm, dynamodb, _ = _clients(aws)
+    table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key, "--job_table_name_key")
+    await asyncio.to_thread(_check_table, dynamodb, table, aws.status_index)
+    return DynamoDbJobStore(dynamodb, table, status_index=aws.status_index)

@@ -16,7 +16,8 @@ from backend_manager import BackendConfigError
 from job_manager.clock import SystemClock
 from job_manager.model import Role
 from scheduler.app import Scheduler
-from scheduler.config import Config, ConfigError, load_config
+from scheduler.aws import aws_job_store
+from scheduler.config import AwsConfig, Config, ConfigError, load_config
 from scheduler.logs import configure_logging
 from scheduler.standalone import token_store_path
 from token_database.service import create_token
@@ -93,10 +94,54 @@ def _tokens_main(argv: Sequence[str]) -> int:
     return 0
 
 
+MIGRATIONS = {
+    "scrub-tokens": "rewrite every record the original wrote in this scheduler's form, "
+                    "without its raw token (safe to run again)",
+    "to-original": "write this scheduler's QUEUED jobs as the original's records, for going "
+                   "back to it (stop this scheduler first)",
+}
+
+
+def _migrate_main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in MIGRATIONS:
+        choices = "\n".join(f"  {name:13} {what}" for name, what in MIGRATIONS.items())
+        print(f"usage: scheduler.py migrate COMMAND [AWS flags as for serving]\n{choices}",
+              file=sys.stderr)
+        return 2
+    try:
+        config = load_config(argv[1:], os.environ)
+        if config.aws is None:
+            raise ConfigError("migrate works on AWS mode's table; leave out --local")
+        report = asyncio.run(_migrate(argv[0], config.aws))
+    except ConfigError as exc:
+        print(f"scheduler migrate: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+async def _migrate(command: str, aws: AwsConfig) -> str:
+    store = await aws_job_store(aws)
+    try:
+        if command == "scrub-tokens":
+            done = await store.scrub_original_records()
+            return (f"rewrote {done.rewritten} records of the original without their tokens; "
+                    f"{done.unreadable} unreadable left as they are (see the log); "
+                    f"{done.changed_meanwhile} changed by the scheduler meanwhile")
+        exported = await store.export_queued_to_original(
+            lambda record: f"{FINGERPRINT_PREFIX}{record.owner_fingerprint}")
+        return (f"wrote {exported} queued jobs as the original's records; their owners are "
+                f"fingerprints, which the original cannot match to tokens (docs/migrating.md)")
+    finally:
+        await store.close()
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``scheduler.py``; returns the exit code."""
     if argv[:1] == ["tokens"]:
         return _tokens_main(argv[1:])
+    if argv[:1] == ["migrate"]:
+        return _migrate_main(argv[1:])
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, AsyncIterator
 
@@ -26,7 +28,7 @@ from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
-from job_manager.stores.original_format import decode_original, is_original
+from job_manager.stores.original_format import decode_original, encode_original, is_original
 from job_manager.stores.unreadable import UnreadableRecords
 
 STATUS_INDEX = "status-index"
@@ -69,7 +71,7 @@ class DynamoDbJobStore:
         status_index: str = STATUS_INDEX,
         unreadable: UnreadableRecords | None = None,
     ) -> None:
-        self._unreadable = unreadable or UnreadableRecords()
+        self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._client = client
         self._table = table_name
         self._status_index = status_index
@@ -202,6 +204,89 @@ class DynamoDbJobStore:
 
     async def close(self) -> None:
         self._calls.close()
+
+    # --- taking over from the original, and the way back (docs/migrating.md) -------------
+    async def scrub_original_records(self) -> Scrubbed:
+        """Rewrite every record the original wrote in this scheduler's form, without its token.
+
+        Each rewrite is conditional on the item being as it was read, so a record the
+        scheduler changed meanwhile is left to that change; running it again is safe.
+        """
+        scrubbed = Scrubbed()
+        async for item in self._scan():
+            values = {name: _deserializer.deserialize(v) for name, v in item.items()}
+            if not is_original(values):
+                continue
+            try:
+                record = self._record(item)
+            except RecordUnreadable:
+                scrubbed.unreadable += 1
+                continue
+            rewritten = await self._put_if(
+                self._item(record),
+                "attribute_exists(#token) AND #status = :status",
+                {"#token": "token", "#status": "status"},
+                {":status": item["status"]},
+            )
+            if rewritten:
+                scrubbed.rewritten += 1
+            else:
+                scrubbed.changed_meanwhile += 1
+        return scrubbed
+
+    async def export_queued_to_original(self, token_of: Callable[[JobRecord], str],
+                                        expiry: timedelta = FINISHED_JOB_RETENTION) -> int:
+        """Write each of this scheduler's QUEUED jobs as the original's record; how many."""
+        exported = 0
+        async for record in self.list_by_status(JobStatus.QUEUED):
+            original = encode_original(record, token_of(record), record.submitted_at + expiry)
+            item = {name: _serializer.serialize(value) for name, value in original.items()}
+            if await self._put_if(
+                item,
+                "#status = :queued AND attribute_exists(owner_fingerprint)",
+                {"#status": "status"},
+                {":queued": {"S": JobStatus.QUEUED.value}},
+            ):
+                exported += 1
+        return exported
+
+    async def _scan(self) -> AsyncIterator[dict[str, Any]]:
+        start: dict[str, Any] | None = None
+        while True:
+            scan: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+            if start:
+                scan["ExclusiveStartKey"] = start
+            page = await self._calls.run(functools.partial(self._client.scan, **scan))
+            for item in page.get("Items", []):
+                yield item
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    async def _put_if(self, item: dict[str, Any], condition: str, names: dict[str, str],
+                      values: dict[str, Any]) -> bool:
+        def put() -> bool:
+            try:
+                self._client.put_item(TableName=self._table, Item=item,
+                                      ConditionExpression=condition,
+                                      ExpressionAttributeNames=names,
+                                      ExpressionAttributeValues=values)
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+            return True
+
+        return await self._calls.run(put)
+
+
+@dataclass
+class Scrubbed:
+    """What a pass over the original's records did."""
+
+    rewritten: int = 0
+    unreadable: int = 0  # left as they are, and logged
+    changed_meanwhile: int = 0  # the scheduler wrote them first: already scrubbed
 
 
 def missing_from_table(description: dict[str, Any], status_index: str) -> str | None:

@@ -44,7 +44,7 @@ class SqliteJobStore:
     def __init__(self, path: Path, page_size: int = 500,
                  key_window: timedelta = timedelta(hours=24),
                  unreadable: UnreadableRecords | None = None) -> None:
-        self._unreadable = unreadable or UnreadableRecords()
+        self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._path = path
         self._page_size = page_size
         self._key_window = key_window
