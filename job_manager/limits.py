@@ -16,7 +16,7 @@ class RoleLimits:
 
     max_concurrent_jobs: int  # QUEUED + RUNNING jobs per token
     max_job_bytes: int  # size of the serialized SubmitJobRequest
-    max_timeout_s: float  # longest declared job timeout
+    max_timeout_s: float | None = None  # longest declared job timeout; None: no cap
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Limits:
 
     by_role: Mapping[Role, RoleLimits]
     max_queue_bytes: int  # programs held in all queues together
-    max_shots: int
+    max_shots: int | None = None  # None: no cap, as the original
 
 
 class Quotas:
@@ -37,9 +37,11 @@ class Quotas:
         self.queue_bytes = 0
 
     def check_timeout(self, role: Role, timeout_s: float) -> None:
-        """Refuse a timeout that is not positive or over the role's maximum."""
+        """Refuse a timeout that is not positive, or over the role's cap when one is set."""
+        if timeout_s <= 0:
+            raise SchedulerError("timeout_not_positive", value=f"{timeout_s:g} s")
         maximum_s = self._limits.by_role[role].max_timeout_s
-        if not 0 < timeout_s <= maximum_s:
+        if maximum_s is not None and timeout_s > maximum_s:
             raise SchedulerError(
                 "timeout_out_of_range",
                 maximum_s=f"{maximum_s:g}",
@@ -48,11 +50,12 @@ class Quotas:
             )
 
     def check_shots(self, n_shots: int) -> None:
-        """Refuse a shot count outside 1..max_shots."""
-        if not 1 <= n_shots <= self._limits.max_shots:
-            raise SchedulerError(
-                "n_shots_out_of_range", maximum=self._limits.max_shots, value=n_shots
-            )
+        """Refuse a shot count below 1, or over the cap when one is set."""
+        maximum = self._limits.max_shots
+        if n_shots < 1:
+            raise SchedulerError("n_shots_not_positive", value=n_shots)
+        if maximum is not None and n_shots > maximum:
+            raise SchedulerError("n_shots_out_of_range", maximum=maximum, value=n_shots)
 
     def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
         """Count a new job against its owner and the queues, or refuse it."""

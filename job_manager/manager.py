@@ -99,8 +99,10 @@ class ExecutionReport:
     encoded_size_bytes: int = 0
 
 
+# What a user reads when the node said nothing: a completed job needs no words (the
+# original answers it empty); a failure or a timeout without a reason gets one.
 _OUTCOME_DETAIL = {
-    JobStatus.COMPLETED: "the job completed",
+    JobStatus.COMPLETED: "",
     JobStatus.FAILED: "the backend reported a failure",
     JobStatus.TIMEOUT: "the backend reported that the job timed out",
 }

@@ -18,6 +18,7 @@ from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 
 MB = 1024 * 1024
 T = TypeVar("T")
+N = TypeVar("N", bound=float)
 
 
 class ConfigError(ValueError):
@@ -266,27 +267,35 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _env(env, name, float, default, lambda v: v > 0, "must be a positive number")
 
 
+def _optional_cap(env: Mapping[str, str], name: str, parse: Callable[[str], N]) -> N | None:
+    """A cap an operator may set; unset (the default) means none, as in the original."""
+    if not env.get(name):
+        return None
+    return _env(env, name, parse, parse("1"), lambda v: v > 0,
+                "must be a positive number (leave it unset for no cap)")
+
+
 _ROLE_DEFAULTS = {
-    # role: (concurrent jobs, job bytes, timeout seconds)
-    Role.ADMIN: (1000, 10 * MB, 3600.0),
-    Role.DEVELOPER: (10, 10 * MB, 600.0),
-    Role.GUEST: (5, 1 * MB, 300.0),
+    # role: (concurrent jobs, job bytes), the original's defaults
+    Role.ADMIN: (1000, 10 * MB),
+    Role.DEVELOPER: (10, 10 * MB),
+    Role.GUEST: (5, 1 * MB),
 }
 
 
 def _limits(env: Mapping[str, str]) -> Limits:
     by_role = {}
-    for role, (jobs, job_bytes, timeout_s) in _ROLE_DEFAULTS.items():
+    for role, (jobs, job_bytes) in _ROLE_DEFAULTS.items():
         suffix = role.value.upper()
         by_role[role] = RoleLimits(
             max_concurrent_jobs=_positive_int(env, f"SCHEDULER_MAX_CONCURRENT_JOBS_{suffix}", jobs),
             max_job_bytes=_positive_int(env, f"SCHEDULER_MAX_JOB_BYTES_{suffix}", job_bytes),
-            max_timeout_s=_positive_float(env, f"SCHEDULER_MAX_TIMEOUT_S_{suffix}", timeout_s),
+            max_timeout_s=_optional_cap(env, f"SCHEDULER_MAX_TIMEOUT_S_{suffix}", float),
         )
     return Limits(
         by_role=by_role,
         max_queue_bytes=_positive_int(env, "SCHEDULER_MAX_QUEUE_BYTES", 100 * MB),
-        max_shots=_positive_int(env, "SCHEDULER_MAX_SHOTS", 1_000_000),
+        max_shots=_optional_cap(env, "SCHEDULER_MAX_SHOTS", int),
     )
 
 

@@ -46,13 +46,12 @@ def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
             allowed=", ".join(pb.ExecutionStatus.Name(s) for s in _OUTCOME),
             value=request.status,
         )
-    detail = request.error.description
-    if request.error.code and detail:
-        detail = f"{request.error.code}: {detail}"
+    # The node's description reaches the user as the node wrote it, as the original
+    # passes it (the SDK shows it); its code stands in only when it wrote none.
     return ExecutionReport(
         job_id=request.job_id,
         outcome=outcome,
-        detail=detail or request.error.code,
+        detail=request.error.description or request.error.code,
         timestamps=_backend_timestamps(request.timestamps),
         actual_backend=request.actual_backend,
         physical_lab_version=request.version.physical_lab,

@@ -127,12 +127,20 @@ async def test_a_job_over_the_role_size_limit_is_refused(running: Running) -> No
     assert running.scheduler.jobs.queue_length("emulator") == 0
 
 
-async def test_a_timeout_over_the_role_maximum_names_the_range(running: Running) -> None:
-    token = running.token("guest-user", "guest")  # guests: at most 300 s
-    refused = await running.clients.submission.SubmitJob(submit_request(token, timeout_s=301))
-    assert refused.error.code == "INVALID_ARGUMENT"
-    assert "settings.timeout" in refused.error.description
-    assert "300" in refused.error.description
+async def test_a_timeout_over_a_cap_the_operator_set_names_the_range(
+        mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+        token_database: TokenDatabase) -> None:
+    env = {"SCHEDULER_MAX_TIMEOUT_S_GUEST": "300"}
+    async with scheduler_in(mode, tmp_path, request, token_database, env) as running:
+        token = running.token("guest-user", "guest")
+        refused = await running.clients.submission.SubmitJob(
+            submit_request(token, timeout_s=301))
+        assert refused.error.code == "INVALID_ARGUMENT"
+        assert "settings.timeout" in refused.error.description
+        assert "300" in refused.error.description
+        accepted = await running.clients.submission.SubmitJob(
+            submit_request(token, timeout_s=300))
+        assert accepted.error.code == ""
 
 
 @pytest.mark.parametrize("wait", ["0x10", "-1", "", "1e3", "5 5", "9" * 400])

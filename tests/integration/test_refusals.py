@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_gr
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from scheduler.app import Scheduler
 from scheduler.standalone import token_store_path
-from tests.conftest import Running
+from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,
     AwsNames,
@@ -407,11 +408,10 @@ def _graph_format_with_circuit_payload(request: pb.SubmitJobRequest) -> None:
 
 
 @pytest.mark.parametrize(("change", "says"), [
-    pytest.param(_n_shots(0), ["settings.n_shots", "1000000"], id="n_shots-zero"),
-    pytest.param(_n_shots(1_000_001), ["settings.n_shots", "1000000"], id="n_shots-over-max"),
-    pytest.param(_timeout(None), ["settings.timeout", "600"], id="timeout-missing"),
-    pytest.param(_timeout(0), ["settings.timeout", "600"], id="timeout-zero"),
-    pytest.param(_timeout(601), ["settings.timeout", "600", "developer"], id="timeout-over-max"),
+    pytest.param(_n_shots(0), ["settings.n_shots", "at least 1", "got 0"], id="n_shots-zero"),
+    pytest.param(_n_shots(-5), ["settings.n_shots", "at least 1", "got -5"], id="n_shots-below"),
+    pytest.param(_timeout(None), ["settings.timeout", "more than 0"], id="timeout-missing"),
+    pytest.param(_timeout(0), ["settings.timeout", "more than 0"], id="timeout-zero"),
     pytest.param(_no_program, ["job.program"], id="program-missing"),
     pytest.param(_graph_format_with_circuit_payload, ["job.program.format", "circuit"],
                  id="format-not-matching-payload"),
@@ -443,11 +443,25 @@ async def test_a_role_sent_in_the_request_is_replaced_by_the_tokens(running: Run
 
 async def test_a_role_sent_in_the_request_does_not_lift_the_tokens_limits(
         running: Running) -> None:
-    request = submit_request(running.token("alice", "developer"), timeout_s=3600)
+    # A guest may submit 1 MiB, an admin 10 MiB: the guest's token decides.
+    request = submit_request(running.token("gus", "guest"), payload=b"\x01" * (1024 * 1024))
     request.job.settings.role = "admin"
 
     answer = await running.clients.submission.SubmitJob(request)
 
     assert answer.error.code == "INVALID_ARGUMENT"
-    assert "developer" in answer.error.description
+    assert "guest" in answer.error.description
     assert _live(running) == 0
+
+
+async def test_shots_over_a_cap_the_operator_set_are_refused_naming_it(
+        mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+        token_database: TokenDatabase) -> None:
+    env = {"SCHEDULER_MAX_SHOTS": "1000000"}
+    async with scheduler_in(mode, tmp_path, request, token_database, env) as running:
+        submission = submit_request(running.token("alice", "developer"))
+        _n_shots(1_000_001)(submission)
+        answer = await running.clients.submission.SubmitJob(submission)
+        assert answer.error.code == "INVALID_ARGUMENT"
+        assert "settings.n_shots" in answer.error.description
+        assert "1000000" in answer.error.description

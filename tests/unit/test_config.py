@@ -25,8 +25,10 @@ def test_defaults_are_those_of_the_original_service() -> None:
     assert jobs == {Role.ADMIN: 1000, Role.DEVELOPER: 10, Role.GUEST: 5}
     sizes = {role: limits.max_job_bytes for role, limits in config.limits.by_role.items()}
     assert sizes == {Role.ADMIN: 10 * MB, Role.DEVELOPER: 10 * MB, Role.GUEST: 1 * MB}
+    # The original caps neither a job's timeout nor its shots: by default, neither do we.
     timeouts = {role: limits.max_timeout_s for role, limits in config.limits.by_role.items()}
-    assert timeouts == {Role.ADMIN: 3600, Role.DEVELOPER: 600, Role.GUEST: 300}
+    assert timeouts == {Role.ADMIN: None, Role.DEVELOPER: None, Role.GUEST: None}
+    assert config.limits.max_shots is None
     assert config.policy.max_wait_s == 1800
     assert config.max_assign_wait_s == 20
     assert config.report_grace_s == 60
@@ -36,7 +38,11 @@ def test_defaults_are_those_of_the_original_service() -> None:
 def test_environment_overrides_the_defaults() -> None:
     env = {"SCHEDULER_MAX_CONCURRENT_JOBS_GUEST": "7", "SCHEDULER_MAX_QUEUE_BYTES": "1234",
            "SCHEDULER_ROLE_WEIGHT_ADMIN": "8", "SCHEDULER_MAX_ASSIGN_WAIT_MS": "500"}
+    env |= {"SCHEDULER_MAX_TIMEOUT_S_DEVELOPER": "600", "SCHEDULER_MAX_SHOTS": "1000"}
     config = load_config(AWS_FLAGS, env)
+    assert config.limits.by_role[Role.DEVELOPER].max_timeout_s == 600
+    assert config.limits.by_role[Role.GUEST].max_timeout_s is None
+    assert config.limits.max_shots == 1000
     assert config.limits.by_role[Role.GUEST].max_concurrent_jobs == 7
     assert config.limits.max_queue_bytes == 1234
     assert config.policy.role_weights[Role.ADMIN] == 8
@@ -65,6 +71,8 @@ def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
         (AWS_FLAGS, {"SCHEDULER_MAX_CONCURRENT_JOBS_GUEST": "0"},
          "SCHEDULER_MAX_CONCURRENT_JOBS_GUEST"),
         (AWS_FLAGS, {"SCHEDULER_TIMEOUT_WEIGHT": "-1"}, "SCHEDULER_TIMEOUT_WEIGHT"),
+        (AWS_FLAGS, {"SCHEDULER_MAX_SHOTS": "0"}, "SCHEDULER_MAX_SHOTS"),
+        (AWS_FLAGS, {"SCHEDULER_MAX_TIMEOUT_S_GUEST": "soon"}, "SCHEDULER_MAX_TIMEOUT_S_GUEST"),
         ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt"], {}, "--tls-key"),
         ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], {},
          "--tls-cert"),
