@@ -25,6 +25,9 @@ class Limits:
 
     by_role: Mapping[Role, RoleLimits]
     max_queue_bytes: int  # programs held in all queues together
+    # The part of max_queue_bytes one token's queued programs may hold, so one user
+    # cannot lock everyone else out.
+    max_queue_share: float = 0.5
     max_shots: int | None = None  # None: no cap, as the original
 
 
@@ -34,6 +37,7 @@ class Quotas:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._active: Counter[str] = Counter()
+        self._queued_bytes: Counter[str] = Counter()  # per token
         self.queue_bytes = 0
 
     def check_timeout(self, role: Role, timeout_s: float) -> None:
@@ -77,20 +81,33 @@ class Quotas:
             )
         if self.queue_bytes + program_bytes > self._limits.max_queue_bytes:
             raise SchedulerError("queue_full", limit=self._limits.max_queue_bytes)
+        share = int(self._limits.max_queue_bytes * self._limits.max_queue_share)
+        held = self._queued_bytes[principal.fingerprint]
+        if held + program_bytes > share:
+            raise SchedulerError("queue_share_full", held=held, size=program_bytes, limit=share,
+                                 total=self._limits.max_queue_bytes)
         self.count(principal.fingerprint, program_bytes)
 
     def count(self, owner_fingerprint: str, program_bytes: int) -> None:
         """Count a job without checking limits (jobs reloaded after a restart)."""
         self._active[owner_fingerprint] += 1
-        self.queue_bytes += program_bytes
+        self.rejoined_queue(owner_fingerprint, program_bytes)
 
-    def rejoined_queue(self, program_bytes: int) -> None:
-        """A job taken out of its queue is back in it (its node never received it)."""
+    def rejoined_queue(self, owner_fingerprint: str, program_bytes: int) -> None:
+        """A job's program is held by a queue (again, when its node never received it)."""
         self.queue_bytes += program_bytes
+        self._queued_bytes[owner_fingerprint] += program_bytes
 
-    def left_queue(self, program_bytes: int) -> None:
+    def left_queue(self, owner_fingerprint: str, program_bytes: int) -> None:
         """A job's program is no longer held by a queue."""
         self.queue_bytes -= program_bytes
+        self._queued_bytes[owner_fingerprint] -= program_bytes
+        if self._queued_bytes[owner_fingerprint] <= 0:
+            del self._queued_bytes[owner_fingerprint]
+
+    def queued_bytes(self, owner_fingerprint: str) -> int:
+        """The bytes of the owner's programs that queues hold."""
+        return self._queued_bytes[owner_fingerprint]
 
     def ended(self, owner_fingerprint: str) -> None:
         """A job is no longer QUEUED or RUNNING."""

@@ -266,7 +266,7 @@ class JobManager:
     def _release(self, record: JobRecord, program_bytes: int) -> None:
         """Undo a new job's reservation: it was never accepted."""
         self.quotas.ended(record.owner_fingerprint)
-        self.quotas.left_queue(program_bytes)
+        self.quotas.left_queue(record.owner_fingerprint, program_bytes)
 
     async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
         try:
@@ -374,7 +374,7 @@ class JobManager:
             self._restore(queue, job)
             log.error("job %s not cancelled, the store failed: %s", job.job_id, exc)
             raise SchedulerError("store_failed") from None
-        self.quotas.left_queue(job.size_bytes)
+        self.quotas.left_queue(job.owner, job.size_bytes)
         if not changed:
             stored = await self._believe_store(job.job_id)
             status = stored.status.value if stored else "missing"
@@ -433,7 +433,7 @@ class JobManager:
                 "job %s not handed over, the store failed; it stays queued: %s", job.job_id, exc
             )
             raise SchedulerError("store_failed") from None
-        self.quotas.left_queue(job.size_bytes)
+        self.quotas.left_queue(job.owner, job.size_bytes)
         if not changed:
             await self._believe_store(job.job_id)
             return None
@@ -474,7 +474,7 @@ class JobManager:
         job = assignment.queued
         job.record = queued
         self._live[job.job_id] = queued
-        self.quotas.rejoined_queue(job.size_bytes)
+        self.quotas.rejoined_queue(job.owner, job.size_bytes)
         self._restore(self._queue(self._queue_key(queued.backend)), job)
         self._observer.returned(queued)
         log.warning("job %s QUEUED again: its node's call ended before it received the job",

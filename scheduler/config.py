@@ -295,6 +295,8 @@ def _limits(env: Mapping[str, str]) -> Limits:
     return Limits(
         by_role=by_role,
         max_queue_bytes=_positive_int(env, "SCHEDULER_MAX_QUEUE_BYTES", 100 * MB),
+        max_queue_share=_env(env, "SCHEDULER_MAX_QUEUE_SHARE", float, 0.5,
+                             lambda v: 0 < v <= 1, "must be more than 0 and at most 1"),
         max_shots=_optional_cap(env, "SCHEDULER_MAX_SHOTS", int),
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -680,3 +681,40 @@ async def test_shutdown_releases_a_waiting_node(h: Harness) -> None:
     h.manager.shutdown()
     assert await asyncio.wait_for(waiting, 1.0) is None
     assert await asyncio.wait_for(h.manager.assign("emulator", wait_s=10), 1.0) is None
+
+
+# --- the queue's byte budget, and each token's share of it ---------------------------------
+async def test_the_queue_byte_budget_refuses_the_job_that_would_pass_it(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    small = replace(limits(), max_queue_bytes=100, max_queue_share=1.0)
+    harness.manager = JobManager(jobs=harness.jobs, payloads=harness.payloads, limits=small,
+                                 clock=harness.clock)
+    harness.manager.use_backends(parse_backend_table(BACKENDS))
+    try:
+        await harness.submit(program=b"a" * 60)
+        error = await refused(harness.submit(BOB, program=b"b" * 41), "RESOURCE_EXHAUSTED")
+        assert "100 bytes" in str(error)
+        await harness.submit(BOB, program=b"b" * 40)  # exactly full is allowed
+        assert harness.manager.quotas.queue_bytes == 100
+        assert [r.owner_fingerprint for r in await harness.records()].count(BOB.fingerprint) == 1
+    finally:
+        await harness.close()
+
+
+async def test_one_token_cannot_take_more_than_its_share_of_the_queues(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    shared = replace(limits(), max_queue_bytes=100, max_queue_share=0.5)
+    harness.manager = JobManager(jobs=harness.jobs, payloads=harness.payloads, limits=shared,
+                                 clock=harness.clock)
+    harness.manager.use_backends(parse_backend_table(BACKENDS))
+    try:
+        await harness.submit(program=b"a" * 30)
+        error = await refused(harness.submit(program=b"a" * 21), "RESOURCE_EXHAUSTED")
+        assert "50 of 100 bytes" in str(error) and "30 bytes" in str(error)
+        await harness.submit(BOB, program=b"b" * 50)  # another user still gets in
+        # Once the first job is handed over, its bytes leave the queue and the share.
+        await harness.assign()
+        await harness.submit(program=b"a" * 50)
+        assert harness.manager.quotas.queued_bytes(ALICE.fingerprint) == 50
+    finally:
+        await harness.close()
