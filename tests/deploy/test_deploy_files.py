@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -92,3 +93,54 @@ async def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("name", ["healthcheck.py"])
 def test_deploy_scripts_are_executable(name: str) -> None:
     assert (DEPLOY / name).stat().st_mode & 0o111
+
+
+# --- what goes into the image ------------------------------------------------------------------
+def _ignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's patterns (the subset of its syntax we use) exclude a path."""
+    parts = relative.split("/")
+    for pattern in patterns:
+        anywhere = pattern.startswith("**/")
+        bare = pattern.removeprefix("**/")
+        candidates = parts if anywhere else parts[:1]
+        if any(fnmatch.fnmatch(part, bare) for part in candidates):
+            return True
+        if fnmatch.fnmatch(relative, bare):
+            return True
+    return False
+
+
+def image_files(context: Path) -> set[str]:
+    """The files the Dockerfile's COPY lines take from ``context``, after .dockerignore."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    files: set[str] = set()
+    for line in re.findall(r"^COPY\s+(.+)$", dockerfile, re.MULTILINE):
+        sources = [w for w in line.split() if not w.startswith("--")][:-1]
+        for source in sources:
+            path = context / source
+            found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            files |= {str(p.relative_to(context)) for p in found
+                      if not _ignored(str(p.relative_to(context)), patterns)}
+    return files
+
+
+def test_the_image_holds_no_secret_no_state_and_no_virtualenv(tmp_path: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    # What an operator's working copy holds beside the code.
+    planted = ["mqc3-data/url-signing.key", "mqc3-data/tokens.sqlite3", ".venv/bin/python",
+               "scheduler/__pycache__/app.cpython-311.pyc", "deploy/server.key", ".env",
+               "job_manager/jobs.sqlite3-wal"]
+    for name in planted:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("secret")
+    files = image_files(tmp_path)
+    assert "scheduler.py" in files and "scheduler/app.py" in files
+    assert "message_manager/messages.toml" in files and "deploy/healthcheck.py" in files
+    assert not set(planted) & files
+    assert not [f for f in files if f.startswith(("tests/", ".git", "benchmarks/"))]
