@@ -33,6 +33,7 @@ from scheduler.stack import Stack
 from scheduler.standalone import standalone_stack
 from scheduler.store_monitor import StoreMonitor
 from scheduler.submission_service import SubmissionService
+from token_database.credential import PresentCredential, RequireCredential
 from token_database.service import TokenDatabaseService
 
 log = logging.getLogger(__name__)
@@ -161,14 +162,16 @@ class Scheduler:
         config, stack, jobs = self.config, self.stack, self.jobs
         assert stack is not None and jobs is not None
         token_address = config.token_database_address
-        if stack.token_store is not None:
+        if stack.token_store is not None and stack.token_database_secret is not None:
             assert config.local is not None
             self.token_database_port = await self._serve_token_database(
                 config.local.token_database_port)
             token_address = f"127.0.0.1:{self.token_database_port}"
         if stack.local_payloads is not None:
             await self._serve_payloads()
-        self._channel = grpc.aio.insecure_channel(token_address)
+        self._channel = grpc.aio.insecure_channel(token_address, interceptors=(
+            [PresentCredential(stack.token_database_secret)] if stack.token_database_secret
+            else None))
         auth = TokenResolver(
             self._channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
             config.token_cache_max_entries,
@@ -223,12 +226,15 @@ class Scheduler:
         return bound
 
     async def _serve_token_database(self, port: int) -> int:
-        # Loopback only, whatever --host says: CreateToken mints admin tokens for
-        # whoever can reach it, so only the machine's own admin tools may.
-        assert self.stack is not None and self.stack.token_store is not None
-        server = grpc.aio.server()
+        # Loopback only, whatever --host says, and only with the admin credential from the
+        # data directory: CreateToken mints admin tokens for whoever may call it, so only
+        # the service's operator may, never every local account.
+        stack = self.stack
+        assert stack is not None and stack.token_store is not None
+        assert stack.token_database_secret is not None
+        server = grpc.aio.server(interceptors=[RequireCredential(stack.token_database_secret)])
         token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
-            TokenDatabaseService(self.stack.token_store, self.clock), server)
+            TokenDatabaseService(stack.token_store, self.clock), server)
         bound = self._listen(server, port, host=LOOPBACK)
         await server.start()
         self._token_server = server

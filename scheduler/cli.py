@@ -20,7 +20,7 @@ from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
 from scheduler.logs import configure_logging
 from scheduler.standalone import token_store_path
-from token_database.service import create_token
+from token_database.service import create_token, name_problem
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
 
 log = logging.getLogger("scheduler")
@@ -70,8 +70,8 @@ def _tokens_main(argv: Sequence[str]) -> int:
     )
     commands.add_parser("list", help="list tokens by name, role and fingerprint")
     args = parser.parse_args(list(argv))
-    if args.command == "create" and not args.name.strip():
-        parser.error("--name must not be empty")
+    if args.command == "create" and (problem := name_problem(args.name.strip())) is not None:
+        parser.error(f"--name: {problem}")
     args.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteTokenStore(token_store_path(args.data_dir))
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backend_manager.sources import BackendSource
 from job_manager.stores import JobStore, PayloadStore
@@ -19,7 +19,9 @@ class Stack:
     backend_source: BackendSource
     local_payloads: LocalPayloadStore | None = None  # served by the HTTP endpoint
     token_store: SqliteTokenStore | None = None  # the embedded token database
-    execution_secret: str | None = None  # the nodes' shared secret, when read from SSM
+    # The nodes' shared secret, when read from SSM; the embedded token database's credential.
+    execution_secret: str | None = field(default=None, repr=False)
+    token_database_secret: str | None = field(default=None, repr=False)
 
     async def close(self) -> None:
         """Close every store; idempotent."""

@@ -19,6 +19,7 @@ from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
 from scheduler.stack import Stack
+from token_database.credential import load_or_create_secret
 from token_database.store import SqliteTokenStore
 
 
@@ -27,23 +28,41 @@ def token_store_path(data_dir: Path) -> Path:
     return data_dir / "tokens.sqlite3"
 
 
+def token_secret_path(data_dir: Path) -> Path:
+    """The embedded token database's admin credential (token_database/credential.py)."""
+    return data_dir / "token-database.secret"
+
+
+def keep_private(data_dir: Path) -> None:
+    """The directory 0700 and everything in it 0600 (0700 for folders): names, fingerprints,
+    job metadata, the signing key and the token database's credential are the owner's."""
+    data_dir.chmod(0o700)
+    for path in data_dir.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
                            unreadable: UnreadableRecords) -> Stack:
-    """Open (creating on first use) the data directory's stores."""
+    """Open (creating on first use) the data directory's stores, readable by its owner only."""
     data_dir.mkdir(parents=True, exist_ok=True)
     jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window,
                           unreadable=unreadable)
     await jobs.open()
+    token_store = SqliteTokenStore(token_store_path(data_dir))
     payloads = LocalPayloadStore(
         data_dir / "payloads",
         UrlSigner.from_key_file(data_dir / "url-signing.key"),
         base_url="http://127.0.0.1",  # replaced once the HTTP port is bound
         clock=clock,
     )
+    keep_private(data_dir)
     return Stack(
         jobs=jobs,
         payloads=payloads,
         backend_source=FileBackendSource(data_dir / "backends.toml"),
         local_payloads=payloads,
-        token_store=SqliteTokenStore(token_store_path(data_dir)),
+        token_store=token_store,
+        token_database_secret=load_or_create_secret(token_secret_path(data_dir)),
     )

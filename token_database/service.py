@@ -24,6 +24,18 @@ from token_database.store import (
 
 log = logging.getLogger(__name__)
 ROLES = tuple(role.value for role in Role)
+MAX_NAME_CHARS = 128
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a token (it is logged and shown), or None when it can."""
+    if not name.strip():
+        return "name is required"
+    if len(name) > MAX_NAME_CHARS:
+        return f"name may be at most {MAX_NAME_CHARS} characters, got {len(name)}"
+    if not name.isprintable():
+        return "name must be printable characters only (no newlines or control characters)"
+    return None
 
 
 def _stamp(value: datetime | None) -> Timestamp | None:
@@ -58,11 +70,12 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateTokenResponse:
-        if not request.name or request.role not in ROLES:
-            return pb.CreateTokenResponse(
-                status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
-                detail=f"name is required and role must be one of {', '.join(ROLES)}",
-            )
+        problem = name_problem(request.name)
+        if problem is None and request.role not in ROLES:
+            problem = f"role must be one of {', '.join(ROLES)}"
+        if problem is not None:
+            return pb.CreateTokenResponse(status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
+                                          detail=problem)
         token, record = await asyncio.to_thread(
             create_token,
             self._store,

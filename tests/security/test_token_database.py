@@ -25,6 +25,7 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from scheduler.app import Scheduler
+from scheduler.standalone import token_secret_path
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     AwsNames,
@@ -35,6 +36,7 @@ from tests.helpers import (
     local_config,
     submit_request,
 )
+from token_database.credential import PresentCredential, load_or_create_secret
 from token_database.dynamodb_store import DynamoDbTokenStore, create_token_table
 from token_database.service import TokenDatabaseService
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore, TokenStore
@@ -130,15 +132,16 @@ async def test_create_returns_a_long_random_token_with_name_and_role(served: Ser
     assert len({token[-20:] for token in tokens}) == 3
 
 
-@pytest.mark.parametrize(("name", "role"), [("alice", "superuser"), ("alice", ""),
-                                            ("alice", "Admin"), ("", "developer")])
+@pytest.mark.parametrize(("name", "role", "says"), [
+    ("alice", "superuser", "admin, developer, guest"), ("alice", "", "admin, developer, guest"),
+    ("alice", "Admin", "admin, developer, guest"), ("", "developer", "name is required")])
 async def test_create_with_a_bad_role_or_no_name_is_refused_and_makes_nothing(
-        served: Served, name: str, role: str) -> None:
+        served: Served, name: str, role: str, says: str) -> None:
     answer = await served.stub.CreateToken(pb.CreateTokenRequest(name=name, role=role))
 
     assert answer.status != OK
     assert answer.token_info.token == ""
-    assert "admin, developer, guest" in answer.detail
+    assert says in answer.detail
     listing = await served.stub.GetTokenInfoList(empty_pb2.Empty())
     assert list(listing.token_list) == []
 
@@ -270,7 +273,9 @@ async def standalone(tmp_path: Path) -> AsyncIterator[Standalone]:
         data_dir, env={"SCHEDULER_TOKEN_CACHE_TTL_S": str(CACHE_TTL_S)}))
     await scheduler.start()
     clients = Clients(scheduler.submission_port, scheduler.execution_port)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.token_database_port}")
+    secret = load_or_create_secret(token_secret_path(data_dir))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.token_database_port}",
+                                        interceptors=[PresentCredential(secret)])
     try:
         yield Standalone(scheduler, clients,
                          token_database_pb2_grpc.TokenDatabaseServiceStub(channel))
@@ -372,3 +377,53 @@ async def test_with_the_token_database_down_cached_tokens_work_and_others_are_un
     assert live == 1  # the uncached token's submission and cancel changed nothing
     assert entry_ended.error.code == "UNAVAILABLE"
     assert "token database cannot be reached" in entry_ended.error.description
+
+
+# --- only the operator may reach the embedded token database ---------------------------------
+async def test_a_local_user_without_the_credential_can_neither_mint_nor_list_tokens(
+        standalone: Standalone) -> None:
+    port = standalone.scheduler.token_database_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stranger = token_database_pb2_grpc.TokenDatabaseServiceStub(channel)
+        calls = [
+            stranger.CreateToken(pb.CreateTokenRequest(name="mallory", role="admin")),
+            stranger.GetTokenInfoList(empty_pb2.Empty()),
+            stranger.RenewToken(pb.RenewTokenRequest(token="x", role="admin")),
+            stranger.GetTokenInfo(pb.GetTokenInfoRequest(token="x")),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", interceptors=[PresentCredential("a-guess")]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await token_database_pb2_grpc.TokenDatabaseServiceStub(channel).CreateToken(
+                pb.CreateTokenRequest(name="mallory", role="admin"))
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    listed = await standalone.tokens.GetTokenInfoList(empty_pb2.Empty())
+    assert "mallory" not in {t.name for t in listed.token_list}
+
+
+async def test_the_data_directory_is_its_owners_alone(standalone: Standalone) -> None:
+    config = standalone.scheduler.config
+    assert config.local is not None
+    data_dir = config.local.data_dir
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    files = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"jobs.sqlite3", "tokens.sqlite3", "url-signing.key",
+                                       "token-database.secret"}
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by others"
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("", "required"), ("   ", "required"), ("eve\nINFO forged line", "printable"),
+    ("x" * 129, "at most 128"), ("tab\there", "printable"),
+])
+async def test_a_token_name_that_would_forge_or_flood_logs_is_refused(
+        standalone: Standalone, name: str, says: str) -> None:
+    answer = await standalone.tokens.CreateToken(pb.CreateTokenRequest(name=name, role="guest"))
+    assert answer.status != pb.DATABASE_OPERATION_STATUS_OK
+    assert says in answer.detail
+    assert not answer.token_info.token
