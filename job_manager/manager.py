@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from backend_manager import BackendTable, ServiceStatus
 from job_manager.clock import Clock
@@ -339,17 +339,20 @@ class JobManager:
         if queue is None or claimed is None:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
-        return await self._moved(job_id, self._cancel_claimed(queue, claimed, principal))
+        return await asyncio.shield(
+            self._moved(job_id, self._cancel_claimed(queue, claimed, principal)))
 
-    async def _moved(self, job_id: str, change: Awaitable[T]) -> T:
-        """Run a claimed job's store change to its end whatever the caller does.
+    def _moved(self, job_id: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run a claimed job's store change to its end, in a task no caller can cancel.
 
-        While it runs, other calls about the job wait for it (see ``cancel``) instead
+        From this call on (synchronously, so no other call slips in between the claim
+        and the change), other calls about the job wait for it (see ``cancel``) instead
         of answering from a view of the job that is about to change.
         """
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._moving[job_id] = settled
+
         async def settle() -> T:
-            settled = asyncio.get_running_loop().create_future()
-            self._moving[job_id] = settled
             try:
                 return await change
             finally:
@@ -357,7 +360,7 @@ class JobManager:
                     del self._moving[job_id]
                 settled.set_result(None)
 
-        return await asyncio.shield(settle())
+        return asyncio.ensure_future(settle())
 
     async def _cancel_claimed(
         self, queue: JobQueue, job: QueuedJob, principal: Principal
@@ -413,7 +416,7 @@ class JobManager:
                 return None
             return assignment
 
-        handover = asyncio.ensure_future(self._moved(job.job_id, start()))
+        handover = self._moved(job.job_id, start())
         try:
             return await asyncio.shield(handover)
         except asyncio.CancelledError:

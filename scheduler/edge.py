@@ -105,7 +105,8 @@ def in_band(
                 return response_type(error=error_detail(exc))
             except asyncio.CancelledError:
                 if _caller_left():
-                    raise  # the caller hung up or its deadline passed: nobody to answer
+                    code = "CANCELLED"  # not a failure of ours: nobody is left to answer
+                    raise
                 # Work shared with other calls (a single flight) was cancelled under this
                 # one, as at shutdown: answered, and retryable, rather than left hanging.
                 code = "UNAVAILABLE"

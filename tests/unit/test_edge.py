@@ -63,3 +63,23 @@ async def test_shared_work_that_ends_answers_the_call(
     await servicer.waiting.wait()
     servicer.work.set_result(None)
     assert (await call).description == "done"
+
+
+async def test_a_call_whose_caller_left_is_counted_cancelled_not_internal(
+        served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
+    servicer, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await stub.GetServiceStatus(pb.GetServiceStatusRequest(), timeout=0.2)
+    assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    registry = servicer.edge.metrics.registry
+
+    def count(code: str) -> float:
+        labels = {"method": "GetServiceStatus", "code": code}
+        return registry.get_sample_value("mqc3_rpc_seconds_count", labels) or 0.0
+
+    for _ in range(100):  # the handler's cancellation lands just after the caller's deadline
+        if count("CANCELLED"):
+            break
+        await asyncio.sleep(0.01)
+    assert count("CANCELLED") > 0
+    assert count("INTERNAL") == 0

@@ -136,6 +136,18 @@ async def test_cancel_racing_a_hand_over_that_fails_cancels_the_job(h: Harness) 
     assert (await h.stored(job)).status is JobStatus.CANCELLED
 
 
+async def test_a_cancel_right_after_a_hand_over_began_waits_for_it(h: Harness) -> None:
+    job = await h.submit()
+    release = h.jobs.gate("transition")
+    node = asyncio.create_task(h.manager.assign("emulator"))
+    await asyncio.sleep(0)  # the node took the job from its queue; no store write began yet
+    asyncio.get_running_loop().call_later(0.01, release.set)
+    # Awaited here, at once: the cancel looks at the job in this very loop iteration.
+    error = await refused(h.manager.cancel(ALICE, job), "FAILED_PRECONDITION")
+    assert "RUNNING" in str(error)
+    assert (await node) is not None
+
+
 async def test_cancel_racing_a_hand_over_that_succeeds_says_running(h: Harness) -> None:
     job = await h.submit()
     release = h.jobs.gate("transition")
