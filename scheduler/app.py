@@ -24,7 +24,7 @@ from scheduler.admission import Admission
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
-from scheduler.edge import DRAINING, Edge
+from scheduler.edge import DRAINING, Edge, add_servicer
 from scheduler.execution_service import ExecutionService
 from scheduler.health import Health
 from scheduler.http_server import build_http_app
@@ -183,11 +183,11 @@ class Scheduler:
             Edge(Admission(config.execution_max_concurrent_rpcs), self.metrics, secret),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
-        submission_pb2_grpc.add_SubmissionServiceServicer_to_server(
-            SubmissionService(jobs, auth, self._edges[0]), submission)
+        add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
+                     SubmissionService(jobs, auth, self._edges[0]), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
-        execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
+        add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
+                     ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
             submission, SUBMISSION, config.submission_host, config.submission_port,
             config.submission_tls)

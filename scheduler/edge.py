@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
@@ -61,6 +62,47 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+class MalformedRequest:
+    """A request whose bytes are no message of the method's type; answered in band."""
+
+    def __init__(self, size: int, why: str) -> None:
+        self.size = size
+        self.why = why
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return MalformedRequest(len(data), str(exc)[:80])
+
+    return parse_or_mark
+
+
+def add_servicer(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` with its generated ``add_*_to_server``, its requests parsed so
+    that bytes which are no message reach the edge (INVALID_ARGUMENT in band) instead of
+    failing in gRPC (transport UNKNOWN and a traceback in the log per call)."""
+    registered: list[str] = []
+
+    class Registrar:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass  # the same handlers come again, by name, just below
+
+        def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+            tolerant = {method: handler._replace(
+                request_deserializer=_tolerant(handler.request_deserializer))
+                for method, handler in handlers.items()}
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, tolerant),))
+            server.add_registered_method_handlers(name, tolerant)
+            registered.append(name)
+
+    add(servicer, Registrar())
+    if not registered:
+        raise RuntimeError("the generated code registered no service: regenerate pb/")
+
+
 def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
     """The ErrorDetail a client sees for a refusal."""
     return error_detail_pb2.ErrorDetail(code=error.code, description=str(error))
@@ -89,6 +131,12 @@ def in_band(
                 # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
                 # once ready); an in-band error would end the user's run instead.
                 await context.abort(grpc.StatusCode.UNAVAILABLE, edge.not_serving)
+            if isinstance(request, MalformedRequest):
+                edge.metrics.rpc_latency.labels(method, "INVALID_ARGUMENT").observe(0)
+                log.warning("%s: %d bytes that are no request (%s)", method, request.size,
+                            request.why)
+                malformed = SchedulerError("request_malformed", method=method)
+                return response_type(error=error_detail(malformed))
             if limited and not edge.admission.try_enter():
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
                 refusal = SchedulerError("overloaded", limit=edge.admission.limit)

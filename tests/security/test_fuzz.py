@@ -338,25 +338,47 @@ def _serving(target: Target) -> list[int]:
             for stub in target.health]
 
 
-def test_an_unparseable_request_is_refused_by_grpc_and_the_server_keeps_serving(
-        target: Target) -> None:
-    # Bytes that are no protobuf message (a truncated field, a string that is not UTF-8).
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{target.background.scheduler.submission_port}")
+RPC_PATHS = [f"/mqc3_cloud.scheduler.v1.{service}/{rpc}" for service, rpcs in (
+    ("SubmissionService", ("SubmitJob", "GetJobStatus", "GetJobResult", "CancelJob",
+                           "GetServiceStatus")),
+    ("ExecutionService", ("AssignNextJob", "ReportExecutionResult", "RefreshUploadUrl")),
+) for rpc in rpcs]
+
+
+_RESPONSES: dict[str, Any] = {
+    "SubmitJob": submission_pb2.SubmitJobResponse,
+    "GetJobStatus": submission_pb2.GetJobStatusResponse,
+    "GetJobResult": submission_pb2.GetJobResultResponse,
+    "CancelJob": submission_pb2.CancelJobResponse,
+    "GetServiceStatus": submission_pb2.GetServiceStatusResponse,
+    "AssignNextJob": execution_pb2.AssignNextJobResponse,
+    "ReportExecutionResult": execution_pb2.ReportExecutionResultResponse,
+    "RefreshUploadUrl": execution_pb2.RefreshUploadUrlResponse,
+}
+
+
+@pytest.mark.parametrize("path", RPC_PATHS)
+def test_bytes_that_are_no_request_are_invalid_argument_in_band_on_every_rpc(
+        target: Target, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A truncated field, a string that is not UTF-8, a length past the end.
+    service = "Execution" if "Execution" in path else "Submission"
+    port = (target.background.scheduler.execution_port if service == "Execution"
+            else target.background.scheduler.submission_port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    bodies = (b"\xff\xff\xff", b"\x0a\x02\xff\xfe", b"\x0a\x80\x80\x80\x80\x10")
     try:
-        for path in ("/mqc3_cloud.scheduler.v1.SubmissionService/SubmitJob",
-                     "/mqc3_cloud.scheduler.v1.SubmissionService/GetJobStatus"):
-            raw = channel.unary_unary(path)
-            for body in (b"\xff\xff\xff", b"\x0a\x02\xff\xfe", b"\x0a\x80\x80\x80\x80\x10"):
-                with pytest.raises(grpc.RpcError) as refused:
-                    raw(body, timeout=CALL_TIMEOUT_S)
-                # Refused, and not with a code an SDK would retry forever.
-                assert refused.value.code() not in (grpc.StatusCode.OK,
-                                                    grpc.StatusCode.UNAVAILABLE,
-                                                    grpc.StatusCode.DEADLINE_EXCEEDED)
+        raw = channel.unary_unary(path)  # bytes in, bytes out
+        for body in bodies:
+            response_type = _RESPONSES[path.rsplit("/", 1)[1]]
+            answer = response_type.FromString(raw(body, timeout=CALL_TIMEOUT_S)).error
+            assert answer.code == "INVALID_ARGUMENT", (path, body)
+            assert "not a valid" in answer.description
     finally:
         channel.close()
-
+    # One short line per call, no traceback.
+    mine = [r for r in caplog.records if "no request" in r.getMessage()]
+    assert len(mine) == len(bodies)
+    assert not [r for r in caplog.records if r.exc_info]
     assert _serving(target) == [health_pb2.HealthCheckResponse.SERVING] * 2
 
 
