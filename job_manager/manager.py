@@ -580,6 +580,11 @@ class JobManager:
         """Release waiting nodes with an empty answer; later long polls return at once."""
         self.waiters.close()
 
+    def accepts_result(self, job_id: str) -> bool:
+        """Whether a node may upload the job's result now: only while it is RUNNING here."""
+        record = self._live.get(job_id)
+        return record is not None and record.status is JobStatus.RUNNING
+
     async def refresh_upload_url(self, job_id: str) -> SignedUrl:
         """A new upload URL for a job that is still RUNNING."""
         record = await self._find(job_id)

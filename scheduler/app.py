@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
 from datetime import timedelta
@@ -27,7 +28,8 @@ from scheduler.config import Config, TlsConfig
 from scheduler.edge import DRAINING, Edge, add_servicer
 from scheduler.execution_service import ExecutionService
 from scheduler.health import Health
-from scheduler.http_server import build_http_app
+from scheduler.http_guard import ConnectionGuard
+from scheduler.http_server import Uploads, build_http_app
 from scheduler.metrics import Metrics
 from scheduler.stack import Stack
 from scheduler.standalone import standalone_stack
@@ -38,7 +40,10 @@ from token_database.service import TokenDatabaseService
 
 log = logging.getLogger(__name__)
 
-MAX_RESULT_UPLOAD_BYTES = 1024 * 1024 * 1024
+# The HTTP side's connections at most (scheduler/http_guard.py), and never more than a
+# quarter of the process's descriptors, so no flood of connections reaches the share the
+# gRPC services need.
+HTTP_MAX_CONNECTIONS = 512
 LOOPBACK = "127.0.0.1"
 DRAIN_POLL_S = 0.02
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
@@ -56,6 +61,14 @@ def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:
         # A second scheduler on the same port must fail, not share the port's traffic.
         ("grpc.so_reuseport", 0),
     ])
+
+
+def http_connection_cap() -> int:
+    """HTTP_MAX_CONNECTIONS, or a quarter of the descriptors this process may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return HTTP_MAX_CONNECTIONS
+    return max(1, min(HTTP_MAX_CONNECTIONS, soft // 4))
 
 
 def _address(host: str, port: int) -> str:
@@ -104,6 +117,7 @@ class Scheduler:
         self._backends: BackendManager | None = None
         self._channel: grpc.aio.Channel | None = None
         self._runners: list[web.AppRunner] = []
+        self._http_servers: list[asyncio.Server] = []
         self._stopped = False
 
     async def __aenter__(self) -> Scheduler:
@@ -244,12 +258,16 @@ class Scheduler:
         runner = web.AppRunner(app, access_log=None, **kwargs)  # type: ignore[arg-type]
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.config.host, port)
+        assert runner.server is not None
+        guard = ConnectionGuard(runner.server, http_connection_cap(),
+                                self.config.http_header_timeout_s)
         try:
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                guard, self.config.host, port, reuse_address=True)
         except OSError as exc:
             raise OSError(f"cannot listen on {self.config.host}:{port}: {exc.strerror}") from None
-        return int(runner.addresses[-1][1])
+        self._http_servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def _serve_payloads(self) -> None:
         assert self.stack is not None and self.config.local is not None
@@ -258,7 +276,7 @@ class Scheduler:
         # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
         self.http_port = await self._serve_http(
             build_http_app(self._is_serving, payloads=payloads,
-                           max_upload_bytes=MAX_RESULT_UPLOAD_BYTES),
+                           uploads=Uploads(self._accepts_result, self.config.max_result_bytes)),
             self.config.local.http_port, auto_decompress=False)
         payloads.base_url = (self.config.local.public_url
                              or f"http://{self.config.host}:{self.http_port}").rstrip("/")
@@ -277,6 +295,9 @@ class Scheduler:
                 break
             await asyncio.sleep(DRAIN_POLL_S)
         return time.monotonic() - started
+
+    def _accepts_result(self, job_id: str) -> bool:
+        return self.jobs is not None and self.jobs.accepts_result(job_id)
 
     def _is_serving(self) -> bool:
         return self.health is not None and self.health.serving
@@ -302,6 +323,8 @@ class Scheduler:
             await self._backends.stop()
         if self._channel is not None:
             await self._channel.close()
+        for server in self._http_servers:
+            server.close()
         for runner in self._runners:
             await runner.cleanup()
         if self.stack is not None:

@@ -89,6 +89,8 @@ class Config:
     log_level: str
     log_format: str
     store_unhealthy_after_s: float
+    http_header_timeout_s: float = 10.0
+    max_result_bytes: int = 1024 * MB
     submission_tls: TlsConfig | None = None
     execution_tls: TlsConfig | None = None
     execution_secret: str | None = field(default=None, repr=False)
@@ -411,6 +413,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         log_level=_log_level(env),
         log_format=args.log_format,
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
+        http_header_timeout_s=_positive_float(env, "SCHEDULER_HTTP_HEADER_TIMEOUT_S", 10.0),
+        max_result_bytes=_positive_int(env, "SCHEDULER_MAX_RESULT_BYTES", 1024 * MB),
         submission_tls=_tls("--tls-cert", args.tls_cert, "--tls-key", args.tls_key),
         execution_tls=_tls("--execution-tls-cert", args.execution_tls_cert,
                            "--execution-tls-key", args.execution_tls_key,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -15,6 +17,24 @@ PAYLOADS_KEY = web.AppKey("payloads", LocalPayloadStore)
 
 
 SERVING_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("serving")
+CHUNK_BYTES = 64 * 1024
+BODY_IDLE_TIMEOUT_S = 30.0  # an upload that sends nothing for this long is dropped
+DOWNLOAD_HEADERS = {
+    "Content-Type": "application/protobuf",
+    "Content-Disposition": "attachment",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """Which results may be uploaded now, and how large one may be."""
+
+    accepts: Callable[[str], bool]  # job id → may its result be uploaded now
+    max_bytes: int
+
+
+UPLOADS_KEY: web.AppKey[Uploads] = web.AppKey("uploads", Uploads)
 METRICS_KEY: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics")
 
 
@@ -44,10 +64,32 @@ def _authorized(request: web.Request) -> str:
 
 async def _put_result(request: web.Request) -> web.Response:
     name = _authorized(request)
-    body = await request.read()
-    await request.app[PAYLOADS_KEY].save_result(
-        name, body, {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}
-    )
+    if not request.app[UPLOADS_KEY].accepts(name.split(".", 1)[0]):
+        raise web.HTTPConflict(text="the job is not running: its result can no longer be "
+                                    "uploaded\n")
+    limit = request.app[UPLOADS_KEY].max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    sink = request.app[PAYLOADS_KEY].result_sink(name)
+    try:
+        while True:
+            # The limit holds as bytes arrive, whatever Content-Length said; a sender that
+            # stalls is dropped.
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+                chunk = await request.content.read(CHUNK_BYTES)
+            if not chunk:
+                break
+            if sink.size + len(chunk) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit,
+                                                    actual_size=sink.size + len(chunk))
+            await sink.write(chunk)
+        await sink.keep({h: request.headers[h] for h in KEPT_HEADERS if h in request.headers})
+    except TimeoutError:
+        await sink.discard()
+        raise web.HTTPRequestTimeout(text="the upload stalled\n") from None
+    except BaseException:
+        await sink.discard()
+        raise
     return web.Response(status=200)
 
 
@@ -56,23 +98,36 @@ async def _get_result(request: web.Request) -> web.Response:
     stored = await request.app[PAYLOADS_KEY].load_result(name)
     if stored is None:
         raise web.HTTPNotFound(text="no result has been uploaded\n")
-    # The body goes out as uploaded (gzip) with the upload's Content-Encoding, so
-    # an HTTP client decompresses it, as it would from S3.
-    return web.Response(body=stored.body, headers=stored.headers)
+    # Fixed headers, whatever the uploader sent: never its own type or disposition. The
+    # body goes out as uploaded; a gzip upload is answered with Content-Encoding: gzip,
+    # so an HTTP client decompresses it, as it would from S3 (PROTOCOL: the SDK relies
+    # on it).
+    headers = dict(DOWNLOAD_HEADERS)
+    if stored.headers.get("Content-Encoding", "").strip().lower() == "gzip":
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=stored.body, headers=headers)
+
+
+async def _one_request_per_connection(request: web.Request,
+                                      response: web.StreamResponse) -> None:
+    response.force_close()  # no keep-alive: see scheduler/http_guard.py
 
 
 def build_http_app(serving: Callable[[], bool], *, payloads: LocalPayloadStore | None = None,
-                   max_upload_bytes: int = 1024**2,
+                   uploads: Uploads | None = None,
                    metrics: Callable[[], bytes] | None = None) -> web.Application:
     """The aiohttp application: /healthz always, /metrics and the result routes when given."""
-    app = web.Application(client_max_size=max_upload_bytes)
+    app = web.Application()
+    app.on_response_prepare.append(_one_request_per_connection)
     app[SERVING_KEY] = serving
     app.router.add_get("/healthz", _healthz)
     if metrics is not None:
         app[METRICS_KEY] = metrics
         app.router.add_get("/metrics", _metrics)
     if payloads is not None:
+        assert uploads is not None, "the result routes need to know which uploads to take"
         app[PAYLOADS_KEY] = payloads
+        app[UPLOADS_KEY] = uploads
         app.router.add_put(RESULTS_PATH + "/{name}", _put_result)
         app.router.add_get(RESULTS_PATH + "/{name}", _get_result)
     return app

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlencode
 
 from job_manager.clock import Clock
@@ -47,16 +48,63 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+class ResultSink:
+    """A result being uploaded: its bytes go to a temporary file as they arrive, and the
+    result is kept whole (fsync, then rename) or not at all. Memory stays flat."""
+
+    def __init__(self, store: LocalPayloadStore, object_name: str) -> None:
+        self._store = store
+        self._name = object_name
+        self._path = store.directory / object_name
+        self._tmp = self._path.with_name(
+            f".{object_name}.{os.getpid()}.{next(_temporary_names)}.tmp")
+        self._file: BinaryIO | None = None
+        self.size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        await self._store.calls.run(self._write, chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        if self._file is None:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._file = os.fdopen(fd, "wb")
+        self._file.write(chunk)
+
+    async def keep(self, headers: dict[str, str]) -> None:
+        """Make the upload the result, with the headers its download is to answer with."""
+        def finish() -> None:
+            if self._file is None:
+                self._write(b"")
+            assert self._file is not None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            _write_atomically(self._store.headers_path(self._name), json.dumps(headers).encode())
+            os.replace(self._tmp, self._path)
+
+        await self._store.calls.run(finish)
+
+    async def discard(self) -> None:
+        def remove() -> None:
+            if self._file is not None:
+                self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+        await self._store.calls.run(remove)
+
+
 class LocalPayloadStore:
     """Objects are files in one directory; each is written whole or not at all."""
 
     def __init__(self, directory: Path, signer: UrlSigner, base_url: str, clock: Clock) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self._dir = directory
+        self._dir = self.directory = directory
         self._signer = signer
         self.base_url = base_url.rstrip("/")  # may be set once the HTTP port is known
         self._clock = clock
-        self._calls = BlockingCalls("local-payloads", max_workers=4, errors=(OSError,))
+        self._calls = self.calls = BlockingCalls("local-payloads", max_workers=4,
+                                                 errors=(OSError,))
 
     # --- PayloadStore -----------------------------------------------------------
     async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
@@ -93,21 +141,29 @@ class LocalPayloadStore:
     # --- what the HTTP endpoint needs ------------------------------------------------
     def is_allowed(self, method: str, object_name: str, expires: str, signature: str) -> bool:
         """True when a request carries a valid, unexpired signature for this access."""
-        if not expires.isdigit():
+        # Anything else than ASCII digits and hex is no signature we made (and would make
+        # int() or compare_digest raise).
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+            return False
+        if not (signature.isascii() and signature.isalnum() and len(signature) <= 128):
             return False
         return self._signer.verify(
             method, object_name, int(expires), signature, self._clock.now().timestamp()
         )
 
+    def result_sink(self, object_name: str) -> ResultSink:
+        """Where an upload's bytes go as they arrive."""
+        return ResultSink(self, object_name)
+
     async def save_result(self, object_name: str, body: bytes, headers: dict[str, str]) -> None:
         """Keep an uploaded result and the headers to answer its download with."""
-        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
-
-        def write() -> None:
-            _write_atomically(self._headers_path(object_name), json.dumps(kept).encode())
-            _write_atomically(self._dir / object_name, body)
-
-        await self._calls.run(write)
+        sink = self.result_sink(object_name)
+        try:
+            await sink.write(body)
+            await sink.keep({name: headers[name] for name in KEPT_HEADERS if name in headers})
+        except BaseException:
+            await sink.discard()
+            raise
 
     async def load_result(self, object_name: str) -> StoredResult | None:
         """An uploaded result, or None."""
@@ -118,14 +174,14 @@ class LocalPayloadStore:
             except FileNotFoundError:
                 return None
             try:
-                headers = json.loads(self._headers_path(object_name).read_text())
+                headers = json.loads(self.headers_path(object_name).read_text())
             except FileNotFoundError:
                 headers = {}
             return StoredResult(body=body, headers=headers)
 
         return await self._calls.run(read)
 
-    def _headers_path(self, object_name: str) -> Path:
+    def headers_path(self, object_name: str) -> Path:
         return self._dir / f"{object_name}.headers.json"
 
     def _signed_url(self, method: str, object_name: str, expires_in: timedelta) -> SignedUrl:

@@ -36,6 +36,7 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_the_unit_restarts_on_failure_and_outwaits_the_grace() -> None:
     unit = (DEPLOY / "mqc3-scheduler.service").read_text()
     assert "Restart=on-failure" in unit
+    assert int(re.search(r"LimitNOFILE=(\d+)", unit).group(1)) >= 65536  # type: ignore[union-attr]
     assert "KillSignal=SIGTERM" in unit
     assert "EnvironmentFile=" in unit
     stop_s = int(re.search(r"TimeoutStopSec=(\d+)", unit).group(1))  # type: ignore[union-attr]
@@ -61,6 +62,7 @@ def test_the_compose_file_runs_aws_mode_against_localstack() -> None:
                  "--backend_status_parameter_name", "--address_to_token_database"):
         assert flag in command
     assert services["scheduler"]["depends_on"]["localstack"]["condition"] == "service_healthy"
+    assert services["scheduler"]["ulimits"]["nofile"] >= 65536
     grace = services["scheduler"]["stop_grace_period"]
     assert int(grace.rstrip("s")) > DEFAULT_GRACE_S
     init = (DEPLOY / "localstack-init.sh").read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -200,14 +201,27 @@ async def saturated(running: Running, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 class Process:
     """``scheduler.py`` with chosen flags and environment; stderr kept in a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 max_open_files: int | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULER_")}
         full_env.update(env or {})
+
+        def limit_files() -> None:
+            if max_open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "scheduler.py"), *args], cwd=ROOT, text=True,
-            stdout=self._log, stderr=self._log, env=full_env)
+            stdout=self._log, stderr=self._log, env=full_env, preexec_fn=limit_files)
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory now."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kilobytes = next(line.split()[1] for line in status.splitlines()
+                         if line.startswith("VmRSS:"))
+        return int(kilobytes) * 1024
 
     def log(self) -> str:
         if not self._log.closed:
