@@ -99,7 +99,7 @@ async def test_a_flood_of_half_sent_requests_leaves_grpc_answering(started: Star
 def _declaring(url: str, content_length: int) -> int:
     """PUT that declares ``content_length`` bytes and sends one; the answer's status."""
     parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection = http.client.HTTPConnection(parts.hostname or HOST, parts.port, timeout=10)
     try:
         connection.putrequest("PUT", f"{parts.path}?{parts.query}")
         connection.putheader("Content-Length", str(content_length))
