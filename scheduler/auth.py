@@ -16,6 +16,7 @@ from job_manager.single_flight import SingleFlight
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
+from scheduler.logs import REPEATABLE
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class TokenResolver:
                 tdb_pb2.GetTokenInfoRequest(token=token), timeout=self._call_timeout_s
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning("token database unreachable: %s", exc.code().name)
+            log.warning("token database unreachable: %s", exc.code().name, extra=REPEATABLE)
             raise SchedulerError("token_database_unavailable") from None
         now_s = self._clock.monotonic()
         if answer.status != tdb_pb2.DATABASE_OPERATION_STATUS_OK:

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
 from scheduler.admission import Admission
+from scheduler.logs import REPEATABLE
 from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def in_band(
             if isinstance(request, MalformedRequest):
                 edge.metrics.rpc_latency.labels(method, "INVALID_ARGUMENT").observe(0)
                 log.warning("%s: %d bytes that are no request (%s)", method, request.size,
-                            request.why)
+                            request.why, extra=REPEATABLE)
                 malformed = SchedulerError("request_malformed", method=method)
                 return response_type(error=error_detail(malformed))
             if limited and not edge.admission.try_enter():
@@ -162,7 +163,7 @@ def in_band(
                 await context.abort(grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
                 raise  # not reached: abort raises
             except Exception:
-                log.exception("%s failed unexpectedly", method)
+                log.exception("%s failed unexpectedly", method, extra=REPEATABLE)
                 return response_type(error=error_detail(SchedulerError("unexpected")))
             finally:
                 if limited:

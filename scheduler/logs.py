@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
@@ -22,6 +24,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# What a client can make the service log as often as it likes (bad requests, failing
+# lookups) is marked ``extra=REPEATABLE``: at most BURST records of one kind per window
+# reach the log, then one line says how many were left out.
+REPEATABLE = {"repeatable": True}
+BURST = 10
+WINDOW_S = 10.0
+
+
+class RepeatLimit(logging.Filter):
+    """Lets through at most BURST records of each kind (logger and message template) per
+    WINDOW_S among those marked repeatable, and all of aiohttp's server errors' kinds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._windows: dict[tuple[str, str], list[float]] = {}  # kind → [start, count]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (getattr(record, "repeatable", False) or record.name.startswith("aiohttp")):
+            return True
+        kind = (record.name, str(record.msg))
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= WINDOW_S:
+            left_out = int(window[1]) - BURST if window is not None else 0
+            if len(self._windows) > 1000:
+                self._windows.clear()  # bounded: kinds are templates, few in practice
+            self._windows[kind] = [now, 1.0]
+            if left_out > 0:
+                record.msg = f"{record.msg} (and {left_out} more like it left out)"
+            return True
+        window[1] += 1
+        return window[1] <= BURST
+
+
 def configure_logging(level: str, log_format: str) -> None:
     """Send the service's logs to stderr at ``level`` in ``log_format`` ("text" or "json")."""
     handler = logging.StreamHandler()
@@ -30,6 +67,7 @@ def configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RepeatLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
