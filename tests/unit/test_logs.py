@@ -7,7 +7,8 @@ import logging
 from scheduler.logs import BURST, REPEATABLE, WINDOW_S, RepeatLimit
 
 
-def _record(msg: str, *, repeatable: bool = True, name: str = "scheduler.edge") -> logging.LogRecord:
+def _record(msg: str, *, repeatable: bool = True,
+            name: str = "scheduler.edge") -> logging.LogRecord:
     record = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (), None)
     if repeatable:
         record.__dict__.update(REPEATABLE)
