@@ -29,6 +29,9 @@ class Limits:
     # cannot lock everyone else out.
     max_queue_share: float = 0.5
     max_shots: int | None = None  # None: no cap, as the original
+    # The largest message a node is sent (the execution port's limit): a job whose
+    # assignment would not fit is refused at submission, not stuck at hand-over.
+    max_assignment_bytes: int | None = None
 
 
 class Quotas:
@@ -60,6 +63,12 @@ class Quotas:
             raise SchedulerError("n_shots_not_positive", value=n_shots)
         if maximum is not None and n_shots > maximum:
             raise SchedulerError("n_shots_out_of_range", maximum=maximum, value=n_shots)
+
+    def check_assignable(self, assignment_bytes: int) -> None:
+        """Refuse a job whose assignment would be larger than a node may be sent."""
+        limit = self._limits.max_assignment_bytes
+        if limit is not None and assignment_bytes > limit:
+            raise SchedulerError("job_too_large_to_assign", size=assignment_bytes, limit=limit)
 
     def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
         """Count a new job against its owner and the queues, or refuse it."""

@@ -54,6 +54,9 @@ UPLOAD_URL_LIFETIME = timedelta(hours=3)
 DOWNLOAD_URL_LIFETIME = timedelta(minutes=3)
 UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
 FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
+# An AssignNextJobResponse beside its program, settings and URL: the job id, the URL's
+# expiry, the fields' tags and lengths (measured: under 100 bytes), with room to spare.
+ASSIGNMENT_FRAMING_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,8 @@ class JobManager:
             self._check_open(spec.backend, principal)
             self.quotas.check_shots(spec.n_shots)
             self.quotas.check_timeout(principal.role, spec.timeout_s)
+            job_id = new_job_id()
+            self.quotas.check_assignable(self._assignment_bytes(job_id, spec))
             self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
         except SchedulerError as exc:
             # A client's made-up backend name must not become a metric label.
@@ -217,7 +222,7 @@ class JobManager:
             raise
         now = self._clock.now()
         record = JobRecord(
-            job_id=new_job_id(),
+            job_id=job_id,
             status=JobStatus.QUEUED,
             backend=spec.backend,
             owner_name=principal.name,
@@ -235,6 +240,11 @@ class JobManager:
         # Shielded: once the writes begin, a caller hanging up cannot leave a stored
         # job out of its queue.
         return await asyncio.shield(self._accept(record, spec.program))
+
+    def _assignment_bytes(self, job_id: str, spec: JobSpec) -> int:
+        """About how large the job's AssignNextJobResponse will be (its URL is signed alike)."""
+        upload = self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
+        return len(spec.program) + len(spec.settings) + len(upload.url) + ASSIGNMENT_FRAMING_BYTES
 
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:

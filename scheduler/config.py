@@ -285,7 +285,7 @@ _ROLE_DEFAULTS = {
 }
 
 
-def _limits(env: Mapping[str, str]) -> Limits:
+def _limits(env: Mapping[str, str], max_assignment_bytes: int) -> Limits:
     by_role = {}
     for role, (jobs, job_bytes) in _ROLE_DEFAULTS.items():
         suffix = role.value.upper()
@@ -300,6 +300,7 @@ def _limits(env: Mapping[str, str]) -> Limits:
         max_queue_share=_env(env, "SCHEDULER_MAX_QUEUE_SHARE", float, 0.5,
                              lambda v: 0 < v <= 1, "must be more than 0 and at most 1"),
         max_shots=_optional_cap(env, "SCHEDULER_MAX_SHOTS", int),
+        max_assignment_bytes=max_assignment_bytes,
     )
 
 
@@ -356,6 +357,8 @@ def _check_port(flag: str, port: int) -> None:
 def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     """Parse flags and environment into a Config; ConfigError names the first bad setting."""
     args = _parser(env).parse_args(list(argv))
+    execution_max_message_bytes = _positive_int(env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH",
+                                                10 * MB)
     for flag, port in (
         ("--port-for-submission", args.port_for_submission.port),
         ("--port-for-execution", args.port_for_execution.port),
@@ -395,10 +398,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         submission_max_message_bytes=_positive_int(
             env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB
         ),
-        execution_max_message_bytes=_positive_int(
-            env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH", 10 * MB
-        ),
-        limits=_limits(env),
+        execution_max_message_bytes=execution_max_message_bytes,
+        limits=_limits(env, execution_max_message_bytes),
         policy=_policy(env),
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
         report_grace_s=_positive_float(env, "SCHEDULER_REPORT_GRACE_S", 60.0),

@@ -38,6 +38,20 @@ def _backend_timestamps(stamps: job_pb2.JobTimestamps) -> BackendTimestamps:
     )
 
 
+# A report is stored with its job and answered to its owner in every status and result
+# call: what it carries must fit a DynamoDB item (400 KB) and a response of the submission
+# port, whatever the node sent (docs/differences.md).
+MAX_DETAIL_CHARS = 16 * 1024
+MAX_REPORT_NAME_CHARS = 256
+
+
+def _bounded(detail: str) -> str:
+    """The node's description, cut to MAX_DETAIL_CHARS with a note saying so."""
+    if len(detail) <= MAX_DETAIL_CHARS:
+        return detail
+    return f"{detail[:MAX_DETAIL_CHARS]}… [{len(detail) - MAX_DETAIL_CHARS} more characters]"
+
+
 def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
     outcome = _OUTCOME.get(request.status)
     if outcome is None:
@@ -46,12 +60,18 @@ def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
             allowed=", ".join(pb.ExecutionStatus.Name(s) for s in _OUTCOME),
             value=request.status,
         )
+    for name, value in (("actual_backend", request.actual_backend),
+                        ("version.physical_lab", request.version.physical_lab),
+                        ("version.simulator", request.version.simulator)):
+        if len(value) > MAX_REPORT_NAME_CHARS:
+            raise SchedulerError("report_field_too_long", field=name,
+                                 maximum=MAX_REPORT_NAME_CHARS, length=len(value))
     # The node's description reaches the user as the node wrote it, as the original
     # passes it (the SDK shows it); its code stands in only when it wrote none.
     return ExecutionReport(
         job_id=request.job_id,
         outcome=outcome,
-        detail=request.error.description or request.error.code,
+        detail=_bounded(request.error.description or request.error.code),
         timestamps=_backend_timestamps(request.timestamps),
         actual_backend=request.actual_backend,
         physical_lab_version=request.version.physical_lab,

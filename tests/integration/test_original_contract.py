@@ -105,3 +105,62 @@ async def test_the_jobs_the_original_stored_are_accepted_again(running: Running)
         assert assigned.job.program == request.job.program
         assert assigned.job.settings.n_shots == request.job.settings.n_shots
         assert assigned.job.settings.role == role
+
+
+# --- size limits that agree end to end -------------------------------------------------------
+def _request_of(token: str, size: int) -> pb.SubmitJobRequest:
+    """A SubmitJobRequest of exactly ``size`` bytes."""
+    request = submit_request(token, payload=b"")
+    request.job.program.circuit = b"\x07" * (size - request.ByteSize())
+    while request.ByteSize() > size:  # the payload's length prefix grew
+        request.job.program.circuit = request.job.program.circuit[:-1]
+    return request
+
+
+async def test_a_job_whose_assignment_would_not_fit_is_refused_at_submission(
+        running: Running) -> None:
+    token = running.token("big", "developer")
+    # Within the role's 10 MiB, but its assignment (program, settings, upload URL) is not.
+    too_big = _request_of(token, ROLE_BYTES["developer"] - 8)
+    answer = await running.clients.submission.SubmitJob(too_big)
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH" in answer.error.description
+    # With a little less, it is accepted and handed over whole.
+    fits = _request_of(token, ROLE_BYTES["developer"] - 4096)
+    job_id = await _accepted(running, fits)
+    node_options = [("grpc.max_receive_message_length", 2 * ROLE_BYTES["developer"])]
+    async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{running.scheduler.execution_port}", options=node_options) as channel:
+        assigned = await execution_pb2_grpc.ExecutionServiceStub(channel).AssignNextJob(
+            execution_pb2.AssignNextJobRequest(backend="emulator"), timeout=10)
+    assert (assigned.error.code, assigned.job_id) == ("", job_id)
+
+
+async def test_a_report_near_the_message_limit_can_still_be_read_back(running: Running) -> None:
+    token = running.token("alice", "developer")
+    job_id = await _accepted(running, submit_request(token))
+    assert (await running.clients.assign()).job_id == job_id
+    report = execution_pb2.ReportExecutionResultRequest(
+        job_id=job_id, status=execution_pb2.EXECUTION_STATUS_FAILURE)
+    report.error.code = "COMPILE_ERROR"
+    report.error.description = "x" * (9 * MB)
+    answer = await running.clients.execution.ReportExecutionResult(report, timeout=30)
+    assert answer.error.code == "", answer.error
+    result = await running.clients.submission.GetJobResult(
+        pb.GetJobResultRequest(token=token, job_id=job_id), timeout=10)
+    assert result.error.code == "" and result.status == job_pb2.JOB_STATUS_FAILED
+    assert result.status_detail.startswith("x" * 1000)
+    assert "more characters" in result.status_detail
+    assert len(result.status_detail) < 20_000
+
+
+async def test_a_report_with_an_oversized_version_is_refused_naming_it(running: Running) -> None:
+    token = running.token("alice", "developer")
+    job_id = await _accepted(running, submit_request(token))
+    assert (await running.clients.assign()).job_id == job_id
+    report = execution_pb2.ReportExecutionResultRequest(
+        job_id=job_id, status=execution_pb2.EXECUTION_STATUS_FAILURE)
+    report.version.simulator = "v" * 257
+    answer = await running.clients.execution.ReportExecutionResult(report)
+    assert answer.error.code == "INVALID_ARGUMENT"
+    assert "version.simulator" in answer.error.description
