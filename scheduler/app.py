@@ -7,7 +7,7 @@ import logging
 import resource
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 
 import grpc
@@ -18,6 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from backend_manager import BackendManager
 from job_manager.clock import Clock, SystemClock
 from job_manager.manager import JobManager
+from job_manager.model import JobRecord, JobStatus, Role
+from job_manager.stores import JobStore, PayloadStore, StoreError
 from job_manager.stores.unreadable import UnreadableRecords
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
@@ -47,6 +49,33 @@ HTTP_MAX_CONNECTIONS = 512
 LOOPBACK = "127.0.0.1"
 DRAIN_POLL_S = 0.02
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
+PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
+
+
+async def probe_stores(jobs: JobStore, payloads: PayloadStore, now: datetime) -> None:
+    """A read and a write of each store that change nothing; the monitor counts failures.
+
+    The job store's write is a compare-and-set on a record that does not exist: it
+    needs the store writable (and, on DynamoDB, the permission) and changes nothing.
+    """
+    probe = _probe_record(now)
+    outcomes = await asyncio.gather(
+        jobs.get(PROBE_JOB_ID), jobs.transition(probe, JobStatus.QUEUED),
+        _write_and_remove(payloads), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):
+            raise outcome
+
+
+async def _write_and_remove(payloads: PayloadStore) -> None:
+    await payloads.put_input(PROBE_JOB_ID, PROBE_BYTES)
+    await payloads.delete_input(PROBE_JOB_ID)
+
+
+def _probe_record(now: datetime) -> JobRecord:
+    return JobRecord(job_id=PROBE_JOB_ID, status=JobStatus.FAILED, backend="", owner_name="",
+                     owner_fingerprint="", role=Role.GUEST, settings=b"", timeout_s=1.0,
+                     input_size_bytes=0, submitted_at=now, queued_at=now)
 SUBMISSION = "mqc3_cloud.scheduler.v1.SubmissionService"
 EXECUTION = "mqc3_cloud.scheduler.v1.ExecutionService"
 HEALTH = "grpc.health.v1.Health"
@@ -141,9 +170,10 @@ class Scheduler:
             self.stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(self.stack.jobs, "jobs")
+        payload_store = monitor.wrap(self.stack.payloads, "payloads")
         self.jobs = JobManager(
             jobs=job_store,
-            payloads=monitor.wrap(self.stack.payloads, "payloads"),
+            payloads=payload_store,
             limits=config.limits,
             clock=self.clock,
             policy=config.policy,
@@ -153,8 +183,9 @@ class Scheduler:
             observer=self.metrics,
         )
         self.metrics.watch_queues(self.jobs.queue_snapshot)
-        self.health = Health(monitor, lambda: job_store.get(PROBE_JOB_ID),
-                             config.store_unhealthy_after_s)
+        self.health = Health(
+            monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
+            config.store_unhealthy_after_s)
         await self.health.starting()
         await self._serve_metrics()
         await self._serve_grpc()

@@ -113,7 +113,10 @@ class Health:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
-            if time.monotonic() - self._monitor.last_call_s >= self._probe_interval_s:
+            # Idle stores are probed, and failing ones too: the probe's write is what
+            # shows a read-only or full disk has recovered while reads keep coming.
+            idle = time.monotonic() - self._monitor.last_call_s >= self._probe_interval_s
+            if idle or self._monitor.failing():
                 try:
                     await self._probe()
                 except Exception:  # noqa: BLE001 - the monitor has counted the failure

@@ -13,12 +13,24 @@ from scheduler.metrics import Metrics
 T = TypeVar("T")
 
 
+# Calls that change a store. Reads and writes are watched apart: a read-only or full disk
+# fails every write while reads still succeed, and must not look healthy.
+WRITES = frozenset({"create", "transition", "put_input", "delete_input", "seal_result"})
+# A delete succeeds on a full disk: it shows nothing about room to write.
+PROVES_NOTHING = frozenset({"delete_input"})
+
+
 class StoreMonitor:
-    """Wraps stores so each async call is measured; tracks since when calls fail."""
+    """Wraps stores so each async call is measured; tracks since when calls fail.
+
+    Each store's reads and its writes are tracked apart: one kind succeeding does not
+    hide the other failing.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self.failing_since_s: float | None = None  # monotonic; None while calls succeed
+        # (store, "read" | "write") → monotonic time of the first failure since a success
+        self._failing_since: dict[tuple[str, str], float] = {}
         self.last_call_s = 0.0
 
     def wrap(self, store: T, name: str) -> T:
@@ -26,20 +38,25 @@ class StoreMonitor:
         return _Measured(store, name, self)  # type: ignore[return-value]
 
     def failing_for_s(self) -> float:
-        """How long every store call has failed (0 when the last one succeeded)."""
-        if self.failing_since_s is None:
+        """How long the longest-failing kind of call has failed (0 when none is failing)."""
+        if not self._failing_since:
             return 0.0
-        return time.monotonic() - self.failing_since_s
+        return time.monotonic() - min(self._failing_since.values())
+
+    def failing(self) -> list[str]:
+        """Which kinds of store call fail now, as ``store write`` or ``store read``."""
+        return [f"{store} {kind}s" for store, kind in sorted(self._failing_since)]
 
     def _observe(self, store: str, operation: str, seconds: float, ok: bool) -> None:
         self.last_call_s = time.monotonic()
         self._metrics.store_latency.labels(store, operation).observe(seconds)
+        kind = (store, "write" if operation in WRITES else "read")
         if ok:
-            self.failing_since_s = None
+            if operation not in PROVES_NOTHING:
+                self._failing_since.pop(kind, None)
         else:
             self._metrics.store_errors.labels(store, operation).inc()
-            if self.failing_since_s is None:
-                self.failing_since_s = self.last_call_s
+            self._failing_since.setdefault(kind, self.last_call_s)
 
 
 class _Measured:

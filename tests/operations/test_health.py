@@ -187,6 +187,45 @@ async def test_store_outage_turns_health_not_serving_and_recovery_turns_it_back(
         assert await healthz(scheduler.metrics_port) == (200, "SERVING\n")
 
 
+async def test_failing_writes_turn_health_not_serving_though_reads_succeed(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+    token_database: TokenDatabase,
+) -> None:
+    # A read-only or full disk: every payload write fails, every read still works.
+    env = {"SCHEDULER_STORE_UNHEALTHY_AFTER_S": "1"}
+    async with scheduler_in("standalone", tmp_path, request, token_database, env) as running:
+        scheduler = running.scheduler
+        assert scheduler.stack is not None
+        payloads = scheduler.stack.payloads
+        token = running.token()
+
+        async def disk_full(*args: object) -> None:
+            raise StoreError("no space left on device (test)")
+
+        monkeypatch.setattr(payloads, "put_input", disk_full, raising=False)
+        refused = await running.clients.submission.SubmitJob(submit_request(token))
+        assert refused.error.code == "INTERNAL"
+
+        async def polls() -> None:  # reads keep succeeding all along
+            while True:
+                await running.clients.submission.GetJobStatus(submission_pb2.GetJobStatusRequest(
+                    token=token, job_id="00000000-0000-4000-8000-0000000000aa"))
+                await asyncio.sleep(0.05)
+
+        reader = asyncio.create_task(polls())
+        try:
+            await until(lambda: scheduler.health is not None and not scheduler.health.serving,
+                        8, "health NOT_SERVING while writes fail and reads succeed")
+            assert (await healthz(scheduler.metrics_port))[0] == 503
+            monkeypatch.undo()  # the disk has room again: the probe's write shows it
+            await until(lambda: scheduler.health is not None and scheduler.health.serving,
+                        8, "health SERVING again once writes succeed")
+        finally:
+            reader.cancel()
+        accepted = await running.clients.submission.SubmitJob(submit_request(token))
+        assert accepted.error.code == ""
+
+
 async def test_health_answers_within_100_ms_while_both_services_are_saturated(
     mode: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     token_database: TokenDatabase,
