@@ -164,7 +164,7 @@ class Scheduler:
         unreadable = UnreadableRecords(self.metrics.unreadable_records.inc)
         if config.local is not None:
             self.stack = await standalone_stack(config.local.data_dir, self.clock, key_window,
-                                                unreadable)
+                                                unreadable, config.retention)
         else:
             assert config.aws is not None
             self.stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
@@ -199,6 +199,10 @@ class Scheduler:
         for edge in self._edges:
             edge.not_serving = None
         await self.health.ready()
+        housekeeping = self.stack.housekeeping
+        if housekeeping is not None:
+            self.metrics.watch_free_space(lambda: housekeeping.free_bytes)
+            housekeeping.start()
         log.info("scheduler ready (%s mode): submission %s, execution %s, metrics :%d",
                  config.mode, _address(config.submission_host, self.submission_port),
                  _address(config.execution_host, self.execution_port), self.metrics_port)
@@ -313,7 +317,8 @@ class Scheduler:
                              or f"http://{self.config.host}:{self.http_port}").rstrip("/")
 
     async def _serve_metrics(self) -> None:
-        app = build_http_app(self._is_serving, metrics=self.metrics.exposition)
+        app = build_http_app(self._is_serving, metrics=self.metrics.exposition,
+                             notes=self._health_notes)
         self.metrics_port = await self._serve_http(app, self.config.metrics_port)
 
     async def _finish_calls(self, within_s: float) -> float:
@@ -329,6 +334,15 @@ class Scheduler:
 
     def _accepts_result(self, job_id: str) -> bool:
         return self.jobs is not None and self.jobs.accepts_result(job_id)
+
+    def _health_notes(self) -> list[str]:
+        """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
+        housekeeping = self.stack.housekeeping if self.stack is not None else None
+        if housekeeping is None or not housekeeping.low_on_space:
+            return []
+        assert housekeeping.free_bytes is not None
+        return [f"warning: the data directory's disk has {housekeeping.free_bytes // 2**20} MB "
+                f"free; submissions fail once it is full"]
 
     def _is_serving(self) -> bool:
         return self.health is not None and self.health.serving

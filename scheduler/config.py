@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
@@ -15,6 +16,7 @@ from job_manager.limits import Limits, RoleLimits
 from job_manager.model import Role
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
+from scheduler.housekeeping import Retention
 
 MB = 1024 * 1024
 T = TypeVar("T")
@@ -91,6 +93,7 @@ class Config:
     store_unhealthy_after_s: float
     http_header_timeout_s: float = 10.0
     max_result_bytes: int = 1024 * MB
+    retention: Retention = field(default_factory=Retention)
     submission_tls: TlsConfig | None = None
     execution_tls: TlsConfig | None = None
     execution_secret: str | None = field(default=None, repr=False)
@@ -416,6 +419,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
         http_header_timeout_s=_positive_float(env, "SCHEDULER_HTTP_HEADER_TIMEOUT_S", 10.0),
         max_result_bytes=_positive_int(env, "SCHEDULER_MAX_RESULT_BYTES", 1024 * MB),
+        retention=Retention(
+            finished_jobs=timedelta(days=_positive_float(env, "SCHEDULER_RETENTION_DAYS", 30.0)),
+            min_free_bytes=_positive_int(env, "SCHEDULER_MIN_FREE_BYTES", 1024 * MB)),
         submission_tls=_tls("--tls-cert", args.tls_cert, "--tls-key", args.tls_key),
         execution_tls=_tls("--execution-tls-cert", args.execution_tls_cert,
                            "--execution-tls-key", args.execution_tls_key,

@@ -17,6 +17,7 @@ PAYLOADS_KEY = web.AppKey("payloads", LocalPayloadStore)
 
 
 SERVING_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("serving")
+NOTES_KEY: web.AppKey[Callable[[], list[str]]] = web.AppKey("notes")
 CHUNK_BYTES = 64 * 1024
 BODY_IDLE_TIMEOUT_S = 30.0  # an upload that sends nothing for this long is dropped
 DOWNLOAD_HEADERS = {
@@ -39,9 +40,10 @@ METRICS_KEY: web.AppKey[Callable[[], bytes]] = web.AppKey("metrics")
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    notes = "".join(f"{note}\n" for note in request.app[NOTES_KEY]())
     if request.app[SERVING_KEY]():
-        return web.Response(text="SERVING\n")
-    return web.Response(status=503, text="NOT_SERVING\n")
+        return web.Response(text=f"SERVING\n{notes}")
+    return web.Response(status=503, text=f"NOT_SERVING\n{notes}")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -115,11 +117,13 @@ async def _one_request_per_connection(request: web.Request,
 
 def build_http_app(serving: Callable[[], bool], *, payloads: LocalPayloadStore | None = None,
                    uploads: Uploads | None = None,
-                   metrics: Callable[[], bytes] | None = None) -> web.Application:
+                   metrics: Callable[[], bytes] | None = None,
+                   notes: Callable[[], list[str]] = list) -> web.Application:
     """The aiohttp application: /healthz always, /metrics and the result routes when given."""
     app = web.Application()
     app.on_response_prepare.append(_one_request_per_connection)
     app[SERVING_KEY] = serving
+    app[NOTES_KEY] = notes
     app.router.add_get("/healthz", _healthz)
     if metrics is not None:
         app[METRICS_KEY] = metrics

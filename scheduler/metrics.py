@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -64,6 +64,12 @@ class Metrics:
                                     ["store", "operation"], registry=r)
         self.token_cache = Counter("mqc3_token_cache_lookups", "Token cache hits and misses",
                                    ["result"], registry=r)
+
+    def watch_free_space(self, free_bytes: Callable[[], int | None]) -> None:
+        """Export the data directory's free space (standalone) from ``free_bytes``."""
+        gauge = Gauge("mqc3_data_dir_free_bytes", "Free space of the standalone data "
+                      "directory's disk", registry=self.registry)
+        gauge.set_function(lambda: float(free_bytes() or 0))
 
     def watch_queues(self, snapshot: Callable[[], list[tuple[str, int, int, int]]]) -> None:
         """Export queue gauges from ``snapshot``."""

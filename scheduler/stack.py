@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from backend_manager.sources import BackendSource
 from job_manager.stores import JobStore, PayloadStore
 from job_manager.stores.local_payload_store import LocalPayloadStore
+from scheduler.housekeeping import Housekeeping
 from token_database.store import SqliteTokenStore
 
 
@@ -22,9 +23,12 @@ class Stack:
     # The nodes' shared secret, when read from SSM; the embedded token database's credential.
     execution_secret: str | None = field(default=None, repr=False)
     token_database_secret: str | None = field(default=None, repr=False)
+    housekeeping: Housekeeping | None = None  # standalone: sweeps and measures the data dir
 
     async def close(self) -> None:
         """Close every store; idempotent."""
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self.jobs.close()
         await self.payloads.close()
         if self.token_store is not None:

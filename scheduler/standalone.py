@@ -18,6 +18,7 @@ from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
+from scheduler.housekeeping import Housekeeping, Retention
 from scheduler.stack import Stack
 from token_database.credential import load_or_create_secret
 from token_database.store import SqliteTokenStore
@@ -44,7 +45,7 @@ def keep_private(data_dir: Path) -> None:
 
 
 async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
-                           unreadable: UnreadableRecords) -> Stack:
+                           unreadable: UnreadableRecords, retention: Retention) -> Stack:
     """Open (creating on first use) the data directory's stores, readable by its owner only."""
     data_dir.mkdir(parents=True, exist_ok=True)
     jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window,
@@ -65,4 +66,5 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
         local_payloads=payloads,
         token_store=token_store,
         token_database_secret=load_or_create_secret(token_secret_path(data_dir)),
+        housekeeping=Housekeeping(data_dir, jobs, payloads, clock, retention),
     )

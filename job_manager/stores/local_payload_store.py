@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +23,19 @@ from job_manager.stores.url_signer import UrlSigner
 RESULTS_PATH = "/results"
 # Headers a node's upload sets that a download must answer with (PROTOCOL.md).
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition")
+
+
+# A job's files: {job_id}.in.proto, {job_id}.out.proto.gz and its .headers.json.
+_PAYLOAD_NAME = re.compile(r"^([0-9a-fA-F-]{36})\.(in\.proto|out\.proto\.gz(\.headers\.json)?)$")
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep removed."""
+
+    files: int
+    jobs: int
+    temporary: int
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,47 @@ class LocalPayloadStore:
 
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
         pass  # tags select S3 lifecycle rules and policies; a directory has neither
+
+    # --- standalone housekeeping (scheduler/housekeeping.py) ----------------------------
+    async def sweep(self, existing: Callable[[list[str]], Awaitable[set[str]]],
+                    older_than_s: float) -> Swept:
+        """Remove files older than ``older_than_s`` that belong to no job ``existing`` knows,
+        and temporary files a crash left."""
+        def old_files() -> tuple[dict[str, list[Path]], list[Path]]:
+            horizon = time.time() - older_than_s
+            by_job: dict[str, list[Path]] = {}
+            temporary: list[Path] = []
+            for path in self._dir.iterdir():
+                if not path.is_file() or path.stat().st_mtime > horizon:
+                    continue
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    temporary.append(path)
+                elif (match := _PAYLOAD_NAME.match(path.name)) is not None:
+                    by_job.setdefault(match.group(1), []).append(path)
+            return by_job, temporary
+
+        by_job, temporary = await self._calls.run(old_files)
+        known = await existing(sorted(by_job))
+        orphans = [path for job_id, paths in by_job.items() if job_id not in known
+                   for path in paths]
+
+        def remove() -> None:
+            for path in orphans + temporary:
+                path.unlink(missing_ok=True)
+
+        await self._calls.run(remove)
+        return Swept(files=len(orphans), jobs=len(set(by_job) - known),
+                     temporary=len(temporary))
+
+    async def delete_job_files(self, job_id: str) -> None:
+        """Remove every file of one job (its program, result and the result's headers)."""
+        names = (input_key(job_id), result_key(job_id), f"{result_key(job_id)}.headers.json")
+
+        def remove() -> None:
+            for name in names:
+                (self._dir / name).unlink(missing_ok=True)
+
+        await self._calls.run(remove)
 
     async def close(self) -> None:
         self._calls.close()

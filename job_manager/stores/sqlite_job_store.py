@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -202,6 +202,39 @@ class SqliteJobStore:
 
         row = await self._calls.run(select)
         return self._record(*row) if row else None
+
+    # --- standalone housekeeping (scheduler/housekeeping.py) ----------------------------
+    async def existing(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` have a record."""
+        def select() -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(job_ids), 500):
+                batch = job_ids[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                rows = self._connection().execute(
+                    f"SELECT job_id FROM jobs WHERE job_id IN ({marks})", batch).fetchall()
+                found.update(row[0] for row in rows)
+            return found
+
+        return await self._calls.run(select)
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[str]:
+        """Remove the records of jobs that reached a final status before ``cutoff``."""
+        finals = [status.value for status in JobStatus if status.is_final]
+        marks = ",".join("?" * len(finals))
+        before = cutoff.astimezone(UTC).isoformat(timespec="microseconds")
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                f"SELECT job_id FROM jobs WHERE status IN ({marks}) "
+                "AND json_extract(record, '$.finished_at') < ?", [*finals, before]).fetchall()
+            ids = [row[0] for row in rows]
+            conn.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in ids])
+            return ids
+
+        deleted = await self._write(delete)
+        assert isinstance(deleted, list)
+        return deleted
 
     async def close(self) -> None:
         if self._calls.closed:
