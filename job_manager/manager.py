@@ -396,10 +396,13 @@ class JobManager:
         return cancelled
 
     # --- hardware nodes ------------------------------------------------------------
-    async def assign(self, backend: str, wait_s: float = 0.0) -> Assignment | None:
+    async def assign(self, backend: str, wait_s: float = 0.0,
+                     node: str = "") -> Assignment | None:
         """Hand the next job for ``backend`` to a node, or None when there is none.
 
         With ``wait_s`` the node is parked until a job arrives or the time is up.
+        ``node``: the caller's mTLS identity, when it has one; only that node may then
+        report the job or renew its upload URL.
         """
         key = self._queue_key(backend)
         queue = self._queues.get(key)
@@ -410,17 +413,17 @@ class JobManager:
         deadline_s = self._clock.monotonic() + wait_s
         while True:
             while (job := queue.pop()) is not None:
-                if (assignment := await self._hand_over(queue, job)) is not None:
+                if (assignment := await self._hand_over(queue, job, node)) is not None:
                     return assignment
             if not await self.waiters.wait(key, deadline_s - self._clock.monotonic()):
                 return None
 
-    async def _hand_over(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
+    async def _hand_over(self, queue: JobQueue, job: QueuedJob, node: str) -> Assignment | None:
         """Mark ``job`` RUNNING for the calling node; if the node leaves meanwhile, undo it."""
         caller_left = asyncio.Event()
 
         async def start() -> Assignment | None:
-            assignment = await self._start(queue, job)
+            assignment = await self._start(queue, job, node)
             if assignment is not None and caller_left.is_set():
                 await self._give_back(assignment)  # the node never received it
                 return None
@@ -436,8 +439,9 @@ class JobManager:
                     self.give_back(finished)  # made RUNNING just as the node left
             raise
 
-    async def _start(self, queue: JobQueue, job: QueuedJob) -> Assignment | None:
-        running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now())
+    async def _start(self, queue: JobQueue, job: QueuedJob, node: str) -> Assignment | None:
+        running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
+                          node_identity=node)
         try:
             changed = await self._jobs.transition(running, JobStatus.QUEUED)
         except StoreError as exc:
@@ -473,7 +477,7 @@ class JobManager:
         running = assignment.record
         if self._live.get(running.job_id) is not running:
             return  # reported or timed out meanwhile: the node did have it
-        queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None)
+        queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
             changed = await self._jobs.transition(queued, JobStatus.RUNNING)
         except StoreError as exc:
@@ -493,11 +497,12 @@ class JobManager:
         log.warning("job %s QUEUED again: its node's call ended before it received the job",
                     job.job_id)
 
-    async def report(self, report: ExecutionReport) -> JobRecord:
+    async def report(self, report: ExecutionReport, node: str = "") -> JobRecord:
         """Record a node's report; the same report twice is answered the same way."""
         record = await self._find(report.job_id)
         if record is None:
             raise SchedulerError("job_not_found", job_id=report.job_id)
+        _check_node(record, node)
         if record.status.is_final:
             if record.status is report.outcome:
                 return record
@@ -595,11 +600,12 @@ class JobManager:
         record = self._live.get(job_id)
         return record is not None and record.status is JobStatus.RUNNING
 
-    async def refresh_upload_url(self, job_id: str) -> SignedUrl:
+    async def refresh_upload_url(self, job_id: str, node: str = "") -> SignedUrl:
         """A new upload URL for a job that is still RUNNING."""
         record = await self._find(job_id)
         if record is None:
             raise SchedulerError("job_not_found", job_id=job_id)
+        _check_node(record, node)
         if record.status is not JobStatus.RUNNING:
             raise SchedulerError("job_not_running", job_id=job_id, status=record.status.value)
         return self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
@@ -790,6 +796,12 @@ class JobManager:
             await self._payloads.delete_input(job_id)
         except StoreError as exc:
             log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
+
+
+def _check_node(record: JobRecord, node: str) -> None:
+    """With mTLS, only the node that took a job may report it or renew its upload URL."""
+    if node and record.node_identity and node != record.node_identity:
+        raise SchedulerError("job_held_by_another_node", job_id=record.job_id)
 
 
 def _tags(record: JobRecord) -> ObjectTags:

@@ -122,6 +122,7 @@ class JobRecord:
     simulator_version: str = ""
     result_raw_size_bytes: int = 0
     result_encoded_size_bytes: int = 0
+    node_identity: str = ""  # the mTLS identity of the node that took the job, when known
 
     @property
     def owner_label(self) -> str:

@@ -109,7 +109,7 @@ def _migrate_main(argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        config = load_config(argv[1:], os.environ)
+        config = load_config(argv[1:], os.environ, serving=False)
         if config.aws is None:
             raise ConfigError("migrate works on AWS mode's table; leave out --local")
         report = asyncio.run(_migrate(argv[0], config.aws))

@@ -7,6 +7,7 @@ new settings follow its ``SCHEDULER_*`` style.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -233,6 +234,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--execution-tls-key", type=Path, help="PEM private key of the execution port")
     p.add_argument("--execution-client-ca", type=Path,
                    help="PEM CA bundle: the execution port then requires client certificates")
+    p.add_argument("--insecure-execution", action="store_true",
+                   help="let the execution port listen beyond loopback with no node credential "
+                        "(anyone who reaches it takes every user's program)")
     p.add_argument("--execution-secret-parameter", default=None,
                    help="AWS mode: SSM parameter holding the nodes' shared secret "
                         "(else SCHEDULER_EXECUTION_SECRET)")
@@ -357,8 +361,12 @@ def _check_port(flag: str, port: int) -> None:
         raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
 
 
-def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
-    """Parse flags and environment into a Config; ConfigError names the first bad setting."""
+def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = True) -> Config:
+    """Parse flags and environment into a Config; ConfigError names the first bad setting.
+
+    ``serving`` False: for commands that open no port (``migrate``), whose listeners
+    are not checked.
+    """
     args = _parser(env).parse_args(list(argv))
     execution_max_message_bytes = _positive_int(env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH",
                                                 10 * MB)
@@ -389,6 +397,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
     else:
         aws = _aws_config(args)
         token_database_address = args.address_to_token_database
+    if serving:
+        _check_node_credential(args, env, args.port_for_execution.host or host)
     return Config(
         host=host,
         submission_port=args.port_for_submission.port,
@@ -430,6 +440,29 @@ def load_config(argv: Sequence[str], env: Mapping[str, str]) -> Config:
         aws=aws,
         local=local,
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_node_credential(args: argparse.Namespace, env: Mapping[str, str], host: str) -> None:
+    """The execution port hands every user's program to whoever calls it: beyond loopback
+    it needs a node credential, unless the operator says otherwise."""
+    credential = (env.get("SCHEDULER_EXECUTION_SECRET") or args.execution_secret_parameter
+                  or args.execution_client_ca)
+    if credential or args.insecure_execution or _is_loopback(host):
+        return
+    raise ConfigError(
+        f"--port-for-execution listens on {host}, beyond loopback, with no node credential: "
+        f"anyone who reaches it takes every user's program; set SCHEDULER_EXECUTION_SECRET "
+        f"(or --execution-secret-parameter, or --execution-client-ca for mTLS), or run with "
+        f"--insecure-execution to accept that")
 
 
 def _aws_config(args: argparse.Namespace) -> AwsConfig:

@@ -103,6 +103,12 @@ def _wait_s(context: grpc.aio.ServicerContext, max_wait_s: float) -> float:
     return wait_s
 
 
+def node_identity(context: grpc.aio.ServicerContext) -> str:
+    """The calling node's certificate name under mTLS, or "" without a client certificate."""
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else ""
+
+
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
@@ -116,10 +122,11 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
-        assignment = await self._jobs.assign(request.backend)
+        node = node_identity(context)
+        assignment = await self._jobs.assign(request.backend, node=node)
         if assignment is None and wait_s > 0:
             with self.edge.admission.released():  # a parked node holds no call slot
-                assignment = await self._jobs.assign(request.backend, wait_s)
+                assignment = await self._jobs.assign(request.backend, wait_s, node)
         if assignment is None:
             return pb.AssignNextJobResponse()
         # Should the call end without the node receiving the job (its deadline passed
@@ -138,12 +145,12 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     async def ReportExecutionResult(
         self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportExecutionResultResponse:
-        await self._jobs.report(_report(request))
+        await self._jobs.report(_report(request), node_identity(context))
         return pb.ReportExecutionResultResponse()
 
     @in_band(pb.RefreshUploadUrlResponse, limited=False)
     async def RefreshUploadUrl(
         self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext
     ) -> pb.RefreshUploadUrlResponse:
-        url = await self._jobs.refresh_upload_url(request.job_id)
+        url = await self._jobs.refresh_upload_url(request.job_id, node_identity(context))
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))

@@ -42,6 +42,7 @@ def encode(record: JobRecord) -> Row:
         "actual_backend",
         "physical_lab_version",
         "simulator_version",
+        "node_identity",
     ):
         text = getattr(record, name)
         if text:
@@ -89,6 +90,7 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         simulator_version=str(row.get("simulator_version", "")),
         result_raw_size_bytes=int(row.get("result_raw_size_bytes", 0)),
         result_encoded_size_bytes=int(row.get("result_encoded_size_bytes", 0)),
+        node_identity=str(row.get("node_identity", "")),
         submitted_at=required_time("submitted_at"),
         queued_at=required_time("queued_at"),
         dequeued_at=time_of("dequeued_at"),

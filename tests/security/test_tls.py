@@ -102,6 +102,7 @@ class Certificates:
     ca: Pem
     server: Pem
     client: Pem
+    other_node: Pem  # a second node, trusted, with its own name
     stranger: Pem  # a client certificate from a CA the scheduler does not trust
     directory: Path
 
@@ -117,6 +118,7 @@ def certificates(tmp_path: Path) -> Certificates:
         ca=ca,
         server=_issue(ca_key, ca_cert, "mqc3 scheduler", server=True),
         client=_issue(ca_key, ca_cert, "lab node 1", server=False),
+        other_node=_issue(ca_key, ca_cert, "lab node 2", server=False),
         stranger=_issue(other_key, other_cert, "intruder", server=False),
         directory=tmp_path / "pki",
     )
@@ -251,6 +253,30 @@ async def test_a_node_with_a_client_certificate_gets_jobs_on_the_execution_port(
     assert submitted.error.code == ""
     assert assigned.error.code == ""
     assert assigned.job_id == submitted.job_id
+
+
+async def test_only_the_node_that_took_a_job_may_report_it_or_renew_its_url(
+        secured: Standalone, certificates: Certificates) -> None:
+    submitted = await _submit_over_tls(secured, certificates)
+    nodes = f"127.0.0.1:{secured.scheduler.execution_port}"
+    report = execution_pb2.ReportExecutionResultRequest(
+        job_id=submitted.job_id, status=execution_pb2.EXECUTION_STATUS_FAILURE)
+    async with grpc.aio.secure_channel(
+            nodes, _credentials(certificates, certificates.client)) as taker, \
+            grpc.aio.secure_channel(
+                nodes, _credentials(certificates, certificates.other_node)) as other:
+        assert (await _assign(taker)).job_id == submitted.job_id
+        stranger = execution_pb2_grpc.ExecutionServiceStub(other)
+        refreshed = await stranger.RefreshUploadUrl(
+            execution_pb2.RefreshUploadUrlRequest(job_id=submitted.job_id),
+            timeout=CALL_TIMEOUT_S)
+        assert refreshed.error.code == "FAILED_PRECONDITION"
+        assert "another node" in refreshed.error.description
+        refused = await stranger.ReportExecutionResult(report, timeout=CALL_TIMEOUT_S)
+        assert refused.error.code == "FAILED_PRECONDITION"
+        accepted = await execution_pb2_grpc.ExecutionServiceStub(taker).ReportExecutionResult(
+            report, timeout=CALL_TIMEOUT_S)
+        assert accepted.error.code == ""
 
 
 @pytest.mark.parametrize("client", ["no certificate", "certificate of another CA", "plaintext"])

@@ -9,8 +9,9 @@ import pytest
 from job_manager.model import Role
 from scheduler.config import MB, ConfigError, load_config
 
-AWS_FLAGS = ["--job_bucket_name_key", "/b", "--job_table_name_key", "/t",
-             "--backend_status_parameter_name", "/s"]
+TABLE_FLAGS = ["--job_bucket_name_key", "/b", "--job_table_name_key", "/t",
+               "--backend_status_parameter_name", "/s"]
+AWS_FLAGS = [*TABLE_FLAGS, "--insecure-execution"]  # the node credential has its own tests
 
 
 def test_defaults_are_those_of_the_original_service() -> None:
@@ -144,7 +145,7 @@ ORIGINAL_ENV = {
 
 
 def test_the_originals_environment_gives_the_flags_defaults() -> None:
-    config = load_config([], ORIGINAL_ENV)
+    config = load_config(["--insecure-execution"], ORIGINAL_ENV)
     assert config.aws is not None
     assert (config.aws.region, config.aws.job_bucket_name_key, config.aws.job_table_name_key,
             config.aws.backend_status_parameter_name, config.aws.status_index) == (
@@ -162,3 +163,32 @@ def test_flags_win_over_the_originals_environment() -> None:
 def test_without_the_environment_the_status_index_is_the_originals() -> None:
     config = load_config(AWS_FLAGS, {})
     assert config.aws is not None and config.aws.status_index == "status-index"
+
+
+# --- the execution port is closed by default beyond loopback ---------------------------------
+@pytest.mark.parametrize("address", ["8081", "[::]:8081", "0.0.0.0:8081", "10.0.0.5:8081"])
+def test_the_execution_port_beyond_loopback_needs_a_node_credential(address: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config([*TABLE_FLAGS, "--port-for-execution", address], {})
+    message = str(refused.value)
+    assert "SCHEDULER_EXECUTION_SECRET" in message and "--insecure-execution" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("extra", "env"), [
+    (["--port-for-execution", "127.0.0.1:8081"], {}),
+    (["--port-for-execution", "[::1]:8081"], {}),
+    (["--host", "localhost"], {}),
+    ([], {"SCHEDULER_EXECUTION_SECRET": "s3cret"}),
+    (["--execution-secret-parameter", "/nodes/secret"], {}),
+    (["--insecure-execution"], {}),
+])
+def test_loopback_a_credential_or_an_explicit_flag_opens_it(extra: list[str],
+                                                          env: dict[str, str]) -> None:
+    load_config([*TABLE_FLAGS, *extra], env)
+
+
+def test_standalone_on_loopback_needs_nothing_and_beyond_it_a_credential(tmp_path: Path) -> None:
+    load_config(["--local", "--data-dir", str(tmp_path)], {})
+    with pytest.raises(ConfigError):
+        load_config(["--local", "--data-dir", str(tmp_path), "--host", "0.0.0.0"], {})
