@@ -152,41 +152,32 @@ class DynamoDbJobStore:
         return self._record(item) if item else None
 
     async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
-        def put() -> bool:
-            try:
-                self._client.put_item(
-                    TableName=self._table,
-                    Item=self._item(record),
-                    ConditionExpression="#status = :expected",
-                    ExpressionAttributeNames={"#status": "status"},
-                    ExpressionAttributeValues={":expected": {"S": expected.value}},
-                )
-            except ClientError as exc:
-                if _conditional_failure(exc):
-                    return False
-                raise
-            return True
-
-        return await self._calls.run(put)
+        return await self._put_if(self._item(record), "#status = :expected",
+                                  {"#status": "status"}, {":expected": {"S": expected.value}})
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
+        query = {
+            "TableName": self._table,
+            "IndexName": self._status_index,
+            "KeyConditionExpression": "#status = :status",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":status": {"S": status.value}},
+        }
+        async for item in self._items(self._client.query, query):
+            try:
+                yield self._record(item)
+            except RecordUnreadable:
+                continue  # reported; the others are served
+
+    async def _items(self, operation: Any, request: dict[str, Any]
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """Every item a Query or Scan finds, fetched page by page."""
         start: dict[str, Any] | None = None
         while True:
-            query: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": self._status_index,
-                "KeyConditionExpression": "#status = :status",
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": {":status": {"S": status.value}},
-            }
-            if start:
-                query["ExclusiveStartKey"] = start
-            page = await self._calls.run(functools.partial(self._client.query, **query))
+            page_request = {**request, "ExclusiveStartKey": start} if start else request
+            page = await self._calls.run(functools.partial(operation, **page_request))
             for item in page.get("Items", []):
-                try:
-                    yield self._record(item)
-                except RecordUnreadable:
-                    continue  # reported; the others are served
+                yield item
             start = page.get("LastEvaluatedKey")
             if not start:
                 return
@@ -213,7 +204,8 @@ class DynamoDbJobStore:
         scheduler changed meanwhile is left to that change; running it again is safe.
         """
         scrubbed = Scrubbed()
-        async for item in self._scan():
+        scan = {"TableName": self._table, "ConsistentRead": True}
+        async for item in self._items(self._client.scan, scan):
             values = {name: _deserializer.deserialize(v) for name, v in item.items()}
             if not is_original(values):
                 continue
@@ -249,19 +241,6 @@ class DynamoDbJobStore:
             ):
                 exported += 1
         return exported
-
-    async def _scan(self) -> AsyncIterator[dict[str, Any]]:
-        start: dict[str, Any] | None = None
-        while True:
-            scan: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
-            if start:
-                scan["ExclusiveStartKey"] = start
-            page = await self._calls.run(functools.partial(self._client.scan, **scan))
-            for item in page.get("Items", []):
-                yield item
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return
 
     async def _put_if(self, item: dict[str, Any], condition: str, names: dict[str, str],
                       values: dict[str, Any]) -> bool:

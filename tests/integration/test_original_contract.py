@@ -136,12 +136,18 @@ async def test_a_job_whose_assignment_would_not_fit_is_refused_at_submission(
     assert (assigned.error.code, assigned.job_id) == ("", job_id)
 
 
-async def test_a_report_near_the_message_limit_can_still_be_read_back(running: Running) -> None:
-    token = running.token("alice", "developer")
+async def _failure_report_of_a_running_job(
+        running: Running, token: str) -> execution_pb2.ReportExecutionResultRequest:
     job_id = await _accepted(running, submit_request(token))
     assert (await running.clients.assign()).job_id == job_id
-    report = execution_pb2.ReportExecutionResultRequest(
+    return execution_pb2.ReportExecutionResultRequest(
         job_id=job_id, status=execution_pb2.EXECUTION_STATUS_FAILURE)
+
+
+async def test_a_report_near_the_message_limit_can_still_be_read_back(running: Running) -> None:
+    token = running.token("alice", "developer")
+    report = await _failure_report_of_a_running_job(running, token)
+    job_id = report.job_id
     report.error.code = "COMPILE_ERROR"
     report.error.description = "x" * (9 * MB)
     answer = await running.clients.execution.ReportExecutionResult(report, timeout=30)
@@ -155,11 +161,7 @@ async def test_a_report_near_the_message_limit_can_still_be_read_back(running: R
 
 
 async def test_a_report_with_an_oversized_version_is_refused_naming_it(running: Running) -> None:
-    token = running.token("alice", "developer")
-    job_id = await _accepted(running, submit_request(token))
-    assert (await running.clients.assign()).job_id == job_id
-    report = execution_pb2.ReportExecutionResultRequest(
-        job_id=job_id, status=execution_pb2.EXECUTION_STATUS_FAILURE)
+    report = await _failure_report_of_a_running_job(running, running.token("alice", "developer"))
     report.version.simulator = "v" * 257
     answer = await running.clients.execution.ReportExecutionResult(report)
     assert answer.error.code == "INVALID_ARGUMENT"

@@ -684,12 +684,16 @@ async def test_shutdown_releases_a_waiting_node(h: Harness) -> None:
 
 
 # --- the queue's byte budget, and each token's share of it ---------------------------------
+def _with_queue_budget(harness: Harness, total: int, share: float) -> None:
+    queue_limits = replace(limits(), max_queue_bytes=total, max_queue_share=share)
+    harness.manager = JobManager(jobs=harness.jobs, payloads=harness.payloads,
+                                 limits=queue_limits, clock=harness.clock)
+    harness.manager.use_backends(parse_backend_table(BACKENDS))
+
+
 async def test_the_queue_byte_budget_refuses_the_job_that_would_pass_it(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
-    small = replace(limits(), max_queue_bytes=100, max_queue_share=1.0)
-    harness.manager = JobManager(jobs=harness.jobs, payloads=harness.payloads, limits=small,
-                                 clock=harness.clock)
-    harness.manager.use_backends(parse_backend_table(BACKENDS))
+    _with_queue_budget(harness, 100, share=1.0)
     try:
         await harness.submit(program=b"a" * 60)
         error = await refused(harness.submit(BOB, program=b"b" * 41), "RESOURCE_EXHAUSTED")
@@ -703,10 +707,7 @@ async def test_the_queue_byte_budget_refuses_the_job_that_would_pass_it(tmp_path
 
 async def test_one_token_cannot_take_more_than_its_share_of_the_queues(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
-    shared = replace(limits(), max_queue_bytes=100, max_queue_share=0.5)
-    harness.manager = JobManager(jobs=harness.jobs, payloads=harness.payloads, limits=shared,
-                                 clock=harness.clock)
-    harness.manager.use_backends(parse_backend_table(BACKENDS))
+    _with_queue_budget(harness, 100, share=0.5)
     try:
         await harness.submit(program=b"a" * 30)
         error = await refused(harness.submit(program=b"a" * 21), "RESOURCE_EXHAUSTED")
