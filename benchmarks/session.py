@@ -1,6 +1,6 @@
 """What the phases share: the users' channels, the hardware nodes' channels, the HTTP
 session nodes upload with, and the ledger of every job; one SubmitJob, one
-AssignNextJob, one upload-and-report, as clients and nodes make them (PROTOCOL.md).
+AssignNextJob, one upload-and-report, as clients and nodes make them (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pb.mqc3_cloud.scheduler.v1 import (
 WORK_BACKEND = "emulator"  # submit, drain and steady
 IDLE_BACKEND = "qpu"  # the status phase's live jobs wait here: no node polls it
 WAIT_METADATA = "x-mqc3-wait-ms"
-UPLOAD_HEADERS = {  # PROTOCOL.md: how a node uploads its result
+UPLOAD_HEADERS = {  # docs/protocol.md: how a node uploads its result
     "Content-Type": "application/protobuf",
     "Content-Encoding": "gzip",
     "Content-Disposition": "attachment",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-# The names of gRPC status codes an in-band error may carry (PROTOCOL.md).
+# The names of gRPC status codes an in-band error may carry (docs/protocol.md).
 ALLOWED_CODES = frozenset(
     {
         "INVALID_ARGUMENT",

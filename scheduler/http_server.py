@@ -102,7 +102,7 @@ async def _get_result(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no result has been uploaded\n")
     # Fixed headers, whatever the uploader sent: never its own type or disposition. The
     # body goes out as uploaded; a gzip upload is answered with Content-Encoding: gzip,
-    # so an HTTP client decompresses it, as it would from S3 (PROTOCOL: the SDK relies
+    # so an HTTP client decompresses it, as it would from S3 (docs/protocol.md: the SDK relies
     # on it).
     headers = dict(DOWNLOAD_HEADERS)
     if stored.headers.get("Content-Encoding", "").strip().lower() == "gzip":

@@ -21,7 +21,7 @@ from job_manager.stores.url_signer import UrlSigner
 
 # Where the HTTP endpoint serves results: {base_url}{RESULTS_PATH}/{object name}.
 RESULTS_PATH = "/results"
-# Headers a node's upload sets that a download must answer with (PROTOCOL.md).
+# Headers a node's upload sets that a download must answer with (docs/protocol.md).
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition")
 
 

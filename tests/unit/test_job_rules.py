@@ -1,4 +1,4 @@
-"""The rules a job lives by (DESIGN.md), each proved by injecting the fault it is about.
+"""The rules a job lives by (docs/job-rules.md), each proved by injecting the fault it is about.
 
 JobManager is driven directly (no gRPC) over real stores: SqliteJobStore on a file and
 LocalPayloadStore in a directory, wrapped by tests/faults.py, on a FakeClock. A
