@@ -2,5 +2,6 @@
 
 from message_manager.catalogue import Catalogue, default_catalogue
 from message_manager.errors import SchedulerError
+from message_manager.keys import ErrorKey
 
-__all__ = ["Catalogue", "SchedulerError", "default_catalogue"]
+__all__ = ["Catalogue", "ErrorKey", "SchedulerError", "default_catalogue"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from message_manager.keys import ErrorKey
+
 
 class SchedulerError(Exception):
     """A refusal named by its catalogue key, with the values its message needs.
@@ -10,7 +12,7 @@ class SchedulerError(Exception):
     an ``ErrorDetail`` through the catalogue.
     """
 
-    def __init__(self, key: str, **params: object) -> None:
+    def __init__(self, key: ErrorKey, **params: object) -> None:
         from message_manager.catalogue import default_catalogue
 
         entry = default_catalogue().entry(key)  # a misspelt key fails here, loudly
