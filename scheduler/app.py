@@ -29,7 +29,7 @@ from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
 from scheduler.edge import DRAINING, Edge, add_servicer
 from scheduler.execution_service import ExecutionService
-from scheduler.health import Health
+from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
 from scheduler.http_guard import ConnectionGuard
 from scheduler.http_server import Uploads, build_http_app
 from scheduler.metrics import Metrics
@@ -76,9 +76,6 @@ def _probe_record(now: datetime) -> JobRecord:
     return JobRecord(job_id=PROBE_JOB_ID, status=JobStatus.FAILED, backend="", owner_name="",
                      owner_fingerprint="", role=Role.GUEST, settings=b"", timeout_s=1.0,
                      input_size_bytes=0, submitted_at=now, queued_at=now)
-SUBMISSION = "mqc3_cloud.scheduler.v1.SubmissionService"
-EXECUTION = "mqc3_cloud.scheduler.v1.ExecutionService"
-HEALTH = "grpc.health.v1.Health"
 
 
 def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:

@@ -10,15 +10,16 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
 from scheduler.store_monitor import StoreMonitor
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    "",
-    "mqc3_cloud.scheduler.v1.SubmissionService",
-    "mqc3_cloud.scheduler.v1.ExecutionService",
-)
+# The protocol's own names, read from the generated descriptors: one source.
+SUBMISSION = submission_pb2.DESCRIPTOR.services_by_name["SubmissionService"].full_name
+EXECUTION = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVICE_NAMES = ("", SUBMISSION, EXECUTION)
 CHECK_INTERVAL_S = 1.0
 
 
