@@ -311,17 +311,15 @@ def _limits(env: Mapping[str, str], max_assignment_bytes: int) -> Limits:
     )
 
 
-_ROLE_WEIGHTS = {Role.ADMIN: 4.0, Role.DEVELOPER: 2.0, Role.GUEST: 1.0}
-
-
 def _policy(env: Mapping[str, str]) -> SchedulingPolicy:
+    defaults = SchedulingPolicy()  # the policy's own defaults are the settings' defaults
     return SchedulingPolicy(
-        max_wait_s=_positive_float(env, "SCHEDULER_MAX_WAIT_S", 1800.0),
-        timeout_weight=_env(env, "SCHEDULER_TIMEOUT_WEIGHT", float, 0.1, lambda v: v >= 0,
-                            "must be zero or more"),
+        max_wait_s=_positive_float(env, "SCHEDULER_MAX_WAIT_S", defaults.max_wait_s),
+        timeout_weight=_env(env, "SCHEDULER_TIMEOUT_WEIGHT", float, defaults.timeout_weight,
+                            lambda v: v >= 0, "must be zero or more"),
         role_weights={
             role: _positive_float(env, f"SCHEDULER_ROLE_WEIGHT_{role.value.upper()}", weight)
-            for role, weight in _ROLE_WEIGHTS.items()
+            for role, weight in defaults.role_weights.items()
         },
     )
 
