@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Mapping
 
-from job_manager.model import Role
+from common.identity import Role
 
 
 class BackendConfigError(ValueError):

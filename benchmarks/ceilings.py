@@ -32,8 +32,9 @@ from benchmarks.deployment import aws_client, create_bucket_and_table, s3_client
 from benchmarks.processes import HOST, child_env, free_ports, python_child
 from benchmarks.stats import PhaseResult, Samples
 from benchmarks.unary_server import METHOD
-from job_manager.clock import SystemClock
-from job_manager.model import JobRecord, JobStatus, Role, new_job_id
+from common.clock import SystemClock
+from common.identity import Role
+from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.stores import codec
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore

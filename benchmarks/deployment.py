@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend_manager.status import DEFAULT_BACKENDS_TOML
 from benchmarks.processes import HOST, Child, child_env, free_ports, python_child, tcp_open
-from job_manager.clock import SystemClock
+from common.clock import SystemClock
 from job_manager.stores.dynamodb_job_store import create_table
 from token_database.service import create_token
 from token_database.store import SqliteTokenStore

@@ -44,8 +44,9 @@ def rss_bytes() -> int:
 
 def build(jobs: int, payload_bytes: int, owners: int) -> tuple[Any, dict[str, Any]]:
     """A JobQueue holding ``jobs`` queued jobs, and the live-job index beside it."""
-    from job_manager.clock import SystemClock
-    from job_manager.model import JobRecord, JobStatus, Principal, Role, fingerprint, new_job_id
+    from common.clock import SystemClock
+    from common.identity import Principal, Role, fingerprint
+    from job_manager.model import JobRecord, JobStatus, new_job_id
     from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
     from pb.mqc3_cloud.scheduler.v1 import job_pb2
 

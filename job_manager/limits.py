@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping
 
-from job_manager.model import Principal, Role
+from common.identity import Principal, Role
 from message_manager import SchedulerError
 
 

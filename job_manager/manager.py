@@ -18,20 +18,20 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from backend_manager import BackendTable, ServiceStatus
-from job_manager.clock import Clock
+from common.clock import Clock
+from common.identity import Principal
+from common.single_flight import SingleFlight
 from job_manager.limits import Limits, Quotas
 from job_manager.model import (
     NO_BACKEND_TIMESTAMPS,
     BackendTimestamps,
     JobRecord,
     JobStatus,
-    Principal,
     is_job_id,
     new_job_id,
 )
 from job_manager.observer import JobObserver, NoObserver
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
-from job_manager.single_flight import SingleFlight
 from job_manager.stores import (
     JobStore,
     KeyTaken,

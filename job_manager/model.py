@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+
+from common.identity import Role, user_label
 
 
 class JobStatus(StrEnum):
@@ -26,44 +27,6 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-class Role(StrEnum):
-    """What a token may do; it comes from the token, never from a request."""
-
-    ADMIN = "admin"  # sees every job, largest limits
-    DEVELOPER = "developer"
-    GUEST = "guest"
-
-
-def fingerprint(token: str) -> str:
-    """The SHA-256 of a token, hex: what is stored and compared instead of the token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller."""
-
-    name: str
-    role: Role
-    fingerprint: str
-
-    @property
-    def log_name(self) -> str:
-        """How logs name the caller: the name and a short fingerprint, never the token."""
-        return user_label(self.name, self.fingerprint)
-
-    def may_see(self, record: JobRecord) -> bool:
-        """Owners see their own jobs; admins see every job."""
-        return self.role is Role.ADMIN or record.owner_fingerprint == self.fingerprint
-
-
-def user_label(name: str, token_fingerprint: str) -> str:
-    """A user as logs name them: name and the first 8 hex of the token's fingerprint."""
-    return f"{name}#{token_fingerprint[:8]}"
-
-
-# Any UUID in its text form: an id this scheduler never issued (the nil UUID, another
-# version) is a job that does not exist (NOT_FOUND), as the SDK expects, not a malformed one.
 _JOB_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 

@@ -26,8 +26,9 @@ from typing import Mapping
 
 from sortedcontainers import SortedKeyList
 
-from job_manager.clock import Clock
-from job_manager.model import JobRecord, Role
+from common.clock import Clock
+from common.identity import Role
+from job_manager.model import JobRecord
 
 _EPSILON = 1e-9
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from job_manager.clock import Clock
+from common.clock import Clock
 
 log = logging.getLogger(__name__)
 

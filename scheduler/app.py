@@ -16,9 +16,10 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from backend_manager import BackendManager
-from job_manager.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock
+from common.identity import Role
 from job_manager.manager import JobManager
-from job_manager.model import JobRecord, JobStatus, Role
+from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import JobStore, PayloadStore, StoreError
 from job_manager.stores.unreadable import UnreadableRecords
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc

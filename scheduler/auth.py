@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import grpc
 
-from job_manager.clock import Clock
-from job_manager.model import Principal, Role, fingerprint
-from job_manager.single_flight import SingleFlight
+from common.clock import Clock
+from common.identity import Principal, Role, fingerprint
+from common.logs import REPEATABLE
+from common.single_flight import SingleFlight
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
-from scheduler.logs import REPEATABLE
 
 log = logging.getLogger(__name__)
 

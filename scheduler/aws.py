@@ -11,7 +11,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backend_manager.sources import SsmBackendSource
-from job_manager.clock import Clock
+from common.clock import Clock
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from_table
 from job_manager.stores.s3_payload_store import S3PayloadStore
 from job_manager.stores.unreadable import UnreadableRecords

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 from backend_manager import BackendConfigError
-from job_manager.clock import SystemClock
-from job_manager.model import Role
+from common.clock import SystemClock
+from common.identity import Role
+from common.logs import configure_logging
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
-from scheduler.logs import configure_logging
 from scheduler.standalone import token_store_path
 from token_database.service import create_token, name_problem
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore

@@ -13,8 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
+from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
-from job_manager.model import Role
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 from scheduler.housekeeping import Retention

@@ -13,10 +13,10 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from common.logs import REPEATABLE
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
 from scheduler.admission import Admission
-from scheduler.logs import REPEATABLE
 from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from job_manager.clock import Clock
+from common.clock import Clock
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from backend_manager.sources import FileBackendSource
-from job_manager.clock import Clock
+from common.clock import Clock
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords

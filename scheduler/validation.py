@@ -7,8 +7,8 @@ import sys
 
 import grpc
 
+from common.identity import Principal
 from job_manager.manager import JobSpec
-from job_manager.model import Principal
 from message_manager import SchedulerError
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import grpc
 
-from job_manager.clock import SystemClock
+from common.clock import SystemClock
 from job_manager.stores.dynamodb_job_store import create_table
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import (

@@ -19,10 +19,10 @@ from pathlib import Path
 import boto3
 import grpc
 
-from job_manager.clock import SystemClock
-from job_manager.model import Role
+from common.clock import SystemClock
+from common.identity import Role
+from common.logs import configure_logging
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.logs import configure_logging
 from token_database.dynamodb_store import DynamoDbTokenStore
 from token_database.service import TokenDatabaseService, create_token
 from token_database.store import SqliteTokenStore, TokenStore

@@ -10,8 +10,8 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from job_manager.clock import Clock
-from job_manager.model import Role, fingerprint
+from common.clock import Clock
+from common.identity import Role, fingerprint
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from token_database.store import (

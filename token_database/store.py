@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from job_manager.model import fingerprint
+from common.identity import fingerprint
 
 TOKEN_PREFIX = "mqc3_"
 FINGERPRINT_PREFIX = "sha256:"  # how listings name a token they cannot show

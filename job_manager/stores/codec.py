@@ -7,7 +7,8 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, Mapping
 
-from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role
+from common.identity import Role
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus
 
 Row = dict[str, str | int | bool]
 

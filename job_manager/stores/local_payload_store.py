@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
-from job_manager.clock import Clock
+from common.clock import Clock
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
 from job_manager.stores.url_signer import UrlSigner

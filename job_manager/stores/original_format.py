@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role, fingerprint
+from common.identity import Role, fingerprint
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 SCHEDULER_VERSION = "1.0.0"  # what the original writes in scheduler_version

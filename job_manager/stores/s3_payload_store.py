@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from job_manager.clock import Clock
+from common.clock import Clock
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
 

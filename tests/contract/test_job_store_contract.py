@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from job_manager.model import BackendTimestamps, JobRecord, JobStatus, Role
+from common.identity import Role
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus
 from job_manager.stores import JobStore, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.sqlite_job_store import SqliteJobStore

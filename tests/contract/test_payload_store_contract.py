@@ -23,7 +23,7 @@ import requests
 from botocore.config import Config as BotoConfig
 from requests.structures import CaseInsensitiveDict
 
-from job_manager.clock import FakeClock
+from common.clock import FakeClock
 from job_manager.stores import PayloadStore, SignedUrl, StoreError
 from job_manager.stores.local_payload_store import RESULTS_PATH, LocalPayloadStore
 from job_manager.stores.payload_store import input_key, result_key

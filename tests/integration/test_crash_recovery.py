@@ -36,7 +36,7 @@ import grpc
 import pytest
 import requests
 
-from job_manager.clock import SystemClock
+from common.clock import SystemClock
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from job_manager.clock import SystemClock
-from job_manager.model import fingerprint
+from common.clock import SystemClock
+from common.identity import fingerprint
 from pb.mqc3_cloud.common.v1.error_detail_pb2 import ErrorDetail
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc

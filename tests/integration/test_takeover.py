@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from job_manager.model import fingerprint
+from common.identity import fingerprint
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 from job_manager.stores.original_format import decode_original
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2

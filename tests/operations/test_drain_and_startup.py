@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from job_manager.clock import SystemClock
+from common.clock import SystemClock
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from job_manager.model import fingerprint
+from common.identity import fingerprint
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from job_manager.clock import SystemClock
+from common.clock import SystemClock
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,

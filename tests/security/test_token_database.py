@@ -18,8 +18,8 @@ import pytest
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from job_manager.clock import SystemClock
-from job_manager.model import fingerprint
+from common.clock import SystemClock
+from common.identity import fingerprint
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as spb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb

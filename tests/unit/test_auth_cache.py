@@ -9,8 +9,8 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from job_manager.clock import FakeClock
-from job_manager.model import Role
+from common.clock import FakeClock
+from common.identity import Role
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from job_manager.model import Role
+from common.identity import Role
 from scheduler.config import MB, ConfigError, load_config
 
 TABLE_FLAGS = ["--job_bucket_name_key", "/b", "--job_table_name_key", "/t",

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import pytest
 
+from common.single_flight import SingleFlight
 from job_manager.manager import JobManager
 from job_manager.model import JobStatus
-from job_manager.single_flight import SingleFlight
 from message_manager import SchedulerError
 from tests.unit.test_job_rules import ALICE, BOB, GRACE_S, Harness, h, refused, spec
 

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from backend_manager.status import parse_backend_table
-from job_manager.clock import FakeClock
+from common.clock import FakeClock
+from common.identity import Principal, Role, fingerprint
 from job_manager.limits import Limits, RoleLimits
 from job_manager.manager import Assignment, ExecutionReport, JobManager, JobSpec
-from job_manager.model import JobRecord, JobStatus, Principal, Role, fingerprint
+from job_manager.model import JobRecord, JobStatus
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.payload_store import input_key, result_key
 from job_manager.stores.sqlite_job_store import SqliteJobStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from scheduler.logs import BURST, REPEATABLE, WINDOW_S, RepeatLimit
+from common.logs import BURST, REPEATABLE, WINDOW_S, RepeatLimit
 
 
 def _record(msg: str, *, repeatable: bool = True,

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from job_manager.clock import FakeClock
-from job_manager.model import JobRecord, JobStatus, Role, new_job_id
+from common.clock import FakeClock
+from common.identity import Role
+from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 
 _counter = itertools.count()
