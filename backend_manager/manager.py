@@ -21,7 +21,6 @@ class BackendManager:
         self._text = ""
         self.table = BackendTable()
         self._listeners: list[Callable[[BackendTable], None]] = []
-        self._task: asyncio.Task[None] | None = None
 
     def on_change(self, listener: Callable[[BackendTable], None]) -> None:
         """Call ``listener`` with each new table."""
@@ -43,18 +42,8 @@ class BackendManager:
         for listener in self._listeners:
             listener(table)
 
-    def start(self) -> None:
-        """Begin reloading in the background."""
-        self._task = asyncio.create_task(self._reload_forever(), name="backend-reload")
-
-    async def stop(self) -> None:
-        """Stop reloading; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _reload_forever(self) -> None:
+    async def reload_forever(self) -> None:
+        """Reload every interval (the scheduler's supervisor runs this, and restarts it)."""
         while True:
             await asyncio.sleep(self._reload_interval_s)
             try:

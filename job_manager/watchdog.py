@@ -28,7 +28,6 @@ class Watchdog:
         self._expire = expire
         self._deadlines: list[tuple[datetime, str]] = []
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -54,18 +53,8 @@ class Watchdog:
                 heapq.heappush(self._deadlines, (now + timedelta(seconds=RETRY_S), job_id))
         return len(due)
 
-    def start(self) -> None:
-        """Begin watching in the background."""
-        self._task = asyncio.create_task(self._run(), name="watchdog")
-
-    async def stop(self) -> None:
-        """Stop watching; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Watch for ever (the scheduler's supervisor runs this, and restarts it)."""
         while True:
             await self.check()
             sleep_s = MAX_SLEEP_S

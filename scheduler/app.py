@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from backend_manager import BackendManager
 from common.clock import Clock, SystemClock
 from common.identity import Role
+from common.supervisor import Supervisor
 from job_manager.manager import JobManager
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import JobStore, PayloadStore, StoreError
@@ -31,6 +32,7 @@ from scheduler.config import Config, TlsConfig
 from scheduler.edge import DRAINING, Edge, add_servicer
 from scheduler.execution_service import ExecutionService
 from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
+from scheduler.housekeeping import Housekeeping
 from scheduler.http_guard import ConnectionGuard
 from scheduler.http_server import Uploads, build_http_app
 from scheduler.metrics import Metrics
@@ -144,6 +146,7 @@ class Scheduler:
         self._backends: BackendManager | None = None
         self._channel: grpc.aio.Channel | None = None
         self._runners: list[web.AppRunner] = []
+        self.supervisor = Supervisor(on_change=self._loops_changed)
         self._http_servers: list[asyncio.Server] = []
         self._stopped = False
 
@@ -192,18 +195,25 @@ class Scheduler:
         self._backends.on_change(self.jobs.use_backends)
         await self._backends.load()
         await self.jobs.recover()
-        self._backends.start()
-        self.jobs.watchdog.start()
+        self._supervise(self.jobs, self._backends, self.health, self.stack.housekeeping)
         for edge in self._edges:
             edge.not_serving = None
         await self.health.ready()
-        housekeeping = self.stack.housekeeping
-        if housekeeping is not None:
-            self.metrics.watch_free_space(lambda: housekeeping.free_bytes)
-            housekeeping.start()
         log.info("scheduler ready (%s mode): submission %s, execution %s, metrics :%d",
                  config.mode, _address(config.submission_host, self.submission_port),
                  _address(config.execution_host, self.execution_port), self.metrics_port)
+
+    def _supervise(self, jobs: JobManager, backends: BackendManager, health: Health,
+                   housekeeping: Housekeeping | None) -> None:
+        """Start the background loops under the supervisor; health hears of any that dies."""
+        health.loops_down = lambda: self.supervisor.failing
+        self.supervisor.run("watchdog", jobs.watchdog.run)
+        self.supervisor.run("backend-reload", backends.reload_forever)
+        self.supervisor.run("health", health.watch)
+        if housekeeping is not None:
+            self.metrics.watch_free_space(lambda: housekeeping.free_bytes)
+            self.supervisor.run("housekeeping", housekeeping.sweep_forever)
+            self.supervisor.run("free-space", housekeeping.measure_forever)
 
     async def _serve_grpc(self) -> None:
         config, stack, jobs = self.config, self.stack, self.jobs
@@ -330,6 +340,10 @@ class Scheduler:
             await asyncio.sleep(DRAIN_POLL_S)
         return time.monotonic() - started
 
+    def _loops_changed(self) -> None:
+        if self.health is not None:
+            self.health.update()
+
     def _accepts_result(self, job_id: str) -> bool:
         return self.jobs is not None and self.jobs.accepts_result(job_id)
 
@@ -351,6 +365,7 @@ class Scheduler:
             return
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        await self.supervisor.stop()
         if self.health is not None:
             await self.health.draining()
         if self.jobs is not None:
@@ -360,10 +375,6 @@ class Scheduler:
         if self._token_server is not None:
             # Last: submissions still in flight resolve their tokens through it.
             await self._token_server.stop(grace)
-        if self.jobs is not None:
-            await self.jobs.watchdog.stop()
-        if self._backends is not None:
-            await self._backends.stop()
         if self._channel is not None:
             await self._channel.close()
         for server in self._http_servers:

@@ -74,44 +74,42 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 class Health:
-    """SERVING once ready, until draining, except while the stores have been down too long.
+    """SERVING once ready, until draining, except while the stores have been down too long
+    or a background loop is down.
 
     Stores that see no traffic are probed, so an idle scheduler notices an outage too.
     """
 
     def __init__(self, monitor: StoreMonitor, probe: Callable[[], Awaitable[object]],
-                 unhealthy_after_s: float, probe_interval_s: float = 5.0) -> None:
+                 unhealthy_after_s: float, probe_interval_s: float = 5.0,
+                 loops_down: Callable[[], list[str]] = list) -> None:
         self.servicer = HealthServicer()
         self._monitor = monitor
         self._probe = probe
         self._unhealthy_after_s = unhealthy_after_s
         self._probe_interval_s = probe_interval_s
+        self.loops_down = loops_down  # background loops that died (the supervisor's word)
         self._ready = False
         self._draining = False
         self.serving = False
-        self._task: asyncio.Task[None] | None = None
 
     async def starting(self) -> None:
         """Answer NOT_SERVING until :meth:`ready`."""
         self._publish(False)
 
     async def ready(self) -> None:
-        """Recovery is over: serve, and start watching the stores."""
+        """Recovery is over: serve (the store watch, :meth:`watch`, is started beside)."""
         self._ready = True
-        await self._update()
-        self._task = asyncio.create_task(self._watch(), name="health")
+        self.update()
 
     async def draining(self) -> None:
         """Shutting down: NOT_SERVING from now on."""
         self._draining = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
         self._publish(False)
         self.servicer.end_watches()
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """Probe idle or failing stores and publish the result, for ever (supervised)."""
         while True:
             await asyncio.sleep(CHECK_INTERVAL_S)
             # Idle stores are probed, and failing ones too: the probe's write is what
@@ -122,11 +120,13 @@ class Health:
                     await self._probe()
                 except Exception:  # noqa: BLE001 - the monitor has counted the failure
                     pass
-            await self._update()
+            self.update()
 
-    async def _update(self) -> None:
+    def update(self) -> None:
+        """Publish SERVING or NOT_SERVING as things stand now."""
         stores_ok = self._monitor.failing_for_s() < self._unhealthy_after_s
-        self._publish(self._ready and not self._draining and stores_ok)
+        loops_ok = not self.loops_down()
+        self._publish(self._ready and not self._draining and stores_ok and loops_ok)
 
     def _publish(self, serving: bool) -> None:
         if serving != self.serving:

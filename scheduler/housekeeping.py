@@ -53,26 +53,19 @@ class Housekeeping:
         self._clock = clock
         self._retention = retention
         self.free_bytes: int | None = None
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def low_on_space(self) -> bool:
         """Whether the data directory's disk has less free space than it should."""
         return self.free_bytes is not None and self.free_bytes < self._retention.min_free_bytes
 
-    def start(self) -> None:
-        """Begin sweeping and measuring in the background."""
-        self._tasks = [asyncio.create_task(self._every(self._retention.interval_s, self.sweep),
-                                           name="housekeeping"),
-                       asyncio.create_task(self._every(FREE_SPACE_INTERVAL_S, self.measure),
-                                           name="free-space")]
+    async def sweep_forever(self) -> None:
+        """Sweep now and every interval (supervised)."""
+        await self._every(self._retention.interval_s, self.sweep)
 
-    async def stop(self) -> None:
-        """Stop; idempotent."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+    async def measure_forever(self) -> None:
+        """Measure the free space now and every minute (supervised)."""
+        await self._every(FREE_SPACE_INTERVAL_S, self.measure)
 
     async def sweep(self) -> None:
         """Remove orphaned and temporary payload files, then expired finished jobs."""

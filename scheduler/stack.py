@@ -27,8 +27,6 @@ class Stack:
 
     async def close(self) -> None:
         """Close every store; idempotent."""
-        if self.housekeeping is not None:
-            await self.housekeeping.stop()
         await self.jobs.close()
         await self.payloads.close()
         if self.token_store is not None:
