@@ -127,7 +127,7 @@ class JobManager:
         idempotency_window: timedelta = timedelta(hours=24),
         observer: JobObserver | None = None,
     ) -> None:
-        self._jobs = jobs
+        self._store = jobs  # the JobStore; the payloads have their own
         self._payloads = payloads
         self._clock = clock
         self._unify = unify_backends
@@ -185,7 +185,7 @@ class JobManager:
         earlier = self._live.get(self._recent_keys.get(key, ""))
         if earlier is None:
             try:
-                earlier = await self._jobs.find_by_idempotency_key(*key)
+                earlier = await self._store.find_by_idempotency_key(*key)
             except StoreError as exc:
                 log.error("idempotency key could not be looked up: %s", exc)
                 raise SchedulerError("submission_not_stored") from None
@@ -249,7 +249,7 @@ class JobManager:
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
             await self._payloads.put_input(record.job_id, program, _tags(record))
-            await self._jobs.create(record)
+            await self._store.create(record)
         except KeyTaken:
             # Another submission with this key was stored first (another process, or
             # one this process no longer remembers): that one is the job.
@@ -280,7 +280,7 @@ class JobManager:
 
     async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
         try:
-            holder = await self._jobs.find_by_idempotency_key(
+            holder = await self._store.find_by_idempotency_key(
                 record.owner_fingerprint, record.idempotency_key)
         except StoreError as exc:
             log.error("idempotency key could not be looked up: %s", exc)
@@ -296,7 +296,7 @@ class JobManager:
         next restart queues the job; if not, the input is an orphan and harms nothing.
         """
         try:
-            stored = await self._jobs.get(job_id)
+            stored = await self._store.get(job_id)
         except StoreError:
             return False
         if stored is None:
@@ -382,7 +382,7 @@ class JobManager:
             status_detail=f"cancelled by {principal.name}",
         )
         try:
-            changed = await self._jobs.transition(cancelled, JobStatus.QUEUED)
+            changed = await self._store.transition(cancelled, JobStatus.QUEUED)
         except StoreError as exc:
             self._restore(queue, job)
             log.error("job %s not cancelled, the store failed: %s", job.job_id, exc)
@@ -443,7 +443,7 @@ class JobManager:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
                           node_identity=node)
         try:
-            changed = await self._jobs.transition(running, JobStatus.QUEUED)
+            changed = await self._store.transition(running, JobStatus.QUEUED)
         except StoreError as exc:
             self._restore(queue, job)
             log.error(
@@ -479,7 +479,7 @@ class JobManager:
             return  # reported or timed out meanwhile: the node did have it
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
-            changed = await self._jobs.transition(queued, JobStatus.RUNNING)
+            changed = await self._store.transition(queued, JobStatus.RUNNING)
         except StoreError as exc:
             # It stays RUNNING and watched, and ends TIMEOUT as any silent node's job.
             log.error("job %s whose node never received it could not be queued again: %s",
@@ -534,7 +534,7 @@ class JobManager:
 
     async def _finish(self, finished: JobRecord) -> JobRecord:
         try:
-            changed = await self._jobs.transition(finished, JobStatus.RUNNING)
+            changed = await self._store.transition(finished, JobStatus.RUNNING)
         except StoreError as exc:
             log.error("report for job %s not recorded, the store failed: %s", finished.job_id, exc)
             raise SchedulerError("store_failed") from None
@@ -619,12 +619,12 @@ class JobManager:
     # --- restart --------------------------------------------------------------------
     async def recover(self) -> None:
         """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
-        async for record in self._jobs.list_by_status(JobStatus.RUNNING):
+        async for record in self._store.list_by_status(JobStatus.RUNNING):
             self._live[record.job_id] = record
             self.quotas.count(record.owner_fingerprint, 0)
             self._watch(record)
         requeued = 0
-        async for record in self._jobs.list_by_status(JobStatus.QUEUED):
+        async for record in self._store.list_by_status(JobStatus.QUEUED):
             if await self._requeue(record):
                 requeued += 1
         log.info(
@@ -653,7 +653,7 @@ class JobManager:
         failed = replace(
             record, status=JobStatus.FAILED, status_detail=why, finished_at=self._clock.now()
         )
-        if await self._jobs.transition(failed, JobStatus.QUEUED):
+        if await self._store.transition(failed, JobStatus.QUEUED):
             log.warning("job %s FAILED at recovery: %s", record.job_id, why)
 
     # --- queries for operators and tests ----------------------------------------------
@@ -767,7 +767,7 @@ class JobManager:
 
     async def _jobs_get(self, job_id: str) -> JobRecord | None:
         try:
-            return await self._jobs.get(job_id)
+            return await self._store.get(job_id)
         except RecordUnreadable:
             raise SchedulerError("record_unreadable", job_id=job_id) from None
         except StoreError as exc:

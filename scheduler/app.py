@@ -133,7 +133,7 @@ class Scheduler:
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.stack: Stack | None = None
-        self.jobs: JobManager | None = None
+        self.manager: JobManager | None = None
         self.health: Health | None = None
         self.submission_port = 0
         self.execution_port = 0
@@ -172,7 +172,7 @@ class Scheduler:
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(self.stack.jobs, "jobs")
         payload_store = monitor.wrap(self.stack.payloads, "payloads")
-        self.jobs = JobManager(
+        self.manager = JobManager(
             jobs=job_store,
             payloads=payload_store,
             limits=config.limits,
@@ -183,7 +183,7 @@ class Scheduler:
             idempotency_window=key_window,
             observer=self.metrics,
         )
-        self.metrics.watch_queues(self.jobs.queue_snapshot)
+        self.metrics.watch_queues(self.manager.queue_snapshot)
         self.health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
             config.store_unhealthy_after_s)
@@ -192,10 +192,10 @@ class Scheduler:
         await self._serve_grpc()
         self._backends = BackendManager(self.stack.backend_source,
                                         config.backend_reload_interval_s)
-        self._backends.on_change(self.jobs.use_backends)
+        self._backends.on_change(self.manager.use_backends)
         await self._backends.load()
-        await self.jobs.recover()
-        self._supervise(self.jobs, self._backends, self.health, self.stack.housekeeping)
+        await self.manager.recover()
+        self._supervise(self.manager, self._backends, self.health, self.stack.housekeeping)
         for edge in self._edges:
             edge.not_serving = None
         await self.health.ready()
@@ -203,11 +203,11 @@ class Scheduler:
                  config.mode, _address(config.submission_host, self.submission_port),
                  _address(config.execution_host, self.execution_port), self.metrics_port)
 
-    def _supervise(self, jobs: JobManager, backends: BackendManager, health: Health,
+    def _supervise(self, manager: JobManager, backends: BackendManager, health: Health,
                    housekeeping: Housekeeping | None) -> None:
         """Start the background loops under the supervisor; health hears of any that dies."""
         health.loops_down = lambda: self.supervisor.failing
-        self.supervisor.run("watchdog", jobs.watchdog.run)
+        self.supervisor.run("watchdog", manager.watchdog.run)
         self.supervisor.run("backend-reload", backends.reload_forever)
         self.supervisor.run("health", health.watch)
         if housekeeping is not None:
@@ -216,8 +216,8 @@ class Scheduler:
             self.supervisor.run("free-space", housekeeping.measure_forever)
 
     async def _serve_grpc(self) -> None:
-        config, stack, jobs = self.config, self.stack, self.jobs
-        assert stack is not None and jobs is not None
+        config, stack, manager = self.config, self.stack, self.manager
+        assert stack is not None and manager is not None
         token_address = config.token_database_address
         if stack.token_store is not None and stack.token_database_secret is not None:
             assert config.local is not None
@@ -241,10 +241,10 @@ class Scheduler:
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
-                     SubmissionService(jobs, auth, self._edges[0]), submission)
+                     SubmissionService(manager, auth, self._edges[0]), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
-                     ExecutionService(jobs, config.max_assign_wait_s, self._edges[1]), execution)
+                     ExecutionService(manager, config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
             submission, SUBMISSION, config.submission_host, config.submission_port,
             config.submission_tls)
@@ -345,7 +345,7 @@ class Scheduler:
             self.health.update()
 
     def _accepts_result(self, job_id: str) -> bool:
-        return self.jobs is not None and self.jobs.accepts_result(job_id)
+        return self.manager is not None and self.manager.accepts_result(job_id)
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
@@ -368,8 +368,8 @@ class Scheduler:
         await self.supervisor.stop()
         if self.health is not None:
             await self.health.draining()
-        if self.jobs is not None:
-            self.jobs.shutdown()  # waiting nodes get an empty answer now
+        if self.manager is not None:
+            self.manager.shutdown()  # waiting nodes get an empty answer now
         grace -= await self._finish_calls(grace)
         await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
         if self._token_server is not None:

@@ -112,8 +112,8 @@ def node_identity(context: grpc.aio.ServicerContext) -> str:
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
-    def __init__(self, jobs: JobManager, max_assign_wait_s: float, edge: Edge) -> None:
-        self._jobs = jobs
+    def __init__(self, manager: JobManager, max_assign_wait_s: float, edge: Edge) -> None:
+        self._manager = manager
         self._max_assign_wait_s = max_assign_wait_s
         self.edge = edge
 
@@ -123,16 +123,16 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
         node = node_identity(context)
-        assignment = await self._jobs.assign(request.backend, node=node)
+        assignment = await self._manager.assign(request.backend, node=node)
         if assignment is None and wait_s > 0:
             with self.edge.admission.released():  # a parked node holds no call slot
-                assignment = await self._jobs.assign(request.backend, wait_s, node)
+                assignment = await self._manager.assign(request.backend, wait_s, node)
         if assignment is None:
             return pb.AssignNextJobResponse()
         # Should the call end without the node receiving the job (its deadline passed
         # as the answer was sent), the job goes back to its queue.
         context.add_done_callback(
-            lambda done: self._jobs.give_back(assignment) if done.cancelled() else None)
+            lambda done: self._manager.give_back(assignment) if done.cancelled() else None)
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),
@@ -145,12 +145,12 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     async def ReportExecutionResult(
         self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportExecutionResultResponse:
-        await self._jobs.report(_report(request), node_identity(context))
+        await self._manager.report(_report(request), node_identity(context))
         return pb.ReportExecutionResultResponse()
 
     @in_band(pb.RefreshUploadUrlResponse, limited=False)
     async def RefreshUploadUrl(
         self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext
     ) -> pb.RefreshUploadUrlResponse:
-        url = await self._jobs.refresh_upload_url(request.job_id, node_identity(context))
+        url = await self._manager.refresh_upload_url(request.job_id, node_identity(context))
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))

@@ -22,8 +22,8 @@ _SERVICE_STATUS = {
 class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
     """Submit, watch, fetch and cancel jobs; ask whether a backend takes jobs."""
 
-    def __init__(self, jobs: JobManager, auth: TokenResolver, edge: Edge) -> None:
-        self._jobs = jobs
+    def __init__(self, manager: JobManager, auth: TokenResolver, edge: Edge) -> None:
+        self._manager = manager
         self._auth = auth
         self.edge = edge
 
@@ -33,7 +33,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
     ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
         spec = job_spec(request, principal, idempotency_key(context))
-        job_id = await self._jobs.submit(principal, spec)
+        job_id = await self._manager.submit(principal, spec)
         return pb.SubmitJobResponse(job_id=job_id)
 
     @in_band(pb.GetJobStatusResponse)
@@ -41,10 +41,10 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobStatusResponse:
         principal = await self._auth.resolve(request.token)
-        record = await self._jobs.status(principal, request.job_id)
+        record = await self._manager.status(principal, request.job_id)
         return pb.GetJobStatusResponse(
             status=convert.JOB_STATUS[record.status],
-            status_detail=self._jobs.status_detail(record),
+            status_detail=self._manager.status_detail(record),
             execution_details=convert.execution_details(record),
         )
 
@@ -53,7 +53,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetJobResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetJobResultResponse:
         principal = await self._auth.resolve(request.token)
-        record, url = await self._jobs.result(principal, request.job_id)
+        record, url = await self._manager.result(principal, request.job_id)
         response = pb.GetJobResultResponse(
             status=convert.JOB_STATUS[record.status],
             status_detail=record.status_detail,
@@ -68,7 +68,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelJobResponse:
         principal = await self._auth.resolve(request.token)
-        await self._jobs.cancel(principal, request.job_id)
+        await self._manager.cancel(principal, request.job_id)
         return pb.CancelJobResponse()
 
     @in_band(pb.GetServiceStatusResponse)
@@ -76,7 +76,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetServiceStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetServiceStatusResponse:
         principal = await self._auth.resolve(request.token)
-        status, description = self._jobs.service_status(request.backend, principal)
+        status, description = self._manager.service_status(request.backend, principal)
         return pb.GetServiceStatusResponse(
             status=_SERVICE_STATUS[status.value], description=description
         )

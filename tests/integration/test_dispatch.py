@@ -22,7 +22,7 @@ async def _wait_for_job(running: Running, wait_ms: int, backend: str = "emulator
 
 
 async def _until_waiting(running: Running, count: int) -> None:
-    jobs = running.scheduler.jobs
+    jobs = running.scheduler.manager
     assert jobs is not None
     for _ in range(200):
         if jobs.waiters.count("emulator") >= count:
@@ -113,8 +113,8 @@ async def test_a_token_over_its_concurrent_job_limit_is_refused(running: Running
     refused = await running.clients.submission.SubmitJob(submit_request(token))
     assert refused.error.code == "RESOURCE_EXHAUSTED"
     assert "at most 5" in refused.error.description
-    assert running.scheduler.jobs is not None
-    assert running.scheduler.jobs.queue_length("emulator") == 5
+    assert running.scheduler.manager is not None
+    assert running.scheduler.manager.queue_length("emulator") == 5
 
 
 async def test_a_job_over_the_role_size_limit_is_refused(running: Running) -> None:
@@ -123,8 +123,8 @@ async def test_a_job_over_the_role_size_limit_is_refused(running: Running) -> No
         submit_request(token, payload=b"\x01" * (1024 * 1024 + 1)))
     assert refused.error.code == "INVALID_ARGUMENT"
     assert str(1024 * 1024) in refused.error.description
-    assert running.scheduler.jobs is not None
-    assert running.scheduler.jobs.queue_length("emulator") == 0
+    assert running.scheduler.manager is not None
+    assert running.scheduler.manager.queue_length("emulator") == 0
 
 
 async def test_a_timeout_over_a_cap_the_operator_set_names_the_range(

@@ -296,8 +296,8 @@ async def test_a_node_without_a_trusted_certificate_is_refused_and_gets_no_job(
             await _assign(channel)
 
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert secured.scheduler.jobs is not None
-    assert secured.scheduler.jobs.queue_length("emulator") == 1
+    assert secured.scheduler.manager is not None
+    assert secured.scheduler.manager.queue_length("emulator") == 1
 
 
 # --- the nodes' shared secret -------------------------------------------------------------
@@ -357,8 +357,8 @@ async def test_without_the_secret_every_execution_call_is_unauthenticated_and_ch
         submission_pb2.GetJobStatusRequest(token=token, job_id=job_id))
         for job_id in (first.job_id, running_job.job_id)]
     assert [s.status for s in statuses] == [job_pb2.JOB_STATUS_RUNNING, job_pb2.JOB_STATUS_QUEUED]
-    assert started.scheduler.jobs is not None
-    assert started.scheduler.jobs.queue_length("emulator") == 1
+    assert started.scheduler.manager is not None
+    assert started.scheduler.manager.queue_length("emulator") == 1
 
 
 async def test_with_the_secret_a_node_runs_a_job_to_the_end(
