@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
@@ -144,10 +145,10 @@ class Scheduler:
         self._edges: list[Edge] = []
         self._token_server: grpc.aio.Server | None = None  # standalone only
         self._backends: BackendManager | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._runners: list[web.AppRunner] = []
         self.supervisor = Supervisor(on_change=self._loops_changed)
-        self._http_servers: list[asyncio.Server] = []
+        # What start() acquired, released in reverse order: by stop(), or at once when
+        # start() fails half-way, so a failed start leaks no store, port or task.
+        self._resources = contextlib.AsyncExitStack()
         self._stopped = False
 
     async def __aenter__(self) -> Scheduler:
@@ -159,7 +160,19 @@ class Scheduler:
         await self.stop()
 
     async def start(self) -> None:
-        """Listen (NOT_SERVING), open the stores, recover the jobs, then serve."""
+        """Listen (NOT_SERVING), open the stores, recover the jobs, then serve.
+
+        On any failure everything acquired so far is released, in reverse order, and the
+        failure is raised.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            self._stopped = True
+            await self._resources.aclose()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         key_window = timedelta(seconds=config.idempotency_window_s)
         unreadable = UnreadableRecords(self.metrics.unreadable_records.inc)
@@ -169,6 +182,7 @@ class Scheduler:
         else:
             assert config.aws is not None
             self.stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
+        self._resources.push_async_callback(self.stack.close)
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(self.stack.jobs, "jobs")
         payload_store = monitor.wrap(self.stack.payloads, "payloads")
@@ -206,6 +220,7 @@ class Scheduler:
     def _supervise(self, manager: JobManager, backends: BackendManager, health: Health,
                    housekeeping: Housekeeping | None) -> None:
         """Start the background loops under the supervisor; health hears of any that dies."""
+        self._resources.push_async_callback(self.supervisor.stop)
         health.loops_down = lambda: self.supervisor.failing
         self.supervisor.run("watchdog", manager.watchdog.run)
         self.supervisor.run("backend-reload", backends.reload_forever)
@@ -226,11 +241,12 @@ class Scheduler:
             token_address = f"127.0.0.1:{self.token_database_port}"
         if stack.local_payloads is not None:
             await self._serve_payloads()
-        self._channel = grpc.aio.insecure_channel(token_address, interceptors=(
+        channel = grpc.aio.insecure_channel(token_address, interceptors=(
             [PresentCredential(stack.token_database_secret)] if stack.token_database_secret
             else None))
+        self._resources.push_async_callback(channel.close)
         auth = TokenResolver(
-            self._channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
+            channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
             config.token_cache_max_entries,
             on_cache=lambda hit: self.metrics.token_cache.labels("hit" if hit else "miss").inc(),
         )
@@ -266,6 +282,7 @@ class Scheduler:
         bound = self._listen(server, port, tls, host)
         self._servers.append(server)
         await server.start()
+        self._resources.push_async_callback(server.stop, 0)
         return bound
 
     def _listen(self, server: grpc.aio.Server, port: int, tls: TlsConfig | None = None,
@@ -294,13 +311,14 @@ class Scheduler:
             TokenDatabaseService(stack.token_store, self.clock), server)
         bound = self._listen(server, port, host=LOOPBACK)
         await server.start()
+        self._resources.push_async_callback(server.stop, 0)
         self._token_server = server
         return bound
 
     async def _serve_http(self, app: web.Application, port: int, **kwargs: object) -> int:
         runner = web.AppRunner(app, access_log=None, **kwargs)  # type: ignore[arg-type]
         await runner.setup()
-        self._runners.append(runner)
+        self._resources.push_async_callback(runner.cleanup)
         assert runner.server is not None
         guard = ConnectionGuard(runner.server, http_connection_cap(),
                                 self.config.http_header_timeout_s)
@@ -309,7 +327,7 @@ class Scheduler:
                 guard, self.config.host, port, reuse_address=True)
         except OSError as exc:
             raise OSError(f"cannot listen on {self.config.host}:{port}: {exc.strerror}") from None
-        self._http_servers.append(server)
+        self._resources.callback(server.close)  # before the runner's cleanup: stop accepting
         return int(server.sockets[0].getsockname()[1])
 
     async def _serve_payloads(self) -> None:
@@ -375,12 +393,5 @@ class Scheduler:
         if self._token_server is not None:
             # Last: submissions still in flight resolve their tokens through it.
             await self._token_server.stop(grace)
-        if self._channel is not None:
-            await self._channel.close()
-        for server in self._http_servers:
-            server.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        if self.stack is not None:
-            await self.stack.close()
+        await self._resources.aclose()  # the rest, in the reverse order of acquiring it
         log.info("scheduler stopped")

@@ -15,14 +15,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from backend_manager import BackendConfigError
 from common.clock import SystemClock
+from job_manager.stores import StoreError
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,
     submission_pb2_grpc,
 )
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from tests.helpers import TEST_BACKENDS_TOML, AwsNames, aws_client, submit_request
+from scheduler.app import Scheduler
+from tests.helpers import TEST_BACKENDS_TOML, AwsNames, aws_client, local_config, submit_request
 from tests.integration.processes import HOST, Ports, create_token
 from tests.operations.support import (
     NOT_SERVING,
@@ -366,3 +369,25 @@ async def test_a_health_watcher_sees_not_serving_on_sigterm_and_does_not_hold_th
         watch.cancel()
     assert code == 0, process.log()
     assert took < 2.5, f"exit took {took:.1f} s: the open Watch stream held the drain to its grace"
+
+
+async def test_a_start_that_fails_half_way_releases_every_port_and_store(
+        tmp_path: Path) -> None:
+    # The backend file is read after the stores are open and every port listens: a bad
+    # one fails the start there, and all of it must be given back.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "backends.toml").write_text("[backends.emulator.developer]\nstatus = 'no'\n")
+    scheduler = Scheduler(local_config(data_dir))
+    with pytest.raises(BackendConfigError):
+        await scheduler.start()
+    ports = [scheduler.submission_port, scheduler.execution_port, scheduler.metrics_port,
+             scheduler.http_port, scheduler.token_database_port]
+    assert all(ports), ports  # they were bound before the failure
+    for port in ports:
+        with socket.socket() as probe:
+            probe.bind((HOST, port))  # free again
+    assert scheduler.stack is not None
+    with pytest.raises(StoreError):
+        await scheduler.stack.jobs.get("00000000-0000-4000-8000-000000000001")  # closed
+    await scheduler.stop()  # and stopping after a failed start is harmless
