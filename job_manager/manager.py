@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -21,7 +20,8 @@ from backend_manager import BackendTable, ServiceStatus
 from common.clock import Clock
 from common.identity import Principal
 from common.single_flight import SingleFlight
-from job_manager.limits import Limits, Quotas
+from job_manager.ledger import Ledger
+from job_manager.limits import Limits
 from job_manager.model import (
     NO_BACKEND_TIMESTAMPS,
     BackendTimestamps,
@@ -31,7 +31,7 @@ from job_manager.model import (
     new_job_id,
 )
 from job_manager.observer import JobObserver, NoObserver
-from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+from job_manager.queue import QueuedJob, SchedulingPolicy
 from job_manager.stores import (
     JobStore,
     KeyTaken,
@@ -41,8 +41,6 @@ from job_manager.stores import (
     SignedUrl,
     StoreError,
 )
-from job_manager.throughput import DispatchRate
-from job_manager.waiters import Waiters
 from job_manager.watchdog import Watchdog
 from message_manager import SchedulerError
 
@@ -52,8 +50,6 @@ T = TypeVar("T")
 
 UPLOAD_URL_LIFETIME = timedelta(hours=3)
 DOWNLOAD_URL_LIFETIME = timedelta(minutes=3)
-UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
-FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
 # An AssignNextJobResponse beside its program, settings and URL: the job id, the URL's
 # expiry, the fields' tags and lengths (measured: under 100 bytes), with room to spare.
 ASSIGNMENT_FRAMING_BYTES = 256
@@ -131,20 +127,15 @@ class JobManager:
         self._payloads = payloads
         self._clock = clock
         self._unify = unify_backends
-        self.quotas = Quotas(limits)
         self.backends = BackendTable()
-        self._policy = policy or SchedulingPolicy()
-        self._queues: dict[str, JobQueue] = {}
-        self._rates: dict[str, DispatchRate] = {}
-        self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
-        # Final records never change, so recent ones answer status polls from memory.
-        self._finished: OrderedDict[str, JobRecord] = OrderedDict()
-        self.waiters = Waiters()
         self._observer = observer or NoObserver()
-        self.watchdog = Watchdog(clock, self._time_out)
         self._report_grace = timedelta(seconds=report_grace_s)
         self._idempotency_window = idempotency_window
-        self._recent_keys: dict[tuple[str, str], str] = {}  # (owner, key) → live job id
+        self.watchdog = Watchdog(clock, self._time_out)
+        self.ledger = Ledger(limits, policy or SchedulingPolicy(), clock, self.watchdog,
+                             self._report_deadline, unify_backends)
+        self.quotas = self.ledger.quotas
+        self.waiters = self.ledger.waiters
         self._submissions: SingleFlight[tuple[str, str], str] = SingleFlight()
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
@@ -155,17 +146,7 @@ class JobManager:
         """Take a new backend table: new backends get a queue; removed ones keep theirs."""
         self.backends = table
         for backend in table.known():
-            self._queue(self._queue_key(backend))
-
-    def _queue_key(self, backend: str) -> str:
-        return UNIFIED_QUEUE if self._unify else backend
-
-    def _queue(self, key: str) -> JobQueue:
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = JobQueue(self._policy, self._clock)
-            self._rates[key] = DispatchRate()
-        return queue
+            self.ledger.open_queue(backend)
 
     # --- users ---------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: JobSpec) -> str:
@@ -182,7 +163,7 @@ class JobManager:
     async def _submit_once(self, principal: Principal, spec: JobSpec) -> str:
         key = (principal.fingerprint, spec.idempotency_key)
         window_start = self._clock.now() - self._idempotency_window
-        earlier = self._live.get(self._recent_keys.get(key, ""))
+        earlier = self.ledger.key_holder(*key)
         if earlier is None:
             try:
                 earlier = await self._store.find_by_idempotency_key(*key)
@@ -195,14 +176,14 @@ class JobManager:
 
     async def _adopt(self, earlier: JobRecord) -> str:
         """Answer a keyed retry with the job its key already names."""
-        if earlier.status is JobStatus.QUEUED and earlier.job_id not in self._live:
+        if earlier.status is JobStatus.QUEUED and self.ledger.live(earlier.job_id) is None:
             # Stored by an attempt whose answer was lost (another process, or before a
             # restart that has not seen it): queue it now.
             try:
                 await self._requeue(earlier)
             except StoreError as exc:
-                log.error("job %s could not be queued again: %s", earlier.job_id, exc)
-                raise SchedulerError("store_failed") from None
+                raise _store_failed(f"job {earlier.job_id} could not be queued again",
+                                    exc) from None
         log.info("job %s submitted again with its idempotency key; not duplicated",
                  earlier.job_id)
         return earlier.job_id
@@ -214,7 +195,7 @@ class JobManager:
             self.quotas.check_timeout(principal.role, spec.timeout_s)
             job_id = new_job_id()
             self.quotas.check_assignable(self._assignment_bytes(job_id, spec))
-            self.quotas.reserve(principal, spec.request_bytes, len(spec.program))
+            self.ledger.reserve(principal, spec.request_bytes, len(spec.program))
         except SchedulerError as exc:
             # A client's made-up backend name must not become a metric label.
             known = spec.backend if self.backends.is_known(spec.backend) else "unknown"
@@ -253,16 +234,16 @@ class JobManager:
         except KeyTaken:
             # Another submission with this key was stored first (another process, or
             # one this process no longer remembers): that one is the job.
-            self._release(record, len(program))
+            self.ledger.release(record.owner_fingerprint, len(program))
             await self._forget_input(record.job_id)
             return await self._adopt(await self._stored_key_holder(record))
         except StoreError as exc:
             if not await self._was_stored(record.job_id):
-                self._release(record, len(program))
+                self.ledger.release(record.owner_fingerprint, len(program))
                 log.error("job %s not accepted, its store write failed: %s", record.job_id, exc)
                 raise SchedulerError("submission_not_stored") from None
             # The record was written; only the answer was lost. The job is durable.
-        self._enqueue(QueuedJob(record, program))
+        self.ledger.admit(QueuedJob(record, program), reserved=True)
         self._observer.submitted(record)
         log.info(
             "job %s QUEUED backend=%s user=%s bytes=%d",
@@ -272,11 +253,6 @@ class JobManager:
             len(program),
         )
         return record.job_id
-
-    def _release(self, record: JobRecord, program_bytes: int) -> None:
-        """Undo a new job's reservation: it was never accepted."""
-        self.quotas.ended(record.owner_fingerprint)
-        self.quotas.left_queue(record.owner_fingerprint, program_bytes)
 
     async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
         try:
@@ -316,14 +292,13 @@ class JobManager:
         return record.status_detail
 
     def _queue_detail(self, record: JobRecord) -> str:
-        key = self._queue_key(record.backend)
-        queue = self._queues.get(key)
+        queue = self.ledger.queue(record.backend)
         position = queue.position(record.job_id) if queue is not None else None
         if queue is None or position is None:
             return f"queued on {record.backend}"
         where = "all backends" if self._unify else record.backend
         detail = f"queued: {_ordinal(position)} of {len(queue)} on {where}"
-        seconds_per_job = self._rates[key].seconds_per_job()
+        seconds_per_job = self.ledger.seconds_per_job(record.backend)
         if seconds_per_job is not None:
             detail += f", about {_duration(position * seconds_per_job)}"
         return detail
@@ -344,13 +319,11 @@ class JobManager:
             # Being handed over or cancelled by another call: answer what that leads to.
             await asyncio.shield(moving)
             record = await self._visible(principal, job_id)
-        queue = self._queues.get(self._queue_key(record.backend))
-        claimed = queue.remove(job_id) if queue is not None else None
-        if queue is None or claimed is None:
+        claimed = self.ledger.claim(record)
+        if claimed is None:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
-        return await asyncio.shield(
-            self._moved(job_id, self._cancel_claimed(queue, claimed, principal)))
+        return await asyncio.shield(self._moved(job_id, self._cancel_claimed(claimed, principal)))
 
     def _moved(self, job_id: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run a claimed job's store change to its end, in a task no caller can cancel.
@@ -372,9 +345,7 @@ class JobManager:
 
         return asyncio.ensure_future(settle())
 
-    async def _cancel_claimed(
-        self, queue: JobQueue, job: QueuedJob, principal: Principal
-    ) -> JobRecord:
+    async def _cancel_claimed(self, job: QueuedJob, principal: Principal) -> JobRecord:
         cancelled = replace(
             job.record,
             status=JobStatus.CANCELLED,
@@ -384,10 +355,9 @@ class JobManager:
         try:
             changed = await self._store.transition(cancelled, JobStatus.QUEUED)
         except StoreError as exc:
-            self._restore(queue, job)
-            log.error("job %s not cancelled, the store failed: %s", job.job_id, exc)
-            raise SchedulerError("store_failed") from None
-        self.quotas.left_queue(job.owner, job.size_bytes)
+            self.ledger.put_back(job)
+            raise _store_failed(f"job {job.job_id} not cancelled", exc) from None
+        self.ledger.left_queue(job)
         if not changed:
             stored = await self._believe_store(job.job_id)
             status = stored.status.value if stored else "missing"
@@ -404,26 +374,25 @@ class JobManager:
         ``node``: the caller's mTLS identity, when it has one; only that node may then
         report the job or renew its upload URL.
         """
-        key = self._queue_key(backend)
-        queue = self._queues.get(key)
-        if queue is None:
+        if self.ledger.queue(backend) is None:
             raise SchedulerError(
                 "backend_unknown", backend=backend, known=", ".join(self.backends.known())
             )
         deadline_s = self._clock.monotonic() + wait_s
         while True:
-            while (job := queue.pop()) is not None:
-                if (assignment := await self._hand_over(queue, job, node)) is not None:
+            while (job := self.ledger.take_next(backend)) is not None:
+                if (assignment := await self._hand_over(job, node)) is not None:
                     return assignment
-            if not await self.waiters.wait(key, deadline_s - self._clock.monotonic()):
+            if not await self.waiters.wait(self.ledger.queue_key(backend),
+                                           deadline_s - self._clock.monotonic()):
                 return None
 
-    async def _hand_over(self, queue: JobQueue, job: QueuedJob, node: str) -> Assignment | None:
+    async def _hand_over(self, job: QueuedJob, node: str) -> Assignment | None:
         """Mark ``job`` RUNNING for the calling node; if the node leaves meanwhile, undo it."""
         caller_left = asyncio.Event()
 
         async def start() -> Assignment | None:
-            assignment = await self._start(queue, job, node)
+            assignment = await self._start(job, node)
             if assignment is not None and caller_left.is_set():
                 await self._give_back(assignment)  # the node never received it
                 return None
@@ -439,25 +408,21 @@ class JobManager:
                     self.give_back(finished)  # made RUNNING just as the node left
             raise
 
-    async def _start(self, queue: JobQueue, job: QueuedJob, node: str) -> Assignment | None:
+    async def _start(self, job: QueuedJob, node: str) -> Assignment | None:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
                           node_identity=node)
         try:
             changed = await self._store.transition(running, JobStatus.QUEUED)
         except StoreError as exc:
-            self._restore(queue, job)
-            log.error(
-                "job %s not handed over, the store failed; it stays queued: %s", job.job_id, exc
-            )
-            raise SchedulerError("store_failed") from None
-        self.quotas.left_queue(job.owner, job.size_bytes)
+            self.ledger.put_back(job)
+            raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
+                                exc) from None
         if not changed:
+            self.ledger.left_queue(job)
             await self._believe_store(job.job_id)
             return None
-        self._live[job.job_id] = running
-        self._watch(running)
+        self.ledger.started(job, running)
         self._observer.started(running)
-        self._rates[self._queue_key(running.backend)].record(self._clock.monotonic())
         log.info(
             "job %s RUNNING backend=%s user=%s waited_s=%.3f",
             job.job_id,
@@ -475,7 +440,7 @@ class JobManager:
     async def _give_back(self, assignment: Assignment) -> None:
         """Back to its place at the head of its queue, as if never taken; no timeout, no quota."""
         running = assignment.record
-        if self._live.get(running.job_id) is not running:
+        if self.ledger.live(running.job_id) is not running:
             return  # reported or timed out meanwhile: the node did have it
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
@@ -489,10 +454,7 @@ class JobManager:
             await self._believe_store(running.job_id)
             return
         job = assignment.queued
-        job.record = queued
-        self._live[job.job_id] = queued
-        self.quotas.rejoined_queue(job.owner, job.size_bytes)
-        self._restore(self._queue(self._queue_key(queued.backend)), job)
+        self.ledger.returned(job, queued)
         self._observer.returned(queued)
         log.warning("job %s QUEUED again: its node's call ended before it received the job",
                     job.job_id)
@@ -536,8 +498,7 @@ class JobManager:
         try:
             changed = await self._store.transition(finished, JobStatus.RUNNING)
         except StoreError as exc:
-            log.error("report for job %s not recorded, the store failed: %s", finished.job_id, exc)
-            raise SchedulerError("store_failed") from None
+            raise _store_failed(f"report for job {finished.job_id} not recorded", exc) from None
         if not changed:
             stored = await self._believe_store(finished.job_id)
             if stored is not None and stored.status is finished.status:
@@ -560,16 +521,13 @@ class JobManager:
         except StoreError as exc:  # the job is COMPLETED either way; only its tags are late
             log.warning("result of job %s could not be tagged complete: %s", record.job_id, exc)
 
-    def _watch(self, record: JobRecord) -> None:
-        self.watchdog.watch(record.job_id, self._report_deadline(record))
-
     def _report_deadline(self, record: JobRecord) -> datetime:
         assert record.dequeued_at is not None
         return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
 
     async def _time_out(self, job_id: str) -> None:
         """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT."""
-        record = self._live.get(job_id)
+        record = self.ledger.live(job_id)
         if record is None or record.status is not JobStatus.RUNNING:
             return  # reported in time
         if self._report_deadline(record) > self._clock.now():
@@ -597,7 +555,7 @@ class JobManager:
 
     def accepts_result(self, job_id: str) -> bool:
         """Whether a node may upload the job's result now: only while it is RUNNING here."""
-        record = self._live.get(job_id)
+        record = self.ledger.live(job_id)
         return record is not None and record.status is JobStatus.RUNNING
 
     async def refresh_upload_url(self, job_id: str, node: str = "") -> SignedUrl:
@@ -620,33 +578,25 @@ class JobManager:
     async def recover(self) -> None:
         """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
         async for record in self._store.list_by_status(JobStatus.RUNNING):
-            self._live[record.job_id] = record
-            self.quotas.count(record.owner_fingerprint, 0)
-            self._watch(record)
+            self.ledger.admit_running(record)
         requeued = 0
         async for record in self._store.list_by_status(JobStatus.QUEUED):
             if await self._requeue(record):
                 requeued += 1
-        log.info(
-            "recovered %d queued and %d running jobs",
-            requeued,
-            sum(1 for r in self._live.values() if r.status is JobStatus.RUNNING),
-        )
+        log.info("recovered %d queued and %d running jobs", requeued,
+                 self.ledger.running_count())
 
     async def _requeue(self, record: JobRecord) -> bool:
-        if record.job_id in self._live:
+        if self.ledger.live(record.job_id) is not None:
             return True  # queued already (a keyed retry met its own recovery): never twice
-        if self._queue_key(record.backend) not in self._queues:
+        if self.ledger.queue(record.backend) is None:
             await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
             return False
         program = await self._payloads.get_input(record.job_id)
         if program is None:
             await self._fail_unrecoverable(record, "the job's program was missing after a restart")
             return False
-        if record.job_id in self._live:
-            return True  # queued while its program was read
-        self.quotas.count(record.owner_fingerprint, len(program))
-        self._enqueue(QueuedJob(record, program))
+        self.ledger.admit(QueuedJob(record, program), reserved=False)  # once, even if raced
         return True
 
     async def _fail_unrecoverable(self, record: JobRecord, why: str) -> None:
@@ -659,31 +609,18 @@ class JobManager:
     # --- queries for operators and tests ----------------------------------------------
     def queue_length(self, backend: str) -> int:
         """How many jobs wait for ``backend``."""
-        queue = self._queues.get(self._queue_key(backend))
+        queue = self.ledger.queue(backend)
         return len(queue) if queue is not None else 0
 
     def live_jobs(self) -> int:
         """How many jobs are QUEUED or RUNNING."""
-        return len(self._live)
+        return self.ledger.live_count()
 
     def queue_snapshot(self) -> list[tuple[str, int, int, int]]:
         """Each queue's (name, jobs, program bytes, waiting nodes), for metrics."""
-        return [(key, len(queue), queue.bytes_held, self.waiters.count(key))
-                for key, queue in sorted(self._queues.items())]
+        return self.ledger.snapshot()
 
     # --- helpers --------------------------------------------------------------------------
-    def _enqueue(self, job: QueuedJob) -> None:
-        if job.job_id in self._live:
-            # Rebuilt twice (a lost answer's retry met the first attempt): one copy only.
-            log.warning("job %s is queued already; not queued twice", job.job_id)
-            return
-        key = self._queue_key(job.record.backend)
-        self._queue(key).push(job)
-        self._live[job.job_id] = job.record
-        if job.record.idempotency_key:
-            self._recent_keys[(job.owner, job.record.idempotency_key)] = job.job_id
-        self.waiters.wake(key)
-
     def _in_background(self, work: Awaitable[None]) -> None:
         """Run ``work`` to its end though no caller waits for it; failures are logged."""
         task = asyncio.ensure_future(work)
@@ -695,17 +632,9 @@ class JobManager:
         if not task.cancelled() and task.exception() is not None:
             log.error("background job work failed", exc_info=task.exception())
 
-    def _restore(self, queue: JobQueue, job: QueuedJob) -> None:
-        queue.restore(job)
-        self.waiters.wake(self._queue_key(job.record.backend))
-
     def _ended(self, record: JobRecord) -> None:
-        self._live.pop(record.job_id, None)
-        self._remember_finished(record)
-        if record.idempotency_key:
-            self._recent_keys.pop((record.owner_fingerprint, record.idempotency_key), None)
+        self.ledger.ended(record)
         self._observer.finished(record)
-        self.quotas.ended(record.owner_fingerprint)
         log.info(
             "job %s %s backend=%s user=%s total_s=%.3f",
             record.job_id,
@@ -750,20 +679,15 @@ class JobManager:
         """The job from memory (live or recently finished), checking its id's shape first."""
         if not is_job_id(job_id):
             raise SchedulerError("job_id_malformed", value=repr(job_id[:64]))
-        return self._live.get(job_id) or self._finished.get(job_id)
+        return self.ledger.remembered(job_id)
 
     async def _find(self, job_id: str) -> JobRecord | None:
         record = self._remembered(job_id)
         if record is None:
             record = await self._jobs_get(job_id)
             if record is not None and record.status.is_final:
-                self._remember_finished(record)
+                self.ledger.remember_finished(record)
         return record
-
-    def _remember_finished(self, record: JobRecord) -> None:
-        self._finished[record.job_id] = record
-        if len(self._finished) > FINISHED_CACHE_SIZE:
-            self._finished.popitem(last=False)
 
     async def _jobs_get(self, job_id: str) -> JobRecord | None:
         try:
@@ -771,22 +695,19 @@ class JobManager:
         except RecordUnreadable:
             raise SchedulerError("record_unreadable", job_id=job_id) from None
         except StoreError as exc:
-            log.error("job %s could not be read: %s", job_id, exc)
-            raise SchedulerError("store_failed") from None
+            raise _store_failed(f"job {job_id} could not be read", exc) from None
 
     async def _result_uploaded(self, record: JobRecord) -> bool:
         try:
             return await self._payloads.result_exists(record.job_id)
         except StoreError as exc:
-            log.error("result of job %s could not be checked: %s", record.job_id, exc)
-            raise SchedulerError("store_failed") from None
+            raise _store_failed(f"result of job {record.job_id} could not be checked",
+                                exc) from None
 
     async def _believe_store(self, job_id: str) -> JobRecord | None:
         """The store disagrees with memory: believe the store, drop the job from memory."""
         stored = await self._jobs_get(job_id)
-        record = self._live.pop(job_id, None)
-        if record is not None:
-            self.quotas.ended(record.owner_fingerprint)
+        self.ledger.forget(job_id)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")
         return stored
@@ -796,6 +717,12 @@ class JobManager:
             await self._payloads.delete_input(job_id)
         except StoreError as exc:
             log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
+
+
+def _store_failed(what: str, exc: StoreError) -> SchedulerError:
+    """The one translation of a store failure into the user's answer, logged once."""
+    log.error("%s: the store failed: %s", what, exc)
+    return SchedulerError("store_failed")
 
 
 def _check_node(record: JobRecord, node: str) -> None:

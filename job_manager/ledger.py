@@ -1,0 +1,192 @@
+"""The ledger: every piece of in-memory state kept per job, changed only together.
+
+A live job is in several structures at once: the index of live jobs, a queue (while
+QUEUED), its owner's quota (concurrent jobs, and queued bytes while queued), the key
+its idempotent submission holds, the watchdog's deadlines (while RUNNING), and a waiting
+node may have to be woken for it. Each operation here moves a job between states in
+all of them at once, with no await in between, so nothing can see them disagree and no
+path can forget one (docs/design.md). The JobManager decides; the ledger keeps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+
+from common.clock import Clock
+from common.identity import Principal
+from job_manager.limits import Limits, Quotas
+from job_manager.model import JobRecord, JobStatus
+from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+from job_manager.throughput import DispatchRate
+from job_manager.waiters import Waiters
+from job_manager.watchdog import Watchdog
+
+UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
+FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
+
+
+class Ledger:
+    """Live jobs, recently finished ones, queues, quotas, idempotency keys, waiting nodes
+    and deadlines of one scheduler."""
+
+    def __init__(self, limits: Limits, policy: SchedulingPolicy, clock: Clock,
+                 watchdog: Watchdog, deadline_of: Callable[[JobRecord], datetime],
+                 unify_backends: bool = False) -> None:
+        self.quotas = Quotas(limits)
+        self.waiters = Waiters()
+        self.watchdog = watchdog
+        self._deadline_of = deadline_of
+        self._policy = policy
+        self._clock = clock
+        self._unify = unify_backends
+        self._queues: dict[str, JobQueue] = {}
+        self._rates: dict[str, DispatchRate] = {}
+        self._live: dict[str, JobRecord] = {}  # every QUEUED or RUNNING job of this process
+        # Final records never change, so recent ones answer status polls from memory.
+        self._finished: OrderedDict[str, JobRecord] = OrderedDict()
+        self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) → live job
+
+    # --- queues ---------------------------------------------------------------------
+    def queue_key(self, backend: str) -> str:
+        """The queue a backend's jobs wait in."""
+        return UNIFIED_QUEUE if self._unify else backend
+
+    def queue(self, backend: str) -> JobQueue | None:
+        """The queue of ``backend``, or None when it has none."""
+        return self._queues.get(self.queue_key(backend))
+
+    def open_queue(self, backend: str) -> None:
+        """Give ``backend`` a queue, if it has none yet."""
+        key = self.queue_key(backend)
+        if key not in self._queues:
+            self._queues[key] = JobQueue(self._policy, self._clock)
+            self._rates[key] = DispatchRate()
+
+    def seconds_per_job(self, backend: str) -> float | None:
+        """The recent mean gap between hand-overs from ``backend``'s queue."""
+        return self._rates[self.queue_key(backend)].seconds_per_job()
+
+    # --- a job enters --------------------------------------------------------------------
+    def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
+        """Hold a new job's place in its owner's quota, or refuse it (SchedulerError)."""
+        self.quotas.reserve(principal, request_bytes, program_bytes)
+
+    def release(self, owner: str, program_bytes: int) -> None:
+        """Give back a reservation whose job was never accepted."""
+        self.quotas.ended(owner)
+        self.quotas.left_queue(owner, program_bytes)
+
+    def admit(self, job: QueuedJob, *, reserved: bool) -> bool:
+        """Queue a stored job (``reserved``: its quota was held by :meth:`reserve`).
+
+        A job already live is refused, never held twice; returns whether it was queued.
+        """
+        if job.job_id in self._live:
+            if reserved:
+                self.release(job.owner, job.size_bytes)
+            return False
+        if not reserved:
+            self.quotas.count(job.owner, job.size_bytes)
+        key = self.queue_key(job.record.backend)
+        self.open_queue(job.record.backend)
+        self._queues[key].push(job)
+        self._live[job.job_id] = job.record
+        if job.record.idempotency_key:
+            self._keys[(job.owner, job.record.idempotency_key)] = job.job_id
+        self.waiters.wake(key)
+        return True
+
+    def admit_running(self, record: JobRecord) -> None:
+        """Watch a job found RUNNING in the store (after a restart or a takeover)."""
+        if record.job_id in self._live:
+            return
+        self._live[record.job_id] = record
+        self.quotas.count(record.owner_fingerprint, 0)
+        self.watchdog.watch(record.job_id, self._deadline_of(record))
+
+    # --- a job moves ---------------------------------------------------------------------
+    def take_next(self, backend: str) -> QueuedJob | None:
+        """The job that goes next from ``backend``'s queue, claimed: no one else gets it."""
+        queue = self.queue(backend)
+        return queue.pop() if queue is not None else None
+
+    def claim(self, record: JobRecord) -> QueuedJob | None:
+        """Take a given queued job out (to cancel it), or None when it is not queued."""
+        queue = self.queue(record.backend)
+        return queue.remove(record.job_id) if queue is not None else None
+
+    def put_back(self, job: QueuedJob) -> None:
+        """A claimed job whose change failed: back in its place, and a waiting node woken."""
+        key = self.queue_key(job.record.backend)
+        self._queues[key].restore(job)
+        self.waiters.wake(key)
+
+    def started(self, job: QueuedJob, running: JobRecord) -> None:
+        """A claimed job is RUNNING: out of the queue's bytes, watched, counted as a hand-over."""
+        self.quotas.left_queue(job.owner, job.size_bytes)
+        self._live[job.job_id] = running
+        self.watchdog.watch(job.job_id, self._deadline_of(running))
+        self._rates[self.queue_key(running.backend)].record(self._clock.monotonic())
+
+    def left_queue(self, job: QueuedJob) -> None:
+        """A claimed job will not come back to its queue (cancelled, or changed elsewhere)."""
+        self.quotas.left_queue(job.owner, job.size_bytes)
+
+    def returned(self, job: QueuedJob, queued: JobRecord) -> None:
+        """A RUNNING job no node received is QUEUED again, in its place at the head."""
+        job.record = queued
+        self._live[job.job_id] = queued
+        self.quotas.rejoined_queue(job.owner, job.size_bytes)
+        self.put_back(job)
+
+    # --- a job leaves ------------------------------------------------------------------
+    def ended(self, record: JobRecord) -> None:
+        """A job reached a final status: out of every structure, kept among the finished."""
+        self._live.pop(record.job_id, None)
+        self.remember_finished(record)
+        if record.idempotency_key:
+            self._keys.pop((record.owner_fingerprint, record.idempotency_key), None)
+        self.quotas.ended(record.owner_fingerprint)
+
+    def forget(self, job_id: str) -> JobRecord | None:
+        """Memory was wrong about a job (the store says otherwise): drop it, free its quota."""
+        record = self._live.pop(job_id, None)
+        if record is not None:
+            self.quotas.ended(record.owner_fingerprint)
+            if record.idempotency_key:
+                self._keys.pop((record.owner_fingerprint, record.idempotency_key), None)
+        return record
+
+    def remember_finished(self, record: JobRecord) -> None:
+        """Keep a final record for status polls, the oldest dropped past the bound."""
+        self._finished[record.job_id] = record
+        if len(self._finished) > FINISHED_CACHE_SIZE:
+            self._finished.popitem(last=False)
+
+    # --- what memory knows -------------------------------------------------------------
+    def live(self, job_id: str) -> JobRecord | None:
+        """The job if it is QUEUED or RUNNING here."""
+        return self._live.get(job_id)
+
+    def remembered(self, job_id: str) -> JobRecord | None:
+        """The job from memory: live, or recently finished."""
+        return self._live.get(job_id) or self._finished.get(job_id)
+
+    def key_holder(self, owner: str, key: str) -> JobRecord | None:
+        """The live job an owner's idempotency key names, if any."""
+        return self._live.get(self._keys.get((owner, key), ""))
+
+    def running_count(self) -> int:
+        """How many live jobs are RUNNING."""
+        return sum(1 for r in self._live.values() if r.status is JobStatus.RUNNING)
+
+    def live_count(self) -> int:
+        """How many jobs are QUEUED or RUNNING."""
+        return len(self._live)
+
+    def snapshot(self) -> list[tuple[str, int, int, int]]:
+        """Each queue's (name, jobs, program bytes, waiting nodes), for metrics."""
+        return [(key, len(queue), queue.bytes_held, self.waiters.count(key))
+                for key, queue in sorted(self._queues.items())]

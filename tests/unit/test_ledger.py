@@ -1,0 +1,125 @@
+"""The ledger keeps every per-job structure in step: each operation moves a job in all of them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from common.clock import FakeClock
+from common.identity import Principal, Role, fingerprint
+from job_manager.ledger import Ledger
+from job_manager.limits import Limits, RoleLimits
+from job_manager.model import JobRecord, JobStatus, new_job_id
+from job_manager.queue import QueuedJob, SchedulingPolicy
+from job_manager.watchdog import Watchdog
+
+ALICE = Principal("alice", Role.DEVELOPER, fingerprint("alice"))
+LIMITS = Limits(by_role={role: RoleLimits(5, 1 << 20) for role in Role},
+                max_queue_bytes=1 << 20)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(clock: FakeClock) -> Ledger:
+    async def expire(job_id: str) -> None:
+        pass
+
+    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
+                    lambda r: r.queued_at + timedelta(seconds=r.timeout_s))
+    ledger.open_queue("emulator")
+    return ledger
+
+
+def _job(clock: FakeClock, program: bytes = b"p", key: str = "") -> QueuedJob:
+    now = clock.now()
+    record = JobRecord(job_id=new_job_id(), status=JobStatus.QUEUED, backend="emulator",
+                       owner_name="alice", owner_fingerprint=ALICE.fingerprint,
+                       role=Role.DEVELOPER, settings=b"", timeout_s=30.0,
+                       input_size_bytes=len(program), submitted_at=now, queued_at=now,
+                       idempotency_key=key)
+    return QueuedJob(record, program)
+
+
+def _admitted(ledger: Ledger, clock: FakeClock, key: str = "") -> QueuedJob:
+    job = _job(clock, key=key)
+    ledger.reserve(ALICE, 10, job.size_bytes)
+    assert ledger.admit(job, reserved=True)
+    return job
+
+
+def _state(ledger: Ledger) -> tuple[int, int, int, int]:
+    queue = ledger.queue("emulator")
+    assert queue is not None
+    return (ledger.live_count(), len(queue), ledger.quotas.active_jobs(ALICE.fingerprint),
+            ledger.quotas.queue_bytes)
+
+
+def test_a_job_goes_through_its_life_in_every_structure_at_once(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job = _admitted(ledger, clock, key="k")
+    assert _state(ledger) == (1, 1, 1, 1)
+    assert ledger.key_holder(ALICE.fingerprint, "k") is job.record
+    assert ledger.take_next("emulator") is job
+    running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    ledger.started(job, running)
+    assert _state(ledger) == (1, 0, 1, 0)
+    assert len(ledger.watchdog) == 1
+    ended = replace(running, status=JobStatus.COMPLETED, finished_at=clock.now())
+    ledger.ended(ended)
+    assert _state(ledger) == (0, 0, 0, 0)
+    assert ledger.key_holder(ALICE.fingerprint, "k") is None
+    assert ledger.remembered(job.job_id) is ended
+
+
+def test_a_job_admitted_twice_is_held_once_and_its_second_reservation_freed(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job = _admitted(ledger, clock)
+    ledger.reserve(ALICE, 10, job.size_bytes)
+    assert not ledger.admit(job, reserved=True)
+    assert not ledger.admit(job, reserved=False)
+    assert _state(ledger) == (1, 1, 1, 1)
+
+
+def test_a_claim_put_back_is_in_its_place_and_counted_once(
+        ledger: Ledger, clock: FakeClock) -> None:
+    first, second = _admitted(ledger, clock), _admitted(ledger, clock)
+    claimed = ledger.claim(first.record)
+    assert claimed is first and _state(ledger) == (2, 1, 2, 2)
+    ledger.put_back(first)
+    assert ledger.take_next("emulator") is first
+    ledger.put_back(first)
+    assert _state(ledger) == (2, 2, 2, 2)
+    assert second in (ledger.take_next("emulator"), ledger.take_next("emulator"))
+
+
+def test_a_job_given_back_is_queued_at_the_head_with_its_bytes(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job, later = _admitted(ledger, clock), _admitted(ledger, clock)
+    assert ledger.take_next("emulator") is job
+    running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    ledger.started(job, running)
+    ledger.returned(job, replace(running, status=JobStatus.QUEUED, dequeued_at=None))
+    assert _state(ledger) == (2, 2, 2, 2)
+    assert ledger.take_next("emulator") is job
+    assert later.job_id != job.job_id
+
+
+def test_forgetting_a_job_frees_its_quota_and_its_key(ledger: Ledger, clock: FakeClock) -> None:
+    job = _admitted(ledger, clock, key="k")
+    assert ledger.take_next("emulator") is job
+    ledger.left_queue(job)
+    ledger.forget(job.job_id)
+    assert _state(ledger) == (0, 0, 0, 0)
+    assert ledger.key_holder(ALICE.fingerprint, "k") is None
+
+
+def test_a_released_reservation_leaves_nothing(ledger: Ledger, clock: FakeClock) -> None:
+    ledger.reserve(ALICE, 10, 100)
+    ledger.release(ALICE.fingerprint, 100)
+    assert _state(ledger) == (0, 0, 0, 0)
