@@ -16,6 +16,7 @@ from backend_manager import BackendConfigError
 from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
+from job_manager.stores import StoreError
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
@@ -153,6 +154,9 @@ def main(argv: Sequence[str]) -> int:
     except (ConfigError, BackendConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    except StoreError as exc:  # one line, no traceback: the store is named in the message
+        log.error("cannot start: a store failed while recovering the jobs: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -391,3 +391,14 @@ async def test_a_start_that_fails_half_way_releases_every_port_and_store(
     with pytest.raises(StoreError):
         await scheduler.stack.jobs.get("00000000-0000-4000-8000-000000000001")  # closed
     await scheduler.stop()  # and stopping after a failed start is harmless
+
+
+def test_a_job_store_that_cannot_be_read_fails_startup_in_one_line(
+    tmp_path: Path, processes: list[Process],
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "jobs.sqlite3").write_bytes(b"this is not a database file" * 100)
+    process, _, _ = _standalone(tmp_path)
+    processes.append(process)
+    _assert_one_clear_line(process, "cannot start", "sqlite-jobs")
