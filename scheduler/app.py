@@ -10,6 +10,7 @@ import socket
 import time
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 from aiohttp import web
@@ -23,6 +24,7 @@ from common.supervisor import Supervisor
 from job_manager.manager import JobManager
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import JobStore, PayloadStore, StoreError
+from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
@@ -43,6 +45,7 @@ from scheduler.store_monitor import StoreMonitor
 from scheduler.submission_service import SubmissionService
 from token_database.credential import PresentCredential, RequireCredential
 from token_database.service import TokenDatabaseService
+from token_database.store import SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,16 @@ def http_connection_cap() -> int:
     return max(1, min(HTTP_MAX_CONNECTIONS, soft // 4))
 
 
+T = TypeVar("T")
+
+
+def _started(part: T | None) -> T:
+    """A part start() makes, or a clear error when the scheduler has not been started."""
+    if part is None:
+        raise RuntimeError("the scheduler has not been started")
+    return part
+
+
 def _address(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -133,9 +146,10 @@ class Scheduler:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.stack: Stack | None = None
-        self.manager: JobManager | None = None
-        self.health: Health | None = None
+        # Made by start(); read through the properties below, which say so when asked early.
+        self._stack: Stack | None = None
+        self._manager: JobManager | None = None
+        self._health: Health | None = None
         self.submission_port = 0
         self.execution_port = 0
         self.token_database_port = 0
@@ -144,12 +158,26 @@ class Scheduler:
         self._servers: list[grpc.aio.Server] = []  # submission and execution
         self._edges: list[Edge] = []
         self._token_server: grpc.aio.Server | None = None  # standalone only
-        self._backends: BackendManager | None = None
         self.supervisor = Supervisor(on_change=self._loops_changed)
         # What start() acquired, released in reverse order: by stop(), or at once when
         # start() fails half-way, so a failed start leaks no store, port or task.
         self._resources = contextlib.AsyncExitStack()
         self._stopped = False
+
+    @property
+    def stack(self) -> Stack:
+        """The stores and sources of the scheduler's mode."""
+        return _started(self._stack)
+
+    @property
+    def manager(self) -> JobManager:
+        """The JobManager: every job's life."""
+        return _started(self._manager)
+
+    @property
+    def health(self) -> Health:
+        """What the health services and /healthz answer."""
+        return _started(self._health)
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
@@ -177,16 +205,17 @@ class Scheduler:
         key_window = timedelta(seconds=config.idempotency_window_s)
         unreadable = UnreadableRecords(self.metrics.unreadable_records.inc)
         if config.local is not None:
-            self.stack = await standalone_stack(config.local.data_dir, self.clock, key_window,
-                                                unreadable, config.retention)
+            stack = await standalone_stack(config.local.data_dir, self.clock, key_window,
+                                           unreadable, config.retention)
         else:
-            assert config.aws is not None
-            self.stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
-        self._resources.push_async_callback(self.stack.close)
+            assert config.aws is not None  # a Config is in one mode or the other
+            stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
+        self._stack = stack
+        self._resources.push_async_callback(stack.close)
         monitor = StoreMonitor(self.metrics)
-        job_store = monitor.wrap(self.stack.jobs, "jobs")
-        payload_store = monitor.wrap(self.stack.payloads, "payloads")
-        self.manager = JobManager(
+        job_store = monitor.wrap(stack.jobs, "jobs")
+        payload_store = monitor.wrap(stack.payloads, "payloads")
+        manager = self._manager = JobManager(
             jobs=job_store,
             payloads=payload_store,
             limits=config.limits,
@@ -197,22 +226,21 @@ class Scheduler:
             idempotency_window=key_window,
             observer=self.metrics,
         )
-        self.metrics.watch_queues(self.manager.queue_snapshot)
-        self.health = Health(
+        self.metrics.watch_queues(manager.queue_snapshot)
+        health = self._health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
             config.store_unhealthy_after_s)
-        await self.health.starting()
+        await health.starting()
         await self._serve_metrics()
-        await self._serve_grpc()
-        self._backends = BackendManager(self.stack.backend_source,
-                                        config.backend_reload_interval_s)
-        self._backends.on_change(self.manager.use_backends)
-        await self._backends.load()
-        await self.manager.recover()
-        self._supervise(self.manager, self._backends, self.health, self.stack.housekeeping)
+        await self._serve_grpc(stack, manager, health)
+        backends = BackendManager(stack.backend_source, config.backend_reload_interval_s)
+        backends.on_change(manager.use_backends)
+        await backends.load()
+        await manager.recover()
+        self._supervise(manager, backends, health, stack.housekeeping)
         for edge in self._edges:
             edge.not_serving = None
-        await self.health.ready()
+        await health.ready()
         log.info("scheduler ready (%s mode): submission %s, execution %s, metrics :%d",
                  config.mode, _address(config.submission_host, self.submission_port),
                  _address(config.execution_host, self.execution_port), self.metrics_port)
@@ -230,17 +258,17 @@ class Scheduler:
             self.supervisor.run("housekeeping", housekeeping.sweep_forever)
             self.supervisor.run("free-space", housekeeping.measure_forever)
 
-    async def _serve_grpc(self) -> None:
-        config, stack, manager = self.config, self.stack, self.manager
-        assert stack is not None and manager is not None
+    async def _serve_grpc(self, stack: Stack, manager: JobManager, health: Health) -> None:
+        config = self.config
         token_address = config.token_database_address
-        if stack.token_store is not None and stack.token_database_secret is not None:
-            assert config.local is not None
+        local = config.local
+        if (local is not None and stack.token_store is not None
+                and stack.token_database_secret is not None):
             self.token_database_port = await self._serve_token_database(
-                config.local.token_database_port)
+                stack.token_store, stack.token_database_secret, local.token_database_port)
             token_address = f"127.0.0.1:{self.token_database_port}"
-        if stack.local_payloads is not None:
-            await self._serve_payloads()
+        if local is not None and stack.local_payloads is not None:
+            await self._serve_payloads(stack.local_payloads, local.http_port, local.public_url)
         channel = grpc.aio.insecure_channel(token_address, interceptors=(
             [PresentCredential(stack.token_database_secret)] if stack.token_database_secret
             else None))
@@ -262,10 +290,10 @@ class Scheduler:
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
                      ExecutionService(manager, config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
-            submission, SUBMISSION, config.submission_host, config.submission_port,
+            submission, SUBMISSION, health, config.submission_host, config.submission_port,
             config.submission_tls)
         self.execution_port = await self._start_service(
-            execution, EXECUTION, config.execution_host, config.execution_port,
+            execution, EXECUTION, health, config.execution_host, config.execution_port,
             config.execution_tls)
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
@@ -273,11 +301,10 @@ class Scheduler:
             log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
                         " and ".join(plain), "s" if len(plain) > 1 else "")
 
-    async def _start_service(self, server: grpc.aio.Server, service: str, host: str, port: int,
-                             tls: TlsConfig | None) -> int:
+    async def _start_service(self, server: grpc.aio.Server, service: str, health: Health,
+                             host: str, port: int, tls: TlsConfig | None) -> int:
         """Add health and reflection beside ``service``, listen, start; the bound port."""
-        assert self.health is not None
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
         reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
         bound = self._listen(server, port, tls, host)
         self._servers.append(server)
@@ -299,16 +326,14 @@ class Scheduler:
             raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
         return bound
 
-    async def _serve_token_database(self, port: int) -> int:
+    async def _serve_token_database(self, store: SqliteTokenStore, secret: str,
+                                    port: int) -> int:
         # Loopback only, whatever --host says, and only with the admin credential from the
         # data directory: CreateToken mints admin tokens for whoever may call it, so only
         # the service's operator may, never every local account.
-        stack = self.stack
-        assert stack is not None and stack.token_store is not None
-        assert stack.token_database_secret is not None
-        server = grpc.aio.server(interceptors=[RequireCredential(stack.token_database_secret)])
+        server = grpc.aio.server(interceptors=[RequireCredential(secret)])
         token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
-            TokenDatabaseService(stack.token_store, self.clock), server)
+            TokenDatabaseService(store, self.clock), server)
         bound = self._listen(server, port, host=LOOPBACK)
         await server.start()
         self._resources.push_async_callback(server.stop, 0)
@@ -330,16 +355,14 @@ class Scheduler:
         self._resources.callback(server.close)  # before the runner's cleanup: stop accepting
         return int(server.sockets[0].getsockname()[1])
 
-    async def _serve_payloads(self) -> None:
-        assert self.stack is not None and self.config.local is not None
-        payloads = self.stack.local_payloads
-        assert payloads is not None
+    async def _serve_payloads(self, payloads: LocalPayloadStore, port: int,
+                              public_url: str | None) -> None:
         # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
         self.http_port = await self._serve_http(
             build_http_app(self._is_serving, payloads=payloads,
                            uploads=Uploads(self._accepts_result, self.config.max_result_bytes)),
-            self.config.local.http_port, auto_decompress=False)
-        payloads.base_url = (self.config.local.public_url
+            port, auto_decompress=False)
+        payloads.base_url = (public_url
                              or f"http://{self.config.host}:{self.http_port}").rstrip("/")
 
     async def _serve_metrics(self) -> None:
@@ -359,15 +382,15 @@ class Scheduler:
         return time.monotonic() - started
 
     def _loops_changed(self) -> None:
-        if self.health is not None:
-            self.health.update()
+        if self._health is not None:
+            self._health.update()
 
     def _accepts_result(self, job_id: str) -> bool:
-        return self.manager is not None and self.manager.accepts_result(job_id)
+        return self._manager is not None and self._manager.accepts_result(job_id)
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
-        housekeeping = self.stack.housekeeping if self.stack is not None else None
+        housekeeping = self._stack.housekeeping if self._stack is not None else None
         if housekeeping is None or not housekeeping.low_on_space:
             return []
         assert housekeeping.free_bytes is not None
@@ -375,7 +398,7 @@ class Scheduler:
                 f"free; submissions fail once it is full"]
 
     def _is_serving(self) -> bool:
-        return self.health is not None and self.health.serving
+        return self._health is not None and self._health.serving
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, release waiting nodes, let calls finish within the grace."""
@@ -384,10 +407,10 @@ class Scheduler:
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         await self.supervisor.stop()
-        if self.health is not None:
-            await self.health.draining()
-        if self.manager is not None:
-            self.manager.shutdown()  # waiting nodes get an empty answer now
+        if self._health is not None:
+            await self._health.draining()
+        if self._manager is not None:
+            self._manager.shutdown()  # waiting nodes get an empty answer now
         grace -= await self._finish_calls(grace)
         await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
         if self._token_server is not None:

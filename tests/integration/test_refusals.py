@@ -41,12 +41,10 @@ GUEST_DESCRIPTION = "qpu is not offered to guests"
 
 # --- helpers ------------------------------------------------------------------------------
 def _queued(running: Running, backend: str = "emulator") -> int:
-    assert running.scheduler.manager is not None
     return running.scheduler.manager.queue_length(backend)
 
 
 def _live(running: Running) -> int:
-    assert running.scheduler.manager is not None
     return running.scheduler.manager.live_jobs()
 
 
@@ -291,7 +289,7 @@ async def test_token_database_down_is_unavailable(aws_names: AwsNames) -> None:
     for rpc, error in errors.items():
         assert error.code == "UNAVAILABLE", rpc
         assert "token database" in error.description, rpc
-    assert scheduler.manager is not None and scheduler.manager.queue_length("emulator") == 0
+    assert scheduler.manager.queue_length("emulator") == 0
 
 
 # --- backend availability by role ---------------------------------------------------------

@@ -102,7 +102,6 @@ async def test_not_serving_until_recovery_has_finished(
 
 async def test_not_serving_once_draining_begins(running: Running) -> None:
     scheduler = running.scheduler
-    assert scheduler.health is not None
     async with grpc.aio.insecure_channel(f"{HOST}:{scheduler.submission_port}") as sub, \
             grpc.aio.insecure_channel(f"{HOST}:{scheduler.execution_port}") as exe:
         assert await check(sub) == SERVING
@@ -131,7 +130,7 @@ async def test_drain_reports_not_serving_while_in_flight_calls_finish(
             await until_async(
                 lambda: _healthz_is(scheduler.metrics_port, 503), 3,
                 "/healthz answers 503 while draining")
-            assert scheduler.health is not None and not scheduler.health.serving
+            assert not scheduler.health.serving
             assert not stopping.done()  # the in-flight call holds the drain open
         finally:
             held.open()
@@ -154,7 +153,6 @@ async def test_store_outage_turns_health_not_serving_and_recovery_turns_it_back(
     env = {"SCHEDULER_STORE_UNHEALTHY_AFTER_S": "1"}
     async with scheduler_in("standalone", tmp_path, request, token_database, env) as running:
         scheduler = running.scheduler
-        assert scheduler.stack is not None
         jobs = scheduler.stack.jobs
         ports = _ports(running)
         token = running.token()
@@ -166,7 +164,7 @@ async def test_store_outage_turns_health_not_serving_and_recovery_turns_it_back(
         # Nothing calls the store: the health loop's own probe must notice the outage.
         monkeypatch.setattr(jobs, "get", unreachable, raising=False)
         broken_at = time.monotonic()
-        await until(lambda: scheduler.health is not None and not scheduler.health.serving,
+        await until(lambda: not scheduler.health.serving,
                     8, "health NOT_SERVING after the store failed for more than 1 s")
         assert time.monotonic() - broken_at >= 1.0  # not before the configured time
         found = await statuses(ports)
@@ -180,7 +178,7 @@ async def test_store_outage_turns_health_not_serving_and_recovery_turns_it_back(
         status = await running.clients.submission.GetJobStatus(submission_pb2.GetJobStatusRequest(
             token=token, job_id="00000000-0000-4000-8000-0000000000aa"))
         assert status.error.code == "NOT_FOUND", status
-        await until(lambda: scheduler.health is not None and scheduler.health.serving,
+        await until(lambda: scheduler.health.serving,
                     3, "health SERVING again after the store recovered")
         found = await statuses(ports)
         assert set(found.values()) == {SERVING}, found
@@ -195,7 +193,6 @@ async def test_failing_writes_turn_health_not_serving_though_reads_succeed(
     env = {"SCHEDULER_STORE_UNHEALTHY_AFTER_S": "1"}
     async with scheduler_in("standalone", tmp_path, request, token_database, env) as running:
         scheduler = running.scheduler
-        assert scheduler.stack is not None
         payloads = scheduler.stack.payloads
         token = running.token()
 
@@ -214,11 +211,11 @@ async def test_failing_writes_turn_health_not_serving_though_reads_succeed(
 
         reader = asyncio.create_task(polls())
         try:
-            await until(lambda: scheduler.health is not None and not scheduler.health.serving,
+            await until(lambda: not scheduler.health.serving,
                         8, "health NOT_SERVING while writes fail and reads succeed")
             assert (await healthz(scheduler.metrics_port))[0] == 503
             monkeypatch.undo()  # the disk has room again: the probe's write shows it
-            await until(lambda: scheduler.health is not None and scheduler.health.serving,
+            await until(lambda: scheduler.health.serving,
                         8, "health SERVING again once writes succeed")
         finally:
             reader.cancel()

@@ -40,7 +40,7 @@ async def test_files_no_record_names_and_crash_leftovers_are_removed_at_start(
         job_id = (await running.clients.submission.SubmitJob(submit_request(token))).job_id
         kept = _aged(payloads / f"{job_id}.in.proto", (payloads / f"{job_id}.in.proto")
                      .read_bytes())
-        housekeeping = running.scheduler.stack.housekeeping  # type: ignore[union-attr]
+        housekeeping = running.scheduler.stack.housekeeping
         assert housekeeping is not None
         await housekeeping.sweep()
         assert not orphan.exists() and not orphan_result.exists() and not leftover.exists()
@@ -61,7 +61,7 @@ async def test_finished_jobs_past_the_retention_period_are_removed_with_their_fi
                 ).error.code == ""
         await asyncio.sleep(0.6)
         live = (await submission.SubmitJob(submit_request(token))).job_id
-        housekeeping = running.scheduler.stack.housekeeping  # type: ignore[union-attr]
+        housekeeping = running.scheduler.stack.housekeeping
         assert housekeeping is not None
         await housekeeping.sweep()
         stack = running.scheduler.stack
@@ -76,7 +76,7 @@ async def test_a_filling_disk_is_reported_before_it_stops_submissions(
         tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase) -> None:
     env = {"SCHEDULER_MIN_FREE_BYTES": str(10**18)}  # more than any disk has: "low" now
     async with scheduler_in("standalone", tmp_path, request, token_database, env) as running:
-        housekeeping = running.scheduler.stack.housekeeping  # type: ignore[union-attr]
+        housekeeping = running.scheduler.stack.housekeeping
         assert housekeeping is not None
         await housekeeping.measure()
         status, text = await healthz(running.scheduler.metrics_port)

@@ -17,7 +17,7 @@ async def test_every_background_loop_killed_is_restarted_and_health_follows(
         tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase) -> None:
     async with scheduler_in("standalone", tmp_path, request, token_database) as running:
         scheduler = running.scheduler
-        assert scheduler.health is not None and scheduler.health.serving
+        assert scheduler.health.serving
         for name in LOOPS:
             killed = scheduler.supervisor.task(name)
             killed.cancel()
