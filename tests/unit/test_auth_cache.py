@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -157,3 +158,26 @@ async def test_callers_sharing_a_lookup_are_answered_when_the_first_one_leaves(
     assert {p.name for p in answered} == {"alice"}
     assert servicer.lookups == 1
     assert first.cancelled()
+
+
+async def test_a_token_never_reaches_the_log_when_the_database_is_down_or_slow(
+        tokens: tuple[CountingTokens, grpc.aio.Server, str], clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Broke when: the "unreachable" log line carried the token it was looking up. The
+    # other log checks only ever took the happy and the unknown-token paths.
+    caplog.set_level(logging.DEBUG)
+    secret = "mqc3_" + "s3cret-token-value" * 3
+    servicer = tokens[0]
+    servicer.delay_s = 2.0  # slower than the call's timeout
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        slow = TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                             call_timeout_s=0.2)
+        assert await _code(slow, secret) == "token_database_unavailable"
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as channel:  # nothing listens
+        down = TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                             call_timeout_s=0.5)
+        assert await _code(down, secret) == "token_database_unavailable"
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 2
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret not in str(record.args)
