@@ -145,6 +145,10 @@ class Ledger:
     def ended(self, record: JobRecord) -> None:
         """A job reached a final status: out of every structure, kept among the finished."""
         self._live.pop(record.job_id, None)
+        queue = self.queue(record.backend)
+        if queue is not None and (stale := queue.remove(record.job_id)) is not None:
+            # Still queued here though it ended elsewhere (another process ran it).
+            self.quotas.left_queue(stale.owner, stale.size_bytes)
         self.remember_finished(record)
         if record.idempotency_key:
             self._keys.pop((record.owner_fingerprint, record.idempotency_key), None)

@@ -461,9 +461,7 @@ class JobManager:
 
     async def report(self, report: ExecutionReport, node: str = "") -> JobRecord:
         """Record a node's report; the same report twice is answered the same way."""
-        record = await self._find(report.job_id)
-        if record is None:
-            raise SchedulerError("job_not_found", job_id=report.job_id)
+        record = await self._find_for_node(report.job_id)
         _check_node(record, node)
         if record.status.is_final:
             if record.status is report.outcome:
@@ -560,9 +558,7 @@ class JobManager:
 
     async def refresh_upload_url(self, job_id: str, node: str = "") -> SignedUrl:
         """A new upload URL for a job that is still RUNNING."""
-        record = await self._find(job_id)
-        if record is None:
-            raise SchedulerError("job_not_found", job_id=job_id)
+        record = await self._find_for_node(job_id)
         _check_node(record, node)
         if record.status is not JobStatus.RUNNING:
             raise SchedulerError("job_not_running", job_id=job_id, status=record.status.value)
@@ -674,6 +670,16 @@ class JobManager:
         if record is not None and principal.may_see(record):
             return record
         raise SchedulerError("job_not_found", job_id=job_id)
+
+    async def _find_for_node(self, job_id: str) -> JobRecord:
+        """The job a node names. A node holds only jobs that were handed out, so memory
+        that says QUEUED is stale (another process handed it over): ask the store."""
+        record = await self._find(job_id)
+        if record is not None and record.status is JobStatus.QUEUED:
+            record = await self._jobs_get(job_id)
+        if record is None:
+            raise SchedulerError("job_not_found", job_id=job_id)
+        return record
 
     def _remembered(self, job_id: str) -> JobRecord | None:
         """The job from memory (live or recently finished), checking its id's shape first."""

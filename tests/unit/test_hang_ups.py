@@ -59,6 +59,7 @@ async def test_a_node_that_leaves_during_the_hand_over_leaves_the_job_queued(h: 
     await eventually(returned(h, first))
     assert (await h.stored(first)).status is JobStatus.QUEUED
     assert (await h.stored(first)).dequeued_at is None
+    assert await h.status(first) is JobStatus.QUEUED  # memory agrees with the store
     assert h.manager.queue_length("emulator") == 2
     assert h.manager.quotas.queue_bytes == len(b"first") + len(b"second")
     assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 2

@@ -223,6 +223,7 @@ async def assert_nothing_kept(h: Harness) -> None:
     assert h.inputs() == [], "a program was left"
     assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
     assert h.manager.quotas.queue_bytes == 0
+    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
     assert h.manager.queue_length("emulator") == 0
     assert h.manager.live_jobs() == 0
     assert await h.manager.assign("emulator") is None

@@ -9,7 +9,7 @@ import pytest
 
 from common.clock import FakeClock
 from common.identity import Principal, Role, fingerprint
-from job_manager.ledger import Ledger
+from job_manager.ledger import FINISHED_CACHE_SIZE, Ledger
 from job_manager.limits import Limits, RoleLimits
 from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.queue import QueuedJob, SchedulingPolicy
@@ -106,6 +106,9 @@ def test_a_job_given_back_is_queued_at_the_head_with_its_bytes(
     ledger.started(job, running)
     ledger.returned(job, replace(running, status=JobStatus.QUEUED, dequeued_at=None))
     assert _state(ledger) == (2, 2, 2, 2)
+    assert ledger.quotas.queued_bytes(ALICE.fingerprint) == 2
+    returned = ledger.live(job.job_id)
+    assert returned is not None and returned.status is JobStatus.QUEUED
     assert ledger.take_next("emulator") is job
     assert later.job_id != job.job_id
 
@@ -123,3 +126,37 @@ def test_a_released_reservation_leaves_nothing(ledger: Ledger, clock: FakeClock)
     ledger.reserve(ALICE, 10, 100)
     ledger.release(ALICE.fingerprint, 100)
     assert _state(ledger) == (0, 0, 0, 0)
+
+
+def test_a_job_found_running_counts_as_a_job_but_holds_no_queue_bytes(
+        ledger: Ledger, clock: FakeClock) -> None:
+    running = replace(_job(clock).record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    ledger.admit_running(running)
+    ledger.admit_running(running)  # twice: counted once
+    assert _state(ledger) == (1, 0, 1, 0)
+    assert len(ledger.watchdog) == 1
+
+
+def test_the_finished_records_kept_are_the_newest(ledger: Ledger, clock: FakeClock) -> None:
+    records = [replace(_job(clock).record, status=JobStatus.CANCELLED)
+               for _ in range(FINISHED_CACHE_SIZE + 1)]
+    for record in records:
+        ledger.remember_finished(record)
+    assert ledger.remembered(records[0].job_id) is None
+    assert ledger.remembered(records[1].job_id) is records[1]
+    assert ledger.remembered(records[-1].job_id) is records[-1]
+
+
+def test_with_one_queue_for_all_backends_every_backend_shares_it(clock: FakeClock) -> None:
+    async def expire(job_id: str) -> None:
+        pass
+
+    unified = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
+                     lambda r: r.queued_at, unify_backends=True)
+    unified.open_queue("emulator")
+    unified.open_queue("qpu")
+    assert unified.queue("emulator") is unified.queue("qpu") is unified.queue("any")
+    job = _job(clock)
+    unified.reserve(ALICE, 10, job.size_bytes)
+    unified.admit(job, reserved=True)
+    assert unified.take_next("qpu") is job

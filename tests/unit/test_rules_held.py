@@ -56,3 +56,54 @@ async def test_one_key_raced_by_two_owners_makes_a_job_for_each(h: Harness) -> N
     assert first != second
     assert (await h.stored(first)).owner_fingerprint == ALICE.fingerprint
     assert (await h.stored(second)).owner_fingerprint == bob.fingerprint
+
+
+async def test_a_report_for_a_job_another_process_started_completes_it(h: Harness) -> None:
+    # Broke when: ending a job assumed this process held it in memory.
+    job = await h.submit()
+    other = h.new_manager()
+    await other.recover()
+    assert (await other.assign("emulator")) is not None  # RUNNING in the store, not here
+    finished = await h.complete(job)
+    assert finished.status is JobStatus.COMPLETED
+    assert (await h.stored(job)).status is JobStatus.COMPLETED
+    # Its stale copy left this process's queue, with its bytes.
+    assert h.manager.queue_length("emulator") == 0
+    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
+    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+
+
+async def test_a_keyed_job_found_running_at_restart_ends_cleanly(h: Harness) -> None:
+    # Broke when: a job's end assumed its idempotency key was indexed in memory, which a
+    # job recovered RUNNING never is.
+    job = await h.submit(key="k")
+    await h.assign()
+    await h.restart()
+    assert (await h.complete(job)).status is JobStatus.COMPLETED
+
+
+async def test_a_new_job_wakes_a_node_that_waits_for_work(h: Harness) -> None:
+    # Broke when: queueing a job did not wake the node parked on its queue.
+    waiting = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
+    await asyncio.sleep(0.01)
+    job = await h.submit()
+    assignment = await asyncio.wait_for(waiting, 2.0)
+    assert assignment is not None and assignment.record.job_id == job
+
+
+async def test_a_cancelled_job_gives_its_bytes_back_to_its_owners_share(h: Harness) -> None:
+    job = await h.submit(program=b"x" * 100)
+    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 100
+    await h.manager.cancel(ALICE, job)
+    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
+    assert h.manager.quotas.queue_bytes == 0
+
+
+async def test_a_queued_job_is_told_about_how_long_it_will_wait(h: Harness) -> None:
+    # Broke when: hand-overs were not timed, so the estimate never appeared.
+    jobs = [await h.submit(timeout_s=30.0 + i) for i in range(4)]
+    for _ in range(2):
+        await h.assign()
+        h.clock.advance(10)
+    detail = h.manager.status_detail(await h.manager.status(ALICE, jobs[3]))
+    assert detail.startswith("queued: 2nd of 2 on emulator") and "about 20 s" in detail
