@@ -1,10 +1,11 @@
 """JobManager: the one place that moves a job through its life.
 
-All in-memory state (queues, the live-job index, quotas) is touched only from the
-event loop, so it needs no locks; store calls are awaited without holding anything
-other requests wait on. Each state change is claimed in memory first (a job taken
-out of its queue cannot be taken twice), then made durable by a compare-and-set in
-the JobStore; when the store fails, the claim is undone.
+The manager decides; the ledger (job_manager/ledger.py) keeps every per-job piece of
+memory and changes it only whole. Memory is touched only from the event loop, so it
+needs no locks; store calls are awaited without holding anything other requests wait
+on. Each state change is claimed in memory first (a job taken out of its queue cannot
+be taken twice), then made durable by a compare-and-set in the JobStore, in a task no
+caller can cancel; when the store fails, the claim is undone (docs/job-rules.md).
 """
 
 from __future__ import annotations
