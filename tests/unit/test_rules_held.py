@@ -7,9 +7,11 @@ change that made the whole suite pass before it existed.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from common.identity import Principal, Role, fingerprint
-from job_manager.model import JobStatus
+from job_manager.manager import ExecutionReport
+from job_manager.model import BackendTimestamps, JobStatus
 from tests.unit.test_job_rules import ALICE, Harness, h, refused, spec
 
 __all__ = ["h"]  # the fixture, shared with test_job_rules
@@ -107,3 +109,45 @@ async def test_a_queued_job_is_told_about_how_long_it_will_wait(h: Harness) -> N
         h.clock.advance(10)
     detail = h.manager.status_detail(await h.manager.status(ALICE, jobs[3]))
     assert detail.startswith("queued: 2nd of 2 on emulator") and "about 20 s" in detail
+
+
+async def test_a_report_is_kept_as_the_node_sent_it(h: Harness) -> None:
+    # Broke when any of a report's fields was dropped on its way to the store.
+    job = await h.submit()
+    await h.assign()
+    stamps = BackendTimestamps(*(h.clock.now() + timedelta(seconds=i) for i in range(4)))
+    h.clock.advance(5)
+    report = ExecutionReport(job_id=job, outcome=JobStatus.FAILED, detail="laser drifted",
+                             timestamps=stamps, actual_backend="emulator-2",
+                             physical_lab_version="lab-3", simulator_version="sim-9",
+                             raw_size_bytes=10, encoded_size_bytes=7)
+    await h.manager.report(report)
+    stored = await h.stored(job)
+    assert (stored.status, stored.status_detail, stored.backend_timestamps) == (
+        JobStatus.FAILED, "laser drifted", stamps)
+    assert (stored.actual_backend, stored.physical_lab_version, stored.simulator_version) == (
+        "emulator-2", "lab-3", "sim-9")
+    assert (stored.result_raw_size_bytes, stored.result_encoded_size_bytes) == (10, 7)
+    assert stored.finished_at == h.clock.now()
+
+
+async def test_a_failure_reported_without_a_reason_is_given_one(h: Harness) -> None:
+    job = await h.submit()
+    await h.assign()
+    await h.manager.report(ExecutionReport(job_id=job, outcome=JobStatus.FAILED))
+    assert (await h.stored(job)).status_detail == "the backend reported a failure"
+
+
+async def test_refused_reports_name_the_job_and_both_statuses(h: Harness) -> None:
+    job = await h.submit()
+    error = await refused(h.manager.report(ExecutionReport(job, JobStatus.FAILED)),
+                          "FAILED_PRECONDITION")
+    assert (job in str(error) and "QUEUED" not in str(error)) or "RUNNING" in str(error)
+    await h.assign()
+    missing = await refused(h.manager.report(ExecutionReport(job, JobStatus.COMPLETED)),
+                            "FAILED_PRECONDITION")
+    assert job in str(missing)
+    await h.manager.report(ExecutionReport(job, JobStatus.FAILED))
+    conflict = await refused(h.manager.report(ExecutionReport(job, JobStatus.TIMEOUT)),
+                             "FAILED_PRECONDITION")
+    assert job in str(conflict) and "FAILED" in str(conflict) and "TIMEOUT" in str(conflict)
