@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 HTTP_MAX_CONNECTIONS = 512
 LOOPBACK = "127.0.0.1"
 DRAIN_POLL_S = 0.02
-PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: a cheap store read
+PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: what the store probe names
 PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
 
 
