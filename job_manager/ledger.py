@@ -98,6 +98,24 @@ class Ledger:
         self.waiters.wake(key)
         return True
 
+    def admit_all(self, jobs: list[QueuedJob]) -> int:
+        """Queue many stored jobs at once (a recovery: quotas not held); those already live
+        are left out. Returns how many were queued."""
+        by_queue: dict[str, list[QueuedJob]] = {}
+        for job in jobs:
+            if job.job_id in self._live:
+                continue
+            self.quotas.count(job.owner, job.size_bytes)
+            self.open_queue(job.record.backend)
+            by_queue.setdefault(self.queue_key(job.record.backend), []).append(job)
+            self._live[job.job_id] = job.record
+            if job.record.idempotency_key:
+                self._keys[(job.owner, job.record.idempotency_key)] = job.job_id
+        for key, queued in by_queue.items():
+            self._queues[key].extend(queued)
+            self.waiters.wake(key)
+        return sum(len(queued) for queued in by_queue.values())
+
     def admit_running(self, record: JobRecord) -> None:
         """Watch a job found RUNNING in the store (after a restart or a takeover)."""
         if record.job_id in self._live:

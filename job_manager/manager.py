@@ -34,6 +34,8 @@ from job_manager.model import (
 from job_manager.observer import JobObserver, NoObserver
 from job_manager.queue import QueuedJob, SchedulingPolicy
 from job_manager.stores import (
+    Deposed,
+    Fence,
     JobStore,
     KeyTaken,
     ObjectTags,
@@ -81,7 +83,9 @@ class Assignment:
 
     @property
     def program(self) -> bytes:
-        return self.queued.program
+        program = self.queued.program
+        assert program is not None  # read before the hand-over (JobManager._load_program)
+        return program
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class ExecutionReport:
     raw_size_bytes: int = 0
     encoded_size_bytes: int = 0
 
+
+MISSING_PROGRAM = "the job's program was missing after a restart"
 
 # What a user reads when the node said nothing: a completed job needs no words (the
 # original answers it empty); a failure or a timeout without a reason gets one.
@@ -123,8 +129,12 @@ class JobManager:
         report_grace_s: float = 60.0,
         idempotency_window: timedelta = timedelta(hours=24),
         observer: JobObserver | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._store = jobs  # the JobStore; the payloads have their own
+        # Among replicas, every write is conditional on the lease of this manager's term
+        # (job_manager/stores/fence.py); a follower's manager has one that never holds.
+        self._fence = fence
         self._payloads = payloads
         self._clock = clock
         self._unify = unify_backends
@@ -231,7 +241,12 @@ class JobManager:
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
             await self._payloads.put_input(record.job_id, program, _tags(record))
-            await self._store.create(record)
+            await self._store.create(record, self._fence)
+        except Deposed:
+            # This replica was deposed: nothing was stored; the call goes to the new leader.
+            self.ledger.release(record.owner_fingerprint, len(program))
+            await self._forget_input(record.job_id)
+            raise
         except KeyTaken:
             # Another submission with this key was stored first (another process, or
             # one this process no longer remembers): that one is the job.
@@ -354,7 +369,7 @@ class JobManager:
             status_detail=f"cancelled by {principal.name}",
         )
         try:
-            changed = await self._store.transition(cancelled, JobStatus.QUEUED)
+            changed = await self._store.transition(cancelled, JobStatus.QUEUED, self._fence)
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not cancelled", exc) from None
@@ -410,10 +425,12 @@ class JobManager:
             raise
 
     async def _start(self, job: QueuedJob, node: str) -> Assignment | None:
+        if job.program is None and not await self._load_program(job):
+            return None
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
                           node_identity=node)
         try:
-            changed = await self._store.transition(running, JobStatus.QUEUED)
+            changed = await self._store.transition(running, JobStatus.QUEUED, self._fence)
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
@@ -434,6 +451,72 @@ class JobManager:
         upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
         return Assignment(record=running, upload=upload, queued=job)
 
+    async def _load_program(self, job: QueuedJob) -> bool:
+        """Read a claimed recovered job's program before its hand-over; a job whose
+        program is gone FAILS."""
+        try:
+            job.program = await self._payloads.get_input(job.job_id)
+        except StoreError as exc:
+            self.ledger.put_back(job)
+            raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
+                                exc) from None
+        if job.program is None:
+            await self._fail_claimed(job, MISSING_PROGRAM)
+        return job.program is not None
+
+    async def _fail_claimed(self, job: QueuedJob, why: str) -> None:
+        """A claimed job that can never run FAILS; when the store fails, it goes back."""
+        try:
+            failed = await self._fail_unrecoverable(job.record, why)
+        except StoreError as exc:
+            self.ledger.put_back(job)
+            raise _store_failed(f"job {job.job_id} could not be failed (it stays queued)",
+                                exc) from None
+        self.ledger.left_queue(job)
+        if failed is not None:
+            self._ended(failed)
+        else:
+            await self._believe_store(job.job_id)
+
+    async def prefetch_programs(self, concurrency: int = 8) -> int:
+        """Read the programs of recovered jobs, the oldest first, so that their hand-overs
+        wait for no store; returns how many were read. A job whose program is gone FAILS
+        now. Jobs handed over, cancelled or failed meanwhile are skipped (a hand-over
+        reads its own)."""
+        waiting = [job for backend in self.backends.known()
+                   if (queue := self.ledger.queue(backend)) is not None
+                   for job in queue.oldest_first() if job.program is None]
+        read = 0
+        limit = asyncio.Semaphore(concurrency)
+
+        async def fetch(job: QueuedJob) -> None:
+            nonlocal read
+            async with limit:
+                if job.program is not None or self.ledger.live(job.job_id) is not job.record:
+                    return
+                try:
+                    program = await self._payloads.get_input(job.job_id)
+                except StoreError as exc:
+                    log.warning("program of job %s not read ahead: %s", job.job_id, exc)
+                    return
+                if program is None:
+                    await self._fail_missing(job)
+                elif job.program is None:
+                    job.program = program
+                    read += 1
+
+        await asyncio.gather(*(fetch(job) for job in dict.fromkeys(waiting)))
+        return read
+
+    async def _fail_missing(self, job: QueuedJob) -> None:
+        claimed = self.ledger.claim(job.record)
+        if claimed is None:
+            return  # taken meanwhile: its hand-over sees the program is gone
+        try:
+            await self._moved(job.job_id, self._fail_claimed(claimed, MISSING_PROGRAM))
+        except (SchedulerError, StoreError) as exc:
+            log.warning("job %s without its program stays queued: %s", job.job_id, exc)
+
     def give_back(self, assignment: Assignment) -> None:
         """The node's call ended before it received ``assignment``: the job is queued again."""
         self._in_background(self._moved(assignment.record.job_id, self._give_back(assignment)))
@@ -445,7 +528,7 @@ class JobManager:
             return  # reported or timed out meanwhile: the node did have it
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
-            changed = await self._store.transition(queued, JobStatus.RUNNING)
+            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
         except StoreError as exc:
             # It stays RUNNING and watched, and ends TIMEOUT as any silent node's job.
             log.error("job %s whose node never received it could not be queued again: %s",
@@ -495,7 +578,7 @@ class JobManager:
 
     async def _finish(self, finished: JobRecord) -> JobRecord:
         try:
-            changed = await self._store.transition(finished, JobStatus.RUNNING)
+            changed = await self._store.transition(finished, JobStatus.RUNNING, self._fence)
         except StoreError as exc:
             raise _store_failed(f"report for job {finished.job_id} not recorded", exc) from None
         if not changed:
@@ -576,32 +659,38 @@ class JobManager:
         """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
         async for record in self._store.list_by_status(JobStatus.RUNNING):
             self.ledger.admit_running(record)
-        requeued = 0
+        # Queued without their programs, read later (prefetch_programs, or at the
+        # hand-over), and all at once: a restart serves at once, whatever the number.
+        found = []
         async for record in self._store.list_by_status(JobStatus.QUEUED):
-            if await self._requeue(record):
-                requeued += 1
+            if await self._queueable(record):
+                found.append(QueuedJob(record, None))
+        requeued = self.ledger.admit_all(found)
         log.info("recovered %d queued and %d running jobs", requeued,
                  self.ledger.running_count())
 
-    async def _requeue(self, record: JobRecord) -> bool:
-        if self.ledger.live(record.job_id) is not None:
-            return True  # queued already (a keyed retry met its own recovery): never twice
-        if self.ledger.queue(record.backend) is None:
-            await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
-            return False
-        program = await self._payloads.get_input(record.job_id)
-        if program is None:
-            await self._fail_unrecoverable(record, "the job's program was missing after a restart")
-            return False
-        self.ledger.admit(QueuedJob(record, program), reserved=False)  # once, even if raced
-        return True
+    async def _requeue(self, record: JobRecord) -> None:
+        """Queue a stored QUEUED job this process does not hold yet (its program read later)."""
+        if self.ledger.live(record.job_id) is None and await self._queueable(record):
+            self.ledger.admit(QueuedJob(record, None), reserved=False)  # once, even if raced
 
-    async def _fail_unrecoverable(self, record: JobRecord, why: str) -> None:
+    async def _queueable(self, record: JobRecord) -> bool:
+        """Whether a stored QUEUED job has a queue here; one whose backend is gone FAILS."""
+        if self.ledger.queue(record.backend) is not None:
+            return True
+        await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
+        return False
+
+    async def _fail_unrecoverable(self, record: JobRecord, why: str) -> JobRecord | None:
+        """A queued job that can never run FAILS; the failed record, or None if it was no
+        longer QUEUED."""
         failed = replace(
             record, status=JobStatus.FAILED, status_detail=why, finished_at=self._clock.now()
         )
-        if await self._store.transition(failed, JobStatus.QUEUED):
-            log.warning("job %s FAILED at recovery: %s", record.job_id, why)
+        if not await self._store.transition(failed, JobStatus.QUEUED, self._fence):
+            return None
+        log.warning("job %s FAILED: %s", record.job_id, why)
+        return failed
 
     # --- queries for operators and tests ----------------------------------------------
     def queue_length(self, backend: str) -> int:
@@ -712,9 +801,15 @@ class JobManager:
                                 exc) from None
 
     async def _believe_store(self, job_id: str) -> JobRecord | None:
-        """The store disagrees with memory: believe the store, drop the job from memory."""
+        """The store disagrees with memory: believe the store, drop the job from memory.
+
+        A job the store holds RUNNING (handed over by another process, say a leader
+        deposed since) is watched from now on, so it times out here if its node is gone.
+        """
         stored = await self._jobs_get(job_id)
         self.ledger.forget(job_id)
+        if stored is not None and stored.status is JobStatus.RUNNING:
+            self.ledger.admit_running(stored)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")
         return stored
@@ -726,8 +821,14 @@ class JobManager:
             log.warning("input of unaccepted job %s left behind: %s", job_id, exc)
 
 
-def _store_failed(what: str, exc: StoreError) -> SchedulerError:
-    """The one translation of a store failure into the user's answer, logged once."""
+def _store_failed(what: str, exc: StoreError) -> Exception:
+    """The one translation of a store failure into the user's answer, logged once.
+
+    A write refused because this replica no longer leads is no failure: it changed
+    nothing, and stays Deposed so that the call is passed to the new leader.
+    """
+    if isinstance(exc, Deposed):
+        return exc
     log.error("%s: the store failed: %s", what, exc)
     return SchedulerError("store_failed")
 

@@ -8,6 +8,7 @@ import logging
 import resource
 import socket
 import time
+import uuid
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TypeVar
@@ -23,9 +24,10 @@ from common.identity import Role
 from common.supervisor import Supervisor
 from job_manager.manager import JobManager
 from job_manager.model import JobRecord, JobStatus
-from job_manager.stores import JobStore, PayloadStore, StoreError
+from job_manager.stores import Fence, JobStore, PayloadStore, StoreError
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
+from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from scheduler.admission import Admission
@@ -34,11 +36,13 @@ from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
 from scheduler.edge import DRAINING, Edge, add_servicer
 from scheduler.execution_service import ExecutionService
+from scheduler.forwarding import Forwarder
 from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
 from scheduler.housekeeping import Housekeeping
 from scheduler.http_guard import ConnectionGuard
 from scheduler.http_server import Uploads, build_http_app
 from scheduler.metrics import Metrics
+from scheduler.replicas import Replicas
 from scheduler.stack import Stack
 from scheduler.standalone import standalone_stack
 from scheduler.store_monitor import StoreMonitor
@@ -131,6 +135,27 @@ def _check_free(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {_address(host, port)}: {exc.strerror}") from None
 
 
+def _channel_credentials(tls: TlsConfig | None) -> grpc.ChannelCredentials | None:
+    """How one replica calls a port of another (docs/replicas.md): as that port is served;
+    under mTLS, with the port's own certificate as the client's."""
+    if tls is None:
+        return None
+    if tls.client_ca is None:
+        return grpc.ssl_channel_credentials()
+    return grpc.ssl_channel_credentials(private_key=tls.private_key,
+                                        certificate_chain=tls.cert_chain)
+
+
+def _advertised(host: str, configured: str) -> str:
+    """The host other replicas reach this one at: as configured, else the address it
+    listens at, else (listening everywhere) its host name."""
+    if configured:
+        return configured
+    if host not in ("", "0.0.0.0", "::"):
+        return host
+    return socket.gethostname()
+
+
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(tls.private_key, tls.cert_chain)],
@@ -148,7 +173,7 @@ class Scheduler:
         self.metrics = Metrics()
         # Made by start(); read through the properties below, which say so when asked early.
         self._stack: Stack | None = None
-        self._manager: JobManager | None = None
+        self._replicas: Replicas | None = None
         self._health: Health | None = None
         self.submission_port = 0
         self.execution_port = 0
@@ -170,9 +195,14 @@ class Scheduler:
         return _started(self._stack)
 
     @property
+    def replicas(self) -> Replicas:
+        """This process among the replicas: which JobManager serves, where the leader is."""
+        return _started(self._replicas)
+
+    @property
     def manager(self) -> JobManager:
-        """The JobManager: every job's life."""
-        return _started(self._manager)
+        """The JobManager that serves now: every job's life (the leader's, or a follower's)."""
+        return self.replicas.manager
 
     @property
     def health(self) -> Health:
@@ -215,42 +245,66 @@ class Scheduler:
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(stack.jobs, "jobs")
         payload_store = monitor.wrap(stack.payloads, "payloads")
-        manager = self._manager = JobManager(
-            jobs=job_store,
-            payloads=payload_store,
-            limits=config.limits,
-            clock=self.clock,
-            policy=config.policy,
-            unify_backends=config.unify_backends,
-            report_grace_s=config.report_grace_s,
-            idempotency_window=key_window,
-            observer=self.metrics,
-        )
-        self.metrics.watch_queues(manager.queue_snapshot)
+
+        def make_manager(fence: Fence | None) -> JobManager:
+            return JobManager(
+                jobs=job_store,
+                payloads=payload_store,
+                limits=config.limits,
+                clock=self.clock,
+                policy=config.policy,
+                unify_backends=config.unify_backends,
+                report_grace_s=config.report_grace_s,
+                idempotency_window=key_window,
+                observer=self.metrics,
+                fence=fence,
+            )
+
+        lease = forwarder = None
+        if stack.lease_table is not None:
+            me = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+            lease = Lease(stack.lease_table, me, time.monotonic,
+                          config.replicas.lease_duration_s, config.replicas.lease_renew_s)
+            forwarder = Forwarder(me, _channel_credentials(config.submission_tls),
+                                  _channel_credentials(config.execution_tls))
+            self._resources.push_async_callback(forwarder.close)
+        replicas = self._replicas = Replicas(make_manager, self.metrics, lease=lease,
+                                             forwarder=forwarder,
+                                             wait_s=config.replicas.leader_wait_s)
+        self.metrics.watch_queues(lambda: replicas.manager.queue_snapshot())
         health = self._health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
             config.store_unhealthy_after_s)
         await health.starting()
         await self._serve_metrics()
-        await self._serve_grpc(stack, manager, health)
+        await self._serve_grpc(stack, replicas, health)
         backends = BackendManager(stack.backend_source, config.backend_reload_interval_s)
-        backends.on_change(manager.use_backends)
+        backends.on_change(replicas.use_backends)
         await backends.load()
-        await manager.recover()
-        self._supervise(manager, backends, health, stack.housekeeping)
+        if lease is not None:
+            host = config.replicas.advertise_host
+            lease.addresses = (
+                _address(_advertised(config.submission_host, host), self.submission_port),
+                _address(_advertised(config.execution_host, host), self.execution_port))
+        # Calls are taken from now on: reads answered from the store, the rest waiting
+        # (bounded) for the recovery or the leader (scheduler/replicas.py).
         for edge in self._edges:
             edge.not_serving = None
+        await replicas.start()
+        self._supervise(replicas, backends, health, stack.housekeeping, lease is not None)
         await health.ready()
         log.info("scheduler ready (%s mode): submission %s, execution %s, metrics :%d",
                  config.mode, _address(config.submission_host, self.submission_port),
                  _address(config.execution_host, self.execution_port), self.metrics_port)
 
-    def _supervise(self, manager: JobManager, backends: BackendManager, health: Health,
-                   housekeeping: Housekeeping | None) -> None:
+    def _supervise(self, replicas: Replicas, backends: BackendManager, health: Health,
+                   housekeeping: Housekeeping | None, leased: bool) -> None:
         """Start the background loops under the supervisor; health hears of any that dies."""
         self._resources.push_async_callback(self.supervisor.stop)
         health.loops_down = lambda: self.supervisor.failing
-        self.supervisor.run("watchdog", manager.watchdog.run)
+        self.supervisor.run("watchdog", replicas.watch_jobs)
+        if leased:
+            self.supervisor.run("lease", replicas.keep_lease)
         self.supervisor.run("backend-reload", backends.reload_forever)
         self.supervisor.run("health", health.watch)
         if housekeeping is not None:
@@ -258,7 +312,7 @@ class Scheduler:
             self.supervisor.run("housekeeping", housekeeping.sweep_forever)
             self.supervisor.run("free-space", housekeeping.measure_forever)
 
-    async def _serve_grpc(self, stack: Stack, manager: JobManager, health: Health) -> None:
+    async def _serve_grpc(self, stack: Stack, replicas: Replicas, health: Health) -> None:
         config = self.config
         token_address = config.token_database_address
         local = config.local
@@ -280,15 +334,17 @@ class Scheduler:
         )
         secret = config.execution_secret or stack.execution_secret
         self._edges = [
-            Edge(Admission(config.submission_max_concurrent_rpcs), self.metrics),
-            Edge(Admission(config.execution_max_concurrent_rpcs), self.metrics, secret),
+            Edge(SUBMISSION, replicas, Admission(config.submission_max_concurrent_rpcs),
+                 self.metrics),
+            Edge(EXECUTION, replicas, Admission(config.execution_max_concurrent_rpcs),
+                 self.metrics, secret),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
-                     SubmissionService(manager, auth, self._edges[0]), submission)
+                     SubmissionService(auth, self._edges[0]), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
-                     ExecutionService(manager, config.max_assign_wait_s, self._edges[1]), execution)
+                     ExecutionService(config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
             submission, SUBMISSION, health, config.submission_host, config.submission_port,
             config.submission_tls)
@@ -386,7 +442,7 @@ class Scheduler:
             self._health.update()
 
     def _accepts_result(self, job_id: str) -> bool:
-        return self._manager is not None and self._manager.accepts_result(job_id)
+        return self._replicas is not None and self._replicas.manager.accepts_result(job_id)
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
@@ -406,13 +462,19 @@ class Scheduler:
             return
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        await self.supervisor.stop()
+        leased = self._stack is not None and self._stack.lease_table is not None
+        if not leased:
+            await self.supervisor.stop()
         if self._health is not None:
             await self._health.draining()
-        if self._manager is not None:
-            self._manager.shutdown()  # waiting nodes get an empty answer now
-        grace -= await self._finish_calls(grace)
+        if self._replicas is not None:
+            # Among replicas the lease goes at once: another replica leads, and the calls
+            # still arriving here are passed to it. Waiting nodes get an empty answer now.
+            await self._replicas.stop()
+        if not leased:
+            grace -= await self._finish_calls(grace)  # alone, no one else can take them
         await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
+        await self.supervisor.stop()
         if self._token_server is not None:
             # Last: submissions still in flight resolve their tokens through it.
             await self._token_server.stop(grace)

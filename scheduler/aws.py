@@ -15,6 +15,7 @@ from common.clock import Clock
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from_table
 from job_manager.stores.s3_payload_store import S3PayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
+from leadership.dynamodb_lease import DynamoDbLeaseTable
 from scheduler.config import AwsConfig, ConfigError
 from scheduler.stack import Stack
 
@@ -83,6 +84,7 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
                               status_index=aws.status_index, unreadable=unreadable),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
+        lease_table=DynamoDbLeaseTable(dynamodb, table),
     )
 
 

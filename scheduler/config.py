@@ -64,6 +64,16 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class ReplicaConfig:
+    """AWS mode's replicas (docs/replicas.md): the lease, and how long a call waits for a leader."""
+
+    lease_duration_s: float = 6.0  # a lease not renewed for this long may be taken
+    lease_renew_s: float = 1.5  # how often the leader renews it (and followers read it)
+    leader_wait_s: float = 30.0  # how long a call waits for a leader, within its deadline
+    advertise_host: str = ""  # how the other replicas reach this one; "" for the host name
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the scheduler needs to start."""
 
@@ -98,6 +108,7 @@ class Config:
     submission_tls: TlsConfig | None = None
     execution_tls: TlsConfig | None = None
     execution_secret: str | None = field(default=None, repr=False)
+    replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
     aws: AwsConfig | None = None
     local: LocalConfig | None = None
 
@@ -435,8 +446,24 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
                            "--execution-tls-key", args.execution_tls_key,
                            args.execution_client_ca),
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
+        replicas=_replicas(env),
         aws=aws,
         local=local,
+    )
+
+
+def _replicas(env: Mapping[str, str]) -> ReplicaConfig:
+    duration_s = _positive_float(env, "SCHEDULER_LEASE_DURATION_S", 6.0)
+    renew_s = _positive_float(env, "SCHEDULER_LEASE_RENEW_S", 1.5)
+    if renew_s * 2 > duration_s:
+        raise ConfigError(f"SCHEDULER_LEASE_RENEW_S ({renew_s:g}) must be at most half of "
+                          f"SCHEDULER_LEASE_DURATION_S ({duration_s:g}): a leader must be able "
+                          f"to miss one renewal without losing the lease")
+    return ReplicaConfig(
+        lease_duration_s=duration_s,
+        lease_renew_s=renew_s,
+        leader_wait_s=_positive_float(env, "SCHEDULER_LEADER_WAIT_S", 30.0),
+        advertise_host=env.get("SCHEDULER_ADVERTISE_HOST", "").strip(),
     )
 
 

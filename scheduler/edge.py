@@ -14,10 +14,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from common.logs import REPEATABLE
+from job_manager.manager import JobManager
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
 from scheduler.admission import Admission
+from scheduler.forwarding import ForwardFailed
+from scheduler.metadata import metadata_value
 from scheduler.metrics import Metrics
+from scheduler.replicas import NoLeader, Replicas
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +30,17 @@ DRAINING = "the scheduler is shutting down; retry"
 INTERRUPTED = "the work this call was waiting for was interrupted; retry"
 
 Response = TypeVar("Response")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext, JobManager], Awaitable[Response]]
+Answer = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
 class Edge:
     """What every call of one gRPC service passes through."""
 
-    def __init__(self, admission: Admission, metrics: Metrics,
+    def __init__(self, service: str, replicas: Replicas, admission: Admission, metrics: Metrics,
                  shared_secret: str | None = None) -> None:
+        self.service = service  # the full name, as in a method's path
+        self.replicas = replicas  # which JobManager serves, and the road to the leader
         self.admission = admission
         self.metrics = metrics
         # Why calls are turned away (starting, draining), or None while serving.
@@ -53,14 +60,6 @@ class EdgeServicer(Protocol):
     """A servicer whose methods are wrapped by :func:`in_band`."""
 
     edge: Edge
-
-
-def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
-    """A request's metadata value (text), or None when it was not sent."""
-    value = dict(context.invocation_metadata() or ()).get(name)
-    if value is None:
-        return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class MalformedRequest:
@@ -110,8 +109,8 @@ def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
 
 
 def in_band(
-    response_type: Callable[..., Response], *, limited: bool = True,
-) -> Callable[[Handler[Response]], Handler[Response]]:
+    response_type: Callable[..., Response], *, limited: bool = True, leader: bool = False,
+) -> Callable[[Handler[Response]], Answer[Response]]:
     """Admit, time and answer a servicer method, refusals and failures in ``error``.
 
     A SchedulerError becomes its catalogue entry; anything else is logged with its
@@ -119,9 +118,12 @@ def in_band(
     something the scheduler did. Past the service's limit of concurrent calls the
     answer is RESOURCE_EXHAUSTED at once, unless ``limited`` is False (calls that
     finish work already handed out, which refusing would only waste).
+
+    The method runs with the JobManager that serves now; a ``leader`` method (one that
+    changes jobs) runs where the leader is: here, or passed on (scheduler/replicas.py).
     """
 
-    def wrap(handler: Handler[Response]) -> Handler[Response]:
+    def wrap(handler: Handler[Response]) -> Answer[Response]:
         method = handler.__name__
 
         @functools.wraps(handler)
@@ -146,12 +148,26 @@ def in_band(
             code = "INTERNAL"
             try:
                 edge.authorize(context)
-                response = await handler(self, request, context)
+                replicas = edge.replicas
+                if leader:
+                    response = await replicas.call_leader(
+                        f"/{edge.service}/{method}", request, response_type, context,
+                        lambda manager: handler(self, request, context, manager))
+                else:
+                    response = await handler(self, request, context, replicas.manager)
                 code = "OK"
                 return response
             except SchedulerError as exc:
                 code = exc.code
                 return response_type(error=error_detail(exc))
+            except NoLeader as exc:
+                code = "UNAVAILABLE"  # transport-level: the SDK tries once more
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
+                raise  # not reached: abort raises
+            except ForwardFailed as exc:
+                code = exc.code.name
+                await context.abort(exc.code, exc.details)
+                raise  # not reached: abort raises
             except asyncio.CancelledError:
                 if _caller_left():
                     code = "CANCELLED"  # not a failure of ours: nobody is left to answer

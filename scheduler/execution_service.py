@@ -12,7 +12,8 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, job_pb2
 from scheduler import convert
-from scheduler.edge import Edge, in_band, metadata_value
+from scheduler.edge import Edge, in_band
+from scheduler.metadata import metadata_value
 
 _OUTCOME = {
     pb.EXECUTION_STATUS_SUCCESS: JobStatus.COMPLETED,
@@ -112,27 +113,27 @@ def node_identity(context: grpc.aio.ServicerContext) -> str:
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
-    def __init__(self, manager: JobManager, max_assign_wait_s: float, edge: Edge) -> None:
-        self._manager = manager
+    def __init__(self, max_assign_wait_s: float, edge: Edge) -> None:
         self._max_assign_wait_s = max_assign_wait_s
         self.edge = edge
 
-    @in_band(pb.AssignNextJobResponse)
+    @in_band(pb.AssignNextJobResponse, leader=True)
     async def AssignNextJob(
-        self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AssignNextJobRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
         node = node_identity(context)
-        assignment = await self._manager.assign(request.backend, node=node)
+        assignment = await manager.assign(request.backend, node=node)
         if assignment is None and wait_s > 0:
             with self.edge.admission.released():  # a parked node holds no call slot
-                assignment = await self._manager.assign(request.backend, wait_s, node)
+                assignment = await manager.assign(request.backend, wait_s, node)
         if assignment is None:
             return pb.AssignNextJobResponse()
         # Should the call end without the node receiving the job (its deadline passed
         # as the answer was sent), the job goes back to its queue.
         context.add_done_callback(
-            lambda done: self._manager.give_back(assignment) if done.cancelled() else None)
+            lambda done: manager.give_back(assignment) if done.cancelled() else None)
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),
@@ -141,16 +142,18 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         response.job.settings.ParseFromString(assignment.record.settings)
         return response
 
-    @in_band(pb.ReportExecutionResultResponse, limited=False)
+    @in_band(pb.ReportExecutionResultResponse, limited=False, leader=True)
     async def ReportExecutionResult(
-        self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.ReportExecutionResultResponse:
-        await self._manager.report(_report(request), node_identity(context))
+        await manager.report(_report(request), node_identity(context))
         return pb.ReportExecutionResultResponse()
 
-    @in_band(pb.RefreshUploadUrlResponse, limited=False)
+    @in_band(pb.RefreshUploadUrlResponse, limited=False, leader=True)
     async def RefreshUploadUrl(
-        self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.RefreshUploadUrlResponse:
-        url = await self._manager.refresh_upload_url(request.job_id, node_identity(context))
+        url = await manager.refresh_upload_url(request.job_id, node_identity(context))
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))

@@ -64,6 +64,19 @@ class Metrics:
                                     ["store", "operation"], registry=r)
         self.token_cache = Counter("mqc3_token_cache_lookups", "Token cache hits and misses",
                                    ["result"], registry=r)
+        # Replicas (docs/replicas.md).
+        self.leading = Gauge("mqc3_replica_leading", "1 while this replica leads and serves "
+                             "the queues, else 0", registry=r)
+        self.lease_epoch = Gauge("mqc3_lease_epoch", "The epoch this replica leads at "
+                                 "(0 while it follows)", registry=r)
+        self.takeovers = Counter("mqc3_lease_takeovers", "Times this replica began to lead",
+                                 registry=r)
+        self.recovery_seconds = Gauge("mqc3_recovery_seconds", "How long the last recovery "
+                                      "of the queues from the store took", registry=r)
+        self.forwarded = Counter("mqc3_forwarded_calls", "Calls passed on to the leader",
+                                 ["method", "result"], registry=r)
+        self.waiting_calls = Gauge("mqc3_calls_waiting_for_leader", "Calls waiting for a "
+                                   "leader to be elected or to finish recovering", registry=r)
 
     def watch_free_space(self, free_bytes: Callable[[], int | None]) -> None:
         """Export the data directory's free space (standalone) from ``free_bytes``."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from backend_manager.sources import BackendSource
 from job_manager.stores import JobStore, PayloadStore
 from job_manager.stores.local_payload_store import LocalPayloadStore
+from leadership.lease import LeaseTable
+from leadership.lock import DataDirectoryLock
 from scheduler.housekeeping import Housekeeping
 from token_database.store import SqliteTokenStore
 
@@ -24,6 +26,8 @@ class Stack:
     execution_secret: str | None = field(default=None, repr=False)
     token_database_secret: str | None = field(default=None, repr=False)
     housekeeping: Housekeeping | None = None  # standalone: sweeps and measures the data dir
+    lock: DataDirectoryLock | None = None  # standalone: this process's hold on the data dir
+    lease_table: LeaseTable | None = None  # AWS: where the replicas' lease lives
 
     async def close(self) -> None:
         """Close every store; idempotent."""
@@ -32,3 +36,5 @@ class Stack:
         if self.token_store is not None:
             self.token_store.close()
             self.token_store = None
+        if self.lock is not None:
+            self.lock.release()  # last: the stores above are closed

@@ -5,6 +5,7 @@
 <data-dir>/payloads/         programs and results
 <data-dir>/url-signing.key   the HMAC key of upload and download URLs (mode 0600)
 <data-dir>/backends.toml     backend status, written with defaults, reloaded on change
+<data-dir>/scheduler.lock    held by the running scheduler: one per data directory
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from job_manager.stores.local_payload_store import LocalPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
+from leadership.lock import DataDirectoryLock, DataDirectoryLocked
+from scheduler.config import ConfigError
 from scheduler.housekeeping import Housekeeping, Retention
 from scheduler.stack import Stack
 from token_database.credential import load_or_create_secret
@@ -48,17 +51,26 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
                            unreadable: UnreadableRecords, retention: Retention) -> Stack:
     """Open (creating on first use) the data directory's stores, readable by its owner only."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window,
-                          unreadable=unreadable)
-    await jobs.open()
-    token_store = SqliteTokenStore(token_store_path(data_dir))
-    payloads = LocalPayloadStore(
-        data_dir / "payloads",
-        UrlSigner.from_key_file(data_dir / "url-signing.key"),
-        base_url="http://127.0.0.1",  # replaced once the HTTP port is bound
-        clock=clock,
-    )
-    keep_private(data_dir)
+    lock = DataDirectoryLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirectoryLocked as exc:
+        raise ConfigError(f"--data-dir: {exc}") from None
+    try:
+        jobs = SqliteJobStore(data_dir / "jobs.sqlite3", key_window=key_window,
+                              unreadable=unreadable)
+        await jobs.open()
+        token_store = SqliteTokenStore(token_store_path(data_dir))
+        payloads = LocalPayloadStore(
+            data_dir / "payloads",
+            UrlSigner.from_key_file(data_dir / "url-signing.key"),
+            base_url="http://127.0.0.1",  # replaced once the HTTP port is bound
+            clock=clock,
+        )
+        keep_private(data_dir)
+    except BaseException:
+        lock.release()  # a start that fails half-way leaves the directory free
+        raise
     return Stack(
         jobs=jobs,
         payloads=payloads,
@@ -67,4 +79,5 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
         token_store=token_store,
         token_database_secret=load_or_create_secret(token_secret_path(data_dir)),
         housekeeping=Housekeeping(data_dir, jobs, payloads, clock, retention),
+        lock=lock,
     )

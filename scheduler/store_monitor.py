@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from job_manager.stores import RecordUnreadable, StoreError
+from job_manager.stores import Deposed, RecordUnreadable, StoreError
 from scheduler.metrics import Metrics
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class _Measured:
             started = time.perf_counter()
             try:
                 result = await call(*args, **kwargs)
-            except RecordUnreadable:  # the store answered; one record is bad
+            except (RecordUnreadable, Deposed):  # the store answered: a bad record, a lost lease
                 self._monitor._observe(self._name, operation, time.perf_counter() - started, True)
                 raise
             except StoreError:

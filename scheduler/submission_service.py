@@ -22,38 +22,40 @@ _SERVICE_STATUS = {
 class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
     """Submit, watch, fetch and cancel jobs; ask whether a backend takes jobs."""
 
-    def __init__(self, manager: JobManager, auth: TokenResolver, edge: Edge) -> None:
-        self._manager = manager
+    def __init__(self, auth: TokenResolver, edge: Edge) -> None:
         self._auth = auth
         self.edge = edge
 
-    @in_band(pb.SubmitJobResponse)
+    @in_band(pb.SubmitJobResponse, leader=True)
     async def SubmitJob(
-        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
         spec = job_spec(request, principal, idempotency_key(context))
-        job_id = await self._manager.submit(principal, spec)
+        job_id = await manager.submit(principal, spec)
         return pb.SubmitJobResponse(job_id=job_id)
 
     @in_band(pb.GetJobStatusResponse)
     async def GetJobStatus(
-        self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.GetJobStatusResponse:
         principal = await self._auth.resolve(request.token)
-        record = await self._manager.status(principal, request.job_id)
+        record = await manager.status(principal, request.job_id)
         return pb.GetJobStatusResponse(
             status=convert.JOB_STATUS[record.status],
-            status_detail=self._manager.status_detail(record),
+            status_detail=manager.status_detail(record),
             execution_details=convert.execution_details(record),
         )
 
     @in_band(pb.GetJobResultResponse)
     async def GetJobResult(
-        self, request: pb.GetJobResultRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetJobResultRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.GetJobResultResponse:
         principal = await self._auth.resolve(request.token)
-        record, url = await self._manager.result(principal, request.job_id)
+        record, url = await manager.result(principal, request.job_id)
         response = pb.GetJobResultResponse(
             status=convert.JOB_STATUS[record.status],
             status_detail=record.status_detail,
@@ -63,20 +65,22 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
             response.result.CopyFrom(convert.job_result(url))
         return response
 
-    @in_band(pb.CancelJobResponse)
+    @in_band(pb.CancelJobResponse, leader=True)
     async def CancelJob(
-        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.CancelJobResponse:
         principal = await self._auth.resolve(request.token)
-        await self._manager.cancel(principal, request.job_id)
+        await manager.cancel(principal, request.job_id)
         return pb.CancelJobResponse()
 
     @in_band(pb.GetServiceStatusResponse)
     async def GetServiceStatus(
-        self, request: pb.GetServiceStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetServiceStatusRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
     ) -> pb.GetServiceStatusResponse:
         principal = await self._auth.resolve(request.token)
-        status, description = self._manager.service_status(request.backend, principal)
+        status, description = manager.service_status(request.backend, principal)
         return pb.GetServiceStatusResponse(
             status=_SERVICE_STATUS[status.value], description=description
         )

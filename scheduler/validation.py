@@ -12,7 +12,7 @@ from job_manager.manager import JobSpec
 from message_manager import SchedulerError
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
-from scheduler.edge import metadata_value
+from scheduler.metadata import metadata_value
 
 MAX_SDK_VERSION_CHARS = 64
 MAX_NANOS = 999_999_999

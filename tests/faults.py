@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from job_manager.model import JobRecord, JobStatus
-from job_manager.stores import JobStore, ObjectTags, PayloadStore, SignedUrl
+from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, SignedUrl
 from job_manager.stores.errors import StoreError
 
 T = TypeVar("T")
@@ -112,14 +112,16 @@ class FlakyJobStore(_Faults):
         super().__init__("jobs")
         self.inner = inner
 
-    async def create(self, record: JobRecord) -> None:
-        await self._call("create", lambda: self.inner.create(record))
+    async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
+        await self._call("create", lambda: self.inner.create(record, fence))
 
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._call("get", lambda: self.inner.get(job_id))
 
-    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
-        return await self._call("transition", lambda: self.inner.transition(record, expected))
+    async def transition(self, record: JobRecord, expected: JobStatus,
+                         fence: Fence | None = None) -> bool:
+        return await self._call("transition",
+                                lambda: self.inner.transition(record, expected, fence))
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         """Faults apply to a listing as a whole: before its first page, after its last."""

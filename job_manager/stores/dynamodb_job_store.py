@@ -28,6 +28,7 @@ from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.original_format import decode_original, encode_original, is_original
 from job_manager.stores.unreadable import UnreadableRecords
 
@@ -99,12 +100,13 @@ class DynamoDbJobStore:
             self._unreadable.saw(job_id, why)
             raise RecordUnreadable(job_id, why) from None
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         new_job = {
             "TableName": self._table,
             "Item": self._item(record),
             "ConditionExpression": "attribute_not_exists(job_id)",
         }
+        claim = [{"Put": self._claim(record)}] if record.idempotency_key else []
 
         def put() -> None:
             try:
@@ -114,18 +116,32 @@ class DynamoDbJobStore:
                     raise StoreError(f"job {record.job_id} already exists") from None
                 raise
 
-        def put_with_claim() -> None:
+        def put_in_transaction() -> None:
+            # [fence check], [the key's claim], the job: each may fail its condition.
+            checks = [self._fence_check(fence)] if fence is not None else []
             try:
                 self._client.transact_write_items(
-                    TransactItems=[{"Put": self._claim(record)}, {"Put": new_job}])
+                    TransactItems=[*checks, *claim, {"Put": new_job}])
             except ClientError as exc:
-                if _cancelled_by_condition(exc, 0):
+                if fence is not None and _cancelled_by_condition(exc, 0):
+                    raise Deposed(fence) from None
+                if claim and _cancelled_by_condition(exc, len(checks)):
                     raise KeyTaken(record.idempotency_key) from None
-                if _cancelled_by_condition(exc, 1):
+                if _cancelled_by_condition(exc, len(checks) + len(claim)):
                     raise StoreError(f"job {record.job_id} already exists") from None
                 raise
 
-        await self._calls.run(put_with_claim if record.idempotency_key else put)
+        await self._calls.run(put_in_transaction if claim or fence is not None else put)
+
+    def _fence_check(self, fence: Fence) -> dict[str, Any]:
+        """The transaction item that holds a write to the lease still naming its leader."""
+        return {"ConditionCheck": {
+            "TableName": self._table,
+            "Key": {"job_id": {"S": fence.item_key}},
+            "ConditionExpression": "holder = :holder AND epoch = :epoch",
+            "ExpressionAttributeValues": {":holder": {"S": fence.holder},
+                                          ":epoch": {"N": str(fence.epoch)}},
+        }}
 
     def _claim(self, record: JobRecord) -> dict[str, Any]:
         """The conditional put of a keyed record's claim: free, or past its window."""
@@ -151,9 +167,30 @@ class DynamoDbJobStore:
         item = answer.get("Item")
         return self._record(item) if item else None
 
-    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
-        return await self._put_if(self._item(record), "#status = :expected",
-                                  {"#status": "status"}, {":expected": {"S": expected.value}})
+    async def transition(self, record: JobRecord, expected: JobStatus,
+                         fence: Fence | None = None) -> bool:
+        item, condition = self._item(record), "#status = :expected"
+        names, values = {"#status": "status"}, {":expected": {"S": expected.value}}
+        if fence is None:
+            return await self._put_if(item, condition, names, values)
+
+        def put_fenced() -> bool:
+            try:
+                self._client.transact_write_items(TransactItems=[
+                    self._fence_check(fence),
+                    {"Put": {"TableName": self._table, "Item": item,
+                             "ConditionExpression": condition,
+                             "ExpressionAttributeNames": names,
+                             "ExpressionAttributeValues": values}}])
+            except ClientError as exc:
+                if _cancelled_by_condition(exc, 0):
+                    raise Deposed(fence) from None
+                if _cancelled_by_condition(exc, 1):
+                    return False
+                raise
+            return True
+
+        return await self._calls.run(put_fenced)
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         query = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Protocol
 
 from job_manager.model import JobRecord, JobStatus
+from job_manager.stores.fence import Fence
 
 
 class JobStore(Protocol):
@@ -14,8 +15,11 @@ class JobStore(Protocol):
     store cannot be reached or answers with an error.
     """
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         """Store a new record; StoreError if a record with its id exists.
+
+        With a ``fence``, only while the lease it names still holds (else Deposed, and
+        nothing is stored); a store with a single writer (standalone) has none to check.
 
         A record with an idempotency key is stored only if no other record of its
         owner holds that key within the store's key window (submitted less than the
@@ -28,8 +32,10 @@ class JobStore(Protocol):
         """The record, or None when there is none."""
         ...
 
-    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
-        """Replace the stored record with ``record`` only if its status is still ``expected``.
+    async def transition(self, record: JobRecord, expected: JobStatus,
+                         fence: Fence | None = None) -> bool:
+        """Replace the stored record with ``record`` only if its status is still ``expected``
+        (and, with a ``fence``, only while its lease holds: else Deposed).
 
         Returns False, changing nothing, when the stored status differs or the
         record does not exist.

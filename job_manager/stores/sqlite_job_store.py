@@ -13,6 +13,7 @@ from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.fence import Fence
 from job_manager.stores.unreadable import UnreadableRecords
 
 _SCHEMA = """
@@ -68,7 +69,8 @@ class SqliteJobStore:
         """Create the file and the schema now rather than on the first call."""
         await self._calls.run(self._connection)
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
+        # No fence to check: one scheduler per data directory (leadership/lock.py).
         row = self._row(record)
         window_start = (record.submitted_at - self._key_window).astimezone(UTC).isoformat()
 
@@ -107,7 +109,8 @@ class SqliteJobStore:
             self._unreadable.saw(job_id, why)
             raise RecordUnreadable(job_id, why) from None
 
-    async def transition(self, record: JobRecord, expected: JobStatus) -> bool:
+    async def transition(self, record: JobRecord, expected: JobStatus,
+                         fence: Fence | None = None) -> bool:
         values = (record.status.value, json.dumps(codec.encode(record)), record.job_id,
                   expected.value)
 

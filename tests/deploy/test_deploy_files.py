@@ -51,19 +51,29 @@ def test_the_image_runs_as_a_user_and_checks_grpc_health() -> None:
     assert "pipenv sync" in dockerfile  # the locked set, as everywhere else
 
 
-def test_the_compose_file_runs_aws_mode_against_localstack() -> None:
+def test_the_compose_file_runs_two_replicas_against_localstack_behind_one_address() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"localstack", "tokens", "scheduler"} <= set(services)
-    command = services["scheduler"]["command"]
+    assert {"localstack", "tokens", "scheduler-a", "scheduler-b", "balancer"} <= set(services)
+    a, b = services["scheduler-a"], services["scheduler-b"]
+    assert a["command"] == b["command"] and a["build"] == b["build"]  # the same replica twice
+    for name, replica in (("scheduler-a", a), ("scheduler-b", b)):
+        assert replica["environment"]["SCHEDULER_ADVERTISE_HOST"] == name
+        assert "ports" not in replica  # reached through the balancer only
+    assert services["balancer"]["ports"] == ["127.0.0.1:8081:8081", "127.0.0.1:8082:8082"]
+    balancer = (DEPLOY / "nginx-grpc.conf").read_text()
+    for port in ("8081", "8082"):
+        assert f"scheduler-a:{port}" in balancer and f"scheduler-b:{port}" in balancer
+    assert balancer.count("grpc_pass grpc://") == 2
+    command = a["command"]
     assert "--dev" in command
     assert command[command.index("--endpoint") + 1] == "http://localstack:4566"
     for flag in ("--job_bucket_name_key", "--job_table_name_key",
                  "--backend_status_parameter_name", "--address_to_token_database"):
         assert flag in command
-    assert services["scheduler"]["depends_on"]["localstack"]["condition"] == "service_healthy"
-    assert services["scheduler"]["ulimits"]["nofile"] >= 65536
-    grace = services["scheduler"]["stop_grace_period"]
+    assert a["depends_on"]["localstack"]["condition"] == "service_healthy"
+    assert a["ulimits"]["nofile"] >= 65536
+    grace = b["stop_grace_period"]
     assert int(grace.rstrip("s")) > DEFAULT_GRACE_S
     init = (DEPLOY / "localstack-init.sh").read_text()
     for name in ("status-index", "job_expiry", "/mqc3/backend_status"):

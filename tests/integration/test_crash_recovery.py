@@ -151,7 +151,10 @@ class Deployment:
 
     def start(self, name: str, env: dict[str, str] | None = None) -> _Process:
         """Start the scheduler and wait until both ports serve."""
-        process = _Process(self.argv(), self.ports, self.tmp_path / f"{name}.log", env or {})
+        # A process killed holding the lease (AWS mode) leaves it to lapse before the next
+        # one leads: a short lease keeps the test short; calls wait meanwhile.
+        env = {"SCHEDULER_LEASE_DURATION_S": "2", "SCHEDULER_LEASE_RENEW_S": "0.5", **(env or {})}
+        process = _Process(self.argv(), self.ports, self.tmp_path / f"{name}.log", env)
         self.started.append(process)
         process.wait_until_serving()
         return process

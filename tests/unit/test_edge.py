@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
 
+from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from scheduler.admission import Admission
 from scheduler.edge import INTERRUPTED, Edge, in_band
+from scheduler.health import SUBMISSION
 from scheduler.metrics import Metrics
+from scheduler.replicas import Replicas
 
 
 class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
     """GetServiceStatus waits for work it shares with other calls (as a single flight)."""
 
     def __init__(self) -> None:
-        self.edge = Edge(Admission(10), Metrics())
+        metrics = Metrics()
+        no_manager = Replicas(lambda fence: cast(JobManager, None), metrics)  # reads none
+        self.edge = Edge(SUBMISSION, no_manager, Admission(10), metrics)
         self.edge.not_serving = None
         self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
 
     @in_band(pb.GetServiceStatusResponse)
     async def GetServiceStatus(self, request: pb.GetServiceStatusRequest,
-                               context: grpc.aio.ServicerContext) -> pb.GetServiceStatusResponse:
+                               context: grpc.aio.ServicerContext,
+                               manager: JobManager) -> pb.GetServiceStatusResponse:
         self.waiting.set()
         await asyncio.shield(self.work)
         return pb.GetServiceStatusResponse(description="done")

@@ -364,9 +364,12 @@ async def test_cas_two_processes_never_assign_a_job_twice(h: Harness) -> None:
     assert first.record.job_id == job_id
     assert await other.assign("emulator") is None
     assert (await h.stored(job_id)).dequeued_at == first.record.dequeued_at
-    assert other.live_jobs() == 0
-    assert other.quotas.active_jobs(ALICE.fingerprint) == 0
+    # The store said RUNNING: the other process watches it as running from now on (it
+    # times out there too if its node is gone), and holds none of it as queued.
+    assert other.live_jobs() == 1
+    assert other.queue_length("emulator") == 0
     assert other.quotas.queue_bytes == 0
+    assert other.watchdog is not None and len(other.watchdog) == 1
 
 
 async def test_cas_stale_process_report_cannot_change_a_final_status(h: Harness) -> None:
@@ -475,12 +478,28 @@ async def test_restart_fails_a_queued_job_whose_program_is_missing(h: Harness) -
     job_id = await h.submit()
     await h.local.delete_input(job_id)
     manager = await h.restart()
+    assert await manager.prefetch_programs() == 0  # read ahead after the recovery
     record = await h.stored(job_id)
     assert record.status is JobStatus.FAILED
     assert "program" in record.status_detail and "missing" in record.status_detail
     assert manager.status_detail(await manager.status(ALICE, job_id)) == record.status_detail
     assert manager.queue_length("emulator") == 0
     assert manager.quotas.active_jobs(ALICE.fingerprint) == 0
+
+
+async def test_a_recovered_job_whose_program_vanished_fails_at_its_hand_over(
+        h: Harness) -> None:
+    lost = await h.submit()
+    kept = await h.submit()
+    manager = await h.restart()  # recovered without programs, none read ahead yet
+    await h.local.delete_input(lost)
+    assigned = await manager.assign("emulator")
+    assert assigned is not None and assigned.record.job_id == kept
+    assert assigned.program == b"program"  # read at the hand-over
+    record = await h.stored(lost)
+    assert record.status is JobStatus.FAILED and "missing" in record.status_detail
+    assert manager.queue_length("emulator") == 0
+    assert manager.quotas.active_jobs(ALICE.fingerprint) == 1  # the one running
 
 
 async def test_restart_fails_a_queued_job_whose_backend_is_gone(h: Harness) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("common", "message_manager", "backend_manager", "job_manager", "token_database",
-            "scheduler")
+            "leadership", "scheduler")
 # What each package may import besides itself (pb, the generated protocol, is a leaf).
 ALLOWED: dict[str, set[str]] = {
     "common": set(),
@@ -18,8 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "backend_manager": {"common", "message_manager"},
     "job_manager": {"common", "message_manager", "backend_manager", "pb"},
     "token_database": {"common", "pb"},
+    "leadership": {"common"},
     "scheduler": {"common", "message_manager", "backend_manager", "job_manager",
-                  "token_database", "pb"},
+                  "token_database", "leadership", "pb"},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -250,3 +251,60 @@ def test_a_job_already_queued_is_refused_not_held_twice(queue: JobQueue,
     assert len(queue) == 1
     assert queue.pop() is job
     assert queue.pop() is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from([10.0, 60.0, 600.0]),
+                          st.sampled_from(list(Role)), st.integers(0, 30)),
+                min_size=1, max_size=40),
+       st.lists(st.tuples(st.sampled_from("abcde"), st.sampled_from(list(Role))), max_size=12),
+       st.integers(0, 12))
+def test_many_jobs_added_at_once_go_in_the_order_pushing_each_gives(
+        specs: list[tuple[str, float, Role, int]], held: list[tuple[str, Role]],
+        taken: int) -> None:
+    # A recovery adds its jobs in one step (JobQueue.extend): the same places, the same
+    # order, the same fair share as pushing them one by one, also onto a queue that
+    # already holds jobs and has served some.
+    clock = FakeClock()
+    jobs = []
+    for owner, timeout_s, role, age_s in specs:
+        job = make_job(clock, owner, timeout_s=timeout_s, role=role)
+        job.record = replace(job.record, queued_at=clock.now() - timedelta(seconds=age_s))
+        jobs.append(job)
+    before = [make_job(clock, owner, role=role) for owner, role in held]
+    pushed, extended = (JobQueue(SchedulingPolicy(max_wait_s=1800), clock) for _ in range(2))
+    for queue in (pushed, extended):
+        for job in before:
+            queue.push(QueuedJob(job.record, job.program))
+        for _ in range(min(taken, len(before))):
+            queue.pop()
+    for job in jobs:
+        pushed.push(QueuedJob(job.record, job.program))
+    extended.extend([QueuedJob(job.record, job.program) for job in jobs])
+    assert len(pushed) == len(extended)
+    assert pushed.bytes_held == extended.bytes_held
+    assert [pushed.position(job.job_id) for job in jobs] == \
+        [extended.position(job.job_id) for job in jobs]
+    assert [job.job_id for job in drain(pushed)] == [job.job_id for job in drain(extended)]
+
+
+def test_adding_a_job_twice_at_once_is_refused_and_changes_nothing(
+        queue: JobQueue, clock: FakeClock) -> None:
+    queued = make_job(clock, "a")
+    queue.push(queued)
+    with pytest.raises(ValueError):
+        queue.extend([make_job(clock, "b"), QueuedJob(queued.record, queued.program)])
+    fresh = make_job(clock, "c")
+    with pytest.raises(ValueError):
+        queue.extend([fresh, QueuedJob(fresh.record, fresh.program)])
+    assert len(queue) == 1 and queue.bytes_held == queued.size_bytes
+    assert drain(queue) == [queued]
+
+
+def test_a_job_without_its_program_counts_the_size_its_record_gives(
+        queue: JobQueue, clock: FakeClock) -> None:
+    recovered = make_job(clock, "a", size=123)
+    queue.extend([QueuedJob(recovered.record, None)])
+    assert queue.bytes_held == 123
+    taken = queue.pop()
+    assert taken is not None and taken.program is None and queue.bytes_held == 0

@@ -1,0 +1,94 @@
+"""Passing a call to the leader: the same request, over gRPC, to the port it publishes.
+
+A replica that does not lead passes on what only the leader may do (docs/replicas.md),
+with the caller's own credentials (the token in the request, the nodes' secret in the
+``authorization`` metadata) and the scheduler's ``x-mqc3-*`` metadata. The leader checks
+them as for any call; a forwarded call is marked so it is never passed on again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+
+from scheduler.metadata import metadata_value
+from scheduler.validation import IDEMPOTENCY_METADATA
+
+FORWARDED_BY = "x-mqc3-forwarded-by"  # the replica that passed the call on
+_PASSED_ON = ("authorization", "x-mqc3-")
+# A SubmitJob passed on gets an idempotency key when its caller sent none, so that
+# passing it again after the leader died cannot make a second job (docs/replicas.md).
+FORWARDED_KEY_PREFIX = "forwarded-"
+
+
+class LeaderUnreachable(Exception):
+    """The leader did not take the call (gone, draining, or no longer leading)."""
+
+
+class ForwardFailed(Exception):
+    """The leader's answer was a transport error other than UNAVAILABLE; passed back as is."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
+    """Whether this call was passed on by another replica."""
+    return metadata_value(context, FORWARDED_BY) is not None
+
+
+class Forwarder:
+    """One channel per leader address, made on first use and kept."""
+
+    def __init__(self, me: str, submission: grpc.ChannelCredentials | None = None,
+                 execution: grpc.ChannelCredentials | None = None) -> None:
+        self._me = me
+        # How each port is reached; None: plaintext, as between replicas behind a TLS edge.
+        self._credentials = {False: submission, True: execution}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def call(self, address: str, path: str, request: Any, response_type: Any,
+                   metadata: list[tuple[str, str]], timeout_s: float) -> Any:
+        """The leader's answer to ``request`` at ``address``; raises LeaderUnreachable."""
+        channel = self._channel(address, self._credentials["/ExecutionService/" in path])
+        method = channel.unary_unary(
+            path, request_serializer=_serialize, response_deserializer=response_type.FromString)
+        try:
+            return await method(request, metadata=metadata, timeout=max(timeout_s, 0.001))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                raise LeaderUnreachable(exc.details() or "unavailable") from None
+            raise ForwardFailed(exc.code(), exc.details() or "") from None
+
+    def metadata(self, path: str, context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+        """What the call carries to the leader: made once per call, the same on each attempt."""
+        sent = [(name, value if isinstance(value, str) else value.decode(errors="replace"))
+                for name, value in (context.invocation_metadata() or ())
+                if name.startswith(_PASSED_ON) and name != FORWARDED_BY]
+        if path.endswith("/SubmitJob") and not any(n == IDEMPOTENCY_METADATA for n, _ in sent):
+            sent.append((IDEMPOTENCY_METADATA, f"{FORWARDED_KEY_PREFIX}{uuid.uuid4().hex}"))
+        sent.append((FORWARDED_BY, self._me))
+        return sent
+
+    def _channel(self, address: str,
+                 credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = (grpc.aio.secure_channel(address, credentials) if credentials
+                       else grpc.aio.insecure_channel(address))
+            self._channels[address] = channel
+        return channel
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()  # type: ignore[no-any-return]

@@ -1,0 +1,274 @@
+"""This replica's place among the scheduler's replicas, and where each call goes.
+
+Exactly one replica leads (docs/replicas.md): it holds the lease and the queues, in its
+term's JobManager, recovered from the store when the term begins. Every replica answers
+reads (status, result, service status) from the store. What only the leader may do
+(submit, cancel, assign, report, refresh) runs here while this replica leads and has
+recovered, is passed to the leader while another leads, and waits, bounded, while no one
+can take it (an election, a recovery): a call that waits is invisible to the SDK, a
+refused one fails the user's run. Standalone is the case of one replica that leads from
+its start, with no lease.
+
+A follower's JobManager is fenced by an epoch that never holds, so it can never write:
+a call that met a change of term half-way is refused with Deposed, changes nothing, and
+is routed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from backend_manager import BackendTable
+from job_manager.manager import JobManager
+from job_manager.stores import Deposed, Fence
+from leadership.dynamodb_lease import LEASE_KEY
+from leadership.lease import Lease
+from scheduler.forwarding import Forwarder, LeaderUnreachable, was_forwarded
+from scheduler.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# A call that waits answers this long before its caller's deadline, so the SDK sees our
+# UNAVAILABLE (which it retries) rather than its own DEADLINE_EXCEEDED.
+DEADLINE_MARGIN_S = 0.25
+EXECUTION_SERVICE = "/mqc3_cloud.scheduler.v1.ExecutionService/"
+
+
+class NoLeader(Exception):
+    """No replica could take a leader's call within the wait; answered UNAVAILABLE."""
+
+
+class Replicas:
+    """Which JobManager serves now, and the road of each call that only a leader may make."""
+
+    def __init__(self, make_manager: Callable[[Fence | None], JobManager], metrics: Metrics,
+                 *, lease: Lease | None = None, forwarder: Forwarder | None = None,
+                 wait_s: float = 30.0, settle_s: float = 2.0) -> None:
+        self._make = make_manager
+        self._metrics = metrics
+        self._lease = lease
+        self._forwarder = forwarder
+        self.wait_s = wait_s
+        self._settle_s = settle_s  # a new leader looks at the store again this much later
+        self._table: BackendTable | None = None
+        self._ready = False  # leading, and the term's recovery is over
+        self._term: asyncio.Task[None] | None = None  # the term's recovery
+        self._after_recovery: asyncio.Task[None] | None = None  # its reading ahead
+        self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
+        self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
+        self.manager = self._new_manager(epoch=0)
+        if lease is not None:
+            lease.listeners.append(self._leadership_changed)
+
+    @property
+    def ready(self) -> bool:
+        """Whether this replica leads and serves the queues now."""
+        return self._ready
+
+    def use_backends(self, table: BackendTable) -> None:
+        """A new backend table, for this term's manager and the next ones."""
+        self._table = table
+        self.manager.use_backends(table)
+
+    # --- terms ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Standalone: lead, once recovered. Among replicas: one round of the lease, and if
+        this replica leads, its recovery (failing the start if that fails)."""
+        if self._lease is None:
+            self._begin_term()
+        else:
+            await self._lease.step()
+            self._notify()
+        if self._term is not None:
+            await self._term
+
+    async def keep_lease(self) -> None:
+        """The lease's rounds, for ever (under the supervisor)."""
+        assert self._lease is not None
+        while True:
+            await asyncio.sleep(self._lease.renew_every_s)
+            await self._lease.step()
+            self._notify()
+
+    async def watch_jobs(self) -> None:
+        """Run the watchdog of the serving manager, the new one after each change of term."""
+        while True:
+            term_over = asyncio.ensure_future(self._term_over.wait())
+            watchdog = asyncio.ensure_future(self.manager.watchdog.run())
+            try:
+                await asyncio.wait({term_over, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                term_over.cancel()
+                watchdog.cancel()
+            if watchdog.done() and not watchdog.cancelled():
+                watchdog.result()  # it failed: raised for the supervisor to restart it
+
+    async def stop(self) -> None:
+        """Give the lease up at once (another replica leads now) and end the term."""
+        if self._lease is not None:
+            await self._lease.release(for_good=True)
+        self._end_term()
+        self.manager.shutdown()
+
+    def _end_term(self) -> None:
+        for task in (self._term, self._after_recovery):
+            if task is not None:
+                task.cancel()
+        self._term = self._after_recovery = None
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if leading:
+            self._metrics.takeovers.inc()
+            self._begin_term()
+        else:
+            self._follow()
+
+    def _begin_term(self) -> None:
+        manager = self._new_manager(epoch=self._lease.epoch if self._lease else None)
+        self._switch(manager)
+        self._term = asyncio.ensure_future(self._recover(manager))
+
+    async def _recover(self, manager: JobManager) -> None:
+        started = time.monotonic()
+        try:
+            await manager.recover()
+        except Exception:
+            if self._lease is None:
+                raise  # standalone: the start fails, as it says why
+            log.exception("recovery failed; giving the lease up for another replica")
+            await self._lease.release()
+            return
+        if self.manager is not manager:
+            return  # the term ended meanwhile
+        recovered_s = time.monotonic() - started
+        self._metrics.recovery_seconds.set(recovered_s)
+        self._ready = True
+        self._metrics.leading.set(1)
+        log.info("serving the queues (epoch %d) after %.2f s of recovery",
+                 self._lease.epoch if self._lease else 0, recovered_s)
+        self._notify()
+        self._after_recovery = asyncio.ensure_future(self._read_ahead(manager))
+
+    async def _read_ahead(self, manager: JobManager) -> None:
+        """After a recovery, in the background: the recovered jobs' programs, and (among
+        replicas) a second look at the store."""
+        try:
+            read = await manager.prefetch_programs()
+            log.info("read the programs of %d recovered jobs ahead of their hand-over", read)
+            if self._lease is not None and self._settle_s > 0:
+                # The status index is eventually consistent: a job written by the last
+                # leader just before it fell may show late. Look once more (what is known
+                # is skipped) and read what that found.
+                await asyncio.sleep(self._settle_s)
+                await manager.recover()
+                await manager.prefetch_programs()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading ahead after the recovery failed; hand-overs read instead")
+
+    def _follow(self) -> None:
+        self._end_term()
+        old = self.manager
+        self._switch(self._new_manager(epoch=0))
+        old.shutdown()  # its waiting nodes get an empty answer and ask again
+
+    def _switch(self, manager: JobManager) -> None:
+        self.manager = manager
+        self._ready = False
+        self._metrics.leading.set(0)
+        self._metrics.lease_epoch.set(self._lease.epoch if self._lease else 0)
+        self._term_over.set()
+        self._term_over = asyncio.Event()
+        self._notify()
+
+    def _new_manager(self, epoch: int | None) -> JobManager:
+        # Among replicas every manager is fenced: by its term's epoch, or (a follower's)
+        # by epoch 0, which no lease ever has.
+        fence = (Fence(LEASE_KEY, self._lease.me, epoch)
+                 if self._lease is not None and epoch is not None else None)
+        manager = self._make(fence)
+        if self._table is not None:
+            manager.use_backends(self._table)
+        return manager
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- calls only the leader may make ----------------------------------------------------
+    async def call_leader(self, path: str, request: Any, response_type: Any,
+                          context: grpc.aio.ServicerContext,
+                          run: Callable[[JobManager], Awaitable[R]]) -> R:
+        """``run`` on this replica's manager while it leads; else the leader's answer.
+
+        Waits (bounded by the wait setting and the caller's deadline) while there is no
+        leader to take the call; NoLeader when the wait is over.
+        """
+        deadline = self._deadline(context)
+        waited_from = time.monotonic()
+        forwarded = was_forwarded(context)
+        metadata: list[tuple[str, str]] | None = None
+        method = path.rsplit("/", 1)[-1]
+        while True:
+            changed = self._changed
+            if self._ready:
+                manager = self.manager
+                try:
+                    return await run(manager)
+                except Deposed:
+                    self._deposed(manager)
+                    continue
+            leader = self._lease.leader() if self._lease is not None else None
+            if leader is not None and self._forwarder is not None and not forwarded:
+                metadata = metadata or self._forwarder.metadata(path, context)
+                address = (leader.execution_address if path.startswith(EXECUTION_SERVICE)
+                           else leader.submission_address)
+                try:
+                    answer: R = await self._forwarder.call(
+                        address, path, request, response_type, metadata,
+                        deadline - time.monotonic())
+                except LeaderUnreachable as exc:
+                    self._metrics.forwarded.labels(method, "unreachable").inc()
+                    log.warning("%s could not be passed to the leader at %s (%s); waiting",
+                                method, address, exc)
+                else:
+                    self._metrics.forwarded.labels(method, "answered").inc()
+                    return answer
+            elif forwarded and (self._lease is None or not self._lease.leading):
+                # Passed on to a replica that no longer leads: its sender routes it again.
+                raise NoLeader("this replica does not lead")
+            await self._wait(changed, deadline, waited_from)
+
+    def _deposed(self, manager: JobManager) -> None:
+        """A write of ``manager`` was refused: its lease has another holder now."""
+        if manager is self.manager and self._lease is not None:
+            self._lease.deposed()
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        wait_s = self.wait_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait_s = min(wait_s, remaining - DEADLINE_MARGIN_S)
+        return time.monotonic() + wait_s
+
+    async def _wait(self, changed: asyncio.Event, deadline: float, since: float) -> None:
+        left_s = deadline - time.monotonic()
+        if left_s > 0:
+            self._metrics.waiting_calls.inc()
+            try:
+                await asyncio.wait_for(changed.wait(), left_s)
+                return
+            except TimeoutError:
+                pass
+            finally:
+                self._metrics.waiting_calls.dec()
+        raise NoLeader(f"no leader could take the call within {time.monotonic() - since:.1f} s")

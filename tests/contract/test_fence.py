@@ -1,0 +1,127 @@
+"""The lease and its fence on DynamoDB (moto): a deposed leader's job writes change nothing.
+
+docs/replicas.md: every write of a leader's term is conditional, in one transaction, on
+the lease still naming it at its epoch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from job_manager.model import JobStatus
+from job_manager.stores import Deposed, Fence
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
+from leadership.lease import Lease, LeaseRecord, LeaseUnreachable
+from tests.contract.test_job_store_contract import record, running
+from tests.helpers import aws_client
+
+
+@pytest.fixture
+def table(moto_endpoint: str) -> str:
+    name = f"jobs-{uuid.uuid4().hex[:12]}"
+    create_table(aws_client("dynamodb", moto_endpoint), name)
+    return name
+
+
+def lease(moto_endpoint: str, table: str, me: str) -> Lease:
+    return Lease(DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), table), me,
+                 time.monotonic, 6.0, 1.5, (f"{me}:8082", f"{me}:8081"))
+
+
+def fence_of(held: Lease) -> Fence:
+    return Fence(LEASE_KEY, held.me, held.epoch)
+
+
+async def test_the_lease_record_round_trips_and_writes_are_conditional(
+        moto_endpoint: str, table: str) -> None:
+    leases = DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), table)
+    assert await leases.read() is None
+    first = LeaseRecord("a", 1, "v1", "a:8082", "a:8081")
+    assert await leases.create(first)
+    assert not await leases.create(replace(first, holder="b"))  # one record, one creator
+    assert await leases.read() == first
+    assert not await leases.replace(replace(first, holder="b", version="v2"), "stale")
+    released = replace(first, version="v2", released=True)
+    assert await leases.replace(released, "v1")
+    assert await leases.read() == released
+
+
+async def test_an_unreachable_table_is_lease_unreachable(moto_endpoint: str) -> None:
+    leases = DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), "no-such-table")
+    with pytest.raises(LeaseUnreachable):
+        await leases.read()
+
+
+async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) -> None:
+    a = lease(moto_endpoint, table, "a")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    job = record()
+    await store.create(job, fence_of(a))
+    assert await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    stored = await store.get(job.job_id)
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    # The compare-and-set still holds under the fence: a second hand-over is refused.
+    assert not await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    await store.close()
+
+
+async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -> None:
+    a, b = lease(moto_endpoint, table, "a"), lease(moto_endpoint, table, "b")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    queued = record()
+    await store.create(queued, fence_of(a))
+    stale = fence_of(a)
+    await a.release()  # as if a slept through its lease: b takes over
+    await b.step()
+    assert b.leading and b.epoch == 2
+
+    with pytest.raises(Deposed):
+        await store.transition(running(queued), JobStatus.QUEUED, stale)
+    stored = await store.get(queued.job_id)
+    assert stored is not None and stored.status is JobStatus.QUEUED
+    other = record()
+    with pytest.raises(Deposed):
+        await store.create(other, stale)
+    with pytest.raises(Deposed):
+        await store.create(replace(other, idempotency_key="k"), stale)
+    assert await store.get(other.job_id) is None
+    # The new leader's epoch writes.
+    assert await store.transition(running(queued), JobStatus.QUEUED, fence_of(b))
+    await store.close()
+
+
+async def test_a_follower_can_never_write(moto_endpoint: str, table: str) -> None:
+    a = lease(moto_endpoint, table, "a")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    follower = Fence(LEASE_KEY, "b", 0)  # a follower's manager is fenced at epoch 0
+    with pytest.raises(Deposed):
+        await store.create(record(), follower)
+    nobody = Fence(LEASE_KEY, "a", 0)
+    with pytest.raises(Deposed):
+        await store.create(record(), nobody)
+    await store.close()
+
+
+async def test_with_no_lease_record_a_fenced_write_is_refused(
+        moto_endpoint: str, table: str) -> None:
+    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    with pytest.raises(Deposed):
+        await store.create(record(), Fence(LEASE_KEY, "a", 1))
+    await store.close()
+
+
+async def test_the_lease_item_is_invisible_to_recovery(moto_endpoint: str, table: str) -> None:
+    a = lease(moto_endpoint, table, "a")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    for status in JobStatus:
+        assert [r async for r in store.list_by_status(status)] == []
+    await store.close()

@@ -1,0 +1,219 @@
+"""The leader lease (leadership/lease.py), on a table in memory and a clock that moves when told.
+
+Each test holds one rule of docs/replicas.md: one holder at a time, takeover only after
+the lease visibly lapsed on the taker's own clock, each takeover a new epoch, a leader
+that cannot renew steps down before anyone could take over, a release hands over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from leadership.lease import Lease, LeaseRecord, LeaseUnreachable
+
+DURATION_S = 6.0
+RENEW_S = 1.5
+
+
+class Table:
+    """A LeaseTable in memory; ``down`` makes every call fail, ``hang`` never answer."""
+
+    def __init__(self) -> None:
+        self.record: LeaseRecord | None = None
+        self.down = False
+        self.hang = False
+        self.writes = 0
+
+    async def _reach(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.down:
+            raise LeaseUnreachable("down")
+
+    async def read(self) -> LeaseRecord | None:
+        await self._reach()
+        return self.record
+
+    async def create(self, record: LeaseRecord) -> bool:
+        await self._reach()
+        if self.record is not None:
+            return False
+        self.record = record
+        self.writes += 1
+        return True
+
+    async def replace(self, record: LeaseRecord, expected_version: str) -> bool:
+        await self._reach()
+        if self.record is None or self.record.version != expected_version:
+            return False
+        self.record = record
+        self.writes += 1
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def table() -> Table:
+    return Table()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def replica(table: Table, clock: Clock, name: str) -> Lease:
+    lease = Lease(table, name, clock, DURATION_S, RENEW_S, (f"{name}:8082", f"{name}:8081"))
+    lease.changes = []  # type: ignore[attr-defined]
+    lease.listeners.append(lease.changes.append)  # type: ignore[attr-defined]
+    return lease
+
+
+async def test_the_first_replica_on_an_empty_table_leads_at_epoch_one(
+        table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()
+    assert a.leading and a.epoch == 1 and a.changes == [True]  # type: ignore[attr-defined]
+    assert not b.leading and b.epoch == 0
+    leader = b.leader()
+    assert leader is not None and leader.holder == "a"
+    assert leader.submission_address == "a:8082" and leader.execution_address == "a:8081"
+
+
+async def test_a_renewed_lease_is_never_taken(table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    for _ in range(20):  # 30 s, five times the duration, renewed all along
+        clock.now += RENEW_S
+        await a.step()
+        await b.step()
+        assert a.leading and not b.leading
+    assert a.epoch == 1
+
+
+async def test_a_lapsed_lease_is_taken_only_after_its_duration_on_the_takers_clock(
+        table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()  # b sees a's version now
+    clock.now += DURATION_S - 0.01  # a is silent (dead), but not for long enough yet
+    await b.step()
+    assert not b.leading
+    clock.now += 0.01
+    await b.step()
+    assert b.leading and b.epoch == 2  # a takeover raises the epoch
+    assert table.record is not None and table.record.holder == "b"
+
+
+async def test_a_taker_counts_from_when_it_first_saw_the_version_not_from_any_wall_clock(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    clock.now += 1000  # b starts long after a's last renewal (a died long ago)
+    b = replica(table, clock, "b")
+    await b.step()
+    assert not b.leading  # b has seen nothing lapse yet on its own clock
+    clock.now += DURATION_S
+    await b.step()
+    assert b.leading
+
+
+async def test_a_leader_that_cannot_renew_steps_down_before_anyone_can_take_over(
+        table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()  # b's count starts no earlier than a's last renewal
+    table.down = True  # a is cut off from the table; b will see it again later
+    stepped_down_at = None
+    while stepped_down_at is None:
+        clock.now += 0.5
+        await a.step()
+        if not a.leading:
+            stepped_down_at = clock.now
+    assert a.changes == [True, False]  # type: ignore[attr-defined]
+    assert stepped_down_at - 100.0 <= DURATION_S - RENEW_S  # before b could take it
+    table.down = False
+    clock.now = 100.0 + DURATION_S
+    await b.step()
+    assert b.leading and b.epoch == 2
+
+
+async def test_a_hung_table_call_counts_as_a_failed_one(table: Table, clock: Clock) -> None:
+    a = Lease(table, "a", clock, 0.4, 0.1)
+    await a.step()
+    table.hang = True
+    await a.step()  # returns after its bound, the lease kept until its validity ends
+    assert a.leading
+    clock.now += 0.4
+    await a.step()
+    assert not a.leading
+
+
+async def test_a_deposed_leader_learns_it_at_its_next_renewal(table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()
+    clock.now += DURATION_S  # a was asleep (a pause): b takes over meanwhile
+    await b.step()
+    assert b.leading
+    await a.step()  # a wakes up and tries to renew the version it wrote
+    assert not a.leading and a.changes == [True, False]  # type: ignore[attr-defined]
+    leader = a.leader()
+    assert leader is not None and leader.holder == "b" and leader.epoch == 2
+
+
+async def test_release_hands_the_lease_over_at_once(table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()
+    await a.release(for_good=True)
+    assert not a.leading
+    await b.step()  # no wait for a lapse
+    assert b.leading and b.epoch == 2
+    clock.now += 3 * DURATION_S
+    await a.step()  # released for good: a never takes it back, even once it lapses
+    assert not a.leading
+
+
+async def test_a_lease_let_go_unreleased_is_taken_back_by_its_holder(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    table.down = True
+    clock.now += DURATION_S
+    await a.step()
+    assert not a.leading
+    table.down = False
+    await a.step()  # still named in the record, no one took it: a leads again, anew
+    assert a.leading and a.epoch == 2
+
+
+async def test_deposed_steps_down_at_once(table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    a.deposed()
+    assert not a.leading and a.epoch == 0
+
+
+async def test_a_leader_is_unknown_once_its_lease_lapsed(table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()
+    assert b.leader() is not None
+    clock.now += DURATION_S
+    assert b.leader() is None  # b does not send calls to a leader that may be dead
+
+
+def test_a_lease_renewed_less_often_than_it_lasts_is_refused(table: Table, clock: Clock) -> None:
+    with pytest.raises(ValueError):
+        Lease(table, "a", clock, 1.0, 1.0)
