@@ -78,6 +78,7 @@ class Lease:
         self._seen_since = 0.0
         self.listeners: list[Callable[[bool], None]] = []  # told of each change of leading
         self._retired = False  # released for good (a stop): never taken again
+        self._round = asyncio.Lock()  # one round at a time (the loop's, or one asked for)
 
     @property
     def leading(self) -> bool:
@@ -102,6 +103,10 @@ class Lease:
 
     async def step(self) -> None:
         """One round: the leader renews; another replica watches and takes a lapsed lease."""
+        async with self._round:
+            await self._step()
+
+    async def _step(self) -> None:
         now = self._monotonic()
         if self._mine is not None and now >= self._valid_until:
             self._lose("not renewed in time")

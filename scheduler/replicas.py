@@ -62,6 +62,7 @@ class Replicas:
         self._ready = False  # leading, and the term's recovery is over
         self._term: asyncio.Task[None] | None = None  # the term's recovery
         self._after_recovery: asyncio.Task[None] | None = None  # its reading ahead
+        self._learn: asyncio.Task[None] | None = None  # a lease round asked for at once
         self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
         self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
         self.manager = self._new_manager(epoch=0)
@@ -95,8 +96,7 @@ class Replicas:
         assert self._lease is not None
         while True:
             await asyncio.sleep(self._lease.renew_every_s)
-            await self._lease.step()
-            self._notify()
+            await self._lease_round()
 
     async def watch_jobs(self) -> None:
         """Run the watchdog of the serving manager, the new one after each change of term."""
@@ -249,9 +249,16 @@ class Replicas:
             await self._wait(changed, deadline, waited_from)
 
     def _deposed(self, manager: JobManager) -> None:
-        """A write of ``manager`` was refused: its lease has another holder now."""
+        """A write of ``manager`` was refused: its lease has another holder now. Step down,
+        and read the lease at once to learn who leads."""
         if manager is self.manager and self._lease is not None:
             self._lease.deposed()
+            self._learn = asyncio.ensure_future(self._lease_round())
+
+    async def _lease_round(self) -> None:
+        assert self._lease is not None
+        await self._lease.step()
+        self._notify()
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         wait_s = self.wait_s

@@ -1,0 +1,239 @@
+"""Two replicas in one process on one moto table: where each call goes (docs/replicas.md).
+
+The first replica started leads; the second passes the leader's calls on and answers
+reads from the store. A stop hands the lease over at once; a leader deposed while it
+slept writes nothing and passes its call to the new leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from job_manager.model import JobStatus
+from leadership.dynamodb_lease import LEASE_KEY
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
+from scheduler.app import Scheduler
+from tests.helpers import (
+    UPLOAD_HEADERS,
+    AwsNames,
+    Clients,
+    TokenDatabase,
+    aws_client,
+    aws_config,
+    gzip_result,
+    submit_request,
+)
+from tests.operations.support import scrape, value
+
+# Short, so a test that waits for a renewal or a lapse stays short.
+LEASE_ENV = {"SCHEDULER_LEASE_DURATION_S": "1", "SCHEDULER_LEASE_RENEW_S": "0.25"}
+RESULT = gzip_result(b"\x0a\x02ok")
+
+
+class Replica:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.clients = Clients(scheduler.submission_port, scheduler.execution_port)
+
+    async def close(self) -> None:
+        await self.clients.close()
+        await self.scheduler.stop(grace_s=0)
+
+
+@contextlib.asynccontextmanager
+async def replicas(names: AwsNames, tokens: TokenDatabase,
+                   count: int = 2) -> AsyncIterator[list[Replica]]:
+    started: list[Replica] = []
+    try:
+        for _ in range(count):
+            scheduler = Scheduler(aws_config(names, tokens.address, env=LEASE_ENV))
+            await scheduler.start()
+            started.append(Replica(scheduler))
+        yield started
+    finally:
+        for replica in started:
+            await replica.close()
+
+
+async def submit(replica: Replica, token: str) -> str:
+    answer = await replica.clients.submission.SubmitJob(submit_request(token), timeout=20)
+    assert answer.error.code == "", answer.error
+    return str(answer.job_id)
+
+
+async def status(replica: Replica, token: str, job_id: str) -> submission_pb2.GetJobStatusResponse:
+    answer = await replica.clients.submission.GetJobStatus(
+        submission_pb2.GetJobStatusRequest(token=token, job_id=job_id), timeout=20)
+    assert answer.error.code == "", answer.error
+    return answer
+
+
+async def until(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_follower_passes_the_leaders_calls_on_and_answers_reads_itself(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        assert leader.scheduler.replicas.ready and not follower.scheduler.replicas.ready
+        token = token_database.token("alice", "developer")
+
+        job_id = await submit(follower, token)
+        assert leader.scheduler.manager.queue_length("emulator") == 1  # queued at the leader
+        assert follower.scheduler.manager.queue_length("emulator") == 0
+        seen = await status(follower, token, job_id)  # from the store
+        assert seen.status == job_pb2.JOB_STATUS_QUEUED
+        assert (await status(leader, token, job_id)).status_detail.startswith("queued: 1st")
+
+        assigned = await follower.clients.assign()
+        assert assigned.job_id == job_id
+        put = await asyncio.to_thread(requests.put, assigned.upload_target.upload_url,
+                                      data=RESULT, headers=UPLOAD_HEADERS, timeout=10)
+        assert put.status_code < 300
+        report = execution_pb2.ReportExecutionResultRequest(
+            job_id=job_id, status=execution_pb2.EXECUTION_STATUS_SUCCESS)
+        answer = await follower.clients.execution.ReportExecutionResult(report, timeout=20)
+        assert answer.error.code == "", answer.error
+        result = await follower.clients.submission.GetJobResult(
+            submission_pb2.GetJobResultRequest(token=token, job_id=job_id), timeout=20)
+        assert result.status == job_pb2.JOB_STATUS_COMPLETED and result.result.result_url
+
+        samples = await scrape(follower.scheduler.metrics_port)
+        for method in ("SubmitJob", "AssignNextJob", "ReportExecutionResult"):
+            assert value(samples, "mqc3_forwarded_calls_total", method=method,
+                         result="answered") == 1
+        assert value(samples, "mqc3_forwarded_calls_total", method="GetJobStatus") == 0
+        assert value(samples, "mqc3_replica_leading") == 0
+        leading = await scrape(leader.scheduler.metrics_port)
+        assert value(leading, "mqc3_replica_leading") == 1
+        assert value(leading, "mqc3_lease_epoch") == 1
+
+
+async def test_a_cancel_through_a_follower_empties_the_leaders_queue(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        job_id = await submit(leader, token)
+        answer = await follower.clients.submission.CancelJob(
+            submission_pb2.CancelJobRequest(token=token, job_id=job_id), timeout=20)
+        assert answer.error.code == "", answer.error
+        assert leader.scheduler.manager.queue_length("emulator") == 0
+        assert (await status(follower, token, job_id)).status == job_pb2.JOB_STATUS_CANCELLED
+        # Someone else's job stays theirs through a follower too.
+        other = await submit(follower, token)
+        mallory = token_database.token("mallory", "developer")
+        refused = await follower.clients.submission.CancelJob(
+            submission_pb2.CancelJobRequest(token=mallory, job_id=other), timeout=20)
+        assert refused.error.code == "NOT_FOUND"
+        assert leader.scheduler.manager.queue_length("emulator") == 1
+
+
+async def test_a_stopped_leader_hands_over_at_once_and_waiting_calls_complete(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        queued = [await submit(follower, token) for _ in range(3)]
+        # A node long-polls the follower for a backend with nothing queued: passed to the
+        # leader, it must still end with an answer when the leader goes.
+        parked = asyncio.ensure_future(follower.clients.execution.AssignNextJob(
+            execution_pb2.AssignNextJobRequest(backend="qpu"),
+            metadata=(("x-mqc3-wait-ms", "3000"),), timeout=20))
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        await leader.scheduler.stop(grace_s=5)
+        await until(lambda: follower.scheduler.replicas.ready, timeout_s=5)
+        handed_over_s = asyncio.get_running_loop().time() - started
+        assert handed_over_s < 1.0  # released, not lapsed: no wait for the lease's duration
+        assert (await parked).error.code == ""
+        # The new leader recovered the queue in its order.
+        taken = [(await follower.clients.assign()).job_id for _ in queued]
+        assert taken == queued
+        samples = await scrape(follower.scheduler.metrics_port)
+        assert value(samples, "mqc3_lease_epoch") == 2
+        assert value(samples, "mqc3_lease_takeovers_total") == 1
+
+
+async def test_a_leader_deposed_while_it_slept_writes_nothing_and_passes_the_call_on(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        # As if the leader slept through its lease and woke with a call to serve before
+        # its next lease round: it renews no more and believes its hold still valid; the
+        # follower took the lease over meanwhile. (The item names the follower: it sees
+        # its own name and leads anew.)
+        leader_lease = leader.scheduler.replicas._lease
+        assert leader_lease is not None
+
+        async def asleep(*_: object) -> None:
+            pass
+
+        leader_lease._renew = asleep  # type: ignore[method-assign]
+        leader_lease._valid_until = float("inf")
+        table = aws_client("dynamodb", aws_names.endpoint)
+        item = table.get_item(TableName=aws_names.table, Key={"job_id": {"S": LEASE_KEY}},
+                              ConsistentRead=True)["Item"]
+        follower_lease = follower.scheduler.replicas._lease
+        assert follower_lease is not None
+        item["holder"] = {"S": follower_lease.me}
+        item["epoch"] = {"N": "5"}
+        item["version"] = {"S": "taken-while-the-leader-slept"}
+        table.put_item(TableName=aws_names.table, Item=item)
+        await until(lambda: follower.scheduler.replicas.ready)
+        assert leader.scheduler.replicas.ready  # it has not noticed yet
+
+        job_id = await submit(leader, token)  # refused by the fence, passed to the follower
+        assert follower.scheduler.manager.queue_length("emulator") == 1
+        assert not leader.scheduler.replicas.ready
+        assert leader.scheduler.manager.queue_length("emulator") == 0
+        stored = await follower.scheduler.stack.jobs.get(job_id)
+        assert stored is not None and stored.status is JobStatus.QUEUED
+        assert (await follower.clients.assign()).job_id == job_id
+
+
+async def test_a_call_waits_for_a_leader_and_is_answered_once_one_leads(
+        aws_names: AwsNames, token_database: TokenDatabase, tmp_path: Path) -> None:
+    async with replicas(aws_names, token_database, count=1) as (alone,):
+        token = token_database.token("alice", "developer")
+        lease = alone.scheduler.replicas._lease
+        assert lease is not None
+        lease.deposed()  # it stops leading; the record still names it, so it takes it back
+        assert not alone.scheduler.replicas.ready
+        job_id = await submit(alone, token)  # waits through the next round, not refused
+        assert alone.scheduler.replicas.ready and lease.epoch == 2
+        assert (await status(alone, token, job_id)).status == job_pb2.JOB_STATUS_QUEUED
+
+
+@pytest.mark.parametrize("wait_s", ["0.3"])
+async def test_a_call_that_finds_no_leader_within_the_wait_is_unavailable(
+        aws_names: AwsNames, token_database: TokenDatabase, wait_s: str) -> None:
+    import grpc
+
+    scheduler = Scheduler(aws_config(aws_names, token_database.address,
+                                     env={**LEASE_ENV, "SCHEDULER_LEADER_WAIT_S": wait_s}))
+    # Another replica that is gone holds the lease: this one waits out its lapse.
+    table = aws_client("dynamodb", aws_names.endpoint)
+    table.put_item(TableName=aws_names.table, Item={
+        "job_id": {"S": LEASE_KEY}, "holder": {"S": "gone"}, "epoch": {"N": "3"},
+        "version": {"S": "v"}, "submission_address": {"S": "127.0.0.1:1"},
+        "execution_address": {"S": "127.0.0.1:1"}, "released": {"BOOL": False}})
+    await scheduler.start()
+    replica = Replica(scheduler)
+    try:
+        token = token_database.token("alice", "developer")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await replica.clients.submission.SubmitJob(submit_request(token), timeout=20)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE  # the SDK tries once more
+        assert "no leader" in (refused.value.details() or "")
+        await until(lambda: scheduler.replicas.ready)  # the lapse: it leads, epoch 4
+        assert (await submit(replica, token))
+    finally:
+        await replica.close()
