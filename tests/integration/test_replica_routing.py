@@ -176,7 +176,7 @@ async def test_a_leader_deposed_while_it_slept_writes_nothing_and_passes_the_cal
         async def asleep(*_: object) -> None:
             pass
 
-        leader_lease._renew = asleep  # type: ignore[method-assign]
+        leader_lease._renew = asleep  # type: ignore[method-assign,assignment]
         leader_lease._valid_until = float("inf")
         table = aws_client("dynamodb", aws_names.endpoint)
         item = table.get_item(TableName=aws_names.table, Key={"job_id": {"S": LEASE_KEY}},
