@@ -446,12 +446,17 @@ class Scheduler:
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
+        notes = []
+        leadership = self._replicas.note() if self._replicas is not None else None
+        if leadership is not None:
+            notes.append(leadership)
         housekeeping = self._stack.housekeeping if self._stack is not None else None
-        if housekeeping is None or not housekeeping.low_on_space:
-            return []
-        assert housekeeping.free_bytes is not None
-        return [f"warning: the data directory's disk has {housekeeping.free_bytes // 2**20} MB "
-                f"free; submissions fail once it is full"]
+        if housekeeping is not None and housekeeping.low_on_space:
+            assert housekeeping.free_bytes is not None
+            notes.append(f"warning: the data directory's disk has "
+                         f"{housekeeping.free_bytes // 2**20} MB free; submissions fail once "
+                         f"it is full")
+        return notes
 
     def _is_serving(self) -> bool:
         return self._health is not None and self._health.serving

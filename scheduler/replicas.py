@@ -74,6 +74,16 @@ class Replicas:
         """Whether this replica leads and serves the queues now."""
         return self._ready
 
+    def note(self) -> str | None:
+        """What /healthz says about leadership: only trouble (no leader to take calls)."""
+        if self._lease is None or self._ready:
+            return None
+        if self._lease.leading:
+            return "note: this replica leads and is recovering its queues; calls wait"
+        if self._lease.leader() is None:
+            return "warning: no replica leads now; calls that change jobs wait for one"
+        return None
+
     def use_backends(self, table: BackendTable) -> None:
         """A new backend table, for this term's manager and the next ones."""
         self._table = table
@@ -115,6 +125,8 @@ class Replicas:
         """Give the lease up at once (another replica leads now) and end the term."""
         if self._lease is not None:
             await self._lease.release(for_good=True)
+        if self._learn is not None:
+            self._learn.cancel()
         self._end_term()
         self.manager.shutdown()
 

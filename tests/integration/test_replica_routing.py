@@ -207,8 +207,10 @@ async def test_a_call_waits_for_a_leader_and_is_answered_once_one_leads(
         assert lease is not None
         lease.deposed()  # it stops leading; the record still names it, so it takes it back
         assert not alone.scheduler.replicas.ready
+        assert "no replica leads" in (alone.scheduler.replicas.note() or "")  # on /healthz
         job_id = await submit(alone, token)  # waits through the next round, not refused
         assert alone.scheduler.replicas.ready and lease.epoch == 2
+        assert alone.scheduler.replicas.note() is None
         assert (await status(alone, token, job_id)).status == job_pb2.JOB_STATUS_QUEUED
 
 
