@@ -129,8 +129,14 @@ class Lease:
             return
         self._lose("released")
         try:
-            await self._bounded(self._table.replace(
-                replace(mine, version=_version(), released=True), mine.version))
+            if not await self._bounded(self._table.replace(
+                    replace(mine, version=_version(), released=True), mine.version)):
+                # A renewal in flight wrote a newer version of this term first: release that.
+                current = await self._bounded(self._table.read())
+                if (current is not None and current.holder == self.me
+                        and current.epoch == mine.epoch and not current.released):
+                    await self._bounded(self._table.replace(
+                        replace(current, version=_version(), released=True), current.version))
         except LeaseUnreachable as exc:
             log.warning("the lease could not be released (it lapses instead): %s", exc)
 

@@ -1,19 +1,34 @@
-"""Real scheduler processes for tests: free ports, start, wait until serving, stop, clean up."""
+"""Real scheduler processes for tests: free ports, start, wait until serving, stop, clean up.
+
+Also a test's whole deployment (Deployment): its data (a data directory, or AWS resources
+on the session's moto server with a token database served in this process), and every
+scheduler process started on it, in either mode, on chosen ports.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from benchmarks.processes import free_ports
+from common.clock import SystemClock
+from pb.mqc3_cloud.token_database.v1 import token_database_pb2, token_database_pb2_grpc
+from scheduler.standalone import token_store_path
+from tests.helpers import REGION, TEST_BACKENDS_TOML, TokenDatabase, create_aws_resources
+from token_database.service import TokenDatabaseService
+from token_database.service import create_token as make_token
+from token_database.store import SqliteTokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -129,3 +144,151 @@ def scheduler_process(data_dir: Path, log_path: Path) -> Iterator[SchedulerProce
         yield started
     finally:
         started.kill()
+
+
+class ScriptProcess(SchedulerProcess):
+    """``scheduler.py`` with any flags and environment; the helpers' wait and stop."""
+
+    def __init__(self, argv: list[str], ports: Ports, log_path: Path,
+                 env: dict[str, str]) -> None:
+        self.data_dir = None  # type: ignore[assignment]
+        self.ports = ports
+        self.log_path = log_path
+        self._log = log_path.open("a")
+        self.process = python("scheduler.py", *argv, stdout=self._log,
+                              stderr=subprocess.STDOUT, env={**os.environ, **env})
+
+
+# --- a test's deployment: its data, and the scheduler processes started on it ---------------
+
+class HeldTokenDatabase(TokenDatabase):
+    """The helpers' TokenDatabase, which answers the lookups of the tokens in ``slow`` only
+    after ``hold_s`` (a way to keep a call in flight)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.slow: set[str] = set()
+        self.hold_s = 1.5
+
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        token_database_pb2_grpc.add_TokenDatabaseServiceServicer_to_server(
+            _HeldLookups(self), self.server)
+        port = self.server.add_insecure_port(f"{HOST}:0")
+        await self.server.start()
+        self.address = f"{HOST}:{port}"
+
+
+# A process killed holding the lease (AWS mode) leaves it to lapse before the next one
+# leads: a short lease keeps tests short; calls wait meanwhile.
+SHORT_LEASE_ENV = {"SCHEDULER_LEASE_DURATION_S": "2", "SCHEDULER_LEASE_RENEW_S": "0.5"}
+
+
+@dataclass
+class Deployment:
+    """One test's scheduler data (a data directory, or AWS resources on moto) and ports.
+
+    Every start uses ``ports`` unless told others, so upload URLs and channels stay valid
+    across a restart; replicas (AWS mode) each start on their own.
+    """
+
+    mode: str
+    tmp_path: Path
+    ports: Ports
+    data_dir: Path | None = None
+    aws_argv: list[str] = field(default_factory=list)
+    token_database: HeldTokenDatabase | None = None
+    started: list[ScriptProcess] = field(default_factory=list)
+
+    def argv(self, ports: Ports | None = None) -> list[str]:
+        ports = ports or self.ports
+        common = ["--host", HOST, "--port-for-submission", str(ports.submission),
+                  "--port-for-execution", str(ports.execution),
+                  "--metrics-port", str(ports.metrics)]
+        if self.data_dir is not None:
+            return ["--local", "--data-dir", str(self.data_dir), *common,
+                    "--port-for-token-database", str(ports.token_database),
+                    "--http-port", str(ports.http)]
+        return [*common, *self.aws_argv]
+
+    def launch(self, name: str, env: dict[str, str] | None = None,
+               ports: Ports | None = None) -> ScriptProcess:
+        """Start the scheduler (log in ``<name>.log``) without waiting for it."""
+        process = ScriptProcess(self.argv(ports), ports or self.ports,
+                                self.tmp_path / f"{name}.log", {**SHORT_LEASE_ENV, **(env or {})})
+        self.started.append(process)
+        return process
+
+    def start(self, name: str, env: dict[str, str] | None = None,
+              ports: Ports | None = None) -> ScriptProcess:
+        """Start the scheduler and wait until both ports serve."""
+        process = self.launch(name, env, ports)
+        process.wait_until_serving()
+        return process
+
+    def token(self, name: str, role: str) -> str:
+        if self.token_database is not None:
+            return self.token_database.token(name, role)
+        assert self.data_dir is not None
+        store = SqliteTokenStore(token_store_path(self.data_dir))
+        try:
+            return make_token(store, SystemClock(), name, role)[0]
+        finally:
+            store.close()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.log()[-6000:]}" for p in self.started)
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            process.kill()
+
+
+@contextlib.contextmanager
+def standalone_deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A data directory with the test backends; every process started is killed at the end."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
+    found = Deployment("standalone", tmp_path, Ports.free(), data_dir=data_dir)
+    try:
+        yield found
+    finally:
+        found.kill_all()
+
+
+@contextlib.asynccontextmanager
+async def aws_deployment(tmp_path: Path, endpoint: str) -> AsyncIterator[Deployment]:
+    """Fresh AWS resources on the moto server at ``endpoint`` and a token database served
+    on this test's event loop (keep the loop free: run blocking test code in a thread);
+    every process started is killed at the end."""
+    names = create_aws_resources(endpoint, uuid.uuid4().hex[:12])
+    tokens = HeldTokenDatabase(tmp_path / "tokens.sqlite3")
+    found = Deployment("aws", tmp_path, Ports.free(), token_database=tokens)
+    try:
+        await tokens.start()
+        found.aws_argv = [
+            "--dev", "--endpoint", endpoint, "--region", REGION, "-k", "testing",
+            "-s", "testing", "--job_bucket_name_key", names.bucket_key,
+            "--job_table_name_key", names.table_key,
+            "--backend_status_parameter_name", names.backends_key,
+            "--address_to_token_database", tokens.address]
+        yield found
+    finally:
+        found.kill_all()
+        await tokens.stop()
+
+
+class _HeldLookups(TokenDatabaseService):
+    """A HeldTokenDatabase's service: GetTokenInfo held for the tokens it holds."""
+
+    def __init__(self, database: HeldTokenDatabase) -> None:
+        super().__init__(database.store, SystemClock())
+        self._database = database
+
+    async def GetTokenInfo(self, request: token_database_pb2.GetTokenInfoRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> token_database_pb2.GetTokenInfoResponse:
+        if request.token in self._database.slow:
+            await asyncio.sleep(self._database.hold_s)
+        return await super().GetTokenInfo(request, context)

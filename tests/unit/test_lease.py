@@ -185,6 +185,27 @@ async def test_release_hands_the_lease_over_at_once(table: Table, clock: Clock) 
     assert not a.leading
 
 
+class SlowWrites(Table):
+    """A Table whose conditional writes answer only after the others scheduled meanwhile."""
+
+    async def replace(self, record: LeaseRecord, expected_version: str) -> bool:
+        await asyncio.sleep(0)
+        return await super().replace(record, expected_version)
+
+
+async def test_a_release_during_a_renewal_still_hands_the_lease_over(clock: Clock) -> None:
+    table = SlowWrites()
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    renewal = asyncio.ensure_future(a.step())  # the keeper's round, its write in flight
+    await asyncio.sleep(0)
+    await a.release(for_good=True)  # a stop meanwhile; the renewal's write lands first
+    await renewal
+    assert table.record is not None and table.record.released
+    await b.step()  # no wait for a lapse
+    assert b.leading and b.epoch == 2
+
+
 async def test_a_lease_let_go_unreleased_is_taken_back_by_its_holder(
         table: Table, clock: Clock) -> None:
     a = replica(table, clock, "a")
