@@ -122,23 +122,19 @@ class Lease:
 
     async def release(self, for_good: bool = False) -> None:
         """Let the lease go at once, so another replica takes it now; ``for_good`` (a
-        stop): this replica never takes it again."""
+        stop): this replica never takes it again. Waits for a round under way (a renewal
+        in flight would otherwise write a newer version than the one released)."""
         self._retired = self._retired or for_good
-        mine = self._mine
-        if mine is None:
-            return
-        self._lose("released")
-        try:
-            if not await self._bounded(self._table.replace(
-                    replace(mine, version=_version(), released=True), mine.version)):
-                # A renewal in flight wrote a newer version of this term first: release that.
-                current = await self._bounded(self._table.read())
-                if (current is not None and current.holder == self.me
-                        and current.epoch == mine.epoch and not current.released):
-                    await self._bounded(self._table.replace(
-                        replace(current, version=_version(), released=True), current.version))
-        except LeaseUnreachable as exc:
-            log.warning("the lease could not be released (it lapses instead): %s", exc)
+        async with self._round:
+            mine = self._mine
+            if mine is None:
+                return
+            self._lose("released")
+            try:
+                await self._bounded(self._table.replace(
+                    replace(mine, version=_version(), released=True), mine.version))
+            except LeaseUnreachable as exc:
+                log.warning("the lease could not be released (it lapses instead): %s", exc)
 
     async def _renew(self, mine: LeaseRecord, started: float) -> None:
         renewed = replace(mine, version=_version(), submission_address=self.addresses[0],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -152,7 +153,8 @@ def in_band(
                 if leader:
                     response = await replicas.call_leader(
                         f"/{edge.service}/{method}", request, response_type, context,
-                        lambda manager: handler(self, request, context, manager))
+                        lambda manager: handler(self, request, context, manager),
+                        edge.admission.released if limited else contextlib.nullcontext)
                 else:
                     response = await handler(self, request, context, replicas.manager)
                 code = "OK"

@@ -17,10 +17,11 @@ is routed again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, ContextManager, TypeVar
 
 import grpc
 
@@ -219,11 +220,15 @@ class Replicas:
     # --- calls only the leader may make ----------------------------------------------------
     async def call_leader(self, path: str, request: Any, response_type: Any,
                           context: grpc.aio.ServicerContext,
-                          run: Callable[[JobManager], Awaitable[R]]) -> R:
+                          run: Callable[[JobManager], Awaitable[R]],
+                          idle: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                          ) -> R:
         """``run`` on this replica's manager while it leads; else the leader's answer.
 
         Waits (bounded by the wait setting and the caller's deadline) while there is no
-        leader to take the call; NoLeader when the wait is over.
+        leader to take the call; NoLeader when the wait is over. While it waits, or while
+        the leader answers it, the call is ``idle``: it holds no slot of this replica's
+        admission (the leader admits it there).
         """
         deadline = self._deadline(context)
         waited_from = time.monotonic()
@@ -239,15 +244,18 @@ class Replicas:
                 except Deposed:
                     self._deposed(manager)
                     continue
-            leader = self._lease.leader() if self._lease is not None else None
+            # A leader still recovering waits for its own recovery, never calls itself.
+            following = self._lease is not None and not self._lease.leading
+            leader = self._lease.leader() if self._lease is not None and following else None
             if leader is not None and self._forwarder is not None and not forwarded:
                 metadata = metadata or self._forwarder.metadata(path, context)
                 address = (leader.execution_address if path.startswith(EXECUTION_SERVICE)
                            else leader.submission_address)
                 try:
-                    answer: R = await self._forwarder.call(
-                        address, path, request, response_type, metadata,
-                        deadline - time.monotonic())
+                    with idle():
+                        answer: R = await self._forwarder.call(
+                            address, path, request, response_type, metadata,
+                            deadline - time.monotonic())
                 except LeaderUnreachable as exc:
                     self._metrics.forwarded.labels(method, "unreachable").inc()
                     log.warning("%s could not be passed to the leader at %s (%s); waiting",
@@ -255,10 +263,11 @@ class Replicas:
                 else:
                     self._metrics.forwarded.labels(method, "answered").inc()
                     return answer
-            elif forwarded and (self._lease is None or not self._lease.leading):
+            elif forwarded and following:
                 # Passed on to a replica that no longer leads: its sender routes it again.
                 raise NoLeader("this replica does not lead")
-            await self._wait(changed, deadline, waited_from)
+            with idle():
+                await self._wait(changed, deadline, waited_from)
 
     def _deposed(self, manager: JobManager) -> None:
         """A write of ``manager`` was refused: its lease has another holder now. Step down,

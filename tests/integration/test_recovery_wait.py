@@ -62,6 +62,8 @@ async def test_while_the_queues_recover_reads_are_answered_and_changes_wait(
         await asyncio.sleep(0.3)
         assert not submitted.done() and not assigned.done()  # waiting, not refused
         assert value_of(second, "mqc3_calls_waiting_for_leader") == 2
+        # Waiting holds no admission slot: a slow recovery cannot make the port "full".
+        assert [edge.admission.in_flight for edge in second._edges] == [0, 0]
 
         recover_now.set()
         await asyncio.wait_for(starting, 10)

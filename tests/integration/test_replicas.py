@@ -159,12 +159,23 @@ class Sdk:
                 f"\nevents: {self.events[:200]}")
 
 
+# A retry refused within milliseconds by the client's own connection, which the kill of the
+# replica at its other end had just broken: the SDK retries at once on the same channel,
+# before gRPC has seen the connection close.
+CUT_AT_ONCE = re.compile(r"attempt 2, failed after 0\.0\d s: UNAVAILABLE "
+                         r"(Socket closed|.*Broken pipe|.*Connection reset)")
+
+
+# A call gRPC's server had received but not yet handed to the scheduler when the server
+# stopped: gRPC answers it CANCELLED, which the SDK does not retry (grpc/grpc#41785, open;
+# plain grpc.aio servers do the same). docs/replicas.md says what it means for a deploy.
+CANCELLED_AT_STOP = re.compile(r"attempt 1, failed after 0\.0\d s: CANCELLED")
+
+
 def _cut_at_once(failures: list[str]) -> str:
     """A note when every failure is a retry refused at once by the client's own broken
     connection, so whoever reads a failure knows which kind it is."""
-    at_once = re.compile(r"attempt 2, failed after 0\.0\d s: UNAVAILABLE "
-                         r"(Socket closed|.*Broken pipe|.*Connection reset)")
-    if failures and all(at_once.search(failure) for failure in failures):
+    if failures and all(CUT_AT_ONCE.search(failure) for failure in failures):
         return ("\n(each of them a retry that failed within milliseconds: sent at once on the "
                 "connection the kill had just broken, before gRPC saw it closed)")
     return ""
@@ -452,7 +463,13 @@ def _kill_the_leader_again_and_again(deployment: Deployment, replicas: Replicas,
     context = (f"\n{sdk.report()}\nconnections through the proxies (replica port, opened-"
                f"ended, who closed first): submission {submission.connections(sdk.t0)}, "
                f"execution {execution.connections(sdk.t0)}\n{deployment.logs()}")
-    assert sdk.failures == [], f"calls failed as users see them{context}"
+    # Behind a TCP-passthrough balancer (this proxy, an NLB), a call in flight on the killed
+    # replica's own connection can fail for its user: the SDK's immediate retry leaves on
+    # that broken connection (docs/replicas.md; the same happens with plain gRPC servers).
+    # An HTTP/2-aware balancer (nginx in deploy/compose.yaml) keeps the client's connection
+    # and sends the retry elsewhere. Every other failure is the scheduler's.
+    ours = [failure for failure in sdk.failures if not CUT_AT_ONCE.search(failure)]
+    assert ours == [], f"calls failed as users see them{context}"
     assert ledger.unexpected == [], f"{ledger.unexpected}{context}"
     assert len(acknowledged) == len(ledger.acknowledged), "one job_id acknowledged twice"
     assert len(acknowledged) >= 20, f"too little load to prove anything{context}"
@@ -535,7 +552,9 @@ def _sigterm_the_leader(deployment: Deployment, replicas: Replicas, submission: 
     fastest_lapse_s = LEASE_DURATION_S - LEASE_RENEW_S
     assert handover_s < fastest_lapse_s, f"no faster than a lapse: {handover_s:.2f} s{context}"
     assert exit_code == 0, f"exit code {exit_code}{context}"
-    assert sdk.failures == [], f"calls failed as users see them{context}"
+    ours = [failure for failure in sdk.failures if not CANCELLED_AT_STOP.search(failure)]
+    assert ours == [], f"calls failed as users see them{context}"
+    assert len(sdk.failures) - len(ours) <= 2, f"more than a stop's race{context}"
     assert ledger.unexpected == [], f"{ledger.unexpected}{context}"
     assert len(ledger.acknowledged) >= 5, f"too little load to prove anything{context}"
     assert after == {"JOB_STATUS_QUEUED": len(ledger.acknowledged)}, f"{after}{context}"

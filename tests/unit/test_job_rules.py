@@ -490,6 +490,7 @@ async def test_restart_fails_a_queued_job_whose_program_is_missing(h: Harness) -
 async def test_a_recovered_job_whose_program_vanished_fails_at_its_hand_over(
         h: Harness) -> None:
     lost = await h.submit()
+    h.clock.advance(1)  # queued after it: the order after the restart does not hang on ids
     kept = await h.submit()
     manager = await h.restart()  # recovered without programs, none read ahead yet
     await h.local.delete_input(lost)
