@@ -202,7 +202,7 @@ async def test_the_token_database_is_given_three_seconds_to_answer(tokens: Token
     async with grpc.aio.insecure_channel(tokens[2]) as channel:
         await TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2).resolve("good")
     [left_s] = tokens[0].deadlines
-    assert left_s is not None and 2.0 < left_s <= 3.0
+    assert left_s is not None and 2.0 < left_s < 3.5  # 3 s, as the header carries it
 
 
 async def test_tokens_looked_up_at_once_each_resolve_to_their_own_caller(

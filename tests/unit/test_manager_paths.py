@@ -2,9 +2,9 @@
 queued job is told, which node may speak for a job, what memory answers alone, and how a
 hand-over that no node received is undone.
 
-Driven directly over real stores (tests/unit/test_job_rules.py's Harness); an S3 bucket on
-moto where the objects' tags are the point. Each test was seen failing on the mutants of
-docs/mutation.md it is named for.
+Driven directly over real stores (tests/unit/test_job_rules.py's Harness), and an S3
+bucket on moto where the objects' tags are the point. Each test was seen failing on the
+mutants it was written for (docs/mutation.md).
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ async def test_a_job_given_back_is_stored_as_if_never_handed_over(
     # Work run in the background is let go once it ends, not kept in memory.
     await asyncio.sleep(0.01)
     gc.collect()
-    assert all(ref() is None or not ref().done() for ref in started)  # type: ignore[union-attr]
+    kept = [task for ref in started if (task := ref()) is not None and task.done()]
+    assert kept == []
 
 
 async def test_a_cancel_during_a_give_back_waits_for_it_then_cancels(h: Harness) -> None:
