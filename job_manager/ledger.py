@@ -162,7 +162,9 @@ class Ledger:
     # --- a job leaves ------------------------------------------------------------------
     def ended(self, record: JobRecord) -> None:
         """A job reached a final status: out of every structure, kept among the finished."""
-        self._live.pop(record.job_id, None)
+        # A job this process never held (another process started it) holds no slot here.
+        if self._live.pop(record.job_id, None) is not None:
+            self.quotas.ended(record.owner_fingerprint)
         queue = self.queue(record.backend)
         if queue is not None and (stale := queue.remove(record.job_id)) is not None:
             # Still queued here though it ended elsewhere (another process ran it).
@@ -170,7 +172,6 @@ class Ledger:
         self.remember_finished(record)
         if record.idempotency_key:
             self._keys.pop((record.owner_fingerprint, record.idempotency_key), None)
-        self.quotas.ended(record.owner_fingerprint)
 
     def forget(self, job_id: str) -> JobRecord | None:
         """Memory was wrong about a job (the store says otherwise): drop it, free its quota."""

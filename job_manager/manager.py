@@ -181,7 +181,8 @@ class JobManager:
             except StoreError as exc:
                 log.error("idempotency key could not be looked up: %s", exc)
                 raise SchedulerError("submission_not_stored") from None
-        if earlier is None or earlier.submitted_at < window_start:
+        # A key is held by a job submitted less than the window ago, as the stores hold it.
+        if earlier is None or earlier.submitted_at <= window_start:
             return await self._submit_new(principal, spec)
         return await self._adopt(earlier)
 

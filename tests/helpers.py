@@ -1,17 +1,22 @@
-"""Shared test helpers: configs for both modes, AWS resources on moto, request builders."""
+"""Shared test helpers: configs for both modes, AWS resources on moto, request builders,
+and the check of a refusal's exact words."""
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 import grpc
+import pytest
 
 from common.clock import SystemClock
 from job_manager.stores.dynamodb_job_store import create_table
+from message_manager import SchedulerError
+from message_manager.keys import ErrorKey
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
@@ -237,3 +242,14 @@ UPLOAD_HEADERS = {
     "Content-Encoding": "gzip",
     "Content-Disposition": "attachment",
 }
+
+
+async def refused_as(call: Awaitable[Any], key: ErrorKey, **params: object) -> SchedulerError:
+    """``call`` is refused with the catalogue's ``key``: the code and the words a caller is
+    sent, naming exactly ``params``."""
+    with pytest.raises(SchedulerError) as info:
+        await call
+    expected = SchedulerError(key, **params)
+    assert (info.value.key, info.value.code, str(info.value)) == (
+        key, expected.code, str(expected))
+    return info.value

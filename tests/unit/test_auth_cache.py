@@ -11,11 +11,12 @@ import grpc
 import pytest
 
 from common.clock import FakeClock
-from common.identity import Role
+from common.identity import Role, fingerprint
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from scheduler.auth import TokenResolver
+from tests.helpers import refused_as
 
 TTL_S, MISS_TTL_S = 60.0, 5.0
 
@@ -28,11 +29,17 @@ class CountingTokens(token_database_pb2_grpc.TokenDatabaseServiceServicer):
         self.lookups = 0
         self.delay_s = 0.0
         self.expires_at = clock.now() + timedelta(days=1)
+        self.others: dict[str, pb.TokenInfo] = {}  # more tokens, as a test makes them
+        self.deadlines: list[float | None] = []  # each call's time left, as this side sees it
 
     async def GetTokenInfo(self, request: pb.GetTokenInfoRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetTokenInfoResponse:
         self.lookups += 1
+        self.deadlines.append(context.time_remaining())
         await asyncio.sleep(self.delay_s)
+        if request.token in self.others:
+            return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_OK,
+                                           token_info=self.others[request.token])
         if request.token not in ("good", "expiring"):
             return pb.GetTokenInfoResponse(status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND)
         info = pb.TokenInfo(token=request.token, name="alice", role="developer")
@@ -181,3 +188,109 @@ async def test_a_token_never_reaches_the_log_when_the_database_is_down_or_slow(
     for record in caplog.records:
         assert secret not in record.getMessage()
         assert secret not in str(record.args)
+
+
+Tokens = tuple[CountingTokens, grpc.aio.Server, str]
+
+
+def _info(name: str = "bob", role: str = "developer") -> pb.TokenInfo:
+    return pb.TokenInfo(name=name, role=role)
+
+
+async def test_the_token_database_is_given_three_seconds_to_answer(tokens: Tokens,
+                                                                    clock: FakeClock) -> None:
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        await TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2).resolve("good")
+    [left_s] = tokens[0].deadlines
+    assert left_s is not None and 2.0 < left_s < 3.5  # 3 s, as the header carries it
+
+
+async def test_tokens_looked_up_at_once_each_resolve_to_their_own_caller(
+        resolver: TokenResolver, tokens: Tokens) -> None:
+    tokens[0].others["token-bob"] = _info("bob")
+    tokens[0].delay_s = 0.1
+    alice, bob = await asyncio.gather(resolver.resolve("good"), resolver.resolve("token-bob"))
+    assert (alice.name, alice.fingerprint) == ("alice", fingerprint("good"))
+    assert (bob.name, bob.fingerprint) == ("bob", fingerprint("token-bob"))
+    assert tokens[0].lookups == 2
+
+
+async def test_each_resolution_is_counted_as_a_cache_hit_or_miss(tokens: Tokens,
+                                                                 clock: FakeClock) -> None:
+    seen: list[bool] = []
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        resolver = TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                                 on_cache=seen.append)
+        await resolver.resolve("good")
+        await resolver.resolve("good")
+        for _ in range(2):
+            assert await _code(resolver, "nope") == "token_unknown"
+    assert seen == [False, True, False, True]
+
+
+async def test_a_cached_token_is_asked_for_again_exactly_at_its_ttl(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    await resolver.resolve("good")
+    clock.advance(TTL_S)
+    await resolver.resolve("good")
+    assert tokens[0].lookups == 2
+
+
+async def test_the_cache_holds_as_many_tokens_as_it_may(resolver: TokenResolver,
+                                                        tokens: Tokens) -> None:
+    for token in ("good", "expiring", "good", "expiring"):  # max_entries=2
+        await resolver.resolve(token)
+    assert tokens[0].lookups == 2
+
+
+async def test_a_token_is_refused_from_the_instant_it_expires(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    expiry = clock.now() + timedelta(seconds=10)
+    tokens[0].expires_at = expiry
+    await resolver.resolve("expiring")
+    clock.advance(10)
+    await refused_as(resolver.resolve("expiring"), "token_expired",
+                     expired_at=expiry.isoformat())
+
+
+async def test_a_token_expiring_now_is_remembered_briefly_like_an_unknown_one(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    tokens[0].expires_at = clock.now()
+    for _ in range(2):
+        assert await _code(resolver, "expiring") == "token_expired"
+    assert tokens[0].lookups == 1
+
+
+async def test_a_token_expiring_within_the_ttl_is_looked_up_again_once_renewed(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    tokens[0].expires_at = clock.now() + timedelta(seconds=0.5)
+    await resolver.resolve("expiring")
+    tokens[0].expires_at = clock.now() + timedelta(days=1)  # renewed in the database
+    clock.advance(1)
+    assert (await resolver.resolve("expiring")).name == "alice"
+
+
+async def test_a_token_with_a_distant_expiry_is_cached_for_the_whole_ttl(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    await resolver.resolve("expiring")  # expires in a day
+    clock.advance(TTL_S - 1)
+    await resolver.resolve("expiring")
+    assert tokens[0].lookups == 1
+
+
+async def test_an_expiry_of_zero_means_the_token_never_expires(
+        resolver: TokenResolver, tokens: Tokens, clock: FakeClock) -> None:
+    forever, ancient = _info(), _info()
+    forever.expires_at.SetInParent()  # present, at zero seconds
+    ancient.expires_at.seconds = 1  # a second after the epoch: long expired
+    tokens[0].others.update({"forever": forever, "ancient": ancient})
+    clock.advance(365 * 24 * 3600)
+    assert (await resolver.resolve("forever")).name == "bob"
+    await refused_as(resolver.resolve("ancient"), "token_expired",
+                     expired_at="1970-01-01T00:00:01+00:00")
+
+
+async def test_a_role_the_scheduler_does_not_know_is_refused_quoted_and_cut(
+        resolver: TokenResolver, tokens: Tokens) -> None:
+    tokens[0].others["odd"] = _info(role="r" * 40)
+    await refused_as(resolver.resolve("odd"), "token_role_unknown", role=repr("r" * 32))

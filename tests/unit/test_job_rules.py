@@ -103,12 +103,14 @@ class Events:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
+        self.refusals: list[tuple[str, str, str]] = []  # (backend, role, code): metric labels
 
     def submitted(self, record: JobRecord) -> None:
         self.seen.append(("submitted", record.job_id))
 
     def refused(self, backend: str, role: str, code: str) -> None:
         self.seen.append(("refused", code))
+        self.refusals.append((backend, role, code))
 
     def started(self, record: JobRecord) -> None:
         self.seen.append(("started", record.job_id))
@@ -140,17 +142,14 @@ class Harness:
         )
         return jobs, payloads
 
-    def new_manager(self, backends: str = BACKENDS) -> JobManager:
-        """Another JobManager over the same stores (not recovered)."""
-        manager = JobManager(
-            jobs=self.jobs,
-            payloads=self.payloads,
-            limits=limits(),
-            clock=self.clock,
-            report_grace_s=GRACE_S,
-            idempotency_window=WINDOW,
-            observer=self.events,
-        )
+    def new_manager(self, backends: str = BACKENDS, **settings: Any) -> JobManager:
+        """Another JobManager over the same stores (not recovered); ``settings`` replace
+        the defaults of its constructor (``limits``, ``unify_backends``...)."""
+        options: dict[str, Any] = {
+            "limits": limits(), "report_grace_s": GRACE_S, "idempotency_window": WINDOW,
+            "observer": self.events, **settings}
+        manager = JobManager(jobs=self.jobs, payloads=self.payloads, clock=self.clock,
+                             **options)
         manager.use_backends(parse_backend_table(backends))
         return manager
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 from common.identity import Principal, Role, fingerprint
 from job_manager.manager import ExecutionReport
 from job_manager.model import BackendTimestamps, JobStatus
-from tests.unit.test_job_rules import ALICE, Harness, h, refused, spec
+from tests.unit.test_job_rules import ALICE, Harness, h, refused, report, spec
 
 __all__ = ["h"]  # the fixture, shared with test_job_rules
 
@@ -152,3 +152,66 @@ async def test_refused_reports_name_the_job_and_both_statuses(h: Harness) -> Non
     conflict = await refused(h.manager.report(ExecutionReport(job, JobStatus.TIMEOUT)),
                              "FAILED_PRECONDITION")
     assert job in str(conflict) and "FAILED" in str(conflict) and "TIMEOUT" in str(conflict)
+
+
+async def test_a_report_for_a_job_this_process_never_held_frees_none_of_its_owners_slots(
+        h: Harness) -> None:
+    # Broke when: ending a job gave its owner a slot back though this process had never
+    # counted the job (another process submitted and started it): one more than the
+    # role's limit of live jobs (10) was then let in.
+    for _ in range(9):
+        await h.submit()
+    other = h.new_manager()
+    tenth = await other.submit(ALICE, spec())
+    assert (await other.assign("emulator")) is not None
+    assert (await h.manager.report(report(tenth, JobStatus.FAILED))).status is JobStatus.FAILED
+    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 9
+    await h.submit()  # the tenth live job again
+    await refused(h.submit(), "RESOURCE_EXHAUSTED")
+
+
+async def test_a_keyed_job_recovered_running_and_ended_elsewhere_is_answered_from_the_store(
+        h: Harness) -> None:
+    # Broke when: dropping a job memory was wrong about assumed its key was indexed,
+    # which a job recovered RUNNING never is.
+    job = await h.submit(key="K")
+    await h.assign()
+    await h.restart()
+    other = h.new_manager()
+    await other.recover()
+    await h.upload_result(job)
+    await other.report(report(job))
+    assert (await h.manager.report(report(job))).status is JobStatus.COMPLETED
+    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+
+
+async def test_a_job_put_back_after_a_failed_cancel_wakes_a_waiting_node(h: Harness) -> None:
+    # Broke when: a job put back in its queue woke no node, so a node that had parked
+    # while the job was out of the queue waited for the next submission.
+    job = await h.submit()
+    h.jobs.fail_on("transition")
+    release = h.jobs.gate("transition")
+    cancelling = asyncio.create_task(h.manager.cancel(ALICE, job))
+    await h.jobs.held("transition")  # out of its queue while the cancel is written
+    node = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
+    while h.manager.waiters.count("emulator") == 0:
+        await asyncio.sleep(0)
+    release.set()
+    await refused(cancelling, "INTERNAL")
+    assignment = await asyncio.wait_for(node, 2.0)
+    assert assignment is not None and assignment.record.job_id == job
+
+
+async def test_the_queue_metrics_count_jobs_bytes_and_waiting_nodes(h: Harness) -> None:
+    await h.submit(program=b"x" * 10)
+    await h.submit(backend="qpu", program=b"y" * 3)
+    await h.submit(backend="qpu", program=b"z" * 4)
+    waiting = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
+    await asyncio.sleep(0)
+    assert (await waiting) is not None  # took the emulator's job at once
+    node = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
+    while h.manager.waiters.count("emulator") == 0:
+        await asyncio.sleep(0)
+    assert h.manager.queue_snapshot() == [("emulator", 0, 0, 1), ("qpu", 2, 7, 0)]
+    h.manager.shutdown()
+    assert await node is None
