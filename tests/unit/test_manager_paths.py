@@ -94,7 +94,8 @@ async def test_a_job_failed_at_recovery_is_stored_with_why_and_when(h: Harness) 
     job = await h.submit()
     await h.local.delete_input(job)
     h.clock.advance(3)
-    await h.restart()
+    manager = await h.restart()
+    await manager.prefetch_programs()  # reads ahead after the recovery, and finds it gone
     stored = await h.stored(job)
     assert (stored.status, stored.status_detail, stored.finished_at) == (
         JobStatus.FAILED, "the job's program was missing after a restart", h.clock.now())

@@ -280,11 +280,12 @@ async def test_a_key_race_loser_whose_winner_vanished_is_not_accepted(h: Harness
 
 
 # --- the store fails: the caller is told, the operator is told which job and why ----------
-async def _requeue_fails(h: Harness) -> tuple[Awaitable[Any], str]:
-    # Stored by another process whose answer was lost: a keyed retry here queues it.
-    job = await h.new_manager().submit(ALICE, spec(key="K"))
+async def _program_read_fails(h: Harness) -> tuple[Awaitable[Any], str]:
+    # Recovered without its program (read at the hand-over), which cannot be read now.
+    job = await h.submit()
+    manager = await h.restart()
     h.payloads.fail_on("get_input")
-    return h.submit(key="K"), job
+    return manager.assign("emulator"), job
 
 
 async def _cancel_fails(h: Harness) -> tuple[Awaitable[Any], str]:
@@ -319,7 +320,7 @@ async def _read_fails(h: Harness) -> tuple[Awaitable[Any], str]:
     return h.new_manager().status(ALICE, job), job
 
 
-@pytest.mark.parametrize("failing", [_requeue_fails, _cancel_fails, _hand_over_fails,
+@pytest.mark.parametrize("failing", [_program_read_fails, _cancel_fails, _hand_over_fails,
                                      _report_fails, _result_check_fails, _read_fails])
 async def test_a_store_failure_is_answered_internal_and_logged_once_with_its_job(
         h: Harness, caplog: pytest.LogCaptureFixture,
