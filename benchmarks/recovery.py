@@ -2,12 +2,17 @@
 """Recovery: how long a restarted scheduler (or a new leader) takes to serve N queued jobs.
 
     python benchmarks/recovery.py [--jobs 100000] [--payload-bytes 1024] [--data-dir DIR]
+    python benchmarks/recovery.py --moto [--jobs 100000]
 
 Standalone stores (a SQLite file and a payload directory) are filled once with N QUEUED
 jobs as submissions make them (reused on later runs with the same --data-dir and
 --jobs). Then a fresh JobManager over freshly opened stores recovers them, the way
 ``Scheduler.start`` does, and the time from the start of its recovery to the moment
 its queues serve (the first hand-over answered) is printed with the process's RSS.
+
+With --moto, the records go to a DynamoDB table of a moto server started as its own
+process (S3 likewise), and the recovery lists them through the status index as a new
+leader does; moto's speed, not DynamoDB's, is what it measures.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +42,24 @@ from job_manager.stores.sqlite_job_store import SqliteJobStore  # noqa: E402
 from job_manager.stores.url_signer import UrlSigner  # noqa: E402
 
 BATCH = 2000
+MOTO_PORT = 47231
+
+
+def moto_stores(endpoint: str) -> tuple[Any, Any]:
+    import boto3
+
+    from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+    from job_manager.stores.s3_payload_store import S3PayloadStore
+
+    def client(service: Any) -> Any:
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="bench", aws_secret_access_key="bench")
+
+    dynamodb, s3 = client("dynamodb"), client("s3")
+    if "jobs" not in dynamodb.list_tables()["TableNames"]:
+        create_table(dynamodb, "jobs")
+        s3.create_bucket(Bucket="jobs")
+    return DynamoDbJobStore(dynamodb, "jobs"), S3PayloadStore(s3, "jobs", SystemClock())
 
 
 def stores(data_dir: Path) -> tuple[SqliteJobStore, LocalPayloadStore]:
@@ -45,12 +70,13 @@ def stores(data_dir: Path) -> tuple[SqliteJobStore, LocalPayloadStore]:
     return jobs, payloads
 
 
-async def fill(data_dir: Path, count: int, payload_bytes: int) -> None:
+async def fill(data_dir: Path, count: int, payload_bytes: int, endpoint: str | None) -> None:
     marker = data_dir / f"filled-{count}-{payload_bytes}"
     if marker.exists():
         return
-    jobs, payloads = stores(data_dir)
-    await jobs.open()
+    jobs, payloads = moto_stores(endpoint) if endpoint else stores(data_dir)
+    if not endpoint:
+        await jobs.open()
     clock = SystemClock()
     owners = [fingerprint(f"token-{i}") for i in range(50)]
     program = os.urandom(payload_bytes)
@@ -79,9 +105,10 @@ def rss_mb() -> float:
     return 0.0
 
 
-async def recover(data_dir: Path, count: int) -> None:
-    jobs, payloads = stores(data_dir)
-    await jobs.open()
+async def recover(data_dir: Path, count: int, endpoint: str | None = None) -> None:
+    jobs, payloads = moto_stores(endpoint) if endpoint else stores(data_dir)
+    if not endpoint:
+        await jobs.open()
     table = BackendTable({"emulator": {role: RoleStatus(ServiceStatus.AVAILABLE)
                                        for role in Role}})
     limits = Limits({role: RoleLimits(count * 2, 10 << 20) for role in Role},
@@ -105,13 +132,26 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--payload-bytes", type=int, default=1024)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--moto", action="store_true", help="DynamoDB and S3 on a moto server")
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="mqc3-recovery-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    filling = time.perf_counter()
-    asyncio.run(fill(data_dir, args.jobs, args.payload_bytes))
-    print(f"filled in {time.perf_counter() - filling:.1f} s")
-    asyncio.run(recover(data_dir, args.jobs))
+    server = None
+    endpoint = None
+    if args.moto:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")),
+                                   "-p", str(MOTO_PORT)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{MOTO_PORT}"
+        time.sleep(3)
+    try:
+        filling = time.perf_counter()
+        asyncio.run(fill(data_dir, args.jobs, args.payload_bytes, endpoint))
+        print(f"filled in {time.perf_counter() - filling:.1f} s")
+        asyncio.run(recover(data_dir, args.jobs, endpoint))
+    finally:
+        if server is not None:
+            server.terminate()
 
 
 if __name__ == "__main__":

@@ -426,11 +426,15 @@ class Scheduler:
                              notes=self._health_notes)
         self.metrics_port = await self._serve_http(app, self.config.metrics_port)
 
-    async def _finish_calls(self, within_s: float) -> float:
-        """Refuse new calls (UNAVAILABLE) until those in flight end; returns the time taken."""
+    async def _finish_calls(self, within_s: float, refuse: bool) -> float:
+        """Wait until the calls in flight end (within ``within_s``); returns the time taken.
+
+        With ``refuse``, new calls are answered UNAVAILABLE meanwhile; without, they are
+        served (among replicas: passed to the new leader).
+        """
         started = time.monotonic()
         for edge in self._edges:
-            edge.not_serving = DRAINING
+            edge.not_serving = DRAINING if refuse else None
         while any(edge.admission.in_flight for edge in self._edges):
             if time.monotonic() - started >= within_s:
                 break
@@ -476,8 +480,9 @@ class Scheduler:
             # Among replicas the lease goes at once: another replica leads, and the calls
             # still arriving here are passed to it. Waiting nodes get an empty answer now.
             await self._replicas.stop()
-        if not leased:
-            grace -= await self._finish_calls(grace)  # alone, no one else can take them
+        # Alone, no one else can take new calls: they are refused (the SDK's retry finds
+        # the restarted scheduler, or fails). Among replicas they are passed on.
+        grace -= await self._finish_calls(grace, refuse=not leased)
         await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
         await self.supervisor.stop()
         if self._token_server is not None:

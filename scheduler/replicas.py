@@ -64,6 +64,7 @@ class Replicas:
         self._term: asyncio.Task[None] | None = None  # the term's recovery
         self._after_recovery: asyncio.Task[None] | None = None  # its reading ahead
         self._learn: asyncio.Task[None] | None = None  # a lease round asked for at once
+        self._stopping_since: float | None = None  # monotonic time of stop(), if stopped
         self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
         self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
         self.manager = self._new_manager(epoch=0)
@@ -123,7 +124,12 @@ class Replicas:
                 watchdog.result()  # it failed: raised for the supervisor to restart it
 
     async def stop(self) -> None:
-        """Give the lease up at once (another replica leads now) and end the term."""
+        """Give the lease up at once (another replica leads now) and end the term.
+
+        From now on a call waits for a leader only as long as another replica takes to
+        take the released lease (two rounds): alone, there is none to wait for.
+        """
+        self._stopping_since = time.monotonic()
         if self._lease is not None:
             await self._lease.release(for_good=True)
         if self._learn is not None:
@@ -286,7 +292,11 @@ class Replicas:
         remaining = context.time_remaining()
         if remaining is not None:
             wait_s = min(wait_s, remaining - DEADLINE_MARGIN_S)
-        return time.monotonic() + wait_s
+        deadline = time.monotonic() + wait_s
+        if self._stopping_since is not None:
+            rounds_s = 2 * self._lease.renew_every_s if self._lease is not None else 0.0
+            deadline = min(deadline, self._stopping_since + rounds_s)
+        return deadline
 
     async def _wait(self, changed: asyncio.Event, deadline: float, since: float) -> None:
         left_s = deadline - time.monotonic()
