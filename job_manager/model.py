@@ -86,6 +86,8 @@ class JobRecord:
     result_raw_size_bytes: int = 0
     result_encoded_size_bytes: int = 0
     node_identity: str = ""  # the mTLS identity of the node that took the job, when known
+    # The owner's labels (job_manager/tags.py), sorted by key; the original's records have none.
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def owner_label(self) -> str:
