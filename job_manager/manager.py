@@ -44,6 +44,7 @@ from job_manager.stores import (
     SignedUrl,
     StoreError,
 )
+from job_manager.tags import Tags
 from job_manager.watchdog import Watchdog
 from message_manager import SchedulerError
 
@@ -71,6 +72,7 @@ class JobSpec:
     sdk_version: str = ""
     save_job: bool = False
     idempotency_key: str = ""
+    tags: Tags = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class ExecutionReport:
     encoded_size_bytes: int = 0
 
 
+TAG_ATTEMPTS = 3  # a job changing status under a SetJobTags is read again this often
 MISSING_PROGRAM = "the job's program was missing after a restart"
 
 # What a user reads when the node said nothing: a completed job needs no words (the
@@ -151,6 +154,11 @@ class JobManager:
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job store, for reads that need no memory (listings: job_manager/listing.py)."""
+        return self._store
 
     # --- configuration ------------------------------------------------------------
     def use_backends(self, table: BackendTable) -> None:
@@ -227,6 +235,7 @@ class JobManager:
             sdk_version=spec.sdk_version,
             save_job=spec.save_job,
             idempotency_key=spec.idempotency_key,
+            tags=spec.tags,
             submitted_at=now,
             queued_at=now,
         )
@@ -341,6 +350,31 @@ class JobManager:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
         return await asyncio.shield(self._moved(job_id, self._cancel_claimed(claimed, principal)))
+
+    async def set_tags(self, principal: Principal, job_id: str, tags: Tags) -> JobRecord:
+        """Replace a job's tags, whatever its status, while its record exists.
+
+        Memory takes the tags before the store does, with no await in between, so a
+        change of status made meanwhile from memory carries them too; a status changed
+        elsewhere (the store's compare-and-set fails) is read again and tagged anew.
+        """
+        for _ in range(TAG_ATTEMPTS):
+            record = await self._visible(principal, job_id)
+            while (moving := self._moving.get(job_id)) is not None:
+                await asyncio.shield(moving)
+                record = await self._visible(principal, job_id)
+            tagged = replace(record, tags=tags)
+            self.ledger.retag(job_id, tags)
+            try:
+                stored = await self._store.transition(tagged, record.status, self._fence)
+            except StoreError as exc:
+                self.ledger.retag(job_id, record.tags)
+                raise _store_failed(f"tags of job {job_id} could not be stored", exc) from None
+            if stored:
+                return tagged
+            self.ledger.retag(job_id, record.tags)
+            self.ledger.forget_finished(job_id)  # stale: read the store next time
+        raise SchedulerError("store_failed")
 
     def _moved(self, job_id: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run a claimed job's store change to its end, in a task no caller can cancel.

@@ -52,4 +52,5 @@ ErrorKey = Literal[
     "too_many_watches",
     "unexpected",
     "wait_ms_invalid",
+    "watch_interrupted",
 ]

@@ -17,6 +17,7 @@ from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
 from job_manager.stores import StoreError
+from job_manager.stores.dynamodb_job_store import OWNER_INDEX
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
@@ -100,12 +101,14 @@ MIGRATIONS = {
                     "without its raw token (safe to run again)",
     "to-original": "write this scheduler's QUEUED jobs as the original's records, for going "
                    "back to it (stop this scheduler first)",
+    "add-owner-index": "add the owner-index the extension's ListJobs and GetUsage need "
+                       "(the original's table too; safe to run again)",
 }
 
 
 def _migrate_main(argv: Sequence[str]) -> int:
     if not argv or argv[0] not in MIGRATIONS:
-        choices = "\n".join(f"  {name:13} {what}" for name, what in MIGRATIONS.items())
+        choices = "\n".join(f"  {name:15} {what}" for name, what in MIGRATIONS.items())
         print(f"usage: scheduler.py migrate COMMAND [AWS flags as for serving]\n{choices}",
               file=sys.stderr)
         return 2
@@ -129,6 +132,11 @@ async def _migrate(command: str, aws: AwsConfig) -> str:
             return (f"rewrote {done.rewritten} records of the original without their tokens; "
                     f"{done.unreadable} unreadable left as they are (see the log); "
                     f"{done.changed_meanwhile} changed by the scheduler meanwhile")
+        if command == "add-owner-index":
+            if not await store.add_owner_index():
+                return f"the table already has {OWNER_INDEX!r}; nothing to do"
+            return (f"added {OWNER_INDEX!r}; DynamoDB builds it in the background, and "
+                    f"listings work once it is ACTIVE (aws dynamodb describe-table)")
         exported = await store.export_queued_to_original(
             lambda record: f"{FINGERPRINT_PREFIX}{record.owner_fingerprint}")
         return (f"wrote {exported} queued jobs as the original's records; their owners are "
