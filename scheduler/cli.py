@@ -1,4 +1,5 @@
-"""The command line: serve (the default), or manage the standalone mode's tokens."""
+"""The command line: serve (the default), manage the standalone mode's tokens, migrate the
+table, or (``jobs``) a person's view of their jobs (scheduler/jobs_cli.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from job_manager.stores.dynamodb_job_store import OWNER_INDEX
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
+from scheduler.jobs_cli import jobs_main
 from scheduler.standalone import token_store_path
 from token_database.service import create_token, name_problem
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
@@ -151,6 +153,8 @@ def main(argv: Sequence[str]) -> int:
         return _tokens_main(argv[1:])
     if argv[:1] == ["migrate"]:
         return _migrate_main(argv[1:])
+    if argv[:1] == ["jobs"]:
+        return jobs_main(argv[1:])
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
