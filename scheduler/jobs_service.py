@@ -30,6 +30,7 @@ from scheduler.edge import Edge, in_band
 from scheduler.watches import Watches
 
 JOBS = pb.DESCRIPTOR.services_by_name["JobsService"].full_name
+ALL_OWNERS = "*"  # ListJobs' owner_name for every owner's jobs (admins)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # before any job: a listing's default start
 USAGE_PERIOD = timedelta(days=30)  # GetUsage's period when the request names none
 _STATUS_OF = {value: status for status, value in convert.JOB_STATUS.items()}
@@ -68,7 +69,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
             owner_fingerprint=_owner_scope(principal, request.owner_name),
             since=since, until=until, statuses=frozenset(statuses), backend=request.backend,
             tag=parse_tag_filter(request.tag) if request.tag else None,
-            owner_name=request.owner_name,
+            owner_name="" if request.owner_name == ALL_OWNERS else request.owner_name,
             page_size=listing.checked_page_size(request.page_size),
             after=listing.Cursor.from_token(request.page_token) if request.page_token else None)
 
@@ -104,7 +105,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         principal = await self._auth.resolve(request.token)
         since, until = self._period(request, "from", "to", USAGE_PERIOD)
         if request.all_users:
-            owner = _owner_scope(principal, "*")
+            owner = _owner_scope(principal, ALL_OWNERS)
         else:
             owner = _owner_scope(principal, request.owner_name)
         totals = await listing.usage(manager.jobs, owner, since, until, n_shots)
@@ -128,7 +129,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
 
 def _owner_scope(principal: Principal, owner_name: str) -> str | None:
     """Whose jobs the store lists: the caller's own, or for an admin naming an owner (or
-    "*", all of them) everyone's, narrowed by name afterwards."""
+    ALL_OWNERS) everyone's, narrowed by name afterwards."""
     if not owner_name:
         return principal.fingerprint
     if principal.role is not Role.ADMIN:

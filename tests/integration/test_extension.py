@@ -114,10 +114,13 @@ async def test_nobody_sees_anothers_jobs_and_an_admin_sees_everyones_with_names(
     everyone = await jobs.ListJobs(pb.ListJobsRequest(token=admin, owner_name="alice"))
     assert [(e.job_id, e.owner_name) for e in everyone.jobs] == [(job, "alice")]
     assert await listed(jobs, admin) == []  # the admin's own, without an owner filter
+    bobs = await submit(running, bob)
+    assert await listed(jobs, admin, owner_name="*") == [bobs, job]
+    assert await listed(jobs, bob) == [bobs]
     tags = await jobs.SetJobTags(pb.SetJobTagsRequest(token=bob, job_id=job, tags=[]))
     assert tags.error.code == "NOT_FOUND"
     usage = await jobs.GetUsage(pb.GetUsageRequest(token=bob))
-    assert [(u.owner_name, u.live_jobs) for u in usage.usage] == [("bob", 0)]
+    assert [(u.owner_name, u.live_jobs) for u in usage.usage] == [("bob", 1)]
     watch = [m async for m in jobs.WatchJob(pb.WatchJobRequest(token=bob, job_id=job))]
     assert [m.error.code for m in watch] == ["NOT_FOUND"]
     unchanged = await jobs.ListJobs(pb.ListJobsRequest(token=alice))
