@@ -160,6 +160,15 @@ class Ledger:
         self.quotas.rejoined_queue(job.owner, job.size_bytes)
         self.put_back(job)
 
+    def requeued(self, job: QueuedJob) -> None:
+        """A RUNNING job whose node vanished is QUEUED again (still live, still counted)."""
+        self._live[job.job_id] = job.record
+        self.quotas.rejoined_queue(job.owner, job.size_bytes)
+        key = self.queue_key(job.record.backend)
+        self.open_queue(job.record.backend)
+        self._queues[key].push(job)
+        self.waiters.wake(key)
+
     # --- a job leaves ------------------------------------------------------------------
     def ended(self, record: JobRecord) -> None:
         """A job reached a final status: out of every structure, kept among the finished."""

@@ -133,6 +133,7 @@ class JobManager:
         idempotency_window: timedelta = timedelta(hours=24),
         observer: JobObserver | None = None,
         fence: Fence | None = None,
+        max_requeues: int = 0,
     ) -> None:
         self._store = jobs  # the JobStore; the payloads have their own
         # Among replicas, every write is conditional on the lease of this manager's term
@@ -145,6 +146,7 @@ class JobManager:
         self._observer = observer or NoObserver()
         self._report_grace = timedelta(seconds=report_grace_s)
         self._idempotency_window = idempotency_window
+        self._max_requeues = max_requeues  # a lost node's job queued again at most this often
         self.watchdog = Watchdog(clock, self._time_out)
         self.ledger = Ledger(limits, policy or SchedulingPolicy(), clock, self.watchdog,
                              self._report_deadline, unify_backends)
@@ -312,7 +314,10 @@ class JobManager:
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
         if record.status is JobStatus.QUEUED:
-            return self._queue_detail(record)
+            detail = self._queue_detail(record)
+            if record.requeues:
+                detail += f"; queued again {record.requeues} times after its node vanished"
+            return detail
         if record.status is JobStatus.RUNNING:
             return f"running on {record.backend}"
         return record.status_detail
@@ -649,6 +654,9 @@ class JobManager:
             return  # reported in time
         if self._report_deadline(record) > self._clock.now():
             return  # given back and handed over again since: its new deadline is watched
+        if record.requeues < self._max_requeues:
+            await asyncio.shield(self._requeue_lost(record))
+            return
         grace_s = self._report_grace.total_seconds()
         timed_out = replace(
             record,
@@ -665,6 +673,30 @@ class JobManager:
             if exc.key != "report_conflict":
                 raise
             # A report won the race: the job ended as the node said.
+
+    async def _requeue_lost(self, running: JobRecord) -> None:
+        """A RUNNING job whose node never reported goes back to the head of its queue."""
+        queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="",
+                         actual_backend="", requeues=running.requeues + 1,
+                         status_detail=f"queued again: its node never reported "
+                                       f"({running.requeues + 1} of {self._max_requeues})")
+        try:
+            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+        except StoreError as exc:
+            # Still RUNNING in the store; watched again, it ends TIMEOUT or is tried again.
+            log.error("job %s whose node vanished could not be queued again: %s",
+                      running.job_id, exc)
+            self.ledger.watchdog.watch(running.job_id, self._clock.now() + self._report_grace)
+            return
+        if not changed:
+            await self._believe_store(running.job_id)
+            return
+        # At the head: a preset sequence keeps the rank at 0, before every other job of its
+        # owner (job_manager/queue.py), and its old queued_at puts it early by age.
+        self.ledger.requeued(QueuedJob(queued, None, sequence=0, rank_s=0.0))
+        self._observer.requeued(queued)
+        log.warning("job %s QUEUED again (%d of %d): its node never reported", running.job_id,
+                    queued.requeues, self._max_requeues)
 
     def shutdown(self) -> None:
         """Release waiting nodes with an empty answer; later long polls return at once."""

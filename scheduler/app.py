@@ -262,6 +262,7 @@ class Scheduler:
                 idempotency_window=key_window,
                 observer=self.metrics,
                 fence=fence,
+                max_requeues=config.max_requeues,
             )
 
         lease = forwarder = None

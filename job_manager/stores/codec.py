@@ -49,6 +49,8 @@ def encode(record: JobRecord) -> Row:
         text = getattr(record, name)
         if text:
             row[name] = text
+    if record.requeues:
+        row["requeues"] = record.requeues
     if record.tags:
         row["tags"] = json.dumps(dict(record.tags), separators=(",", ":"), sort_keys=True)
     for name in _TIME_FIELDS:
@@ -102,6 +104,7 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         result_encoded_size_bytes=int(row.get("result_encoded_size_bytes", 0)),
         node_identity=str(row.get("node_identity", "")),
         tags=_tags(row.get("tags")),
+        requeues=int(row.get("requeues", 0)),
         submitted_at=required_time("submitted_at"),
         queued_at=required_time("queued_at"),
         dequeued_at=time_of("dequeued_at"),
