@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from job_manager import listing
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import IndexMissing, JobStore
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
@@ -87,3 +88,35 @@ async def test_listing_without_the_owner_index_says_so_and_adding_it_makes_it_wo
     indexes = client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"]
     assert {i["IndexName"] for i in indexes} == {"status-index", "owner-index"}
     assert [r.job_id for r in await listed(job_store, ALICE)] == [mine.job_id]
+
+
+async def test_pages_hold_every_job_once_when_many_share_one_instant(store: JobStore) -> None:
+    # Records of one instant come from the store in any order; pages still split them
+    # by job id, none lost and none twice.
+    same = [record(owner_fingerprint=ALICE, submitted_at=T0) for _ in range(5)]
+    older = record(owner_fingerprint=ALICE, submitted_at=T0 - timedelta(seconds=1))
+    for r in [*same, older]:
+        await store.create(r)
+    seen: list[str] = []
+    cursor: listing.Cursor | None = None
+    while True:
+        query = listing.ListQuery(ALICE, *WIDE, page_size=2, after=cursor)
+        page, cursor = await listing.list_page(store, query)
+        assert len(page) <= 2
+        seen += [r.job_id for r in page]
+        if cursor is None:
+            break
+        cursor = listing.Cursor.from_token(cursor.token())  # as a client sends it back
+    assert seen == [*sorted((r.job_id for r in same), reverse=True), older.job_id]
+
+
+async def test_filters_apply_before_the_page_is_cut(store: JobStore) -> None:
+    made = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i),
+                   backend="qpu" if i % 2 else "emulator") for i in range(6)]
+    for r in made:
+        await store.create(r)
+    query = listing.ListQuery(ALICE, *WIDE, backend="qpu", page_size=2)
+    page, cursor = await listing.list_page(store, query)
+    assert [r.job_id for r in page] == [made[5].job_id, made[3].job_id] and cursor is not None
+    rest, last = await listing.list_page(store, replace(query, after=cursor))
+    assert [r.job_id for r in rest] == [made[1].job_id] and last is None
