@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from common.clock import Clock
@@ -159,6 +160,15 @@ class Ledger:
         self.quotas.rejoined_queue(job.owner, job.size_bytes)
         self.put_back(job)
 
+    def requeued(self, job: QueuedJob) -> None:
+        """A RUNNING job whose node vanished is QUEUED again (still live, still counted)."""
+        self._live[job.job_id] = job.record
+        self.quotas.rejoined_queue(job.owner, job.size_bytes)
+        key = self.queue_key(job.record.backend)
+        self.open_queue(job.record.backend)
+        self._queues[key].push(job)
+        self.waiters.wake(key)
+
     # --- a job leaves ------------------------------------------------------------------
     def ended(self, record: JobRecord) -> None:
         """A job reached a final status: out of every structure, kept among the finished."""
@@ -181,6 +191,23 @@ class Ledger:
             if record.idempotency_key:
                 self._keys.pop((record.owner_fingerprint, record.idempotency_key), None)
         return record
+
+    def retag(self, job_id: str, tags: tuple[tuple[str, str], ...]) -> None:
+        """A job's tags changed: every record of it that memory holds carries them."""
+        live = self._live.get(job_id)
+        if live is not None:
+            self._live[job_id] = replace(live, tags=tags)
+            queue = self.queue(live.backend)
+            queued = queue.get(job_id) if queue is not None else None
+            if queued is not None:
+                queued.record = replace(queued.record, tags=tags)
+        finished = self._finished.get(job_id)
+        if finished is not None:
+            self._finished[job_id] = replace(finished, tags=tags)
+
+    def forget_finished(self, job_id: str) -> None:
+        """Memory's final record of a job is stale (changed elsewhere)."""
+        self._finished.pop(job_id, None)
 
     def remember_finished(self, record: JobRecord) -> None:
         """Keep a final record for status polls, the oldest dropped past the bound."""

@@ -90,7 +90,7 @@ class Quotas:
             )
         if self.queue_bytes + program_bytes > self._limits.max_queue_bytes:
             raise SchedulerError("queue_full", limit=self._limits.max_queue_bytes)
-        share = int(self._limits.max_queue_bytes * self._limits.max_queue_share)
+        share = self.queue_share_bytes()
         held = self._queued_bytes[principal.fingerprint]
         if held + program_bytes > share:
             raise SchedulerError("queue_share_full", held=held, size=program_bytes, limit=share,
@@ -123,6 +123,14 @@ class Quotas:
         self._active[owner_fingerprint] -= 1
         if self._active[owner_fingerprint] <= 0:
             del self._active[owner_fingerprint]
+
+    def role_limits(self, role: Role) -> RoleLimits:
+        """What ``role`` may submit."""
+        return self._limits.by_role[role]
+
+    def queue_share_bytes(self) -> int:
+        """The most bytes of programs one token's queued jobs may hold."""
+        return int(self._limits.max_queue_bytes * self._limits.max_queue_share)
 
     def active_jobs(self, owner_fingerprint: str) -> int:
         """The owner's QUEUED + RUNNING jobs."""

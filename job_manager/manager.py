@@ -44,6 +44,7 @@ from job_manager.stores import (
     SignedUrl,
     StoreError,
 )
+from job_manager.tags import Tags
 from job_manager.watchdog import Watchdog
 from message_manager import SchedulerError
 
@@ -71,6 +72,7 @@ class JobSpec:
     sdk_version: str = ""
     save_job: bool = False
     idempotency_key: str = ""
+    tags: Tags = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class ExecutionReport:
     encoded_size_bytes: int = 0
 
 
+TAG_ATTEMPTS = 3  # a job changing status under a SetJobTags is read again this often
 MISSING_PROGRAM = "the job's program was missing after a restart"
 
 # What a user reads when the node said nothing: a completed job needs no words (the
@@ -130,6 +133,7 @@ class JobManager:
         idempotency_window: timedelta = timedelta(hours=24),
         observer: JobObserver | None = None,
         fence: Fence | None = None,
+        max_requeues: int = 0,
     ) -> None:
         self._store = jobs  # the JobStore; the payloads have their own
         # Among replicas, every write is conditional on the lease of this manager's term
@@ -142,6 +146,7 @@ class JobManager:
         self._observer = observer or NoObserver()
         self._report_grace = timedelta(seconds=report_grace_s)
         self._idempotency_window = idempotency_window
+        self._max_requeues = max_requeues  # a lost node's job queued again at most this often
         self.watchdog = Watchdog(clock, self._time_out)
         self.ledger = Ledger(limits, policy or SchedulingPolicy(), clock, self.watchdog,
                              self._report_deadline, unify_backends)
@@ -151,6 +156,11 @@ class JobManager:
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
+
+    @property
+    def jobs(self) -> JobStore:
+        """The job store, for reads that need no memory (listings: job_manager/listing.py)."""
+        return self._store
 
     # --- configuration ------------------------------------------------------------
     def use_backends(self, table: BackendTable) -> None:
@@ -227,6 +237,7 @@ class JobManager:
             sdk_version=spec.sdk_version,
             save_job=spec.save_job,
             idempotency_key=spec.idempotency_key,
+            tags=spec.tags,
             submitted_at=now,
             queued_at=now,
         )
@@ -303,7 +314,10 @@ class JobManager:
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
         if record.status is JobStatus.QUEUED:
-            return self._queue_detail(record)
+            detail = self._queue_detail(record)
+            if record.requeues:
+                detail += f"; queued again {record.requeues} times after its node vanished"
+            return detail
         if record.status is JobStatus.RUNNING:
             return f"running on {record.backend}"
         return record.status_detail
@@ -341,6 +355,31 @@ class JobManager:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
         return await asyncio.shield(self._moved(job_id, self._cancel_claimed(claimed, principal)))
+
+    async def set_tags(self, principal: Principal, job_id: str, tags: Tags) -> JobRecord:
+        """Replace a job's tags, whatever its status, while its record exists.
+
+        Memory takes the tags before the store does, with no await in between, so a
+        change of status made meanwhile from memory carries them too; a status changed
+        elsewhere (the store's compare-and-set fails) is read again and tagged anew.
+        """
+        for _ in range(TAG_ATTEMPTS):
+            record = await self._visible(principal, job_id)
+            while (moving := self._moving.get(job_id)) is not None:
+                await asyncio.shield(moving)
+                record = await self._visible(principal, job_id)
+            tagged = replace(record, tags=tags)
+            self.ledger.retag(job_id, tags)
+            try:
+                stored = await self._store.transition(tagged, record.status, self._fence)
+            except StoreError as exc:
+                self.ledger.retag(job_id, record.tags)
+                raise _store_failed(f"tags of job {job_id} could not be stored", exc) from None
+            if stored:
+                return tagged
+            self.ledger.retag(job_id, record.tags)
+            self.ledger.forget_finished(job_id)  # stale: read the store next time
+        raise SchedulerError("store_failed")
 
     def _moved(self, job_id: str, change: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run a claimed job's store change to its end, in a task no caller can cancel.
@@ -615,6 +654,9 @@ class JobManager:
             return  # reported in time
         if self._report_deadline(record) > self._clock.now():
             return  # given back and handed over again since: its new deadline is watched
+        if record.requeues < self._max_requeues:
+            await asyncio.shield(self._requeue_lost(record))
+            return
         grace_s = self._report_grace.total_seconds()
         timed_out = replace(
             record,
@@ -631,6 +673,30 @@ class JobManager:
             if exc.key != "report_conflict":
                 raise
             # A report won the race: the job ended as the node said.
+
+    async def _requeue_lost(self, running: JobRecord) -> None:
+        """A RUNNING job whose node never reported goes back to the head of its queue."""
+        queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="",
+                         actual_backend="", requeues=running.requeues + 1,
+                         status_detail=f"queued again: its node never reported "
+                                       f"({running.requeues + 1} of {self._max_requeues})")
+        try:
+            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+        except StoreError as exc:
+            # Still RUNNING in the store; watched again, it ends TIMEOUT or is tried again.
+            log.error("job %s whose node vanished could not be queued again: %s",
+                      running.job_id, exc)
+            self.ledger.watchdog.watch(running.job_id, self._clock.now() + self._report_grace)
+            return
+        if not changed:
+            await self._believe_store(running.job_id)
+            return
+        # At the head: a preset sequence keeps the rank at 0, before every other job of its
+        # owner (job_manager/queue.py), and its old queued_at puts it early by age.
+        self.ledger.requeued(QueuedJob(queued, None, sequence=0, rank_s=0.0))
+        self._observer.requeued(queued)
+        log.warning("job %s QUEUED again (%d of %d): its node never reported", running.job_id,
+                    queued.requeues, self._max_requeues)
 
     def shutdown(self) -> None:
         """Release waiting nodes with an empty answer; later long polls return at once."""

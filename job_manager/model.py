@@ -86,6 +86,10 @@ class JobRecord:
     result_raw_size_bytes: int = 0
     result_encoded_size_bytes: int = 0
     node_identity: str = ""  # the mTLS identity of the node that took the job, when known
+    # The owner's labels (job_manager/tags.py), sorted by key; the original's records have none.
+    tags: tuple[tuple[str, str], ...] = ()
+    # Times the job was queued again after its node vanished (SCHEDULER_MAX_REQUEUES).
+    requeues: int = 0
 
     @property
     def owner_label(self) -> str:

@@ -26,6 +26,10 @@ class JobObserver(Protocol):
         """A job handed to a node that never received it went back to its queue."""
         ...
 
+    def requeued(self, record: JobRecord) -> None:
+        """A job whose node vanished (no report in time) was queued again."""
+        ...
+
     def finished(self, record: JobRecord) -> None:
         """A job reached a final status."""
         ...
@@ -44,6 +48,9 @@ class NoObserver:
         pass
 
     def returned(self, record: JobRecord) -> None:
+        pass
+
+    def requeued(self, record: JobRecord) -> None:
         pass
 
     def finished(self, record: JobRecord) -> None:

@@ -176,6 +176,10 @@ class JobQueue:
         self._take(job, charge=True)
         return job
 
+    def get(self, job_id: str) -> QueuedJob | None:
+        """The queued job with this id, left in its place, or None."""
+        return self._jobs.get(job_id)
+
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a given job out (a cancel), or None when it is not in this queue."""
         job = self._jobs.get(job_id)

@@ -30,6 +30,7 @@ from job_manager.stores.unreadable import UnreadableRecords
 from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
 from scheduler.admission import Admission
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
@@ -41,12 +42,14 @@ from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
 from scheduler.housekeeping import Housekeeping
 from scheduler.http_guard import ConnectionGuard
 from scheduler.http_server import Uploads, build_http_app
+from scheduler.jobs_service import JOBS, JobsService
 from scheduler.metrics import Metrics
 from scheduler.replicas import Replicas
 from scheduler.stack import Stack
 from scheduler.standalone import standalone_stack
 from scheduler.store_monitor import StoreMonitor
 from scheduler.submission_service import SubmissionService
+from scheduler.watches import Watches
 from token_database.credential import PresentCredential, RequireCredential
 from token_database.service import TokenDatabaseService
 from token_database.store import SqliteTokenStore
@@ -181,7 +184,8 @@ class Scheduler:
         self.http_port = 0
         self.metrics_port = 0
         self._servers: list[grpc.aio.Server] = []  # submission and execution
-        self._edges: list[Edge] = []
+        self._edges: list[Edge] = []  # submission, execution, the extension
+        self.watches = Watches(self.clock, config.max_watches_per_token)
         self._token_server: grpc.aio.Server | None = None  # standalone only
         self.supervisor = Supervisor(on_change=self._loops_changed)
         # What start() acquired, released in reverse order: by stop(), or at once when
@@ -258,6 +262,7 @@ class Scheduler:
                 idempotency_window=key_window,
                 observer=self.metrics,
                 fence=fence,
+                max_requeues=config.max_requeues,
             )
 
         lease = forwarder = None
@@ -333,23 +338,27 @@ class Scheduler:
             on_cache=lambda hit: self.metrics.token_cache.labels("hit" if hit else "miss").inc(),
         )
         secret = config.execution_secret or stack.execution_secret
+        # The extension shares the submission port and its limit of concurrent calls.
+        submission_admission = Admission(config.submission_max_concurrent_rpcs)
         self._edges = [
-            Edge(SUBMISSION, replicas, Admission(config.submission_max_concurrent_rpcs),
-                 self.metrics),
+            Edge(SUBMISSION, replicas, submission_admission, self.metrics),
             Edge(EXECUTION, replicas, Admission(config.execution_max_concurrent_rpcs),
                  self.metrics, secret),
+            Edge(JOBS, replicas, submission_admission, self.metrics),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
                      SubmissionService(auth, self._edges[0]), submission)
+        add_servicer(jobs_pb2_grpc.add_JobsServiceServicer_to_server,
+                     JobsService(auth, self._edges[2], self.clock, self.watches), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
                      ExecutionService(config.max_assign_wait_s, self._edges[1]), execution)
         self.submission_port = await self._start_service(
-            submission, SUBMISSION, health, config.submission_host, config.submission_port,
+            submission, (SUBMISSION, JOBS), health, config.submission_host, config.submission_port,
             config.submission_tls)
         self.execution_port = await self._start_service(
-            execution, EXECUTION, health, config.execution_host, config.execution_port,
+            execution, (EXECUTION,), health, config.execution_host, config.execution_port,
             config.execution_tls)
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
@@ -357,11 +366,12 @@ class Scheduler:
             log.warning("no TLS on the %s port%s: traffic there, tokens included, is plaintext",
                         " and ".join(plain), "s" if len(plain) > 1 else "")
 
-    async def _start_service(self, server: grpc.aio.Server, service: str, health: Health,
-                             host: str, port: int, tls: TlsConfig | None) -> int:
-        """Add health and reflection beside ``service``, listen, start; the bound port."""
+    async def _start_service(self, server: grpc.aio.Server, services: tuple[str, ...],
+                             health: Health, host: str, port: int,
+                             tls: TlsConfig | None) -> int:
+        """Add health and reflection beside ``services``, listen, start; the bound port."""
         health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-        reflection.enable_server_reflection((service, HEALTH, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection((*services, HEALTH, reflection.SERVICE_NAME), server)
         bound = self._listen(server, port, tls, host)
         self._servers.append(server)
         await server.start()
@@ -476,6 +486,7 @@ class Scheduler:
             await self.supervisor.stop()
         if self._health is not None:
             await self._health.draining()
+        self.watches.close()  # open WatchJob streams end now, in band (scheduler/watches.py)
         if self._replicas is not None:
             # Among replicas the lease goes at once: another replica leads, and the calls
             # still arriving here are passed to it. Waiting nodes get an empty answer now.

@@ -1,4 +1,5 @@
-"""The command line: serve (the default), or manage the standalone mode's tokens."""
+"""The command line: serve (the default), manage the standalone mode's tokens, migrate the
+table, or (``jobs``) a person's view of their jobs (scheduler/jobs_cli.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
 from job_manager.stores import StoreError
+from job_manager.stores.dynamodb_job_store import OWNER_INDEX
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, load_config
+from scheduler.jobs_cli import jobs_main
 from scheduler.standalone import token_store_path
 from token_database.service import create_token, name_problem
 from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
@@ -100,12 +103,14 @@ MIGRATIONS = {
                     "without its raw token (safe to run again)",
     "to-original": "write this scheduler's QUEUED jobs as the original's records, for going "
                    "back to it (stop this scheduler first)",
+    "add-owner-index": "add the owner-index the extension's ListJobs and GetUsage need "
+                       "(the original's table too; safe to run again)",
 }
 
 
 def _migrate_main(argv: Sequence[str]) -> int:
     if not argv or argv[0] not in MIGRATIONS:
-        choices = "\n".join(f"  {name:13} {what}" for name, what in MIGRATIONS.items())
+        choices = "\n".join(f"  {name:15} {what}" for name, what in MIGRATIONS.items())
         print(f"usage: scheduler.py migrate COMMAND [AWS flags as for serving]\n{choices}",
               file=sys.stderr)
         return 2
@@ -129,6 +134,11 @@ async def _migrate(command: str, aws: AwsConfig) -> str:
             return (f"rewrote {done.rewritten} records of the original without their tokens; "
                     f"{done.unreadable} unreadable left as they are (see the log); "
                     f"{done.changed_meanwhile} changed by the scheduler meanwhile")
+        if command == "add-owner-index":
+            if not await store.add_owner_index():
+                return f"the table already has {OWNER_INDEX!r}; nothing to do"
+            return (f"added {OWNER_INDEX!r}; DynamoDB builds it in the background, and "
+                    f"listings work once it is ACTIVE (aws dynamodb describe-table)")
         exported = await store.export_queued_to_original(
             lambda record: f"{FINGERPRINT_PREFIX}{record.owner_fingerprint}")
         return (f"wrote {exported} queued jobs as the original's records; their owners are "
@@ -143,6 +153,8 @@ def main(argv: Sequence[str]) -> int:
         return _tokens_main(argv[1:])
     if argv[:1] == ["migrate"]:
         return _migrate_main(argv[1:])
+    if argv[:1] == ["jobs"]:
+        return jobs_main(argv[1:])
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:

@@ -92,6 +92,8 @@ class Config:
     max_assign_wait_s: float
     report_grace_s: float
     idempotency_window_s: float
+    max_watches_per_token: int  # open WatchJob streams per token (the extension)
+    max_requeues: int  # a lost node's job queued again at most this often; 0: never
     unify_backends: bool
     backend_reload_interval_s: float
     token_cache_ttl_s: float
@@ -426,6 +428,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
         report_grace_s=_positive_float(env, "SCHEDULER_REPORT_GRACE_S", 60.0),
         idempotency_window_s=_positive_float(env, "SCHEDULER_IDEMPOTENCY_WINDOW_S", 86_400.0),
+        max_watches_per_token=_positive_int(env, "SCHEDULER_MAX_WATCHES_PER_TOKEN", 100),
+        max_requeues=_env(env, "SCHEDULER_MAX_REQUEUES", int, 0, lambda v: 0 <= v <= 100,
+                          "must be an integer from 0 (off) to 100"),
         unify_backends=args.unify_backends,
         backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
         token_cache_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_TTL_S", 60.0),

@@ -47,6 +47,9 @@ class Metrics:
         self.jobs_returned = Counter(
             "mqc3_jobs_returned", "Jobs whose node's call ended before it received them, "
             "put back at the head of their queue", ["backend"], registry=r)
+        self.jobs_requeued = Counter(
+            "mqc3_jobs_requeued", "Jobs queued again after their node vanished without a "
+            "report (SCHEDULER_MAX_REQUEUES)", ["backend"], registry=r)
         self.unreadable_records = Counter(
             "mqc3_unreadable_records", "Job records the scheduler could not read and left "
             "untouched (each counted once)", registry=r)
@@ -106,6 +109,9 @@ class Metrics:
 
     def returned(self, record: JobRecord) -> None:
         self.jobs_returned.labels(record.backend).inc()
+
+    def requeued(self, record: JobRecord) -> None:
+        self.jobs_requeued.labels(record.backend).inc()
 
     def finished(self, record: JobRecord) -> None:
         outcome = record.status.value

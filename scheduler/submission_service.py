@@ -10,7 +10,7 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from scheduler import convert
 from scheduler.auth import TokenResolver
 from scheduler.edge import Edge, in_band
-from scheduler.validation import idempotency_key, job_spec
+from scheduler.validation import idempotency_key, job_spec, submitted_tags
 
 _SERVICE_STATUS = {
     "available": pb.SERVICE_STATUS_AVAILABLE,
@@ -32,7 +32,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         manager: JobManager,
     ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
-        spec = job_spec(request, principal, idempotency_key(context))
+        spec = job_spec(request, principal, idempotency_key(context), submitted_tags(context))
         job_id = await manager.submit(principal, spec)
         return pb.SubmitJobResponse(job_id=job_id)
 

@@ -9,6 +9,7 @@ import grpc
 
 from common.identity import Principal
 from job_manager.manager import JobSpec
+from job_manager.tags import Tags, parse_tags
 from message_manager import SchedulerError
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
@@ -17,6 +18,7 @@ from scheduler.metadata import metadata_value
 MAX_SDK_VERSION_CHARS = 64
 MAX_NANOS = 999_999_999
 IDEMPOTENCY_METADATA = "x-mqc3-idempotency-key"
+TAGS_METADATA = "x-mqc3-tags"  # k1=v1,k2=v2 (job_manager/tags.py)
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 _IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$")
 
@@ -70,8 +72,13 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str:
     return key
 
 
+def submitted_tags(context: grpc.aio.ServicerContext) -> Tags:
+    """The submission's tags from gRPC metadata, checked; none when none were sent."""
+    return parse_tags(metadata_value(context, TAGS_METADATA) or "")
+
+
 def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
-             idempotency_key: str = "") -> JobSpec:
+             idempotency_key: str = "", tags: Tags = ()) -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
     if len(request.sdk_version) > MAX_SDK_VERSION_CHARS:
         raise SchedulerError(
@@ -99,4 +106,5 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
         sdk_version=sys.intern(request.sdk_version),
         save_job=request.options.save_job,
         idempotency_key=idempotency_key,
+        tags=tags,
     )

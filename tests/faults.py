@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from job_manager.model import JobRecord, JobStatus
@@ -129,6 +129,14 @@ class FlakyJobStore(_Faults):
         async for record in self.inner.list_by_status(status):
             yield record
         self._after("list_by_status", failure)
+
+    async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
+                                until: datetime) -> AsyncIterator[JobRecord]:
+        """Faults apply to a listing as a whole, as to list_by_status."""
+        failure = await self._before("list_newest_first")
+        async for record in self.inner.list_newest_first(owner_fingerprint, since, until):
+            yield record
+        self._after("list_newest_first", failure)
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
         return await self._call(

@@ -96,9 +96,11 @@ def aws_client(service: Any, endpoint: str) -> Any:
 
 
 def create_aws_resources(
-    endpoint: str, suffix: str, backends_toml: str = TEST_BACKENDS_TOML
+    endpoint: str, suffix: str, backends_toml: str = TEST_BACKENDS_TOML,
+    owner_index: bool = True,
 ) -> AwsNames:
-    """A bucket, a jobs table and the SSM parameters naming them, on a moto server."""
+    """A bucket, a jobs table and the SSM parameters naming them, on a moto server (without
+    ``owner_index``, the table as the original deployment has it)."""
     names = AwsNames(
         endpoint=endpoint,
         bucket=f"jobs-{suffix}",
@@ -108,7 +110,7 @@ def create_aws_resources(
         backends_key=f"/mqc3/{suffix}/backend_status",
     )
     aws_client("s3", endpoint).create_bucket(Bucket=names.bucket)
-    create_table(aws_client("dynamodb", endpoint), names.table)
+    create_table(aws_client("dynamodb", endpoint), names.table, owner_index=owner_index)
     ssm = aws_client("ssm", endpoint)
     ssm.put_parameter(Name=names.bucket_key, Value=names.bucket, Type="String")
     ssm.put_parameter(Name=names.table_key, Value=names.table, Type="String")

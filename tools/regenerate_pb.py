@@ -18,8 +18,9 @@ PROTO_DIR = REPO_ROOT / "proto"
 PB_DIR = REPO_ROOT / "pb"
 
 # protoc writes imports relative to the include root (`from mqc3_cloud.x.v1 import
-# y_pb2`); the stubs live in the `pb` package, so those imports gain a `pb.` prefix.
-_ABSOLUTE_IMPORT = re.compile(r"^(\s*)from mqc3_cloud\.", re.MULTILINE)
+# y_pb2`, and alike for this project's own `mqc3_scheduler`); the stubs live in the `pb`
+# package, so those imports gain a `pb.` prefix.
+_ABSOLUTE_IMPORT = re.compile(r"^(\s*)from (mqc3_cloud|mqc3_scheduler)\.", re.MULTILINE)
 _REWRITTEN_SUFFIXES = (".py", ".pyi")
 
 
@@ -48,7 +49,7 @@ def _rewrite_imports(root: pathlib.Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.suffix in _REWRITTEN_SUFFIXES:
             text = path.read_text(encoding="utf-8")
-            path.write_text(_ABSOLUTE_IMPORT.sub(r"\1from pb.mqc3_cloud.", text), encoding="utf-8")
+            path.write_text(_ABSOLUTE_IMPORT.sub(r"\1from pb.\2.", text), encoding="utf-8")
 
 
 def _add_package_markers(root: pathlib.Path) -> None:

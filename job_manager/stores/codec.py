@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, Mapping
@@ -48,6 +49,10 @@ def encode(record: JobRecord) -> Row:
         text = getattr(record, name)
         if text:
             row[name] = text
+    if record.requeues:
+        row["requeues"] = record.requeues
+    if record.tags:
+        row["tags"] = json.dumps(dict(record.tags), separators=(",", ":"), sort_keys=True)
     for name in _TIME_FIELDS:
         value = getattr(record, name)
         if value is not None:
@@ -98,9 +103,20 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         result_raw_size_bytes=int(row.get("result_raw_size_bytes", 0)),
         result_encoded_size_bytes=int(row.get("result_encoded_size_bytes", 0)),
         node_identity=str(row.get("node_identity", "")),
+        tags=_tags(row.get("tags")),
+        requeues=int(row.get("requeues", 0)),
         submitted_at=required_time("submitted_at"),
         queued_at=required_time("queued_at"),
         dequeued_at=time_of("dequeued_at"),
         finished_at=time_of("finished_at"),
         backend_timestamps=BackendTimestamps(**{n: time_of(n) for n in _BACKEND_TIME_FIELDS}),
     )
+
+
+def _tags(text: Any) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    pairs = json.loads(str(text))
+    if not isinstance(pairs, dict):
+        raise ValueError("tags is not a JSON object")
+    return tuple(sorted((str(key), str(value)) for key, value in pairs.items()))

@@ -18,7 +18,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, AsyncIterator
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -27,12 +27,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.errors import IndexMissing, KeyTaken, RecordUnreadable, StoreError
 from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.original_format import decode_original, encode_original, is_original
 from job_manager.stores.unreadable import UnreadableRecords
 
 STATUS_INDEX = "status-index"
+# The extension's listings query the owner's jobs by time; the original's table lacks it
+# and works without it (`scheduler.py migrate add-owner-index` adds it).
+OWNER_INDEX = "owner-index"
 FINISHED_JOB_RETENTION = timedelta(days=30)
 CLAIM_PREFIX = "idempotency-key#"
 
@@ -206,6 +209,54 @@ class DynamoDbJobStore:
             except RecordUnreadable:
                 continue  # reported; the others are served
 
+    async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
+                                until: datetime) -> AsyncIterator[JobRecord]:
+        bounds = {":since": {"S": _sortable(since)}, ":until": {"S": _sortable(until)}}
+        if owner_fingerprint is None:
+            # Every owner (an admin's listing): a scan of the period, ordered here.
+            scan = {"TableName": self._table,
+                    "FilterExpression": "attribute_exists(owner_fingerprint) AND "
+                                        "submitted_at BETWEEN :since AND :until",
+                    "ExpressionAttributeValues": bounds}
+            found = [item async for item in self._items(self._client.scan, scan)]
+            found.sort(key=lambda item: str(item["submitted_at"]["S"]), reverse=True)
+            items: AsyncIterator[dict[str, Any]] = _each(found)
+        else:
+            query = {"TableName": self._table, "IndexName": OWNER_INDEX,
+                     "KeyConditionExpression":
+                         "owner_fingerprint = :owner AND submitted_at BETWEEN :since AND :until",
+                     "ExpressionAttributeValues": {**bounds,
+                                                   ":owner": {"S": owner_fingerprint}},
+                     "ScanIndexForward": False}
+            items = self._items(self._client.query, query)
+        try:
+            async for item in items:
+                try:
+                    yield self._record(item)
+                except RecordUnreadable:
+                    continue  # reported; the others are served
+        except StoreError as exc:
+            if "index" in str(exc).lower() and OWNER_INDEX in str(exc):
+                raise IndexMissing(OWNER_INDEX) from None
+            raise
+
+    async def add_owner_index(self) -> bool:
+        """Add ``owner-index`` to the table (the original's too); False when it is there.
+
+        DynamoDB builds the index in the background; listings work once it is ACTIVE.
+        """
+        description = await self._calls.run(
+            lambda: self._client.describe_table(TableName=self._table))
+        indexes = description["Table"].get("GlobalSecondaryIndexes", [])
+        if any(index.get("IndexName") == OWNER_INDEX for index in indexes):
+            return False
+        await self._calls.run(lambda: self._client.update_table(
+            TableName=self._table,
+            AttributeDefinitions=[{"AttributeName": "owner_fingerprint", "AttributeType": "S"},
+                                  {"AttributeName": "submitted_at", "AttributeType": "S"}],
+            GlobalSecondaryIndexUpdates=[{"Create": _owner_index_definition()}]))
+        return True
+
     async def _items(self, operation: Any, request: dict[str, Any]
                      ) -> AsyncIterator[dict[str, Any]]:
         """Every item a Query or Scan finds, fetched page by page."""
@@ -321,23 +372,45 @@ def missing_from_table(description: dict[str, Any], status_index: str) -> str | 
     return f"global secondary index {status_index!r} on status"
 
 
-def create_table(client: Any, table_name: str) -> None:
-    """Create the jobs table as production has it (for development and tests)."""
+def _sortable(moment: datetime) -> str:
+    """A time as records hold submitted_at (codec.py): UTC ISO text with microseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+async def _each(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for item in items:
+        yield item
+
+
+def _owner_index_definition() -> dict[str, Any]:
+    return {
+        "IndexName": OWNER_INDEX,
+        "KeySchema": [{"AttributeName": "owner_fingerprint", "KeyType": "HASH"},
+                      {"AttributeName": "submitted_at", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+
+
+def create_table(client: Any, table_name: str, owner_index: bool = True) -> None:
+    """Create the jobs table as production has it (for development and tests); without
+    ``owner_index``, as the original deployment has it."""
+    attributes = [{"AttributeName": "job_id", "AttributeType": "S"},
+                  {"AttributeName": "status", "AttributeType": "S"}]
+    indexes: list[dict[str, Any]] = [{
+        "IndexName": STATUS_INDEX,
+        "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
+        "Projection": {"ProjectionType": "ALL"},
+    }]
+    if owner_index:
+        attributes += [{"AttributeName": "owner_fingerprint", "AttributeType": "S"},
+                       {"AttributeName": "submitted_at", "AttributeType": "S"}]
+        indexes.append(_owner_index_definition())
     client.create_table(
         TableName=table_name,
         BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "job_id", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-        ],
+        AttributeDefinitions=attributes,
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": STATUS_INDEX,
-                "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
-                "Projection": {"ProjectionType": "ALL"},
-            },
-        ],
+        GlobalSecondaryIndexes=indexes,
     )
     client.get_waiter("table_exists").wait(TableName=table_name)
     client.update_time_to_live(

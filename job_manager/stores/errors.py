@@ -20,3 +20,11 @@ class RecordUnreadable(StoreError):
         super().__init__(f"the record of job {job_id} cannot be read: {why}")
         self.job_id = job_id
         self.why = why
+
+
+class IndexMissing(StoreError):
+    """A query needs an index the table lacks (DynamoDB's ``owner-index``); an operator adds it."""
+
+    def __init__(self, index: str) -> None:
+        super().__init__(f"the table has no index {index!r}")
+        self.index = index

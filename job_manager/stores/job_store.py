@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import AsyncIterator, Protocol
 
 from job_manager.model import JobRecord, JobStatus
@@ -44,6 +45,17 @@ class JobStore(Protocol):
 
     def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         """Every record with ``status``, fetched page by page."""
+        ...
+
+    def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
+                          until: datetime) -> AsyncIterator[JobRecord]:
+        """The records of one owner (None: of every owner) submitted from ``since`` to
+        ``until`` (both included), newest first, fetched page by page.
+
+        Newest first means by ``submitted_at`` descending; records submitted at the same
+        instant may come in any order (the caller orders them by job id).
+        IndexMissing when the store lacks the index this needs (DynamoDB's owner-index).
+        """
         ...
 
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:

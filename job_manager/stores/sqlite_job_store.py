@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_fingerprint, submitted_at);
 CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
@@ -190,6 +191,35 @@ class SqliteJobStore:
             .fetchall()
         )
 
+    async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
+                                until: datetime) -> AsyncIterator[JobRecord]:
+        after = (_sortable(until), "\uffff")  # past every job id at that instant
+        while True:
+            page = await self._calls.run(self._owner_page, owner_fingerprint,
+                                         _sortable(since), after)
+            for submitted, job_id, text in page:
+                after = (submitted, job_id)
+                try:
+                    yield self._record(job_id, text)
+                except RecordUnreadable:
+                    continue  # reported; the others are served
+            if len(page) < self._page_size:
+                return
+
+    def _owner_page(self, owner: str | None, since: str,
+                    after: tuple[str, str]) -> list[tuple[str, str, str]]:
+        owned = "owner_fingerprint = ? AND " if owner is not None else ""
+        return (
+            self._connection()
+            .execute(
+                f"SELECT submitted_at, job_id, record FROM jobs WHERE {owned}"
+                "submitted_at >= ? AND (submitted_at, job_id) < (?, ?) "
+                "ORDER BY submitted_at DESC, job_id DESC LIMIT ?",
+                (*([owner] if owner is not None else []), since, *after, self._page_size),
+            )
+            .fetchall()
+        )
+
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
         def select() -> tuple[str, str] | None:
             row: tuple[str, str] | None = (
@@ -258,6 +288,11 @@ class SqliteJobStore:
             record.status.value,
             record.owner_fingerprint,
             record.idempotency_key or None,
-            record.submitted_at.astimezone(UTC).isoformat(),  # sorts as time
+            _sortable(record.submitted_at),
             json.dumps(codec.encode(record)),
         )
+
+
+def _sortable(moment: datetime) -> str:
+    """A time as the submitted_at column holds it: UTC ISO text, which sorts as time."""
+    return moment.astimezone(UTC).isoformat()

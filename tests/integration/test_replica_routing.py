@@ -12,12 +12,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 import requests
 
 from job_manager.model import JobStatus
 from leadership.dynamodb_lease import LEASE_KEY
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc
 from scheduler.app import Scheduler
 from tests.helpers import (
     UPLOAD_HEADERS,
@@ -239,3 +241,33 @@ async def test_a_call_that_finds_no_leader_within_the_wait_is_unavailable(
         assert (await submit(replica, token))
     finally:
         await replica.close()
+
+
+async def test_the_extension_on_a_follower_lists_and_watches_and_passes_changes_on(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        tagged = await follower.clients.submission.SubmitJob(
+            submit_request(token), metadata=(("x-mqc3-tags", "team=optics"),), timeout=20)
+        job_id = tagged.job_id
+        async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{follower.scheduler.submission_port}") as channel:
+            jobs = jobs_pb2_grpc.JobsServiceStub(channel)
+            listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest(token=token, tag="team=optics"))
+            assert [e.job_id for e in listed.jobs] == [job_id]  # the tag reached the leader
+            retagged = await jobs.SetJobTags(jobs_pb2.SetJobTagsRequest(
+                token=token, job_id=job_id, tags=[jobs_pb2.Tag(key="run", value="2")]))
+            assert retagged.error.code == ""
+            live = leader.scheduler.manager.ledger.live(job_id)
+            assert live is not None and live.tags == (("run", "2"),)
+            usage = await jobs.GetUsage(jobs_pb2.GetUsageRequest(token=token))
+            assert usage.usage[0].live_jobs == 1  # the leader's counters
+            stream = jobs.WatchJob(jobs_pb2.WatchJobRequest(token=token, job_id=job_id))
+            assert (await stream.read()).status == job_pb2.JOB_STATUS_QUEUED
+            cancelled = await follower.clients.submission.CancelJob(
+                submission_pb2.CancelJobRequest(token=token, job_id=job_id), timeout=20)
+            assert cancelled.error.code == ""
+            statuses = []
+            while (message := await stream.read()) is not grpc.aio.EOF:
+                statuses.append(message.status)
+            assert statuses[-1] == job_pb2.JOB_STATUS_CANCELLED

@@ -287,6 +287,8 @@ def test_migrate_without_a_command_says_which_exist(aws_names: AwsNames) -> None
 # --- idempotency on the original's schema --------------------------------------------------------
 async def test_two_schedulers_racing_one_key_on_the_originals_table_make_one_job(
         tmp_path: Path, token_database: TokenDatabase, aws_names: AwsNames) -> None:
+    aws_names = create_aws_resources(aws_names.endpoint, uuid.uuid4().hex[:12],
+                                     owner_index=False)  # the original's table, as it is
     description = aws_client("dynamodb", aws_names.endpoint).describe_table(
         TableName=aws_names.table)["Table"]
     assert [i["IndexName"] for i in description["GlobalSecondaryIndexes"]] == [STATUS_INDEX]

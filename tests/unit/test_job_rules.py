@@ -115,6 +115,9 @@ class Events:
     def started(self, record: JobRecord) -> None:
         self.seen.append(("started", record.job_id))
 
+    def requeued(self, record: JobRecord) -> None:
+        self.seen.append(("requeued", record.job_id))
+
     def returned(self, record: JobRecord) -> None:
         self.seen.append(("returned", record.job_id))
 

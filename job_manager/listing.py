@@ -1,0 +1,165 @@
+"""Finding jobs: an owner's records newest first, filtered and paged (the extension's
+ListJobs), and the totals of a period (its GetUsage). Read from the JobStore, so any
+replica answers alike.
+
+Pages are keyed by (submitted_at, job_id), which never change: a job that changes
+status between two pages keeps its place, so it is neither lost nor repeated (it shows
+with the status it had when its page was read). Filters other than owner and period are
+applied here, so a narrow filter reads the owner's whole period; the period bounds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from job_manager.model import JobRecord, JobStatus, is_job_id
+from job_manager.stores import IndexMissing, JobStore, StoreError
+from message_manager import SchedulerError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+ADD_OWNER_INDEX = "scheduler.py migrate add-owner-index"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last job it held, by its never-changing sort key."""
+
+    submitted_at: datetime
+    job_id: str
+
+    def token(self) -> str:
+        """The opaque page token a client sends back."""
+        text = json.dumps({"t": self.submitted_at.isoformat(), "j": self.job_id})
+        return base64.urlsafe_b64encode(text.encode()).decode()
+
+    @classmethod
+    def from_token(cls, token: str) -> Cursor:
+        """The cursor a page token names; page_token_invalid when it names none."""
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(token.encode()))
+            cursor = cls(datetime.fromisoformat(fields["t"]), str(fields["j"]))
+        except (binascii.Error, ValueError, TypeError, KeyError, UnicodeError):
+            raise SchedulerError("page_token_invalid") from None
+        if cursor.submitted_at.tzinfo is None or not is_job_id(cursor.job_id):
+            raise SchedulerError("page_token_invalid")
+        return cursor
+
+    @property
+    def key(self) -> tuple[datetime, str]:
+        return self.submitted_at, self.job_id
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """Which jobs a listing shows, checked at the edge."""
+
+    owner_fingerprint: str | None  # None: every owner's (an admin)
+    since: datetime
+    until: datetime
+    statuses: frozenset[JobStatus] = frozenset()  # empty: every status
+    backend: str = ""
+    tag: tuple[str, str] | None = None
+    owner_name: str = ""  # an admin's filter by name; "" none
+    page_size: int = DEFAULT_PAGE_SIZE
+    after: Cursor | None = None
+
+    def matches(self, record: JobRecord) -> bool:
+        """Whether the record passes every filter but owner and period (the store's)."""
+        return ((not self.statuses or record.status in self.statuses)
+                and (not self.backend or record.backend == self.backend)
+                and (self.tag is None or self.tag in record.tags)
+                and (not self.owner_name or record.owner_name == self.owner_name))
+
+
+def checked_page_size(requested: int) -> int:
+    """The page size a request asks for (0: the default), or a refusal."""
+    if requested < 0 or requested > MAX_PAGE_SIZE:
+        raise SchedulerError("page_size_out_of_range", default=DEFAULT_PAGE_SIZE,
+                             maximum=MAX_PAGE_SIZE, value=requested)
+    return requested or DEFAULT_PAGE_SIZE
+
+
+def _sort_key(record: JobRecord) -> tuple[datetime, str]:
+    return record.submitted_at, record.job_id
+
+
+async def list_page(store: JobStore, query: ListQuery) -> tuple[list[JobRecord], Cursor | None]:
+    """One page of the query's jobs, newest first, and the cursor of the next (None: last)."""
+    until = query.until
+    if query.after is not None:
+        until = min(until, query.after.submitted_at)
+    matched: list[JobRecord] = []
+    async for record in _listed(store, query.owner_fingerprint, query.since, until):
+        # Records of one instant come in any order: read all of the last one's instant.
+        if len(matched) > query.page_size and record.submitted_at < matched[-1].submitted_at:
+            break
+        if query.after is not None and _sort_key(record) >= query.after.key:
+            continue
+        if query.matches(record):
+            matched.append(record)
+    matched.sort(key=_sort_key, reverse=True)
+    page = matched[:query.page_size]
+    more = len(matched) > query.page_size
+    return page, Cursor(page[-1].submitted_at, page[-1].job_id) if more else None
+
+
+async def _listed(store: JobStore, owner: str | None, since: datetime,
+                  until: datetime) -> AsyncIterator[JobRecord]:
+    try:
+        async for record in store.list_newest_first(owner, since, until):
+            yield record
+    except IndexMissing as exc:
+        raise SchedulerError("owner_index_missing", index=exc.index,
+                             command=ADD_OWNER_INDEX) from None
+    except StoreError as exc:
+        log.error("jobs could not be listed: the store failed: %s", exc)
+        raise SchedulerError("store_failed") from None
+
+
+@dataclass
+class Totals:
+    """One owner's use over a period."""
+
+    owner_name: str
+    owner_fingerprint: str
+    role: str
+    by_final_status: Counter[JobStatus] = field(default_factory=Counter)
+    shots: int = 0  # of the jobs that completed
+    queue_wait_s: float = 0.0  # queued_at to dequeued_at
+    execution_s: float = 0.0  # dequeued_at to finished_at
+
+    def add(self, record: JobRecord, shots: int) -> None:
+        """Count one job submitted in the period."""
+        if record.status.is_final:
+            self.by_final_status[record.status] += 1
+        if record.status is JobStatus.COMPLETED:
+            self.shots += shots
+        if record.dequeued_at is not None:
+            self.queue_wait_s += max(0.0, (record.dequeued_at - record.queued_at).total_seconds())
+            if record.finished_at is not None:
+                self.execution_s += max(
+                    0.0, (record.finished_at - record.dequeued_at).total_seconds())
+
+
+async def usage(store: JobStore, owner_fingerprint: str | None, since: datetime,
+                until: datetime, shots_of: Callable[[JobRecord], int]) -> dict[str, Totals]:
+    """Each owner's totals over the jobs submitted from ``since`` to ``until``, by
+    fingerprint (one owner's, or with None every owner's)."""
+    totals: dict[str, Totals] = {}
+    async for record in _listed(store, owner_fingerprint, since, until):
+        owner = totals.get(record.owner_fingerprint)
+        if owner is None:
+            owner = totals[record.owner_fingerprint] = Totals(
+                record.owner_name, record.owner_fingerprint, record.role.value)
+        owner.add(record, shots_of(record))
+    return totals

@@ -1,0 +1,68 @@
+"""SCHEDULER_MAX_REQUEUES: a job whose node vanished (no report in time) is queued again,
+in its place, at most N times; then it ends TIMEOUT as any other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from job_manager.model import JobStatus
+from tests.unit.test_job_rules import ALICE, Harness
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    harness.manager = harness.new_manager(max_requeues=2)
+    yield harness
+    await harness.close()
+
+
+def requeued(h: Harness) -> int:
+    return sum(1 for event, _ in h.events.seen if event == "requeued")
+
+
+async def _lose_the_node(h: Harness) -> None:
+    h.clock.advance(91)  # timeout 30 s + grace
+    await h.manager.watchdog.check()
+
+
+async def test_a_lost_job_is_queued_again_at_most_n_times_then_times_out(h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    later = await h.submit(timeout_s=30)
+    for attempt in (1, 2):
+        assert (await h.assign()).record.job_id == job_id  # before the job queued after it
+        await _lose_the_node(h)
+        stored = await h.stored(job_id)
+        assert (stored.status, stored.requeues) == (JobStatus.QUEUED, attempt)
+        assert stored.dequeued_at is None
+        seen = await h.manager.status(ALICE, job_id)
+        assert f"queued again {attempt} times" in h.manager.status_detail(seen)
+        assert requeued(h) == attempt
+    assert (await h.assign()).record.job_id == job_id
+    await _lose_the_node(h)
+    assert (await h.stored(job_id)).status is JobStatus.TIMEOUT
+    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1  # only the later job
+    assert (await h.assign()).record.job_id == later
+
+
+async def test_a_job_that_reports_is_never_queued_again(h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    await h.assign()
+    await h.complete(job_id)
+    await _lose_the_node(h)
+    assert (await h.stored(job_id)).status is JobStatus.COMPLETED
+    assert requeued(h) == 0
+
+
+async def test_off_by_default(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    try:
+        job_id = await harness.submit(timeout_s=30)
+        await harness.assign()
+        await _lose_the_node(harness)
+        assert (await harness.stored(job_id)).status is JobStatus.TIMEOUT
+    finally:
+        await harness.close()
