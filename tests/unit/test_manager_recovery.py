@@ -89,13 +89,19 @@ async def test_read_ahead_reads_each_recovered_program_once_for_its_hand_over(
     assert handed == {job: f"program {n}".encode() for n, job in enumerate(jobs)}
 
 
-async def test_read_ahead_skips_a_job_cancelled_meanwhile(h: Harness) -> None:
-    first, second = await h.submit(), await h.submit()
+async def test_read_ahead_skips_a_job_cancelled_while_it_reads_another(h: Harness) -> None:
+    first = await h.submit()
+    h.clock.advance(1)
+    second = await h.submit()
     manager = await h.restart()
-    await manager.cancel(ALICE, first)
-    assert await manager.prefetch_programs() == 1
-    assert h.payloads.calls["get_input"] == 1
-    assert (await h.assign()).record.job_id == second
+    gate = h.payloads.gate("get_input")
+    prefetch = asyncio.ensure_future(manager.prefetch_programs(concurrency=1))
+    await h.payloads.held("get_input")  # the first program's read is under way
+    await manager.cancel(ALICE, second)
+    gate.set()
+    assert await prefetch == 1
+    assert h.payloads.calls["get_input"] == 1  # the cancelled job's program is not read
+    assert (await h.assign()).record.job_id == first
 
 
 class Counting(FlakyPayloadStore):
