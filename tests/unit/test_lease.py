@@ -238,3 +238,164 @@ async def test_a_leader_is_unknown_once_its_lease_lapsed(table: Table, clock: Cl
 def test_a_lease_renewed_less_often_than_it_lasts_is_refused(table: Table, clock: Clock) -> None:
     with pytest.raises(ValueError):
         Lease(table, "a", clock, 1.0, 1.0)
+
+
+# --- held since the mutation run of leadership/ (docs/mutation.md) ----------------------
+def test_a_lease_never_renewed_or_renewed_as_often_as_it_lasts_is_refused_in_words(
+        table: Table, clock: Clock) -> None:
+    for renew_every_s in (0.0, 6.0):  # no renewal at all; or never before it lapses
+        with pytest.raises(ValueError) as refused:
+            Lease(table, "a", clock, 6.0, renew_every_s)
+        assert str(refused.value) == "a lease must be renewed more often than it lasts"
+
+
+async def test_a_replica_that_has_seen_no_record_knows_no_leader(
+        table: Table, clock: Clock) -> None:
+    assert replica(table, clock, "a").leader() is None
+
+
+async def test_a_released_record_names_no_leader(table: Table, clock: Clock) -> None:
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()
+    await b.step()
+    await b.release(for_good=True)  # b stops: it watches, never takes
+    await a.release()
+    await b.step()  # b reads the released record, fresh on its clock
+    assert b.current is not None and b.current.released
+    assert b.leader() is None
+
+
+async def test_a_replicas_own_record_from_before_its_step_down_names_no_leader(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    table.down = True  # a cannot renew: it steps down, still named in the record
+    clock.now += DURATION_S
+    await a.step()
+    await a.release(for_good=True)  # then stops: it reads the record, never takes it
+    table.down = False
+    await a.step()
+    assert not a.leading and a.current is not None and a.current.holder == "a"
+    assert a.leader() is None
+
+
+async def test_a_leader_steps_down_exactly_duration_less_renewal_after_its_last_renewal(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()  # takes it at 100
+    clock.now += RENEW_S
+    await a.step()  # renewed at 101.5: valid until 101.5 + 6 - 1.5 = 106
+    clock.now = 106.0 - 0.01
+    table.down = True
+    await a.step()
+    assert a.leading and a.epoch == 1
+    table.down = False
+    clock.now = 106.0  # a slept until exactly then; the table answers again
+    await a.step()
+    # It let its hold lapse first, then took the lease anew (no one else had): a new term.
+    assert a.changes == [True, False, True]  # type: ignore[attr-defined]
+    assert a.epoch == 2
+
+
+class FailsAt(Table):
+    """A Table whose renewal fails after the clock reached ``at`` meanwhile."""
+
+    def __init__(self, clock: Clock, at: float) -> None:
+        super().__init__()
+        self.clock, self.at = clock, at
+
+    async def replace(self, record: LeaseRecord, expected_version: str) -> bool:
+        if self.record is not None and self.record.holder == record.holder:
+            self.clock.now = self.at
+            raise LeaseUnreachable("down")
+        return await super().replace(record, expected_version)
+
+
+async def test_a_renewal_that_fails_as_the_hold_ends_steps_down_at_once(
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    table = FailsAt(clock, 100.0 + DURATION_S - RENEW_S)
+    a = replica(table, clock, "a")
+    await a.step()  # takes it at 100: valid until 104.5
+    clock.now += RENEW_S
+    await a.step()  # the renewal fails just as 104.5 is reached
+    assert not a.leading and a.changes == [True, False]  # type: ignore[attr-defined]
+    assert ("this replica no longer leads (epoch 1): not renewed in time (down)"
+            in _lines(caplog))
+
+
+async def test_a_release_not_for_good_lets_the_replica_lead_again(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    await a.release()
+    await a.step()  # released, not retired: a takes it back at once
+    assert a.leading and a.epoch == 2
+
+
+async def test_a_release_for_good_is_never_taken_back_even_with_no_one_else(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    await a.release(for_good=True)
+    await a.release()  # a later release does not undo it
+    for _ in range(3):
+        clock.now += DURATION_S
+        await a.step()
+    assert not a.leading and a.changes == [True, False]  # type: ignore[attr-defined]
+    assert table.record is not None and table.record.released
+
+
+async def test_a_release_writes_a_new_version(table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    before = table.record
+    await a.release()
+    assert table.record is not None and before is not None
+    assert table.record.released and table.record.version != before.version
+
+
+async def test_a_renewal_writes_the_addresses_known_now(table: Table, clock: Clock) -> None:
+    a = Lease(table, "a", clock, DURATION_S, RENEW_S)  # the ports are bound later
+    await a.step()
+    a.addresses = ("a:18082", "a:18081")
+    clock.now += RENEW_S
+    await a.step()
+    assert table.record is not None
+    assert (table.record.submission_address, table.record.execution_address) == (
+        "a:18082", "a:18081")
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "leadership.lease"]
+
+
+async def test_each_step_down_is_logged_with_its_cause(
+        table: Table, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    b_clock = Clock()  # b's own clock: b sees a lapse that a, paused, never saw
+    a, b = replica(table, clock, "a"), replica(table, b_clock, "b")
+    await a.step()
+    a.deposed()
+    await a.step()  # epoch 2
+    await a.release()
+    await a.step()  # epoch 3
+    clock.now += DURATION_S  # a sleeps through its hold
+    await a.step()  # epoch 4
+    await b.step()
+    b_clock.now += DURATION_S
+    await b.step()  # b takes it (epoch 5) while a's clock stood still
+    await a.step()  # a's renewal, within its hold, finds the lease taken
+    down = [line for line in _lines(caplog) if "no longer leads" in line]
+    assert down == [
+        "this replica no longer leads (epoch 1): a fenced write was refused",
+        "this replica no longer leads (epoch 2): released",
+        "this replica no longer leads (epoch 3): not renewed in time",
+        "this replica no longer leads (epoch 4): taken by another replica",
+    ]
+
+
+async def test_a_hung_table_is_logged_with_how_long_it_was_waited_for(
+        table: Table, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    a = Lease(table, "a", clock, 0.4, 0.1)
+    table.hang = True
+    await a.step()
+    assert _lines(caplog) == ["the lease could not be read: no answer within 0.1 s"]

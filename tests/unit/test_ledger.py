@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -160,3 +161,32 @@ def test_with_one_queue_for_all_backends_every_backend_shares_it(clock: FakeCloc
     unified.reserve(ALICE, 10, job.size_bytes)
     unified.admit(job, reserved=True)
     assert unified.take_next("qpu") is job
+
+
+# --- admit_all, a recovery's many jobs at once (docs/mutation.md) -----------------------
+def test_a_recovery_queues_every_job_not_yet_live_after_one_that_is(
+        ledger: Ledger, clock: FakeClock) -> None:
+    live = _admitted(ledger, clock)
+    later = [_job(clock, key="k"), _job(clock)]
+    assert ledger.admit_all([QueuedJob(live.record, None), *later]) == 2
+    assert _state(ledger) == (3, 3, 3, 3)
+    assert ledger.key_holder(ALICE.fingerprint, "k") is later[0].record
+
+
+def test_a_recovery_opens_the_queue_of_a_backend_that_had_none(clock: FakeClock) -> None:
+    async def expire(job_id: str) -> None:
+        pass
+
+    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
+                    lambda r: r.queued_at + timedelta(seconds=r.timeout_s))
+    assert ledger.admit_all([_job(clock)]) == 1
+    queue = ledger.queue("emulator")
+    assert queue is not None and len(queue) == 1
+
+
+async def test_a_recovery_wakes_a_node_parked_on_the_queue(
+        ledger: Ledger, clock: FakeClock) -> None:
+    parked = asyncio.ensure_future(ledger.waiters.wait(ledger.queue_key("emulator"), 1.0))
+    await asyncio.sleep(0)
+    ledger.admit_all([_job(clock)])
+    assert await parked  # woken, not timed out
