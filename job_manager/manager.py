@@ -103,6 +103,9 @@ class ExecutionReport:
     simulator_version: str = ""
     raw_size_bytes: int = 0
     encoded_size_bytes: int = 0
+    # The node failed the job for a reason of its own (the backend or its connection
+    # unavailable), not the program's: such a job may be queued again (max_requeues).
+    infrastructure: bool = False
 
 
 TAG_ATTEMPTS = 3  # a job changing status under a SetJobTags is read again this often
@@ -602,6 +605,11 @@ class JobManager:
             )
         if report.outcome is JobStatus.COMPLETED and not await self._result_uploaded(record):
             raise SchedulerError("result_missing", job_id=report.job_id)
+        if report.infrastructure and record.requeues < self._max_requeues:
+            why = f"its backend failed it for a reason of its own ({report.detail or 'unstated'})"
+            requeued = await asyncio.shield(self._requeue_lost(record, why))
+            if requeued is not None:
+                return requeued
         finished = replace(
             record,
             status=report.outcome,
@@ -655,7 +663,7 @@ class JobManager:
         if self._report_deadline(record) > self._clock.now():
             return  # given back and handed over again since: its new deadline is watched
         if record.requeues < self._max_requeues:
-            await asyncio.shield(self._requeue_lost(record))
+            await asyncio.shield(self._requeue_lost(record, "its node never reported"))
             return
         grace_s = self._report_grace.total_seconds()
         timed_out = replace(
@@ -674,11 +682,12 @@ class JobManager:
                 raise
             # A report won the race: the job ended as the node said.
 
-    async def _requeue_lost(self, running: JobRecord) -> None:
-        """A RUNNING job whose node never reported goes back to the head of its queue."""
+    async def _requeue_lost(self, running: JobRecord, why: str) -> JobRecord | None:
+        """A RUNNING job its node lost (it never reported, or failed it for a reason of its
+        own) goes back to the head of its queue; the queued record, or None if it did not."""
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="",
                          actual_backend="", requeues=running.requeues + 1,
-                         status_detail=f"queued again: its node never reported "
+                         status_detail=f"queued again: {why} "
                                        f"({running.requeues + 1} of {self._max_requeues})")
         try:
             changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
@@ -687,16 +696,17 @@ class JobManager:
             log.error("job %s whose node vanished could not be queued again: %s",
                       running.job_id, exc)
             self.ledger.watchdog.watch(running.job_id, self._clock.now() + self._report_grace)
-            return
+            return None
         if not changed:
             await self._believe_store(running.job_id)
-            return
+            return None
         # At the head: a preset sequence keeps the rank at 0, before every other job of its
         # owner (job_manager/queue.py), and its old queued_at puts it early by age.
         self.ledger.requeued(QueuedJob(queued, None, sequence=0, rank_s=0.0))
         self._observer.requeued(queued)
-        log.warning("job %s QUEUED again (%d of %d): its node never reported", running.job_id,
-                    queued.requeues, self._max_requeues)
+        log.warning("job %s QUEUED again (%d of %d): %s", running.job_id,
+                    queued.requeues, self._max_requeues, why)
+        return queued
 
     def shutdown(self) -> None:
         """Release waiting nodes with an empty answer; later long polls return at once."""

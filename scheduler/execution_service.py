@@ -53,6 +53,9 @@ def _bounded(detail: str) -> str:
     return f"{detail[:MAX_DETAIL_CHARS]}… [{len(detail) - MAX_DETAIL_CHARS} more characters]"
 
 
+INFRASTRUCTURE_FAILURE = "UNAVAILABLE"
+
+
 def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
     outcome = _OUTCOME.get(request.status)
     if outcome is None:
@@ -79,6 +82,10 @@ def _report(request: pb.ReportExecutionResultRequest) -> ExecutionReport:
         simulator_version=request.version.simulator,
         raw_size_bytes=request.uploaded_result.raw_size_bytes,
         encoded_size_bytes=request.uploaded_result.encoded_size_bytes,
+        # A failure the node marks UNAVAILABLE (the gRPC code name, as error codes are
+        # throughout the protocol) is its backend's, not the program's (docs/protocol.md).
+        infrastructure=(outcome is JobStatus.FAILED
+                        and request.error.code == INFRASTRUCTURE_FAILURE),
     )
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2
+from scheduler.execution_service import _report
 from tests.unit.test_job_rules import ALICE, Harness
 
 
@@ -66,3 +69,48 @@ async def test_off_by_default(tmp_path: Path) -> None:
         assert (await harness.stored(job_id)).status is JobStatus.TIMEOUT
     finally:
         await harness.close()
+
+
+def _failed(job_id: str, infrastructure: bool) -> ExecutionReport:
+    return ExecutionReport(job_id=job_id, outcome=JobStatus.FAILED, detail="laser unlocked",
+                           infrastructure=infrastructure)
+
+
+async def test_a_job_its_backend_failed_for_its_own_reason_is_queued_again_at_most_n_times(
+        h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    await h.submit(timeout_s=30)
+    for attempt in (1, 2):
+        assert (await h.assign()).record.job_id == job_id  # at the head again
+        answered = await h.manager.report(_failed(job_id, infrastructure=True))
+        stored = await h.stored(job_id)
+        assert (answered.status, stored.status, stored.requeues) == (
+            JobStatus.QUEUED, JobStatus.QUEUED, attempt)
+        assert "laser unlocked" in stored.status_detail
+        assert f"({attempt} of 2)" in stored.status_detail
+    assert (await h.assign()).record.job_id == job_id
+    ended = await h.manager.report(_failed(job_id, infrastructure=True))
+    assert ended.status is JobStatus.FAILED  # the third time, it ends as the node said
+    assert (await h.stored(job_id)).status_detail == "laser unlocked"
+    assert requeued(h) == 2
+
+
+async def test_a_job_that_failed_on_its_own_merits_is_never_queued_again(h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    await h.assign()
+    ended = await h.manager.report(_failed(job_id, infrastructure=False))
+    assert ended.status is JobStatus.FAILED
+    assert (await h.stored(job_id)).requeues == 0
+    assert requeued(h) == 0
+
+
+def test_a_node_says_its_backend_failed_with_the_code_unavailable() -> None:
+    request = execution_pb2.ReportExecutionResultRequest(
+        job_id="j", status=execution_pb2.EXECUTION_STATUS_FAILURE)
+    request.error.code = "UNAVAILABLE"
+    assert _report(request).infrastructure
+    request.error.code = "INVALID_ARGUMENT"
+    assert not _report(request).infrastructure
+    request.error.code = "UNAVAILABLE"
+    request.status = execution_pb2.EXECUTION_STATUS_TIMEOUT
+    assert not _report(request).infrastructure  # only a failure is the backend's to say
