@@ -62,10 +62,14 @@ class QueuedJob:
     # size, or the size its record gives until the program is read.
     size_bytes: int = -1
 
+    # When it was queued, in epoch seconds: a sort key, read often, so worked out once.
+    queued_at_s: float = field(init=False, default=0.0)
+
     def __post_init__(self) -> None:
         if self.size_bytes < 0:
             self.size_bytes = (len(self.program) if self.program is not None
                                else self.record.input_size_bytes)
+        self.queued_at_s = self.record.queued_at.timestamp()
 
     @property
     def job_id(self) -> str:
@@ -74,10 +78,6 @@ class QueuedJob:
     @property
     def owner(self) -> str:
         return self.record.owner_fingerprint
-
-    @property
-    def queued_at_s(self) -> float:
-        return self.record.queued_at.timestamp()
 
 
 @dataclass(eq=False, slots=True)

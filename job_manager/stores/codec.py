@@ -6,10 +6,10 @@ import base64
 import json
 from dataclasses import fields
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from common.identity import Role
-from job_manager.model import BackendTimestamps, JobRecord, JobStatus
+from job_manager.model import NO_BACKEND_TIMESTAMPS, BackendTimestamps, JobRecord, JobStatus
 
 Row = dict[str, str | int | bool]
 
@@ -109,8 +109,17 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         queued_at=required_time("queued_at"),
         dequeued_at=time_of("dequeued_at"),
         finished_at=time_of("finished_at"),
-        backend_timestamps=BackendTimestamps(**{n: time_of(n) for n in _BACKEND_TIME_FIELDS}),
+        backend_timestamps=_backend_timestamps(row, time_of),
     )
+
+
+def _backend_timestamps(row: Mapping[str, Any],
+                        time_of: Callable[[str], datetime | None]) -> BackendTimestamps:
+    """The node's timestamps; a job no node reported on (every queued one) shares the
+    empty value, so a recovery of many jobs builds none."""
+    if not any(row.get(name) for name in _BACKEND_TIME_FIELDS):
+        return NO_BACKEND_TIMESTAMPS
+    return BackendTimestamps(**{name: time_of(name) for name in _BACKEND_TIME_FIELDS})
 
 
 def _tags(text: Any) -> tuple[tuple[str, str], ...]:
