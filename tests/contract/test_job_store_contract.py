@@ -159,6 +159,17 @@ async def test_get_returns_a_record_equal_to_the_created_one_in_every_field(
     assert await store.get(full.job_id) == full
 
 
+@pytest.mark.parametrize("stamp", [f.name for f in fields(BackendTimestamps)])
+async def test_each_backend_timestamp_alone_survives_the_round_trip(
+        store: JobStore, stamp: str) -> None:
+    # A record with one node timestamp is not mistaken for one no node reported on.
+    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    alone = record(backend_timestamps=BackendTimestamps(**{stamp: when}))
+    await store.create(alone)
+    got = await store.get(alone.job_id)
+    assert got is not None and getattr(got.backend_timestamps, stamp) == when
+
+
 async def test_get_returns_empty_optional_fields_as_empty(store: JobStore) -> None:
     minimal = record()
     await store.create(minimal)
