@@ -46,3 +46,7 @@ class FakeClock:
         """Move both clocks forward."""
         self._now += timedelta(seconds=seconds)
         self._monotonic += seconds
+
+    def step_wall(self, seconds: float) -> None:
+        """Move the wall clock alone, either way (an NTP step, a VM resumed)."""
+        self._now += timedelta(seconds=seconds)

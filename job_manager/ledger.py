@@ -123,7 +123,7 @@ class Ledger:
             return
         self._live[record.job_id] = record
         self.quotas.count(record.owner_fingerprint, 0)
-        self.watchdog.watch(record.job_id, self._deadline_of(record))
+        self.watchdog.watch(record.job_id, self._deadline_of(record), record.dequeued_at)
 
     # --- a job moves ---------------------------------------------------------------------
     def take_next(self, backend: str) -> QueuedJob | None:
@@ -146,7 +146,7 @@ class Ledger:
         """A claimed job is RUNNING: out of the queue's bytes, watched, counted as a hand-over."""
         self.quotas.left_queue(job.owner, job.size_bytes)
         self._live[job.job_id] = running
-        self.watchdog.watch(job.job_id, self._deadline_of(running))
+        self.watchdog.watch(job.job_id, self._deadline_of(running), running.dequeued_at)
         self._rates[self.queue_key(running.backend)].record(self._clock.monotonic())
 
     def left_queue(self, job: QueuedJob) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -610,12 +610,18 @@ class JobManager:
             requeued = await asyncio.shield(self._requeue_lost(record, why))
             if requeued is not None:
                 return requeued
+        now = self._clock.now()
+        timestamps, clamped = _within_run(report.timestamps, record.dequeued_at, now)
+        if clamped:
+            self._observer.timestamps_clamped(record, clamped)
+            log.warning("job %s: %d of its node's timestamps lay outside its run; clamped",
+                        record.job_id, clamped)
         finished = replace(
             record,
             status=report.outcome,
             status_detail=report.detail or _OUTCOME_DETAIL[report.outcome],
-            finished_at=self._clock.now(),
-            backend_timestamps=report.timestamps,
+            finished_at=now,
+            backend_timestamps=timestamps,
             actual_backend=report.actual_backend,
             physical_lab_version=report.physical_lab_version,
             simulator_version=report.simulator_version,
@@ -655,12 +661,15 @@ class JobManager:
         assert record.dequeued_at is not None
         return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
 
-    async def _time_out(self, job_id: str) -> None:
-        """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT."""
+    async def _time_out(self, job_id: str, dequeued_at: object) -> None:
+        """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT.
+
+        ``dequeued_at`` names the hand-over the deadline was watched for.
+        """
         record = self.ledger.live(job_id)
         if record is None or record.status is not JobStatus.RUNNING:
             return  # reported in time
-        if self._report_deadline(record) > self._clock.now():
+        if record.dequeued_at != dequeued_at:
             return  # given back and handed over again since: its new deadline is watched
         if record.requeues < self._max_requeues:
             await asyncio.shield(self._requeue_lost(record, "its node never reported"))
@@ -695,7 +704,8 @@ class JobManager:
             # Still RUNNING in the store; watched again, it ends TIMEOUT or is tried again.
             log.error("job %s whose node vanished could not be queued again: %s",
                       running.job_id, exc)
-            self.ledger.watchdog.watch(running.job_id, self._clock.now() + self._report_grace)
+            self.ledger.watchdog.watch(running.job_id, self._clock.now() + self._report_grace,
+                                       running.dequeued_at)
             return None
         if not changed:
             await self._believe_store(running.job_id)
@@ -914,6 +924,22 @@ def _check_node(record: JobRecord, node: str) -> None:
     """With mTLS, only the node that took a job may report it or renew its upload URL."""
     if node and record.node_identity and node != record.node_identity:
         raise SchedulerError("job_held_by_another_node", job_id=record.job_id)
+
+
+def _within_run(stamps: BackendTimestamps, dequeued_at: datetime | None,
+                now: datetime) -> tuple[BackendTimestamps, int]:
+    """A node's timestamps clamped into the job's run (its hand-over to now), so a user
+    never sees a negative duration; and how many had to be."""
+    clamped = 0
+    within = {}
+    for name in (stamp.name for stamp in fields(BackendTimestamps)):
+        value = getattr(stamps, name)
+        if value is not None:
+            bounded = min(max(value, dequeued_at or value), now)
+            clamped += bounded != value
+            value = bounded
+        within[name] = value
+    return (replace(stamps, **within) if clamped else stamps), clamped
 
 
 def _tags(record: JobRecord) -> ObjectTags:

@@ -34,6 +34,10 @@ class JobObserver(Protocol):
         """A job reached a final status."""
         ...
 
+    def timestamps_clamped(self, record: JobRecord, count: int) -> None:
+        """A node's report carried ``count`` timestamps outside the job's run, clamped."""
+        ...
+
 
 class NoObserver:
     """Observes nothing."""
@@ -54,4 +58,7 @@ class NoObserver:
         pass
 
     def finished(self, record: JobRecord) -> None:
+        pass
+
+    def timestamps_clamped(self, record: JobRecord, count: int) -> None:
         pass

@@ -67,6 +67,10 @@ class Metrics:
                                     ["store", "operation"], registry=r)
         self.token_cache = Counter("mqc3_token_cache_lookups", "Token cache hits and misses",
                                    ["result"], registry=r)
+        self.timestamps_clamped_total = Counter(
+            "mqc3_node_timestamps_clamped", "Timestamps in nodes' reports that lay in the "
+            "future or before the job's hand-over, clamped into its run", ["backend"],
+            registry=r)
         # Replicas (docs/replicas.md).
         self.leading = Gauge("mqc3_replica_leading", "1 while this replica leads and serves "
                              "the queues, else 0", registry=r)
@@ -119,3 +123,6 @@ class Metrics:
         if record.finished_at is not None:
             total_s = (record.finished_at - record.submitted_at).total_seconds()
             self.job_duration.labels(record.backend, outcome).observe(total_s)
+
+    def timestamps_clamped(self, record: JobRecord, count: int) -> None:
+        self.timestamps_clamped_total.labels(record.backend).inc(count)

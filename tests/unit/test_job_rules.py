@@ -124,6 +124,9 @@ class Events:
     def finished(self, record: JobRecord) -> None:
         self.seen.append(("finished", record.job_id))
 
+    def timestamps_clamped(self, record: JobRecord, count: int) -> None:
+        self.seen.extend([("clamped", record.job_id)] * count)
+
 
 class Harness:
     """A JobManager over fault-injecting real stores in ``directory``."""

@@ -28,7 +28,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def ledger(clock: FakeClock) -> Ledger:
-    async def expire(job_id: str) -> None:
+    async def expire(job_id: str, watched: object) -> None:
         pass
 
     ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
@@ -149,7 +149,7 @@ def test_the_finished_records_kept_are_the_newest(ledger: Ledger, clock: FakeClo
 
 
 def test_with_one_queue_for_all_backends_every_backend_shares_it(clock: FakeClock) -> None:
-    async def expire(job_id: str) -> None:
+    async def expire(job_id: str, watched: object) -> None:
         pass
 
     unified = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
@@ -174,7 +174,7 @@ def test_a_recovery_queues_every_job_not_yet_live_after_one_that_is(
 
 
 def test_a_recovery_opens_the_queue_of_a_backend_that_had_none(clock: FakeClock) -> None:
-    async def expire(job_id: str) -> None:
+    async def expire(job_id: str, watched: object) -> None:
         pass
 
     ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
