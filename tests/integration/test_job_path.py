@@ -62,9 +62,9 @@ async def test_job_travels_from_submission_to_downloaded_result(running: Running
     )
     # The node's own times, within the job's run (from its hand-over to now; times
     # outside it are clamped: tests/unit/test_clock_steps.py).
-    running = await clients.submission.GetJobStatus(
+    while_running = await clients.submission.GetJobStatus(
         submission_pb2.GetJobStatusRequest(token=token, job_id=job_id))
-    handed_over = running.execution_details.timestamps.dequeued_at
+    handed_over = while_running.execution_details.timestamps.dequeued_at
     report.timestamps.compile_started_at.CopyFrom(handed_over)
     report.timestamps.execution_finished_at.CopyFrom(handed_over)
     reported = await clients.execution.ReportExecutionResult(report)
