@@ -314,6 +314,11 @@ class JobManager:
         """The job as its owner (or an admin) may see it."""
         return await self._visible(principal, job_id)
 
+    def knows_final(self, job_id: str) -> bool:
+        """Whether memory holds the job's final status (which never changes)."""
+        record = self.ledger.remembered(job_id)
+        return record is not None and record.status.is_final
+
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
         if record.status is JobStatus.QUEUED:

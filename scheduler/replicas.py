@@ -275,6 +275,29 @@ class Replicas:
             with idle():
                 await self._wait(changed, deadline, waited_from)
 
+    async def read_at_leader(self, path: str, request: Any, response_type: Any,
+                             context: grpc.aio.ServicerContext) -> Any | None:
+        """A read of a live job, answered by the leader (from its memory: no store read
+        here, issue 19's request budget) while another replica leads; None when this
+        replica should answer itself: it leads, no leader is known or reachable (a read
+        never waits for a failover), or the call was passed on already."""
+        if (self._lease is None or self._lease.leading or self._forwarder is None
+                or was_forwarded(context)):
+            return None
+        leader = self._lease.leader()
+        if leader is None:
+            return None
+        method = path.rsplit("/", 1)[-1]
+        try:
+            answer = await self._forwarder.call(
+                leader.submission_address, path, request, response_type,
+                self._forwarder.metadata(path, context), self._deadline(context) - time.monotonic())
+        except LeaderUnreachable:
+            self._metrics.forwarded.labels(method, "unreachable").inc()
+            return None
+        self._metrics.forwarded.labels(method, "answered").inc()
+        return answer
+
     def _deposed(self, manager: JobManager) -> None:
         """A write of ``manager`` was refused: its lease has another holder now. Step down,
         and read the lease at once to learn who leads."""

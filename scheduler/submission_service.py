@@ -12,6 +12,7 @@ from scheduler.auth import TokenResolver
 from scheduler.edge import Edge, in_band
 from scheduler.validation import idempotency_key, job_spec, submitted_tags
 
+GET_JOB_STATUS = f"/{pb.DESCRIPTOR.services_by_name['SubmissionService'].full_name}/GetJobStatus"
 _SERVICE_STATUS = {
     "available": pb.SERVICE_STATUS_AVAILABLE,
     "unavailable": pb.SERVICE_STATUS_UNAVAILABLE,
@@ -41,6 +42,13 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.GetJobStatusResponse:
+        if not manager.knows_final(request.job_id):
+            # A live job's status is the leader's to tell, from memory: a follower passes
+            # the poll on rather than read the store (docs/replicas.md).
+            answered = await self.edge.replicas.read_at_leader(
+                GET_JOB_STATUS, request, pb.GetJobStatusResponse, context)
+            if answered is not None:
+                return answered  # type: ignore[no-any-return]
         principal = await self._auth.resolve(request.token)
         record = await manager.status(principal, request.job_id)
         return pb.GetJobStatusResponse(

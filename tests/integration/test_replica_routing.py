@@ -36,6 +36,7 @@ from tests.operations.support import scrape, value
 # Short, so a test that waits for a renewal or a lapse stays short.
 LEASE_ENV = {"SCHEDULER_LEASE_DURATION_S": "1", "SCHEDULER_LEASE_RENEW_S": "0.25"}
 RESULT = gzip_result(b"\x0a\x02ok")
+PROBE_ID = "2b0d7c1e-4f3a-4c8e-9d5b-6a7f8e9d0c1b"  # a job id no one submitted
 
 
 class Replica:
@@ -92,8 +93,13 @@ async def test_a_follower_passes_the_leaders_calls_on_and_answers_reads_itself(
         job_id = await submit(follower, token)
         assert leader.scheduler.manager.queue_length("emulator") == 1  # queued at the leader
         assert follower.scheduler.manager.queue_length("emulator") == 0
-        seen = await status(follower, token, job_id)  # from the store
+        reads = value(await scrape(follower.scheduler.metrics_port),
+                      "mqc3_store_call_seconds_count", store="jobs", operation="get")
+        seen = await status(follower, token, job_id)  # the leader's answer, from its memory
         assert seen.status == job_pb2.JOB_STATUS_QUEUED
+        assert seen.status_detail.startswith("queued: 1st")
+        assert value(await scrape(follower.scheduler.metrics_port),
+                     "mqc3_store_call_seconds_count", store="jobs", operation="get") == reads
         assert (await status(leader, token, job_id)).status_detail.startswith("queued: 1st")
 
         assigned = await follower.clients.assign()
@@ -110,10 +116,10 @@ async def test_a_follower_passes_the_leaders_calls_on_and_answers_reads_itself(
         assert result.status == job_pb2.JOB_STATUS_COMPLETED and result.result.result_url
 
         samples = await scrape(follower.scheduler.metrics_port)
-        for method in ("SubmitJob", "AssignNextJob", "ReportExecutionResult"):
+        for method in ("SubmitJob", "AssignNextJob", "ReportExecutionResult", "GetJobStatus"):
             assert value(samples, "mqc3_forwarded_calls_total", method=method,
                          result="answered") == 1
-        assert value(samples, "mqc3_forwarded_calls_total", method="GetJobStatus") == 0
+        assert value(samples, "mqc3_forwarded_calls_total", method="GetJobResult") == 0
         assert value(samples, "mqc3_replica_leading") == 0
         leading = await scrape(leader.scheduler.metrics_port)
         assert value(leading, "mqc3_replica_leading") == 1
@@ -233,6 +239,10 @@ async def test_a_call_that_finds_no_leader_within_the_wait_is_unavailable(
     replica = Replica(scheduler)
     try:
         token = token_database.token("alice", "developer")
+        # A read never waits for a leader: answered from the store at once.
+        polled = await replica.clients.submission.GetJobStatus(
+            submission_pb2.GetJobStatusRequest(token=token, job_id=PROBE_ID), timeout=20)
+        assert polled.error.code == "NOT_FOUND"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await replica.clients.submission.SubmitJob(submit_request(token), timeout=20)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE  # the SDK tries once more
