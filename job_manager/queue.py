@@ -120,19 +120,9 @@ class JobQueue:
         """Add a job in its place; a job already queued is refused, never held twice."""
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is queued already")
-        if job.sequence < 0:
-            job.sequence = next(self._sequence)
-            job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s
-        owner = self._owner(job)
-        if owner.jobs:
-            self._turns.remove(owner)
-        else:
-            owner.virtual_time = max(owner.virtual_time, self._virtual_clock)
-        owner.jobs.add(job)
-        self._turns.add(owner)
+        self._hold(job)
+        self._join(self._owner(job), [job])
         self._by_age.add(job)
-        self._jobs[job.job_id] = job
-        self.bytes_held += job.size_bytes
 
     def extend(self, jobs: list[QueuedJob]) -> None:
         """Add many jobs at once (a recovery), each in the place ``push`` would give it,
@@ -142,21 +132,29 @@ class JobQueue:
             raise ValueError("a job is queued already, or named twice")
         by_owner: dict[str, list[QueuedJob]] = {}
         for job in jobs:
-            if job.sequence < 0:
-                job.sequence = next(self._sequence)
-                job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s
+            self._hold(job)
             by_owner.setdefault(job.owner, []).append(job)
-            self._jobs[job.job_id] = job
-            self.bytes_held += job.size_bytes
         for owned in by_owner.values():
-            owner = self._owner(owned[0])
-            if owner.jobs:
-                self._turns.remove(owner)
-            else:
-                owner.virtual_time = max(owner.virtual_time, self._virtual_clock)
-            owner.jobs.update(owned)
-            self._turns.add(owner)
+            self._join(self._owner(owned[0]), owned)
         self._by_age.update(jobs)
+
+    def _hold(self, job: QueuedJob) -> None:
+        """Number a new job (its arrival and rank) and count it as held."""
+        if job.sequence < 0:
+            job.sequence = next(self._sequence)
+            job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s
+        self._jobs[job.job_id] = job
+        self.bytes_held += job.size_bytes
+
+    def _join(self, owner: _Owner, jobs: list[QueuedJob]) -> None:
+        """Add ``jobs`` to their owner's line; an owner with none waiting catches up with
+        the virtual clock first, so an idle token saves up no turns."""
+        if owner.jobs:
+            self._turns.remove(owner)
+        else:
+            owner.virtual_time = max(owner.virtual_time, self._virtual_clock)
+        owner.jobs.update(jobs)
+        self._turns.add(owner)
 
     def _owner(self, job: QueuedJob) -> _Owner:
         """The job's token's place in the fair share, made on its first job."""
