@@ -106,7 +106,7 @@ def _tokens_main(argv: Sequence[str]) -> int:
 
 def _tokens_command(args: argparse.Namespace, store: SqliteTokenStore) -> int:
     clock = SystemClock()
-    days = args.expires_in_days
+    days = getattr(args, "expires_in_days", None)  # create's and renew's
     expires_at = clock.now() + timedelta(days=days) if days else None
     operator = audit.Actor.local_account()
     if args.command == "create":
