@@ -311,9 +311,10 @@ class JobManager:
             await self._forget_input(job_id)
         return stored is not None
 
-    async def status(self, principal: Principal, job_id: str) -> JobRecord:
-        """The job as its owner (or an admin) may see it."""
-        return await self._visible(principal, job_id, "job.status")
+    async def status(self, principal: Principal, job_id: str,
+                     audit_as: str | None = "job.status") -> JobRecord:
+        """The job as its owner (or an admin) may see it; ``audit_as``: see ``_visible``."""
+        return await self._visible(principal, job_id, audit_as)
 
     def knows_final(self, job_id: str) -> bool:
         """Whether memory holds the job's final status (which never changes)."""

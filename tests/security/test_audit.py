@@ -29,7 +29,7 @@ from benchmarks.processes import free_ports
 from common import audit
 from common.identity import fingerprint
 from common.logs import configure_logging
-from pb.mqc3_cloud.scheduler.v1 import execution_pb2
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tpb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
@@ -105,8 +105,14 @@ async def test_an_admins_reads_and_cancels_of_anothers_jobs_and_downloads_are_au
         await submission.GetJobResult(pb.GetJobResultRequest(token=root, job_id=done))
         await jobs.SetJobTags(jobs_pb2.SetJobTagsRequest(
             token=root, job_id=done, tags=[jobs_pb2.Tag(key="k", value="v")]))
+        # A watch reads the job at every poll, from before the cancel to after it.
+        watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(token=root, job_id=queued))
+        assert (await watch.read()).status == job_pb2.JOB_STATUS_QUEUED
         cancelled = await submission.CancelJob(pb.CancelJobRequest(token=root, job_id=queued))
         assert cancelled.error.code == ""
+        while (message := await watch.read()) is not grpc.aio.EOF:
+            last = message.status
+        assert last == job_pb2.JOB_STATUS_CANCELLED
         again = await submission.CancelJob(pb.CancelJobRequest(token=root, job_id=queued))
         assert again.error.code == "FAILED_PRECONDITION"
         await jobs.ListJobs(jobs_pb2.ListJobsRequest(token=root, owner_name="*"))
@@ -125,15 +131,17 @@ async def test_an_admins_reads_and_cancels_of_anothers_jobs_and_downloads_are_au
         ("job.status", "root", "ok", ""),
         ("job.result", "root", "ok", ""),
         ("job.set_tags", "root", "ok", ""),
+        ("job.watch", "root", "ok", ""),
         ("job.cancel", "root", "ok", ""),
         ("job.cancel", "root", "refused", "FAILED_PRECONDITION"),
         ("jobs.list", "root", "ok", ""),
     ]
     logged = entries(audit_log)
-    assert [e["job_id"] for e in logged[:7]] == [done, done, done, done, done, queued, queued]
+    assert [e["job_id"] for e in logged[:8]] == [done, done, done, done, done,
+                                                 queued, queued, queued]
     for entry in logged[2:]:
         assert (entry["actor_fingerprint"], entry["actor_role"]) == (fingerprint(root), "admin")
-    for entry in logged[2:7]:
+    for entry in logged[2:8]:
         assert (entry["owner_name"], entry["owner_fingerprint"]) == ("alice", fingerprint(alice))
     assert logged[0]["address"] == "127.0.0.1"
     text = audit_log.read_text()
