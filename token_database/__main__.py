@@ -3,6 +3,9 @@
     python -m token_database serve  --sqlite tokens.sqlite3 [--host 127.0.0.1] [--port 8084]
     python -m token_database serve  --dynamodb-table mqc3-tokens [--region R] [--endpoint URL]
     python -m token_database create --sqlite tokens.sqlite3 --name alice --role developer
+
+Either writes its audit stream (docs/audit.md) to stderr, or to ``--audit-log FILE``
+(default: ``$SCHEDULER_AUDIT_LOG``).
 """
 
 from __future__ import annotations
