@@ -40,15 +40,6 @@ from tests.helpers import UPLOAD_HEADERS, TokenDatabase, standalone_token, submi
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def audit_log(tmp_path: Path) -> Iterator[Path]:
-    """This process's audit stream, sent to a file for the test."""
-    path = tmp_path / "audit.jsonl"
-    audit.configure_audit(path)
-    yield path
-    audit.configure_audit(None)
-
-
 def entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
