@@ -238,3 +238,19 @@ def test_token_changes_through_the_command_line_are_audited(tmp_path: Path) -> N
     assert all(e["actor_name"] and e["address"] == "local" for e in logged)
     assert token not in audit_path.read_text()
     assert logging.getLogger(audit.LOGGER_NAME).propagate is False
+
+
+def test_a_token_made_by_the_token_databases_own_command_line_is_audited(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.jsonl"
+    made = subprocess.run(
+        [sys.executable, "-m", "token_database", "create", "--sqlite",
+         str(tmp_path / "tokens.sqlite3"), "--name", "carol", "--role", "admin",
+         "--audit-log", str(audit_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    token = made.stdout.strip()
+    logged = entries(audit_path)
+    assert [(e["action"], e["actor_role"], e["result"]) for e in logged] == [
+        ("token.create", "operator", "ok")]
+    assert (logged[0]["token_fingerprint"], logged[0]["token_role"]) == (fingerprint(token),
+                                                                          "admin")
+    assert token not in audit_path.read_text() + made.stderr
