@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -86,12 +86,15 @@ def _tokens_main(argv: Sequence[str]) -> int:
     renew = commands.add_parser("renew", help="change a token's expiry or role")
     renew.add_argument("token", help=f"the token, or {FINGERPRINT_PREFIX}<fingerprint> as listed")
     renew.add_argument("--role", default="", choices=[r.value for r in Role])
-    renew.add_argument("--expires-in-days", type=float, default=None,
-                       help="days from now until it expires (default: keep its expiry)")
-    renew.add_argument("--never-expires", action="store_true")
+    expiry = renew.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in-days", type=float, default=None,
+                        help="days from now until it expires (default: keep its expiry)")
+    expiry.add_argument("--never-expires", action="store_true")
     args = parser.parse_args(list(argv))
     if args.command == "create" and (problem := name_problem(args.name.strip())) is not None:
         parser.error(f"--name: {problem}")
+    if args.command == "renew" and args.expires_in_days is not None and args.expires_in_days <= 0:
+        parser.error("--expires-in-days: a number of days above 0 (or --never-expires)")
     try:
         audit.configure_audit(audit_log(os.environ))
     except (ConfigError, OSError) as exc:
@@ -120,6 +123,12 @@ def _tokens_command(args: argparse.Namespace, store: SqliteTokenStore) -> int:
             print(f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
                   f"\texpires {expiry}")
         return 0
+    return _change_token(args, store, operator, expires_at)
+
+
+def _change_token(args: argparse.Namespace, store: SqliteTokenStore, operator: audit.Actor,
+                  expires_at: datetime | None) -> int:
+    """``delete`` or ``renew`` one token, named by itself or its listed reference."""
     key = token_key(args.token)
     before = store.get(key)
     if before is None or (args.command == "delete" and not store.delete(key)):
@@ -132,7 +141,7 @@ def _tokens_command(args: argparse.Namespace, store: SqliteTokenStore) -> int:
         print(f"deleted {before.name} {FINGERPRINT_PREFIX}{key}")
         return 0
     after = renewed(before, args.role, expires_at,
-                    keep_expiry=days is None and not args.never_expires)
+                    keep_expiry=expires_at is None and not args.never_expires)
     store.put(after)
     audit_renewed(operator, before, after)
     expiry = after.expires_at.isoformat() if after.expires_at else "never"

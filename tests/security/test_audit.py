@@ -223,7 +223,8 @@ def test_token_changes_through_the_command_line_are_audited(tmp_path: Path) -> N
     reference = f"sha256:{fingerprint(token)}"
     _tokens(data_dir, audit_path, "renew", reference, "--expires-in-days", "7")
     _tokens(data_dir, audit_path, "renew", token, "--role", "developer")
-    _tokens(data_dir, audit_path, "list")
+    listed = _tokens(data_dir, audit_path, "list")
+    assert listed.startswith(f"bob\tdeveloper\t{reference}\texpires 20")  # renewed: 7 days
     _tokens(data_dir, audit_path, "delete", reference)
     _tokens(data_dir, audit_path, "delete", reference)
     logged = entries(audit_path)
