@@ -356,16 +356,16 @@ class JobManager:
     async def cancel(self, principal: Principal, job_id: str) -> JobRecord:
         """Cancel a queued job; a job already handed over cannot be cancelled.
 
-        An admin's cancel of another's job is audited with how it ended (docs/audit.md).
+        An admin's cancel of another's job is audited with how it ended (docs/audit.md):
+        a refusal here, a cancel where it is made, so a caller that hangs up meanwhile
+        cannot leave it out.
         """
         record = await self._visible(principal, job_id, audit_as=None)
         try:
-            cancelled = await self._cancel_visible(principal, record)
+            return await self._cancel_visible(principal, record)
         except SchedulerError as exc:
             audit.cross_user(principal, "job.cancel", record, exc.code)
             raise
-        audit.cross_user(principal, "job.cancel", record)
-        return cancelled
 
     async def _cancel_visible(self, principal: Principal, record: JobRecord) -> JobRecord:
         job_id = record.job_id
@@ -443,6 +443,7 @@ class JobManager:
             status = stored.status.value if stored else "missing"
             raise SchedulerError("job_not_cancellable", job_id=job.job_id, status=status)
         self._ended(cancelled)
+        audit.cross_user(principal, "job.cancel", cancelled)
         return cancelled
 
     # --- hardware nodes ------------------------------------------------------------
