@@ -157,6 +157,7 @@ def test_the_audit_stream_takes_no_part_in_the_services_log(
     # Every entry in the audit stream, whatever the log's level; none in the log.
     assert [e["job_id"] for e in entries(audit_log)] == [str(i) for i in range(50)]
     assert audit.LOGGER_NAME not in capsys.readouterr().err
+    assert audit_log.stat().st_mode & 0o777 == 0o600  # the operator's to read
 
 
 # --- the token database: its own process, and the command line ----------------------------
