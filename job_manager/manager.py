@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from backend_manager import BackendTable, ServiceStatus
+from common import audit
 from common.clock import Clock
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -310,9 +311,10 @@ class JobManager:
             await self._forget_input(job_id)
         return stored is not None
 
-    async def status(self, principal: Principal, job_id: str) -> JobRecord:
-        """The job as its owner (or an admin) may see it."""
-        return await self._visible(principal, job_id)
+    async def status(self, principal: Principal, job_id: str,
+                     audit_as: str | None = "job.status") -> JobRecord:
+        """The job as its owner (or an admin) may see it; ``audit_as``: see ``_visible``."""
+        return await self._visible(principal, job_id, audit_as)
 
     def knows_final(self, job_id: str) -> bool:
         """Whether memory holds the job's final status (which never changes)."""
@@ -344,7 +346,7 @@ class JobManager:
 
     async def result(self, principal: Principal, job_id: str) -> tuple[JobRecord, SignedUrl | None]:
         """The finished job and, when it completed, a short-lived download URL."""
-        record = await self._visible(principal, job_id)
+        record = await self._visible(principal, job_id, "job.result")
         if not record.status.is_final:
             raise SchedulerError("result_not_ready", job_id=job_id, status=record.status.value)
         if record.status is not JobStatus.COMPLETED:
@@ -352,12 +354,25 @@ class JobManager:
         return record, self._payloads.download_url(job_id, DOWNLOAD_URL_LIFETIME)
 
     async def cancel(self, principal: Principal, job_id: str) -> JobRecord:
-        """Cancel a queued job; a job already handed over cannot be cancelled."""
-        record = await self._visible(principal, job_id)
+        """Cancel a queued job; a job already handed over cannot be cancelled.
+
+        An admin's cancel of another's job is audited with how it ended (docs/audit.md):
+        a refusal here, a cancel where it is made, so a caller that hangs up meanwhile
+        cannot leave it out.
+        """
+        record = await self._visible(principal, job_id, audit_as=None)
+        try:
+            return await self._cancel_visible(principal, record)
+        except SchedulerError as exc:
+            audit.cross_user(principal, "job.cancel", record, exc.code)
+            raise
+
+    async def _cancel_visible(self, principal: Principal, record: JobRecord) -> JobRecord:
+        job_id = record.job_id
         while (moving := self._moving.get(job_id)) is not None:
             # Being handed over or cancelled by another call: answer what that leads to.
             await asyncio.shield(moving)
-            record = await self._visible(principal, job_id)
+            record = await self._visible(principal, job_id, audit_as=None)
         claimed = self.ledger.claim(record)
         if claimed is None:
             # Not in a queue, and no change under way: its status says why.
@@ -372,10 +387,10 @@ class JobManager:
         elsewhere (the store's compare-and-set fails) is read again and tagged anew.
         """
         for _ in range(TAG_ATTEMPTS):
-            record = await self._visible(principal, job_id)
+            record = await self._visible(principal, job_id, audit_as=None)  # the caller audits
             while (moving := self._moving.get(job_id)) is not None:
                 await asyncio.shield(moving)
-                record = await self._visible(principal, job_id)
+                record = await self._visible(principal, job_id, audit_as=None)
             tagged = replace(record, tags=tags)
             self.ledger.retag(job_id, tags)
             try:
@@ -414,7 +429,8 @@ class JobManager:
             job.record,
             status=JobStatus.CANCELLED,
             finished_at=self._clock.now(),
-            status_detail=f"cancelled by {principal.name}",
+            status_detail=f"cancelled by {principal.log_name}",
+            cancelled_by=principal.fingerprint,
         )
         try:
             changed = await self._store.transition(cancelled, JobStatus.QUEUED, self._fence)
@@ -427,6 +443,7 @@ class JobManager:
             status = stored.status.value if stored else "missing"
             raise SchedulerError("job_not_cancellable", job_id=job.job_id, status=status)
         self._ended(cancelled)
+        audit.cross_user(principal, "job.cancel", cancelled)
         return cancelled
 
     # --- hardware nodes ------------------------------------------------------------
@@ -842,16 +859,23 @@ class JobManager:
                 description=status.description,
             )
 
-    async def _visible(self, principal: Principal, job_id: str) -> JobRecord:
+    async def _visible(self, principal: Principal, job_id: str,
+                       audit_as: str | None) -> JobRecord:
+        """The job if ``principal`` may see it; an admin's read of another's job is audited
+        as ``audit_as`` (None: the caller audits what it does with it)."""
         remembered = self._remembered(job_id)
         if remembered is not None and principal.may_see(remembered):
-            return remembered
-        # Someone else's job known from memory still costs the store read a job that
-        # does not exist costs, so the answer cannot tell the two apart by its timing.
-        record = await self._find(job_id) if remembered is None else await self._jobs_get(job_id)
-        if record is not None and principal.may_see(record):
-            return record
-        raise SchedulerError("job_not_found", job_id=job_id)
+            record: JobRecord | None = remembered
+        else:
+            # Someone else's job known from memory still costs the store read a job that
+            # does not exist costs, so the answer cannot tell the two apart by its timing.
+            record = (await self._find(job_id) if remembered is None
+                      else await self._jobs_get(job_id))
+        if record is None or not principal.may_see(record):
+            raise SchedulerError("job_not_found", job_id=job_id)
+        if audit_as is not None:
+            audit.cross_user(principal, audit_as, record)
+        return record
 
     async def _find_for_node(self, job_id: str) -> JobRecord:
         """The job a node names. A node holds only jobs that were handed out, so memory

@@ -86,6 +86,7 @@ class JobRecord:
     result_raw_size_bytes: int = 0
     result_encoded_size_bytes: int = 0
     node_identity: str = ""  # the mTLS identity of the node that took the job, when known
+    cancelled_by: str = ""  # the fingerprint of the token that cancelled the job (docs/audit.md)
     # The owner's labels (job_manager/tags.py), sorted by key; the original's records have none.
     tags: tuple[tuple[str, str], ...] = ()
     # Times the job was queued again after its node vanished (SCHEDULER_MAX_REQUEUES).

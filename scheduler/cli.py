@@ -9,11 +9,12 @@ import logging
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
 from backend_manager import BackendConfigError
+from common import audit
 from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
@@ -21,11 +22,17 @@ from job_manager.stores import StoreError
 from job_manager.stores.dynamodb_job_store import OWNER_INDEX
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
-from scheduler.config import AwsConfig, Config, ConfigError, load_config
+from scheduler.config import AwsConfig, Config, ConfigError, audit_log, load_config
 from scheduler.jobs_cli import jobs_main
 from scheduler.standalone import token_store_path
-from token_database.service import create_token, name_problem
-from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore
+from token_database.service import (
+    audit_created,
+    audit_renewed,
+    create_token,
+    name_problem,
+    renewed,
+)
+from token_database.store import FINGERPRINT_PREFIX, SqliteTokenStore, token_key
 
 log = logging.getLogger("scheduler")
 
@@ -73,28 +80,72 @@ def _tokens_main(argv: Sequence[str]) -> int:
         help="days until the token expires (default: never)",
     )
     commands.add_parser("list", help="list tokens by name, role and fingerprint")
+    delete = commands.add_parser(
+        "delete", help="delete a token (a scheduler stops taking it within its token cache's TTL)")
+    delete.add_argument("token", help=f"the token, or {FINGERPRINT_PREFIX}<fingerprint> as listed")
+    renew = commands.add_parser("renew", help="change a token's expiry or role")
+    renew.add_argument("token", help=f"the token, or {FINGERPRINT_PREFIX}<fingerprint> as listed")
+    renew.add_argument("--role", default="", choices=[r.value for r in Role])
+    expiry = renew.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in-days", type=float, default=None,
+                        help="days from now until it expires (default: keep its expiry)")
+    expiry.add_argument("--never-expires", action="store_true")
     args = parser.parse_args(list(argv))
     if args.command == "create" and (problem := name_problem(args.name.strip())) is not None:
         parser.error(f"--name: {problem}")
+    if args.command == "renew" and args.expires_in_days is not None and args.expires_in_days <= 0:
+        parser.error("--expires-in-days: a number of days above 0 (or --never-expires)")
+    try:
+        audit.configure_audit(audit_log(os.environ))
+    except (ConfigError, OSError) as exc:
+        parser.error(str(exc))
     args.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteTokenStore(token_store_path(args.data_dir))
     try:
-        if args.command == "create":
-            clock = SystemClock()
-            expires_at = (
-                clock.now() + timedelta(days=args.expires_in_days) if args.expires_in_days else None
-            )
-            token, _ = create_token(store, clock, args.name.strip(), args.role, expires_at)
-            print(token)
-        else:
-            for record in store.list():
-                expiry = record.expires_at.isoformat() if record.expires_at else "never"
-                print(
-                    f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
-                    f"\texpires {expiry}"
-                )
+        return _tokens_command(args, store)
     finally:
         store.close()
+
+
+def _tokens_command(args: argparse.Namespace, store: SqliteTokenStore) -> int:
+    clock = SystemClock()
+    days = getattr(args, "expires_in_days", None)  # create's and renew's
+    expires_at = clock.now() + timedelta(days=days) if days else None
+    operator = audit.Actor.local_account()
+    if args.command == "create":
+        token, record = create_token(store, clock, args.name.strip(), args.role, expires_at)
+        audit_created(operator, record)
+        print(token)
+        return 0
+    if args.command == "list":
+        for record in store.list():
+            expiry = record.expires_at.isoformat() if record.expires_at else "never"
+            print(f"{record.name}\t{record.role}\t{FINGERPRINT_PREFIX}{record.fingerprint}"
+                  f"\texpires {expiry}")
+        return 0
+    return _change_token(args, store, operator, expires_at)
+
+
+def _change_token(args: argparse.Namespace, store: SqliteTokenStore, operator: audit.Actor,
+                  expires_at: datetime | None) -> int:
+    """``delete`` or ``renew`` one token, named by itself or its listed reference."""
+    key = token_key(args.token)
+    before = store.get(key)
+    if before is None or (args.command == "delete" and not store.delete(key)):
+        audit.record(operator, f"token.{args.command}", result=audit.REFUSED, code="NOT_FOUND",
+                     token_fingerprint=key)
+        print(f"scheduler.py tokens {args.command}: no such token", file=sys.stderr)
+        return 1
+    if args.command == "delete":
+        audit.record(operator, "token.delete", token_fingerprint=key, token_name=before.name)
+        print(f"deleted {before.name} {FINGERPRINT_PREFIX}{key}")
+        return 0
+    after = renewed(before, args.role, expires_at,
+                    keep_expiry=expires_at is None and not args.never_expires)
+    store.put(after)
+    audit_renewed(operator, before, after)
+    expiry = after.expires_at.isoformat() if after.expires_at else "never"
+    print(f"{after.name}\t{after.role}\texpires {expiry}")
     return 0
 
 
@@ -161,6 +212,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"scheduler: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    try:
+        audit.configure_audit(config.audit_log)
+    except OSError as exc:
+        print(f"scheduler: {audit.DESTINATION_VARIABLE}: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(serve(config))
     except (ConfigError, BackendConfigError) as exc:

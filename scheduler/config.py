@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
 
+from common.audit import DESTINATION_VARIABLE as AUDIT_LOG_VARIABLE
 from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
@@ -104,6 +105,7 @@ class Config:
     log_level: str
     log_format: str
     store_unhealthy_after_s: float
+    audit_log: Path | None = None  # the audit stream's file (docs/audit.md); None: stderr
     http_header_timeout_s: float = 10.0
     max_result_bytes: int = 1024 * MB
     retention: Retention = field(default_factory=Retention)
@@ -367,6 +369,21 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
+# --- the audit stream (common/audit.py, docs/audit.md) ---------------------------------
+
+def audit_log(env: Mapping[str, str]) -> Path | None:
+    """The file SCHEDULER_AUDIT_LOG names for the audit stream, or None for stderr."""
+    text = env.get(AUDIT_LOG_VARIABLE, "").strip()
+    if not text:
+        return None
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise ConfigError(f"{AUDIT_LOG_VARIABLE}={text!r}: its directory does not exist")
+    if path.is_dir():
+        raise ConfigError(f"{AUDIT_LOG_VARIABLE}={text!r}: is a directory; name a file")
+    return path
+
+
 def _check_port(flag: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{flag} {port}: a port is between 0 and 65535")
@@ -441,6 +458,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         log_level=_log_level(env),
         log_format=args.log_format,
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
+        audit_log=audit_log(env),
         http_header_timeout_s=_positive_float(env, "SCHEDULER_HTTP_HEADER_TIMEOUT_S", 10.0),
         max_result_bytes=_positive_int(env, "SCHEDULER_MAX_RESULT_BYTES", 1024 * MB),
         retention=Retention(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from common import audit
 from job_manager.stores.local_payload_store import KEPT_HEADERS, RESULTS_PATH, LocalPayloadStore
 
 _RESULT_NAME = re.compile(r"^[0-9a-f-]{36}\.out\.proto\.gz$")
@@ -96,6 +97,26 @@ async def _put_result(request: web.Request) -> web.Response:
 
 
 async def _get_result(request: web.Request) -> web.Response:
+    """A result, through its signed URL; every download of a job's result is audited
+    (docs/audit.md) with its answer and the requester's address, never the signature."""
+    name = request.match_info["name"]
+    try:
+        response = await _result(request)
+    except web.HTTPException as exc:
+        if _RESULT_NAME.match(name):
+            _audit_download(request, name, str(exc.status))
+        raise
+    _audit_download(request, name)
+    return response
+
+
+def _audit_download(request: web.Request, name: str, refused_with: str = "") -> None:
+    who = audit.Actor(name="signed URL", role="", address=request.remote or "")
+    audit.record(who, "result.download", result=audit.REFUSED if refused_with else audit.OK,
+                 code=refused_with, job_id=name.split(".", 1)[0])
+
+
+async def _result(request: web.Request) -> web.Response:
     name = _authorized(request)
     stored = await request.app[PAYLOADS_KEY].load_result(name)
     if stored is None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from google.protobuf.message import DecodeError
 
+from common import audit
 from common.clock import Clock
 from common.identity import Principal, Role
 from job_manager import listing
@@ -53,6 +54,9 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         principal = await self._auth.resolve(request.token)
         query = self._query(request, principal)
         page, cursor = await listing.list_page(manager.jobs, query)
+        if query.owner_fingerprint is None:
+            audit.record(audit.Actor.of(principal), "jobs.list", owner_name=request.owner_name,
+                         jobs=len(page))
         admin = principal.role is Role.ADMIN
         return pb.ListJobsResponse(
             jobs=[summary(record, manager, admin) for record in page],
@@ -95,6 +99,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         principal = await self._auth.resolve(request.token)
         tags = checked_tags([(tag.key, tag.value) for tag in request.tags])
         record = await manager.set_tags(principal, request.job_id, tags)
+        audit.cross_user(principal, "job.set_tags", record)
         return pb.SetJobTagsResponse(tags=_tags(record))
 
     @in_band(pb.GetUsageResponse, leader=True)
@@ -109,6 +114,9 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         else:
             owner = _owner_scope(principal, request.owner_name)
         totals = await listing.usage(manager.jobs, owner, since, until, n_shots)
+        if owner is None:
+            audit.record(audit.Actor.of(principal), "jobs.usage",
+                         owner_name=ALL_OWNERS if request.all_users else request.owner_name)
         if request.owner_name:
             totals = {fp: t for fp, t in totals.items() if t.owner_name == request.owner_name}
         elif not request.all_users and principal.fingerprint not in totals:

@@ -90,7 +90,9 @@ class Watches:
         last: tuple[int, str] | None = None
         while True:
             manager = edge.replicas.manager
-            record = await manager.status(principal, job_id)
+            # An admin watching another's job is audited once, not at every poll.
+            record = await manager.status(principal, job_id,
+                                          audit_as="job.watch" if last is None else None)
             now = (convert.JOB_STATUS[record.status], manager.status_detail(record))
             if now != last:
                 last = now

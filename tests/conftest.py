@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
+from common import audit
 from scheduler.app import Scheduler
 from tests.helpers import (
     TEST_BACKENDS_TOML,
@@ -37,6 +38,15 @@ def moto_endpoint() -> Iterator[str]:
 def aws_names(moto_endpoint: str) -> AwsNames:
     """Fresh AWS resources for one test."""
     return create_aws_resources(moto_endpoint, uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+def audit_log(tmp_path: Path) -> Iterator[Path]:
+    """This process's audit stream (common/audit.py), sent to a file for the test."""
+    path = tmp_path / "audit.jsonl"
+    audit.configure_audit(path)
+    yield path
+    audit.configure_audit(None)
 
 
 @pytest.fixture

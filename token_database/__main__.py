@@ -3,6 +3,9 @@
     python -m token_database serve  --sqlite tokens.sqlite3 [--host 127.0.0.1] [--port 8084]
     python -m token_database serve  --dynamodb-table mqc3-tokens [--region R] [--endpoint URL]
     python -m token_database create --sqlite tokens.sqlite3 --name alice --role developer
+
+Either writes its audit stream (docs/audit.md) to stderr, or to ``--audit-log FILE``
+(default: ``$SCHEDULER_AUDIT_LOG``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,12 +23,13 @@ from pathlib import Path
 import boto3
 import grpc
 
+from common import audit
 from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from token_database.dynamodb_store import DynamoDbTokenStore
-from token_database.service import TokenDatabaseService, create_token
+from token_database.service import TokenDatabaseService, audit_created, create_token
 from token_database.store import SqliteTokenStore, TokenStore
 
 log = logging.getLogger("token_database")
@@ -66,8 +71,16 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--name")
     parser.add_argument("--role", choices=[r.value for r in Role])
     parser.add_argument("--expires-in-days", type=float, default=None)
+    parser.add_argument("--audit-log", type=Path,
+                        default=os.environ.get(audit.DESTINATION_VARIABLE) or None,
+                        help=f"append the audit stream to this file (default: "
+                             f"${audit.DESTINATION_VARIABLE}, else stderr; docs/audit.md)")
     args = parser.parse_args(list(argv))
     configure_logging("INFO", "text")
+    try:
+        audit.configure_audit(args.audit_log)
+    except OSError as exc:
+        parser.error(f"--audit-log: {exc}")
     store = _store(args)
     if args.command == "create":
         if not args.name or not args.role:
@@ -75,7 +88,9 @@ def main(argv: Sequence[str]) -> int:
         clock = SystemClock()
         expires_at = (clock.now() + timedelta(days=args.expires_in_days)
                       if args.expires_in_days else None)
-        print(create_token(store, clock, args.name, args.role, expires_at)[0])
+        token, record = create_token(store, clock, args.name, args.role, expires_at)
+        audit_created(audit.Actor.local_account(), record)
+        print(token)
         return 0
     asyncio.run(_serve(store, args.host, args.port))
     return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common import audit
 from common.clock import Clock
 from common.identity import Role, fingerprint
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
@@ -50,6 +52,38 @@ def _expiry(stamp: Timestamp, has: bool) -> datetime | None:
     return stamp.ToDatetime(tzinfo=UTC) if has and stamp.seconds > 0 else None
 
 
+def _operator(context: grpc.aio.ServicerContext) -> audit.Actor:
+    """Who calls a token database: an operator's tool (with the admin credential where one
+    is required, token_database/credential.py), known by its address."""
+    return audit.Actor(name="operator", role="operator", address=context.peer() or "")
+
+
+def audit_created(actor: audit.Actor, record: TokenRecord) -> None:
+    """The audit entry of a token made (the service's CreateToken, the command lines)."""
+    audit.record(actor, "token.create", token_fingerprint=record.fingerprint,
+                 token_name=record.name, token_role=record.role,
+                 expires_at=_expiry_text(record.expires_at))
+
+
+def audit_renewed(actor: audit.Actor, before: TokenRecord, after: TokenRecord) -> None:
+    """The audit entry of a token renewed; a changed role is its own action."""
+    action = "token.role_change" if after.role != before.role else "token.renew"
+    audit.record(actor, action, token_fingerprint=after.fingerprint, token_name=after.name,
+                 token_role=after.role, previous_role=before.role,
+                 expires_at=_expiry_text(after.expires_at))
+
+
+def _expiry_text(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else "never"
+
+
+def renewed(record: TokenRecord, role: str, expires_at: datetime | None,
+            keep_expiry: bool) -> TokenRecord:
+    """The record with a new role ("" keeps it) and expiry (None: never expires)."""
+    return replace(record, role=role or record.role,
+                   expires_at=record.expires_at if keep_expiry else expires_at)
+
+
 def _info(record: TokenRecord, token: str) -> pb.TokenInfo:
     return pb.TokenInfo(
         token=token,
@@ -74,6 +108,8 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
         if problem is None and request.role not in ROLES:
             problem = f"role must be one of {', '.join(ROLES)}"
         if problem is not None:
+            audit.record(_operator(context), "token.create", result=audit.REFUSED,
+                         code="INVALID_ARGUMENT", token_name=request.name[:MAX_NAME_CHARS])
             return pb.CreateTokenResponse(status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
                                           detail=problem)
         token, record = await asyncio.to_thread(
@@ -84,6 +120,7 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
             request.role,
             _expiry(request.expires_at, request.HasField("expires_at")),
         )
+        audit_created(_operator(context), record)
         return pb.CreateTokenResponse(
             status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(record, token)
         )
@@ -105,8 +142,12 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
     async def DeleteToken(
         self, request: pb.DeleteTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteTokenResponse:
-        if await asyncio.to_thread(self._store.delete, token_key(request.token)):
+        key = token_key(request.token)
+        if await asyncio.to_thread(self._store.delete, key):
+            audit.record(_operator(context), "token.delete", token_fingerprint=key)
             return pb.DeleteTokenResponse(status=pb.DATABASE_OPERATION_STATUS_OK)
+        audit.record(_operator(context), "token.delete", result=audit.REFUSED, code="NOT_FOUND",
+                     token_fingerprint=key)
         return pb.DeleteTokenResponse(
             status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
         )
@@ -114,28 +155,28 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
     async def RenewToken(
         self, request: pb.RenewTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.RenewTokenResponse:
-        record = await asyncio.to_thread(self._store.get, token_key(request.token))
+        key = token_key(request.token)
+        record = await asyncio.to_thread(self._store.get, key)
         if record is None:
+            audit.record(_operator(context), "token.renew", result=audit.REFUSED,
+                         code="NOT_FOUND", token_fingerprint=key)
             return pb.RenewTokenResponse(
                 status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
             )
         if request.role and request.role not in ROLES:
+            audit.record(_operator(context), "token.renew", result=audit.REFUSED,
+                         code="INVALID_ARGUMENT", token_fingerprint=key)
             return pb.RenewTokenResponse(
                 status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
                 detail=f"role must be one of {', '.join(ROLES)}",
             )
-        renewed = TokenRecord(
-            fingerprint=record.fingerprint,
-            name=record.name,
-            role=request.role or record.role,
-            created_at=record.created_at,
-            # Unset keeps the expiry; a set value of 0 seconds means "never expires".
-            expires_at=(_expiry(request.expires_at, True) if request.HasField("expires_at")
-                        else record.expires_at),
-        )
-        await asyncio.to_thread(self._store.put, renewed)
+        # Unset keeps the expiry; a set value of 0 seconds means "never expires".
+        after = renewed(record, request.role, _expiry(request.expires_at, True),
+                        keep_expiry=not request.HasField("expires_at"))
+        await asyncio.to_thread(self._store.put, after)
+        audit_renewed(_operator(context), record, after)
         return pb.RenewTokenResponse(
-            status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(renewed, request.token)
+            status=pb.DATABASE_OPERATION_STATUS_OK, token_info=_info(after, request.token)
         )
 
     async def GetTokenInfoList(

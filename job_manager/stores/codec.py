@@ -45,6 +45,7 @@ def encode(record: JobRecord) -> Row:
         "physical_lab_version",
         "simulator_version",
         "node_identity",
+        "cancelled_by",
     ):
         text = getattr(record, name)
         if text:
@@ -103,6 +104,7 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         result_raw_size_bytes=int(row.get("result_raw_size_bytes", 0)),
         result_encoded_size_bytes=int(row.get("result_encoded_size_bytes", 0)),
         node_identity=str(row.get("node_identity", "")),
+        cancelled_by=str(row.get("cancelled_by", "")),
         tags=_tags(row.get("tags")),
         requeues=int(row.get("requeues", 0)),
         submitted_at=required_time("submitted_at"),

@@ -76,6 +76,7 @@ def full_record() -> JobRecord:
         result_raw_size_bytes=4096,
         result_encoded_size_bytes=1024,
         node_identity="lab node 1",
+        cancelled_by="c" * 64,
         tags=(("experiment", "bell pair #3"), ("team", "optics")),
         requeues=2,
     )

@@ -155,7 +155,8 @@ def _dynamodb_items(names: AwsNames) -> list[str]:
 
 async def test_no_log_record_and_no_stored_job_holds_a_token(
         mode: str, tmp_path: Path, request: pytest.FixtureRequest,
-        token_database: TokenDatabase, caplog: pytest.LogCaptureFixture) -> None:
+        token_database: TokenDatabase, caplog: pytest.LogCaptureFixture,
+        audit_log: Path) -> None:
     _everything_at_debug(caplog)
     unknown = "mqc3_" + secrets.token_urlsafe(32)
     # Started inside the test body, so start-up and shut-down logs are captured too.
@@ -180,6 +181,11 @@ async def test_no_log_record_and_no_stored_job_holds_a_token(
         assert not leaked, f"{leaked} in a {record.levelname} record of {record.name}: {message}"
     # Logs still say who did what: name and a short fingerprint.
     assert f"alice#{fingerprint(alice)[:8]}" in caplog.text
+    # The audit stream names tokens by their whole fingerprint (docs/audit.md), never
+    # by the token; it holds the admin's read of alice's job.
+    audited = audit_log.read_text()
+    assert f'"owner_fingerprint": "{fingerprint(alice)}"' in audited
+    assert _leaks(audited, _tokens(tokens)) == []
 
     if running.data_dir is not None:
         for path, content in raw_files.items():

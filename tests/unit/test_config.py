@@ -81,6 +81,8 @@ def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
         (["--local", "--execution-secret-parameter", "/x"], {}, "--execution-secret-parameter"),
         (["--local", "--public-url", "ftp://x"], {}, "--public-url"),
         (AWS_FLAGS, {"SCHEDULER_LOG_LEVEL": "chatty"}, "SCHEDULER_LOG_LEVEL"),
+        (AWS_FLAGS, {"SCHEDULER_AUDIT_LOG": "/nonexistent-dir/audit.jsonl"},
+         "SCHEDULER_AUDIT_LOG"),
     ],
 )
 def test_a_bad_setting_is_named(argv: list[str], env: dict[str, str], named: str) -> None:

@@ -68,13 +68,16 @@ async def test_a_submission_is_stored_as_it_was_made(h: Harness) -> None:
     assert stored.submitted_at == stored.queued_at == h.clock.now()
 
 
-async def test_a_cancelled_job_is_stored_with_who_cancelled_it_and_when(h: Harness) -> None:
+@pytest.mark.parametrize("who", [ALICE, ROOT], ids=["owner", "admin"])
+async def test_a_cancelled_job_is_stored_with_who_cancelled_it_and_when(
+        h: Harness, who: Principal) -> None:
     job = await h.submit()
     h.clock.advance(7)
-    await h.manager.cancel(ALICE, job)
+    await h.manager.cancel(who, job)
     stored = await h.stored(job)
-    assert (stored.status, stored.status_detail, stored.finished_at) == (
-        JobStatus.CANCELLED, "cancelled by alice", h.clock.now())
+    assert (stored.status, stored.finished_at) == (JobStatus.CANCELLED, h.clock.now())
+    assert stored.cancelled_by == who.fingerprint
+    assert stored.status_detail == f"cancelled by {who.name}#{who.fingerprint[:8]}"
 
 
 async def test_a_job_is_timed_out_at_its_deadline_exactly(h: Harness) -> None:
