@@ -40,6 +40,7 @@ from job_manager.stores import (
     KeyTaken,
     ObjectTags,
     PayloadStore,
+    RecordTooNew,
     RecordUnreadable,
     SignedUrl,
     StoreError,
@@ -379,7 +380,7 @@ class JobManager:
             tagged = replace(record, tags=tags)
             self.ledger.retag(job_id, tags)
             try:
-                stored = await self._store.transition(tagged, record.status, self._fence)
+                stored = await self._store.transition(record, tagged, self._fence)
             except StoreError as exc:
                 self.ledger.retag(job_id, record.tags)
                 raise _store_failed(f"tags of job {job_id} could not be stored", exc) from None
@@ -417,7 +418,7 @@ class JobManager:
             status_detail=f"cancelled by {principal.name}",
         )
         try:
-            changed = await self._store.transition(cancelled, JobStatus.QUEUED, self._fence)
+            changed = await self._store.transition(job.record, cancelled, self._fence)
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not cancelled", exc) from None
@@ -478,7 +479,7 @@ class JobManager:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
                           node_identity=node)
         try:
-            changed = await self._store.transition(running, JobStatus.QUEUED, self._fence)
+            changed = await self._store.transition(job.record, running, self._fence)
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
@@ -576,7 +577,7 @@ class JobManager:
             return  # reported or timed out meanwhile: the node did have it
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
-            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, queued, self._fence)
         except StoreError as exc:
             # It stays RUNNING and watched, and ends TIMEOUT as any silent node's job.
             log.error("job %s whose node never received it could not be queued again: %s",
@@ -633,11 +634,11 @@ class JobManager:
             result_raw_size_bytes=report.raw_size_bytes,
             result_encoded_size_bytes=report.encoded_size_bytes,
         )
-        return await asyncio.shield(self._finish(finished))
+        return await asyncio.shield(self._finish(record, finished))
 
-    async def _finish(self, finished: JobRecord) -> JobRecord:
+    async def _finish(self, running: JobRecord, finished: JobRecord) -> JobRecord:
         try:
-            changed = await self._store.transition(finished, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, finished, self._fence)
         except StoreError as exc:
             raise _store_failed(f"report for job {finished.job_id} not recorded", exc) from None
         if not changed:
@@ -690,7 +691,7 @@ class JobManager:
             ),
         )
         try:
-            await asyncio.shield(self._finish(timed_out))
+            await asyncio.shield(self._finish(record, timed_out))
         except SchedulerError as exc:
             if exc.key != "report_conflict":
                 raise
@@ -704,7 +705,7 @@ class JobManager:
                          status_detail=f"queued again: {why} "
                                        f"({running.requeues + 1} of {self._max_requeues})")
         try:
-            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, queued, self._fence)
         except StoreError as exc:
             # Still RUNNING in the store; watched again, it ends TIMEOUT or is tried again.
             log.error("job %s whose node vanished could not be queued again: %s",
@@ -750,7 +751,8 @@ class JobManager:
     async def recover(self) -> None:
         """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
         async for record in self._store.list_by_status(JobStatus.RUNNING):
-            self.ledger.admit_running(record)
+            if _changeable(record):
+                self.ledger.admit_running(record)
         # Queued without their programs, read later (prefetch_programs, or at the
         # hand-over), and all at once: a restart serves at once, whatever the number.
         found = []
@@ -768,6 +770,8 @@ class JobManager:
 
     async def _queueable(self, record: JobRecord) -> bool:
         """Whether a stored QUEUED job has a queue here; one whose backend is gone FAILS."""
+        if not _changeable(record):
+            return False
         if self.ledger.queue(record.backend) is not None:
             return True
         await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
@@ -779,7 +783,7 @@ class JobManager:
         failed = replace(
             record, status=JobStatus.FAILED, status_detail=why, finished_at=self._clock.now()
         )
-        if not await self._store.transition(failed, JobStatus.QUEUED, self._fence):
+        if not await self._store.transition(record, failed, self._fence):
             return None
         log.warning("job %s FAILED: %s", record.job_id, why)
         return failed
@@ -921,8 +925,22 @@ def _store_failed(what: str, exc: StoreError) -> Exception:
     """
     if isinstance(exc, Deposed):
         return exc
+    if isinstance(exc, RecordTooNew):  # not a failure: the job is read-only here
+        log.warning("%s: %s", what, exc)
+        return SchedulerError("record_too_new", job_id=exc.job_id,
+                              format_version=exc.format_version)
     log.error("%s: the store failed: %s", what, exc)
     return SchedulerError("store_failed")
+
+
+def _changeable(record: JobRecord) -> bool:
+    """Whether this scheduler may queue or watch a stored job: not one a newer scheduler
+    stored in a newer format, which it leaves to a newer leader (docs/records.md)."""
+    if record.read_only:
+        log.warning("job %s is stored in record format %d, newer than this scheduler's: "
+                    "served read-only, left to a newer scheduler", record.job_id,
+                    record.format_version)
+    return not record.read_only
 
 
 def _check_node(record: JobRecord, node: str) -> None:

@@ -63,11 +63,11 @@ async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) ->
     store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
     job = record()
     await store.create(job, fence_of(a))
-    assert await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    assert await store.transition(job, running(job), fence_of(a))
     stored = await store.get(job.job_id)
     assert stored is not None and stored.status is JobStatus.RUNNING
     # The compare-and-set still holds under the fence: a second hand-over is refused.
-    assert not await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    assert not await store.transition(job, running(job), fence_of(a))
     await store.close()
 
 
@@ -83,7 +83,7 @@ async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -
     assert b.leading and b.epoch == 2
 
     with pytest.raises(Deposed):
-        await store.transition(running(queued), JobStatus.QUEUED, stale)
+        await store.transition(queued, running(queued), stale)
     stored = await store.get(queued.job_id)
     assert stored is not None and stored.status is JobStatus.QUEUED
     other = record()
@@ -93,7 +93,7 @@ async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -
         await store.create(replace(other, idempotency_key="k"), stale)
     assert await store.get(other.job_id) is None
     # The new leader's epoch writes.
-    assert await store.transition(running(queued), JobStatus.QUEUED, fence_of(b))
+    assert await store.transition(queued, running(queued), fence_of(b))
     await store.close()
 
 
