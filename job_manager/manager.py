@@ -360,6 +360,9 @@ class JobManager:
             await asyncio.shield(moving)
             record = await self._visible(principal, job_id)
         claimed = self.ledger.claim(record)
+        if claimed is None and record.read_only:  # a newer scheduler's (docs/records.md)
+            raise SchedulerError("record_too_new", job_id=job_id,
+                                 format_version=record.format_version)
         if claimed is None:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
@@ -480,6 +483,10 @@ class JobManager:
                           node_identity=node)
         try:
             changed = await self._store.transition(job.record, running, self._fence)
+        except RecordTooNew as exc:  # a newer scheduler's now: left to it; the next job goes
+            log.warning("job %s not handed over: %s", job.job_id, exc)
+            self.ledger.left_queue(job)
+            return None
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
@@ -904,7 +911,7 @@ class JobManager:
         """
         stored = await self._jobs_get(job_id)
         self.ledger.forget(job_id)
-        if stored is not None and stored.status is JobStatus.RUNNING:
+        if stored is not None and stored.status is JobStatus.RUNNING and _changeable(stored):
             self.ledger.admit_running(stored)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")

@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import pytest
 
-from job_manager.model import JobStatus
-from job_manager.stores import Deposed, Fence
+from job_manager.model import RECORD_FORMAT, JobStatus
+from job_manager.stores import Deposed, Fence, RecordTooNew
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
 from leadership.lease import Lease, LeaseRecord, LeaseUnreachable
 from tests.contract.test_job_store_contract import record, running
+from tests.contract.test_record_formats import RawDynamoDb, newer_writer
 from tests.helpers import aws_client
 
 
@@ -68,6 +69,22 @@ async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) ->
     assert stored is not None and stored.status is JobStatus.RUNNING
     # The compare-and-set still holds under the fence: a second hand-over is refused.
     assert not await store.transition(job, running(job), fence_of(a))
+    await store.close()
+
+
+async def test_a_fenced_write_of_a_record_a_newer_scheduler_changed_is_refused(
+        moto_endpoint: str, table: str) -> None:
+    a = lease(moto_endpoint, table, "a")
+    await a.step()
+    client = aws_client("dynamodb", moto_endpoint)
+    store, raw = DynamoDbJobStore(client, table), RawDynamoDb(client, table)
+    job = record()
+    await store.create(job, fence_of(a))
+    newer_writer(raw, job.job_id, RECORD_FORMAT + 1)
+    written = raw.read(job.job_id)
+    with pytest.raises(RecordTooNew):
+        await store.transition(job, running(job), fence_of(a))
+    assert raw.read(job.job_id) == written
     await store.close()
 
 

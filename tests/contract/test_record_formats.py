@@ -10,6 +10,7 @@ without ``format_version``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -22,8 +23,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus
-from job_manager.stores import JobStore, RecordTooNew
-from job_manager.stores import codec
+from job_manager.stores import JobStore, RecordTooNew, codec
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
 from job_manager.stores.original_format import ORIGINAL_FORMAT
 from job_manager.stores.sqlite_job_store import SqliteJobStore
@@ -142,7 +142,7 @@ async def test_every_transition_keeps_an_attribute_it_does_not_know(table: OneTa
     taken_again = replace(running(requeued), node_identity="lab node 2", tags=(("a", "b"),))
     done = finished(taken_again)
     path = [queued, taken, requeued, taken_again, done]
-    for before, after in zip(path, path[1:], strict=False):
+    for before, after in itertools.pairwise(path):
         assert await table.store.transition(before, after)
         stored = table.raw.read(queued.job_id)
         assert stored["priority_class"] == "gold", after.status
