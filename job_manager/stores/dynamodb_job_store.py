@@ -379,16 +379,19 @@ class DynamoDbJobStore:
 
     async def export_queued_to_original(self, token_of: Callable[[JobRecord], str],
                                         expiry: timedelta = FINISHED_JOB_RETENTION) -> int:
-        """Write each of this scheduler's QUEUED jobs as the original's record; how many."""
+        """Write each of this scheduler's QUEUED jobs as the original's record; how many.
+
+        A record of a newer format is left as it is (docs/records.md)."""
         exported = 0
         async for record in self.list_by_status(JobStatus.QUEUED):
             original = encode_original(record, token_of(record), record.submitted_at + expiry)
             item = {name: _serializer.serialize(value) for name, value in original.items()}
             if await self._put_if(
                 item,
-                "#status = :queued AND attribute_exists(owner_fingerprint)",
-                {"#status": "status"},
-                {":queued": {"S": JobStatus.QUEUED.value}},
+                "#status = :queued AND attribute_exists(owner_fingerprint) AND "
+                "(attribute_not_exists(#format) OR #format <= :format)",
+                {"#status": "status", "#format": "format_version"},
+                {":queued": {"S": JobStatus.QUEUED.value}, ":format": {"N": str(RECORD_FORMAT)}},
             ):
                 exported += 1
         return exported

@@ -246,3 +246,17 @@ async def test_an_original_record_is_rewritten_whole_in_this_format(table: OneTa
     assert "token" not in stored and "requested_backend" not in stored
     assert stored["format_version"] == RECORD_FORMAT
     assert await table.store.get(queued_id) == replace(taken, format_version=RECORD_FORMAT)
+
+
+@pytest.mark.parametrize("table", ["dynamodb"], indirect=True)
+async def test_the_way_back_leaves_a_record_of_a_newer_format_as_it_is(table: OneTable) -> None:
+    ours, theirs = record(), record()
+    await table.store.create(ours)
+    await table.store.create(theirs)
+    newer_writer(table.raw, theirs.job_id, RECORD_FORMAT + 1)
+    written = table.raw.read(theirs.job_id)
+
+    assert isinstance(table.store, DynamoDbJobStore)
+    assert await table.store.export_queued_to_original(lambda _: "the way back") == 1
+    assert table.raw.read(theirs.job_id) == written
+    assert table.raw.read(ours.job_id)["token"] == "the way back"
