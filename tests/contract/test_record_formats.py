@@ -260,3 +260,16 @@ async def test_the_way_back_leaves_a_record_of_a_newer_format_as_it_is(table: On
     assert await table.store.export_queued_to_original(lambda _: "the way back") == 1
     assert table.raw.read(theirs.job_id) == written
     assert table.raw.read(ours.job_id)["token"] == "the way back"
+
+
+# --- SQLite: a record that is not JSON ----------------------------------------------------
+@pytest.mark.parametrize("table", ["sqlite"], indirect=True)
+async def test_a_transition_of_a_record_that_is_not_json_is_refused_not_failed(
+        table: OneTable, tmp_path: Path) -> None:
+    broken, other = record(), record()
+    await table.store.create(broken)
+    await table.store.create(other)
+    with contextlib.closing(sqlite3.connect(tmp_path / "jobs.sqlite3")) as conn, conn:
+        conn.execute("UPDATE jobs SET record = 'not json' WHERE job_id = ?", (broken.job_id,))
+    assert await table.store.transition(broken, running(broken)) is False
+    assert await table.store.transition(other, running(other))
