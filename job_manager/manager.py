@@ -41,6 +41,7 @@ from job_manager.stores import (
     KeyTaken,
     ObjectTags,
     PayloadStore,
+    RecordTooNew,
     RecordUnreadable,
     SignedUrl,
     StoreError,
@@ -374,6 +375,9 @@ class JobManager:
             await asyncio.shield(moving)
             record = await self._visible(principal, job_id, audit_as=None)
         claimed = self.ledger.claim(record)
+        if claimed is None and record.read_only:  # a newer scheduler's (docs/records.md)
+            raise SchedulerError("record_too_new", job_id=job_id,
+                                 format_version=record.format_version)
         if claimed is None:
             # Not in a queue, and no change under way: its status says why.
             raise SchedulerError("job_not_cancellable", job_id=job_id, status=record.status.value)
@@ -394,7 +398,7 @@ class JobManager:
             tagged = replace(record, tags=tags)
             self.ledger.retag(job_id, tags)
             try:
-                stored = await self._store.transition(tagged, record.status, self._fence)
+                stored = await self._store.transition(record, tagged, self._fence)
             except StoreError as exc:
                 self.ledger.retag(job_id, record.tags)
                 raise _store_failed(f"tags of job {job_id} could not be stored", exc) from None
@@ -433,7 +437,7 @@ class JobManager:
             cancelled_by=principal.fingerprint,
         )
         try:
-            changed = await self._store.transition(cancelled, JobStatus.QUEUED, self._fence)
+            changed = await self._store.transition(job.record, cancelled, self._fence)
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not cancelled", exc) from None
@@ -495,7 +499,11 @@ class JobManager:
         running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=self._clock.now(),
                           node_identity=node)
         try:
-            changed = await self._store.transition(running, JobStatus.QUEUED, self._fence)
+            changed = await self._store.transition(job.record, running, self._fence)
+        except RecordTooNew as exc:  # a newer scheduler's now: left to it; the next job goes
+            log.warning("job %s not handed over: %s", job.job_id, exc)
+            self.ledger.left_queue(job)
+            return None
         except StoreError as exc:
             self.ledger.put_back(job)
             raise _store_failed(f"job {job.job_id} not handed over (it stays queued)",
@@ -593,7 +601,7 @@ class JobManager:
             return  # reported or timed out meanwhile: the node did have it
         queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, node_identity="")
         try:
-            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, queued, self._fence)
         except StoreError as exc:
             # It stays RUNNING and watched, and ends TIMEOUT as any silent node's job.
             log.error("job %s whose node never received it could not be queued again: %s",
@@ -650,11 +658,11 @@ class JobManager:
             result_raw_size_bytes=report.raw_size_bytes,
             result_encoded_size_bytes=report.encoded_size_bytes,
         )
-        return await asyncio.shield(self._finish(finished))
+        return await asyncio.shield(self._finish(record, finished))
 
-    async def _finish(self, finished: JobRecord) -> JobRecord:
+    async def _finish(self, running: JobRecord, finished: JobRecord) -> JobRecord:
         try:
-            changed = await self._store.transition(finished, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, finished, self._fence)
         except StoreError as exc:
             raise _store_failed(f"report for job {finished.job_id} not recorded", exc) from None
         if not changed:
@@ -707,7 +715,7 @@ class JobManager:
             ),
         )
         try:
-            await asyncio.shield(self._finish(timed_out))
+            await asyncio.shield(self._finish(record, timed_out))
         except SchedulerError as exc:
             if exc.key != "report_conflict":
                 raise
@@ -721,7 +729,7 @@ class JobManager:
                          status_detail=f"queued again: {why} "
                                        f"({running.requeues + 1} of {self._max_requeues})")
         try:
-            changed = await self._store.transition(queued, JobStatus.RUNNING, self._fence)
+            changed = await self._store.transition(running, queued, self._fence)
         except StoreError as exc:
             # Still RUNNING in the store; watched again, it ends TIMEOUT or is tried again.
             log.error("job %s whose node vanished could not be queued again: %s",
@@ -767,7 +775,8 @@ class JobManager:
     async def recover(self) -> None:
         """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
         async for record in self._store.list_by_status(JobStatus.RUNNING):
-            self.ledger.admit_running(record)
+            if _changeable(record):
+                self.ledger.admit_running(record)
         # Queued without their programs, read later (prefetch_programs, or at the
         # hand-over), and all at once: a restart serves at once, whatever the number.
         found = []
@@ -785,6 +794,8 @@ class JobManager:
 
     async def _queueable(self, record: JobRecord) -> bool:
         """Whether a stored QUEUED job has a queue here; one whose backend is gone FAILS."""
+        if not _changeable(record):
+            return False
         if self.ledger.queue(record.backend) is not None:
             return True
         await self._fail_unrecoverable(record, f"backend {record.backend} is no longer known")
@@ -796,7 +807,7 @@ class JobManager:
         failed = replace(
             record, status=JobStatus.FAILED, status_detail=why, finished_at=self._clock.now()
         )
-        if not await self._store.transition(failed, JobStatus.QUEUED, self._fence):
+        if not await self._store.transition(record, failed, self._fence):
             return None
         log.warning("job %s FAILED: %s", record.job_id, why)
         return failed
@@ -924,7 +935,7 @@ class JobManager:
         """
         stored = await self._jobs_get(job_id)
         self.ledger.forget(job_id)
-        if stored is not None and stored.status is JobStatus.RUNNING:
+        if stored is not None and stored.status is JobStatus.RUNNING and _changeable(stored):
             self.ledger.admit_running(stored)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")
@@ -945,8 +956,22 @@ def _store_failed(what: str, exc: StoreError) -> Exception:
     """
     if isinstance(exc, Deposed):
         return exc
+    if isinstance(exc, RecordTooNew):  # not a failure: the job is read-only here
+        log.warning("%s: %s", what, exc)
+        return SchedulerError("record_too_new", job_id=exc.job_id,
+                              format_version=exc.format_version)
     log.error("%s: the store failed: %s", what, exc)
     return SchedulerError("store_failed")
+
+
+def _changeable(record: JobRecord) -> bool:
+    """Whether this scheduler may queue or watch a stored job: not one a newer scheduler
+    stored in a newer format, which it leaves to a newer leader (docs/records.md)."""
+    if record.read_only:
+        log.warning("job %s is stored in record format %d, newer than this scheduler's: "
+                    "served read-only, left to a newer scheduler", record.job_id,
+                    record.format_version)
+    return not record.read_only
 
 
 def _check_node(record: JobRecord, node: str) -> None:

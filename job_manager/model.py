@@ -52,6 +52,10 @@ class BackendTimestamps:
 
 NO_BACKEND_TIMESTAMPS = BackendTimestamps()  # immutable, so every record may share it
 
+# The record format this code writes and may change (docs/records.md). The original
+# scheduler's records are format 0; a record of a higher format is read-only here.
+RECORD_FORMAT = 1
+
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
@@ -91,6 +95,13 @@ class JobRecord:
     tags: tuple[tuple[str, str], ...] = ()
     # Times the job was queued again after its node vanished (SCHEDULER_MAX_REQUEUES).
     requeues: int = 0
+    # The format the record was stored in; this code writes RECORD_FORMAT.
+    format_version: int = RECORD_FORMAT
+
+    @property
+    def read_only(self) -> bool:
+        """Stored by a newer scheduler in a format this one may read but never change."""
+        return self.format_version > RECORD_FORMAT
 
     @property
     def owner_label(self) -> str:

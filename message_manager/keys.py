@@ -27,6 +27,7 @@ ErrorKey = Literal[
     "program_missing",
     "queue_full",
     "queue_share_full",
+    "record_too_new",
     "record_unreadable",
     "report_conflict",
     "report_field_too_long",

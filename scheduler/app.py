@@ -9,6 +9,7 @@ import resource
 import socket
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TypeVar
@@ -74,7 +75,7 @@ async def probe_stores(jobs: JobStore, payloads: PayloadStore, now: datetime) ->
     """
     probe = _probe_record(now)
     outcomes = await asyncio.gather(
-        jobs.get(PROBE_JOB_ID), jobs.transition(probe, JobStatus.QUEUED),
+        jobs.get(PROBE_JOB_ID), jobs.transition(replace(probe, status=JobStatus.QUEUED), probe),
         _write_and_remove(payloads), return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):

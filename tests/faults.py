@@ -118,10 +118,10 @@ class FlakyJobStore(_Faults):
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._call("get", lambda: self.inner.get(job_id))
 
-    async def transition(self, record: JobRecord, expected: JobStatus,
+    async def transition(self, before: JobRecord, after: JobRecord,
                          fence: Fence | None = None) -> bool:
         return await self._call("transition",
-                                lambda: self.inner.transition(record, expected, fence))
+                                lambda: self.inner.transition(before, after, fence))
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         """Faults apply to a listing as a whole: before its first page, after its last."""

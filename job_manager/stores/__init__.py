@@ -4,7 +4,13 @@ Each is a narrow Protocol with an AWS implementation (production) and a standalo
 one (a SQLite file, a local directory) side by side.
 """
 
-from job_manager.stores.errors import IndexMissing, KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.errors import (
+    IndexMissing,
+    KeyTaken,
+    RecordTooNew,
+    RecordUnreadable,
+    StoreError,
+)
 from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.job_store import JobStore
 from job_manager.stores.payload_store import ObjectTags, PayloadStore, SignedUrl
@@ -17,6 +23,7 @@ __all__ = [
     "KeyTaken",
     "ObjectTags",
     "PayloadStore",
+    "RecordTooNew",
     "RecordUnreadable",
     "SignedUrl",
     "StoreError",

@@ -1,4 +1,9 @@
-"""JobRecord ⇄ a flat mapping of strings, integers and booleans, shared by both job stores."""
+"""JobRecord ⇄ a flat mapping of strings, integers and booleans, shared by both job stores.
+
+Every row carries ``format_version``; a transition writes only the attributes that
+differ between the record before and after it (:func:`changes`), so attributes this
+code does not know survive it (docs/records.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,13 @@ from datetime import datetime
 from typing import Any, Callable, Mapping
 
 from common.identity import Role
-from job_manager.model import NO_BACKEND_TIMESTAMPS, BackendTimestamps, JobRecord, JobStatus
+from job_manager.model import (
+    NO_BACKEND_TIMESTAMPS,
+    RECORD_FORMAT,
+    BackendTimestamps,
+    JobRecord,
+    JobStatus,
+)
 
 Row = dict[str, str | int | bool]
 
@@ -22,8 +33,9 @@ def _time_to_text(value: datetime) -> str:
 
 
 def encode(record: JobRecord) -> Row:
-    """The record as a flat row; empty optional fields are left out."""
+    """The record as a flat row, in this code's format; empty optional fields are left out."""
     row: Row = {
+        "format_version": RECORD_FORMAT,
         "job_id": record.job_id,
         "status": record.status.value,
         "backend": record.backend,
@@ -72,7 +84,10 @@ _ROLES = {role.value: role for role in Role}
 
 
 def decode(row: Mapping[str, Any]) -> JobRecord:
-    """The record a row of :func:`encode` came from."""
+    """The record a row of :func:`encode` came from; attributes it does not know are ignored.
+
+    A row with no ``format_version`` was written before rows had one: format 1.
+    """
 
     def time_of(name: str) -> datetime | None:
         text = row.get(name)
@@ -107,12 +122,20 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         cancelled_by=str(row.get("cancelled_by", "")),
         tags=_tags(row.get("tags")),
         requeues=int(row.get("requeues", 0)),
+        format_version=int(row.get("format_version", 1)),
         submitted_at=required_time("submitted_at"),
         queued_at=required_time("queued_at"),
         dequeued_at=time_of("dequeued_at"),
         finished_at=time_of("finished_at"),
         backend_timestamps=_backend_timestamps(row, time_of),
     )
+
+
+def changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Row, list[str]]:
+    """What turns row ``before`` into row ``after``: the attributes to set, and those to
+    remove. Attributes in neither (a newer scheduler's) are not touched."""
+    to_set: Row = {name: value for name, value in after.items() if before.get(name) != value}
+    return to_set, [name for name in before if name not in after]
 
 
 def _backend_timestamps(row: Mapping[str, Any],

@@ -28,3 +28,14 @@ class IndexMissing(StoreError):
     def __init__(self, index: str) -> None:
         super().__init__(f"the table has no index {index!r}")
         self.index = index
+
+
+class RecordTooNew(StoreError):
+    """A transition was refused, changing nothing: the record is stored in a newer format than
+    this scheduler writes, so it serves the job read-only (docs/records.md)."""
+
+    def __init__(self, job_id: str, format_version: int) -> None:
+        super().__init__(f"the record of job {job_id} is in format {format_version}, "
+                         "newer than this scheduler writes; it was left unchanged")
+        self.job_id = job_id
+        self.format_version = format_version

@@ -33,10 +33,15 @@ class JobStore(Protocol):
         """The record, or None when there is none."""
         ...
 
-    async def transition(self, record: JobRecord, expected: JobStatus,
+    async def transition(self, before: JobRecord, after: JobRecord,
                          fence: Fence | None = None) -> bool:
-        """Replace the stored record with ``record`` only if its status is still ``expected``
-        (and, with a ``fence``, only while its lease holds: else Deposed).
+        """Change the stored record from ``before`` to ``after`` only if its status is still
+        ``before.status`` (and, with a ``fence``, only while its lease holds: else Deposed).
+
+        Only the attributes that differ between the two are written; attributes the store
+        holds that this code does not know (a newer scheduler's) are kept. A record of the
+        original's format is rewritten whole in this scheduler's. RecordTooNew, changing
+        nothing, when the stored record is of a newer format (docs/records.md).
 
         Returns False, changing nothing, when the stored status differs or the
         record does not exist.

@@ -6,7 +6,8 @@ NULL or as the epoch (``1970-01-01T09:00:00+09:00``), the timeout in ``max_elaps
 the execution settings spread over separate attributes, and ``job_expiry`` as ISO text.
 This scheduler reads such an item as a JobRecord (the owner is the fingerprint of the
 token, which is never kept further) and, at its first write, replaces the whole item with
-its own form, so no raw token survives a transition. See docs/migrating.md.
+its own form, so no raw token survives a transition. See docs/migrating.md; its records
+are format 0 (ORIGINAL_FORMAT) in docs/records.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from job_manager.model import BackendTimestamps, JobRecord, JobStatus
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 SCHEDULER_VERSION = "1.0.0"  # what the original writes in scheduler_version
+ORIGINAL_FORMAT = 0  # the format_version of a record read from the original's item
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BACKEND_TIMES = ("compile_started_at", "compile_finished_at", "execution_started_at",
                   "execution_finished_at")
@@ -115,6 +117,7 @@ def decode_original(item: Mapping[str, Any]) -> JobRecord:
         simulator_version=_text(item, "simulator_version"),
         result_raw_size_bytes=int(_number(item, "raw_size_bytes")),
         result_encoded_size_bytes=int(_number(item, "encoded_size_bytes")),
+        format_version=ORIGINAL_FORMAT,
     )
 
 

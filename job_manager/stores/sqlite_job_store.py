@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from job_manager.model import JobRecord, JobStatus
+from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import KeyTaken, RecordUnreadable, StoreError
+from job_manager.stores.errors import KeyTaken, RecordTooNew, RecordUnreadable, StoreError
 from job_manager.stores.fence import Fence
 from job_manager.stores.unreadable import UnreadableRecords
 
@@ -31,6 +31,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
 
+# A record's format (none written: 1), or NULL for text that is not JSON, which no
+# transition touches (docs/records.md).
+_FORMAT_OF_RECORD = ("CASE WHEN json_valid(record) "
+                     "THEN coalesce(json_extract(record, '$.format_version'), 1) END")
 
 Write = Callable[[sqlite3.Connection], object]
 
@@ -110,16 +114,26 @@ class SqliteJobStore:
             self._unreadable.saw(job_id, why)
             raise RecordUnreadable(job_id, why) from None
 
-    async def transition(self, record: JobRecord, expected: JobStatus,
+    async def transition(self, before: JobRecord, after: JobRecord,
                          fence: Fence | None = None) -> bool:
-        values = (record.status.value, json.dumps(codec.encode(record)), record.job_id,
-                  expected.value)
+        if before.read_only:
+            raise RecordTooNew(before.job_id, before.format_version)
+        to_set, to_remove = codec.changes(codec.encode(before), codec.encode(after))
+        # A JSON merge patch: a null removes its attribute; others in the record stay.
+        patch = json.dumps({**to_set, **dict.fromkeys(to_remove)})
+        values = (after.status.value, patch, after.job_id, before.status.value, RECORD_FORMAT)
 
         def update(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE jobs SET status = ?, record = ? WHERE job_id = ? AND status = ?", values
-            )
-            return cursor.rowcount == 1
+                "UPDATE jobs SET status = ?, record = json_patch(record, ?) "
+                f"WHERE job_id = ? AND status = ? AND {_FORMAT_OF_RECORD} <= ?", values)
+            if cursor.rowcount == 1:
+                return True
+            stored = conn.execute(f"SELECT {_FORMAT_OF_RECORD} FROM jobs WHERE job_id = ?",
+                                  (after.job_id,)).fetchone()
+            if stored and isinstance(stored[0], int) and stored[0] > RECORD_FORMAT:
+                raise RecordTooNew(after.job_id, stored[0])
+            return False
 
         return bool(await self._write(update))
 

@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import pytest
 
-from job_manager.model import JobStatus
-from job_manager.stores import Deposed, Fence
+from job_manager.model import RECORD_FORMAT, JobStatus
+from job_manager.stores import Deposed, Fence, RecordTooNew
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
 from leadership.lease import Lease, LeaseRecord, LeaseUnreachable
 from tests.contract.test_job_store_contract import record, running
+from tests.contract.test_record_formats import RawDynamoDb, newer_writer
 from tests.helpers import aws_client
 
 
@@ -63,11 +64,27 @@ async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) ->
     store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
     job = record()
     await store.create(job, fence_of(a))
-    assert await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    assert await store.transition(job, running(job), fence_of(a))
     stored = await store.get(job.job_id)
     assert stored is not None and stored.status is JobStatus.RUNNING
     # The compare-and-set still holds under the fence: a second hand-over is refused.
-    assert not await store.transition(running(job), JobStatus.QUEUED, fence_of(a))
+    assert not await store.transition(job, running(job), fence_of(a))
+    await store.close()
+
+
+async def test_a_fenced_write_of_a_record_a_newer_scheduler_changed_is_refused(
+        moto_endpoint: str, table: str) -> None:
+    a = lease(moto_endpoint, table, "a")
+    await a.step()
+    client = aws_client("dynamodb", moto_endpoint)
+    store, raw = DynamoDbJobStore(client, table), RawDynamoDb(client, table)
+    job = record()
+    await store.create(job, fence_of(a))
+    newer_writer(raw, job.job_id, RECORD_FORMAT + 1)
+    written = raw.read(job.job_id)
+    with pytest.raises(RecordTooNew):
+        await store.transition(job, running(job), fence_of(a))
+    assert raw.read(job.job_id) == written
     await store.close()
 
 
@@ -83,7 +100,7 @@ async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -
     assert b.leading and b.epoch == 2
 
     with pytest.raises(Deposed):
-        await store.transition(running(queued), JobStatus.QUEUED, stale)
+        await store.transition(queued, running(queued), stale)
     stored = await store.get(queued.job_id)
     assert stored is not None and stored.status is JobStatus.QUEUED
     other = record()
@@ -93,7 +110,7 @@ async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -
         await store.create(replace(other, idempotency_key="k"), stale)
     assert await store.get(other.job_id) is None
     # The new leader's epoch writes.
-    assert await store.transition(running(queued), JobStatus.QUEUED, fence_of(b))
+    assert await store.transition(queued, running(queued), fence_of(b))
     await store.close()
 
 

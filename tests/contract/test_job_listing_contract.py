@@ -59,7 +59,7 @@ async def test_a_changed_status_keeps_the_jobs_place(store: JobStore) -> None:
             for i in range(4)]
     for r in made:
         await store.create(r)
-    await store.transition(replace(made[1], status=JobStatus.CANCELLED), JobStatus.QUEUED)
+    await store.transition(made[1], replace(made[1], status=JobStatus.CANCELLED))
     after = await listed(store, ALICE)
     assert [r.job_id for r in after] == [r.job_id for r in made[::-1]]
     assert after[2].status is JobStatus.CANCELLED

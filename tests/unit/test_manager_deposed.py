@@ -37,10 +37,10 @@ class FencedJobs(FlakyJobStore):
         self._check(fence)
         await super().create(record, fence)
 
-    async def transition(self, record: JobRecord, expected: JobStatus,
+    async def transition(self, before: JobRecord, after: JobRecord,
                          fence: Fence | None = None) -> bool:
         self._check(fence)
-        return await super().transition(record, expected, fence)
+        return await super().transition(before, after, fence)
 
 
 class FencedHarness(Harness):

@@ -165,8 +165,7 @@ async def test_a_program_gone_of_a_job_cancelled_elsewhere_believes_the_store(
     job = await _recovered_without(h, program=False)
     stored = await h.stored(job)  # another process cancels it: the store says so
     assert await h.jobs.inner.transition(
-        replace(stored, status=JobStatus.CANCELLED, finished_at=h.clock.now()),
-        JobStatus.QUEUED)
+        stored, replace(stored, status=JobStatus.CANCELLED, finished_at=h.clock.now()))
     assert await h.manager.assign("emulator") is None
     assert h.manager.live_jobs() == 0
     assert (await h.manager.status(ALICE, job)).status is JobStatus.CANCELLED
