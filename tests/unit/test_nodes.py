@@ -17,6 +17,9 @@ from backend_manager import ServiceStatus
 from job_manager.manager import JobManager
 from job_manager.model import JobStatus
 from job_manager.stores import Fence
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, nodes_pb2
+from scheduler.forwarding import on_execution_port
 from tests.helpers import refused_as
 from tests.unit.test_job_rules import ALICE, GRACE_S, Harness, h
 
@@ -175,7 +178,8 @@ async def test_a_quiet_backend_is_noted_logged_once_and_measured_its_status_unch
     assert [(r.levelno, "emulator" in r.getMessage()) for r in quiet
             if "emulator" in r.getMessage()] == [(logging.WARNING, True)]
 
-    assert await manager.assign("emulator") is None  # a node asks again
+    job_id = await h.submit()
+    assert (await h.assign()).record.job_id == job_id  # a node asks again, and takes a job
     assert manager.service_status("emulator", ALICE) == (ServiceStatus.AVAILABLE, "")
     assert dict(manager.node_snapshot())["emulator"] == 0
     back = [r for r in caplog.records if "asks for work again" in r.getMessage()]
@@ -200,3 +204,15 @@ async def test_a_follower_says_nothing_of_nodes_it_cannot_see(h: Harness) -> Non
     h.clock.advance(QUIET_S * 2)
     assert follower.service_status("emulator", ALICE) == (ServiceStatus.AVAILABLE, "")
     assert follower.node_snapshot() == []
+
+
+# --- the road to the leader ---------------------------------------------------------------
+def test_a_follower_passes_a_nodes_calls_to_the_leaders_execution_port() -> None:
+    def paths(module: Any, service: str) -> list[str]:
+        methods = module.DESCRIPTOR.services_by_name[service].methods
+        return [f"/{module.DESCRIPTOR.package}.{service}/{method.name}" for method in methods]
+
+    nodes = paths(execution_pb2, "ExecutionService") + paths(nodes_pb2, "NodeService")
+    users = paths(submission_pb2, "SubmissionService") + paths(jobs_pb2, "JobsService")
+    assert [path for path in nodes if not on_execution_port(path)] == []
+    assert [path for path in users if on_execution_port(path)] == []
