@@ -3,12 +3,13 @@ shown to admins only; NodeService.Heartbeat on the execution port; a quiet backe
 GetServiceStatus and the metrics.
 
 A standalone scheduler on loopback with a fake clock: the tests move time and check the
-watchdog themselves instead of waiting.
+watchdog themselves instead of waiting. Among replicas, two on DynamoDB and S3 on moto.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from scheduler.app import Scheduler
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     UPLOAD_HEADERS,
+    AwsNames,
     Clients,
+    TokenDatabase,
+    aws_config,
     local_config,
     standalone_token,
     submit_request,
 )
+from tests.integration.test_replica_routing import LEASE_ENV, Replica, submit
 
 BEAT_TIMEOUT_S = 10
 QUIET_S = 120
@@ -229,3 +234,44 @@ async def test_a_quiet_backend_is_described_and_measured_its_status_unchanged(la
     back = await lab.clients.submission.GetServiceStatus(ask())
     assert back.description == "emulator up"
     assert float(quiet_metric().split()[-1]) == 0
+
+
+# --- among replicas ----------------------------------------------------------------------------
+async def test_among_replicas_a_nodes_calls_reach_the_leader_which_alone_sees_nodes(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    env = {**LEASE_ENV, "SCHEDULER_NODE_QUIET_S": "0.01"}
+    async with contextlib.AsyncExitStack() as started:
+        pair = []
+        for _ in range(2):  # the first leads
+            scheduler = Scheduler(aws_config(aws_names, token_database.address, env=env))
+            await scheduler.start()
+            pair.append(Replica(scheduler))
+            started.push_async_callback(pair[-1].close)
+        first, second = pair
+        assert first.scheduler.replicas.ready and not second.scheduler.replicas.ready
+        alice = token_database.token("alice", "developer")
+        job_id = await submit(second, alice)
+        assigned = await second.clients.execution.AssignNextJob(
+            execution_pb2.AssignNextJobRequest(backend="emulator"), metadata=LAB_1, timeout=20)
+        assert assigned.job_id == job_id
+        running = first.scheduler.manager.ledger.live(job_id)
+        assert running is not None and running.node_identity == "lab-1"
+
+        async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{second.scheduler.execution_port}") as channel:
+            through_follower = nodes_pb2_grpc.NodeServiceStub(channel)
+            request = nodes_pb2.HeartbeatRequest(job_id=job_id)
+            assert (await through_follower.Heartbeat(request, metadata=LAB_1, timeout=20)
+                    ).error.code == ""
+            assert (await through_follower.Heartbeat(request, metadata=LAB_2, timeout=20)
+                    ).error.code == "FAILED_PRECONDITION"
+
+        admin = token_database.token("root", "admin")
+        ask = submission_pb2.GetServiceStatusRequest(token=admin, backend="qpu")
+        at_leader = await first.clients.submission.GetServiceStatus(ask)
+        assert at_leader.description.startswith("qpu up; no node has asked for work for ")
+        at_follower = await second.clients.submission.GetServiceStatus(ask)
+        assert (at_follower.status, at_follower.description) == (
+            submission_pb2.SERVICE_STATUS_AVAILABLE, "qpu up")
+        assert b"mqc3_node_quiet_seconds{" in first.scheduler.metrics.exposition()
+        assert b"mqc3_node_quiet_seconds{" not in second.scheduler.metrics.exposition()
