@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from common.clock import Clock, spoken_duration
 
@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 class NodeLiveness:
     """When each backend last had a node asking for work."""
 
-    def __init__(self, clock: Clock, quiet_after_s: float) -> None:
+    def __init__(self, clock: Clock, quiet_after_s: float,
+                 is_known: Callable[[str], bool] = lambda backend: True) -> None:
         self._clock = clock
         self._quiet_after_s = quiet_after_s
+        # A name no backend has is not remembered (with one shared queue, a node may ask
+        # under any name), so made-up names cannot grow this memory.
+        self._is_known = is_known
         self._since_s = clock.monotonic()  # no node is known to have asked before this
         self._last_s: dict[str, float] = {}  # backend → when a node last asked
         self._waiting: dict[str, int] = {}  # backend → nodes in a long poll now
@@ -32,6 +36,8 @@ class NodeLiveness:
 
     def polled(self, backend: str) -> None:
         """A node asked ``backend`` for work just now."""
+        if not self._is_known(backend):
+            return
         self._last_s[backend] = self._clock.monotonic()
         if backend in self._quiet:
             self._quiet.discard(backend)
@@ -40,6 +46,9 @@ class NodeLiveness:
     @contextlib.contextmanager
     def waiting(self, backend: str) -> Iterator[None]:
         """A node waits for ``backend``'s next job (a long poll): present all along."""
+        if not self._is_known(backend):
+            yield
+            return
         self.polled(backend)
         self._waiting[backend] = self._waiting.get(backend, 0) + 1
         try:

@@ -160,7 +160,7 @@ class JobManager:
         self._idempotency_window = idempotency_window
         self._max_requeues = max_requeues  # a lost node's job queued again at most this often
         # Nodes (docs/nodes.md): who asks for work, and the jobs whose nodes beat for them.
-        self.nodes = NodeLiveness(clock, node_quiet_s)
+        self.nodes = NodeLiveness(clock, node_quiet_s, lambda name: self.backends.is_known(name))
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._beats: dict[str, _Beat] = {}  # job → its latest beat, until its deadline passes
         self.watchdog = Watchdog(clock, self._time_out, self._check_nodes)

@@ -199,6 +199,20 @@ async def test_a_node_in_a_long_poll_is_present_all_along(h: Harness) -> None:
     assert assignment is not None and assignment.record.job_id == job_id
 
 
+async def test_a_name_no_backend_has_is_not_remembered(h: Harness) -> None:
+    # With one shared queue a node may ask under any name; only backends are watched.
+    h.manager.shutdown()
+    manager = h.manager = h.new_manager(unify_backends=True)
+    waiting = asyncio.ensure_future(manager.assign("made-up", wait_s=QUIET_S * 10))
+    await asyncio.sleep(0)
+    h.clock.advance(QUIET_S)
+    assert manager.nodes.quiet_s("made-up") == QUIET_S
+    assert [backend for backend, _ in manager.node_snapshot()] == ["emulator", "qpu"]
+    job_id = await h.submit()
+    assignment = await waiting
+    assert assignment is not None and assignment.record.job_id == job_id
+
+
 async def test_a_follower_says_nothing_of_nodes_it_cannot_see(h: Harness) -> None:
     follower = h.new_manager(fence=Fence("lease", "me", 0))
     h.clock.advance(QUIET_S * 2)
