@@ -35,6 +35,17 @@ from tests.helpers import (
     submit_request,
 )
 from tests.integration.test_replica_routing import LEASE_ENV, Replica, submit
+from tests.security.test_tls import (
+    Certificates,
+    Standalone,
+    _assign,
+    _credentials,
+    _submit_over_tls,
+    certificates,
+    secured,
+)
+
+__all__ = ["certificates", "secured"]  # the fixtures, shared with test_tls
 
 BEAT_TIMEOUT_S = 10
 QUIET_S = 120
@@ -275,3 +286,14 @@ async def test_among_replicas_a_nodes_calls_reach_the_leader_which_alone_sees_no
             submission_pb2.SERVICE_STATUS_AVAILABLE, "qpu up")
         assert b"mqc3_node_quiet_seconds{" in first.scheduler.metrics.exposition()
         assert b"mqc3_node_quiet_seconds{" not in second.scheduler.metrics.exposition()
+
+
+# --- under mTLS ------------------------------------------------------------------------------
+async def test_under_mtls_the_certificates_name_wins_over_a_declared_one(
+        secured: Standalone, certificates: Certificates) -> None:
+    submitted = await _submit_over_tls(secured, certificates)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{secured.scheduler.execution_port}",
+                                       _credentials(certificates, certificates.client)) as node:
+        assert (await _assign(node, LAB_2)).job_id == submitted.job_id
+    record = await secured.scheduler.stack.jobs.get(submitted.job_id)
+    assert record is not None and record.node_identity == "lab node 1"
