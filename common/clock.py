@@ -50,3 +50,12 @@ class FakeClock:
     def step_wall(self, seconds: float) -> None:
         """Move the wall clock alone, either way (an NTP step, a VM resumed)."""
         self._now += timedelta(seconds=seconds)
+
+
+def spoken_duration(seconds: float) -> str:
+    """A duration as a person reads it: "40 s", "12 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -2,9 +2,12 @@
 """An example hardware node: takes jobs for one backend, "runs" them, uploads a result, reports.
 
     python examples/node.py --backend emulator [--address localhost:8081] [--jobs 1]
+                            [--node-id lab-1]
 
 The "result" is a small protobuf-shaped message derived from the program, gzip-compressed
-and PUT to the presigned URL exactly as a real node does it.
+and PUT to the presigned URL exactly as a real node does it. With --node-id the node names
+itself, and it beats for each job it runs (the scheduler's extension, docs/nodes.md): a
+node whose job takes long beats every third of the timeout the answer names.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 def _now() -> Timestamp:
@@ -31,9 +37,15 @@ def _now() -> Timestamp:
     return stamp
 
 
-def run_job(stub: execution_pb2_grpc.ExecutionServiceStub, job: pb.AssignNextJobResponse) -> None:
+def run_job(channel: grpc.Channel, job: pb.AssignNextJobResponse, named: Metadata) -> None:
     """Pretend to run the job, upload a result, report success."""
+    stub = execution_pb2_grpc.ExecutionServiceStub(channel)
     started = _now()
+    if named:  # the first beat opts the job in; this "run" is over long before a second
+        beat = nodes_pb2_grpc.NodeServiceStub(channel).Heartbeat(
+            nodes_pb2.HeartbeatRequest(job_id=job.job_id), metadata=named, timeout=30)
+        if beat.error.code:
+            raise SystemExit(f"heartbeat refused: {beat.error.code}: {beat.error.description}")
     program = job.job.program.SerializeToString()
     # Field 1 (bytes): a digest-like echo of the program, so the result depends on the input.
     echo = program[:64]
@@ -64,7 +76,7 @@ def run_job(stub: execution_pb2_grpc.ExecutionServiceStub, job: pb.AssignNextJob
         getattr(report.timestamps, name).CopyFrom(started)
     for name in ("compile_finished_at", "execution_finished_at"):
         getattr(report.timestamps, name).CopyFrom(finished)
-    answer = stub.ReportExecutionResult(report, timeout=30)
+    answer = stub.ReportExecutionResult(report, metadata=named, timeout=30)
     if answer.error.code:
         raise SystemExit(f"report refused: {answer.error.code}: {answer.error.description}")
     print(f"ran job {job.job_id} ({len(program)} bytes of program)", flush=True)
@@ -76,18 +88,21 @@ def main() -> int:
     parser.add_argument("--backend", default="emulator")
     parser.add_argument("--jobs", type=int, default=0, help="stop after this many (0: never)")
     parser.add_argument("--poll-s", type=float, default=0.5, help="pause when the queue is empty")
+    parser.add_argument("--node-id", default="", help="this node's name (x-mqc3-node-id)")
     args = parser.parse_args()
+    named: Metadata = (("x-mqc3-node-id", args.node_id),) if args.node_id else ()
     done = 0
     with grpc.insecure_channel(args.address) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         while not args.jobs or done < args.jobs:
-            job = stub.AssignNextJob(pb.AssignNextJobRequest(backend=args.backend), timeout=30)
+            job = stub.AssignNextJob(pb.AssignNextJobRequest(backend=args.backend),
+                                     metadata=named, timeout=30)
             if job.error.code:
                 raise SystemExit(f"assign refused: {job.error.code}: {job.error.description}")
             if not job.job_id:
                 time.sleep(args.poll_s)
                 continue
-            run_job(stub, job)
+            run_job(channel, job, named)
             done += 1
     return 0
 

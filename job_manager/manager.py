@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from backend_manager import BackendTable, ServiceStatus
+from backend_manager import BackendTable, NodeLiveness, ServiceStatus
 from common import audit
-from common.clock import Clock
+from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
 from job_manager.ledger import Ledger
@@ -110,6 +110,13 @@ class ExecutionReport:
     infrastructure: bool = False
 
 
+@dataclass(frozen=True, eq=False)
+class _Beat:
+    """A node's latest heartbeat for a job, told apart from earlier ones by identity."""
+
+    dequeued_at: datetime | None  # the hand-over it beats for
+
+
 TAG_ATTEMPTS = 3  # a job changing status under a SetJobTags is read again this often
 MISSING_PROGRAM = "the job's program was missing after a restart"
 
@@ -139,6 +146,8 @@ class JobManager:
         observer: JobObserver | None = None,
         fence: Fence | None = None,
         max_requeues: int = 0,
+        heartbeat_timeout_s: float = 30.0,
+        node_quiet_s: float = 300.0,
     ) -> None:
         self._store = jobs  # the JobStore; the payloads have their own
         # Among replicas, every write is conditional on the lease of this manager's term
@@ -152,7 +161,11 @@ class JobManager:
         self._report_grace = timedelta(seconds=report_grace_s)
         self._idempotency_window = idempotency_window
         self._max_requeues = max_requeues  # a lost node's job queued again at most this often
-        self.watchdog = Watchdog(clock, self._time_out)
+        # Nodes (docs/nodes.md): who asks for work, and the jobs whose nodes beat for them.
+        self.nodes = NodeLiveness(clock, node_quiet_s, lambda name: self.backends.is_known(name))
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._beats: dict[str, _Beat] = {}  # job → its latest beat, until its deadline passes
+        self.watchdog = Watchdog(clock, self._time_out, self._check_nodes)
         self.ledger = Ledger(limits, policy or SchedulingPolicy(), clock, self.watchdog,
                              self._report_deadline, unify_backends)
         self.quotas = self.ledger.quotas
@@ -161,6 +174,12 @@ class JobManager:
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
+
+    @property
+    def leads(self) -> bool:
+        """Whether this manager serves a term (standalone's, or a leader's) and so sees the
+        nodes; a follower's is fenced at epoch 0, which no lease has (docs/replicas.md)."""
+        return self._fence is None or self._fence.epoch > 0
 
     @property
     def jobs(self) -> JobStore:
@@ -342,7 +361,7 @@ class JobManager:
         detail = f"queued: {_ordinal(position)} of {len(queue)} on {where}"
         seconds_per_job = self.ledger.seconds_per_job(record.backend)
         if seconds_per_job is not None:
-            detail += f", about {_duration(position * seconds_per_job)}"
+            detail += f", about {spoken_duration(position * seconds_per_job)}"
         return detail
 
     async def result(self, principal: Principal, job_id: str) -> tuple[JobRecord, SignedUrl | None]:
@@ -456,20 +475,23 @@ class JobManager:
         """Hand the next job for ``backend`` to a node, or None when there is none.
 
         With ``wait_s`` the node is parked until a job arrives or the time is up.
-        ``node``: the caller's mTLS identity, when it has one; only that node may then
-        report the job or renew its upload URL.
+        ``node``: the caller's identity, when it named one (docs/nodes.md); only that
+        node may then report the job, renew its upload URL or beat for it.
         """
         if self.ledger.queue(backend) is None:
             raise SchedulerError(
                 "backend_unknown", backend=backend, known=", ".join(self.backends.known())
             )
+        self.nodes.polled(backend)
         deadline_s = self._clock.monotonic() + wait_s
         while True:
             while (job := self.ledger.take_next(backend)) is not None:
                 if (assignment := await self._hand_over(job, node)) is not None:
                     return assignment
-            if not await self.waiters.wait(self.ledger.queue_key(backend),
-                                           deadline_s - self._clock.monotonic()):
+            with self.nodes.waiting(backend):
+                woken = await self.waiters.wait(self.ledger.queue_key(backend),
+                                                deadline_s - self._clock.monotonic())
+            if not woken:
                 return None
 
     async def _hand_over(self, job: QueuedJob, node: str) -> Assignment | None:
@@ -515,10 +537,11 @@ class JobManager:
         self.ledger.started(job, running)
         self._observer.started(running)
         log.info(
-            "job %s RUNNING backend=%s user=%s waited_s=%.3f",
+            "job %s RUNNING backend=%s user=%s node=%s waited_s=%.3f",
             job.job_id,
             running.backend,
             running.owner_label,
+            node or "-",
             _seconds(running.queued_at, running.dequeued_at),
         )
         upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
@@ -691,29 +714,47 @@ class JobManager:
         assert record.dequeued_at is not None
         return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
 
-    async def _time_out(self, job_id: str, dequeued_at: object) -> None:
-        """The watchdog's verdict: a RUNNING job whose node never reported becomes TIMEOUT.
+    async def _time_out(self, job_id: str, watched: object) -> None:
+        """The watchdog's verdict: a RUNNING job whose node never reported, or whose node's
+        heartbeats stopped (``watched`` is then a _Beat), is lost.
 
-        ``dequeued_at`` names the hand-over the deadline was watched for.
+        Otherwise ``watched`` is the ``dequeued_at`` of the hand-over the deadline was
+        watched for.
         """
+        if isinstance(watched, _Beat):
+            await self._beats_stopped(job_id, watched)
+            return
         record = self.ledger.live(job_id)
         if record is None or record.status is not JobStatus.RUNNING:
             return  # reported in time
-        if record.dequeued_at != dequeued_at:
+        if record.dequeued_at != watched:
             return  # given back and handed over again since: its new deadline is watched
-        if record.requeues < self._max_requeues:
-            await asyncio.shield(self._requeue_lost(record, "its node never reported"))
-            return
         grace_s = self._report_grace.total_seconds()
-        timed_out = replace(
-            record,
-            status=JobStatus.TIMEOUT,
-            finished_at=self._clock.now(),
-            status_detail=(
-                f"the backend never reported: no report within the job's timeout "
-                f"({record.timeout_s:g} s) and {grace_s:g} s of grace"
-            ),
-        )
+        await self._lost(record, "its node never reported",
+                         f"the backend never reported: no report within the job's timeout "
+                         f"({record.timeout_s:g} s) and {grace_s:g} s of grace")
+
+    async def _beats_stopped(self, job_id: str, beat: _Beat) -> None:
+        if self._beats.get(job_id) is not beat:
+            return  # beaten again since: the later beat's deadline is watched
+        record = self.ledger.live(job_id)
+        if (record is not None and record.status is JobStatus.RUNNING
+                and record.dequeued_at == beat.dequeued_at):
+            silence = f"{self._heartbeat_timeout_s:g} s without one"
+            await self._lost(record, f"its node stopped sending heartbeats ({silence})",
+                             f"the backend stopped sending heartbeats ({silence}, "
+                             f"SCHEDULER_HEARTBEAT_TIMEOUT_S)")
+        if self._beats.get(job_id) is beat:  # kept when _lost failed: the watchdog retries
+            del self._beats[job_id]
+
+    async def _lost(self, record: JobRecord, why: str, detail: str) -> None:
+        """A RUNNING job whose node is gone: queued again while SCHEDULER_MAX_REQUEUES
+        allows, else TIMEOUT with ``detail``."""
+        if record.requeues < self._max_requeues:
+            await asyncio.shield(self._requeue_lost(record, why))
+            return
+        timed_out = replace(record, status=JobStatus.TIMEOUT, finished_at=self._clock.now(),
+                            status_detail=detail)
         try:
             await asyncio.shield(self._finish(record, timed_out))
         except SchedulerError as exc:
@@ -765,11 +806,37 @@ class JobManager:
             raise SchedulerError("job_not_running", job_id=job_id, status=record.status.value)
         return self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
 
+    async def heartbeat(self, job_id: str, node: str = "") -> float:
+        """A node still runs the job: from its first beat on, the job is lost once its
+        beats stop for the heartbeat timeout (docs/nodes.md). Returns that timeout."""
+        record = await self._find_for_node(job_id)
+        _check_node(record, node)
+        if record.status is not JobStatus.RUNNING:
+            raise SchedulerError("heartbeat_job_not_running", job_id=job_id,
+                                 status=record.status.value)
+        if self.ledger.live(job_id) is record:
+            if job_id not in self._beats:
+                log.info("job %s: its node sends heartbeats (lost after %g s without one)",
+                         job_id, self._heartbeat_timeout_s)
+            beat = self._beats[job_id] = _Beat(record.dequeued_at)
+            self.watchdog.watch_for(job_id, self._heartbeat_timeout_s, beat)
+        return self._heartbeat_timeout_s
+
     def service_status(self, backend: str, principal: Principal) -> tuple[ServiceStatus, str]:
-        """The backend's status and description for the caller's role."""
+        """The backend's status and description for the caller's role; the leader adds
+        that no node has asked for work lately (docs/nodes.md), the status stays."""
         self._check_known(backend)
         status = self.backends.status(backend, principal.role)
-        return status.status, status.description
+        quiet = self.nodes.note(backend) if self.leads else ""
+        return status.status, "; ".join(text for text in (status.description, quiet) if text)
+
+    def node_snapshot(self) -> list[tuple[str, float]]:
+        """(backend, seconds since a node asked it for work), for metrics; the leader's only."""
+        return self.nodes.snapshot(self.backends.known()) if self.leads else []
+
+    def _check_nodes(self) -> None:
+        if self.leads:
+            self.nodes.check(self.backends.known())
 
     # --- restart --------------------------------------------------------------------
     async def recover(self) -> None:
@@ -842,11 +909,12 @@ class JobManager:
         self.ledger.ended(record)
         self._observer.finished(record)
         log.info(
-            "job %s %s backend=%s user=%s total_s=%.3f",
+            "job %s %s backend=%s user=%s node=%s total_s=%.3f",
             record.job_id,
             record.status.value,
             record.backend,
             record.owner_label,
+            record.node_identity or "-",
             _seconds(record.submitted_at, record.finished_at),
         )
 
@@ -975,7 +1043,8 @@ def _changeable(record: JobRecord) -> bool:
 
 
 def _check_node(record: JobRecord, node: str) -> None:
-    """With mTLS, only the node that took a job may report it or renew its upload URL."""
+    """A job taken by a named node may be reported, renewed or beaten for by that node
+    only (or by a caller that names none)."""
     if node and record.node_identity and node != record.node_identity:
         raise SchedulerError("job_held_by_another_node", job_id=record.job_id)
 
@@ -1003,14 +1072,6 @@ def _tags(record: JobRecord) -> ObjectTags:
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _seconds(start: datetime, end: datetime | None) -> float:

@@ -4,7 +4,8 @@ Deadlines are kept on the monotonic clock: a deadline given as a wall-clock time
 job's ``dequeued_at`` plus its timeout and grace) is turned into monotonic time when it
 is watched, so a step of the wall clock (an NTP correction, a VM resumed) never times
 out running jobs at once, nor lets them run on. Wall-clock times are read only there,
-when a job is watched (after a hand-over, a restart or a takeover).
+when a job is watched (after a hand-over, a restart or a takeover). A heartbeat's
+deadline (docs/nodes.md) is given as a duration from now, on the monotonic clock alone.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ class Watchdog:
     deadline of an earlier hand-over can be told apart from the current one.
     """
 
-    def __init__(self, clock: Clock,
-                 expire: Callable[[str, object], Awaitable[None]]) -> None:
+    def __init__(self, clock: Clock, expire: Callable[[str, object], Awaitable[None]],
+                 tick: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self._expire = expire
+        self._tick = tick  # also run on every round (at least every MAX_SLEEP_S)
         self._deadlines: list[tuple[float, int, str, object]] = []  # monotonic s, tie-break
         self._entries = 0
         self._changed = asyncio.Event()
@@ -47,6 +49,10 @@ class Watchdog:
         """Expire ``job_id`` at ``deadline`` (wall clock, read now) unless it is over by then."""
         left_s = (deadline - self._clock.now()).total_seconds()
         self._push(self._clock.monotonic() + left_s, job_id, watched)
+
+    def watch_for(self, job_id: str, seconds: float, watched: object = None) -> None:
+        """Expire ``job_id`` ``seconds`` from now unless it is over by then."""
+        self._push(self._clock.monotonic() + seconds, job_id, watched)
 
     def _push(self, due_s: float, job_id: str, watched: object) -> None:
         self._entries += 1
@@ -74,6 +80,7 @@ class Watchdog:
         """Watch for ever (the scheduler's supervisor runs this, and restarts it)."""
         while True:
             await self.check()
+            self._tick()
             sleep_s = MAX_SLEEP_S
             if self._deadlines:
                 left_s = self._deadlines[0][0] - self._clock.monotonic()

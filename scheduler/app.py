@@ -31,13 +31,13 @@ from job_manager.stores.unreadable import UnreadableRecords
 from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc, nodes_pb2_grpc
 from scheduler.admission import Admission
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
 from scheduler.edge import DRAINING, Edge, add_servicer
-from scheduler.execution_service import ExecutionService
+from scheduler.execution_service import NODES, ExecutionService, NodeService
 from scheduler.forwarding import Forwarder
 from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
 from scheduler.housekeeping import Housekeeping
@@ -264,6 +264,8 @@ class Scheduler:
                 observer=self.metrics,
                 fence=fence,
                 max_requeues=config.max_requeues,
+                heartbeat_timeout_s=config.nodes.heartbeat_timeout_s,
+                node_quiet_s=config.nodes.quiet_after_s,
             )
 
         lease = forwarder = None
@@ -278,6 +280,7 @@ class Scheduler:
                                              forwarder=forwarder,
                                              wait_s=config.replicas.leader_wait_s)
         self.metrics.watch_queues(lambda: replicas.manager.queue_snapshot())
+        self.metrics.watch_nodes(lambda: replicas.manager.node_snapshot())
         health = self._health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
             config.store_unhealthy_after_s)
@@ -341,11 +344,13 @@ class Scheduler:
         secret = config.execution_secret or stack.execution_secret
         # The extension shares the submission port and its limit of concurrent calls.
         submission_admission = Admission(config.submission_max_concurrent_rpcs)
+        # The nodes' extension shares the execution port, its limit and its credential.
+        execution_admission = Admission(config.execution_max_concurrent_rpcs)
         self._edges = [
             Edge(SUBMISSION, replicas, submission_admission, self.metrics),
-            Edge(EXECUTION, replicas, Admission(config.execution_max_concurrent_rpcs),
-                 self.metrics, secret),
+            Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),
             Edge(JOBS, replicas, submission_admission, self.metrics),
+            Edge(NODES, replicas, execution_admission, self.metrics, secret),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
@@ -355,11 +360,13 @@ class Scheduler:
         execution = _grpc_server(config.execution_max_message_bytes)
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
                      ExecutionService(config.max_assign_wait_s, self._edges[1]), execution)
+        add_servicer(nodes_pb2_grpc.add_NodeServiceServicer_to_server,
+                     NodeService(self._edges[3]), execution)
         self.submission_port = await self._start_service(
             submission, (SUBMISSION, JOBS), health, config.submission_host, config.submission_port,
             config.submission_tls)
         self.execution_port = await self._start_service(
-            execution, (EXECUTION,), health, config.execution_host, config.execution_port,
+            execution, (EXECUTION, NODES), health, config.execution_host, config.execution_port,
             config.execution_tls)
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),

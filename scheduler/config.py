@@ -75,6 +75,14 @@ class ReplicaConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    """What the scheduler watches of its nodes (docs/nodes.md)."""
+
+    quiet_after_s: float = 300.0  # a backend no node asked for work this long is quiet
+    heartbeat_timeout_s: float = 30.0  # a beating job is lost after this long without a beat
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the scheduler needs to start."""
 
@@ -113,6 +121,7 @@ class Config:
     execution_tls: TlsConfig | None = None
     execution_secret: str | None = field(default=None, repr=False)
     replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
+    nodes: NodeConfig = field(default_factory=NodeConfig)
     aws: AwsConfig | None = None
     local: LocalConfig | None = None
 
@@ -470,6 +479,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
                            args.execution_client_ca),
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
         replicas=_replicas(env),
+        nodes=_nodes(env),
         aws=aws,
         local=local,
     )
@@ -487,6 +497,13 @@ def _replicas(env: Mapping[str, str]) -> ReplicaConfig:
         lease_renew_s=renew_s,
         leader_wait_s=_positive_float(env, "SCHEDULER_LEADER_WAIT_S", 30.0),
         advertise_host=env.get("SCHEDULER_ADVERTISE_HOST", "").strip(),
+    )
+
+
+def _nodes(env: Mapping[str, str]) -> NodeConfig:
+    return NodeConfig(
+        quiet_after_s=_positive_float(env, "SCHEDULER_NODE_QUIET_S", 300.0),
+        heartbeat_timeout_s=_positive_float(env, "SCHEDULER_HEARTBEAT_TIMEOUT_S", 30.0),
     )
 
 

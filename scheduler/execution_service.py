@@ -1,8 +1,10 @@
-"""ExecutionService: what hardware nodes call. Thin: proto in, JobManager call, proto out."""
+"""What hardware nodes call on the execution port: the protocol's ExecutionService and the
+extension's NodeService (docs/nodes.md). Thin: proto in, JobManager call, proto out."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
@@ -11,6 +13,7 @@ from job_manager.model import BackendTimestamps, JobStatus
 from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, job_pb2
+from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
 from scheduler import convert
 from scheduler.edge import Edge, in_band
 from scheduler.metadata import metadata_value
@@ -111,10 +114,20 @@ def _wait_s(context: grpc.aio.ServicerContext, max_wait_s: float) -> float:
     return wait_s
 
 
+NODE_ID_METADATA = "x-mqc3-node-id"
+MAX_NODE_ID_CHARS = 128
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+
+
 def node_identity(context: grpc.aio.ServicerContext) -> str:
-    """The calling node's certificate name under mTLS, or "" without a client certificate."""
+    """The calling node's name: its certificate's under mTLS, else the x-mqc3-node-id it
+    sent (checked), else "" (docs/nodes.md)."""
     names = (context.auth_context() or {}).get("x509_common_name") or []
-    return names[0].decode(errors="replace") if names else ""
+    declared = metadata_value(context, NODE_ID_METADATA) or ""
+    if declared and not (len(declared) <= MAX_NODE_ID_CHARS and _NODE_ID.fullmatch(declared)):
+        raise SchedulerError("node_id_invalid", header=NODE_ID_METADATA,
+                             maximum=MAX_NODE_ID_CHARS, value=repr(declared[:64]))
+    return names[0].decode(errors="replace") if names else declared
 
 
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
@@ -164,3 +177,23 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     ) -> pb.RefreshUploadUrlResponse:
         url = await manager.refresh_upload_url(request.job_id, node_identity(context))
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))
+
+
+NODES = nodes_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+
+
+class NodeService(nodes_pb2_grpc.NodeServiceServicer):
+    """The extension's calls for nodes: heartbeats of running jobs."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    @in_band(nodes_pb2.HeartbeatResponse, limited=False, leader=True)
+    async def Heartbeat(
+        self, request: nodes_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
+    ) -> nodes_pb2.HeartbeatResponse:
+        timeout_s = await manager.heartbeat(request.job_id, node_identity(context))
+        response = nodes_pb2.HeartbeatResponse()
+        response.timeout.FromTimedelta(timedelta(seconds=timeout_s))
+        return response

@@ -17,6 +17,10 @@ from scheduler.metadata import metadata_value
 from scheduler.validation import IDEMPOTENCY_METADATA
 
 FORWARDED_BY = "x-mqc3-forwarded-by"  # the replica that passed the call on
+# The services of the execution port (the protocol's, and the nodes' extension): their
+# calls go to the leader's execution port, the rest to its submission port.
+EXECUTION_PORT_SERVICES = ("/mqc3_cloud.scheduler.v1.ExecutionService/",
+                           "/mqc3_scheduler.extension.v1.NodeService/")
 _PASSED_ON = ("authorization", "x-mqc3-")
 # A SubmitJob passed on gets an idempotency key when its caller sent none, so that
 # passing it again after the leader died cannot make a second job (docs/replicas.md).
@@ -34,6 +38,11 @@ class ForwardFailed(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def on_execution_port(path: str) -> bool:
+    """Whether the method at ``path`` is served on the execution port."""
+    return path.startswith(EXECUTION_PORT_SERVICES)
 
 
 def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
@@ -54,7 +63,7 @@ class Forwarder:
     async def call(self, address: str, path: str, request: Any, response_type: Any,
                    metadata: list[tuple[str, str]], timeout_s: float) -> Any:
         """The leader's answer to ``request`` at ``address``; raises LeaderUnreachable."""
-        channel = self._channel(address, self._credentials["/ExecutionService/" in path])
+        channel = self._channel(address, self._credentials[on_execution_port(path)])
         method = channel.unary_unary(
             path, request_serializer=_serialize, response_deserializer=response_type.FromString)
         try:

@@ -119,7 +119,8 @@ async def _list(jobs: jobs_pb2_grpc.JobsServiceStub, token: str,
         if not page_token:
             break
     columns = ["job_id", "status", "backend", "submitted_at", "shots", "tags"]
-    _print(args, rows[:args.limit], [*columns, "owner"] if args.owner else columns)
+    # An admin's listing (--owner) also names whose each job is and the node that took it.
+    _print(args, rows[:args.limit], [*columns, "owner", "node"] if args.owner else columns)
 
 
 async def _usage(jobs: jobs_pb2_grpc.JobsServiceStub, token: str,
@@ -152,7 +153,7 @@ async def _watch(jobs: jobs_pb2_grpc.JobsServiceStub, token: str,
 def _job_row(entry: pb.JobSummary) -> dict[str, Any]:
     return {"job_id": entry.job_id, "status": _STATUS_NAMES[entry.status],
             "backend": entry.backend, "submitted_at": _time(entry.submitted_at),
-            "shots": entry.n_shots, "owner": entry.owner_name,
+            "shots": entry.n_shots, "owner": entry.owner_name, "node": entry.node_identity,
             "tags": ",".join(f"{t.key}={t.value}" for t in entry.tags),
             "finished_at": _time(entry.finished_at) if entry.HasField("finished_at") else ""}
 

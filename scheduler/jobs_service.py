@@ -164,7 +164,8 @@ def summary(record: JobRecord, manager: JobManager, admin: bool) -> pb.JobSummar
     entry = pb.JobSummary(
         job_id=record.job_id, status=convert.JOB_STATUS[record.status], backend=record.backend,
         n_shots=n_shots(record), tags=_tags(record), owner_name=record.owner_name if admin else "",
-        status_detail=manager.status_detail(record))
+        status_detail=manager.status_detail(record),
+        node_identity=record.node_identity if admin else "")
     entry.submitted_at.CopyFrom(convert.timestamp(record.submitted_at))
     entry.queued_at.CopyFrom(convert.timestamp(record.queued_at))
     if record.dequeued_at is not None:

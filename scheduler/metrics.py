@@ -32,6 +32,22 @@ class QueueCollector(Collector):
         yield from (depth, size, nodes)
 
 
+class NodeCollector(Collector):
+    """How long each backend has had no node asking for work, read at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], list[tuple[str, float]]]) -> None:
+        self._snapshot = snapshot  # → [(backend, seconds)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        quiet = GaugeMetricFamily(
+            "mqc3_node_quiet_seconds", "Seconds since a node last asked the backend for work "
+            "(0 while one waits in a long poll); exported by the leader only",
+            labels=["backend"])
+        for backend, seconds in self._snapshot():
+            quiet.add_metric([backend], seconds)
+        yield quiet
+
+
 class Metrics:
     """Every metric the scheduler exports, and the JobObserver that feeds the job ones."""
 
@@ -94,6 +110,10 @@ class Metrics:
     def watch_queues(self, snapshot: Callable[[], list[tuple[str, int, int, int]]]) -> None:
         """Export queue gauges from ``snapshot``."""
         self.registry.register(QueueCollector(snapshot))
+
+    def watch_nodes(self, snapshot: Callable[[], list[tuple[str, float]]]) -> None:
+        """Export how long each backend's nodes have been quiet, from ``snapshot``."""
+        self.registry.register(NodeCollector(snapshot))
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -30,7 +30,7 @@ from job_manager.manager import JobManager
 from job_manager.stores import Deposed, Fence
 from leadership.dynamodb_lease import LEASE_KEY
 from leadership.lease import Lease
-from scheduler.forwarding import Forwarder, LeaderUnreachable, was_forwarded
+from scheduler.forwarding import Forwarder, LeaderUnreachable, on_execution_port, was_forwarded
 from scheduler.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ R = TypeVar("R")
 # A call that waits answers this long before its caller's deadline, so the SDK sees our
 # UNAVAILABLE (which it retries) rather than its own DEADLINE_EXCEEDED.
 DEADLINE_MARGIN_S = 0.25
-EXECUTION_SERVICE = "/mqc3_cloud.scheduler.v1.ExecutionService/"
 
 
 class NoLeader(Exception):
@@ -255,7 +254,7 @@ class Replicas:
             leader = self._lease.leader() if self._lease is not None and following else None
             if leader is not None and self._forwarder is not None and not forwarded:
                 metadata = metadata or self._forwarder.metadata(path, context)
-                address = (leader.execution_address if path.startswith(EXECUTION_SERVICE)
+                address = (leader.execution_address if on_execution_port(path)
                            else leader.submission_address)
                 try:
                     with idle():

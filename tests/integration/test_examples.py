@@ -15,7 +15,8 @@ def test_example_node_and_client_complete_a_job_and_download_its_result(tmp_path
     token = create_token(data_dir, "alice", "developer")
     with scheduler_process(data_dir, tmp_path / "scheduler.log") as scheduler:
         node = python("examples/node.py", "--address", scheduler.execution_address,
-                      "--jobs", "1", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                      "--jobs", "1", "--node-id", "example-lab-1",
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = python("examples/client.py", "--address", scheduler.submission_address,
                         "--token", token, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
@@ -30,3 +31,5 @@ def test_example_node_and_client_complete_a_job_and_download_its_result(tmp_path
     assert "is JOB_STATUS_COMPLETED" in client_out, client_out
     assert "downloaded" in client_out and "bytes of result" in client_out, client_out
     assert "ran job" in node_out, node_out
+    log = scheduler.log()  # the node named itself and beat for its job (docs/nodes.md)
+    assert "node=example-lab-1" in log and "its node sends heartbeats" in log, log
