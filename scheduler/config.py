@@ -17,6 +17,7 @@ from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
+from scheduler.admission import CallLimits, TokenShare
 from scheduler.housekeeping import Retention
 
 MB = 1024 * 1024
@@ -111,6 +112,7 @@ class Config:
     execution_tls: TlsConfig | None = None
     execution_secret: str | None = field(default=None, repr=False)
     replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
+    calls: CallLimits = field(default_factory=CallLimits)  # each token's share (issue 19)
     aws: AwsConfig | None = None
     local: LocalConfig | None = None
 
@@ -452,6 +454,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
                            args.execution_client_ca),
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
         replicas=_replicas(env),
+        calls=_call_limits(env),
         aws=aws,
         local=local,
     )
@@ -469,6 +472,30 @@ def _replicas(env: Mapping[str, str]) -> ReplicaConfig:
         lease_renew_s=renew_s,
         leader_wait_s=_positive_float(env, "SCHEDULER_LEADER_WAIT_S", 30.0),
         advertise_host=env.get("SCHEDULER_ADVERTISE_HOST", "").strip(),
+    )
+
+
+# --- each token's share of the calls (scheduler/admission.py, docs/errors.md) -------------
+
+
+def _call_limits(env: Mapping[str, str]) -> CallLimits:
+    defaults = CallLimits()
+    by_role = {}
+    for role, share in defaults.by_role.items():
+        suffix = role.value.upper()
+        by_role[role] = TokenShare(
+            max_in_flight=_positive_int(env, f"SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_{suffix}",
+                                        share.max_in_flight),
+            rate_per_s=_positive_float(env, f"SCHEDULER_MAX_CALL_RATE_PER_TOKEN_{suffix}",
+                                       share.rate_per_s))
+    return CallLimits(
+        by_role=by_role,
+        token_lookup_rate_per_s=_positive_float(env, "SCHEDULER_NEW_TOKEN_LOOKUP_RATE",
+                                                defaults.token_lookup_rate_per_s),
+        unknown_tokens_kept=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MISS_MAX_ENTRIES",
+                                          defaults.unknown_tokens_kept),
+        job_miss_rate_per_token_s=_positive_float(env, "SCHEDULER_JOB_MISS_RATE_PER_TOKEN",
+                                                  defaults.job_miss_rate_per_token_s),
     )
 
 

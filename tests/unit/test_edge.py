@@ -60,7 +60,9 @@ async def test_shared_work_cancelled_under_a_call_is_answered_unavailable(
     with pytest.raises(grpc.aio.AioRpcError) as answer:
         await call
     assert answer.value.code() is grpc.StatusCode.UNAVAILABLE  # which the SDK retries
-    assert answer.value.details() == INTERRUPTED
+    details = answer.value.details()
+    incident = answer.value.trailing_metadata()["x-mqc3-incident"]
+    assert details == f"{INTERRUPTED} [incident={incident}]"  # quotable, as is the log line
 
 
 async def test_shared_work_that_ends_answers_the_call(
