@@ -44,13 +44,20 @@ class AbsentJobs:
         if until is not None and until > self._monotonic():
             return None
         caller = CALLER.get()
-        if caller is not None and not self._misses.has(caller, self._miss_rate_per_s):
+        # Each read is paid for before it starts (calls at once cannot all pass a check
+        # made before any of them missed) and given back when it found a job.
+        if caller is not None and not self._misses.take(caller, self._miss_rate_per_s):
             raise SchedulerError("job_lookups_exhausted")
-        record: JobRecord | None = await self._store.get(job_id)
+        try:
+            record: JobRecord | None = await self._store.get(job_id)
+        except BaseException:
+            if caller is not None:
+                self._misses.give_back(caller, self._miss_rate_per_s)
+            raise
         if record is None:
             self._remember_absent(job_id)
-            if caller is not None:
-                self._misses.take(caller, self._miss_rate_per_s)
+        elif caller is not None:
+            self._misses.give_back(caller, self._miss_rate_per_s)
         return record
 
     async def create(self, record: JobRecord, *args: Any, **kwargs: Any) -> None:

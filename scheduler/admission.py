@@ -69,10 +69,11 @@ class Buckets:
             self._levels.popitem(last=False)
         return level >= 1
 
-    def has(self, key: str, rate_per_s: float) -> bool:
-        """Whether ``key``'s bucket holds one now (spending nothing)."""
-        level, at = self._levels.get(key, (1.0, self._monotonic()))
-        return level + (self._monotonic() - at) * rate_per_s >= 1
+    def give_back(self, key: str, rate_per_s: float) -> None:
+        """Return one taken from ``key``'s bucket (what it paid for was not spent)."""
+        capacity = max(rate_per_s * BURST_S, 1.0)
+        level, at = self._levels.get(key, (capacity, self._monotonic()))
+        self._levels[key] = (min(capacity, level + 1), at)
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ class CallLimits:
 class TokenLimits:
     """Each token's calls in progress and call rate against its role's share.
 
-    The role is the one its last resolution gave (``role_of``); a token not resolved yet
-    is held to the guest share until it is.
+    The role is the one its last resolution gave (``role_of``). A token not resolved yet
+    is not counted: its first calls share one lookup, which the budget of lookups of new
+    tokens bounds (scheduler/auth.py), and from then on it is known.
     """
 
     def __init__(self, shares: Mapping[Role, TokenShare], role_of: Callable[[str], Role | None],
@@ -113,18 +115,22 @@ class TokenLimits:
         self._in_flight: dict[str, int] = {}  # only tokens with calls in progress
         self._rates = Buckets(monotonic)
 
-    def enter(self, key: str) -> None:
-        """Count a call of the token ``key``; SchedulerError when past its share."""
-        role = self._role_of(key) or Role.GUEST
+    def enter(self, key: str) -> bool:
+        """Count a call of the token ``key`` (True), or not when the token is not known yet
+        (False); SchedulerError when the call is past the token's share."""
+        role = self._role_of(key)
+        if role is None:
+            return False
         share = self._shares[role]
         if self._in_flight.get(key, 0) >= share.max_in_flight:
             raise SchedulerError("token_busy", limit=share.max_in_flight, role=role.value)
         if not self._rates.take(key, share.rate_per_s):
             raise SchedulerError("token_rate", rate=f"{share.rate_per_s:g}", role=role.value)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return True
 
     def leave(self, key: str) -> None:
-        """The token's call ended."""
+        """A call :meth:`enter` counted ended."""
         left = self._in_flight.pop(key) - 1
         if left:
             self._in_flight[key] = left

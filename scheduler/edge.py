@@ -160,6 +160,17 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, code: grpc.Stat
                         _trailing(incident=incident))
 
 
+def _nothing() -> None:
+    pass
+
+
+def _take_share(tokens: TokenLimits | None, caller: str | None) -> Callable[[], None]:
+    """Count the call against its token's share (SchedulerError past it); what ends it."""
+    if tokens is None or caller is None or not tokens.enter(caller):
+        return _nothing
+    return lambda: tokens.leave(caller)
+
+
 def _token_key(request: Any) -> str | None:
     """The fingerprint of the token a request names, or None when it names none."""
     token = getattr(request, "token", None)
@@ -202,14 +213,12 @@ def in_band(
                             request.why, extra=REPEATABLE)
                 malformed = SchedulerError("request_malformed", method=method)
                 return response_type(error=_refused(context, method, malformed))
-            tokens = edge.tokens
-            caller = _token_key(request) if tokens is not None else None
+            caller = _token_key(request) if edge.tokens is not None else None
+            end_share = _nothing
             try:
-                if tokens is not None and caller is not None:
-                    tokens.enter(caller)
+                end_share = _take_share(edge.tokens, caller)
                 if limited and not edge.admission.try_enter():
-                    if tokens is not None and caller is not None:
-                        tokens.leave(caller)
+                    end_share()
                     raise SchedulerError("overloaded", limit=edge.admission.limit)
             except SchedulerError as refusal:
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
@@ -261,8 +270,7 @@ def in_band(
             finally:
                 if limited:
                     edge.admission.leave()
-                if tokens is not None and caller is not None:
-                    tokens.leave(caller)
+                end_share()
                 edge.metrics.rpc_latency.labels(method, code).observe(
                     time.perf_counter() - started)
 

@@ -106,7 +106,8 @@ async def test_a_call_whose_caller_left_is_counted_cancelled_not_internal(
 TWO_AT_ONCE = {role: TokenShare(max_in_flight=2, rate_per_s=1000.0) for role in Role}
 
 
-@pytest.mark.parametrize("tokens", [TokenLimits(TWO_AT_ONCE, lambda key: None, time.monotonic)])
+@pytest.mark.parametrize("tokens", [
+    TokenLimits(TWO_AT_ONCE, lambda key: Role.DEVELOPER, time.monotonic)])
 async def test_a_token_past_its_calls_in_progress_is_refused_and_no_other_token(
         served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
     servicer, stub = served
