@@ -135,14 +135,16 @@ def _refused(context: grpc.aio.ServicerContext, method: str, error: SchedulerErr
     """``error``'s ErrorDetail, its reason (and incident) also in the trailing metadata."""
     if incident is None and error.code in INCIDENT_CODES:
         incident = new_id()
-    context.set_trailing_metadata(_trailing(error.key, incident))
+    context.set_trailing_metadata(_trailing(context, error.key, incident))
     return error_detail(error, method, incident)
 
 
-def _trailing(reason: str | None = None,
+def _trailing(context: grpc.aio.ServicerContext, reason: str | None = None,
               incident: str | None = None) -> tuple[tuple[str, str], ...]:
-    """The call's request id, and a refusal's reason and incident id, for the caller."""
-    named = ((REQUEST_ID_METADATA, REQUEST_ID.get()), (REASON_METADATA, reason),
+    """The request id the caller sent, and a refusal's reason and incident id. A request
+    id the scheduler made is not answered: two calls that differ only by whose job they
+    name must be answered alike (docs/errors.md)."""
+    named = ((REQUEST_ID_METADATA, request_id(context)), (REASON_METADATA, reason),
              (INCIDENT_METADATA, incident))
     return tuple((name, value) for name, value in named if value is not None)
 
@@ -151,13 +153,13 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, code: grpc.Stat
                  details: str) -> None:
     """End the call with a transport status; one in INCIDENT_CODES names an incident."""
     if code.name not in INCIDENT_CODES:
-        await context.abort(code, details, _trailing())
+        await context.abort(code, details, _trailing(context))
         return  # not reached: abort raises
     incident = new_id()
     log.warning("%s answered transport %s, incident %s: %s", method, code.name, incident,
                 details, extra={**REPEATABLE, "kind": code.name})
     await context.abort(code, f"{details} [incident={incident}]",
-                        _trailing(incident=incident))
+                        _trailing(context, incident=incident))
 
 
 def _nothing() -> None:
@@ -201,8 +203,8 @@ def in_band(
                          context: grpc.aio.ServicerContext) -> Response:
             edge = self.edge
             # gRPC serves each call in a task of its own: these hold for this call only.
-            REQUEST_ID.set(request_id(context))
-            context.set_trailing_metadata(_trailing())
+            REQUEST_ID.set(request_id(context) or new_id())
+            context.set_trailing_metadata(_trailing(context))
             if edge.not_serving is not None:
                 # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
                 # once ready); an in-band error would end the user's run instead.

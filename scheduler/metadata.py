@@ -6,8 +6,6 @@ import re
 
 import grpc
 
-from common.logs import new_id
-
 
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
     """A request's metadata value (text), or None when it was not sent."""
@@ -23,8 +21,8 @@ INCIDENT_METADATA = "x-mqc3-incident"  # the incident id an answer and its log l
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str:
-    """The caller's request id when it is 1 to 64 of ``A-Z a-z 0-9 . _ : -``, else a new one
-    (what a caller sent that is not is never echoed into a log)."""
+def request_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's request id when it is 1 to 64 of ``A-Z a-z 0-9 . _ : -``, else None
+    (what a caller sent that is not is never echoed, nor written into a log)."""
     sent = metadata_value(context, REQUEST_ID_METADATA)
-    return sent if sent is not None and _REQUEST_ID.fullmatch(sent) else new_id()
+    return sent if sent is not None and _REQUEST_ID.fullmatch(sent) else None

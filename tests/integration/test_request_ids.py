@@ -9,7 +9,6 @@ import re
 import pytest
 
 from common.logs import RequestIdFilter
-from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from tests.helpers import AwsNames, TokenDatabase, submit_request
 from tests.integration.test_replica_routing import replicas
 
@@ -34,18 +33,20 @@ async def test_a_request_id_is_on_each_line_of_the_call_at_the_leader_too(
 
 
 @pytest.mark.parametrize("sent", ["has spaces", "x" * 65, "<script>", ""])
-async def test_a_request_id_that_is_not_a_short_plain_word_is_replaced(
+async def test_a_request_id_that_is_not_a_short_plain_word_is_replaced_in_the_log(
         aws_names: AwsNames, token_database: TokenDatabase, caplog: pytest.LogCaptureFixture,
         sent: str) -> None:
     caplog.set_level(logging.INFO)
     caplog.handler.addFilter(RequestIdFilter())
     async with replicas(aws_names, token_database, count=1) as (alone,):
         token = token_database.token("alice", "developer")
-        call = alone.clients.submission.GetJobStatus(
-            pb.GetJobStatusRequest(token=token, job_id="not-a-uuid"),
-            metadata=(("x-request-id", sent),), timeout=20)
+        call = alone.clients.submission.SubmitJob(
+            submit_request(token), metadata=(("x-request-id", sent),), timeout=20)
         answer = await call
-        assert answer.error.code == "INVALID_ARGUMENT"
-        given = (await call.trailing_metadata())["x-request-id"]
-    assert re.fullmatch(r"[A-Z2-7]{8}", given)
+        assert answer.error.code == "", answer.error
+        answered = [name for name, _ in await call.trailing_metadata()]
+        assert "x-request-id" not in answered  # what was sent is never echoed
+    [queued] = [record for record in caplog.records
+                if answer.job_id in record.getMessage() and record.name.startswith("job_")]
+    assert re.fullmatch(r"[A-Z2-7]{8}", getattr(queued, "request_id", ""))  # one it made
     assert not sent or sent not in caplog.text
