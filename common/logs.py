@@ -1,12 +1,34 @@
-"""Log set-up: text for people, one JSON object per line for log shippers."""
+"""Log set-up: text for people, one JSON object per line for log shippers; each line of a
+call carries the call's request id (docs/errors.md)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
+
+# The request id of the call being served, set where the call enters (the gRPC edge).
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_id() -> str:
+    """A short id people can quote (a request id, an incident id): 8 base32 characters."""
+    return base64.b32encode(secrets.token_bytes(5)).decode()
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives each record ``request_id`` (the call's, or None) and ``call`` (`` [id]`` or "")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        record.request_id = request_id
+        record.call = f" [{request_id}]" if request_id else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,6 +41,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -26,7 +51,8 @@ class JsonFormatter(logging.Formatter):
 
 # What a client can make the service log as often as it likes (bad requests, failing
 # lookups) is marked ``extra=REPEATABLE``: at most BURST records of one kind per window
-# reach the log, then one line says how many were left out.
+# reach the log, then one line says how many were left out. A record's kind is its logger
+# and message template, and its ``kind`` attribute when it has one (a refusal's reason).
 REPEATABLE = {"repeatable": True}
 BURST = 10
 WINDOW_S = 10.0
@@ -39,12 +65,12 @@ class RepeatLimit(logging.Filter):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._clock = clock
-        self._windows: dict[tuple[str, str], list[float]] = {}  # kind → [start, count]
+        self._windows: dict[tuple[str, str, str], list[float]] = {}  # kind → [start, count]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not (getattr(record, "repeatable", False) or record.name.startswith("aiohttp")):
             return True
-        kind = (record.name, str(record.msg))
+        kind = (record.name, str(record.msg), str(getattr(record, "kind", "")))
         now = self._clock()
         window = self._windows.get(kind)
         if window is None or now - window[0] >= WINDOW_S:
@@ -66,8 +92,9 @@ def configure_logging(level: str, log_format: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s%(call)s: %(message)s"))
     handler.addFilter(RepeatLimit())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

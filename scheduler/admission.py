@@ -1,9 +1,23 @@
-"""Overload protection: past a number of concurrent calls, answer at once instead of queueing."""
+"""Overload protection: past a number of concurrent calls, answer at once instead of queueing;
+and each token's own share of the calls, so one caller cannot starve the others
+(docs/errors.md, "Limits per token")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from common.identity import Role
+from message_manager import SchedulerError
+
+# The fingerprint of the token the call in progress names, set by the edge; None for calls
+# that name none (nodes). What a token's calls cost further down is counted against it.
+CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+BURST_S = 2.0  # a bucket holds this many seconds of its rate: a short burst passes
+TRACKED_TOKENS = 100_000  # buckets kept at most; a full bucket forgotten costs nothing
 
 
 class Admission:
@@ -32,3 +46,91 @@ class Admission:
             yield
         finally:
             self.in_flight += 1
+
+
+class Buckets:
+    """Token buckets by key: each refills at ``rate_per_s`` up to BURST_S seconds' worth
+    (at least one). Bounded: the longest-unused buckets are forgotten first, which at
+    worst hands an idle key a fresh bucket."""
+
+    def __init__(self, monotonic: Callable[[], float], max_keys: int = TRACKED_TOKENS) -> None:
+        self._monotonic = monotonic
+        self._max_keys = max_keys
+        self._levels: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key → (level, at)
+
+    def take(self, key: str, rate_per_s: float) -> bool:
+        """Spend one from ``key``'s bucket, or False when it is empty."""
+        capacity = max(rate_per_s * BURST_S, 1.0)
+        now = self._monotonic()
+        level, at = self._levels.pop(key, (capacity, now))
+        level = min(capacity, level + (now - at) * rate_per_s)
+        self._levels[key] = (level - 1 if level >= 1 else level, now)
+        while len(self._levels) > self._max_keys:
+            self._levels.popitem(last=False)
+        return level >= 1
+
+    def give_back(self, key: str, rate_per_s: float) -> None:
+        """Return one taken from ``key``'s bucket (what it paid for was not spent)."""
+        capacity = max(rate_per_s * BURST_S, 1.0)
+        level, at = self._levels.get(key, (capacity, self._monotonic()))
+        self._levels[key] = (min(capacity, level + 1), at)
+
+
+@dataclass(frozen=True)
+class TokenShare:
+    """What one token of a role may use of a service at once, and how fast."""
+
+    max_in_flight: int
+    rate_per_s: float
+
+
+def _default_shares() -> dict[Role, TokenShare]:
+    # Far above an SDK user (one call at a time per run, a poll a second), below a flood.
+    return {Role.ADMIN: TokenShare(50, 500.0), Role.DEVELOPER: TokenShare(20, 100.0),
+            Role.GUEST: TokenShare(10, 50.0)}
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """The per-token limits (config: SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_*, ...)."""
+
+    by_role: Mapping[Role, TokenShare] = field(default_factory=_default_shares)
+    token_lookup_rate_per_s: float = 50.0  # tokens new to this replica, checked per second
+    unknown_tokens_kept: int = 10_000  # the cache of tokens the database did not know
+    job_miss_rate_per_token_s: float = 5.0  # store reads of job ids that name nothing
+
+
+class TokenLimits:
+    """Each token's calls in progress and call rate against its role's share.
+
+    The role is the one its last resolution gave (``role_of``). A token not resolved yet
+    is not counted: its first calls share one lookup, which the budget of lookups of new
+    tokens bounds (scheduler/auth.py), and from then on it is known.
+    """
+
+    def __init__(self, shares: Mapping[Role, TokenShare], role_of: Callable[[str], Role | None],
+                 monotonic: Callable[[], float]) -> None:
+        self._shares = shares
+        self._role_of = role_of
+        self._in_flight: dict[str, int] = {}  # only tokens with calls in progress
+        self._rates = Buckets(monotonic)
+
+    def enter(self, key: str) -> bool:
+        """Count a call of the token ``key`` (True), or not when the token is not known yet
+        (False); SchedulerError when the call is past the token's share."""
+        role = self._role_of(key)
+        if role is None:
+            return False
+        share = self._shares[role]
+        if self._in_flight.get(key, 0) >= share.max_in_flight:
+            raise SchedulerError("token_busy", limit=share.max_in_flight, role=role.value)
+        if not self._rates.take(key, share.rate_per_s):
+            raise SchedulerError("token_rate", rate=f"{share.rate_per_s:g}", role=role.value)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return True
+
+    def leave(self, key: str) -> None:
+        """A call :meth:`enter` counted ended."""
+        left = self._in_flight.pop(key) - 1
+        if left:
+            self._in_flight[key] = left

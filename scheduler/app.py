@@ -32,7 +32,8 @@ from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc, nodes_pb2_grpc
-from scheduler.admission import Admission
+from scheduler.absent_jobs import remembering_absent
+from scheduler.admission import Admission, TokenLimits
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
@@ -250,10 +251,14 @@ class Scheduler:
         monitor = StoreMonitor(self.metrics)
         job_store = monitor.wrap(stack.jobs, "jobs")
         payload_store = monitor.wrap(stack.payloads, "payloads")
+        # Calls' reads of ids that name no job are bounded (scheduler/absent_jobs.py); the
+        # store probe below reads the store itself.
+        calls_job_store = remembering_absent(job_store, self.clock.monotonic,
+                                             config.calls.job_miss_rate_per_token_s)
 
         def make_manager(fence: Fence | None) -> JobManager:
             return JobManager(
-                jobs=job_store,
+                jobs=calls_job_store,
                 payloads=payload_store,
                 limits=config.limits,
                 clock=self.clock,
@@ -340,16 +345,20 @@ class Scheduler:
             channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
             config.token_cache_max_entries,
             on_cache=lambda hit: self.metrics.token_cache.labels("hit" if hit else "miss").inc(),
+            max_unknown_entries=config.calls.unknown_tokens_kept,
+            lookup_rate_per_s=config.calls.token_lookup_rate_per_s,
         )
+        # One share per token on the submission port (SubmissionService and the extension).
+        token_limits = TokenLimits(config.calls.by_role, auth.role_of, self.clock.monotonic)
         secret = config.execution_secret or stack.execution_secret
         # The extension shares the submission port and its limit of concurrent calls.
         submission_admission = Admission(config.submission_max_concurrent_rpcs)
         # The nodes' extension shares the execution port, its limit and its credential.
         execution_admission = Admission(config.execution_max_concurrent_rpcs)
         self._edges = [
-            Edge(SUBMISSION, replicas, submission_admission, self.metrics),
+            Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits),
             Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),
-            Edge(JOBS, replicas, submission_admission, self.metrics),
+            Edge(JOBS, replicas, submission_admission, self.metrics, tokens=token_limits),
             Edge(NODES, replicas, execution_admission, self.metrics, secret),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)

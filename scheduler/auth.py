@@ -1,4 +1,5 @@
-"""Who is calling: tokens resolved through the TokenDatabaseService, with a bounded TTL cache."""
+"""Who is calling: tokens resolved through the TokenDatabaseService, with bounded TTL caches
+(docs/errors.md, "Limits per token", says what bounds a flood of unknown tokens)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from common.single_flight import SingleFlight
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
+from scheduler.admission import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,11 @@ class TokenResolver:
     """Resolves tokens over one long-lived channel.
 
     Known tokens are cached for ``ttl_s`` (never past their own expiry), unknown
-    ones for ``miss_ttl_s``. Concurrent lookups of one token share a single call.
-    The cache is keyed by fingerprint, so it holds no raw token.
+    ones for ``miss_ttl_s``, in two bounded caches: a flood of unknown tokens fills
+    its own and evicts no known one. Concurrent lookups of one token share a single
+    call. A token this replica has never known costs a lookup from a budget of
+    ``lookup_rate_per_s`` for all such tokens together; past it, it is refused without
+    a call. The caches are keyed by fingerprint, so they hold no raw token.
     """
 
     def __init__(
@@ -45,14 +50,18 @@ class TokenResolver:
         max_entries: int,
         call_timeout_s: float = 3.0,
         on_cache: Callable[[bool], None] = lambda hit: None,
+        max_unknown_entries: int = 10_000,
+        lookup_rate_per_s: float = 50.0,
     ) -> None:
         self._stub = tdb_grpc.TokenDatabaseServiceStub(channel)
         self._clock = clock
         self._ttl_s = ttl_s
         self._miss_ttl_s = miss_ttl_s
-        self._max_entries = max_entries
         self._call_timeout_s = call_timeout_s
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._known = _Cache(max_entries)  # tokens the database knew (even if expired)
+        self._unknown = _Cache(max_unknown_entries)
+        self._lookup_rate_per_s = lookup_rate_per_s
+        self._new_lookups = Buckets(clock.monotonic, max_keys=1)
         self._lookups: SingleFlight[str, _Entry] = SingleFlight()
         self._on_cache = on_cache
 
@@ -61,13 +70,21 @@ class TokenResolver:
         if not token:
             raise SchedulerError("token_missing")
         key = fingerprint(token)
-        entry = self._cache.get(key)
+        entry = self._known.get(key) or self._unknown.get(key)
         if entry is not None and entry.valid_until_s > self._clock.monotonic():
             self._on_cache(True)
         else:
             self._on_cache(False)
+            if (key not in self._known and key not in self._lookups
+                    and not self._new_lookups.take("", self._lookup_rate_per_s)):
+                raise SchedulerError("token_lookups_exhausted")
             entry = await self._lookups.run(key, lambda: self._lookup_and_remember(key, token))
         return self._principal_of(entry)
+
+    def role_of(self, key: str) -> Role | None:
+        """The role the token with fingerprint ``key`` had when last resolved, or None."""
+        entry = self._known.get(key)
+        return entry.principal.role if entry is not None and entry.principal else None
 
     def _principal_of(self, entry: _Entry) -> Principal:
         if entry.principal is None:
@@ -110,7 +127,32 @@ class TokenResolver:
         )
 
     def _remember(self, key: str, entry: _Entry) -> None:
-        self._cache[key] = entry
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
+        if entry.principal is None:
+            self._known.pop(key)
+            self._unknown.put(key, entry)
+        else:
+            self._unknown.pop(key)
+            self._known.put(key, entry)
+
+
+class _Cache:
+    """Entries by fingerprint, the least recently stored dropped past ``max_entries``."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> _Entry | None:
+        return self._entries.get(key)
+
+    def pop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def put(self, key: str, entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)

@@ -18,6 +18,7 @@ from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
+from scheduler.admission import CallLimits, TokenShare
 from scheduler.housekeeping import Retention
 
 MB = 1024 * 1024
@@ -122,6 +123,7 @@ class Config:
     execution_secret: str | None = field(default=None, repr=False)
     replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
     nodes: NodeConfig = field(default_factory=NodeConfig)
+    calls: CallLimits = field(default_factory=CallLimits)  # each token's share (issue 19)
     aws: AwsConfig | None = None
     local: LocalConfig | None = None
 
@@ -480,6 +482,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
         replicas=_replicas(env),
         nodes=_nodes(env),
+        calls=_call_limits(env),
         aws=aws,
         local=local,
     )
@@ -504,6 +507,30 @@ def _nodes(env: Mapping[str, str]) -> NodeConfig:
     return NodeConfig(
         quiet_after_s=_positive_float(env, "SCHEDULER_NODE_QUIET_S", 300.0),
         heartbeat_timeout_s=_positive_float(env, "SCHEDULER_HEARTBEAT_TIMEOUT_S", 30.0),
+    )
+
+
+# --- each token's share of the calls (scheduler/admission.py, docs/errors.md) -------------
+
+
+def _call_limits(env: Mapping[str, str]) -> CallLimits:
+    defaults = CallLimits()
+    by_role = {}
+    for role, share in defaults.by_role.items():
+        suffix = role.value.upper()
+        by_role[role] = TokenShare(
+            max_in_flight=_positive_int(env, f"SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_{suffix}",
+                                        share.max_in_flight),
+            rate_per_s=_positive_float(env, f"SCHEDULER_MAX_CALL_RATE_PER_TOKEN_{suffix}",
+                                       share.rate_per_s))
+    return CallLimits(
+        by_role=by_role,
+        token_lookup_rate_per_s=_positive_float(env, "SCHEDULER_NEW_TOKEN_LOOKUP_RATE",
+                                                defaults.token_lookup_rate_per_s),
+        unknown_tokens_kept=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MISS_MAX_ENTRIES",
+                                          defaults.unknown_tokens_kept),
+        job_miss_rate_per_token_s=_positive_float(env, "SCHEDULER_JOB_MISS_RATE_PER_TOKEN",
+                                                  defaults.job_miss_rate_per_token_s),
     )
 
 

@@ -1,4 +1,5 @@
-"""The gRPC edge: admission, latency metrics, and every refusal in-band as an ErrorDetail."""
+"""The gRPC edge: admission (per service and per token), latency metrics, request ids, and
+every refusal in-band as an ErrorDetail, with a reason and an incident id (docs/errors.md)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from common.logs import REPEATABLE
+from common.identity import fingerprint
+from common.logs import REPEATABLE, REQUEST_ID, new_id
 from job_manager.manager import JobManager
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
-from scheduler.admission import Admission
+from scheduler.admission import CALLER, Admission, TokenLimits
 from scheduler.forwarding import ForwardFailed
-from scheduler.metadata import metadata_value
+from scheduler.metadata import (
+    INCIDENT_METADATA,
+    REASON_METADATA,
+    REQUEST_ID_METADATA,
+    metadata_value,
+    request_id,
+)
 from scheduler.metrics import Metrics
 from scheduler.replicas import NoLeader, Replicas
 
@@ -29,6 +37,8 @@ log = logging.getLogger(__name__)
 STARTING = "the scheduler is starting (recovering its jobs); retry"
 DRAINING = "the scheduler is shutting down; retry"
 INTERRUPTED = "the work this call was waiting for was interrupted; retry"
+# Answers that name an incident: the scheduler's trouble, or a refusal someone may ask about.
+INCIDENT_CODES = frozenset({"INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext, JobManager], Awaitable[Response]]
@@ -39,11 +49,12 @@ class Edge:
     """What every call of one gRPC service passes through."""
 
     def __init__(self, service: str, replicas: Replicas, admission: Admission, metrics: Metrics,
-                 shared_secret: str | None = None) -> None:
+                 shared_secret: str | None = None, tokens: TokenLimits | None = None) -> None:
         self.service = service  # the full name, as in a method's path
         self.replicas = replicas  # which JobManager serves, and the road to the leader
         self.admission = admission
         self.metrics = metrics
+        self.tokens = tokens  # each token's share, on a port whose requests name a token
         # Why calls are turned away (starting, draining), or None while serving.
         self.not_serving: str | None = STARTING
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
@@ -104,9 +115,68 @@ def add_servicer(add: Callable[[Any, Any], None], servicer: Any, server: grpc.ai
         raise RuntimeError("the generated code registered no service: regenerate pb/")
 
 
-def error_detail(error: SchedulerError) -> error_detail_pb2.ErrorDetail:
-    """The ErrorDetail a client sees for a refusal."""
-    return error_detail_pb2.ErrorDetail(code=error.code, description=str(error))
+def error_detail(error: SchedulerError, method: str = "",
+                 incident: str | None = None) -> error_detail_pb2.ErrorDetail:
+    """The ErrorDetail a client sees for a refusal. One whose code is in INCIDENT_CODES
+    ends with its reason and an incident id, ``[reason=queue_full incident=K7QX2M4A]``,
+    and the incident is logged with the same id."""
+    description = str(error)
+    if incident is None and error.code in INCIDENT_CODES:
+        incident = new_id()
+    if incident is not None:
+        description += f" [reason={error.key} incident={incident}]"
+        log.warning("%s answered %s (%s), incident %s", method or "a call", error.code,
+                    error.key, incident, extra={**REPEATABLE, "kind": error.key})
+    return error_detail_pb2.ErrorDetail(code=error.code, description=description)
+
+
+def _refused(context: grpc.aio.ServicerContext, method: str, error: SchedulerError,
+             incident: str | None = None) -> error_detail_pb2.ErrorDetail:
+    """``error``'s ErrorDetail, its reason (and incident) also in the trailing metadata."""
+    if incident is None and error.code in INCIDENT_CODES:
+        incident = new_id()
+    context.set_trailing_metadata(_trailing(context, error.key, incident))
+    return error_detail(error, method, incident)
+
+
+def _trailing(context: grpc.aio.ServicerContext, reason: str | None = None,
+              incident: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The request id the caller sent, and a refusal's reason and incident id. A request
+    id the scheduler made is not answered: two calls that differ only by whose job they
+    name must be answered alike (docs/errors.md)."""
+    named = ((REQUEST_ID_METADATA, request_id(context)), (REASON_METADATA, reason),
+             (INCIDENT_METADATA, incident))
+    return tuple((name, value) for name, value in named if value is not None)
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode,
+                 details: str) -> None:
+    """End the call with a transport status; one in INCIDENT_CODES names an incident."""
+    if code.name not in INCIDENT_CODES:
+        await context.abort(code, details, _trailing(context))
+        return  # not reached: abort raises
+    incident = new_id()
+    log.warning("%s answered transport %s, incident %s: %s", method, code.name, incident,
+                details, extra={**REPEATABLE, "kind": code.name})
+    await context.abort(code, f"{details} [incident={incident}]",
+                        _trailing(context, incident=incident))
+
+
+def _nothing() -> None:
+    pass
+
+
+def _take_share(tokens: TokenLimits | None, caller: str | None) -> Callable[[], None]:
+    """Count the call against its token's share (SchedulerError past it); what ends it."""
+    if tokens is None or caller is None or not tokens.enter(caller):
+        return _nothing
+    return lambda: tokens.leave(caller)
+
+
+def _token_key(request: Any) -> str | None:
+    """The fingerprint of the token a request names, or None when it names none."""
+    token = getattr(request, "token", None)
+    return fingerprint(token) if isinstance(token, str) and token else None
 
 
 def in_band(
@@ -118,7 +188,8 @@ def in_band(
     traceback and answered INTERNAL, so a client never sees a transport error for
     something the scheduler did. Past the service's limit of concurrent calls the
     answer is RESOURCE_EXHAUSTED at once, unless ``limited`` is False (calls that
-    finish work already handed out, which refusing would only waste).
+    finish work already handed out, which refusing would only waste); so it is past
+    the share of the token the request names (scheduler/admission.py).
 
     The method runs with the JobManager that serves now; a ``leader`` method (one that
     changes jobs) runs where the leader is: here, or passed on (scheduler/replicas.py).
@@ -131,20 +202,31 @@ def in_band(
         async def answer(self: EdgeServicer, request: Any,
                          context: grpc.aio.ServicerContext) -> Response:
             edge = self.edge
+            # gRPC serves each call in a task of its own: these hold for this call only.
+            REQUEST_ID.set(request_id(context) or new_id())
+            context.set_trailing_metadata(_trailing(context))
             if edge.not_serving is not None:
                 # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
                 # once ready); an in-band error would end the user's run instead.
-                await context.abort(grpc.StatusCode.UNAVAILABLE, edge.not_serving)
+                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, edge.not_serving)
             if isinstance(request, MalformedRequest):
                 edge.metrics.rpc_latency.labels(method, "INVALID_ARGUMENT").observe(0)
                 log.warning("%s: %d bytes that are no request (%s)", method, request.size,
                             request.why, extra=REPEATABLE)
                 malformed = SchedulerError("request_malformed", method=method)
-                return response_type(error=error_detail(malformed))
-            if limited and not edge.admission.try_enter():
+                return response_type(error=_refused(context, method, malformed))
+            caller = _token_key(request) if edge.tokens is not None else None
+            end_share = _nothing
+            try:
+                end_share = _take_share(edge.tokens, caller)
+                if limited and not edge.admission.try_enter():
+                    end_share()
+                    raise SchedulerError("overloaded", limit=edge.admission.limit)
+            except SchedulerError as refusal:
                 edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
-                refusal = SchedulerError("overloaded", limit=edge.admission.limit)
-                return response_type(error=error_detail(refusal))
+                edge.metrics.refusals.labels(refusal.key).inc()
+                return response_type(error=_refused(context, method, refusal))
+            CALLER.set(caller)
             started = time.perf_counter()
             code = "INTERNAL"
             try:
@@ -161,14 +243,16 @@ def in_band(
                 return response
             except SchedulerError as exc:
                 code = exc.code
-                return response_type(error=error_detail(exc))
+                if exc.code == "RESOURCE_EXHAUSTED":
+                    edge.metrics.refusals.labels(exc.key).inc()
+                return response_type(error=_refused(context, method, exc))
             except NoLeader as exc:
                 code = "UNAVAILABLE"  # transport-level: the SDK tries once more
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
+                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
                 raise  # not reached: abort raises
             except ForwardFailed as exc:
                 code = exc.code.name
-                await context.abort(exc.code, exc.details)
+                await _abort(context, method, exc.code, exc.details)
                 raise  # not reached: abort raises
             except asyncio.CancelledError:
                 if _caller_left():
@@ -177,15 +261,18 @@ def in_band(
                 # Work shared with other calls (a single flight) was cancelled under this
                 # one, as at shutdown: answered, and retryable, rather than left hanging.
                 code = "UNAVAILABLE"
-                log.warning("%s: shared work was interrupted; answered UNAVAILABLE", method)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
+                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
                 raise  # not reached: abort raises
             except Exception:
-                log.exception("%s failed unexpectedly", method, extra=REPEATABLE)
-                return response_type(error=error_detail(SchedulerError("unexpected")))
+                incident = new_id()
+                log.exception("%s failed unexpectedly, incident %s", method, incident,
+                              extra=REPEATABLE)
+                return response_type(
+                    error=_refused(context, method, SchedulerError("unexpected"), incident))
             finally:
                 if limited:
                     edge.admission.leave()
+                end_share()
                 edge.metrics.rpc_latency.labels(method, code).observe(
                     time.perf_counter() - started)
 

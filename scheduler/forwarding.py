@@ -2,8 +2,9 @@
 
 A replica that does not lead passes on what only the leader may do (docs/replicas.md),
 with the caller's own credentials (the token in the request, the nodes' secret in the
-``authorization`` metadata) and the scheduler's ``x-mqc3-*`` metadata. The leader checks
-them as for any call; a forwarded call is marked so it is never passed on again.
+``authorization`` metadata), the scheduler's ``x-mqc3-*`` metadata and the call's request
+id, so the leader's log lines of the call carry the same one (docs/errors.md). The leader
+checks them as for any call; a forwarded call is marked so it is never passed on again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from scheduler.metadata import metadata_value
+from common.logs import REQUEST_ID
+from scheduler.metadata import REQUEST_ID_METADATA, metadata_value
 from scheduler.validation import IDEMPOTENCY_METADATA
 
 FORWARDED_BY = "x-mqc3-forwarded-by"  # the replica that passed the call on
@@ -80,6 +82,9 @@ class Forwarder:
                 if name.startswith(_PASSED_ON) and name != FORWARDED_BY]
         if path.endswith("/SubmitJob") and not any(n == IDEMPOTENCY_METADATA for n, _ in sent):
             sent.append((IDEMPOTENCY_METADATA, f"{FORWARDED_KEY_PREFIX}{uuid.uuid4().hex}"))
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            sent.append((REQUEST_ID_METADATA, request_id))
         sent.append((FORWARDED_BY, self._me))
         return sent
 

@@ -66,6 +66,9 @@ class Metrics:
         self.jobs_requeued = Counter(
             "mqc3_jobs_requeued", "Jobs queued again after their node vanished without a "
             "report (SCHEDULER_MAX_REQUEUES)", ["backend"], registry=r)
+        self.refusals = Counter(
+            "mqc3_refusals", "Calls answered RESOURCE_EXHAUSTED, by reason (docs/errors.md)",
+            ["reason"], registry=r)
         self.unreadable_records = Counter(
             "mqc3_unreadable_records", "Job records the scheduler could not read and left "
             "untouched (each counted once)", registry=r)

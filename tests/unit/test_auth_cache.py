@@ -132,16 +132,54 @@ async def test_an_empty_token_never_reaches_the_database(resolver: TokenResolver
     assert tokens[0].lookups == 0
 
 
-async def test_the_cache_is_bounded(resolver: TokenResolver, tokens: tuple[CountingTokens, ...]
-                                    ) -> None:
-    for token in ("good", "expiring", "nope", "nope2"):  # max_entries=2
-        try:
-            await resolver.resolve(token)
-        except SchedulerError:
-            pass
+async def test_the_cache_of_known_tokens_is_bounded(resolver: TokenResolver,
+                                                    tokens: tuple[CountingTokens, ...]) -> None:
+    tokens[0].others["token-bob"] = _info("bob")
+    for token in ("good", "expiring", "token-bob"):  # max_entries=2
+        await resolver.resolve(token)
     before = tokens[0].lookups
     await resolver.resolve("good")  # evicted as the oldest entry: asked again
     assert tokens[0].lookups == before + 1
+
+
+async def test_unknown_tokens_evict_no_known_one(resolver: TokenResolver,
+                                                tokens: tuple[CountingTokens, ...]) -> None:
+    await resolver.resolve("good")
+    for i in range(20):  # ten times the known tokens' cache (max_entries=2)
+        assert await _code(resolver, f"random-{i}") == "token_unknown"
+    before = tokens[0].lookups
+    await resolver.resolve("good")
+    assert tokens[0].lookups == before  # still cached
+
+
+async def test_the_cache_of_unknown_tokens_is_bounded_too(tokens: Tokens,
+                                                         clock: FakeClock) -> None:
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        resolver = TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                                 max_unknown_entries=2)
+        for token in ("nope-1", "nope-2", "nope-3"):
+            assert await _code(resolver, token) == "token_unknown"
+        assert await _code(resolver, "nope-3") == "token_unknown"
+        assert tokens[0].lookups == 3
+        assert await _code(resolver, "nope-1") == "token_unknown"  # the oldest, forgotten
+        assert tokens[0].lookups == 4
+
+
+async def test_tokens_never_resolved_cost_lookups_at_a_bounded_rate(tokens: Tokens,
+                                                                   clock: FakeClock) -> None:
+    async with grpc.aio.insecure_channel(tokens[2]) as channel:
+        resolver = TokenResolver(channel, clock, TTL_S, MISS_TTL_S, max_entries=2,
+                                 lookup_rate_per_s=1.0)  # bursts of 2
+        await resolver.resolve("good")
+        refused = [await _code(resolver, f"random-{i}") for i in range(50)]
+        assert tokens[0].lookups == 2
+        assert refused == ["token_unknown"] + ["token_lookups_exhausted"] * 49
+        clock.advance(TTL_S)  # the budget refills; "good" is due to be asked for again
+        refused = [await _code(resolver, f"again-{i}") for i in range(3)]
+        assert refused == ["token_unknown"] * 2 + ["token_lookups_exhausted"]
+        assert tokens[0].lookups == 4
+        assert (await resolver.resolve("good")).name == "alice"  # spent, yet a known token
+        assert tokens[0].lookups == 5
 
 
 async def test_with_the_database_down_cached_tokens_work_and_others_are_unavailable(

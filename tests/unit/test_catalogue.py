@@ -54,3 +54,12 @@ def test_the_keys_mypy_checks_are_the_catalogues() -> None:
 def test_a_missing_field_fails_loudly() -> None:
     with pytest.raises(KeyError):
         SchedulerError("job_not_found")
+
+
+def test_every_reason_is_documented_under_its_code() -> None:
+    rows = {line.split("|")[1].strip(): set(re.findall(r"`([a-z_]+)`", line))
+            for line in (ROOT / "docs" / "errors.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in ALLOWED_CODES}
+    catalogue = default_catalogue()
+    documented = {(code, key) for code, keys in rows.items() for key in keys}
+    assert documented == {(catalogue.entry(key).code, key) for key in catalogue.keys()}

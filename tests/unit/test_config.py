@@ -50,6 +50,23 @@ def test_environment_overrides_the_defaults() -> None:
     assert config.max_assign_wait_s == 0.5
 
 
+def test_each_tokens_share_is_set_per_role_and_generous_by_default() -> None:
+    default = load_config(AWS_FLAGS, {}).calls
+    shares = {role: (share.max_in_flight, share.rate_per_s)
+              for role, share in default.by_role.items()}
+    assert shares == {Role.ADMIN: (50, 500), Role.DEVELOPER: (20, 100), Role.GUEST: (10, 50)}
+    env = {"SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_GUEST": "3",
+           "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_DEVELOPER": "2.5",
+           "SCHEDULER_NEW_TOKEN_LOOKUP_RATE": "7", "SCHEDULER_JOB_MISS_RATE_PER_TOKEN": "0.5",
+           "SCHEDULER_TOKEN_CACHE_MISS_MAX_ENTRIES": "99"}
+    calls = load_config(AWS_FLAGS, env).calls
+    assert calls.by_role[Role.GUEST].max_in_flight == 3
+    assert calls.by_role[Role.DEVELOPER].rate_per_s == 2.5
+    assert calls.by_role[Role.ADMIN] == default.by_role[Role.ADMIN]
+    assert (calls.token_lookup_rate_per_s, calls.job_miss_rate_per_token_s,
+            calls.unknown_tokens_kept) == (7, 0.5, 99)
+
+
 @pytest.mark.parametrize("spelling", ["--unify-backends", "--unify_backends", "--unify-backend"])
 def test_every_spelling_of_unify_backends_is_accepted(spelling: str) -> None:
     assert load_config([*AWS_FLAGS, spelling], {}).unify_backends
@@ -83,6 +100,9 @@ def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
         (AWS_FLAGS, {"SCHEDULER_LOG_LEVEL": "chatty"}, "SCHEDULER_LOG_LEVEL"),
         (AWS_FLAGS, {"SCHEDULER_AUDIT_LOG": "/nonexistent-dir/audit.jsonl"},
          "SCHEDULER_AUDIT_LOG"),
+        (AWS_FLAGS, {"SCHEDULER_MAX_CALL_RATE_PER_TOKEN_GUEST": "0"},
+         "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_GUEST"),
+        (AWS_FLAGS, {"SCHEDULER_NEW_TOKEN_LOOKUP_RATE": "many"}, "SCHEDULER_NEW_TOKEN_LOOKUP_RATE"),
     ],
 )
 def test_a_bad_setting_is_named(argv: list[str], env: dict[str, str], named: str) -> None:

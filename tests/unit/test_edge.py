@@ -1,18 +1,21 @@
-"""The gRPC edge answers every call, also when work it shared with others was cancelled."""
+"""The gRPC edge answers every call, also when work it shared with others was cancelled; it
+holds each token to its share of the calls in progress, refusing that token only."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
 import grpc
 import pytest
 
+from common.identity import Role
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
-from scheduler.admission import Admission
+from scheduler.admission import Admission, TokenLimits, TokenShare
 from scheduler.edge import INTERRUPTED, Edge, in_band
 from scheduler.health import SUBMISSION
 from scheduler.metrics import Metrics
@@ -22,10 +25,10 @@ from scheduler.replicas import Replicas
 class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
     """GetServiceStatus waits for work it shares with other calls (as a single flight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: TokenLimits | None = None) -> None:
         metrics = Metrics()
         no_manager = Replicas(lambda fence: cast(JobManager, None), metrics)  # reads none
-        self.edge = Edge(SUBMISSION, no_manager, Admission(10), metrics)
+        self.edge = Edge(SUBMISSION, no_manager, Admission(10), metrics, tokens=tokens)
         self.edge.not_serving = None
         self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
@@ -40,8 +43,14 @@ class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]]:
-    servicer = SharedWork()
+def tokens() -> TokenLimits | None:
+    return None
+
+
+@pytest.fixture
+async def served(tokens: TokenLimits | None,
+                 ) -> AsyncIterator[tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]]:
+    servicer = SharedWork(tokens)
     server = grpc.aio.server()
     submission_pb2_grpc.add_SubmissionServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -60,7 +69,9 @@ async def test_shared_work_cancelled_under_a_call_is_answered_unavailable(
     with pytest.raises(grpc.aio.AioRpcError) as answer:
         await call
     assert answer.value.code() is grpc.StatusCode.UNAVAILABLE  # which the SDK retries
-    assert answer.value.details() == INTERRUPTED
+    details = answer.value.details()
+    incident = answer.value.trailing_metadata()["x-mqc3-incident"]
+    assert details == f"{INTERRUPTED} [incident={incident}]"  # quotable, as is the log line
 
 
 async def test_shared_work_that_ends_answers_the_call(
@@ -90,3 +101,35 @@ async def test_a_call_whose_caller_left_is_counted_cancelled_not_internal(
         await asyncio.sleep(0.01)
     assert count("CANCELLED") > 0
     assert count("INTERNAL") == 0
+
+
+TWO_AT_ONCE = {role: TokenShare(max_in_flight=2, rate_per_s=1000.0) for role in Role}
+
+
+@pytest.mark.parametrize("tokens", [
+    TokenLimits(TWO_AT_ONCE, lambda key: Role.DEVELOPER, time.monotonic)])
+async def test_a_token_past_its_calls_in_progress_is_refused_and_no_other_token(
+        served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
+    servicer, stub = served
+
+    def ask(token: str) -> asyncio.Future[pb.GetServiceStatusResponse]:
+        return asyncio.ensure_future(
+            stub.GetServiceStatus(pb.GetServiceStatusRequest(token=token), timeout=5))
+
+    held = [ask("flood"), ask("flood")]
+    while servicer.edge.admission.in_flight < 2:
+        await asyncio.sleep(0.01)
+    call = stub.GetServiceStatus(pb.GetServiceStatusRequest(token="flood"), timeout=5)
+    refused = await call
+    assert refused.error.code == "RESOURCE_EXHAUSTED"
+    assert refused.error.description.startswith("this token has 2 calls in progress")
+    incident = (await call.trailing_metadata())["x-mqc3-incident"]
+    assert refused.error.description.endswith(f" [reason=token_busy incident={incident}]")
+    assert (await call.trailing_metadata())["x-mqc3-reason"] == "token_busy"
+    honest = [ask("honest"), ask("honest")]
+    while servicer.edge.admission.in_flight < 4:
+        await asyncio.sleep(0.01)
+    servicer.work.set_result(None)
+    answers = await asyncio.gather(*held, *honest)
+    assert [answer.description for answer in answers] == ["done"] * 4
+    assert (await ask("flood")).description == "done"  # its calls ended: it may call again
