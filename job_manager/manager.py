@@ -36,6 +36,7 @@ from job_manager.queue import QueuedJob, SchedulingPolicy
 from job_manager.stores import (
     Deposed,
     Fence,
+    InputsBesideRecords,
     JobStore,
     KeyTaken,
     ObjectTags,
@@ -255,8 +256,7 @@ class JobManager:
 
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
-            await self._payloads.put_input(record.job_id, program, _tags(record))
-            await self._store.create(record, self._fence)
+            await self._store_new(record, program)
         except Deposed:
             # This replica was deposed: nothing was stored; the call goes to the new leader.
             self.ledger.release(record.owner_fingerprint, len(program))
@@ -284,6 +284,15 @@ class JobManager:
             len(program),
         )
         return record.job_id
+
+    async def _store_new(self, record: JobRecord, program: bytes) -> None:
+        """The program, then the record; one write where the payloads live beside the
+        records (standalone: docs/design.md, "Standalone storage")."""
+        if isinstance(self._payloads, InputsBesideRecords):
+            await self._payloads.create_with_input(record, program)
+            return
+        await self._payloads.put_input(record.job_id, program, _tags(record))
+        await self._store.create(record, self._fence)
 
     async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
         try:

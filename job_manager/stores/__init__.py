@@ -7,12 +7,18 @@ one (a SQLite file, a local directory) side by side.
 from job_manager.stores.errors import IndexMissing, KeyTaken, RecordUnreadable, StoreError
 from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.job_store import JobStore
-from job_manager.stores.payload_store import ObjectTags, PayloadStore, SignedUrl
+from job_manager.stores.payload_store import (
+    InputsBesideRecords,
+    ObjectTags,
+    PayloadStore,
+    SignedUrl,
+)
 
 __all__ = [
     "Deposed",
     "Fence",
     "IndexMissing",
+    "InputsBesideRecords",
     "JobStore",
     "KeyTaken",
     "ObjectTags",
