@@ -78,18 +78,18 @@ class Housekeeping:
         newest = await self._jobs.newest_submission()
         orphans = await self._payloads.sweep(self._jobs.existing, self._retention.grace_s,
                                              newest)
-        if orphans.files:
+        if orphans.files or orphans.temporary:
             log.warning("removed %d payload files of %d jobs that no job record names, and "
                         "%d temporary files left by a crash", orphans.files, orphans.jobs,
                         orphans.temporary)
         if orphans.kept_files:
+            newest_text = ("every job record (there is none)" if newest is None else
+                           f"the newest job record, submitted {newest:%Y-%m-%dT%H:%M:%S%z}")
             log.warning(
                 "kept %d payload files of %d jobs that no job record names: %d of them are "
-                "newer than the newest job record (submitted %s), as when the job database "
-                "was restored from an older copy; move them out of the payloads directory "
-                "once they are no longer wanted", orphans.kept_files, orphans.kept_jobs,
-                orphans.newer_files,
-                newest.isoformat(timespec="seconds") if newest else "never: it names no job")
+                "newer than %s, as when the job database was restored from an older copy; "
+                "move them out of the payloads directory once they are no longer wanted",
+                orphans.kept_files, orphans.kept_jobs, orphans.newer_files, newest_text)
         cutoff = self._clock.now() - self._retention.finished_jobs
         expired = await self._jobs.delete_finished_before(cutoff)
         for job_id in expired:
