@@ -165,6 +165,7 @@ async def test_a_restored_job_database_does_not_run_again_what_already_ran(
         assert (await running.clients.assign()).job_id == ""
         stack = running.scheduler.stack
         assert stack is not None and isinstance(stack.payloads, SqliteInputsPayloadStore)
+        assert isinstance(stack.jobs, SqliteJobStore)
         sweeper = Housekeeping(data_dir, stack.jobs, stack.payloads, SystemClock(),
                                Retention(grace_s=0))
         await sweeper.sweep()  # the files of the job the copy does not name are newer
