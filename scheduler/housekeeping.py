@@ -3,7 +3,8 @@
 AWS mode has DynamoDB's TTL and the bucket's lifecycle rules; a data directory has this:
 
 - at start and then every ``interval_s``: payload files that no job record names (a
-  crash between writing a program and its record) and temporary files left by a crash,
+  crash between removing an expired record and its files, or an older version's
+  program written before its record) and temporary files left by a crash,
   once older than ``grace_s`` so no submission or upload in flight is touched; and
   finished jobs older than the retention period, record and files;
 - every minute: the free space of the data directory's disk, as a metric, and in
