@@ -144,6 +144,8 @@ class JobManager:
         # (job_manager/stores/fence.py); a follower's manager has one that never holds.
         self._fence = fence
         self._payloads = payloads
+        # Standalone keeps programs beside the records: one write per submission (_store_new).
+        self._beside_records = payloads if isinstance(payloads, InputsBesideRecords) else None
         self._clock = clock
         self._unify = unify_backends
         self.backends = BackendTable()
@@ -288,8 +290,8 @@ class JobManager:
     async def _store_new(self, record: JobRecord, program: bytes) -> None:
         """The program, then the record; one write where the payloads live beside the
         records (standalone: docs/design.md, "Standalone storage")."""
-        if isinstance(self._payloads, InputsBesideRecords):
-            await self._payloads.create_with_input(record, program)
+        if self._beside_records is not None:
+            await self._beside_records.create_with_input(record, program)
             return
         await self._payloads.put_input(record.job_id, program, _tags(record))
         await self._store.create(record, self._fence)
