@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from common.clock import SystemClock
+from job_manager.model import JobStatus
 from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 from job_manager.stores.payload_store import input_key, result_key
 from job_manager.stores.sqlite_job_store import SqliteJobStore
@@ -208,3 +209,24 @@ async def test_an_older_data_directorys_program_files_are_still_served(
         assigned = await running.clients.assign()
         assert assigned.job_id == job_id
         assert assigned.job.program == submit_request(token, payload=b"kept as a file").job.program
+
+
+async def test_only_a_queued_job_never_handed_out_before_fails_for_its_existing_result(
+        tmp_path: Path) -> None:
+    jobs, payloads = _stores(tmp_path)
+    housekeeping = Housekeeping(tmp_path, jobs, payloads, SystemClock(), Retention())
+    try:
+        ran, requeued, waiting = record(), record(requeues=1), record()
+        for job in (ran, requeued, waiting):
+            await payloads.create_with_input(job, b"program")
+        for job in (ran, requeued):  # the requeued job's result is its lost node's
+            (payloads.directory / result_key(job.job_id)).write_bytes(b"result")
+        assert await housekeeping.fail_already_run() == 1
+        failed = await jobs.get(ran.job_id)
+        assert failed is not None and failed.status is JobStatus.FAILED
+        assert failed.status_detail == ALREADY_RUN and failed.finished_at is not None
+        for job in (requeued, waiting):
+            assert await jobs.get(job.job_id) == job
+    finally:
+        await payloads.close()
+        await jobs.close()
