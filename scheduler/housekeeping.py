@@ -105,18 +105,16 @@ class Housekeeping:
         many. A job queued again after its node vanished may hold a result of its earlier
         attempt, and is left to run (the next upload replaces it)."""
         with_results = await self._payloads.jobs_with_results()
-        if not with_results:
-            return 0
+        unfinished = await self._jobs.unfinished_among(sorted(with_results))
         failed = 0
-        async for record in self._jobs.list_by_status(JobStatus.QUEUED):
-            if record.job_id in with_results and not record.requeues:
+        for record in unfinished:
+            if record.status is JobStatus.QUEUED and not record.requeues:
                 failed += await self._fail(record)
-        running = [r.job_id async for r in self._jobs.list_by_status(JobStatus.RUNNING)
-                   if r.job_id in with_results]
+        running = sum(1 for record in unfinished if record.status is JobStatus.RUNNING)
         if running:
             log.warning("%d RUNNING jobs already have a result (uploaded before a restart, or "
                         "the job database was restored from an older copy): each ends with "
-                        "its node's report, or times out", len(running))
+                        "its node's report, or times out", running)
         return failed
 
     async def _fail(self, record: JobRecord) -> int:

@@ -300,6 +300,28 @@ class SqliteJobStore:
 
         return await self._calls.run(select)
 
+    async def unfinished_among(self, job_ids: list[str]) -> list[JobRecord]:
+        """The QUEUED and RUNNING records among ``job_ids`` (unreadable ones left out)."""
+        unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+        def select() -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for start in range(0, len(job_ids), 500):
+                batch = job_ids[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                rows += self._connection().execute(
+                    f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks}) "
+                    "AND status IN (?, ?)", [*batch, *unfinished]).fetchall()
+            return rows
+
+        found = []
+        for job_id, text in await self._calls.run(select):
+            try:
+                found.append(self._record(job_id, text))
+            except RecordUnreadable:
+                continue  # reported; the others are served
+        return found
+
     async def newest_submission(self) -> datetime | None:
         """When the newest job the database names was submitted (None: it names none)."""
         def select() -> str | None:

@@ -167,3 +167,16 @@ async def test_newest_submission_is_the_latest_submitted_at(stores: Stores) -> N
     await stores.jobs.create(record(submitted_at=T0 + timedelta(hours=1)))
     await stores.jobs.create(record(submitted_at=T0))
     assert await stores.jobs.newest_submission() == T0 + timedelta(hours=1)
+
+
+async def test_unfinished_among_names_only_queued_and_running_records(stores: Stores) -> None:
+    queued, moved, ended = record(), record(), record()
+    for job in (queued, moved, ended):
+        await stores.jobs.create(job)
+    await stores.jobs.transition(running(moved), JobStatus.QUEUED)
+    await stores.jobs.transition(running(ended), JobStatus.QUEUED)
+    await stores.jobs.transition(finished(running(ended)), JobStatus.RUNNING)
+    asked = [queued.job_id, moved.job_id, ended.job_id, "no-such-job"]
+    found = await stores.jobs.unfinished_among(asked)
+    assert sorted(found, key=lambda r: r.job_id) == sorted([queued, running(moved)],
+                                                           key=lambda r: r.job_id)
