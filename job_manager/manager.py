@@ -37,6 +37,7 @@ from job_manager.queue import QueuedJob, SchedulingPolicy
 from job_manager.stores import (
     Deposed,
     Fence,
+    InputsBesideRecords,
     JobStore,
     KeyTaken,
     ObjectTags,
@@ -154,6 +155,8 @@ class JobManager:
         # (job_manager/stores/fence.py); a follower's manager has one that never holds.
         self._fence = fence
         self._payloads = payloads
+        # Standalone keeps programs beside the records: one write per submission (_store_new).
+        self._beside_records = payloads if isinstance(payloads, InputsBesideRecords) else None
         self._clock = clock
         self._unify = unify_backends
         self.backends = BackendTable()
@@ -276,8 +279,7 @@ class JobManager:
 
     async def _accept(self, record: JobRecord, program: bytes) -> str:
         try:
-            await self._payloads.put_input(record.job_id, program, _tags(record))
-            await self._store.create(record, self._fence)
+            await self._store_new(record, program)
         except Deposed:
             # This replica was deposed: nothing was stored; the call goes to the new leader.
             self.ledger.release(record.owner_fingerprint, len(program))
@@ -305,6 +307,15 @@ class JobManager:
             len(program),
         )
         return record.job_id
+
+    async def _store_new(self, record: JobRecord, program: bytes) -> None:
+        """The program, then the record; one write where the payloads live beside the
+        records (standalone: docs/design.md, "Standalone storage")."""
+        if self._beside_records is not None:
+            await self._beside_records.create_with_input(record, program)
+            return
+        await self._payloads.put_input(record.job_id, program, _tags(record))
+        await self._store.create(record, self._fence)
 
     async def _stored_key_holder(self, record: JobRecord) -> JobRecord:
         try:

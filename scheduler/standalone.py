@@ -1,8 +1,8 @@
 """Standalone mode: every store under one data directory, nothing else installed.
 
-<data-dir>/jobs.sqlite3      job records
+<data-dir>/jobs.sqlite3      job records and their programs (one transaction per submission)
 <data-dir>/tokens.sqlite3    the embedded token database (fingerprints only)
-<data-dir>/payloads/         programs and results
+<data-dir>/payloads/         results (and the programs of an older data directory)
 <data-dir>/url-signing.key   the HMAC key of upload and download URLs (mode 0600)
 <data-dir>/backends.toml     backend status, written with defaults, reloaded on change
 <data-dir>/scheduler.lock    held by the running scheduler: one per data directory
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backend_manager.sources import FileBackendSource
 from common.clock import Clock
-from job_manager.stores.local_payload_store import LocalPayloadStore
+from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
@@ -61,13 +61,16 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
                               unreadable=unreadable)
         await jobs.open()
         token_store = SqliteTokenStore(token_store_path(data_dir))
-        payloads = LocalPayloadStore(
+        payloads = SqliteInputsPayloadStore(
             data_dir / "payloads",
             UrlSigner.from_key_file(data_dir / "url-signing.key"),
             base_url="http://127.0.0.1",  # replaced once the HTTP port is bound
             clock=clock,
+            jobs=jobs,
         )
         keep_private(data_dir)
+        housekeeping = Housekeeping(data_dir, jobs, payloads, clock, retention)
+        await housekeeping.fail_already_run()  # before the manager recovers the queue
     except BaseException:
         lock.release()  # a start that fails half-way leaves the directory free
         raise
@@ -78,6 +81,6 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
         local_payloads=payloads,
         token_store=token_store,
         token_database_secret=load_or_create_secret(token_secret_path(data_dir)),
-        housekeeping=Housekeeping(data_dir, jobs, payloads, clock, retention),
+        housekeeping=housekeeping,
         lock=lock,
     )

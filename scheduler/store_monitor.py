@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 # Calls that change a store. Reads and writes are watched apart: a read-only or full disk
 # fails every write while reads still succeed, and must not look healthy.
-WRITES = frozenset({"create", "transition", "put_input", "delete_input", "seal_result"})
+WRITES = frozenset({"create", "create_with_input", "transition", "put_input", "delete_input",
+                    "seal_result"})
 # A delete succeeds on a full disk: it shows nothing about room to write.
 PROVES_NOTHING = frozenset({"delete_input"})
 

@@ -13,12 +13,18 @@ from job_manager.stores.errors import (
 )
 from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.job_store import JobStore
-from job_manager.stores.payload_store import ObjectTags, PayloadStore, SignedUrl
+from job_manager.stores.payload_store import (
+    InputsBesideRecords,
+    ObjectTags,
+    PayloadStore,
+    SignedUrl,
+)
 
 __all__ = [
     "Deposed",
     "Fence",
     "IndexMissing",
+    "InputsBesideRecords",
     "JobStore",
     "KeyTaken",
     "ObjectTags",

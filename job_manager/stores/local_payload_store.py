@@ -9,14 +9,17 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
 from common.clock import Clock
+from job_manager.model import JobRecord
 from job_manager.stores.blocking import BlockingCalls
+from job_manager.stores.errors import StoreError
 from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
+from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 
 # Where the HTTP endpoint serves results: {base_url}{RESULTS_PATH}/{object name}.
@@ -31,11 +34,14 @@ _PAYLOAD_NAME = re.compile(r"^([0-9a-fA-F-]{36})\.(in\.proto|out\.proto\.gz(\.he
 
 @dataclass(frozen=True)
 class Swept:
-    """What a sweep removed."""
+    """What a sweep removed, and what it kept because the database looks restored."""
 
     files: int
     jobs: int
     temporary: int
+    kept_files: int = 0  # files no job record names, kept: some are newer than every record
+    kept_jobs: int = 0
+    newer_files: int = 0  # of those kept, how many are newer than the newest record
 
 
 @dataclass(frozen=True)
@@ -153,34 +159,53 @@ class LocalPayloadStore:
 
     # --- standalone housekeeping (scheduler/housekeeping.py) ----------------------------
     async def sweep(self, existing: Callable[[list[str]], Awaitable[set[str]]],
-                    older_than_s: float) -> Swept:
+                    older_than_s: float, newest_record: datetime | None) -> Swept:
         """Remove files older than ``older_than_s`` that belong to no job ``existing`` knows,
-        and temporary files a crash left."""
-        def old_files() -> tuple[dict[str, list[Path]], list[Path]]:
+        and temporary files a crash left.
+
+        A file no record names but newer than the newest record (``newest_record``; None:
+        there is none) is a sign of a job database restored from an older copy: then no
+        such file is removed, and the counts say what was kept (docs/design.md,
+        "Restoring a standalone data directory")."""
+        def old_files() -> tuple[dict[str, list[tuple[Path, float]]], list[Path]]:
             horizon = time.time() - older_than_s
-            by_job: dict[str, list[Path]] = {}
+            by_job: dict[str, list[tuple[Path, float]]] = {}
             temporary: list[Path] = []
             for path in self._dir.iterdir():
-                if not path.is_file() or path.stat().st_mtime > horizon:
+                if not path.is_file() or (modified := path.stat().st_mtime) > horizon:
                     continue
                 if path.name.startswith(".") and path.name.endswith(".tmp"):
                     temporary.append(path)
                 elif (match := _PAYLOAD_NAME.match(path.name)) is not None:
-                    by_job.setdefault(match.group(1), []).append(path)
+                    by_job.setdefault(match.group(1), []).append((path, modified))
             return by_job, temporary
 
         by_job, temporary = await self._calls.run(old_files)
         known = await existing(sorted(by_job))
-        orphans = [path for job_id, paths in by_job.items() if job_id not in known
-                   for path in paths]
+        orphans = {job_id: files for job_id, files in by_job.items() if job_id not in known}
+        paths = [path for files in orphans.values() for path, _ in files]
+        limit = newest_record.timestamp() if newest_record is not None else float("-inf")
+        newer = sum(1 for files in orphans.values() for _, modified in files if modified > limit)
+        doomed = temporary if newer else paths + temporary
 
         def remove() -> None:
-            for path in orphans + temporary:
+            for path in doomed:
                 path.unlink(missing_ok=True)
 
         await self._calls.run(remove)
-        return Swept(files=len(orphans), jobs=len(set(by_job) - known),
-                     temporary=len(temporary))
+        if newer:
+            return Swept(files=0, jobs=0, temporary=len(temporary), kept_files=len(paths),
+                         kept_jobs=len(orphans), newer_files=newer)
+        return Swept(files=len(paths), jobs=len(orphans), temporary=len(temporary))
+
+    async def jobs_with_results(self) -> set[str]:
+        """The ids of every job whose result file is here (one listing of the directory)."""
+        def listing() -> set[str]:
+            return {match.group(1) for path in self._dir.iterdir()
+                    if (match := _PAYLOAD_NAME.match(path.name)) is not None
+                    and match.group(2) == "out.proto.gz"}
+
+        return await self._calls.run(listing)
 
     async def delete_job_files(self, job_id: str) -> None:
         """Remove every file of one job (its program, result and the result's headers)."""
@@ -251,3 +276,36 @@ class LocalPayloadStore:
             url=f"{self.base_url}{RESULTS_PATH}/{object_name}?{query}",
             expires_at=expires_at.replace(microsecond=0),
         )
+
+
+class SqliteInputsPayloadStore(LocalPayloadStore):
+    """The standalone PayloadStore: programs in the job database's ``inputs`` table,
+    written in the same transaction as their job's record; results stay files (nodes
+    upload them over HTTP). Programs of a data directory written before programs moved
+    into the database (``{job_id}.in.proto`` files) are still read and deleted.
+    (docs/design.md, "Standalone storage".)"""
+
+    def __init__(self, directory: Path, signer: UrlSigner, base_url: str, clock: Clock,
+                 jobs: SqliteJobStore) -> None:
+        super().__init__(directory, signer, base_url, clock)
+        self._jobs = jobs
+
+    async def create_with_input(self, record: JobRecord, program: bytes) -> None:
+        await self._database().create_with_input(record, program)
+
+    async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
+        await self._database().put_input(job_id, program)
+
+    async def get_input(self, job_id: str) -> bytes | None:
+        program = await self._database().get_input(job_id)
+        return program if program is not None else await super().get_input(job_id)
+
+    async def delete_input(self, job_id: str) -> None:
+        await self._database().delete_input(job_id)
+        await super().delete_input(job_id)  # an older data directory's file, if any
+
+    def _database(self) -> SqliteJobStore:
+        """The job database, while this store is open (the stack closes each on its own)."""
+        if self._calls.closed:
+            raise StoreError("local-payloads: the store is closed")
+        return self._jobs

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from job_manager.model import JobRecord
 
 
 @dataclass(frozen=True)
@@ -78,4 +80,16 @@ class PayloadStore(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads; idempotent."""
+        ...
+
+
+@runtime_checkable
+class InputsBesideRecords(Protocol):
+    """A PayloadStore that keeps programs in the JobStore's own database, so that a new
+    job's program and record are one atomic write instead of two in turn (standalone:
+    docs/design.md, "Standalone storage")."""
+
+    async def create_with_input(self, record: JobRecord, program: bytes) -> None:
+        """Store a new job's record and program together: both, or neither (raising as
+        JobStore.create does)."""
         ...

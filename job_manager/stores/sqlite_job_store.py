@@ -1,4 +1,9 @@
-"""JobStore on a SQLite file: the standalone mode's record of every job."""
+"""JobStore on a SQLite file: the standalone mode's record of every job, and its program.
+
+Programs live in an ``inputs`` table beside the ``jobs`` table, so that a submission's
+program and record are one transaction under one group commit (docs/design.md,
+"Standalone storage"). SqliteInputsPayloadStore (local_payload_store.py) serves them.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, job_id);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_fingerprint, submitted_at);
 CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS inputs (
+    job_id TEXT PRIMARY KEY,
+    program BLOB NOT NULL
+);
 """
 
 # A record's format (none written: 1), or NULL for text that is not JSON, which no
@@ -76,6 +85,15 @@ class SqliteJobStore:
 
     async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         # No fence to check: one scheduler per data directory (leadership/lock.py).
+        await self._write(self._insert(record, None))
+
+    async def create_with_input(self, record: JobRecord, program: bytes) -> None:
+        """Store a new record and its program in one transaction: both or neither.
+
+        Refused as ``create`` is (StoreError, KeyTaken), and then nothing is stored."""
+        await self._write(self._insert(record, program))
+
+    def _insert(self, record: JobRecord, program: bytes | None) -> Write:
         row = self._row(record)
         window_start = (record.submitted_at - self._key_window).astimezone(UTC).isoformat()
 
@@ -90,8 +108,39 @@ class SqliteJobStore:
                 conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
                 raise StoreError(f"job {record.job_id} already exists") from None
+            if program is not None:
+                # Its job row was new, so no program can be there but a stray one.
+                conn.execute("INSERT OR REPLACE INTO inputs VALUES (?, ?)",
+                             (record.job_id, program))
+
+        return insert
+
+    # --- programs (served by SqliteInputsPayloadStore) ------------------------------
+    async def put_input(self, job_id: str, program: bytes) -> None:
+        """Keep a program on its own (the job's record is written apart)."""
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO inputs VALUES (?, ?)", (job_id, program))
 
         await self._write(insert)
+
+    async def get_input(self, job_id: str) -> bytes | None:
+        """A job's program, or None when the table holds none."""
+        def select() -> bytes | None:
+            row = (
+                self._connection()
+                .execute("SELECT program FROM inputs WHERE job_id = ?", (job_id,))
+                .fetchone()
+            )
+            return bytes(row[0]) if row else None
+
+        return await self._calls.run(select)
+
+    async def delete_input(self, job_id: str) -> None:
+        """Remove a job's program; no error when there is none."""
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
+
+        await self._write(delete)
 
     async def get(self, job_id: str) -> JobRecord | None:
         def select() -> str | None:
@@ -265,6 +314,37 @@ class SqliteJobStore:
 
         return await self._calls.run(select)
 
+    async def unfinished_among(self, job_ids: list[str]) -> list[JobRecord]:
+        """The QUEUED and RUNNING records among ``job_ids`` (unreadable ones left out)."""
+        unfinished = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+        def select() -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for start in range(0, len(job_ids), 500):
+                batch = job_ids[start:start + 500]
+                marks = ",".join("?" * len(batch))
+                rows += self._connection().execute(
+                    f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks}) "
+                    "AND status IN (?, ?)", [*batch, *unfinished]).fetchall()
+            return rows
+
+        found = []
+        for job_id, text in await self._calls.run(select):
+            try:
+                found.append(self._record(job_id, text))
+            except RecordUnreadable:
+                continue  # reported; the others are served
+        return found
+
+    async def newest_submission(self) -> datetime | None:
+        """When the newest job the database names was submitted (None: it names none)."""
+        def select() -> str | None:
+            row = self._connection().execute("SELECT max(submitted_at) FROM jobs").fetchone()
+            return row[0] if row else None
+
+        text = await self._calls.run(select)
+        return datetime.fromisoformat(text) if text else None
+
     async def delete_finished_before(self, cutoff: datetime) -> list[str]:
         """Remove the records of jobs that reached a final status before ``cutoff``."""
         finals = [status.value for status in JobStatus if status.is_final]
@@ -275,9 +355,10 @@ class SqliteJobStore:
             rows = conn.execute(
                 f"SELECT job_id FROM jobs WHERE status IN ({marks}) "
                 "AND json_extract(record, '$.finished_at') < ?", [*finals, before]).fetchall()
-            ids = [row[0] for row in rows]
-            conn.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in ids])
-            return ids
+            ids = [(row[0],) for row in rows]
+            conn.executemany("DELETE FROM jobs WHERE job_id = ?", ids)
+            conn.executemany("DELETE FROM inputs WHERE job_id = ?", ids)
+            return [job_id for job_id, in ids]
 
         deleted = await self._write(delete)
         assert isinstance(deleted, list)

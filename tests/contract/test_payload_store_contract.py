@@ -1,4 +1,5 @@
-"""The PayloadStore contract: every test runs against the local directory and against S3 (moto).
+"""The PayloadStore contract: every test runs against the local directory, the standalone
+store (programs in the job database, results in a directory) and S3 (moto).
 
 A result reaches S3 through its presigned URLs over real HTTP. The local store's URLs
 point at the scheduler's own HTTP endpoint, which is not running here: the harness does
@@ -25,9 +26,14 @@ from requests.structures import CaseInsensitiveDict
 
 from common.clock import FakeClock
 from job_manager.stores import PayloadStore, SignedUrl, StoreError
-from job_manager.stores.local_payload_store import RESULTS_PATH, LocalPayloadStore
+from job_manager.stores.local_payload_store import (
+    RESULTS_PATH,
+    LocalPayloadStore,
+    SqliteInputsPayloadStore,
+)
 from job_manager.stores.payload_store import input_key, result_key
 from job_manager.stores.s3_payload_store import S3PayloadStore
+from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 from tests.helpers import REGION, UPLOAD_HEADERS
 
@@ -50,8 +56,8 @@ class Backend:
     clock: FakeClock
     upload: Upload
     download: Download
-    # Makes the store's container (directory, bucket) vanish, to provoke faults.
-    remove_container: Callable[[], None]
+    # Makes the store's container (directory, database, bucket) vanish, to provoke faults.
+    remove_container: Callable[[], Awaitable[None]]
 
 
 def new_job_id() -> str:
@@ -72,6 +78,24 @@ def _local_backend(tmp_path: Path) -> Backend:
         directory, UrlSigner.from_key_file(tmp_path / "url.key"), BASE_URL, clock
     )
 
+    async def remove_directory() -> None:
+        shutil.rmtree(directory)
+
+    return _served_locally(store, clock, remove_directory)
+
+
+def _sqlite_inputs_backend(tmp_path: Path) -> Backend:
+    clock = FakeClock(START)
+    jobs = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store = SqliteInputsPayloadStore(tmp_path / "payloads",
+                                     UrlSigner.from_key_file(tmp_path / "url.key"), BASE_URL,
+                                     clock, jobs)
+    return _served_locally(store, clock, jobs.close)  # the programs' container: the database
+
+
+def _served_locally(store: LocalPayloadStore, clock: FakeClock,
+                    remove_container: Callable[[], Awaitable[None]]) -> Backend:
+
     async def upload(job_id: str, body: bytes) -> None:
         name, expires, signature = _query(store.upload_url(job_id, LIFETIME))
         assert store.is_allowed("PUT", name, expires, signature)
@@ -84,7 +108,7 @@ def _local_backend(tmp_path: Path) -> Backend:
         assert stored is not None
         return stored.body, CaseInsensitiveDict(stored.headers)
 
-    return Backend(store, clock, upload, download, lambda: shutil.rmtree(directory))
+    return Backend(store, clock, upload, download, remove_container)
 
 
 def _s3_backend(moto_endpoint: str) -> Backend:
@@ -117,7 +141,7 @@ def _s3_backend(moto_endpoint: str) -> Backend:
         body = answer.raw.read(decode_content=False)
         return body, answer.headers
 
-    def remove_bucket() -> None:
+    async def remove_bucket() -> None:
         for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
             client.delete_object(Bucket=bucket, Key=item["Key"])
         client.delete_bucket(Bucket=bucket)
@@ -125,14 +149,18 @@ def _s3_backend(moto_endpoint: str) -> Backend:
     return Backend(store, clock, upload, download, remove_bucket)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "sqlite-inputs", "s3"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "local":
         chosen = _local_backend(tmp_path)
+    elif request.param == "sqlite-inputs":
+        chosen = _sqlite_inputs_backend(tmp_path)
     else:
         chosen = _s3_backend(request.getfixturevalue("moto_endpoint"))
     yield chosen
     await chosen.store.close()
+    if isinstance(chosen.store, SqliteInputsPayloadStore):
+        await chosen.remove_container()  # closes its job database
 
 
 @pytest.fixture
@@ -245,7 +273,7 @@ async def test_close_is_idempotent_and_later_calls_raise_store_error(backend: Ba
 
 
 async def test_put_input_into_a_vanished_container_raises_store_error(backend: Backend) -> None:
-    backend.remove_container()
+    await backend.remove_container()
     with pytest.raises(StoreError):
         await backend.store.put_input(new_job_id(), b"program")
 

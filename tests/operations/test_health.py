@@ -199,7 +199,9 @@ async def test_failing_writes_turn_health_not_serving_though_reads_succeed(
         async def disk_full(*args: object) -> None:
             raise StoreError("no space left on device (test)")
 
-        monkeypatch.setattr(payloads, "put_input", disk_full, raising=False)
+        # Standalone stores a submission's program with its record (create_with_input).
+        for write in ("put_input", "create_with_input"):
+            monkeypatch.setattr(payloads, write, disk_full, raising=False)
         refused = await running.clients.submission.SubmitJob(submit_request(token))
         assert refused.error.code == "INTERNAL"
 
