@@ -540,7 +540,7 @@ class JobManager:
         async def fetch(job: QueuedJob) -> None:
             nonlocal read
             async with limit:
-                if job.program is not None or self.ledger.live(job.job_id) is not job.record:
+                if job.program is not None or not self.ledger.holds(job):
                     return
                 try:
                     program = await self._payloads.get_input(job.job_id)
@@ -715,9 +715,7 @@ class JobManager:
         if not changed:
             await self._believe_store(running.job_id)
             return None
-        # At the head: a preset sequence keeps the rank at 0, before every other job of its
-        # owner (job_manager/queue.py), and its old queued_at puts it early by age.
-        self.ledger.requeued(QueuedJob(queued, None, sequence=0, rank_s=0.0))
+        self.ledger.requeued(QueuedJob.at_head(queued))
         self._observer.requeued(queued)
         log.warning("job %s QUEUED again (%d of %d): %s", running.job_id,
                     queued.requeues, self._max_requeues, why)
