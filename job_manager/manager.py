@@ -751,10 +751,13 @@ class JobManager:
             self.ledger.admit_running(record)
         # Queued without their programs, read later (prefetch_programs, or at the
         # hand-over), and all at once: a restart serves at once, whatever the number.
+        # Plain records come lean and become compact jobs with no record built.
         found = []
-        async for record in self._store.list_by_status(JobStatus.QUEUED):
-            if await self._queueable(record):
-                found.append(QueuedJob(record, None))
+        async for stored in self._store.list_queued():
+            job = QueuedJob.recovered(stored)
+            if self.ledger.queue(job.origin.backend) is not None or \
+                    await self._queueable(job.record):
+                found.append(job)
         requeued = self.ledger.admit_all(found)
         log.info("recovered %d queued and %d running jobs", requeued,
                  self.ledger.running_count())

@@ -32,7 +32,7 @@ from sortedcontainers import SortedKeyList
 
 from common.clock import Clock
 from common.identity import Role
-from job_manager.model import JobRecord, JobStatus
+from job_manager.model import JobRecord, JobStatus, QueuedRow
 
 _EPSILON = 1e-9
 _Value = TypeVar("_Value", bytes, float)
@@ -139,16 +139,20 @@ class QueuedJob:
         self.record = record
 
     @classmethod
-    def stored(cls, job_id: str, origin: JobOrigin, settings: bytes, timeout_s: float,
-               size_bytes: int, queued_at_us: int) -> QueuedJob:
-        """A job recovered from the store without its program, made from the fields a
-        record of a plain submission holds (no record decoded, none built)."""
+    def recovered(cls, found: JobRecord | QueuedRow) -> QueuedJob:
+        """A job read back from the store, without its program: from a lean row (no record
+        built) or from a whole record."""
+        if isinstance(found, JobRecord):
+            return cls(found, None)
         job = cls.__new__(cls)
-        job.job_id, job.origin = job_id, origin
-        job.settings, job.timeout_s = _SETTINGS.shared(settings), _TIMEOUTS.shared(timeout_s)
+        job.job_id = found.job_id
+        job.origin = JobOrigin.of(found.owner_name, found.owner_fingerprint, found.role,
+                                  found.backend, found.sdk_version, found.save_job)
+        job.settings = _SETTINGS.shared(found.settings)
+        job.timeout_s = _TIMEOUTS.shared(found.timeout_s)
         job.program, job.charged, job.rank_key = None, False, None
-        job._size_bytes, job._whole = size_bytes, None
-        job.age_key = _key_of_time(queued_at_us, 0)
+        job._size_bytes, job._whole = found.input_size_bytes, None
+        job.age_key = _key_of_time(_microseconds(found.queued_at), 0)
         return job
 
     @classmethod
@@ -215,6 +219,8 @@ class QueuedJob:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_DOUBLE, _INT64 = struct.Struct("<d"), struct.Struct("<q")
 # Room in a sort key for a queue's arrival numbers: 2**39, more than a queue hands over in
 # a process's life (17 years at 1,000 jobs a second); 39 bits keep a key of microseconds
 # in 90 bits, three of CPython's 30-bit digits.
@@ -223,8 +229,11 @@ _SEQUENCE_MASK = (1 << _SEQUENCE_BITS) - 1
 
 
 def _microseconds(moment: datetime) -> int:
-    """Microseconds since the epoch, exactly (a datetime holds whole microseconds)."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    """Microseconds since the epoch, exactly (a datetime holds whole microseconds); a
+    naive one is local time, as ``datetime.timestamp`` takes it."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone(UTC)
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _key_of_time(microseconds: int, sequence: int) -> int:
@@ -233,7 +242,7 @@ def _key_of_time(microseconds: int, sequence: int) -> int:
 
 def _key_of_rank(rank_s: float, sequence: int) -> int:
     """One int that orders as (rank_s, sequence) does: the float's bits, made monotonic."""
-    bits: int = struct.unpack("<q", struct.pack("<d", rank_s))[0]
+    bits: int = _INT64.unpack(_DOUBLE.pack(rank_s))[0]
     if bits < 0:  # a negative float: larger bits are further below zero
         bits = -(bits & 0x7FFF_FFFF_FFFF_FFFF)
     return (bits << _SEQUENCE_BITS) + sequence

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from job_manager.model import JobRecord, JobStatus
+from job_manager.model import JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import IndexMissing, KeyTaken, RecordUnreadable, StoreError
@@ -208,6 +208,11 @@ class DynamoDbJobStore:
                 yield self._record(item)
             except RecordUnreadable:
                 continue  # reported; the others are served
+
+    async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
+        """Every QUEUED record, whole (an item's attributes are decoded one by one anyway)."""
+        async for record in self.list_by_status(JobStatus.QUEUED):
+            yield record
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
                                 until: datetime) -> AsyncIterator[JobRecord]:
