@@ -106,13 +106,17 @@ class Ledger:
         """Queue many stored jobs at once (a recovery: quotas not held); those already live
         are left out. Returns how many were queued."""
         by_queue: dict[str, dict[str, QueuedJob]] = {}
+        is_live = self._is_live if self.live_count() else None  # none live: none to skip
         for job in jobs:
             key = self.queue_key(job.origin.backend)
-            if self._is_live(job.job_id) or job.job_id in by_queue.get(key, ()):
+            if key not in by_queue:
+                self.open_queue(job.origin.backend)
+                by_queue[key] = {}
+            fresh = by_queue[key]
+            if job.job_id in fresh or (is_live is not None and is_live(job.job_id)):
                 continue
             self.quotas.count(job.owner, job.size_bytes)
-            self.open_queue(job.origin.backend)
-            by_queue.setdefault(key, {})[job.job_id] = job
+            fresh[job.job_id] = job
             self._hold_key(job)
         for key, queued in by_queue.items():
             self._queues[key].extend(list(queued.values()))

@@ -25,8 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import Generic, Mapping, TypeVar
-from weakref import WeakValueDictionary
+from typing import Generic, Hashable, Mapping, NamedTuple, TypeVar
 
 from sortedcontainers import SortedKeyList
 
@@ -35,7 +34,7 @@ from common.identity import Role
 from job_manager.model import JobRecord, JobStatus, QueuedRow
 
 _EPSILON = 1e-9
-_Value = TypeVar("_Value", bytes, float)
+_Value = TypeVar("_Value", bound=Hashable)
 _BY_AGE = attrgetter("age_key")
 _BY_RANK = attrgetter("rank_key")
 
@@ -51,8 +50,7 @@ class SchedulingPolicy:
     )
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
-class JobOrigin:
+class JobOrigin(NamedTuple):
     """What the queued jobs of one owner, sent alike to one backend, share: held once for
     all of them (docs/design.md, "A queued job in memory")."""
 
@@ -63,26 +61,12 @@ class JobOrigin:
     sdk_version: str
     save_job: bool
 
-    @classmethod
-    def of(cls, owner_name: str, owner_fingerprint: str, role: Role, backend: str,
-           sdk_version: str, save_job: bool) -> JobOrigin:
-        """The one origin with these values, made on its first job and dropped with its last."""
-        key = (owner_name, owner_fingerprint, role, backend, sdk_version, save_job)
-        origin = _ORIGINS.get(key)
-        if origin is None:
-            origin = _ORIGINS[key] = cls(*key)
-        return origin
-
-
-# Interned origins, like sys.intern for strings: immutable values, so sharing them is
-# invisible; weak, so an origin lives only while a queued job holds it.
-_ORIGINS: WeakValueDictionary[tuple[str, str, Role, str, str, bool], JobOrigin] = \
-    WeakValueDictionary()
-
 
 class _Recent(Generic[_Value]):
     """The values seen lately, so that equal ones are held once: jobs sent alike (most of
-    a batch) share their settings and timeout. Bounded: forgotten all at once when full."""
+    a batch) share their origin, settings and timeout. Like sys.intern for strings: the
+    values are immutable, so sharing them is invisible. Bounded: forgotten all at once
+    when full (jobs already made keep theirs)."""
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
@@ -95,6 +79,7 @@ class _Recent(Generic[_Value]):
         return seen
 
 
+_ORIGINS: _Recent[JobOrigin] = _Recent()
 _SETTINGS: _Recent[bytes] = _Recent()
 _TIMEOUTS: _Recent[float] = _Recent()
 
@@ -146,8 +131,9 @@ class QueuedJob:
             return cls(found, None)
         job = cls.__new__(cls)
         job.job_id = found.job_id
-        job.origin = JobOrigin.of(found.owner_name, found.owner_fingerprint, found.role,
-                                  found.backend, found.sdk_version, found.save_job)
+        job.origin = _ORIGINS.shared(JobOrigin(
+            found.owner_name, found.owner_fingerprint, found.role, found.backend,
+            found.sdk_version, found.save_job))
         job.settings = _SETTINGS.shared(found.settings)
         job.timeout_s = _TIMEOUTS.shared(found.timeout_s)
         job.program, job.charged, job.rank_key = None, False, None
@@ -180,8 +166,9 @@ class QueuedJob:
     @record.setter
     def record(self, record: JobRecord) -> None:
         """Take ``record``'s fields; while queued, its queued_at must stay (a sort key)."""
-        self.origin = JobOrigin.of(record.owner_name, record.owner_fingerprint, record.role,
-                                   record.backend, record.sdk_version, record.save_job)
+        self.origin = _ORIGINS.shared(JobOrigin(
+            record.owner_name, record.owner_fingerprint, record.role, record.backend,
+            record.sdk_version, record.save_job))
         self.settings = _SETTINGS.shared(record.settings)
         self.timeout_s = _TIMEOUTS.shared(record.timeout_s)
         self.age_key = _key_of_time(_microseconds(record.queued_at), max(0, self.sequence))

@@ -57,8 +57,9 @@ def test_a_job_with_more_than_a_plain_submission_keeps_its_record_whole(
 
 
 def test_jobs_sent_alike_share_their_origin_settings_and_timeout() -> None:
-    first = QueuedJob(plain(settings=bytes(b"\x08\x64")), None)
-    alike = QueuedJob(plain(settings=bytes(bytearray(b"\x08\x64"))), None)
+    first = QueuedJob(plain(settings=b"\x08\x64"), None)
+    alike = QueuedJob(plain(settings=bytes(bytearray(b"\x08\x64")), timeout_s=float("60.5"),
+                            owner_name="".join(["ali", "ce"])), None)
     other = QueuedJob(plain(owner_name="bob", settings=b"\x08\x65", timeout_s=61.0), None)
     assert alike.origin is first.origin and alike.settings is first.settings
     assert alike.timeout_s is first.timeout_s
