@@ -275,7 +275,7 @@ async def test_list_by_status_of_an_empty_store_is_empty(store: JobStore) -> Non
 
 
 # --- list_queued (a recovery's read, docs/design.md "A queued job in memory") --------------
-async def test_list_queued_gives_every_queued_record_and_a_plain_one_lean_in_sqlite(
+async def test_list_queued_gives_every_queued_record_and_a_plain_one_lean(
     store: JobStore,
 ) -> None:
     plain = [record(queued_at=T0 + timedelta(seconds=i), submitted_at=T0 + timedelta(seconds=i),
@@ -291,7 +291,7 @@ async def test_list_queued_gives_every_queued_record_and_a_plain_one_lean_in_sql
     found = [item async for item in store.list_queued()]
     assert by_id([QueuedJob.recovered(item).record for item in found]) == by_id(plain + more)
     lean = {item.job_id for item in found if isinstance(item, QueuedRow)}
-    assert lean == ({r.job_id for r in plain} if isinstance(store, SqliteJobStore) else set())
+    assert lean == {r.job_id for r in plain}
 
 
 # --- find_by_idempotency_key ---------------------------------------------------------------
