@@ -2,11 +2,12 @@
 
 A live job is in several structures at once: a queue while QUEUED (the queue is its
 index entry then: a queued job is held once, docs/design.md), the index of claimed or
-running jobs otherwise, its owner's quota (concurrent jobs, and queued bytes while queued), the key
-its idempotent submission holds, the watchdog's deadlines (while RUNNING), and a waiting
-node may have to be woken for it. Each operation here moves a job between states in
-all of them at once, with no await in between, so nothing can see them disagree and no
-path can forget one (docs/design.md). The JobManager decides; the ledger keeps.
+running jobs otherwise, its owner's quota (concurrent jobs, and queued bytes while
+queued), the key its idempotent submission holds, the watchdog's deadlines (while
+RUNNING), and a waiting node may have to be woken for it. Each operation here moves a
+job between states in all of them at once, with no await in between, so nothing can see
+them disagree and no path can forget one (docs/design.md). The JobManager decides; the
+ledger keeps.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class Ledger:
     def started(self, job: QueuedJob, running: JobRecord) -> None:
         """A claimed job is RUNNING: out of the queue's bytes, watched, counted as a hand-over."""
         self.quotas.left_queue(job.owner, job.size_bytes)
-        del self._claimed[job.job_id]
+        self._claimed.pop(job.job_id, None)
         self._running[job.job_id] = running
         self.watchdog.watch(job.job_id, self._deadline_of(running), running.dequeued_at)
         self._rates[self.queue_key(running.backend)].record(self._clock.monotonic())
@@ -171,13 +172,13 @@ class Ledger:
     def returned(self, job: QueuedJob, queued: JobRecord) -> None:
         """A RUNNING job no node received is QUEUED again, in its place at the head."""
         job.record = queued
-        del self._running[job.job_id]
+        self._running.pop(job.job_id, None)
         self.quotas.rejoined_queue(job.owner, job.size_bytes)
         self.put_back(job)
 
     def requeued(self, job: QueuedJob) -> None:
         """A RUNNING job whose node vanished is QUEUED again (still live, still counted)."""
-        del self._running[job.job_id]
+        self._running.pop(job.job_id, None)
         self.quotas.rejoined_queue(job.owner, job.size_bytes)
         key = self.queue_key(job.origin.backend)
         self.open_queue(job.origin.backend)

@@ -755,8 +755,9 @@ class JobManager:
         found = []
         async for stored in self._store.list_queued():
             job = QueuedJob.recovered(stored)
-            if self.ledger.queue(job.origin.backend) is not None or \
-                    await self._queueable(job.record):
+            # Its record is built only when its backend is gone (_queueable FAILS it).
+            known = self.ledger.queue(job.origin.backend) is not None
+            if known or await self._queueable(job.record):
                 found.append(job)
         requeued = self.ledger.admit_all(found)
         log.info("recovered %d queued and %d running jobs", requeued,
