@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Memory of queued jobs: bytes per job in a JobQueue (tracemalloc), and the process RSS.
+"""Memory of queued jobs: bytes per job in the ledger (tracemalloc), and the process RSS.
 
-    python benchmarks/memory.py [--jobs 100000] [--payload-bytes 1024] [--out FILE]
+    python benchmarks/memory.py [--jobs 100000] [--payload-bytes 1024] [--distinct-settings]
+                                [--rss-target-mb 300] [--out FILE]
 
-Builds ``job_manager.queue.JobQueue`` directly with the JobRecords and QueuedJobs a
-submission makes (a fresh job id, settings and program per job; owners shared, as the
-token cache shares them), plus the live-job index the JobManager keeps beside its
-queues. It measures twice: first the RSS without tracemalloc (which would inflate it),
-then the traced allocations. The service's libraries are imported first, so the RSS
+Builds a ``job_manager.ledger.Ledger`` (the queues, the live-job index and the quotas
+the JobManager keeps) and admits into it the jobs a submission makes: a fresh job id,
+settings object and program per job (equal settings, as a batch sends them; with
+--distinct-settings each job's differ), owners shared as the token cache shares them;
+each JobRecord is dropped once its job is queued, as after a submission. It measures
+twice: first the RSS without tracemalloc (which would inflate it), then the traced
+allocations. The service's libraries are imported first, so the RSS
 is that of a scheduler process, not of a bare interpreter.
 """
 
@@ -42,23 +45,31 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build(jobs: int, payload_bytes: int, owners: int) -> tuple[Any, dict[str, Any]]:
-    """A JobQueue holding ``jobs`` queued jobs, and the live-job index beside it."""
+def build(jobs: int, payload_bytes: int, owners: int, distinct_settings: bool) -> Any:
+    """A Ledger holding ``jobs`` queued jobs."""
     from common.clock import SystemClock
     from common.identity import Principal, Role, fingerprint
+    from job_manager.ledger import Ledger
+    from job_manager.limits import Limits, RoleLimits
     from job_manager.model import JobRecord, JobStatus, new_job_id
-    from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+    from job_manager.queue import QueuedJob, SchedulingPolicy
+    from job_manager.watchdog import Watchdog
     from pb.mqc3_cloud.scheduler.v1 import job_pb2
+
+    async def never(job_id: str, watched: object) -> None:
+        raise AssertionError("no job runs here")
 
     clock = SystemClock()
     principals = [Principal(f"user-{i}", Role.DEVELOPER, fingerprint(f"token-{i}"))
                   for i in range(owners)]
-    queue = JobQueue(SchedulingPolicy(), clock)
-    live: dict[str, JobRecord] = {}
+    limits = Limits({role: RoleLimits(jobs, 1 << 30) for role in Role}, max_queue_bytes=1 << 50)
+    ledger = Ledger(limits, SchedulingPolicy(), clock, Watchdog(clock, never),
+                    deadline_of=lambda record: clock.now())
     program = bytearray(b"." * payload_bytes)
     for i in range(jobs):
         principal = principals[i % owners]
-        settings = job_pb2.JobExecutionSettings(backend="emulator", n_shots=100,
+        settings = job_pb2.JobExecutionSettings(backend="emulator",
+                                                n_shots=100 + (i if distinct_settings else 0),
                                                 role=principal.role.value)
         settings.timeout.seconds = 60
         now = clock.now()
@@ -68,28 +79,23 @@ def build(jobs: int, payload_bytes: int, owners: int) -> tuple[Any, dict[str, An
             role=principal.role, settings=settings.SerializeToString(), timeout_s=60.0,
             input_size_bytes=payload_bytes, sdk_version=settings.role.replace("d", "d"),
             submitted_at=now, queued_at=now)
-        queue.push(QueuedJob(record, bytes(program)))
-        live[record.job_id] = record
-    return queue, live
+        ledger.admit(QueuedJob(record, bytes(program)), reserved=False)
+    return ledger
 
 
-def per_job_objects(record: Any, queue: Any) -> dict[str, int]:
+def per_job_objects(ledger: Any) -> dict[str, int]:
     """The objects each queued job owns, by sys.getsizeof (containers not included)."""
-    job = queue.remove(record.job_id)
-    sizes = {
+    queue = ledger.queue("emulator")
+    job = queue.get(next(iter(queue._jobs)))
+    return {
         "QueuedJob": sys.getsizeof(job) + _dict_size(job),
-        "JobRecord": sys.getsizeof(record) + _dict_size(record),
         "program": sys.getsizeof(job.program),
-        "job_id": sys.getsizeof(record.job_id),
-        "settings": sys.getsizeof(record.settings),
-        "sdk_version": sys.getsizeof(record.sdk_version),
-        "backend": sys.getsizeof(record.backend),
-        "datetime": sys.getsizeof(record.submitted_at),
-        "backend_timestamps": sys.getsizeof(record.backend_timestamps)
-        + _dict_size(record.backend_timestamps),
+        "job_id": sys.getsizeof(job.job_id),
+        "settings": sys.getsizeof(job.settings),
+        "timeout_s": sys.getsizeof(job.timeout_s),
+        "age_key": sys.getsizeof(job.age_key),
+        "rank_key": sys.getsizeof(job.rank_key),
     }
-    queue.push(job)
-    return sizes
 
 
 def _dict_size(instance: object) -> int:
@@ -97,27 +103,28 @@ def _dict_size(instance: object) -> int:
     return sys.getsizeof(vars(instance)) if hasattr(instance, "__dict__") else 0
 
 
-def measure(jobs: int, payload_bytes: int, owners: int, bare: bool) -> dict[str, Any]:
+def measure(jobs: int, payload_bytes: int, owners: int, bare: bool, distinct_settings: bool,
+            rss_target_mb: int) -> dict[str, Any]:
     if not bare:
         import scheduler.app  # noqa: F401 - the service's libraries, loaded as in production
     gc.collect()
     rss_before = rss_bytes()
     began = time.perf_counter()
-    queue, live = build(jobs, payload_bytes, owners)
+    ledger = build(jobs, payload_bytes, owners, distinct_settings)
     build_s = time.perf_counter() - began
     rss_with_jobs = rss_bytes()
-    assert len(queue) == jobs
-    index_bytes = sys.getsizeof(live)
-    del queue, live
+    assert ledger.live_count() == jobs
+    index_bytes = sys.getsizeof(ledger.queue("emulator")._jobs)
+    del ledger
     gc.collect()
 
     tracemalloc.start()
     traced_before = tracemalloc.get_traced_memory()[0]
-    queue, live = build(jobs, payload_bytes, owners)
+    ledger = build(jobs, payload_bytes, owners, distinct_settings)
     traced = tracemalloc.get_traced_memory()[0] - traced_before
     tracemalloc.stop()
-    assert len(queue) == len(live) == jobs  # both alive until measured
-    objects = per_job_objects(next(iter(live.values())), queue)
+    assert ledger.live_count() == jobs  # alive until measured
+    objects = per_job_objects(ledger)
     program_bytes = sys.getsizeof(bytes(payload_bytes))
     per_job = traced / jobs
     return {
@@ -133,8 +140,9 @@ def measure(jobs: int, payload_bytes: int, owners: int, bare: bool) -> dict[str,
         "rss_mb": {"before": round(rss_before / MB, 1), "with_jobs": round(rss_with_jobs / MB, 1),
                    "delta": round((rss_with_jobs - rss_before) / MB, 1)},
         "rss_bytes_per_job": round((rss_with_jobs - rss_before) / jobs, 1),
-        "rss_target_mb": RSS_TARGET_MB,
-        "rss_target_met": rss_with_jobs / MB < RSS_TARGET_MB,
+        "rss_target_mb": rss_target_mb,
+        "rss_target_met": rss_with_jobs / MB < rss_target_mb,
+        "distinct_settings": distinct_settings,
         "build_s": round(build_s, 2),
         "service_libraries_loaded": not bare,
         "object_bytes_per_job": objects,
@@ -154,6 +162,10 @@ def main(argv: list[str]) -> int:
                    "(default 16)")
     p.add_argument("--bare", action="store_true",
                    help="do not import the service's libraries first (RSS of the queue alone)")
+    p.add_argument("--distinct-settings", action="store_true",
+                   help="each job's settings differ (none shared)")
+    p.add_argument("--rss-target-mb", type=int, default=RSS_TARGET_MB,
+                   help=f"the process RSS to stay under (default {RSS_TARGET_MB})")
     p.add_argument("--out", type=Path, default=None,
                    help="the JSON result (default benchmarks/out/memory-<timestamp>.json)")
     args = p.parse_args(argv)
@@ -161,7 +173,8 @@ def main(argv: list[str]) -> int:
         p.error("--jobs and --owners must be positive, --payload-bytes not negative")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    result = measure(args.jobs, args.payload_bytes, args.owners, args.bare)
+    result = measure(args.jobs, args.payload_bytes, args.owners, args.bare,
+                     args.distinct_settings, args.rss_target_mb)
     out = args.out or (ROOT / "benchmarks" / "out" /
                        f"memory-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +185,7 @@ def main(argv: list[str]) -> int:
           f"({result['overhead_bytes_per_job']:.0f} B beyond the program), "
           f"{result['traced_total_mb']:.1f} MB in all")
     print(f"process RSS {rss['with_jobs']:.1f} MB with the jobs ({rss['before']:.1f} MB before, "
-          f"+{rss['delta']:.1f} MB); target < {RSS_TARGET_MB} MB: "
+          f"+{rss['delta']:.1f} MB); target < {result['rss_target_mb']} MB: "
           f"{'met' if result['rss_target_met'] else 'MISSED'}; result {out}")
     return 0
 

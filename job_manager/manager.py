@@ -599,7 +599,7 @@ class JobManager:
         async def fetch(job: QueuedJob) -> None:
             nonlocal read
             async with limit:
-                if job.program is not None or self.ledger.live(job.job_id) is not job.record:
+                if job.program is not None or not self.ledger.holds(job):
                     return
                 try:
                     program = await self._payloads.get_input(job.job_id)
@@ -792,9 +792,7 @@ class JobManager:
         if not changed:
             await self._believe_store(running.job_id)
             return None
-        # At the head: a preset sequence keeps the rank at 0, before every other job of its
-        # owner (job_manager/queue.py), and its old queued_at puts it early by age.
-        self.ledger.requeued(QueuedJob(queued, None, sequence=0, rank_s=0.0))
+        self.ledger.requeued(QueuedJob.at_head(queued))
         self._observer.requeued(queued)
         log.warning("job %s QUEUED again (%d of %d): %s", running.job_id,
                     queued.requeues, self._max_requeues, why)
@@ -857,10 +855,16 @@ class JobManager:
                 self.ledger.admit_running(record)
         # Queued without their programs, read later (prefetch_programs, or at the
         # hand-over), and all at once: a restart serves at once, whatever the number.
+        # Plain records come lean and become compact jobs with no record built.
         found = []
-        async for record in self._store.list_by_status(JobStatus.QUEUED):
-            if await self._queueable(record):
-                found.append(QueuedJob(record, None))
+        async for stored in self._store.list_queued():
+            if isinstance(stored, JobRecord) and not _changeable(stored):
+                continue  # a newer format's job: left to a newer leader (docs/records.md)
+            job = QueuedJob.recovered(stored)
+            # Its record is built only when its backend is gone (_queueable FAILS it).
+            known = self.ledger.queue(job.origin.backend) is not None
+            if known or await self._queueable(job.record):
+                found.append(job)
         requeued = self.ledger.admit_all(found)
         log.info("recovered %d queued and %d running jobs", requeued,
                  self.ledger.running_count())

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from common.identity import Role, user_label
 
@@ -107,3 +108,22 @@ class JobRecord:
     def owner_label(self) -> str:
         """The owner as logs name them."""
         return user_label(self.owner_name, self.owner_fingerprint)
+
+
+class QueuedRow(NamedTuple):
+    """A stored QUEUED record that holds no more than a fresh submission gives it, read
+    lean for a recovery: the fields a queued job keeps, no JobRecord built (docs/design.md,
+    "A queued job in memory"). Its record has submitted_at equal to queued_at and every
+    field not named here empty."""
+
+    job_id: str
+    backend: str
+    owner_name: str
+    owner_fingerprint: str
+    role: Role
+    sdk_version: str
+    save_job: bool
+    settings: bytes
+    timeout_s: float
+    input_size_bytes: int
+    queued_at: datetime

@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from dataclasses import dataclass, field
-from typing import Mapping
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from typing import Generic, Hashable, Mapping, NamedTuple, TypeVar
 
 from sortedcontainers import SortedKeyList
 
 from common.clock import Clock
 from common.identity import Role
-from job_manager.model import JobRecord
+from job_manager.model import JobRecord, JobStatus, QueuedRow
 
 _EPSILON = 1e-9
+_Value = TypeVar("_Value", bound=Hashable)
+_BY_AGE = attrgetter("age_key")
+_BY_RANK = attrgetter("rank_key")
 
 
 @dataclass(frozen=True)
@@ -44,40 +50,189 @@ class SchedulingPolicy:
     )
 
 
-@dataclass(eq=False, slots=True)
+class JobOrigin(NamedTuple):
+    """What the queued jobs of one owner, sent alike to one backend, share: held once for
+    all of them (docs/design.md, "A queued job in memory")."""
+
+    owner_name: str
+    owner_fingerprint: str
+    role: Role
+    backend: str
+    sdk_version: str
+    save_job: bool
+
+
+class _Recent(Generic[_Value]):
+    """The values seen lately, so that equal ones are held once: jobs sent alike (most of
+    a batch) share their origin, settings and timeout. Like sys.intern for strings: the
+    values are immutable, so sharing them is invisible. Bounded: forgotten all at once
+    when full (jobs already made keep theirs)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._seen: dict[_Value, _Value] = {}
+
+    def shared(self, value: _Value) -> _Value:
+        seen = self._seen.setdefault(value, value)
+        if len(self._seen) > self._limit:
+            self._seen.clear()
+        return seen
+
+
+_ORIGINS: _Recent[JobOrigin] = _Recent()
+_SETTINGS: _Recent[bytes] = _Recent()
+_TIMEOUTS: _Recent[float] = _Recent()
+
+
 class QueuedJob:
     """A job waiting in a queue, with its program held in memory for a fast hand-over.
+
+    Compact (docs/design.md, "A queued job in memory"): besides its program it holds its
+    id, its shared :class:`JobOrigin`, its settings and timeout, its size and two sort keys;
+    its :class:`JobRecord` is rebuilt when asked for. A record with anything more than a
+    fresh submission has (tags, an idempotency key, a requeue...) is kept whole instead.
 
     A job recovered from the store comes without its program (``None``), so that a
     restart or a new leader serves at once (docs/replicas.md); the program is read in
     the background, or at the latest when the job is handed over.
     """
 
-    record: JobRecord
+    __slots__ = ("_size_bytes", "_whole", "age_key", "charged", "job_id", "origin", "program",
+                 "rank_key", "settings", "timeout_s")
+
+    job_id: str
+    origin: JobOrigin
+    settings: bytes
+    timeout_s: float
     program: bytes | None
-    sequence: int = -1  # arrival order, set by the queue on first push, kept when put back
-    rank_s: float = 0.0  # queued_at + timeout_weight * timeout, set by the queue
-    charged: bool = False  # its token's fair share was charged when it was taken out
-    # The bytes the queue budget counts for it, fixed when it is made: its program's
-    # size, or the size its record gives until the program is read.
-    size_bytes: int = -1
+    charged: bool  # its token's fair share was charged when it was taken out
+    # Sort keys, one int each (no tuple per job): _key(value, sequence) orders as the pair
+    # (value, sequence) would. By age: when it was queued, in microseconds since the epoch.
+    # By rank: queued_at + timeout_weight * timeout, set by the queue on first push (None
+    # before), kept when put back.
+    age_key: int
+    rank_key: int | None
+    _size_bytes: int | None  # None: the length of its program
+    _whole: JobRecord | None  # the record, when it cannot be rebuilt from the fields above
 
-    # When it was queued, in epoch seconds: a sort key, read often, so worked out once.
-    queued_at_s: float = field(init=False, default=0.0)
+    def __init__(self, record: JobRecord, program: bytes | None) -> None:
+        self.job_id = record.job_id
+        self.program = program
+        self.charged = False
+        self.rank_key = None
+        self._size_bytes = None if program is not None else record.input_size_bytes
+        self.record = record
 
-    def __post_init__(self) -> None:
-        if self.size_bytes < 0:
-            self.size_bytes = (len(self.program) if self.program is not None
-                               else self.record.input_size_bytes)
-        self.queued_at_s = self.record.queued_at.timestamp()
+    @classmethod
+    def recovered(cls, found: JobRecord | QueuedRow) -> QueuedJob:
+        """A job read back from the store, without its program: from a lean row (no record
+        built) or from a whole record."""
+        if isinstance(found, JobRecord):
+            return cls(found, None)
+        job = cls.__new__(cls)
+        job.job_id = found.job_id
+        job.origin = _ORIGINS.shared(JobOrigin(
+            found.owner_name, found.owner_fingerprint, found.role, found.backend,
+            found.sdk_version, found.save_job))
+        job.settings = _SETTINGS.shared(found.settings)
+        job.timeout_s = _TIMEOUTS.shared(found.timeout_s)
+        job.program, job.charged, job.rank_key = None, False, None
+        job._size_bytes, job._whole = found.input_size_bytes, None
+        job.age_key = _key_of_time(_microseconds(found.queued_at), 0)
+        return job
+
+    @classmethod
+    def at_head(cls, record: JobRecord) -> QueuedJob:
+        """A job queued again after its node vanished, ahead of every other job of its
+        owner (rank 0, sequence 0) and early by age (its old queued_at)."""
+        job = cls(record, None)
+        job.rank_key = 0
+        return job
 
     @property
-    def job_id(self) -> str:
-        return self.record.job_id
+    def record(self) -> JobRecord:
+        """The job's record, rebuilt from the compact fields (or kept whole)."""
+        if self._whole is not None:
+            return self._whole
+        origin = self.origin
+        queued_at = _EPOCH + timedelta(microseconds=self.age_key >> _SEQUENCE_BITS)
+        return JobRecord(
+            job_id=self.job_id, status=JobStatus.QUEUED, backend=origin.backend,
+            owner_name=origin.owner_name, owner_fingerprint=origin.owner_fingerprint,
+            role=origin.role, settings=self.settings, timeout_s=self.timeout_s,
+            input_size_bytes=self.size_bytes, sdk_version=origin.sdk_version,
+            save_job=origin.save_job, submitted_at=queued_at, queued_at=queued_at)
+
+    @record.setter
+    def record(self, record: JobRecord) -> None:
+        """Take ``record``'s fields; while queued, its queued_at must stay (a sort key)."""
+        self.origin = _ORIGINS.shared(JobOrigin(
+            record.owner_name, record.owner_fingerprint, record.role, record.backend,
+            record.sdk_version, record.save_job))
+        self.settings = _SETTINGS.shared(record.settings)
+        self.timeout_s = _TIMEOUTS.shared(record.timeout_s)
+        self.age_key = _key_of_time(_microseconds(record.queued_at), max(0, self.sequence))
+        self._whole = None
+        if self.record != record:
+            self._whole = record
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key its submission was made idempotent with ("" for none)."""
+        return self._whole.idempotency_key if self._whole is not None else ""
 
     @property
     def owner(self) -> str:
-        return self.record.owner_fingerprint
+        return self.origin.owner_fingerprint
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes the queue budget counts for it, fixed when it is made: its program's
+        size, or the size its record gives until the program is read."""
+        if self._size_bytes is not None:
+            return self._size_bytes
+        assert self.program is not None
+        return len(self.program)
+
+    @property
+    def sequence(self) -> int:
+        """Its arrival order in its queue, or -1 before its first push."""
+        return -1 if self.rank_key is None else self.rank_key & _SEQUENCE_MASK
+
+    @property
+    def queued_at_s(self) -> float:
+        """When it was queued, in epoch seconds (as ``datetime.timestamp`` gives it)."""
+        return (self.age_key >> _SEQUENCE_BITS) / 1_000_000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_DOUBLE, _INT64 = struct.Struct("<d"), struct.Struct("<q")
+# Room in a sort key for a queue's arrival numbers: 2**39, more than a queue hands over in
+# a process's life (17 years at 1,000 jobs a second); 39 bits keep a key of microseconds
+# in 90 bits, three of CPython's 30-bit digits.
+_SEQUENCE_BITS = 39
+_SEQUENCE_MASK = (1 << _SEQUENCE_BITS) - 1
+
+
+def _microseconds(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (a datetime holds whole microseconds); a
+    naive one is local time, as ``datetime.timestamp`` takes it."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone(UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _key_of_time(microseconds: int, sequence: int) -> int:
+    return (microseconds << _SEQUENCE_BITS) | sequence
+
+
+def _key_of_rank(rank_s: float, sequence: int) -> int:
+    """One int that orders as (rank_s, sequence) does: the float's bits, made monotonic."""
+    bits: int = _INT64.unpack(_DOUBLE.pack(rank_s))[0]
+    if bits < 0:  # a negative float: larger bits are further below zero
+        bits = -(bits & 0x7FFF_FFFF_FFFF_FFFF)
+    return (bits << _SEQUENCE_BITS) + sequence
 
 
 @dataclass(eq=False, slots=True)
@@ -87,13 +242,10 @@ class _Owner:
     fingerprint: str
     weight: float
     virtual_time: float
-    jobs: SortedKeyList = field(
-        default_factory=lambda: SortedKeyList(key=lambda j: (j.rank_s, j.sequence))
-    )
+    jobs: SortedKeyList = field(default_factory=lambda: SortedKeyList(key=_BY_RANK))
 
-    def order_key(self) -> tuple[float, float, int]:
-        head = self.jobs[0]
-        return (self.virtual_time, head.rank_s, head.sequence)
+    def order_key(self) -> tuple[float, int]:
+        return (self.virtual_time, self.jobs[0].rank_key)
 
 
 class JobQueue:
@@ -104,7 +256,7 @@ class JobQueue:
         self._clock = clock
         self._sequence = itertools.count()
         self._jobs: dict[str, QueuedJob] = {}
-        self._by_age = SortedKeyList(key=lambda j: (j.queued_at_s, j.sequence))
+        self._by_age = SortedKeyList(key=_BY_AGE)
         self._owners: dict[str, _Owner] = {}
         self._turns = SortedKeyList(key=_Owner.order_key)  # owners with queued jobs
         self._virtual_clock = 0.0
@@ -140,9 +292,12 @@ class JobQueue:
 
     def _hold(self, job: QueuedJob) -> None:
         """Number a new job (its arrival and rank) and count it as held."""
-        if job.sequence < 0:
-            job.sequence = next(self._sequence)
-            job.rank_s = job.queued_at_s + self._policy.timeout_weight * job.record.timeout_s
+        if job.rank_key is None:
+            sequence = next(self._sequence)
+            assert sequence <= _SEQUENCE_MASK, "a queue numbered 2**39 jobs"
+            job.age_key |= sequence
+            job.rank_key = _key_of_rank(
+                job.queued_at_s + self._policy.timeout_weight * job.timeout_s, sequence)
         self._jobs[job.job_id] = job
         self.bytes_held += job.size_bytes
 
@@ -160,7 +315,7 @@ class JobQueue:
         """The job's token's place in the fair share, made on its first job."""
         owner = self._owners.get(job.owner)
         if owner is None:
-            weight = self._policy.role_weights.get(job.record.role, 1.0)
+            weight = self._policy.role_weights.get(job.origin.role, 1.0)
             owner = self._owners[job.owner] = _Owner(job.owner, weight, self._virtual_clock)
         return owner
 
@@ -226,7 +381,7 @@ class JobQueue:
             # At the same turn, the smaller rank goes first (as in pop).
             tied = other.jobs[count]
             same_turn = abs(other.virtual_time + count / other.weight - turn) < _EPSILON
-            if same_turn and (tied.rank_s, tied.sequence) < (job.rank_s, job.sequence):
+            if same_turn and tied.rank_key < job.rank_key:
                 count += 1
         return min(count, len(other.jobs))
 

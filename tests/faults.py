@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from job_manager.model import JobRecord, JobStatus
+from job_manager.model import JobRecord, JobStatus, QueuedRow
 from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, SignedUrl
 from job_manager.stores.errors import StoreError
 
@@ -129,6 +129,13 @@ class FlakyJobStore(_Faults):
         async for record in self.inner.list_by_status(status):
             yield record
         self._after("list_by_status", failure)
+
+    async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
+        """Faults apply to a listing as a whole, as to list_by_status."""
+        failure = await self._before("list_queued")
+        async for found in self.inner.list_queued():
+            yield found
+        self._after("list_queued", failure)
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
                                 until: datetime) -> AsyncIterator[JobRecord]:

@@ -20,6 +20,7 @@ from job_manager.model import (
     BackendTimestamps,
     JobRecord,
     JobStatus,
+    QueuedRow,
 )
 
 Row = dict[str, str | int | bool]
@@ -136,6 +137,32 @@ def changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Row, l
     remove. Attributes in neither (a newer scheduler's) are not touched."""
     to_set: Row = {name: value for name, value in after.items() if before.get(name) != value}
     return to_set, [name for name in before if name not in after]
+
+
+# The fields a row of a fresh submission may have.
+_PLAIN_FIELDS = frozenset({
+    "job_id", "status", "backend", "owner_name", "owner_fingerprint", "role", "settings",
+    "timeout_ms", "input_size_bytes", "save_job", "sdk_version", "result_raw_size_bytes",
+    "result_encoded_size_bytes", "submitted_at", "queued_at", "format_version"})
+
+
+def decode_lean(row: Mapping[str, Any]) -> QueuedRow | None:
+    """A QUEUED row as a QueuedRow, or None when it must be decoded whole: the record
+    :func:`decode` would give holds more than a fresh submission's (a field beyond the
+    plain ones, a result size, a submission time of its own). Each field is converted as
+    :func:`decode` converts it, so the row's record is the one decode gives; a row decode
+    refuses raises here too."""
+    if not (row.keys() <= _PLAIN_FIELDS and row["submitted_at"] == row["queued_at"]
+            and int(row.get("format_version", 1)) == RECORD_FORMAT
+            and int(row.get("result_raw_size_bytes", 0)) == 0
+            and int(row.get("result_encoded_size_bytes", 0)) == 0):
+        return None
+    return QueuedRow(
+        str(row["job_id"]), str(row["backend"]), str(row["owner_name"]),
+        str(row["owner_fingerprint"]), _ROLES.get(row["role"]) or Role(row["role"]),
+        str(row.get("sdk_version", "")), bool(row.get("save_job", False)),
+        base64.b64decode(str(row["settings"])), int(row["timeout_ms"]) / 1000,
+        int(row["input_size_bytes"]), datetime.fromisoformat(row["queued_at"]))
 
 
 def _backend_timestamps(row: Mapping[str, Any],

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus
+from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import (
@@ -259,18 +259,40 @@ class DynamoDbJobStore:
                           "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
-        query = {
+        async for item in self._items(self._client.query, self._status_query(status)):
+            try:
+                yield self._record(item)
+            except RecordUnreadable:
+                continue  # reported; the others are served
+
+    async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
+        """Every QUEUED record; one of this scheduler's that a fresh submission made as a
+        QueuedRow, no JobRecord built for it (docs/design.md, "A queued job in memory")."""
+        query = self._status_query(JobStatus.QUEUED)
+        async for item in self._items(self._client.query, query):
+            try:
+                yield self._lean(item) or self._record(item)
+            except RecordUnreadable:
+                continue  # reported; the others are served
+
+    def _status_query(self, status: JobStatus) -> dict[str, Any]:
+        return {
             "TableName": self._table,
             "IndexName": self._status_index,
             "KeyConditionExpression": "#status = :status",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":status": {"S": status.value}},
         }
-        async for item in self._items(self._client.query, query):
-            try:
-                yield self._record(item)
-            except RecordUnreadable:
-                continue  # reported; the others are served
+
+    @staticmethod
+    def _lean(item: dict[str, Any]) -> QueuedRow | None:
+        """The item as a QueuedRow, or None: an original's record, one with more than a
+        fresh submission's, or one that is no record (then _record says why)."""
+        try:
+            values = {name: _deserializer.deserialize(v) for name, v in item.items()}
+            return None if is_original(values) else codec.decode_lean(values)
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
+            return None
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
                                 until: datetime) -> AsyncIterator[JobRecord]:

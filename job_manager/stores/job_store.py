@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import AsyncIterator, Protocol
 
-from job_manager.model import JobRecord, JobStatus
+from job_manager.model import JobRecord, JobStatus, QueuedRow
 from job_manager.stores.fence import Fence
 
 
@@ -50,6 +50,12 @@ class JobStore(Protocol):
 
     def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         """Every record with ``status``, fetched page by page."""
+        ...
+
+    def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
+        """Every QUEUED record, fetched page by page, for a recovery: a record that holds
+        no more than a fresh submission gives it may come as a lean QueuedRow (the store
+        decodes no more of it than that), any other as a JobRecord."""
         ...
 
     def list_newest_first(self, owner_fingerprint: str | None, since: datetime,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus
+from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordTooNew, RecordUnreadable, StoreError
@@ -253,6 +253,28 @@ class SqliteJobStore:
             )
             .fetchall()
         )
+
+    async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
+        """Every QUEUED record; a plain one as a QueuedRow, no JobRecord built for it
+        (docs/design.md, "A queued job in memory"). The next page is read while this
+        one is used."""
+        reading = asyncio.ensure_future(self._calls.run(self._page, JobStatus.QUEUED, ""))
+        while True:
+            page = await reading
+            if len(page) == self._page_size:
+                reading = asyncio.ensure_future(
+                    self._calls.run(self._page, JobStatus.QUEUED, page[-1][0]))
+            for job_id, text in page:
+                try:
+                    lean = codec.decode_lean(json.loads(text))
+                except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
+                    lean = None  # not a record: decoded whole, _record reports why
+                try:
+                    yield lean or self._record(job_id, text)
+                except RecordUnreadable:
+                    continue  # reported; the others are served
+            if len(page) < self._page_size:
+                return
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
                                 until: datetime) -> AsyncIterator[JobRecord]:

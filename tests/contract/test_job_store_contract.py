@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from common.identity import Role
-from job_manager.model import BackendTimestamps, JobRecord, JobStatus
+from job_manager.model import BackendTimestamps, JobRecord, JobStatus, QueuedRow
+from job_manager.queue import QueuedJob
 from job_manager.stores import JobStore, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.sqlite_job_store import SqliteJobStore
@@ -273,6 +274,26 @@ async def test_list_by_status_returns_exactly_the_records_in_that_status_across_
 
 async def test_list_by_status_of_an_empty_store_is_empty(store: JobStore) -> None:
     assert await collect(store, JobStatus.QUEUED) == []
+
+
+# --- list_queued (a recovery's read, docs/design.md "A queued job in memory") --------------
+async def test_list_queued_gives_every_queued_record_and_a_plain_one_lean(
+    store: JobStore,
+) -> None:
+    plain = [record(queued_at=T0 + timedelta(seconds=i), submitted_at=T0 + timedelta(seconds=i),
+                    settings=bytes([i]), input_size_bytes=i) for i in range(7)]
+    more = [record(tags=(("k", "v"),)), record(idempotency_key="key"), record(requeues=1),
+            record(queued_at=T0 + timedelta(seconds=1))]
+    for r in plain + more:
+        await store.create(r)
+    moved = record()
+    await store.create(moved)
+    await store.transition(moved, running(moved))
+
+    found = [item async for item in store.list_queued()]
+    assert by_id([QueuedJob.recovered(item).record for item in found]) == by_id(plain + more)
+    lean = {item.job_id for item in found if isinstance(item, QueuedRow)}
+    assert lean == {r.job_id for r in plain}
 
 
 # --- find_by_idempotency_key ---------------------------------------------------------------

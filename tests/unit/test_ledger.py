@@ -78,6 +78,22 @@ def test_a_job_goes_through_its_life_in_every_structure_at_once(
     assert ledger.remembered(job.job_id) is ended
 
 
+def test_a_queued_job_is_live_through_its_queue_and_its_claim_alone(
+        ledger: Ledger, clock: FakeClock) -> None:
+    # docs/design.md, "A queued job in memory": no index entry beside its queue; a status
+    # read rebuilds its record from the compact job.
+    job = _admitted(ledger, clock)
+    record = job.record
+    assert job._whole is None and ledger.live(job.job_id) == record
+    assert ledger.holds(job)
+    assert ledger.take_next("emulator") is job
+    assert ledger.live(job.job_id) == record and ledger.holds(job) and ledger.live_count() == 1
+    running = replace(record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    ledger.started(job, running)
+    assert ledger.live(job.job_id) is running and not ledger.holds(job)
+    assert ledger.running_count() == ledger.live_count() == 1
+
+
 def test_a_job_admitted_twice_is_held_once_and_its_second_reservation_freed(
         ledger: Ledger, clock: FakeClock) -> None:
     job = _admitted(ledger, clock)
