@@ -86,7 +86,9 @@ class TokenShare:
 
 def _default_shares() -> dict[Role, TokenShare]:
     # Far above an SDK user (one call at a time per run, a poll a second), below a flood.
-    return {Role.ADMIN: TokenShare(50, 500.0), Role.DEVELOPER: TokenShare(20, 100.0),
+    # Each rate is at least ten times the polls of a role's most live jobs
+    # (SCHEDULER_MAX_CONCURRENT_JOBS_*: 1000 / 10 / 5), polled once a second.
+    return {Role.ADMIN: TokenShare(50, 10000.0), Role.DEVELOPER: TokenShare(20, 100.0),
             Role.GUEST: TokenShare(10, 50.0)}
 
 

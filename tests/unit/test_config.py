@@ -54,7 +54,7 @@ def test_each_tokens_share_is_set_per_role_and_generous_by_default() -> None:
     default = load_config(AWS_FLAGS, {}).calls
     shares = {role: (share.max_in_flight, share.rate_per_s)
               for role, share in default.by_role.items()}
-    assert shares == {Role.ADMIN: (50, 500), Role.DEVELOPER: (20, 100), Role.GUEST: (10, 50)}
+    assert shares == {Role.ADMIN: (50, 10000), Role.DEVELOPER: (20, 100), Role.GUEST: (10, 50)}
     env = {"SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_GUEST": "3",
            "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_DEVELOPER": "2.5",
            "SCHEDULER_NEW_TOKEN_LOOKUP_RATE": "7", "SCHEDULER_JOB_MISS_RATE_PER_TOKEN": "0.5",
