@@ -106,6 +106,11 @@ class Session:
 
     async def submit(self, phase: str, client: int, backend: str = WORK_BACKEND) -> Outcome:
         """One SubmitJob; an accepted job goes into the ledger with its acknowledgement time."""
+        return (await self.submit_job(phase, client, backend))[0]
+
+    async def submit_job(self, phase: str, client: int,
+                         backend: str = WORK_BACKEND) -> tuple[Outcome, str]:
+        """One SubmitJob: the outcome and, when accepted, the job id."""
         token_index = self.token_of(client)
         program = self._program(phase, client)
         request = submission_pb2.SubmitJobRequest(token=self.target.tokens[token_index],
@@ -119,13 +124,34 @@ class Session:
             answer = await self.submitters[client].SubmitJob(request, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             self.ledger.ambiguous_submits += 1
-            return f"transport_{exc.code().name}"
+            return f"transport_{exc.code().name}", ""
         acknowledged = time.perf_counter()
         if answer.error.code:
-            return str(answer.error.code)
+            return str(answer.error.code), ""
         self.ledger.accepted(answer.job_id, JobEntry(program, token_index, backend, phase,
                                                      acknowledged))
-        return ""
+        return "", answer.job_id
+
+    async def status(self, client: int, job_id: str, expected: int | None = None) -> Outcome:
+        """One GetJobStatus with the job owner's token; ``expected`` is the status it must
+        answer (any status when None)."""
+        request = submission_pb2.GetJobStatusRequest(
+            token=self.target.tokens[self.ledger.jobs[job_id].token_index], job_id=job_id)
+        try:
+            answer = await self.submitters[client].GetJobStatus(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return f"transport_{exc.code().name}"
+        return _checked(answer, expected)
+
+    async def result(self, client: int, job_id: str) -> Outcome:
+        """One GetJobResult of a finished job, with its owner's token."""
+        request = submission_pb2.GetJobResultRequest(
+            token=self.target.tokens[self.ledger.jobs[job_id].token_index], job_id=job_id)
+        try:
+            answer = await self.submitters[client].GetJobResult(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return f"transport_{exc.code().name}"
+        return _checked(answer, int(job_pb2.JOB_STATUS_COMPLETED))
 
     # --- hardware nodes ------------------------------------------------------------------
     async def take(self, node: int, backend: str, wait_ms: int = 0) -> Taken:
@@ -175,3 +201,12 @@ class Session:
         phase.samples("report").add(time.perf_counter() - uploaded)
         self.ledger.reported(taken.job_id)
         return ""
+
+
+def _checked(answer: submission_pb2.GetJobStatusResponse | submission_pb2.GetJobResultResponse,
+             expected: int | None) -> Outcome:
+    if answer.error.code:
+        return str(answer.error.code)
+    if expected is not None and answer.status != expected:
+        return f"unexpected_{job_pb2.JobStatus.Name(answer.status)}"
+    return ""
