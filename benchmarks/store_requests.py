@@ -9,6 +9,7 @@ hop to the calls it counts. How the counts are read: docs/request-budget.md.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections import Counter
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+
+from scheduler.app import PROBE_JOB_ID
 
 RECORDER_ENV = "MOTO_RECORDER_FILEPATH"
 LEASE_KEY = "scheduler-lease"  # the lease item's key (docs/replicas.md)
@@ -61,21 +64,35 @@ class RequestRecorder:
 def classify(entry: dict[str, Any]) -> tuple[str, str]:
     """(who, ``service.Operation``) of one recorded request. ``who`` is ``scheduler`` for a
     job's store request, ``lease`` for the replicas' lease item, ``background`` for the
-    backend-status parameter (SSM), ``presigned`` for a node's upload or a user's download
-    through a presigned URL (not the scheduler's own request)."""
+    store probe's record and object and the backend-status parameter (SSM), ``presigned``
+    for a node's upload or a user's download through a presigned URL (not the
+    scheduler's own request)."""
     headers = {k.lower(): v for k, v in entry.get("headers", {}).items()}
     target = headers.get("x-amz-target", "")
     url = urlsplit(entry.get("url", ""))
+    if PROBE_JOB_ID in url.path:
+        return "background", f"s3.{_s3_operation(entry.get('method', ''), url.path, url.query)}"
     if target.startswith("DynamoDB_"):
         operation = f"dynamodb.{target.split('.', 1)[1]}"
-        body = entry.get("body") or ""
-        return ("lease" if LEASE_KEY in body else "scheduler"), operation
+        body = _body(entry)
+        if PROBE_JOB_ID in body:
+            return "background", operation
+        # A job write's transaction names the lease too (its fence): it is the job's.
+        lease = not operation.endswith("TransactWriteItems") and LEASE_KEY in body
+        return ("lease" if lease else "scheduler"), operation
     if target.startswith("AmazonSSM."):
         return "background", f"ssm.{target.split('.', 1)[1]}"
     operation = f"s3.{_s3_operation(entry.get('method', ''), url.path, url.query)}"
     if "X-Amz-Signature" in parse_qs(url.query):
         return "presigned", operation
     return "scheduler", operation
+
+
+def _body(entry: dict[str, Any]) -> str:
+    body = entry.get("body") or ""
+    if entry.get("body_encoded"):  # the recorder keeps a bytes body in base64
+        return base64.b64decode(body).decode(errors="replace")
+    return str(body)
 
 
 def _s3_operation(method: str, path: str, query: str) -> str:
