@@ -110,7 +110,7 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
                 phase.errors[str(failed)] += 1
                 return
 
-    started = time.perf_counter()
+    started = phase.started_at_s = time.perf_counter()
     await asyncio.gather(*(worker(life) for life in lives))
     phase.duration_s = time.perf_counter() - started
     if recorder is not None:

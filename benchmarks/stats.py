@@ -184,6 +184,7 @@ def _latency_figure(pyplot: Any, phases: list[PhaseResult], title: str) -> Any:
             _cdf(axis, phase.latencies[kind] if kind in phase.latencies else Samples(), kind,
                  colours(i % 10))
         axis.set_xscale("log")
+        axis.tick_params(axis="x", which="minor", labelbottom=False)
         axis.set_xlabel("latency (ms, log scale)")
         axis.set_ylabel("fraction at or below")
         axis.set_title(phase.name)
@@ -193,7 +194,7 @@ def _latency_figure(pyplot: Any, phases: list[PhaseResult], title: str) -> Any:
     for axis in list(axes.flat)[len(phases):]:
         axis.set_visible(False)
     figure.suptitle(f"{title}: latency CDFs")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return figure
 
 
@@ -208,12 +209,13 @@ def _rate_figure(pyplot: Any, phases: list[PhaseResult], title: str) -> Any:
         axis.step(times, rates, where="post")
         axis.set_xlabel("seconds into the phase")
         axis.set_ylabel(f"{phase.primary} per s")
+        axis.set_ylim(bottom=0)
         axis.set_title(phase.name)
         axis.grid(True, alpha=0.3)
     for axis in list(axes.flat)[len(phases):]:
         axis.set_visible(False)
     figure.suptitle(f"{title}: completions per {RATE_BIN_S * 1000:g} ms, as a rate per second")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return figure
 
 
