@@ -92,6 +92,7 @@ class Deployment:
     token_count: int
     scheduler_env: dict[str, str]
     replicas: int = 1  # AWS mode: 1, or 2 (leader and follower)
+    profile_out: Path | None = None  # run the (first) scheduler under benchmarks/sampler.py
     children: list[Child] = field(default_factory=list)
 
     async def start(self, mode: str) -> Target:
@@ -173,8 +174,10 @@ class Deployment:
                    metrics: int, name: str = "scheduler") -> Child:
         # Replicas reach each other at the address the lease publishes (docs/replicas.md).
         env = {**LIFTED_LIMITS, "SCHEDULER_ADVERTISE_HOST": HOST, **self.scheduler_env}
+        profiled = (["-m", "benchmarks.sampler", str(self.profile_out), "--"]
+                    if self.profile_out is not None and name == "scheduler" else [])
         child = python_child(name, [
-            "scheduler.py", *mode_args, "--host", HOST,
+            *profiled, "scheduler.py", *mode_args, "--host", HOST,
             "--port-for-submission", str(submission), "--port-for-execution", str(execution),
             "--metrics-port", str(metrics),
         ], self.work_dir, child_env(env))

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crowd-submit-rate", type=float, default=20.0,
                    help="status_crowd phase: submissions per second meanwhile, for dispatch "
                    "latency (default 20)")
+    p.add_argument("--profile-lifecycle", action="store_true",
+                   help="run the scheduler under the sampling profiler (benchmarks/sampler.py) "
+                   "and report its functions' own CPU per job during the lifecycle measure")
     p.add_argument("--no-plots", action="store_true",
                    help="do not draw the plots (drawn by default when matplotlib imports: "
                    "<result>-latency.png and <result>-rate.png beside the JSON)")
@@ -260,10 +264,15 @@ async def _phases(args: argparse.Namespace, session: Session, meter: Meter,
     measured.append(await metered(meter, ph.steady_phase(session, args.rate, args.duration_s,
                                                          args.wait_ms)))
     if args.lifecycle_jobs:
+        profiling = args.profile_lifecycle
+        if profiling:
+            os.kill(session.target.scheduler_pid, signal.SIGUSR1)  # the sampler starts
         measured.append(await metered(meter, lifecycle_phase(
             session, args.lifecycle_jobs,
             min(args.lifecycle_concurrency, args.clients, args.nodes),
             session.target.recorder, args.budget_lives)))
+        if profiling:
+            os.kill(session.target.scheduler_pid, signal.SIGUSR2)  # and stops
     for name, jobs in await ph.status_slices(session, args.live_jobs):
         measured.append(await metered(meter, ph.poll_status(session, name, jobs,
                                                             args.duration_s / 2)))
@@ -285,8 +294,9 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                            "started_at": datetime.now(UTC).isoformat(), "git": _git(),
                            "machine": _machine()}
     unary = UnaryCeiling(args.clients, work_dir)
+    profile = work_dir / "profile.json" if args.profile_lifecycle else None
     deployment = Deployment(work_dir, min(args.clients, 16), _scheduler_env(args),
-                            args.replicas)
+                            args.replicas, profile)
     measured: list[PhaseResult] = []
     result: dict[str, Any] = {"schema": 2, "run": run}
     try:
@@ -325,10 +335,23 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     result["phases"] = {p.name: p.to_json() for p in measured}
     if "lifecycle" in found:
         result["lifecycle"] = _lifecycle_summary(found["lifecycle"])
+        if profile is not None and profile.exists():
+            result["lifecycle"]["profile"] = _per_job(json.loads(profile.read_text()),
+                                                      found["lifecycle"].operations)
     result["targets"] = _targets(found, args.mode)
     result["_table"] = table(ceilings + measured)
     result["_results"] = ceilings + measured
     return result
+
+
+def _per_job(profile: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """The sampler's CPU seconds as milliseconds per job."""
+    def scaled(table: dict[str, float]) -> dict[str, float]:
+        return {where: round(s * 1000 / max(jobs, 1), 3) for where, s in table.items()}
+
+    return {"thread_cpu_ms_per_job": scaled(profile["thread_cpu_s"]),
+            "own_cpu_ms_per_job": scaled(profile["own_cpu_s"]),
+            "cumulative_cpu_ms_per_job": scaled(profile["cumulative_cpu_s"])}
 
 
 def _lifecycle_summary(phase: PhaseResult) -> dict[str, Any]:
@@ -389,6 +412,14 @@ def _print_lifecycle(lifecycle: dict[str, Any] | None) -> None:
     if requests:
         print(f"  scheduler's store requests per job: {requests['total']} "
               f"({', '.join(f'{op} {n}' for op, n in requests['by_operation'].items())})")
+    profile = lifecycle.get("profile")
+    if profile:
+        threads = profile["thread_cpu_ms_per_job"]
+        print("  profile, CPU ms per job by thread: "
+              + ", ".join(f"{name} {ms}" for name, ms in threads.items()))
+        print("  own CPU ms per job, top 15:")
+        for where, ms in list(profile["own_cpu_ms_per_job"].items())[:15]:
+            print(f"    {ms:>7.3f}  {where}")
     for step, operations in (lifecycle["store_requests_per_step"] or {}).items():
         print(f"    {step:<18} " + (", ".join(f"{op} {n}" for op, n in operations.items())
                                    or "none"))
