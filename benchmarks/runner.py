@@ -364,6 +364,7 @@ def _lifecycle_summary(phase: PhaseResult) -> dict[str, Any]:
         "cpu_ms_per_job_by_process": per_job,
         "store_requests_per_job": phase.extra.get("store_requests_per_job"),
         "store_requests_per_step": phase.extra.get("store_requests_per_step"),
+        "counted_by": phase.extra.get("store_requests_counted_by"),
     }
 
 
@@ -420,6 +421,8 @@ def _print_lifecycle(lifecycle: dict[str, Any] | None) -> None:
         print("  own CPU ms per job, top 15:")
         for where, ms in list(profile["own_cpu_ms_per_job"].items())[:15]:
             print(f"    {ms:>7.3f}  {where}")
+    if lifecycle["store_requests_per_step"]:
+        print(f"  store calls per step of a life, counted by {lifecycle['counted_by']}:")
     for step, operations in (lifecycle["store_requests_per_step"] or {}).items():
         print(f"    {step:<18} " + (", ".join(f"{op} {n}" for op, n in operations.items())
                                    or "none"))
