@@ -22,6 +22,9 @@ from benchmarks.session import IDLE_BACKEND, Session
 from benchmarks.stats import PhaseResult
 
 LABEL = "status-crowd"  # the ledger's name for the crowd's queued jobs
+# A poller's result is one line with two floats per poll (some 40 bytes): far above
+# asyncio's default line limit (64 KiB) at thousands of polls per second.
+RESULT_LIMIT = 256 * 1024 * 1024
 
 
 async def status_crowd_phase(session: Session, rate: float, channels: int, processes: int,
@@ -66,7 +69,7 @@ async def _start(session: Session, rate: float, duration_s: float, channels: int
                  jobs: list[tuple[str, str]]) -> asyncio.subprocess.Process:
     poller = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.poller", cwd=ROOT, env=child_env({}),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=RESULT_LIMIT)
     settings = {"address": session.target.submission, "rate_per_s": rate,
                 "duration_s": duration_s, "channels": channels, "jobs": jobs}
     assert poller.stdin is not None
