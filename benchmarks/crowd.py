@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from benchmarks.phases import steady_phase
-from benchmarks.processes import ROOT, child_env
+from benchmarks.processes import ROOT, Meter, child_env
 from benchmarks.session import IDLE_BACKEND, Session
 from benchmarks.stats import PhaseResult
 
@@ -28,8 +28,10 @@ RESULT_LIMIT = 256 * 1024 * 1024
 
 
 async def status_crowd_phase(session: Session, rate: float, channels: int, processes: int,
-                             duration_s: float, submit_rate: float,
-                             wait_ms: int) -> PhaseResult:
+                             duration_s: float, submit_rate: float, wait_ms: int,
+                             meter: Meter) -> PhaseResult:
+    """The crowd's phase; the children's CPU is metered over the polling alone, not over
+    queueing the crowd's jobs and starting the pollers."""
     jobs = await _queued_jobs(session, channels)
     pollers = [await _start(session, rate / processes, duration_s,
                             channels // processes + (1 if i < channels % processes else 0),
@@ -37,6 +39,7 @@ async def status_crowd_phase(session: Session, rate: float, channels: int, proce
     try:
         for poller in pollers:
             await _expect(poller, "ready")
+        cpu_before = meter.cpu()
         go = time.perf_counter()
         for poller in pollers:
             assert poller.stdin is not None
@@ -45,6 +48,7 @@ async def status_crowd_phase(session: Session, rate: float, channels: int, proce
         phase, *outputs = await asyncio.gather(
             steady_phase(session, submit_rate, duration_s, wait_ms, name="status_crowd"),
             *(_result(poller) for poller in pollers))
+        phase.processes = meter.since(cpu_before, time.perf_counter() - go)
     finally:
         for poller in pollers:
             if poller.returncode is None:

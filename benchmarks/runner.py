@@ -240,7 +240,8 @@ async def metered(meter: Meter, work: Awaitable[PhaseResult]) -> PhaseResult:
     phase = await work
     if phase.started_at_s is None:
         phase.started_at_s = began
-    phase.processes = meter.since(before, time.perf_counter() - began)
+    if not phase.processes:  # unless the phase metered a part of itself
+        phase.processes = meter.since(before, time.perf_counter() - began)
     if phase.operations:
         phase.extra["cpu_ms_per_operation"] = {
             name: round(usage["cpu_s"] * 1000 / phase.operations, 3)
@@ -279,7 +280,7 @@ async def _phases(args: argparse.Namespace, session: Session, meter: Meter,
     if args.crowd_rate:
         measured.append(await metered(meter, status_crowd_phase(
             session, args.crowd_rate, args.crowd_channels, args.crowd_processes,
-            args.duration_s, args.crowd_submit_rate, args.wait_ms)))
+            args.duration_s, args.crowd_submit_rate, args.wait_ms, meter)))
     # Again, with the scheduler idle: did the machine's load change meanwhile?
     ceilings.append(await unary.measure("unary_ceiling_end", args.duration_s / 2))
     measured.append(await metered(meter, ph.drain_phase(session, IDLE_BACKEND,
