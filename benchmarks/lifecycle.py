@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 
-from benchmarks.clients import Outcome
+from benchmarks.clients import RPC_TIMEOUT_S, Outcome
 from benchmarks.session import WORK_BACKEND, Session
 from benchmarks.stats import PhaseResult
 from benchmarks.store_requests import RequestRecorder, count, per_job
@@ -65,7 +65,7 @@ class Life:
         if outcome:
             raise LifeFailed(outcome)
         self.reported[taken.job_id].set()
-        await self.reported[job_id].wait()
+        await self._reported(job_id)
         await between("status_done")
         for _ in range(POLLS_DONE):
             await self._timed("status", self.session.status(self.client, job_id, COMPLETED))
@@ -73,6 +73,14 @@ class Life:
         await self._timed("result", self.session.result(self.client, job_id))
         self.phase.samples("life").add(time.perf_counter() - began)
         self.phase.operations += 1
+
+    async def _reported(self, job_id: str) -> None:
+        """Until the worker that took our job has reported it; a worker whose life failed
+        never will, so the wait is bounded like a call."""
+        try:
+            await asyncio.wait_for(self.reported[job_id].wait(), RPC_TIMEOUT_S)
+        except TimeoutError:
+            raise LifeFailed("never_reported") from None
 
     async def _timed(self, kind: str, call: Awaitable[Outcome]) -> None:
         began = time.perf_counter()

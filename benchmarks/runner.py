@@ -316,8 +316,10 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             ceilings += await asyncio.to_thread(store_ceilings, target.moto_endpoint,
                                                 args.clients, args.duration_s,
                                                 args.payload_bytes)
+        # One request per connection: the scheduler's HTTP side closes each one after
+        # its answer (no keep-alive), so a pooled connection would only race the close.
         async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=args.nodes * 2)) as http:
+                connector=aiohttp.TCPConnector(limit=args.nodes * 2, force_close=True)) as http:
             session = Session(target, http, Metrics(http, target.metrics_url), args.clients,
                               args.nodes, args.payload_bytes)
             try:
