@@ -5,7 +5,8 @@ many users. They come from ``processes`` poller processes (benchmarks/poller.py,
 loop, latency from each poll's due time) over ``channels`` channels in all, each
 channel one user polling their own queued job on the idle backend. Meanwhile every
 node long-polls and submissions arrive at a steady rate (the ``steady`` phase's code):
-the phase reports poll latency and dispatch latency under the crowd.
+the phase reports poll latency and dispatch latency under the crowd and, in AWS mode,
+every store request moto saw meanwhile (the submissions' and the lease's included).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from benchmarks.phases import steady_phase
 from benchmarks.processes import ROOT, Meter, child_env
 from benchmarks.session import IDLE_BACKEND, Session
 from benchmarks.stats import PhaseResult
+from benchmarks.store_requests import count
 
 LABEL = "status-crowd"  # the ledger's name for the crowd's queued jobs
 # A poller's result is one line with two floats per poll (some 40 bytes): far above
@@ -39,6 +41,9 @@ async def status_crowd_phase(session: Session, rate: float, channels: int, proce
     try:
         for poller in pollers:
             await _expect(poller, "ready")
+        recorder = session.target.recorder
+        if recorder is not None:  # AWS mode: does a poll cost a store request?
+            await recorder.start()
         cpu_before = meter.cpu()
         go = time.perf_counter()
         for poller in pollers:
@@ -49,6 +54,9 @@ async def status_crowd_phase(session: Session, rate: float, channels: int, proce
             steady_phase(session, submit_rate, duration_s, wait_ms, name="status_crowd"),
             *(_result(poller) for poller in pollers))
         phase.processes = meter.since(cpu_before, time.perf_counter() - go)
+        if recorder is not None:
+            await recorder.stop()
+            phase.extra["store_requests"] = count(recorder.since(0))
     finally:
         for poller in pollers:
             if poller.returncode is None:
