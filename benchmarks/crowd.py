@@ -111,10 +111,12 @@ async def _result(poller: asyncio.subprocess.Process) -> dict[str, Any]:
 def _merged(phase: PhaseResult, outputs: list[dict[str, Any]], go: float, rate: float,
             channels: int, processes: int, duration_s: float) -> PhaseResult:
     """The steady phase's dispatch figures with the pollers' polls as the headline."""
-    polls = phase.samples("poll")
+    polls, from_send = phase.samples("poll"), phase.samples("poll_from_send")
     for output in outputs:
-        for offset, latency in zip(output["offsets_s"], output["latencies_s"], strict=True):
+        for offset, latency, sent in zip(output["offsets_s"], output["latencies_s"],
+                                         output["from_send_s"], strict=True):
             polls.add(latency, at=go + offset + latency)
+            from_send.add(sent, at=go + offset + latency)
         for code, n in output["errors"].items():
             phase.errors[f"poll_{code}"] += n
     dispatched = phase.operations

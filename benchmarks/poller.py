@@ -10,7 +10,9 @@ Protocol with the load generator, one JSON or word per line: it writes the setti
 (address, rate_per_s, duration_s, channels, jobs as [token, job_id] pairs); this
 process connects every channel and answers ``ready``; it writes ``go``; this process
 polls and writes its result (``offsets_s``: due times since go, ``latencies_s``,
-``errors``, ``max_lag_ms``, ``sent``).
+``from_send_s``, ``errors``, ``max_lag_ms``, ``sent``). ``from_send_s`` times each poll
+from when it actually left: far below ``latencies_s`` means this process fell behind
+its schedule (the load generator, not the scheduler, was short of CPU).
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ async def crowd(settings: dict[str, Any]) -> dict[str, Any]:
     rate, total = settings["rate_per_s"], round(settings["rate_per_s"] * settings["duration_s"])
     offsets: list[float] = []
     latencies: list[float] = []
+    from_send: list[float] = []  # the same polls timed from when they left: the poller's lag
     errors: Counter[str] = Counter()
     go = time.perf_counter()
 
     async def poll(i: int, due: float) -> None:
         user = i % len(stubs)
+        sent = time.perf_counter()
         try:
             answer = await stubs[user].GetJobStatus(requests[user], timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
@@ -59,8 +63,10 @@ async def crowd(settings: dict[str, Any]) -> dict[str, Any]:
         if answer.error.code:
             errors[str(answer.error.code)] += 1
             return
+        done = time.perf_counter()
         offsets.append(due - go)
-        latencies.append(time.perf_counter() - due)
+        latencies.append(done - due)
+        from_send.append(done - sent)
 
     tasks: set[asyncio.Task[None]] = set()
     lag_s = 0.0
@@ -77,7 +83,8 @@ async def crowd(settings: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, go + i / rate - time.perf_counter()))
     await asyncio.gather(*tasks)
     await close_all(channels)
-    return {"offsets_s": offsets, "latencies_s": latencies, "errors": dict(errors),
+    return {"offsets_s": offsets, "latencies_s": latencies, "from_send_s": from_send,
+            "errors": dict(errors),
             "max_lag_ms": round(lag_s * 1000, 3), "sent": total,
             "window_s": time.perf_counter() - go}
 
