@@ -67,12 +67,7 @@ async def status_crowd_phase(session: Session, rate: float, channels: int, proce
 
 async def _queued_jobs(session: Session, count: int) -> list[tuple[str, str]]:
     """``count`` queued jobs on the idle backend: (owner's token, job id) each."""
-    for start in range(0, count, session.clients):
-        for outcome in await asyncio.gather(*(
-                session.submit(LABEL, c % session.clients, IDLE_BACKEND)
-                for c in range(start, min(count, start + session.clients)))):
-            if outcome:
-                raise RuntimeError(f"the status crowd's jobs were refused: {outcome}")
+    await session.queue_jobs(LABEL, count, IDLE_BACKEND)
     return [(session.target.tokens[e.token_index], job_id)
             for job_id, e in session.ledger.of_phase(LABEL)]
 

@@ -224,12 +224,7 @@ async def status_slices(session: Session, live_jobs: int,
                         finished_sample: int = 2000) -> list[tuple[str, StatusJobs]]:
     """Queues ``live_jobs`` on the idle backend; returns the jobs each status phase polls:
     a mix of live and finished jobs, then each kind alone."""
-    for start in range(0, live_jobs, session.clients):
-        batch = range(start, min(live_jobs, start + session.clients))
-        for outcome in await asyncio.gather(*(
-                session.submit("status-live", c % session.clients, IDLE_BACKEND) for c in batch)):
-            if outcome:
-                raise RuntimeError(f"the status phase's live jobs were refused: {outcome}")
+    await session.queue_jobs("status-live", live_jobs, IDLE_BACKEND)
     live = [(job_id, e, int(job_pb2.JOB_STATUS_QUEUED))
             for job_id, e in session.ledger.of_phase("status-live")]
     finished = [(job_id, e, int(job_pb2.JOB_STATUS_COMPLETED))

@@ -5,6 +5,7 @@ AssignNextJob, one upload-and-report, as clients and nodes make them (docs/proto
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
 import time
@@ -131,6 +132,23 @@ class Session:
         self.ledger.accepted(answer.job_id, JobEntry(program, token_index, backend, phase,
                                                      acknowledged))
         return "", answer.job_id
+
+    async def queue_jobs(self, phase: str, count: int, backend: str) -> None:
+        """``count`` accepted jobs for ``phase``, ``clients`` submissions at a time. A
+        refused submission (e.g. INTERNAL when the store failed a write: nothing was
+        made) is counted in the ledger and made again, up to ``count`` more times."""
+        wanted = len(self.ledger.of_phase(phase)) + count
+        attempts = 2 * count
+        while (missing := wanted - len(self.ledger.of_phase(phase))) > 0:
+            if attempts <= 0:
+                raise RuntimeError(f"{phase}: submissions refused again and again: "
+                                   f"{dict(self.ledger.setup_refusals)}")
+            batch = range(min(missing, self.clients, attempts))
+            attempts -= len(batch)
+            for outcome in await asyncio.gather(*(self.submit(phase, c, backend)
+                                                  for c in batch)):
+                if outcome:
+                    self.ledger.setup_refusals[f"{phase}:{outcome}"] += 1
 
     async def status(self, client: int, job_id: str, expected: int | None = None) -> Outcome:
         """One GetJobStatus with the job owner's token; ``expected`` is the status it must
