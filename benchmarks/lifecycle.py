@@ -136,7 +136,8 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
     await asyncio.gather(*(worker(life) for life in lives))
     phase.duration_s = time.perf_counter() - started
     if phase.errors:  # a failed life may leave its job queued: no job is left behind
-        phase.extra["left_behind_and_finished"] = await _finish_left_behind(session, phase)
+        phase.extra["left_behind_and_finished"] = await session.finish_left_behind(
+            WORK_BACKEND, phase)
     if recorder is not None:
         await recorder.stop()
         counts = count(recorder.since(0))
@@ -144,15 +145,6 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
         if phase.operations:
             phase.extra["store_requests_per_job"] = per_job(counts, phase.operations)
     return phase
-
-
-async def _finish_left_behind(session: Session, phase: PhaseResult) -> int:
-    """Take and finish what is still queued on the lifecycle's backend."""
-    finished = 0
-    while (taken := await session.take(0, WORK_BACKEND)).job_id:
-        if not await session.finish(0, taken, phase):
-            finished += 1
-    return finished
 
 
 def _recorded(recorder: RequestRecorder) -> Reading:

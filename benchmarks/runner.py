@@ -283,8 +283,12 @@ async def _phases(args: argparse.Namespace, session: Session, meter: Meter,
             args.duration_s, args.crowd_submit_rate, args.wait_ms, meter)))
     # Again, with the scheduler idle: did the machine's load change meanwhile?
     ceilings.append(await unary.measure("unary_ceiling_end", args.duration_s / 2))
-    measured.append(await metered(meter, ph.drain_phase(session, IDLE_BACKEND,
-                                                        args.drain_timeout_s, name="cleanup")))
+    cleanup = await metered(meter, ph.drain_phase(session, IDLE_BACKEND, args.drain_timeout_s,
+                                                  name="cleanup"))
+    # A steady phase's job its nodes had not received within the grace is still queued.
+    cleanup.extra["work_backend_left_behind"] = await session.finish_left_behind(
+        WORK_BACKEND, cleanup)
+    measured.append(cleanup)
     return measured
 
 

@@ -187,6 +187,15 @@ class Session:
             self.ledger.assigned(answer.job_id, answer.job.program.circuit, received)
         return Taken("", answer, received)
 
+    async def finish_left_behind(self, backend: str, phase: PhaseResult) -> int:
+        """Take and finish what is still queued on ``backend`` (node 0, one at a time):
+        a phase that failed calls, or whose nodes stopped waiting, leaves no job behind."""
+        finished = 0
+        while (taken := await self.take(0, backend)).job_id:
+            if not await self.finish(0, taken, phase):
+                finished += 1
+        return finished
+
     async def finish(self, node: int, taken: Taken, phase: PhaseResult) -> Outcome:
         """Upload the gzip result to the job's URL, then report SUCCESS."""
         assert taken.answer is not None
