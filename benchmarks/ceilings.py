@@ -132,7 +132,7 @@ class _Pool:
                 phase.operations += done
                 phase.errors.update(errors)
                 for kind, samples in local.items():
-                    phase.samples(kind).values.extend(samples.values)
+                    phase.samples(kind).merge(samples)
 
         started = time.perf_counter()
         with ThreadPoolExecutor(self.workers, thread_name_prefix=phase.name) as pool:

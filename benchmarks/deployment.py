@@ -1,8 +1,10 @@
 """The scheduler under test, started by the benchmark: standalone, or AWS mode on a moto server.
 
 AWS mode runs three children: ``python -m moto.server``, ``python -m token_database
-serve --sqlite`` and ``scheduler.py --dev --endpoint``. Tokens are made in the token
-SQLite file before the service that reads it starts.
+serve --sqlite`` and ``scheduler.py --dev --endpoint``; with two replicas, a second
+scheduler on the same table (the follower: users' calls go to it, the nodes' to the
+leader). Tokens are made in the token SQLite file before the service that reads it
+starts. moto records the requests it receives when asked (benchmarks/store_requests.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend_manager.status import DEFAULT_BACKENDS_TOML
 from benchmarks.processes import HOST, Child, child_env, free_ports, python_child, tcp_open
+from benchmarks.store_requests import RECORDER_ENV, RequestRecorder
 from common.clock import SystemClock
 from job_manager.stores.dynamodb_job_store import create_table
 from token_database.service import create_token
@@ -47,6 +50,8 @@ class Target:
     scheduler_log: Path
     scheduler_pid: int
     moto_endpoint: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)  # every child that serves, by name
+    recorder: RequestRecorder | None = None  # AWS mode: moto's request recorder
 
 
 def make_tokens(path: Path, count: int) -> list[str]:
@@ -86,12 +91,14 @@ class Deployment:
     work_dir: Path
     token_count: int
     scheduler_env: dict[str, str]
+    replicas: int = 1  # AWS mode: 1, or 2 (leader and follower)
+    profile_out: Path | None = None  # run the (first) scheduler under benchmarks/sampler.py
     children: list[Child] = field(default_factory=list)
 
     async def start(self, mode: str) -> Target:
-        if mode == "standalone":
-            return await self._standalone()
-        return await self._aws()
+        target = await (self._standalone() if mode == "standalone" else self._aws())
+        target.pids = {child.name: child.pid for child in self.children}
+        return target
 
     def stop(self) -> dict[str, int]:
         """Stop every child, the scheduler first; returns their exit codes."""
@@ -117,9 +124,10 @@ class Deployment:
                       f"http://{HOST}:{metrics}", tokens, child.log_path, child.pid)
 
     async def _aws(self) -> Target:
-        (moto_port, token_port, submission, execution, metrics) = free_ports(5)
+        moto_port, token_port = free_ports(2)
+        recording = self.work_dir / "moto-requests.jsonl"
         moto = python_child("moto", ["-m", "moto.server", "-H", HOST, "-p", str(moto_port)],
-                            self.work_dir, child_env({}))
+                            self.work_dir, child_env({RECORDER_ENV: str(recording)}))
         self.children.append(moto)
         await moto.wait_ready(lambda: tcp_open(moto_port))
         endpoint = f"http://{HOST}:{moto_port}"
@@ -134,25 +142,45 @@ class Deployment:
         self.children.append(token_db)
         await token_db.wait_ready(lambda: _grpc_ready(f"{HOST}:{token_port}"))
 
-        child = self._scheduler([
+        aws_args = [
             "--dev", "--endpoint", endpoint, "--region", REGION, "-k", "testing",
             "-s", "testing", "--job_bucket_name_key", names["bucket"],
             "--job_table_name_key", names["table"],
             "--backend_status_parameter_name", names["backends"],
             "--address_to_token_database", f"{HOST}:{token_port}",
-        ], submission, execution, metrics)
-        await self._wait_serving(child, metrics)
-        return Target("aws", f"{HOST}:{submission}", f"{HOST}:{execution}",
-                      f"http://{HOST}:{metrics}", tokens, child.log_path, child.pid,
-                      endpoint)
+        ]
+        leader, ports = await self._replica("scheduler", aws_args)
+        if self.replicas == 1:
+            return Target("aws", f"{HOST}:{ports[0]}", f"{HOST}:{ports[1]}",
+                          f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
+                          endpoint, recorder=RequestRecorder(endpoint, recording))
+        await _until_leading(f"http://{HOST}:{ports[2]}/metrics")
+        _, follower_ports = await self._replica("follower", aws_args)
+        # Users reach the follower (a load balancer could send them to either), the
+        # nodes the leader; the /metrics read by the phases is the leader's.
+        return Target("aws", f"{HOST}:{follower_ports[0]}", f"{HOST}:{ports[1]}",
+                      f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
+                      endpoint, recorder=RequestRecorder(endpoint, recording))
+
+    async def _replica(self, name: str, aws_args: list[str]) -> tuple[Child, list[int]]:
+        """One AWS-mode scheduler on fresh ports, serving; its submission, execution and
+        metrics ports."""
+        ports = free_ports(3)
+        child = self._scheduler(aws_args, ports[0], ports[1], ports[2], name=name)
+        await self._wait_serving(child, ports[2])
+        return child, ports
 
     def _scheduler(self, mode_args: list[str], submission: int, execution: int,
-                   metrics: int) -> Child:
-        child = python_child("scheduler", [
-            "scheduler.py", *mode_args, "--host", HOST,
+                   metrics: int, name: str = "scheduler") -> Child:
+        # Replicas reach each other at the address the lease publishes (docs/replicas.md).
+        env = {**LIFTED_LIMITS, "SCHEDULER_ADVERTISE_HOST": HOST, **self.scheduler_env}
+        profiled = (["-m", "benchmarks.sampler", str(self.profile_out), "--"]
+                    if self.profile_out is not None and name == "scheduler" else [])
+        child = python_child(name, [
+            *profiled, "scheduler.py", *mode_args, "--host", HOST,
             "--port-for-submission", str(submission), "--port-for-execution", str(execution),
             "--metrics-port", str(metrics),
-        ], self.work_dir, child_env({**LIFTED_LIMITS, **self.scheduler_env}))
+        ], self.work_dir, child_env(env))
         self.children.append(child)
         return child
 
@@ -168,6 +196,21 @@ class Deployment:
             await child.wait_ready(serving)
         except aiohttp.ClientError:
             raise child.failure("never answered /healthz") from None
+
+
+async def _until_leading(metrics_url: str, timeout_s: float = 30.0) -> None:
+    """Wait until the replica at ``metrics_url`` leads (and has recovered)."""
+    give_up = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while asyncio.get_running_loop().time() < give_up:
+            async with http.get(metrics_url) as answer:
+                text = await answer.text()
+            if any(s.name == "mqc3_replica_leading" and s.value == 1
+                   for family in text_string_to_metric_families(text)
+                   for s in family.samples):
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the first replica does not lead after {timeout_s:g} s")
 
 
 def _publish_resources(endpoint: str, suffix: str) -> dict[str, str]:

@@ -30,26 +30,36 @@ class Ledger:
         self.unknown_assigned: list[str] = []  # handed to a node, never acknowledged to us
         self.mismatched: list[str] = []  # the node received other bytes than were sent
         self.report_refusals: Counter[str] = Counter()
+        self.setup_refusals: Counter[str] = Counter()  # a phase's jobs refused, then made again
         self.duplicate_ids: list[str] = []
+        # Received by a node before its submitter had the answer (a long-polling node
+        # can be that quick): applied when the submission is acknowledged.
+        self._early: dict[str, list[tuple[bytes, float]]] = {}
 
     def accepted(self, job_id: str, entry: JobEntry) -> None:
         if job_id in self.jobs:
             self.duplicate_ids.append(job_id)  # two submissions answered with one id
             return
         self.jobs[job_id] = entry
+        for program, at_s in self._early.pop(job_id, []):
+            self._received(entry, job_id, program, at_s)
 
     def assigned(self, job_id: str, program: bytes, at_s: float) -> JobEntry | None:
-        """A node received ``job_id``; returns its entry (None for a job we never saw)."""
+        """A node received ``job_id``; returns its entry (None while we have not seen it
+        acknowledged: then it counts once it is, or as unknown in the end)."""
         entry = self.jobs.get(job_id)
         if entry is None:
-            self.unknown_assigned.append(job_id)
+            self._early.setdefault(job_id, []).append((program, at_s))
             return None
+        self._received(entry, job_id, program, at_s)
+        return entry
+
+    def _received(self, entry: JobEntry, job_id: str, program: bytes, at_s: float) -> None:
         entry.assignments += 1
         if entry.received_at_s is None:
             entry.received_at_s = at_s
         if program != entry.program:
             self.mismatched.append(job_id)
-        return entry
 
     def reported(self, job_id: str) -> None:
         entry = self.jobs.get(job_id)
@@ -61,6 +71,7 @@ class Ledger:
 
     def accounting(self) -> dict[str, Any]:
         """The verdict: ``ok`` is False when any job was lost, doubled or mixed up."""
+        self.unknown_assigned = sorted(self._early)
         counts = Counter(min(e.assignments, 2) for e in self.jobs.values())
         never = sorted(job_id for job_id, e in self.jobs.items() if e.assignments == 0)
         doubled = sorted(job_id for job_id, e in self.jobs.items() if e.assignments > 1)
@@ -80,6 +91,7 @@ class Ledger:
             "program_mismatches": len(self.mismatched),
             "duplicate_job_ids": len(self.duplicate_ids),
             "report_refusals": dict(self.report_refusals),
+            "setup_refusals": dict(self.setup_refusals),
             "examples": {
                 "never_assigned": never[:5],
                 "assigned_more_than_once": doubled[:5],

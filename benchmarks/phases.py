@@ -7,15 +7,13 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-from benchmarks.clients import RPC_TIMEOUT_S, Outcome, closed_loop
+from benchmarks.clients import Outcome, closed_loop
 from benchmarks.deployment import calls_between
 from benchmarks.ledger import JobEntry
 from benchmarks.processes import rss_mb
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session, Taken, writes
 from benchmarks.stats import PhaseResult
-from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
+from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 
 async def submit_phase(session: Session, duration_s: float, jobs: int | None) -> PhaseResult:
@@ -112,14 +110,14 @@ async def drain_phase(session: Session, backend: str, timeout_s: float,
 
 
 async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms: int,
-                       grace_s: float = 10.0) -> PhaseResult:
+                       name: str = "steady", grace_s: float = 10.0) -> PhaseResult:
     """Submissions at a fixed rate while every node long-polls: dispatch latency.
 
     Dispatch latency is the time from the submitter's acknowledgement to the node
     receiving the job, both read on this process's clock; it is negative when the
     node had the job before the submitter had its answer.
     """
-    phase = PhaseResult("steady", "dispatch", extra={
+    phase = PhaseResult(name, "dispatch", extra={
         "target_rate_per_s": rate, "nodes": session.nodes, "wait_ms": wait_ms})
     stop = asyncio.Event()
     received: list[Taken] = []
@@ -144,7 +142,7 @@ async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms
 
     async def submit_one(client: int) -> None:
         began = time.perf_counter()
-        outcome = await session.submit("steady", client)
+        outcome = await session.submit(name, client)
         if outcome:
             phase.errors[outcome] += 1
         else:
@@ -165,7 +163,7 @@ async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms
     window_s = time.perf_counter() - started
 
     def undelivered() -> int:
-        return sum(1 for _, e in session.ledger.of_phase("steady") if e.received_at_s is None)
+        return sum(1 for _, e in session.ledger.of_phase(name) if e.received_at_s is None)
 
     give_up = time.perf_counter() + grace_s
     while undelivered() and time.perf_counter() < give_up:
@@ -180,9 +178,9 @@ async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms
     phase.errors.update(finishing.errors)
 
     dispatch = phase.samples("dispatch")
-    for _, entry in session.ledger.of_phase("steady"):
+    for _, entry in session.ledger.of_phase(name):
         if entry.received_at_s is not None:
-            dispatch.add(entry.received_at_s - entry.acknowledged_at_s)
+            dispatch.add(entry.received_at_s - entry.acknowledged_at_s, at=entry.received_at_s)
     phase.operations = len(dispatch)
     phase.duration_s = window_s
     phase.extra.update({
@@ -219,15 +217,14 @@ async def _until(read: Callable[[], Awaitable[int | None]], wanted: int,
         await asyncio.sleep(0.01)
 
 
-async def status_phases(session: Session, duration_s: float, live_jobs: int,
-                        finished_sample: int = 2000) -> list[PhaseResult]:
-    """Clients polling GetJobStatus: a mix of live and finished jobs, then each alone."""
-    for start in range(0, live_jobs, session.clients):
-        batch = range(start, min(live_jobs, start + session.clients))
-        for outcome in await asyncio.gather(*(
-                session.submit("status-live", c % session.clients, IDLE_BACKEND) for c in batch)):
-            if outcome:
-                raise RuntimeError(f"the status phase's live jobs were refused: {outcome}")
+StatusJobs = list[tuple[str, JobEntry, int]]  # job id, its entry, the status it must have
+
+
+async def status_slices(session: Session, live_jobs: int,
+                        finished_sample: int = 2000) -> list[tuple[str, StatusJobs]]:
+    """Queues ``live_jobs`` on the idle backend; returns the jobs each status phase polls:
+    a mix of live and finished jobs, then each kind alone."""
+    await session.queue_jobs("status-live", live_jobs, IDLE_BACKEND)
     live = [(job_id, e, int(job_pb2.JOB_STATUS_QUEUED))
             for job_id, e in session.ledger.of_phase("status-live")]
     finished = [(job_id, e, int(job_pb2.JOB_STATUS_COMPLETED))
@@ -237,34 +234,18 @@ async def status_phases(session: Session, duration_s: float, live_jobs: int,
         n = max(len(live), len(finished))
         mixed = [job for i in range(n) for job in (live[i % len(live)],
                                                    finished[i % len(finished)])]
-    slices = [("status", mixed), ("status_live", live),
-              ("status_finished", finished)]
-    results = []
-    for name, jobs in slices:
-        if jobs:
-            results.append(await _poll_status(session, name, jobs, duration_s / 2))
-    return results
+    slices = [("status", mixed), ("status_live", live), ("status_finished", finished)]
+    return [(name, jobs) for name, jobs in slices if jobs]
 
 
-async def _poll_status(session: Session, name: str,
-                       jobs: list[tuple[str, JobEntry, int]], duration_s: float) -> PhaseResult:
+async def poll_status(session: Session, name: str, jobs: StatusJobs,
+                      duration_s: float) -> PhaseResult:
     phase = PhaseResult(name, "status", extra={"clients": session.clients, "jobs": len(jobs)})
     counters = [itertools.count(i * 7919) for i in range(session.clients)]
 
     async def poll(client: int) -> Outcome:
-        job_id, entry, expected = jobs[next(counters[client]) % len(jobs)]
-        request = submission_pb2.GetJobStatusRequest(
-            token=session.target.tokens[entry.token_index], job_id=job_id)
-        try:
-            answer = await session.submitters[client].GetJobStatus(request,
-                                                                   timeout=RPC_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            return f"transport_{exc.code().name}"
-        if answer.error.code:
-            return str(answer.error.code)
-        if answer.status != expected:
-            return f"unexpected_{job_pb2.JobStatus.Name(answer.status)}"
-        return ""
+        job_id, _, expected = jobs[next(counters[client]) % len(jobs)]
+        return await session.status(client, job_id, expected)
 
     before = await session.metrics.store_calls()
     await closed_loop(phase, "status", session.clients, duration_s, poll)

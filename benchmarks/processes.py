@@ -127,3 +127,43 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """A process's CPU time so far, user + system, in seconds (Linux), or None when it
+    cannot be read (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = text[text.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _CLOCK_TICKS_PER_S
+
+
+class Meter:
+    """CPU seconds and RSS of named processes (the scheduler and what it talks to)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def cpu(self) -> dict[str, float | None]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def since(self, before: dict[str, float | None],
+              duration_s: float) -> dict[str, dict[str, float | None]]:
+        """Per process: CPU seconds since ``before``, the share of one core over
+        ``duration_s``, and the RSS now."""
+        now = self.cpu()
+        usage: dict[str, dict[str, float | None]] = {}
+        for name, pid in self.pids.items():
+            start, end = before.get(name), now[name]
+            spent = None if start is None or end is None else round(end - start, 2)
+            share = None if spent is None or duration_s <= 0 else round(spent / duration_s, 3)
+            usage[name] = {"cpu_s": spent, "cpu_cores": share, "rss_mb": rss_mb(pid)}
+        return usage

@@ -8,11 +8,12 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import grpc
 
 from benchmarks import phases as ph
 from benchmarks.ceilings import UnaryCeiling, local_store_ceiling, store_ceilings
+from benchmarks.crowd import status_crowd_phase
 from benchmarks.deployment import Deployment, Metrics
-from benchmarks.processes import ROOT, ChildFailed
+from benchmarks.lifecycle import lifecycle_phase
+from benchmarks.processes import ROOT, ChildFailed, Meter
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session
 from benchmarks.stats import PhaseResult, matplotlib_missing, plot, table
 
@@ -71,8 +74,35 @@ def parser() -> argparse.ArgumentParser:
                    help="the scheduler's SCHEDULER_LOG_LEVEL (default INFO, as deployed)")
     p.add_argument("--out", type=Path, default=None,
                    help="the JSON result (default benchmarks/out/<timestamp>.json)")
-    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                   help="draw latency distributions (needs matplotlib)")
+    p.add_argument("--replicas", type=int, choices=[1, 2], default=1,
+                   help="AWS mode: 2 starts a leader and a follower on the same table; users "
+                   "call the follower, nodes the leader (default 1)")
+    p.add_argument("--lifecycle-jobs", type=int, default=500,
+                   help="lifecycle measure: whole job lives to run, for the scheduler's CPU "
+                   "per job and (AWS mode) its store requests per job; 0 skips (default 500)")
+    p.add_argument("--lifecycle-concurrency", type=int, default=8,
+                   help="lifecycle measure: lives at once (default 8, at most --clients "
+                   "and --nodes)")
+    p.add_argument("--budget-lives", type=int, default=10,
+                   help="AWS mode: lives run one at a time first, each call's store requests "
+                   "counted apart (default 10)")
+    p.add_argument("--crowd-rate", type=float, default=5000.0,
+                   help="status_crowd phase: GetJobStatus polls per second, open loop; 0 "
+                   "skips (default 5000)")
+    p.add_argument("--crowd-channels", type=int, default=300,
+                   help="status_crowd phase: channels, each a user polling their own queued "
+                   "job (default 300)")
+    p.add_argument("--crowd-processes", type=int, default=2,
+                   help="status_crowd phase: poller processes sharing the rate (default 2)")
+    p.add_argument("--crowd-submit-rate", type=float, default=20.0,
+                   help="status_crowd phase: submissions per second meanwhile, for dispatch "
+                   "latency (default 20)")
+    p.add_argument("--profile-lifecycle", action="store_true",
+                   help="run the scheduler under the sampling profiler (benchmarks/sampler.py) "
+                   "and report its functions' own CPU per job during the lifecycle measure")
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not draw the plots (drawn by default when matplotlib imports: "
+                   "<result>-latency.png and <result>-rate.png beside the JSON)")
     p.add_argument("--allow-errors", action="store_true",
                    help="exit 0 even when some calls failed (jobs must still all be "
                    "accounted for)")
@@ -82,9 +112,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _positive(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
-    for name in ("duration_s", "clients", "nodes", "rate", "payload_bytes", "drain_timeout_s"):
+    for name in ("duration_s", "clients", "nodes", "rate", "payload_bytes", "drain_timeout_s",
+                 "lifecycle_concurrency", "crowd_channels", "crowd_processes",
+                 "crowd_submit_rate"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("lifecycle_jobs", "budget_lives", "crowd_rate"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.replicas > 1 and args.mode != "aws":
+        p.error("--replicas 2 needs --mode aws (standalone runs one scheduler per data "
+                "directory)")
+    if args.crowd_channels < args.crowd_processes:
+        p.error("--crowd-channels must be at least --crowd-processes")
     for name in ("jobs", "submit_duration_s"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -166,6 +206,22 @@ def _targets(found: dict[str, PhaseResult], mode: str) -> list[dict[str, Any]]:
         _target("dispatch p99 ms", "< 25", latency("steady", "dispatch", "p99"),
                 lambda v: v < 25),
     ]
+    if "status_crowd" in found:
+        rows += [
+            _target("status_crowd poll p99 ms", "< 50", latency("status_crowd", "poll", "p99"),
+                    lambda v: v < 50),
+            _target("status_crowd poll rate / target", ">= 0.95", ratio(
+                rate("status_crowd"), found["status_crowd"].extra["target_poll_rate_per_s"]),
+                lambda v: v >= 0.95),
+        ]
+        if mode == "standalone":
+            rows.append(_target("status_crowd dispatch p99 ms", "< 5",
+                                latency("status_crowd", "dispatch", "p99"), lambda v: v < 5))
+    lifecycle = found["lifecycle"].extra if "lifecycle" in found else {}
+    if mode == "aws":
+        requests = lifecycle.get("store_requests_per_job")
+        rows.append(_target("store requests per job's life", "<= 8",
+                            requests["total"] if requests else None, lambda v: v <= 8))
     if mode == "aws":
         rows += [
             _target("submit_rate / store_submit_rate", ">= 0.8",
@@ -176,6 +232,66 @@ def _targets(found: dict[str, PhaseResult], mode: str) -> list[dict[str, Any]]:
     return rows
 
 
+async def metered(meter: Meter, work: Awaitable[PhaseResult]) -> PhaseResult:
+    """Run one phase; record the CPU seconds and RSS of every child over it, and the CPU
+    milliseconds per operation."""
+    before = meter.cpu()
+    began = time.perf_counter()
+    phase = await work
+    if phase.started_at_s is None:
+        phase.started_at_s = began
+    if not phase.processes:  # unless the phase metered a part of itself
+        phase.processes = meter.since(before, time.perf_counter() - began)
+    if phase.operations:
+        phase.extra["cpu_ms_per_operation"] = {
+            name: round(usage["cpu_s"] * 1000 / phase.operations, 3)
+            for name, usage in phase.processes.items() if usage["cpu_s"] is not None}
+    return phase
+
+
+async def _phases(args: argparse.Namespace, session: Session, meter: Meter,
+                  unary: UnaryCeiling, ceilings: list[PhaseResult]) -> list[PhaseResult]:
+    """The measured phases, in order (README of benchmarks/RESULTS.md)."""
+    measured: list[PhaseResult] = []
+    submitted = await metered(meter, ph.submit_phase(
+        session, args.submit_duration_s or args.duration_s, args.jobs))
+    measured.append(submitted)
+    # Leaves at least half of the submitted jobs to the drain.
+    probe = min(PROBE_JOBS, submitted.operations // 2)
+    if probe:
+        measured.append(await metered(meter, ph.assign_probe(session, probe)))
+    measured.append(await metered(meter, ph.drain_phase(session, WORK_BACKEND,
+                                                        args.drain_timeout_s)))
+    measured.append(await metered(meter, ph.steady_phase(session, args.rate, args.duration_s,
+                                                         args.wait_ms)))
+    if args.lifecycle_jobs:
+        profiling = args.profile_lifecycle
+        if profiling:
+            os.kill(session.target.scheduler_pid, signal.SIGUSR1)  # the sampler starts
+        measured.append(await metered(meter, lifecycle_phase(
+            session, args.lifecycle_jobs,
+            min(args.lifecycle_concurrency, args.clients, args.nodes),
+            session.target.recorder, args.budget_lives)))
+        if profiling:
+            os.kill(session.target.scheduler_pid, signal.SIGUSR2)  # and stops
+    for name, jobs in await ph.status_slices(session, args.live_jobs):
+        measured.append(await metered(meter, ph.poll_status(session, name, jobs,
+                                                            args.duration_s / 2)))
+    if args.crowd_rate:
+        measured.append(await metered(meter, status_crowd_phase(
+            session, args.crowd_rate, args.crowd_channels, args.crowd_processes,
+            args.duration_s, args.crowd_submit_rate, args.wait_ms, meter)))
+    # Again, with the scheduler idle: did the machine's load change meanwhile?
+    ceilings.append(await unary.measure("unary_ceiling_end", args.duration_s / 2))
+    cleanup = await metered(meter, ph.drain_phase(session, IDLE_BACKEND, args.drain_timeout_s,
+                                                  name="cleanup"))
+    # A steady phase's job its nodes had not received within the grace is still queued.
+    cleanup.extra["work_backend_left_behind"] = await session.finish_left_behind(
+        WORK_BACKEND, cleanup)
+    measured.append(cleanup)
+    return measured
+
+
 async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Run every phase; returns the JSON result (``ok`` and ``problems`` say how it went)."""
     run: dict[str, Any] = {"mode": args.mode, "args": {k: str(v) if isinstance(v, Path) else v
@@ -183,14 +299,18 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                            "started_at": datetime.now(UTC).isoformat(), "git": _git(),
                            "machine": _machine()}
     unary = UnaryCeiling(args.clients, work_dir)
-    deployment = Deployment(work_dir, min(args.clients, 16), _scheduler_env(args))
+    profile = work_dir / "profile.json" if args.profile_lifecycle else None
+    deployment = Deployment(work_dir, min(args.clients, 16), _scheduler_env(args),
+                            args.replicas, profile)
     measured: list[PhaseResult] = []
-    result: dict[str, Any] = {"schema": 1, "run": run}
+    result: dict[str, Any] = {"schema": 2, "run": run}
     try:
         await unary.start()
         ceilings = [await unary.measure("unary_ceiling", args.duration_s)]
         target = await deployment.start(args.mode)
+        meter = Meter(target.pids)
         run["scheduler_env"] = deployment.scheduler_env
+        run["replicas"] = args.replicas
         if args.mode == "standalone":
             store_dir = work_dir / "store-ceiling"
             store_dir.mkdir()
@@ -200,28 +320,15 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             ceilings += await asyncio.to_thread(store_ceilings, target.moto_endpoint,
                                                 args.clients, args.duration_s,
                                                 args.payload_bytes)
+        # One request per connection: the scheduler's HTTP side closes each one after
+        # its answer (no keep-alive), so a pooled connection would only race the close.
         async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=args.nodes * 2)) as http:
+                connector=aiohttp.TCPConnector(limit=args.nodes * 2, force_close=True)) as http:
             session = Session(target, http, Metrics(http, target.metrics_url), args.clients,
                               args.nodes, args.payload_bytes)
             try:
                 await session.connect()
-                submitted = await ph.submit_phase(
-                    session, args.submit_duration_s or args.duration_s, args.jobs)
-                measured.append(submitted)
-                # Leaves at least half of the submitted jobs to the drain.
-                probe = min(PROBE_JOBS, submitted.operations // 2)
-                if probe:
-                    measured.append(await ph.assign_probe(session, probe))
-                measured.append(await ph.drain_phase(session, WORK_BACKEND,
-                                                     args.drain_timeout_s))
-                measured.append(await ph.steady_phase(session, args.rate, args.duration_s,
-                                                      args.wait_ms))
-                measured += await ph.status_phases(session, args.duration_s, args.live_jobs)
-                # Again, with the scheduler idle: did the machine's load change meanwhile?
-                ceilings.append(await unary.measure("unary_ceiling_end", args.duration_s / 2))
-                measured.append(await ph.drain_phase(session, IDLE_BACKEND,
-                                                     args.drain_timeout_s, name="cleanup"))
+                measured = await _phases(args, session, meter, unary, ceilings)
                 result["accounting"] = session.ledger.accounting()
             finally:
                 await session.close()
@@ -233,10 +340,39 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     found = {p.name: p for p in ceilings + measured}
     result["ceilings"] = {p.name: p.to_json() for p in ceilings}
     result["phases"] = {p.name: p.to_json() for p in measured}
+    if "lifecycle" in found:
+        result["lifecycle"] = _lifecycle_summary(found["lifecycle"])
+        if profile is not None and profile.exists():
+            result["lifecycle"]["profile"] = _per_job(json.loads(profile.read_text()),
+                                                      found["lifecycle"].operations)
     result["targets"] = _targets(found, args.mode)
     result["_table"] = table(ceilings + measured)
     result["_results"] = ceilings + measured
     return result
+
+
+def _per_job(profile: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """The sampler's CPU seconds as milliseconds per job."""
+    def scaled(table: dict[str, float]) -> dict[str, float]:
+        return {where: round(s * 1000 / max(jobs, 1), 3) for where, s in table.items()}
+
+    return {"thread_cpu_ms_per_job": scaled(profile["thread_cpu_s"]),
+            "own_cpu_ms_per_job": scaled(profile["own_cpu_s"]),
+            "cumulative_cpu_ms_per_job": scaled(profile["cumulative_cpu_s"])}
+
+
+def _lifecycle_summary(phase: PhaseResult) -> dict[str, Any]:
+    """The lifecycle measure's headline figures: CPU per job, store requests per job."""
+    per_job = phase.extra.get("cpu_ms_per_operation", {})
+    return {
+        "jobs": phase.operations,
+        "scheduler_cpu_ms_per_job": per_job.get("scheduler"),
+        "follower_cpu_ms_per_job": per_job.get("follower"),
+        "cpu_ms_per_job_by_process": per_job,
+        "store_requests_per_job": phase.extra.get("store_requests_per_job"),
+        "store_requests_per_step": phase.extra.get("store_requests_per_step"),
+        "counted_by": phase.extra.get("store_requests_counted_by"),
+    }
 
 
 def _problems(result: dict[str, Any], allow_errors: bool) -> tuple[int, list[str]]:
@@ -274,13 +410,45 @@ def _out_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def _print_lifecycle(lifecycle: dict[str, Any] | None) -> None:
+    if not lifecycle:
+        return
+    per_job = lifecycle["cpu_ms_per_job_by_process"]
+    print(f"\nlifecycle: {lifecycle['jobs']} whole lives; CPU ms per job: "
+          + ", ".join(f"{name} {ms}" for name, ms in per_job.items()))
+    requests = lifecycle["store_requests_per_job"]
+    if requests:
+        print(f"  scheduler's store requests per job: {requests['total']} "
+              f"({', '.join(f'{op} {n}' for op, n in requests['by_operation'].items())})")
+    profile = lifecycle.get("profile")
+    if profile:
+        threads = profile["thread_cpu_ms_per_job"]
+        print("  profile, CPU ms per job by thread: "
+              + ", ".join(f"{name} {ms}" for name, ms in threads.items()))
+        print("  own CPU ms per job, top 15:")
+        for where, ms in list(profile["own_cpu_ms_per_job"].items())[:15]:
+            print(f"    {ms:>7.3f}  {where}")
+    if lifecycle["store_requests_per_step"]:
+        print(f"  store calls per step of a life, counted by {lifecycle['counted_by']}:")
+    for step, operations in (lifecycle["store_requests_per_step"] or {}).items():
+        print(f"    {step:<18} " + (", ".join(f"{op} {n}" for op, n in operations.items())
+                                   or "none"))
+
+
+def _plots(results: list[PhaseResult], out: Path, title: str) -> None:
+    """The latency CDFs and the rate over time, beside the JSON (when matplotlib imports)."""
+    why = matplotlib_missing()
+    if why is not None:
+        print(f"no plots: {why}")
+        return
+    for path in plot(results, out.with_suffix(""), title):
+        print(f"plot {path}")
+
+
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     _positive(args, p)
-    if args.plot is not None and (why := matplotlib_missing()) is not None:
-        print(f"load.py: {why}", file=sys.stderr)
-        return 2
     work_dir = Path(tempfile.mkdtemp(prefix="mqc3-bench-"))
     began = time.perf_counter()
     try:
@@ -308,12 +476,13 @@ def main(argv: list[str]) -> int:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
         print(f"  {row['target']:<36} {row['goal']:>9}  measured {row['measured']!s:>8}  {mark}")
     accounting = result["accounting"]
+    _print_lifecycle(result.get("lifecycle"))
     print(f"\njobs: {accounting['accepted']} accepted, {accounting['assigned_once']} assigned "
           f"once, {accounting['assigned_more_than_once']} more than once, "
           f"{accounting['never_assigned']} never; result {out}")
-    if args.plot is not None:
-        plot(results, args.plot, f"MQC3 scheduler latencies ({args.mode})")
-        print(f"plot {args.plot}")
+    if not args.no_plots:
+        _plots(results, out, f"MQC3 scheduler, {args.mode}"
+               + (f", {args.replicas} replicas" if args.replicas > 1 else ""))
     for problem in problems:
         print(f"\n*** FAILED: {problem}", file=sys.stderr)
     return code

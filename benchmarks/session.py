@@ -106,6 +106,11 @@ class Session:
 
     async def submit(self, phase: str, client: int, backend: str = WORK_BACKEND) -> Outcome:
         """One SubmitJob; an accepted job goes into the ledger with its acknowledgement time."""
+        return (await self.submit_job(phase, client, backend))[0]
+
+    async def submit_job(self, phase: str, client: int,
+                         backend: str = WORK_BACKEND) -> tuple[Outcome, str]:
+        """One SubmitJob: the outcome and, when accepted, the job id."""
         token_index = self.token_of(client)
         program = self._program(phase, client)
         request = submission_pb2.SubmitJobRequest(token=self.target.tokens[token_index],
@@ -119,13 +124,51 @@ class Session:
             answer = await self.submitters[client].SubmitJob(request, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             self.ledger.ambiguous_submits += 1
-            return f"transport_{exc.code().name}"
+            return f"transport_{exc.code().name}", ""
         acknowledged = time.perf_counter()
         if answer.error.code:
-            return str(answer.error.code)
+            return str(answer.error.code), ""
         self.ledger.accepted(answer.job_id, JobEntry(program, token_index, backend, phase,
                                                      acknowledged))
-        return ""
+        return "", answer.job_id
+
+    async def queue_jobs(self, phase: str, count: int, backend: str) -> None:
+        """``count`` accepted jobs for ``phase``, one submission at a time (moto's
+        transactions fail under concurrent writes to a large table: see RESULTS.md). A
+        refused submission (INTERNAL when the store failed a write: nothing was made)
+        is counted in the ledger and made again, up to ``count`` more times."""
+        made, attempts = 0, 2 * count
+        while made < count:
+            if attempts <= 0:
+                raise RuntimeError(f"{phase}: submissions refused again and again: "
+                                   f"{dict(self.ledger.setup_refusals)}")
+            attempts -= 1
+            outcome = await self.submit(phase, made % self.clients, backend)
+            if outcome:
+                self.ledger.setup_refusals[f"{phase}:{outcome}"] += 1
+            else:
+                made += 1
+
+    async def status(self, client: int, job_id: str, expected: int | None = None) -> Outcome:
+        """One GetJobStatus with the job owner's token; ``expected`` is the status it must
+        answer (any status when None)."""
+        request = submission_pb2.GetJobStatusRequest(
+            token=self.target.tokens[self.ledger.jobs[job_id].token_index], job_id=job_id)
+        try:
+            answer = await self.submitters[client].GetJobStatus(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return f"transport_{exc.code().name}"
+        return _checked(answer, expected)
+
+    async def result(self, client: int, job_id: str) -> Outcome:
+        """One GetJobResult of a finished job, with its owner's token."""
+        request = submission_pb2.GetJobResultRequest(
+            token=self.target.tokens[self.ledger.jobs[job_id].token_index], job_id=job_id)
+        try:
+            answer = await self.submitters[client].GetJobResult(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return f"transport_{exc.code().name}"
+        return _checked(answer, int(job_pb2.JOB_STATUS_COMPLETED))
 
     # --- hardware nodes ------------------------------------------------------------------
     async def take(self, node: int, backend: str, wait_ms: int = 0) -> Taken:
@@ -143,6 +186,15 @@ class Session:
         if answer.job_id:
             self.ledger.assigned(answer.job_id, answer.job.program.circuit, received)
         return Taken("", answer, received)
+
+    async def finish_left_behind(self, backend: str, phase: PhaseResult) -> int:
+        """Take and finish what is still queued on ``backend`` (node 0, one at a time):
+        a phase that failed calls, or whose nodes stopped waiting, leaves no job behind."""
+        finished = 0
+        while (taken := await self.take(0, backend)).job_id:
+            if not await self.finish(0, taken, phase):
+                finished += 1
+        return finished
 
     async def finish(self, node: int, taken: Taken, phase: PhaseResult) -> Outcome:
         """Upload the gzip result to the job's URL, then report SUCCESS."""
@@ -175,3 +227,12 @@ class Session:
         phase.samples("report").add(time.perf_counter() - uploaded)
         self.ledger.reported(taken.job_id)
         return ""
+
+
+def _checked(answer: submission_pb2.GetJobStatusResponse | submission_pb2.GetJobResultResponse,
+             expected: int | None) -> Outcome:
+    if answer.error.code:
+        return str(answer.error.code)
+    if expected is not None and answer.status != expected:
+        return f"unexpected_{job_pb2.JobStatus.Name(answer.status)}"
+    return ""

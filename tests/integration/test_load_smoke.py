@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("submit", "assign_probe", "drain", "steady", "status", "status_live",
-          "status_finished", "cleanup")
+PHASES = ("submit", "assign_probe", "drain", "steady", "lifecycle", "status", "status_live",
+          "status_finished", "status_crowd", "cleanup")
 TINY = ["--duration-s", "0.5", "--clients", "2", "--nodes", "2", "--rate", "20", "--jobs", "40",
-        "--live-jobs", "6"]
+        "--live-jobs", "6", "--lifecycle-jobs", "6", "--budget-lives", "2", "--crowd-rate", "100",
+        "--crowd-channels", "4"]
+# A job's life (benchmarks/lifecycle.py) as the scheduler alone makes it, in AWS mode:
+# the submission's object and fenced record, the fenced QUEUED→RUNNING, the report's
+# result check, fenced record and result tag; polls and the result read cost nothing.
+ONE_LIFE = {"s3.PutObject": 1, "dynamodb.TransactWriteItems": 3, "s3.HeadObject": 1,
+            "s3.PutObjectTagging": 1}
 
 
 def _run(script: str, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
@@ -53,6 +59,37 @@ def test_the_load_generator_runs_every_phase_and_accounts_for_every_job(
     assert accounting["unknown_assigned"] == 0
     assert result["run"]["children_exit_codes"]["scheduler"] == 0
     assert {row["target"] for row in result["targets"]} >= {"dispatch p50 ms", "dispatch p99 ms"}
+    _the_new_measures_are_there(result, mode)
+    for kind in ("latency", "rate"):  # drawn by default, beside the JSON
+        assert (tmp_path / f"load-{kind}.png").stat().st_size > 10_000
+
+
+def _the_new_measures_are_there(result: dict[str, Any], mode: str) -> None:
+    """CPU and RSS per phase, the lifecycle's CPU per job, the crowd's polls and dispatch,
+    the plots, and in AWS mode the store requests of a job's life counted by moto."""
+    for name, phase in result["phases"].items():
+        scheduler = phase["processes"]["scheduler"]
+        assert scheduler["cpu_s"] is not None and scheduler["cpu_s"] >= 0, name
+        assert scheduler["rss_mb"] > 0, name
+    lifecycle = result["lifecycle"]
+    assert lifecycle["jobs"] == 6
+    assert lifecycle["scheduler_cpu_ms_per_job"] > 0
+    crowd = result["phases"]["status_crowd"]
+    assert crowd["polls_sent"] == crowd["operations"] == 50
+    assert crowd["latency_ms"]["dispatch"]["count"] == crowd["dispatched"] > 0
+    steps = lifecycle["store_requests_per_step"]
+    assert steps["status_waiting"] == steps["status_done"] == steps["result"] == {}
+    if mode == "standalone":  # counted by the scheduler's own /metrics
+        assert lifecycle["store_requests_per_job"] is None
+        assert steps["submit"] == {"jobs.create": 1.0, "payloads.put_input": 1.0}
+        return
+    assert "moto" in result["phases"]["lifecycle"]["processes"]
+    per_job = lifecycle["store_requests_per_job"]
+    assert per_job["by_operation"] == {op: float(n) for op, n in ONE_LIFE.items()}
+    assert per_job["total"] == sum(ONE_LIFE.values())
+    assert steps["submit"] == {"dynamodb.TransactWriteItems": 1.0, "s3.PutObject": 1.0}
+    # The nodes' uploads reach moto too, through their presigned URLs: not the scheduler's.
+    assert result["phases"]["lifecycle"]["store_requests"]["presigned"] == {"s3.PutObject": 6}
 
 
 def test_the_memory_measurement_writes_a_sane_result(tmp_path: Path) -> None:
