@@ -36,7 +36,7 @@ from common.clock import SystemClock
 from common.identity import Role
 from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.stores import codec
-from job_manager.stores.local_payload_store import LocalPayloadStore
+from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 
@@ -192,16 +192,16 @@ def store_ceilings(endpoint: str, workers: int, duration_s: float,
 
 async def local_store_ceiling(directory: Path, workers: int, duration_s: float,
                               payload_bytes: int) -> PhaseResult:
-    """Raw standalone submit rate: the project's own stores, put_input then create.
+    """Raw standalone submit rate: the project's own stores, as a submission calls them.
 
-    The same durable writes a submission makes (a payload file written and fsynced,
-    a SQLite row committed), from ``workers`` concurrent tasks, with no gRPC, auth or
-    queue: the ceiling under standalone submissions on this machine's disk.
+    The same durable write a submission makes (its program and its row in one SQLite
+    transaction, group-committed), from ``workers`` concurrent tasks, with no gRPC, auth
+    or queue: the ceiling under standalone submissions on this machine's disk.
     """
     jobs = SqliteJobStore(directory / "jobs.sqlite3")
     await jobs.open()
-    payloads = LocalPayloadStore(directory / "payloads", UrlSigner(b"k" * 32),
-                                 "http://127.0.0.1", SystemClock())
+    payloads = SqliteInputsPayloadStore(directory / "payloads", UrlSigner(b"k" * 32),
+                                        "http://127.0.0.1", SystemClock(), jobs)
     program = b"x" * payload_bytes
     phase = PhaseResult("store_submit", "submit", extra={"tasks": workers})
     deadline = time.perf_counter() + duration_s
@@ -210,8 +210,7 @@ async def local_store_ceiling(directory: Path, workers: int, duration_s: float,
         while time.perf_counter() < deadline:
             record = _record(payload_bytes)
             began = time.perf_counter()
-            await payloads.put_input(record.job_id, program)
-            await jobs.create(record)
+            await payloads.create_with_input(record, program)
             phase.samples("submit").add(time.perf_counter() - began)
             phase.operations += 1
 

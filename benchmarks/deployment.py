@@ -35,6 +35,9 @@ TOKEN_ROLE = "developer"
 LIFTED_LIMITS = {
     "SCHEDULER_MAX_CONCURRENT_JOBS_DEVELOPER": str(10**9),
     "SCHEDULER_MAX_QUEUE_BYTES": str(16 * 1024**3),
+    # One token stands for many users here (docs/errors.md, "Limits per token").
+    "SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_DEVELOPER": str(10**9),
+    "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_DEVELOPER": str(10**9),
 }
 
 

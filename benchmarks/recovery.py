@@ -38,7 +38,7 @@ from common.identity import Role, fingerprint  # noqa: E402
 from job_manager.limits import Limits, RoleLimits  # noqa: E402
 from job_manager.manager import JobManager  # noqa: E402
 from job_manager.model import JobRecord, JobStatus, new_job_id  # noqa: E402
-from job_manager.stores.local_payload_store import LocalPayloadStore  # noqa: E402
+from job_manager.stores.local_payload_store import SqliteInputsPayloadStore  # noqa: E402
 from job_manager.stores.sqlite_job_store import SqliteJobStore  # noqa: E402
 from job_manager.stores.url_signer import UrlSigner  # noqa: E402
 
@@ -63,11 +63,13 @@ def moto_stores(endpoint: str) -> tuple[Any, Any]:
     return DynamoDbJobStore(dynamodb, "jobs"), S3PayloadStore(s3, "jobs", SystemClock())
 
 
-def stores(data_dir: Path) -> tuple[SqliteJobStore, LocalPayloadStore]:
+def stores(data_dir: Path) -> tuple[SqliteJobStore, SqliteInputsPayloadStore]:
+    """The standalone stores as scheduler/standalone.py makes them."""
     jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
-    payloads = LocalPayloadStore(data_dir / "payloads",
-                                 UrlSigner.from_key_file(data_dir / "url-signing.key"),
-                                 base_url="http://127.0.0.1", clock=SystemClock())
+    payloads = SqliteInputsPayloadStore(data_dir / "payloads",
+                                        UrlSigner.from_key_file(data_dir / "url-signing.key"),
+                                        base_url="http://127.0.0.1", clock=SystemClock(),
+                                        jobs=jobs)
     return jobs, payloads
 
 
@@ -88,8 +90,11 @@ async def fill(data_dir: Path, count: int, payload_bytes: int, endpoint: str | N
                            owner_name=f"user-{i % 50}", owner_fingerprint=owners[i % 50],
                            role=Role.DEVELOPER, settings=b"\x08\x01", timeout_s=60.0,
                            input_size_bytes=payload_bytes, submitted_at=now, queued_at=now)
-        await payloads.put_input(record.job_id, program)
-        await jobs.create(record)
+        if isinstance(payloads, SqliteInputsPayloadStore):
+            await payloads.create_with_input(record, program)  # as a submission writes it
+        else:
+            await payloads.put_input(record.job_id, program)
+            await jobs.create(record)
 
     for start in range(0, count, BATCH):
         await asyncio.gather(*(one(i) for i in range(start, min(count, start + BATCH))))

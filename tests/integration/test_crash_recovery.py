@@ -59,8 +59,10 @@ SLOW_LOOKUP_S = 1.5  # AWS mode: a token lookup held this long keeps a SubmitJob
 WAIT_METADATA = (("x-mqc3-wait-ms", "10000"),)
 RPC_TIMEOUT_S = 5.0
 CALL = once(RPC_TIMEOUT_S)
-# Many jobs per token are live at once; the default quota (10 for developers) would refuse.
-LOAD_ENV = {"SCHEDULER_MAX_CONCURRENT_JOBS_DEVELOPER": "100000"}
+# Many jobs per token are live at once; the default quota (10 for developers) would refuse,
+# and so would the token's share of calls when all of them are polled at once.
+LOAD_ENV = {"SCHEDULER_MAX_CONCURRENT_JOBS_DEVELOPER": "100000",
+            "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_DEVELOPER": "100000"}
 
 
 @pytest.fixture
@@ -277,7 +279,7 @@ def _sigterm(deployment: Deployment) -> None:
           f"acknowledged, {len(straddled)} of them by a call under way at the SIGTERM; {codes}")
     assert took_s < SHUTDOWN_GRACE_S + EXIT_MARGIN_S
 
-    second = deployment.start("second")
+    second = deployment.start("second", LOAD_ENV)
     answers = statuses(second.submission_address, token, set(acknowledged) - {submitted.job_id},
                        CALL)
     answers.update(statuses(second.submission_address, slow_token, {submitted.job_id}, CALL))

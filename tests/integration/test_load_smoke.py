@@ -81,7 +81,7 @@ def _the_new_measures_are_there(result: dict[str, Any], mode: str) -> None:
     assert steps["status_waiting"] == steps["status_done"] == steps["result"] == {}
     if mode == "standalone":  # counted by the scheduler's own /metrics
         assert lifecycle["store_requests_per_job"] is None
-        assert steps["submit"] == {"jobs.create": 1.0, "payloads.put_input": 1.0}
+        assert steps["submit"] == {"payloads.create_with_input": 1.0}
         return
     assert "moto" in result["phases"]["lifecycle"]["processes"]
     per_job = lifecycle["store_requests_per_job"]

@@ -89,6 +89,7 @@ REPLICA_ENV = {
     "SCHEDULER_SHUTDOWN_GRACE_S": "3",
     # Many jobs per token are live at once; the default quota (10 for developers) refuses.
     "SCHEDULER_MAX_CONCURRENT_JOBS_DEVELOPER": "100000",
+    "SCHEDULER_MAX_CALL_RATE_PER_TOKEN_DEVELOPER": "100000",  # and all are polled at once
 }
 # The SDK's deadline is 60 s; shorter here so that a hung call ends the test sooner, and
 # still far above a failover (the lease's lapse plus a recovery).
