@@ -64,13 +64,28 @@ def _cancelled_by_condition(exc: ClientError, index: int) -> bool:
     return len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed"
 
 
-def _refused(job_id: str, item: Any) -> bool:
-    """A transition whose condition failed: False, or RecordTooNew when the stored item
-    (as the failure returned it) is of a newer format."""
-    stored = int((item or {}).get("format_version", {}).get("N", RECORD_FORMAT))
-    if stored > RECORD_FORMAT:
-        raise RecordTooNew(job_id, stored)
+def _refused(job_id: str, item: Any, written: Written) -> bool:
+    """A transition whose condition failed: True when the stored item (as the failure
+    returned it) already holds what this write sets, False otherwise, RecordTooNew when it
+    is of a newer format.
+
+    The first case is this very write, landed by an attempt whose answer was lost (a
+    timeout or a 5xx that botocore retried): the retry finds the status changed by itself.
+    Taking that for a refusal would leave the job in a state memory does not know, such as
+    RUNNING with no node holding it (docs/records.md, "A write whose answer was lost").
+    """
+    stored = {name: _deserializer.deserialize(value) for name, value in (item or {}).items()}
+    to_set, to_remove = written
+    if stored and all(stored.get(name) == value for name, value in to_set.items()) \
+            and not any(name in stored for name in to_remove):
+        return True
+    if int(stored.get("format_version", RECORD_FORMAT)) > RECORD_FORMAT:
+        raise RecordTooNew(job_id, int(stored["format_version"]))
     return False
+
+
+# What a transition writes: the attributes it sets (before serialization) and those it removes.
+Written = tuple[codec.Row, list[str]]
 
 
 def claim_key(owner_fingerprint: str, key: str) -> str:
@@ -199,7 +214,7 @@ class DynamoDbJobStore:
                          fence: Fence | None = None) -> bool:
         if before.read_only:
             raise RecordTooNew(before.job_id, before.format_version)
-        kind, write = self._change(before, after)
+        kind, write, written = self._change(before, after)
         if fence is None:
             def write_alone() -> bool:
                 operation = self._client.put_item if kind == "Put" else self._client.update_item
@@ -207,7 +222,7 @@ class DynamoDbJobStore:
                     operation(**write)
                 except ClientError as exc:
                     if _conditional_failure(exc):
-                        return _refused(before.job_id, exc.response.get("Item"))
+                        return _refused(before.job_id, exc.response.get("Item"), written)
                     raise
                 return True
 
@@ -222,15 +237,17 @@ class DynamoDbJobStore:
                     raise Deposed(fence) from None
                 if _cancelled_by_condition(exc, 1):
                     reason = exc.response["CancellationReasons"][1]
-                    return _refused(before.job_id, reason.get("Item"))
+                    return _refused(before.job_id, reason.get("Item"), written)
                 raise
             return True
 
         return await self._calls.run(write_fenced)
 
-    def _change(self, before: JobRecord, after: JobRecord) -> tuple[str, dict[str, Any]]:
+    def _change(self, before: JobRecord,
+                after: JobRecord) -> tuple[str, dict[str, Any], Written]:
         """The one conditional write of a transition: an Update of the attributes that differ,
-        or, for a record in the original's form, a Put of the whole item in this one's."""
+        or, for a record in the original's form, a Put of the whole item in this one's; and
+        what it writes."""
         names = {"#status": "status", "#format": "format_version"}
         values: dict[str, Any] = {":expected": {"S": before.status.value},
                                   ":format": {"N": str(RECORD_FORMAT)}}
@@ -243,7 +260,7 @@ class DynamoDbJobStore:
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if before.format_version == ORIGINAL_FORMAT:
-            return "Put", {**condition, "Item": self._item(after)}
+            return "Put", {**condition, "Item": self._item(after)}, (self._row(after), [])
         to_set, to_remove = codec.changes(self._row(before), self._row(after))
         to_set["status"] = after.status.value  # an update sets something, even a retag to the same
         sets = []
@@ -256,7 +273,8 @@ class DynamoDbJobStore:
             expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(to_remove)))
         return "Update", {**condition, "Key": {"job_id": {"S": after.job_id}},
                           "UpdateExpression": expression,
-                          "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+                          "ExpressionAttributeNames": names, "ExpressionAttributeValues": values
+                          }, (to_set, to_remove)
 
     async def list_by_status(self, status: JobStatus) -> AsyncIterator[JobRecord]:
         async for item in self._items(self._client.query, self._status_query(status)):

@@ -373,7 +373,7 @@ async def test_records_survive_closing_and_reopening_the_store(open_store: Opene
         assert await after.get(queued.job_id) == queued
         assert await after.get(moved.job_id) == running(moved)
         assert await collect(after, JobStatus.QUEUED) == [queued]
-        assert await after.transition(moved, running(moved)) is False
+        assert await after.transition(moved, running(moved, node="qpu-2")) is False
     finally:
         await after.close()
 

@@ -227,8 +227,26 @@ async def test_a_transition_is_one_update_request(table: OneTable) -> None:
     await table.store.create(queued)
     table.calls.clear()
     assert await table.store.transition(queued, running(queued))
-    assert not await table.store.transition(queued, running(queued))
+    assert not await table.store.transition(queued, running(queued, node="qpu-2"))
     assert table.calls == ["UpdateItem", "UpdateItem"]
+
+
+@pytest.mark.parametrize("table", ["dynamodb"], indirect=True)
+async def test_a_retried_write_that_had_landed_is_answered_as_done(table: OneTable) -> None:
+    # botocore retries a request whose answer was lost (a timeout, a 5xx); the retry finds
+    # the status changed by the first attempt. It is that write, not another's.
+    queued = record()
+    await table.store.create(queued)
+    taken = running(queued)
+    assert await table.store.transition(queued, taken)
+    assert await table.store.transition(queued, taken)
+    done = finished(taken)
+    assert await table.store.transition(taken, done)
+    assert await table.store.transition(taken, done)
+    # Another writer's change is still a refusal, whatever the status it reached.
+    assert not await table.store.transition(taken, finished(taken, JobStatus.FAILED))
+    assert not await table.store.transition(queued, running(queued, node="qpu-2"))
+    assert await table.store.get(queued.job_id) == done
 
 
 @pytest.mark.parametrize("table", ["dynamodb"], indirect=True)
