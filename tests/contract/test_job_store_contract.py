@@ -415,6 +415,25 @@ async def test_dynamodb_final_records_expire_30_days_after_they_finish(
         await job_store.close()
 
 
+# --- SQLite only: the recovery's read maps the file for its duration ------------------------
+async def test_a_recovery_read_maps_the_database_only_while_it_reads(tmp_path: Path) -> None:
+    job_store = SqliteJobStore(tmp_path / "jobs.sqlite3", page_size=2)
+    try:
+        for _ in range(5):
+            await job_store.create(record())
+
+        def mapped() -> int:
+            return int(job_store._connection().execute("PRAGMA mmap_size").fetchone()[0])
+
+        sizes = []
+        async for _ in job_store.list_queued():
+            sizes.append(await job_store._calls.run(mapped))
+        assert len(sizes) == 5 and min(sizes) > 0
+        assert await job_store._calls.run(mapped) == 0
+    finally:
+        await job_store.close()
+
+
 # --- faults become StoreError --------------------------------------------------------------
 @pytest.fixture(params=["sqlite-corrupt-file", "sqlite-unopenable-path", "dynamodb-no-table"])
 async def broken_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
