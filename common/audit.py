@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.identity import Principal
+from common.logs import REQUEST_ID
 
 LOGGER_NAME = "mqc3.audit"
 DESTINATION_VARIABLE = "SCHEDULER_AUDIT_LOG"  # a file to append to; unset: stderr
@@ -101,10 +102,10 @@ def configure_audit(path: Path | None) -> None:
 
 
 def record(actor: Actor, action: str, *, result: str = OK, code: str = "",
-           request_id: str = "", **target: str | int) -> None:
+           **target: str | int) -> None:
     """Write one entry: who (``actor``), what (``action``), on what (``target``: job_id,
-    owner, token_fingerprint, ...), and how it ended (``result``, ``code`` when refused).
-    ``request_id``: the call's id, when the caller knows one."""
+    owner, token_fingerprint, ...), how it ended (``result``, ``code`` when refused), and
+    the request id of the call it happened in, when there is one (common/logs.py)."""
     if not _audit.handlers:
         configure_audit(None)  # never lost for want of set-up: stderr
     entry: dict[str, str | int] = {
@@ -119,6 +120,7 @@ def record(actor: Actor, action: str, *, result: str = OK, code: str = "",
         entry["code"] = code
     if actor.address:
         entry["address"] = actor.address
+    request_id = REQUEST_ID.get()
     if request_id:
         entry["request_id"] = request_id
     _audit.info(action, extra={"audit": entry})

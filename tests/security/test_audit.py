@@ -132,6 +132,10 @@ async def test_an_admins_reads_and_cancels_of_anothers_jobs_and_downloads_are_au
                                                  queued, queued, queued]
     for entry in logged[2:]:
         assert (entry["actor_fingerprint"], entry["actor_role"]) == (fingerprint(root), "admin")
+    # Each unary call's entry names its request id (made by the scheduler when none was
+    # sent); a WatchJob stream has none (docs/errors.md).
+    assert [bool(e.get("request_id")) for e in logged[2:]] == [True, True, True, False, True,
+                                                               True, True]
     for entry in logged[2:8]:
         assert (entry["owner_name"], entry["owner_fingerprint"]) == ("alice", fingerprint(alice))
     assert logged[0]["address"] == "127.0.0.1"
