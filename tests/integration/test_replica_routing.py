@@ -167,11 +167,12 @@ async def test_a_stopped_leader_hands_over_at_once_and_waiting_calls_complete(
         assert taken == queued
         samples = await scrape(follower.scheduler.metrics_port)
         # Taken over from the released lease (epoch 2); on a loaded machine a renewal
-        # that misses its 0.25 s bound makes the follower step down and take it back
-        # anew, one epoch and one takeover more each time.
+        # that misses its 0.25 s bound makes a replica step down and take it back anew,
+        # one epoch more each time: counted among the follower's takeovers when it was
+        # the follower's, not when the leader's own (before it stopped).
         epoch = value(samples, "mqc3_lease_epoch")
         assert epoch >= 2
-        assert value(samples, "mqc3_lease_takeovers_total") == epoch - 1
+        assert 1 <= value(samples, "mqc3_lease_takeovers_total") <= epoch - 1
 
 
 async def test_a_leader_deposed_while_it_slept_writes_nothing_and_passes_the_call_on(
