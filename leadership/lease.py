@@ -161,19 +161,21 @@ class Lease:
             return
         if current is None:
             if not self._retired:
-                await self._take(None, now)
+                await self._take(None, now, "a new lease")
             return
         if current.version != self._seen_version:
             self._seen_version, self._seen_since = current.version, now
         self.current = current
         if self._retired:
             return
-        if (current.released or current.holder == self.me
-                or now - self._seen_since >= self.duration_s):
-            # Released, lapsed, or ours from before a step-down (no one else took it).
-            await self._take(current, now)
+        if current.released:
+            await self._take(current, now, f"released by {current.holder}")
+        elif current.holder == self.me:  # no one else took it since our step-down
+            await self._take(current, now, "ours before a step-down")
+        elif now - self._seen_since >= self.duration_s:
+            await self._take(current, now, f"lapsed under {current.holder}")
 
-    async def _take(self, current: LeaseRecord | None, started: float) -> None:
+    async def _take(self, current: LeaseRecord | None, started: float, how: str) -> None:
         taken = LeaseRecord(self.me, (current.epoch if current else 0) + 1, _version(),
                             *self.addresses)
         try:
@@ -187,7 +189,7 @@ class Lease:
             return  # another replica was first; the next round sees it
         self._mine = self.current = taken
         self._valid_until = started + self.duration_s - self.renew_every_s
-        log.warning("this replica leads now (epoch %d)", taken.epoch)
+        log.warning("this replica leads now (epoch %d, %s)", taken.epoch, how)
         self._tell(True)
 
     async def _bounded(self, call: Awaitable[T]) -> T:

@@ -18,8 +18,8 @@ that a failover never reaches users: no such call may fail.
   (each killed replica restarted on its ports). Every acknowledged job ends in exactly one
   final status, no job is handed out twice, and no call fails.
 - ``test_sigterm_hands_the_lease_over_at_once``: a SIGTERMed leader releases the lease; the
-  other replica leads sooner than any lapse could let it, the old leader exits 0, and no
-  call fails.
+  other replica takes it as released (not lapsed), the old leader exits 0, and no call
+  fails.
 - ``test_a_follower_passes_calls_to_the_leader_and_answers_reads``: a job's whole life
   through one follower's own ports (no proxy).
 - ``test_a_second_standalone_scheduler_on_one_data_directory_refuses_to_start``: the
@@ -71,7 +71,6 @@ from tests.integration.load import (
 )
 from tests.integration.processes import (
     HOST,
-    SHORT_LEASE_ENV,
     Deployment,
     Ports,
     SchedulerProcess,
@@ -79,10 +78,6 @@ from tests.integration.processes import (
     aws_deployment,
 )
 
-# The lease of every replica: a lapse is seen, at the soonest, DURATION after the
-# holder's last renewal, so at least DURATION - RENEW after its death.
-LEASE_DURATION_S = float(SHORT_LEASE_ENV["SCHEDULER_LEASE_DURATION_S"])
-LEASE_RENEW_S = float(SHORT_LEASE_ENV["SCHEDULER_LEASE_RENEW_S"])
 REPLICA_ENV = {
     "SCHEDULER_ADVERTISE_HOST": HOST,
     "SCHEDULER_REPORT_GRACE_S": "1",  # a job lost with its leader times out soon
@@ -319,6 +314,11 @@ class Replicas:
                         return
                 time.sleep(0.05)
         raise AssertionError(f"replica {slot} not SERVING\n{self._deployment.logs()}")
+
+    def log(self, slot: int) -> str:
+        process = self.processes[slot]
+        assert process is not None
+        return process.log()
 
     def signal(self, slot: int, signum: signal.Signals) -> ScriptProcess:
         process = self.processes[slot]
@@ -557,8 +557,11 @@ def _sigterm_the_leader(deployment: Deployment, replicas: Replicas, submission: 
 
     context = f"\n{sdk.report()}\n{deployment.logs()}"
     assert successor != leader
-    fastest_lapse_s = LEASE_DURATION_S - LEASE_RENEW_S
-    assert handover_s < fastest_lapse_s, f"no faster than a lapse: {handover_s:.2f} s{context}"
+    # How the successor took the lease, in its own words: a released lease is taken on the
+    # next round, a lapsed one only after the lease's duration (the time is only printed:
+    # the suite's load can stretch a round past a lapse).
+    took = re.findall(rf"leads now \(epoch {new_epoch}, ([^)]*)\)", replicas.log(successor))
+    assert took and took[0].startswith("released by"), f"not a handover: {took}{context}"
     assert exit_code == 0, f"exit code {exit_code}{context}"
     ours = [failure for failure in sdk.failures if not CANCELLED_AT_STOP.search(failure)]
     assert ours == [], f"calls failed as users see them{context}"
