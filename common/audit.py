@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.identity import Principal
-from common.logs import REQUEST_ID
+from common.logs import request_id
 
 LOGGER_NAME = "mqc3.audit"
 DESTINATION_VARIABLE = "SCHEDULER_AUDIT_LOG"  # a file to append to; unset: stderr
@@ -120,9 +120,9 @@ def record(actor: Actor, action: str, *, result: str = OK, code: str = "",
         entry["code"] = code
     if actor.address:
         entry["address"] = actor.address
-    request_id = REQUEST_ID.get()
-    if request_id:
-        entry["request_id"] = request_id
+    call_id = request_id()
+    if call_id:
+        entry["request_id"] = call_id
     _audit.info(action, extra={"audit": entry})
 
 

@@ -12,22 +12,50 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-# The request id of the call being served, set where the call enters (the gRPC edge).
-REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
-
 
 def new_id() -> str:
     """A short id people can quote (a request id, an incident id): 8 base32 characters."""
     return base64.b32encode(secrets.token_bytes(5)).decode()
 
 
+class _CallId:
+    """A call's request id: the caller's, or one made when first asked for (most calls
+    write no line, so most never need one). One object per call, shared by the threads
+    the call's context is copied into, so every line of the call names the same id."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, sent: str | None) -> None:
+        self._value = sent
+
+    def get(self) -> str:
+        if self._value is None:
+            self._value = new_id()
+        return self._value
+
+
+# The call being served, set where the call enters (the gRPC edge).
+_CALL: ContextVar[_CallId | None] = ContextVar("call", default=None)
+
+
+def enter_call(sent: str | None) -> None:
+    """This task serves a call: ``sent`` is the caller's request id (None: made if needed)."""
+    _CALL.set(_CallId(sent))
+
+
+def request_id() -> str | None:
+    """The request id of the call being served, or None outside any call."""
+    call = _CALL.get()
+    return call.get() if call is not None else None
+
+
 class RequestIdFilter(logging.Filter):
     """Gives each record ``request_id`` (the call's, or None) and ``call`` (`` [id]`` or "")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        request_id = REQUEST_ID.get()
-        record.request_id = request_id
-        record.call = f" [{request_id}]" if request_id else ""
+        call_id = request_id()
+        record.request_id = call_id
+        record.call = f" [{call_id}]" if call_id else ""
         return True
 
 
@@ -98,6 +126,9 @@ def configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # No line names a thread or a process: not gathering them for each record makes a
+    # record cheaper (the logging HOWTO's "Optimization"), and a job logs a few.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Per-request chatter of libraries stays out of INFO.
     for noisy in ("aiohttp.access", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

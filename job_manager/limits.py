@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Mapping
 
 from common.identity import Principal, Role
 from message_manager import SchedulerError
+
+# More than an assignment ever adds to a job's program and settings: its signed upload
+# URL (an S3 one with a session token is about 1.5 KB) and the message's framing.
+_MOST_ASSIGNMENT_OVERHEAD_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,16 @@ class Quotas:
         if maximum is not None and n_shots > maximum:
             raise SchedulerError("n_shots_out_of_range", maximum=maximum, value=n_shots)
 
-    def check_assignable(self, assignment_bytes: int) -> None:
-        """Refuse a job whose assignment would be larger than a node may be sent."""
+    def check_assignable(self, assignment_bytes: Callable[[], int], job_bytes: int) -> None:
+        """Refuse a job whose assignment would be larger than a node may be sent.
+        ``assignment_bytes`` (which signs an upload URL) is asked only when the job's own
+        ``job_bytes`` with the largest URL and framing could pass the limit."""
         limit = self._limits.max_assignment_bytes
-        if limit is not None and assignment_bytes > limit:
-            raise SchedulerError("job_too_large_to_assign", size=assignment_bytes, limit=limit)
+        if limit is None or job_bytes + _MOST_ASSIGNMENT_OVERHEAD_BYTES <= limit:
+            return
+        size = assignment_bytes()
+        if size > limit:
+            raise SchedulerError("job_too_large_to_assign", size=size, limit=limit)
 
     def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
         """Count a new job against its owner and the queues, or refuse it."""

@@ -243,7 +243,8 @@ class JobManager:
             self.quotas.check_shots(spec.n_shots)
             self.quotas.check_timeout(principal.role, spec.timeout_s)
             job_id = new_job_id()
-            self.quotas.check_assignable(self._assignment_bytes(job_id, spec))
+            self.quotas.check_assignable(lambda: self._assignment_bytes(job_id, spec),
+                                         len(spec.program) + len(spec.settings))
             self.ledger.reserve(principal, spec.request_bytes, len(spec.program))
         except SchedulerError as exc:
             # A client's made-up backend name must not become a metric label.

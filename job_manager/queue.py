@@ -261,6 +261,9 @@ class JobQueue:
         self._turns = SortedKeyList(key=_Owner.order_key)  # owners with queued jobs
         self._virtual_clock = 0.0
         self.bytes_held = 0
+        # Positions asked for since the queue last changed: every waiting user polls
+        # theirs each second, and one costs a look at every owner (docs/design.md).
+        self._positions: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -304,6 +307,7 @@ class JobQueue:
     def _join(self, owner: _Owner, jobs: list[QueuedJob]) -> None:
         """Add ``jobs`` to their owner's line; an owner with none waiting catches up with
         the virtual clock first, so an idle token saves up no turns."""
+        self._positions.clear()
         if owner.jobs:
             self._turns.remove(owner)
         else:
@@ -361,9 +365,16 @@ class JobQueue:
         Counts the token's own jobs ahead of it and, for each other token, the jobs
         whose turn comes earlier in the fair share. It only falls as jobs leave.
         """
+        known = self._positions.get(job_id)
+        if known is not None:
+            return known
         job = self._jobs.get(job_id)
         if job is None:
             return None
+        position = self._positions[job_id] = self._count_ahead(job) + 1
+        return position
+
+    def _count_ahead(self, job: QueuedJob) -> int:
         owner = self._owners[job.owner]
         ahead_in_own: int = owner.jobs.index(job)
         turn = owner.virtual_time + ahead_in_own / owner.weight
@@ -371,7 +382,7 @@ class JobQueue:
         for other in self._turns:
             if other is not owner:
                 ahead += self._turns_before(other, turn, job)
-        return ahead + 1
+        return ahead
 
     @staticmethod
     def _turns_before(other: _Owner, turn: float, job: QueuedJob) -> int:
@@ -386,6 +397,7 @@ class JobQueue:
         return min(count, len(other.jobs))
 
     def _take(self, job: QueuedJob, *, charge: bool) -> None:
+        self._positions.clear()
         owner = self._owners[job.owner]
         self._turns.remove(owner)
         owner.jobs.remove(job)

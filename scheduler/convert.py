@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -10,6 +10,8 @@ from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import SignedUrl
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
 from scheduler.version import __version__
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 JOB_STATUS = {
     JobStatus.QUEUED: job_pb2.JOB_STATUS_QUEUED,
@@ -24,8 +26,16 @@ JOB_STATUS = {
 def timestamp(value: datetime) -> Timestamp:
     """A protobuf Timestamp of an aware datetime."""
     stamp = Timestamp()
-    stamp.FromDatetime(value)
+    _set_time(stamp, value)
     return stamp
+
+
+def _set_time(stamp: Timestamp, value: datetime) -> None:
+    """``stamp`` = ``value`` (naive: UTC), as Timestamp.FromDatetime does, without its
+    calendar arithmetic: every status poll sets up to eight of them."""
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    stamp.seconds = since.days * 86_400 + since.seconds
+    stamp.nanos = since.microseconds * 1000
 
 
 def execution_details(record: JobRecord) -> job_pb2.JobExecutionDetails:
@@ -47,7 +57,7 @@ def execution_details(record: JobRecord) -> job_pb2.JobExecutionDetails:
         ("finished_at", record.finished_at),
     ):
         if value is not None:
-            getattr(stamps, name).CopyFrom(timestamp(value))
+            _set_time(getattr(stamps, name), value)
     return details
 
 

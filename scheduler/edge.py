@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from common.identity import fingerprint
-from common.logs import REPEATABLE, REQUEST_ID, new_id
+from common.logs import REPEATABLE, enter_call, new_id
 from job_manager.manager import JobManager
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
@@ -202,15 +202,17 @@ def in_band(
         async def answer(self: EdgeServicer, request: Any,
                          context: grpc.aio.ServicerContext) -> Response:
             edge = self.edge
-            # gRPC serves each call in a task of its own: these hold for this call only.
-            REQUEST_ID.set(request_id(context) or new_id())
-            context.set_trailing_metadata(_trailing(context))
+            # gRPC serves each call in a task of its own: this holds for this call only.
+            sent_id = request_id(context)
+            enter_call(sent_id)
+            if sent_id is not None:
+                context.set_trailing_metadata(((REQUEST_ID_METADATA, sent_id),))
             if edge.not_serving is not None:
                 # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
                 # once ready); an in-band error would end the user's run instead.
                 await _abort(context, method, grpc.StatusCode.UNAVAILABLE, edge.not_serving)
             if isinstance(request, MalformedRequest):
-                edge.metrics.rpc_latency.labels(method, "INVALID_ARGUMENT").observe(0)
+                edge.metrics.rpc_observe(method, "INVALID_ARGUMENT", 0)
                 log.warning("%s: %d bytes that are no request (%s)", method, request.size,
                             request.why, extra=REPEATABLE)
                 malformed = SchedulerError("request_malformed", method=method)
@@ -223,7 +225,7 @@ def in_band(
                     end_share()
                     raise SchedulerError("overloaded", limit=edge.admission.limit)
             except SchedulerError as refusal:
-                edge.metrics.rpc_latency.labels(method, "RESOURCE_EXHAUSTED").observe(0)
+                edge.metrics.rpc_observe(method, "RESOURCE_EXHAUSTED", 0)
                 edge.metrics.refusals.labels(refusal.key).inc()
                 return response_type(error=_refused(context, method, refusal))
             CALLER.set(caller)
@@ -273,8 +275,7 @@ def in_band(
                 if limited:
                     edge.admission.leave()
                 end_share()
-                edge.metrics.rpc_latency.labels(method, code).observe(
-                    time.perf_counter() - started)
+                edge.metrics.rpc_observe(method, code, time.perf_counter() - started)
 
         return answer
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from common.logs import REQUEST_ID
+from common.logs import request_id as current_request_id
 from scheduler.metadata import REQUEST_ID_METADATA, metadata_value
 from scheduler.validation import IDEMPOTENCY_METADATA
 
@@ -82,7 +82,7 @@ class Forwarder:
                 if name.startswith(_PASSED_ON) and name != FORWARDED_BY]
         if path.endswith("/SubmitJob") and not any(n == IDEMPOTENCY_METADATA for n, _ in sent):
             sent.append((IDEMPOTENCY_METADATA, f"{FORWARDED_KEY_PREFIX}{uuid.uuid4().hex}"))
-        request_id = REQUEST_ID.get()
+        request_id = current_request_id()
         if request_id is not None:
             sent.append((REQUEST_ID_METADATA, request_id))
         sent.append((FORWARDED_BY, self._me))

@@ -79,6 +79,7 @@ class Metrics:
                                       registry=r)
         self.rpc_latency = Histogram("mqc3_rpc_seconds", "RPC latency by method and result code",
                                      ["method", "code"], buckets=_RPC_BUCKETS_S, registry=r)
+        self._rpc_children: dict[tuple[str, str], Histogram] = {}
         self.store_latency = Histogram("mqc3_store_call_seconds", "Store call latency",
                                        ["store", "operation"], buckets=_RPC_BUCKETS_S,
                                        registry=r)
@@ -103,6 +104,14 @@ class Metrics:
                                  ["method", "result"], registry=r)
         self.waiting_calls = Gauge("mqc3_calls_waiting_for_leader", "Calls waiting for a "
                                    "leader to be elected or to finish recovering", registry=r)
+
+    def rpc_observe(self, method: str, code: str, seconds: float) -> None:
+        """Count one call's latency. Each (method, code) child is looked up once: a
+        labels() lookup costs as much as the observation, on every call."""
+        child = self._rpc_children.get((method, code))
+        if child is None:
+            child = self._rpc_children[method, code] = self.rpc_latency.labels(method, code)
+        child.observe(seconds)
 
     def watch_free_space(self, free_bytes: Callable[[], int | None]) -> None:
         """Export the data directory's free space (standalone) from ``free_bytes``."""

@@ -274,6 +274,11 @@ class Replicas:
             with idle():
                 await self._wait(changed, deadline, waited_from)
 
+    @property
+    def following(self) -> bool:
+        """Whether another replica may lead (a read of a live job is then the leader's)."""
+        return self._lease is not None and not self._lease.leading
+
     async def read_at_leader(self, path: str, request: Any, response_type: Any,
                              context: grpc.aio.ServicerContext) -> Any | None:
         """A read of a live job, answered by the leader (from its memory: no store read

@@ -42,7 +42,7 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.GetJobStatusResponse:
-        if not manager.knows_final(request.job_id):
+        if self.edge.replicas.following and not manager.knows_final(request.job_id):
             # A live job's status is the leader's to tell, from memory: a follower passes
             # the poll on rather than read the store (docs/replicas.md).
             answered = await self.edge.replicas.read_at_leader(

@@ -83,7 +83,7 @@ class Watches:
             log.exception("WatchJob failed unexpectedly")
             yield pb.WatchJobResponse(error=error_detail(SchedulerError("unexpected")))
         finally:
-            edge.metrics.rpc_latency.labels("WatchJob", code).observe(0)
+            edge.metrics.rpc_observe("WatchJob", code, 0)
 
     async def _changes(self, edge: Edge, principal: Principal,
                        job_id: str) -> AsyncIterator[pb.WatchJobResponse]:

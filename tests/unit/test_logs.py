@@ -11,12 +11,12 @@ import re
 from common.logs import (
     BURST,
     REPEATABLE,
-    REQUEST_ID,
     WINDOW_S,
     JsonFormatter,
     RepeatLimit,
     RequestIdFilter,
     configure_logging,
+    enter_call,
     new_id,
 )
 
@@ -83,7 +83,7 @@ def _lines_of(record: logging.LogRecord) -> tuple[str, dict[str, str]]:
 
 def test_each_line_of_a_call_carries_its_request_id_in_either_format() -> None:
     def in_a_call() -> tuple[str, dict[str, str]]:
-        REQUEST_ID.set("req-42")
+        enter_call("req-42")
         return _lines_of(_record("job %s QUEUED", repeatable=False))
 
     text, entry = contextvars.copy_context().run(in_a_call)
@@ -95,8 +95,29 @@ def test_each_line_of_a_call_carries_its_request_id_in_either_format() -> None:
 
 def test_a_request_id_filter_reads_the_call_it_runs_in() -> None:
     record = _record("x", repeatable=False)
-    contextvars.copy_context().run(lambda: (REQUEST_ID.set("a"), RequestIdFilter().filter(record)))
+    def in_a_call() -> None:
+        enter_call("a")
+        RequestIdFilter().filter(record)
+
+    contextvars.copy_context().run(in_a_call)
     assert record.request_id == "a"  # type: ignore[attr-defined]
+
+
+def test_a_call_without_a_request_id_gets_one_made_once_for_all_its_lines() -> None:
+    def in_a_call() -> list[str]:
+        enter_call(None)
+        # The first line is written in a thread the call handed work to (asyncio.to_thread
+        # copies the context): the call's own lines after it name the same id.
+        made = [contextvars.copy_context().run(
+            lambda: _lines_of(_record("in a thread", repeatable=False))[1]["request_id"])]
+        made.append(_lines_of(_record("line", repeatable=False))[1]["request_id"])
+        made.append(_lines_of(_record("again", repeatable=False))[1]["request_id"])
+        return made
+
+    made = contextvars.copy_context().run(in_a_call)
+    assert len(set(made)) == 1 and re.fullmatch(r"[A-Z2-7]{8}", made[0]), made
+    other = contextvars.copy_context().run(in_a_call)
+    assert other[0] != made[0]  # each call its own
 
 
 def test_new_ids_are_short_and_quotable() -> None:

@@ -235,6 +235,8 @@ def test_position_is_the_hand_over_order_for_any_mix(
     roles: dict[str, Role] = {}
     for owner, timeout_s, role, tick in arrivals:
         queue.push(make_job(clock, owner, timeout_s=timeout_s, role=roles.setdefault(owner, role)))
+        for job_id in list(queue._jobs):  # users poll between arrivals: none is told a stale one
+            queue.position(job_id)
         if tick:
             clock.advance(1)
     positions = {job_id: queue.position(job_id) for job_id in list(queue._jobs)}
