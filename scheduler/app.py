@@ -367,10 +367,12 @@ class Scheduler:
         add_servicer(jobs_pb2_grpc.add_JobsServiceServicer_to_server,
                      JobsService(auth, self._edges[2], self.clock, self.watches), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
+        certified = config.execution_tls is not None and config.execution_tls.client_ca is not None
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
-                     ExecutionService(config.max_assign_wait_s, self._edges[1]), execution)
+                     ExecutionService(config.max_assign_wait_s, self._edges[1], certified),
+                     execution)
         add_servicer(nodes_pb2_grpc.add_NodeServiceServicer_to_server,
-                     NodeService(self._edges[3]), execution)
+                     NodeService(self._edges[3], certified), execution)
         self.submission_port = await self._start_service(
             submission, (SUBMISSION, JOBS), health, config.submission_host, config.submission_port,
             config.submission_tls)

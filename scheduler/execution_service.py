@@ -119,10 +119,12 @@ MAX_NODE_ID_CHARS = 128
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 
 
-def node_identity(context: grpc.aio.ServicerContext) -> str:
-    """The calling node's name: its certificate's under mTLS, else the x-mqc3-node-id it
-    sent (checked), else "" (docs/nodes.md)."""
-    names = (context.auth_context() or {}).get("x509_common_name") or []
+def node_identity(context: grpc.aio.ServicerContext, certified: bool) -> str:
+    """The calling node's name: its certificate's under mTLS (``certified``: the port
+    requires client certificates), else the x-mqc3-node-id it sent (checked), else ""
+    (docs/nodes.md). Without mTLS the auth context is not asked for: it costs more than
+    the rest of a report's handling."""
+    names = ((context.auth_context() or {}).get("x509_common_name") or []) if certified else []
     declared = metadata_value(context, NODE_ID_METADATA) or ""
     if declared and not (len(declared) <= MAX_NODE_ID_CHARS and _NODE_ID.fullmatch(declared)):
         raise SchedulerError("node_id_invalid", header=NODE_ID_METADATA,
@@ -133,9 +135,10 @@ def node_identity(context: grpc.aio.ServicerContext) -> str:
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
-    def __init__(self, max_assign_wait_s: float, edge: Edge) -> None:
+    def __init__(self, max_assign_wait_s: float, edge: Edge, certified_nodes: bool) -> None:
         self._max_assign_wait_s = max_assign_wait_s
         self.edge = edge
+        self._certified = certified_nodes  # the port requires client certificates
 
     @in_band(pb.AssignNextJobResponse, leader=True)
     async def AssignNextJob(
@@ -143,7 +146,7 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         manager: JobManager,
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
-        node = node_identity(context)
+        node = node_identity(context, self._certified)
         assignment = await manager.assign(request.backend, node=node)
         if assignment is None and wait_s > 0:
             with self.edge.admission.released():  # a parked node holds no call slot
@@ -167,7 +170,7 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.ReportExecutionResultResponse:
-        await manager.report(_report(request), node_identity(context))
+        await manager.report(_report(request), node_identity(context, self._certified))
         return pb.ReportExecutionResultResponse()
 
     @in_band(pb.RefreshUploadUrlResponse, limited=False, leader=True)
@@ -175,7 +178,8 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: pb.RefreshUploadUrlRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.RefreshUploadUrlResponse:
-        url = await manager.refresh_upload_url(request.job_id, node_identity(context))
+        node = node_identity(context, self._certified)
+        url = await manager.refresh_upload_url(request.job_id, node)
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))
 
 
@@ -185,15 +189,17 @@ NODES = nodes_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 class NodeService(nodes_pb2_grpc.NodeServiceServicer):
     """The extension's calls for nodes: heartbeats of running jobs."""
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: Edge, certified_nodes: bool) -> None:
         self.edge = edge
+        self._certified = certified_nodes  # the port requires client certificates
 
     @in_band(nodes_pb2.HeartbeatResponse, limited=False, leader=True)
     async def Heartbeat(
         self, request: nodes_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> nodes_pb2.HeartbeatResponse:
-        timeout_s = await manager.heartbeat(request.job_id, node_identity(context))
+        node = node_identity(context, self._certified)
+        timeout_s = await manager.heartbeat(request.job_id, node)
         response = nodes_pb2.HeartbeatResponse()
         response.timeout.FromTimedelta(timedelta(seconds=timeout_s))
         return response
