@@ -125,6 +125,9 @@ def _merged(phase: PhaseResult, outputs: list[dict[str, Any]], go: float, rate: 
         "polls_sent": sum(o["sent"] for o in outputs),
         "achieved_poll_rate_per_s": round(len(polls) / window_s, 1),
         "poller_max_schedule_lag_ms": max(o["max_lag_ms"] for o in outputs),
+        # The pollers share the machine with the scheduler: on two cores, what they
+        # spend is what the scheduler cannot have.
+        "poller_cores": round(sum(o["cpu_s"] for o in outputs) / window_s, 2),
         "dispatched": dispatched,
     })
     return phase

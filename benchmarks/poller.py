@@ -10,7 +10,8 @@ Protocol with the load generator, one JSON or word per line: it writes the setti
 (address, rate_per_s, duration_s, channels, jobs as [token, job_id] pairs); this
 process connects every channel and answers ``ready``; it writes ``go``; this process
 polls and writes its result (``offsets_s``: due times since go, ``latencies_s``,
-``from_send_s``, ``errors``, ``max_lag_ms``, ``sent``). ``from_send_s`` times each poll
+``from_send_s``, ``errors``, ``max_lag_ms``, ``sent``, ``cpu_s``: this process's CPU
+time while polling). ``from_send_s`` times each poll
 from when it actually left: far below ``latencies_s`` means this process fell behind
 its schedule (the load generator, not the scheduler, was short of CPU).
 """
@@ -51,6 +52,7 @@ async def crowd(settings: dict[str, Any]) -> dict[str, Any]:
     from_send: list[float] = []  # the same polls timed from when they left: the poller's lag
     errors: Counter[str] = Counter()
     go = time.perf_counter()
+    cpu_at_go = time.process_time()
 
     async def poll(i: int, due: float) -> None:
         user = i % len(stubs)
@@ -86,7 +88,7 @@ async def crowd(settings: dict[str, Any]) -> dict[str, Any]:
     return {"offsets_s": offsets, "latencies_s": latencies, "from_send_s": from_send,
             "errors": dict(errors),
             "max_lag_ms": round(lag_s * 1000, 3), "sent": total,
-            "window_s": time.perf_counter() - go}
+            "window_s": time.perf_counter() - go, "cpu_s": time.process_time() - cpu_at_go}
 
 
 async def main() -> None:

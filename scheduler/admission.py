@@ -1,10 +1,11 @@
-"""Overload protection: past a number of concurrent calls, answer at once instead of queueing;
-and each token's own share of the calls, so one caller cannot starve the others
-(docs/errors.md, "Limits per token")."""
+"""Overload protection: past a number of concurrent calls, a bounded number wait their turn
+and the rest are answered at once; and each token's own share of the calls, so one caller
+cannot starve the others (docs/errors.md, "Calls in progress" and "Limits per token")."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import asyncio
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,21 +22,56 @@ TRACKED_TOKENS = 100_000  # buckets kept at most; a full bucket forgotten costs 
 
 
 class Admission:
-    """Counts a service's calls in progress against its limit (event loop only, no lock)."""
+    """Counts a service's calls in progress against its limit; past it, up to
+    ``max_waiting`` calls wait for a slot in arrival order (event loop only, no lock).
 
-    def __init__(self, limit: int) -> None:
+    A burst (a store that stalls for a moment while many users poll) then makes calls
+    wait rather than fail: the SDK does not retry RESOURCE_EXHAUSTED, so a refusal ends
+    a user's run. Only past the waiting room is a call refused at once."""
+
+    def __init__(self, limit: int, max_waiting: int = 0) -> None:
         self.limit = limit
+        self.max_waiting = max_waiting
         self.in_flight = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     def try_enter(self) -> bool:
-        """Take a slot, or False when the service is full."""
+        """Take a slot now, or False when the service is full. (While calls wait, it is:
+        leave() hands each slot given back to the longest-waiting call.)"""
         if self.in_flight >= self.limit:
             return False
         self.in_flight += 1
         return True
 
+    async def enter(self) -> None:
+        """Take a slot, waiting for one in arrival order; SchedulerError ``overloaded``
+        at once when the waiting room is full too."""
+        if self.try_enter():
+            return
+        if len(self._waiting) >= self.max_waiting:
+            raise SchedulerError("overloaded", limit=self.limit)
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn  # leave() hands its slot over
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.leave()  # handed a slot as the caller left: pass it on
+            elif turn in self._waiting:  # (leave() may have dropped it already)
+                self._waiting.remove(turn)
+            raise
+
     def leave(self) -> None:
-        """Give a slot back."""
+        """Give a slot back: to the longest-waiting call, else to the service."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot changes hands; in_flight stays
+                return
         self.in_flight -= 1
 
     @contextmanager

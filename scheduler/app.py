@@ -352,9 +352,11 @@ class Scheduler:
         token_limits = TokenLimits(config.calls.by_role, auth.role_of, self.clock.monotonic)
         secret = config.execution_secret or stack.execution_secret
         # The extension shares the submission port and its limit of concurrent calls.
-        submission_admission = Admission(config.submission_max_concurrent_rpcs)
+        submission_admission = Admission(config.submission_max_concurrent_rpcs,
+                                         config.submission_max_waiting_rpcs)
         # The nodes' extension shares the execution port, its limit and its credential.
-        execution_admission = Admission(config.execution_max_concurrent_rpcs)
+        execution_admission = Admission(config.execution_max_concurrent_rpcs,
+                                        config.execution_max_waiting_rpcs)
         self._edges = [
             Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits),
             Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),

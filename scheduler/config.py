@@ -95,6 +95,9 @@ class Config:
     token_database_address: str
     submission_max_concurrent_rpcs: int
     execution_max_concurrent_rpcs: int
+    # Calls that wait for a slot past those (docs/errors.md, "Calls in progress").
+    submission_max_waiting_rpcs: int
+    execution_max_waiting_rpcs: int
     submission_max_message_bytes: int
     execution_max_message_bytes: int
     limits: Limits
@@ -298,6 +301,10 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return _env(env, name, int, default, lambda v: v > 0, "must be a positive integer")
 
 
+def _non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _env(env, name, int, default, lambda v: v >= 0, "must be zero or more")
+
+
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _env(env, name, float, default, lambda v: v > 0, "must be a positive number")
 
@@ -447,6 +454,9 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         token_database_address=token_database_address,
         submission_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_SUBMISSION_MAX_WORKERS", 100),
         execution_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_EXECUTION_MAX_WORKERS", 10),
+        submission_max_waiting_rpcs=_non_negative_int(env, "SCHEDULER_SUBMISSION_MAX_WAITING",
+                                                      1000),
+        execution_max_waiting_rpcs=_non_negative_int(env, "SCHEDULER_EXECUTION_MAX_WAITING", 100),
         submission_max_message_bytes=_positive_int(
             env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB
         ),

@@ -186,10 +186,11 @@ def in_band(
 
     A SchedulerError becomes its catalogue entry; anything else is logged with its
     traceback and answered INTERNAL, so a client never sees a transport error for
-    something the scheduler did. Past the service's limit of concurrent calls the
-    answer is RESOURCE_EXHAUSTED at once, unless ``limited`` is False (calls that
-    finish work already handed out, which refusing would only waste); so it is past
-    the share of the token the request names (scheduler/admission.py).
+    something the scheduler did. Past the service's limit of concurrent calls a call
+    waits its turn, and only past the waiting room is it answered RESOURCE_EXHAUSTED,
+    unless ``limited`` is False (calls that finish work already handed out, which
+    refusing would only waste); past the share of the token the request names it is
+    refused at once (scheduler/admission.py).
 
     The method runs with the JobManager that serves now; a ``leader`` method (one that
     changes jobs) runs where the leader is: here, or passed on (scheduler/replicas.py).
@@ -222,8 +223,11 @@ def in_band(
             try:
                 end_share = _take_share(edge.tokens, caller)
                 if limited and not edge.admission.try_enter():
-                    end_share()
-                    raise SchedulerError("overloaded", limit=edge.admission.limit)
+                    try:
+                        await edge.admission.enter()  # its turn, or refused when too many wait
+                    except BaseException:
+                        end_share()
+                        raise
             except SchedulerError as refusal:
                 edge.metrics.rpc_observe(method, "RESOURCE_EXHAUSTED", 0)
                 edge.metrics.refusals.labels(refusal.key).inc()

@@ -137,8 +137,11 @@ def has_series(samples: Samples, name: str, **labels: str) -> bool:
 
 
 # --- saturation ---------------------------------------------------------------------------
+# No waiting room: past the workers, a call is refused at once.
 SATURATION_ENV = {"SCHEDULER_SUBMISSION_MAX_WORKERS": "4",
-                  "SCHEDULER_EXECUTION_MAX_WORKERS": "2"}
+                  "SCHEDULER_EXECUTION_MAX_WORKERS": "2",
+                  "SCHEDULER_SUBMISSION_MAX_WAITING": "0",
+                  "SCHEDULER_EXECUTION_MAX_WAITING": "0"}
 
 
 @contextlib.asynccontextmanager

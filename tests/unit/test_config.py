@@ -20,6 +20,8 @@ def test_defaults_are_those_of_the_original_service() -> None:
     assert config.token_database_address == "localhost:8084"
     assert config.submission_max_concurrent_rpcs == 100
     assert config.execution_max_concurrent_rpcs == 10
+    # Past the workers, calls wait (as in the original's thread pools), within bounds.
+    assert (config.submission_max_waiting_rpcs, config.execution_max_waiting_rpcs) == (1000, 100)
     assert config.submission_max_message_bytes == config.execution_max_message_bytes == 10 * MB
     assert config.limits.max_queue_bytes == 100 * MB
     jobs = {role: limits.max_concurrent_jobs for role, limits in config.limits.by_role.items()}
@@ -89,6 +91,8 @@ def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
         (AWS_FLAGS, {"SCHEDULER_MAX_CONCURRENT_JOBS_GUEST": "0"},
          "SCHEDULER_MAX_CONCURRENT_JOBS_GUEST"),
         (AWS_FLAGS, {"SCHEDULER_TIMEOUT_WEIGHT": "-1"}, "SCHEDULER_TIMEOUT_WEIGHT"),
+        (AWS_FLAGS, {"SCHEDULER_SUBMISSION_MAX_WAITING": "-1"}, "SCHEDULER_SUBMISSION_MAX_WAITING"),
+        (AWS_FLAGS, {"SCHEDULER_EXECUTION_MAX_WAITING": "x"}, "SCHEDULER_EXECUTION_MAX_WAITING"),
         (AWS_FLAGS, {"SCHEDULER_MAX_SHOTS": "0"}, "SCHEDULER_MAX_SHOTS"),
         (AWS_FLAGS, {"SCHEDULER_MAX_TIMEOUT_S_GUEST": "soon"}, "SCHEDULER_MAX_TIMEOUT_S_GUEST"),
         ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt"], {}, "--tls-key"),

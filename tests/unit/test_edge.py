@@ -25,10 +25,12 @@ from scheduler.replicas import Replicas
 class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
     """GetServiceStatus waits for work it shares with other calls (as a single flight)."""
 
-    def __init__(self, tokens: TokenLimits | None = None) -> None:
+    def __init__(self, tokens: TokenLimits | None = None,
+                 admission: Admission | None = None) -> None:
         metrics = Metrics()
         no_manager = Replicas(lambda fence: cast(JobManager, None), metrics)  # reads none
-        self.edge = Edge(SUBMISSION, no_manager, Admission(10), metrics, tokens=tokens)
+        self.edge = Edge(SUBMISSION, no_manager, admission or Admission(10), metrics,
+                         tokens=tokens)
         self.edge.not_serving = None
         self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
@@ -48,9 +50,14 @@ def tokens() -> TokenLimits | None:
 
 
 @pytest.fixture
-async def served(tokens: TokenLimits | None,
+def admission() -> Admission | None:
+    return None
+
+
+@pytest.fixture
+async def served(tokens: TokenLimits | None, admission: Admission | None,
                  ) -> AsyncIterator[tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]]:
-    servicer = SharedWork(tokens)
+    servicer = SharedWork(tokens, admission)
     server = grpc.aio.server()
     submission_pb2_grpc.add_SubmissionServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -133,3 +140,25 @@ async def test_a_token_past_its_calls_in_progress_is_refused_and_no_other_token(
     answers = await asyncio.gather(*held, *honest)
     assert [answer.description for answer in answers] == ["done"] * 4
     assert (await ask("flood")).description == "done"  # its calls ended: it may call again
+
+
+@pytest.mark.parametrize("admission", [Admission(limit=1, max_waiting=1)])
+async def test_past_the_limit_a_call_waits_its_turn_and_past_the_waiting_room_is_refused(
+        served: tuple[SharedWork, submission_pb2_grpc.SubmissionServiceStub]) -> None:
+    servicer, stub = served
+    admission = servicer.edge.admission
+    request = pb.GetServiceStatusRequest(token="t")
+    held = asyncio.ensure_future(stub.GetServiceStatus(request, timeout=5))
+    await servicer.waiting.wait()
+    waits = asyncio.ensure_future(stub.GetServiceStatus(request, timeout=5))
+    while admission.waiting < 1:
+        await asyncio.sleep(0.01)
+    call = stub.GetServiceStatus(request, timeout=5)
+    refused = await call
+    assert refused.error.code == "RESOURCE_EXHAUSTED"
+    assert (await call.trailing_metadata())["x-mqc3-reason"] == "overloaded"
+    assert not waits.done()  # waiting, not refused
+    servicer.work.set_result(None)
+    answers = await asyncio.gather(held, waits)
+    assert [answer.error.code for answer in answers] == ["", ""]
+    assert admission.in_flight == 0 and admission.waiting == 0
