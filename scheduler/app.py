@@ -357,6 +357,8 @@ class Scheduler:
         # The nodes' extension shares the execution port, its limit and its credential.
         execution_admission = Admission(config.execution_max_concurrent_rpcs,
                                         config.execution_max_waiting_rpcs)
+        self.metrics.watch_waiting_calls({"submission": lambda: submission_admission.waiting,
+                                          "execution": lambda: execution_admission.waiting})
         self._edges = [
             Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits),
             Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),

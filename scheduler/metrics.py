@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -113,6 +113,14 @@ class Metrics:
             child = self._rpc_children[method, code] = self.rpc_latency.labels(method, code)
         child.observe(seconds)
 
+    def watch_waiting_calls(self, waiting: Mapping[str, Callable[[], int]]) -> None:
+        """Export how many calls wait for a slot, by port (docs/errors.md, "Calls in
+        progress"), from a function per port."""
+        gauge = Gauge("mqc3_calls_waiting_for_slot", "Calls waiting for one of their "
+                      "service's workers", ["port"], registry=self.registry)
+        for port, count in waiting.items():
+            gauge.labels(port).set_function(_as_float(count))
+
     def watch_free_space(self, free_bytes: Callable[[], int | None]) -> None:
         """Export the data directory's free space (standalone) from ``free_bytes``."""
         gauge = Gauge("mqc3_data_dir_free_bytes", "Free space of the standalone data "
@@ -158,3 +166,7 @@ class Metrics:
 
     def timestamps_clamped(self, record: JobRecord, count: int) -> None:
         self.timestamps_clamped_total.labels(record.backend).inc(count)
+
+
+def _as_float(count: Callable[[], int]) -> Callable[[], float]:
+    return lambda: float(count())

@@ -270,3 +270,35 @@ async def test_overload_is_refused_at_once_and_nothing_deadlocks(
                      code="RESOURCE_EXHAUSTED") == 3
         assert value(samples, "mqc3_rpc_seconds_count", method="AssignNextJob",
                      code="RESOURCE_EXHAUSTED") == 3
+
+
+async def test_past_the_workers_calls_wait_their_turn_and_past_the_waiting_room_are_refused(
+    mode: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+    token_database: TokenDatabase,
+) -> None:
+    # One worker and room for one waiting call (docs/errors.md, "Calls in progress").
+    env = {"SCHEDULER_SUBMISSION_MAX_WORKERS": "1", "SCHEDULER_SUBMISSION_MAX_WAITING": "1"}
+    async with scheduler_in(mode, tmp_path, request, token_database, env) as running:
+        gate = Gate()
+        gate.patch(monkeypatch, TokenResolver, "resolve")
+        token = running.token("busy", "developer")
+        submission = running.clients.submission
+        held = asyncio.ensure_future(submission.SubmitJob(submit_request(token), timeout=20))
+        await gate.until_entered(1)
+        waits = asyncio.ensure_future(submission.SubmitJob(submit_request(token), timeout=20))
+
+        async def one_waiting() -> bool:
+            samples = await scrape(running.scheduler.metrics_port)
+            return value(samples, "mqc3_calls_waiting_for_slot", port="submission") == 1
+
+        await until_async(one_waiting, 5, "a call waiting for the worker")
+        assert gate.entered == 1  # it waits before any work
+        refused = await submission.GetServiceStatus(
+            submission_pb2.GetServiceStatusRequest(token=token, backend="emulator"), timeout=5)
+        assert refused.error.code == "RESOURCE_EXHAUSTED"
+        assert "[reason=overloaded " in refused.error.description
+        gate.open()
+        answers = await asyncio.gather(held, waits)
+        assert [a.error.code for a in answers] == ["", ""] and all(a.job_id for a in answers)
+        samples = await scrape(running.scheduler.metrics_port)
+        assert value(samples, "mqc3_calls_waiting_for_slot", port="submission") == 0
