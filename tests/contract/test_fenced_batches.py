@@ -1,0 +1,236 @@
+"""Fenced writes on a DynamoDB that has transaction conflicts (moto, wrapped).
+
+Real DynamoDB cancels a transaction that includes an item another transaction in flight
+includes, and refuses a PutItem or UpdateItem on such an item; moto runs one request at
+a time and never does. ConflictingDynamoDb adds that to moto, so these tests see what
+production sees: every fenced write names the lease item (docs/replicas.md, "Fence").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from job_manager.model import JobStatus
+from job_manager.stores import Deposed, Fence
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
+from leadership.lease import LeaseRecord
+from tests.contract.test_job_store_contract import finished, record, running
+from tests.helpers import aws_client
+
+TRANSACTION_S = 0.005  # how long a transaction holds its items here: long enough to overlap
+
+
+class ConflictingDynamoDb:
+    """A DynamoDB client that refuses, as DynamoDB does, a write on an item that a
+    transaction in flight includes; every other call goes to the client it wraps."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()  # item keys of transactions under way
+        self.transactions = 0  # TransactWriteItems calls that reached the table
+        self.conflicts = 0  # requests refused for a conflict
+        self.landed: Counter[str] = Counter()  # item keys written by a transaction that landed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        keys = [_key(next(iter(item.values()))) for item in request["TransactItems"]]
+        with self._lock:
+            if any(self._in_flight[key] for key in keys):
+                self.conflicts += 1
+                raise _cancelled(["TransactionConflict" if self._in_flight[key] else "None"
+                                  for key in keys])
+            self._in_flight.update(keys)
+            self.transactions += 1
+        try:
+            time.sleep(TRANSACTION_S)
+            answer = self._client.transact_write_items(**request)
+            self.landed.update(key for key in keys if key != LEASE_KEY)
+            return answer
+        finally:
+            with self._lock:
+                self._in_flight.subtract(keys)
+
+    def put_item(self, **request: Any) -> Any:
+        self._refuse_if_in_flight(_key(request), "PutItem")
+        return self._client.put_item(**request)
+
+    def update_item(self, **request: Any) -> Any:
+        self._refuse_if_in_flight(_key(request), "UpdateItem")
+        return self._client.update_item(**request)
+
+    def _refuse_if_in_flight(self, key: str, operation: str) -> None:
+        with self._lock:
+            if self._in_flight[key]:
+                self.conflicts += 1
+                raise ClientError({"Error": {
+                    "Code": "TransactionConflictException",
+                    "Message": "Transaction is ongoing for the item"}}, operation)
+
+
+def _key(action: dict[str, Any]) -> str:
+    return str((action.get("Key") or action["Item"])["job_id"]["S"])
+
+
+def _cancelled(codes: list[str]) -> ClientError:
+    """TransactionCanceledException as DynamoDB answers it: one reason per action."""
+    reasons = [{"Code": code} if code == "None"
+               else {"Code": code, "Message": "Transaction is ongoing for the item"}
+               for code in codes]
+    message = ("Transaction cancelled, please refer cancellation reasons for specific "
+               f"reasons [{', '.join(codes)}]")
+    response: Any = {"Error": {"Code": "TransactionCanceledException", "Message": message},
+                     "CancellationReasons": reasons}
+    return ClientError(response, "TransactWriteItems")
+
+
+class Replica:
+    """One process's view of the table: the wrapped client, the lease table and the job
+    store sharing one gate, as scheduler/aws.py builds them."""
+
+    def __init__(self, dynamodb: ConflictingDynamoDb, table: str) -> None:
+        self.table = table
+        gate = asyncio.Lock()
+        self.leases = DynamoDbLeaseTable(dynamodb, table, gate=gate)
+        self.store = DynamoDbJobStore(dynamodb, table, gate=gate)
+
+
+@pytest.fixture
+def dynamodb(moto_endpoint: str) -> ConflictingDynamoDb:
+    return ConflictingDynamoDb(aws_client("dynamodb", moto_endpoint))
+
+
+@pytest.fixture
+async def leader(dynamodb: ConflictingDynamoDb) -> AsyncIterator[Replica]:
+    table = f"jobs-{uuid.uuid4().hex[:12]}"
+    create_table(dynamodb, table)
+    replica = Replica(dynamodb, table)
+    assert await replica.leases.create(LeaseRecord("a", 1, "v0"))
+    yield replica
+    await replica.store.close()
+
+
+FENCE = Fence(LEASE_KEY, "a", 1)
+
+
+async def test_concurrent_fenced_writes_land_once_each_in_fewer_transactions(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(50)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    assert dynamodb.transactions < len(jobs)
+    created = dynamodb.transactions
+    landed = await asyncio.gather(
+        *(leader.store.transition(job, running(job), FENCE) for job in jobs))
+    assert landed == [True] * len(jobs)
+    assert dynamodb.transactions - created < len(jobs)
+    assert dynamodb.conflicts == 0  # one transaction at a time: none cancelled another
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None and stored.status is JobStatus.RUNNING
+        assert dynamodb.landed[job.job_id] == 2  # created once, handed out once
+
+
+async def test_in_a_batch_a_refused_transition_is_refused_alone(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(5)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    stale = running(jobs[2])  # the store holds it QUEUED: this finish is refused
+    changes = [(stale, finished(stale)) if job is jobs[2] else (job, running(job))
+               for job in jobs]
+    sent = dynamodb.transactions
+    landed = await asyncio.gather(*(
+        leader.store.transition(before, after, FENCE) for before, after in changes))
+    assert landed == [True, True, False, True, True]
+    assert dynamodb.transactions - sent == 2  # the batch, then the four again
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None
+        assert stored.status is (JobStatus.QUEUED if job is jobs[2] else JobStatus.RUNNING)
+
+
+async def test_a_batch_under_a_moved_lease_is_deposed_entirely(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(3)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    assert await leader.leases.replace(LeaseRecord("b", 2, "v1"), "v0")  # b took over
+    new = [record(), replace(record(), idempotency_key="k")]
+    writes = [*(leader.store.transition(job, running(job), FENCE) for job in jobs),
+              *(leader.store.create(job, FENCE) for job in new)]
+    sent = dynamodb.transactions
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(outcome, Deposed) for outcome in outcomes), outcomes
+    assert dynamodb.transactions - sent == 1
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None and stored.status is JobStatus.QUEUED
+    for job in new:
+        assert await leader.store.get(job.job_id) is None
+    assert await leader.store.find_by_idempotency_key(new[1].owner_fingerprint, "k") is None
+
+
+async def test_lease_renewals_never_fail_under_sustained_fenced_writes(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    stop = asyncio.Event()
+
+    async def write_jobs() -> int:
+        written = 0
+        while not stop.is_set():
+            job = record()
+            await leader.store.create(job, FENCE)
+            assert await leader.store.transition(job, running(job), FENCE)
+            written += 1
+        return written
+
+    writers = [asyncio.create_task(write_jobs()) for _ in range(8)]
+    version = "v0"
+    for renewal in range(1, 41):
+        renewed = LeaseRecord("a", 1, f"v{renewal}")
+        assert await leader.leases.replace(renewed, version)  # raises LeaseUnreachable if not
+        version = renewed.version
+        await asyncio.sleep(0.01)
+    stop.set()
+    assert sum(await asyncio.gather(*writers)) > 40
+    assert dynamodb.conflicts == 0
+
+
+async def test_conflicts_with_another_process_are_retried(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # Another process whose transactions name the lease item too (its own gate): the two
+    # committers cancel each other's transactions, and each tries again until it lands.
+    other = Replica(dynamodb, leader.table).store
+    jobs = [record() for _ in range(60)]
+    for start in range(0, len(jobs), 20):  # rounds of ten each, side by side
+        await asyncio.gather(*(store.create(job, FENCE) for job, store in
+                               zip(jobs[start:start + 20], [leader.store, other] * 10,
+                                   strict=True)))
+    assert dynamodb.conflicts > 0
+    for job in jobs:
+        assert await leader.store.get(job.job_id) is not None
+        assert dynamodb.landed[job.job_id] == 1
+    await other.close()
+
+
+async def test_two_writes_to_one_job_take_two_transactions_in_order(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # One transaction may not hold two actions on one item: the second waits for the next.
+    job = record()
+    await leader.store.create(job, FENCE)
+    run = running(job)
+    landed = await asyncio.gather(leader.store.transition(job, run, FENCE),
+                                  leader.store.transition(run, finished(run), FENCE))
+    assert list(landed) == [True, True]
+    stored = await leader.store.get(job.job_id)
+    assert stored is not None and stored.status is JobStatus.COMPLETED
