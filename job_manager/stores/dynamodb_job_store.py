@@ -126,7 +126,8 @@ class DynamoDbJobStore:
         self._retention = retention
         self._key_window = key_window
         self._calls = BlockingCalls("dynamodb-jobs", max_workers, (ClientError, BotoCoreError))
-        # Fenced writes go through one committer, batched (docs/replicas.md, "Fence").
+        # Fenced writes go through one committer, batched: DynamoDB cancels transactions that
+        # name one item side by side (docs/replicas.md, "One fenced transaction at a time").
         self._fenced = FencedCommits(client, table_name, self._calls,
                                      asyncio.Lock() if gate is None else gate)
 

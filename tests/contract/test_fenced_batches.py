@@ -25,7 +25,7 @@ from job_manager.stores import Deposed, Fence
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
 from leadership.lease import LeaseRecord
-from tests.contract.test_job_store_contract import finished, record, running
+from tests.contract.test_job_store_contract import BULKY_SETTINGS, finished, record, running
 from tests.helpers import aws_client
 
 TRANSACTION_S = 0.005  # how long a transaction holds its items here: long enough to overlap
@@ -42,6 +42,7 @@ class ConflictingDynamoDb:
         self.transactions = 0  # TransactWriteItems calls that reached the table
         self.conflicts = 0  # requests refused for a conflict
         self.landed: Counter[str] = Counter()  # item keys written by a transaction that landed
+        self.sizes: list[int] = []  # actions in each transaction sent
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -55,6 +56,7 @@ class ConflictingDynamoDb:
                                   for key in keys])
             self._in_flight.update(keys)
             self.transactions += 1
+            self.sizes.append(len(keys))
         try:
             time.sleep(TRANSACTION_S)
             answer = self._client.transact_write_items(**request)
@@ -234,3 +236,17 @@ async def test_two_writes_to_one_job_take_two_transactions_in_order(
     assert list(landed) == [True, True]
     stored = await leader.store.get(job.job_id)
     assert stored is not None and stored.status is JobStatus.COMPLETED
+
+
+async def test_a_batch_stays_within_dynamodbs_limits(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # 100 actions to a transaction, the lease check among them; 4 MB in all (kept to 2).
+    many = [replace(record(), idempotency_key=f"k{i}") for i in range(60)]  # 2 actions each
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in many))
+    assert max(dynamodb.sizes) <= 100 and len(dynamodb.sizes) >= 2
+    sent = len(dynamodb.sizes)
+    bulky = [record(settings=BULKY_SETTINGS) for _ in range(12)]  # 256 kB each
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in bulky))
+    assert max(dynamodb.sizes[sent:]) <= 1 + 2_000_000 // len(BULKY_SETTINGS)
+    for job in [*many, *bulky]:
+        assert await leader.store.get(job.job_id) is not None
