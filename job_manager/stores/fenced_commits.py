@@ -21,7 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.errors import KeyTaken, StoreError
+from job_manager.stores.errors import StoreError
 from job_manager.stores.fence import Deposed, Fence
 
 MAX_ACTIONS = 100  # DynamoDB's limit on one transaction, the lease check included
@@ -212,7 +212,7 @@ def _settled(write: FencedWrite, own: list[dict[str, Any]] | None) -> object:
             return StoreError(f"dynamodb-jobs: transaction cancelled: {', '.join(other)}")
     try:
         return write.settle(own)
-    except (StoreError, KeyTaken) as exc:
+    except Exception as exc:  # noqa: BLE001 - its caller gets it; the committer goes on
         return exc
 
 
@@ -247,8 +247,7 @@ def _code(reason: dict[str, Any]) -> str:
 
 def _backoff_s(conflicts: int) -> float:
     low, high = _BACKOFF_S
-    ceiling = min(high, low * 2 ** (conflicts - 1))
-    return random.uniform(low / 2, ceiling)
+    return random.uniform(low, min(high, low * 2 ** conflicts))
 
 
 def _size_bytes(value: Any) -> int:

@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from job_manager.model import JobStatus
-from job_manager.stores import Deposed, Fence
+from job_manager.stores import Deposed, Fence, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
 from leadership.lease import LeaseRecord
@@ -43,12 +43,18 @@ class ConflictingDynamoDb:
         self.conflicts = 0  # requests refused for a conflict
         self.landed: Counter[str] = Counter()  # item keys written by a transaction that landed
         self.sizes: list[int] = []  # actions in each transaction sent
+        self.throttle_next = False  # the next transaction fails as throttled past retries
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def transact_write_items(self, **request: Any) -> Any:
         keys = [_key(next(iter(item.values()))) for item in request["TransactItems"]]
+        if self.throttle_next:
+            self.throttle_next = False
+            raise ClientError({"Error": {"Code": "ThrottlingException",
+                                         "Message": "Rate of requests exceeds the allowed"}},
+                              "TransactWriteItems")
         with self._lock:
             if any(self._in_flight[key] for key in keys):
                 self.conflicts += 1
@@ -249,4 +255,31 @@ async def test_a_batch_stays_within_dynamodbs_limits(
     await asyncio.gather(*(leader.store.create(job, FENCE) for job in bulky))
     assert max(dynamodb.sizes[sent:]) <= 1 + 2_000_000 // len(BULKY_SETTINGS)
     for job in [*many, *bulky]:
+        assert await leader.store.get(job.job_id) is not None
+
+
+async def test_in_a_batch_a_taken_key_is_refused_alone(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    first = replace(record(), idempotency_key="k")
+    await leader.store.create(first, FENCE)
+    again = replace(record(), idempotency_key="k")  # the same owner's key, a second job
+    others = [record() for _ in range(3)]
+    outcomes = await asyncio.gather(*(leader.store.create(job, FENCE)
+                                      for job in [others[0], again, *others[1:]]),
+                                    return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [type(None), KeyTaken, *[type(None)] * 2]
+    assert await leader.store.get(again.job_id) is None
+    for job in others:
+        assert await leader.store.get(job.job_id) is not None
+
+
+async def test_a_batch_that_fails_otherwise_fails_each_write_in_it(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(4)]
+    dynamodb.throttle_next = True
+    outcomes = await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs),
+                                    return_exceptions=True)
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes), outcomes
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))  # then they land
+    for job in jobs:
         assert await leader.store.get(job.job_id) is not None
