@@ -58,7 +58,6 @@ class FencedCommits:
         self._monotonic = monotonic
         self._pending: list[FencedWrite] = []
         self._committer: asyncio.Task[None] | None = None
-        self.transactions = 0  # TransactWriteItems sent, for tests and benchmarks
 
     async def write(self, fence: Fence, actions: list[dict[str, Any]], keys: frozenset[str],
                     settle: Settle) -> object:
@@ -91,9 +90,11 @@ class FencedCommits:
             conflicts = 0
             if isinstance(outcome, ClientError):
                 self._sort_out(batch, outcome)
-                continue
-            for write in batch:
-                _answer(write, outcome if outcome is not None else _settled(write, None))
+            elif outcome is not None:
+                _answer_each(batch, outcome)
+            else:
+                for write in batch:
+                    _answer(write, _settled(write, None))
 
     def _next_batch(self) -> list[FencedWrite]:
         """The oldest write and those after it that fit its transaction; the rest wait.
@@ -137,7 +138,6 @@ class FencedCommits:
                 raise
             return None
 
-        self.transactions += 1
         try:
             async with self._gate:
                 return await self._calls.run(transact)
@@ -163,14 +163,12 @@ class FencedCommits:
         """Each write's outcome from a cancelled transaction's reasons (one per action,
         the lease check first); writes cancelled only by another's go in the next one."""
         reasons = cancellation_reasons(error)
+        failure = StoreError(f"dynamodb-jobs: {_error_code(error)}: {error}")
         if len(reasons) != 1 + sum(len(write.actions) for write in batch):
-            failure = StoreError(f"dynamodb-jobs: {_error_code(error)}: {error}")
-            for write in batch:
-                _answer(write, failure)
+            _answer_each(batch, failure)
             return
         if _code(reasons[0]) == "ConditionalCheckFailed":
-            for write in batch:
-                _answer(write, Deposed(write.fence))
+            _answer_each(batch, Deposed(batch[0].fence))
             return
         again, at = [], 1
         for write in batch:
@@ -181,9 +179,7 @@ class FencedCommits:
             else:
                 _answer(write, _settled(write, own))
         if len(again) == len(batch):  # cancelled, and no action says why
-            failure = StoreError(f"dynamodb-jobs: {_error_code(error)}: {error}")
-            for write in batch:
-                _answer(write, failure)
+            _answer_each(batch, failure)
             return
         self._pending[:0] = again
 
@@ -223,6 +219,11 @@ def _answer(write: FencedWrite, outcome: object) -> None:
         write.answer.set_exception(outcome)
     else:
         write.answer.set_result(outcome)
+
+
+def _answer_each(batch: list[FencedWrite], outcome: BaseException) -> None:
+    for write in batch:
+        _answer(write, outcome)
 
 
 def _conflicted(error: ClientError) -> bool:
