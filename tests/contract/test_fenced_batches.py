@@ -15,18 +15,23 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from common.clock import SystemClock
 from job_manager.model import JobStatus
 from job_manager.stores import Deposed, Fence, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from job_manager.stores.unreadable import UnreadableRecords
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
-from leadership.lease import LeaseRecord
+from leadership.lease import LeaseRecord, LeaseTable
+from scheduler import aws
+from scheduler.config import AwsConfig
 from tests.contract.test_job_store_contract import BULKY_SETTINGS, finished, record, running
-from tests.helpers import aws_client
+from tests.helpers import AwsNames, aws_client, aws_config
 
 TRANSACTION_S = 0.005  # how long a transaction holds its items here: long enough to overlap
 
@@ -191,27 +196,60 @@ async def test_a_batch_under_a_moved_lease_is_deposed_entirely(
 
 async def test_lease_renewals_never_fail_under_sustained_fenced_writes(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    await renew_while_writing(leader.leases, leader.store)
+    assert dynamodb.conflicts == 0
+
+
+async def test_the_aws_stack_gives_the_lease_and_the_jobs_one_gate(
+        aws_names: AwsNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrapped: list[ConflictingDynamoDb] = []
+    connect = aws._clients
+
+    def clients(config: AwsConfig) -> tuple[Any, Any, Any]:
+        ssm, dynamodb, s3 = connect(config)
+        wrapped.append(ConflictingDynamoDb(dynamodb))
+        return ssm, wrapped[-1], s3
+
+    monkeypatch.setattr(aws, "_clients", clients)
+    config = aws_config(aws_names, "127.0.0.1:1").aws
+    assert config is not None
+    stack = await aws.aws_stack(config, SystemClock(), timedelta(hours=24), UnreadableRecords())
+    assert stack.lease_table is not None
+    assert await stack.lease_table.create(LeaseRecord("a", 1, "v0"))
+    try:
+        assert isinstance(stack.jobs, DynamoDbJobStore)
+        await renew_while_writing(stack.lease_table, stack.jobs)
+    finally:
+        await stack.close()
+    assert wrapped[0].conflicts == 0
+
+
+async def renew_while_writing(leases: LeaseTable, store: DynamoDbJobStore) -> None:
+    """Renew the lease 40 times while eight writers create and hand out jobs; every
+    renewal must land (a refused one raises LeaseUnreachable)."""
     stop = asyncio.Event()
 
     async def write_jobs() -> int:
         written = 0
         while not stop.is_set():
             job = record()
-            await leader.store.create(job, FENCE)
-            assert await leader.store.transition(job, running(job), FENCE)
+            await store.create(job, FENCE)
+            assert await store.transition(job, running(job), FENCE)
             written += 1
         return written
 
     writers = [asyncio.create_task(write_jobs()) for _ in range(8)]
     version = "v0"
-    for renewal in range(1, 41):
-        renewed = LeaseRecord("a", 1, f"v{renewal}")
-        assert await leader.leases.replace(renewed, version)  # raises LeaseUnreachable if not
-        version = renewed.version
-        await asyncio.sleep(0.01)
-    stop.set()
-    assert sum(await asyncio.gather(*writers)) > 40
-    assert dynamodb.conflicts == 0
+    try:
+        for renewal in range(1, 41):
+            renewed = LeaseRecord("a", 1, f"v{renewal}")
+            assert await leases.replace(renewed, version)
+            version = renewed.version
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        written = sum(await asyncio.gather(*writers))
+    assert written > 40
 
 
 async def test_conflicts_with_another_process_are_retried(
