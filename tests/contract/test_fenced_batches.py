@@ -27,7 +27,7 @@ from job_manager.stores import Deposed, Fence, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.unreadable import UnreadableRecords
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
-from leadership.lease import LeaseRecord, LeaseTable
+from leadership.lease import LeaseRecord, LeaseTable, LeaseUnreachable
 from scheduler import aws
 from scheduler.config import AwsConfig
 from tests.contract.test_job_store_contract import BULKY_SETTINGS, finished, record, running
@@ -321,3 +321,33 @@ async def test_a_batch_that_fails_otherwise_fails_each_write_in_it(
     await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))  # then they land
     for job in jobs:
         assert await leader.store.get(job.job_id) is not None
+
+
+class BusyLeaseItem:
+    """A client whose next ``busy`` puts find the item in another process's transaction."""
+
+    def __init__(self, client: Any, busy: int) -> None:
+        self._client = client
+        self.busy = busy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **request: Any) -> Any:
+        if self.busy:
+            self.busy -= 1
+            raise ClientError({"Error": {"Code": "TransactionConflictException",
+                                         "Message": "Transaction is ongoing for the item"}},
+                              "PutItem")
+        return self._client.put_item(**request)
+
+
+async def test_a_lease_write_retries_another_process_transaction_twice(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    busy = BusyLeaseItem(dynamodb, busy=2)
+    leases = DynamoDbLeaseTable(busy, leader.table)
+    assert await leases.replace(LeaseRecord("a", 1, "v1"), "v0")
+    busy.busy = 3
+    with pytest.raises(LeaseUnreachable):
+        await leases.replace(LeaseRecord("a", 1, "v2"), "v1")
+    assert (await leases.read()) == LeaseRecord("a", 1, "v1")
