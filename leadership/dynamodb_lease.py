@@ -8,8 +8,10 @@ transaction's condition (job_manager/stores/dynamodb_job_store.py).
 DynamoDB refuses a PutItem on an item that a transaction in flight includes
 (TransactionConflictException). So the lease's writes take the gate the job store's
 fenced transactions take in this process, and retry a conflict with another process's
-transaction a few times at once (docs/replicas.md, "Fence").
+transaction up to twice within the call (docs/replicas.md, "One fenced transaction at a
+time").
 """
+
 from __future__ import annotations
 
 import asyncio
