@@ -4,11 +4,18 @@ The item's key is ``scheduler-lease``: never a job id (a UUID), never an idempot
 claim. It has no ``status`` (the status index never sees it) and no ``job_expiry`` (the
 table's TTL never removes it). Job writes that must be fenced name this item in their
 transaction's condition (job_manager/stores/dynamodb_job_store.py).
+
+DynamoDB refuses a PutItem on an item that a transaction in flight includes
+(TransactionConflictException). So the lease's writes take the gate the job store's
+fenced transactions take in this process, and retry a conflict with another process's
+transaction up to twice within the call (docs/replicas.md, "One fenced transaction at a
+time").
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,15 +23,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from leadership.lease import LeaseRecord, LeaseUnreachable
 
 LEASE_KEY = "scheduler-lease"
+_PUT_ATTEMPTS = 3
+_CONFLICT_WAIT_S = (0.005, 0.02)
 
 
 class DynamoDbLeaseTable:
     """LeaseTable on the jobs table: conditional puts of one item."""
 
-    def __init__(self, client: Any, table_name: str, key: str = LEASE_KEY) -> None:
+    def __init__(self, client: Any, table_name: str, key: str = LEASE_KEY,
+                 gate: asyncio.Lock | None = None) -> None:
+        """``gate``: the lock the job store's fenced transactions take (scheduler/aws.py)."""
         self._client = client
         self._table = table_name
         self._key = key
+        self._gate = asyncio.Lock() if gate is None else gate
 
     async def read(self) -> LeaseRecord | None:
         answer = await self._call(self._client.get_item, TableName=self._table,
@@ -63,19 +75,30 @@ class DynamoDbLeaseTable:
                                    "ConditionExpression": condition}
         if values:
             request["ExpressionAttributeValues"] = values
-        try:
-            await self._call(self._client.put_item, **request)
-        except _ConditionFailed:
-            return False
-        return True
+        async with self._gate:
+            for attempt in range(_PUT_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(random.uniform(*_CONFLICT_WAIT_S))
+                try:
+                    await self._call(self._client.put_item, **request)
+                    return True
+                except _ConditionFailed:
+                    return False
+                except _Conflict:
+                    continue  # another process's transaction held the item: it did not land
+        raise LeaseUnreachable(f"the lease item was in other transactions "
+                               f"{_PUT_ATTEMPTS} times in a row")
 
     async def _call(self, operation: Any, **request: Any) -> Any:
         def call() -> Any:
             try:
                 return operation(**request)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "ConditionalCheckFailedException":
                     raise _ConditionFailed from None
+                if code == "TransactionConflictException":
+                    raise _Conflict from None
                 raise
 
         try:
@@ -86,3 +109,7 @@ class DynamoDbLeaseTable:
 
 class _ConditionFailed(Exception):
     """The write's condition did not hold: the lease is not as expected."""
+
+
+class _Conflict(Exception):
+    """The item was part of a transaction in flight: the write did not happen."""

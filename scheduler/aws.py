@@ -78,13 +78,17 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
         secret = await asyncio.to_thread(_parameter, ssm, aws.execution_secret_parameter,
                                          "--execution-secret-parameter")
     await asyncio.to_thread(_check_reachable, dynamodb, table, aws.status_index, s3, bucket)
+    # The lease's writes and the fenced job transactions name the same item, which
+    # DynamoDB lets only one of them hold at a time: they take turns (docs/replicas.md).
+    lease_item = asyncio.Lock()
     return Stack(
         execution_secret=secret,
         jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window,
-                              status_index=aws.status_index, unreadable=unreadable),
+                              status_index=aws.status_index, unreadable=unreadable,
+                              gate=lease_item),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
-        lease_table=DynamoDbLeaseTable(dynamodb, table),
+        lease_table=DynamoDbLeaseTable(dynamodb, table, gate=lease_item),
     )
 
 

@@ -14,6 +14,7 @@ no ``status`` (the status index never sees them) and expire through ``job_expiry
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from job_manager.stores.errors import (
     RecordUnreadable,
     StoreError,
 )
-from job_manager.stores.fence import Deposed, Fence
+from job_manager.stores.fence import Fence
+from job_manager.stores.fenced_commits import FencedCommits, cancellation_reasons
 from job_manager.stores.original_format import (
     ORIGINAL_FORMAT,
     decode_original,
@@ -60,7 +62,10 @@ def _conditional_failure(exc: ClientError) -> bool:
 
 def _cancelled_by_condition(exc: ClientError, index: int) -> bool:
     """Whether a cancelled transaction's ``index``-th item failed its condition."""
-    reasons = exc.response.get("CancellationReasons") or []
+    return _failed_condition(cancellation_reasons(exc), index)
+
+
+def _failed_condition(reasons: list[dict[str, Any]], index: int) -> bool:
     return len(reasons) > index and reasons[index].get("Code") == "ConditionalCheckFailed"
 
 
@@ -110,7 +115,10 @@ class DynamoDbJobStore:
         key_window: timedelta = timedelta(hours=24),
         status_index: str = STATUS_INDEX,
         unreadable: UnreadableRecords | None = None,
+        gate: asyncio.Lock | None = None,
     ) -> None:
+        """``gate``: the lock the lease's writes take too (scheduler/aws.py), so they never
+        race a fenced transaction of this process."""
         self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._client = client
         self._table = table_name
@@ -118,6 +126,10 @@ class DynamoDbJobStore:
         self._retention = retention
         self._key_window = key_window
         self._calls = BlockingCalls("dynamodb-jobs", max_workers, (ClientError, BotoCoreError))
+        # Fenced writes go through one committer, batched: DynamoDB cancels transactions that
+        # name one item side by side (docs/replicas.md, "One fenced transaction at a time").
+        self._fenced = FencedCommits(client, table_name, self._calls,
+                                     asyncio.Lock() if gate is None else gate)
 
     def _row(self, record: JobRecord) -> codec.Row:
         """The item's attributes before serialization: the codec's row and the TTL."""
@@ -159,32 +171,29 @@ class DynamoDbJobStore:
                     raise StoreError(f"job {record.job_id} already exists") from None
                 raise
 
+        def refused(reasons: list[dict[str, Any]] | None) -> None:
+            # [the key's claim], the job: each may fail its condition.
+            if reasons is None:
+                return
+            if claim and _failed_condition(reasons, 0):
+                raise KeyTaken(record.idempotency_key)
+            if _failed_condition(reasons, len(claim)):
+                raise StoreError(f"job {record.job_id} already exists")
+
         def put_in_transaction() -> None:
-            # [fence check], [the key's claim], the job: each may fail its condition.
-            checks = [self._fence_check(fence)] if fence is not None else []
             try:
-                self._client.transact_write_items(
-                    TransactItems=[*checks, *claim, {"Put": new_job}])
+                self._client.transact_write_items(TransactItems=[*claim, {"Put": new_job}])
             except ClientError as exc:
-                if fence is not None and _cancelled_by_condition(exc, 0):
-                    raise Deposed(fence) from None
-                if claim and _cancelled_by_condition(exc, len(checks)):
-                    raise KeyTaken(record.idempotency_key) from None
-                if _cancelled_by_condition(exc, len(checks) + len(claim)):
-                    raise StoreError(f"job {record.job_id} already exists") from None
+                if _cancelled_by_condition(exc, 0) or _cancelled_by_condition(exc, len(claim)):
+                    refused(cancellation_reasons(exc))
                 raise
 
-        await self._calls.run(put_in_transaction if claim or fence is not None else put)
-
-    def _fence_check(self, fence: Fence) -> dict[str, Any]:
-        """The transaction item that holds a write to the lease still naming its leader."""
-        return {"ConditionCheck": {
-            "TableName": self._table,
-            "Key": {"job_id": {"S": fence.item_key}},
-            "ConditionExpression": "holder = :holder AND epoch = :epoch",
-            "ExpressionAttributeValues": {":holder": {"S": fence.holder},
-                                          ":epoch": {"N": str(fence.epoch)}},
-        }}
+        if fence is not None:
+            keys = frozenset(item["Put"]["Item"]["job_id"]["S"]
+                             for item in [*claim, {"Put": new_job}])
+            await self._fenced.write(fence, [*claim, {"Put": new_job}], keys, refused)
+            return
+        await self._calls.run(put_in_transaction if claim else put)
 
     def _claim(self, record: JobRecord) -> dict[str, Any]:
         """The conditional put of a keyed record's claim: free, or past its window."""
@@ -228,20 +237,14 @@ class DynamoDbJobStore:
 
             return await self._calls.run(write_alone)
 
-        def write_fenced() -> bool:
-            try:
-                self._client.transact_write_items(
-                    TransactItems=[self._fence_check(fence), {kind: write}])
-            except ClientError as exc:
-                if _cancelled_by_condition(exc, 0):
-                    raise Deposed(fence) from None
-                if _cancelled_by_condition(exc, 1):
-                    reason = exc.response["CancellationReasons"][1]
-                    return _refused(before.job_id, reason.get("Item"), written)
-                raise
-            return True
+        def outcome(reasons: list[dict[str, Any]] | None) -> bool:
+            if reasons is None:
+                return True
+            return _refused(before.job_id, reasons[0].get("Item"), written)
 
-        return await self._calls.run(write_fenced)
+        landed = await self._fenced.write(fence, [{kind: write}],
+                                          frozenset([before.job_id]), outcome)
+        return bool(landed)
 
     def _change(self, before: JobRecord,
                 after: JobRecord) -> tuple[str, dict[str, Any], Written]:
@@ -385,6 +388,7 @@ class DynamoDbJobStore:
         return await self.get(claim["claimed_job_id"]["S"]) if claim else None
 
     async def close(self) -> None:
+        await self._fenced.drain()
         self._calls.close()
 
     # --- taking over from the original, and the way back (docs/migrating.md) -------------

@@ -1,0 +1,353 @@
+"""Fenced writes on a DynamoDB that has transaction conflicts (moto, wrapped).
+
+Real DynamoDB cancels a transaction that includes an item another transaction in flight
+includes, and refuses a PutItem or UpdateItem on such an item; moto runs one request at
+a time and never does. ConflictingDynamoDb adds that to moto, so these tests see what
+production sees: every fenced write names the lease item (docs/replicas.md, "Fence").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from common.clock import SystemClock
+from job_manager.model import JobStatus
+from job_manager.stores import Deposed, Fence, KeyTaken, StoreError
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from job_manager.stores.unreadable import UnreadableRecords
+from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
+from leadership.lease import LeaseRecord, LeaseTable, LeaseUnreachable
+from scheduler import aws
+from scheduler.config import AwsConfig
+from tests.contract.test_job_store_contract import BULKY_SETTINGS, finished, record, running
+from tests.helpers import AwsNames, aws_client, aws_config
+
+TRANSACTION_S = 0.005  # how long a transaction holds its items here: long enough to overlap
+
+
+class ConflictingDynamoDb:
+    """A DynamoDB client that refuses, as DynamoDB does, a write on an item that a
+    transaction in flight includes; every other call goes to the client it wraps."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()  # item keys of transactions under way
+        self.transactions = 0  # TransactWriteItems calls that reached the table
+        self.conflicts = 0  # requests refused for a conflict
+        self.landed: Counter[str] = Counter()  # item keys written by a transaction that landed
+        self.sizes: list[int] = []  # actions in each transaction sent
+        self.throttle_next = False  # the next transaction fails as throttled past retries
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        keys = [_key(next(iter(item.values()))) for item in request["TransactItems"]]
+        if self.throttle_next:
+            self.throttle_next = False
+            raise ClientError({"Error": {"Code": "ThrottlingException",
+                                         "Message": "Rate of requests exceeds the allowed"}},
+                              "TransactWriteItems")
+        with self._lock:
+            if any(self._in_flight[key] for key in keys):
+                self.conflicts += 1
+                raise _cancelled(["TransactionConflict" if self._in_flight[key] else "None"
+                                  for key in keys])
+            self._in_flight.update(keys)
+            self.transactions += 1
+            self.sizes.append(len(keys))
+        try:
+            time.sleep(TRANSACTION_S)
+            answer = self._client.transact_write_items(**request)
+            self.landed.update(key for key in keys if key != LEASE_KEY)
+            return answer
+        finally:
+            with self._lock:
+                self._in_flight.subtract(keys)
+
+    def put_item(self, **request: Any) -> Any:
+        self._refuse_if_in_flight(_key(request), "PutItem")
+        return self._client.put_item(**request)
+
+    def update_item(self, **request: Any) -> Any:
+        self._refuse_if_in_flight(_key(request), "UpdateItem")
+        return self._client.update_item(**request)
+
+    def _refuse_if_in_flight(self, key: str, operation: str) -> None:
+        with self._lock:
+            if self._in_flight[key]:
+                self.conflicts += 1
+                raise ClientError({"Error": {
+                    "Code": "TransactionConflictException",
+                    "Message": "Transaction is ongoing for the item"}}, operation)
+
+
+def _key(action: dict[str, Any]) -> str:
+    return str((action.get("Key") or action["Item"])["job_id"]["S"])
+
+
+def _cancelled(codes: list[str]) -> ClientError:
+    """TransactionCanceledException as DynamoDB answers it: one reason per action."""
+    reasons = [{"Code": code} if code == "None"
+               else {"Code": code, "Message": "Transaction is ongoing for the item"}
+               for code in codes]
+    message = ("Transaction cancelled, please refer cancellation reasons for specific "
+               f"reasons [{', '.join(codes)}]")
+    response: Any = {"Error": {"Code": "TransactionCanceledException", "Message": message},
+                     "CancellationReasons": reasons}
+    return ClientError(response, "TransactWriteItems")
+
+
+class Replica:
+    """One process's view of the table: the wrapped client, the lease table and the job
+    store sharing one gate, as scheduler/aws.py builds them."""
+
+    def __init__(self, dynamodb: ConflictingDynamoDb, table: str) -> None:
+        self.table = table
+        gate = asyncio.Lock()
+        self.leases = DynamoDbLeaseTable(dynamodb, table, gate=gate)
+        self.store = DynamoDbJobStore(dynamodb, table, gate=gate)
+
+
+@pytest.fixture
+def dynamodb(moto_endpoint: str) -> ConflictingDynamoDb:
+    return ConflictingDynamoDb(aws_client("dynamodb", moto_endpoint))
+
+
+@pytest.fixture
+async def leader(dynamodb: ConflictingDynamoDb) -> AsyncIterator[Replica]:
+    table = f"jobs-{uuid.uuid4().hex[:12]}"
+    create_table(dynamodb, table)
+    replica = Replica(dynamodb, table)
+    assert await replica.leases.create(LeaseRecord("a", 1, "v0"))
+    yield replica
+    await replica.store.close()
+
+
+FENCE = Fence(LEASE_KEY, "a", 1)
+
+
+async def test_concurrent_fenced_writes_land_once_each_in_fewer_transactions(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(50)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    assert dynamodb.transactions < len(jobs)
+    created = dynamodb.transactions
+    landed = await asyncio.gather(
+        *(leader.store.transition(job, running(job), FENCE) for job in jobs))
+    assert landed == [True] * len(jobs)
+    assert dynamodb.transactions - created < len(jobs)
+    assert dynamodb.conflicts == 0  # one transaction at a time: none cancelled another
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None and stored.status is JobStatus.RUNNING
+        assert dynamodb.landed[job.job_id] == 2  # created once, handed out once
+
+
+async def test_in_a_batch_a_refused_transition_is_refused_alone(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(5)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    stale = running(jobs[2])  # the store holds it QUEUED: this finish is refused
+    changes = [(stale, finished(stale)) if job is jobs[2] else (job, running(job))
+               for job in jobs]
+    sent = dynamodb.transactions
+    landed = await asyncio.gather(*(
+        leader.store.transition(before, after, FENCE) for before, after in changes))
+    assert landed == [True, True, False, True, True]
+    assert dynamodb.transactions - sent == 2  # the batch, then the four again
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None
+        assert stored.status is (JobStatus.QUEUED if job is jobs[2] else JobStatus.RUNNING)
+
+
+async def test_a_batch_under_a_moved_lease_is_deposed_entirely(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(3)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    assert await leader.leases.replace(LeaseRecord("b", 2, "v1"), "v0")  # b took over
+    new = [record(), replace(record(), idempotency_key="k")]
+    writes = [*(leader.store.transition(job, running(job), FENCE) for job in jobs),
+              *(leader.store.create(job, FENCE) for job in new)]
+    sent = dynamodb.transactions
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(outcome, Deposed) for outcome in outcomes), outcomes
+    assert dynamodb.transactions - sent == 1
+    for job in jobs:
+        stored = await leader.store.get(job.job_id)
+        assert stored is not None and stored.status is JobStatus.QUEUED
+    for job in new:
+        assert await leader.store.get(job.job_id) is None
+    assert await leader.store.find_by_idempotency_key(new[1].owner_fingerprint, "k") is None
+
+
+async def test_lease_renewals_never_fail_under_sustained_fenced_writes(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    await renew_while_writing(leader.leases, leader.store)
+    assert dynamodb.conflicts == 0
+
+
+async def test_the_aws_stack_gives_the_lease_and_the_jobs_one_gate(
+        aws_names: AwsNames, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrapped: list[ConflictingDynamoDb] = []
+    connect = aws._clients
+
+    def clients(config: AwsConfig) -> tuple[Any, Any, Any]:
+        ssm, dynamodb, s3 = connect(config)
+        wrapped.append(ConflictingDynamoDb(dynamodb))
+        return ssm, wrapped[-1], s3
+
+    monkeypatch.setattr(aws, "_clients", clients)
+    config = aws_config(aws_names, "127.0.0.1:1").aws
+    assert config is not None
+    stack = await aws.aws_stack(config, SystemClock(), timedelta(hours=24), UnreadableRecords())
+    assert stack.lease_table is not None
+    assert await stack.lease_table.create(LeaseRecord("a", 1, "v0"))
+    try:
+        assert isinstance(stack.jobs, DynamoDbJobStore)
+        await renew_while_writing(stack.lease_table, stack.jobs)
+    finally:
+        await stack.close()
+    assert wrapped[0].conflicts == 0
+
+
+async def renew_while_writing(leases: LeaseTable, store: DynamoDbJobStore) -> None:
+    """Renew the lease 40 times while eight writers create and hand out jobs; every
+    renewal must land (a refused one raises LeaseUnreachable)."""
+    stop = asyncio.Event()
+
+    async def write_jobs() -> int:
+        written = 0
+        while not stop.is_set():
+            job = record()
+            await store.create(job, FENCE)
+            assert await store.transition(job, running(job), FENCE)
+            written += 1
+        return written
+
+    writers = [asyncio.create_task(write_jobs()) for _ in range(8)]
+    version = "v0"
+    try:
+        for renewal in range(1, 41):
+            renewed = LeaseRecord("a", 1, f"v{renewal}")
+            assert await leases.replace(renewed, version)
+            version = renewed.version
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        written = sum(await asyncio.gather(*writers))
+    assert written > 40
+
+
+async def test_conflicts_with_another_process_are_retried(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # Another process whose transactions name the lease item too (its own gate): the two
+    # committers cancel each other's transactions, and each tries again until it lands.
+    other = Replica(dynamodb, leader.table).store
+    jobs = [record() for _ in range(60)]
+    for start in range(0, len(jobs), 20):  # rounds of ten each, side by side
+        await asyncio.gather(*(store.create(job, FENCE) for job, store in
+                               zip(jobs[start:start + 20], [leader.store, other] * 10,
+                                   strict=True)))
+    assert dynamodb.conflicts > 0
+    for job in jobs:
+        assert await leader.store.get(job.job_id) is not None
+        assert dynamodb.landed[job.job_id] == 1
+    await other.close()
+
+
+async def test_two_writes_to_one_job_take_two_transactions_in_order(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # One transaction may not hold two actions on one item: the second waits for the next.
+    job = record()
+    await leader.store.create(job, FENCE)
+    run = running(job)
+    landed = await asyncio.gather(leader.store.transition(job, run, FENCE),
+                                  leader.store.transition(run, finished(run), FENCE))
+    assert list(landed) == [True, True]
+    stored = await leader.store.get(job.job_id)
+    assert stored is not None and stored.status is JobStatus.COMPLETED
+
+
+async def test_a_batch_stays_within_dynamodbs_limits(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    # 100 actions to a transaction, the lease check among them; 4 MB in all (kept to 2).
+    many = [replace(record(), idempotency_key=f"k{i}") for i in range(60)]  # 2 actions each
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in many))
+    assert max(dynamodb.sizes) <= 100 and len(dynamodb.sizes) >= 2
+    sent = len(dynamodb.sizes)
+    bulky = [record(settings=BULKY_SETTINGS) for _ in range(12)]  # 256 kB each
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in bulky))
+    assert max(dynamodb.sizes[sent:]) <= 1 + 2_000_000 // len(BULKY_SETTINGS)
+    for job in [*many, *bulky]:
+        assert await leader.store.get(job.job_id) is not None
+
+
+async def test_in_a_batch_a_taken_key_is_refused_alone(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    first = replace(record(), idempotency_key="k")
+    await leader.store.create(first, FENCE)
+    again = replace(record(), idempotency_key="k")  # the same owner's key, a second job
+    others = [record() for _ in range(3)]
+    outcomes = await asyncio.gather(*(leader.store.create(job, FENCE)
+                                      for job in [others[0], again, *others[1:]]),
+                                    return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [type(None), KeyTaken, *[type(None)] * 2]
+    assert await leader.store.get(again.job_id) is None
+    for job in others:
+        assert await leader.store.get(job.job_id) is not None
+
+
+async def test_a_batch_that_fails_otherwise_fails_each_write_in_it(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(4)]
+    dynamodb.throttle_next = True
+    outcomes = await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs),
+                                    return_exceptions=True)
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes), outcomes
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))  # then they land
+    for job in jobs:
+        assert await leader.store.get(job.job_id) is not None
+
+
+class BusyLeaseItem:
+    """A client whose next ``busy`` puts find the item in another process's transaction."""
+
+    def __init__(self, client: Any, busy: int) -> None:
+        self._client = client
+        self.busy = busy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **request: Any) -> Any:
+        if self.busy:
+            self.busy -= 1
+            raise ClientError({"Error": {"Code": "TransactionConflictException",
+                                         "Message": "Transaction is ongoing for the item"}},
+                              "PutItem")
+        return self._client.put_item(**request)
+
+
+async def test_a_lease_write_retries_another_process_transaction_twice(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    busy = BusyLeaseItem(dynamodb, busy=2)
+    leases = DynamoDbLeaseTable(busy, leader.table)
+    assert await leases.replace(LeaseRecord("a", 1, "v1"), "v0")
+    busy.busy = 3
+    with pytest.raises(LeaseUnreachable):
+        await leases.replace(LeaseRecord("a", 1, "v2"), "v1")
+    assert (await leases.read()) == LeaseRecord("a", 1, "v1")
