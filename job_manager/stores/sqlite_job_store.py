@@ -12,7 +12,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
@@ -49,6 +49,57 @@ Write = Callable[[sqlite3.Connection], object]
 RECOVERY_MMAP_BYTES = 4 * 1024**3  # at most; SQLite maps no more than the file holds
 
 
+def _typed(name: str, *types: str, absent: str | None = None) -> str:
+    """Whether the record's field holds a JSON value of one of ``types`` (when it is
+    not there: whether ``absent`` is one)."""
+    kind = f"json_type(record, '$.{name}')"
+    if absent is not None:
+        kind = f"coalesce({kind}, '{absent}')"
+    return f"{kind} IN ({', '.join(repr(name) for name in types)})"
+
+
+# Whether a record has a plain one's shape (docs/design.md, "A queued job in memory"),
+# decided by SQLite: valid JSON, no field beyond the plain ones (codec.PLAIN_FIELDS),
+# each of the JSON type this code writes, its own job id. Its values are then read out
+# as JSON (the numbers and strings json.loads gives), and the rest of
+# codec.decode_lean's test is made on them (_lean_of). Any other record is read whole
+# and goes through codec.decode_lean and codec.decode, as before.
+_PLAIN_SHAPE = (
+    "CASE WHEN NOT json_valid(record) THEN 0 WHEN "
+    + " AND ".join([
+        "json_remove(record, " + ", ".join(f"'$.{name}'" for name in
+                                           sorted(codec.PLAIN_FIELDS)) + ") = '{}'",
+        "json_extract(record, '$.job_id') = job_id",
+        *(_typed(name, "text") for name in (
+            "backend", "owner_name", "owner_fingerprint", "role", "settings",
+            "submitted_at", "queued_at")),
+        _typed("sdk_version", "text", absent="text"),
+        _typed("save_job", "true", "false", absent="false"),
+        *(_typed(name, "integer") for name in ("timeout_ms", "input_size_bytes")),
+        *(_typed(name, "integer", absent="integer") for name in (
+            "format_version", "result_raw_size_bytes", "result_encoded_size_bytes")),
+    ])
+    + " THEN 1 ELSE 0 END"
+)
+# The fields read out of a plain-shaped record, as one JSON array (null: not there).
+_PLAIN_VALUES = ("backend", "owner_name", "owner_fingerprint", "role", "save_job", "settings",
+                 "timeout_ms", "input_size_bytes", "queued_at", "submitted_at",
+                 "format_version", "result_raw_size_bytes", "result_encoded_size_bytes")
+# A recovery's page of QUEUED rows as one row: its last job id, its size, the
+# plain-shaped records' values as one JSON text ([job_id, sdk_version, [values]] each),
+# and the ids of the others. SQLite builds it in one step with the GIL released, so the
+# page is read while the event loop queues the one before; a row at a time took the GIL
+# back for every row, each time waiting for the loop to let it go (list_queued).
+_QUEUED_PAGE = (
+    "SELECT max(job_id), count(*), json_group_array(json_array(job_id, "
+    "coalesce(json_extract(record, '$.sdk_version'), ''), json_extract(record, "
+    + ", ".join(f"'$.{name}'" for name in _PLAIN_VALUES)
+    + "))) FILTER (WHERE plain), json_group_array(job_id) FILTER (WHERE NOT plain) "
+    f"FROM (SELECT job_id, record, {_PLAIN_SHAPE} AS plain FROM jobs "
+    "WHERE status = :status AND job_id > :after ORDER BY job_id LIMIT :size)"
+)
+
+
 class SqliteJobStore:
     """One connection, used from one thread: SQLite serializes writes anyway.
 
@@ -59,10 +110,14 @@ class SqliteJobStore:
 
     def __init__(self, path: Path, page_size: int = 500,
                  key_window: timedelta = timedelta(hours=24),
-                 unreadable: UnreadableRecords | None = None) -> None:
+                 unreadable: UnreadableRecords | None = None,
+                 queued_page_size: int = 5000) -> None:
         self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._path = path
         self._page_size = page_size
+        # A recovery's pages are larger: each costs the reader thread two waits for the
+        # GIL while the event loop queues the page before (list_queued).
+        self._queued_page_size = queued_page_size
         self._key_window = key_window
         self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
         self._conn: sqlite3.Connection | None = None
@@ -257,19 +312,28 @@ class SqliteJobStore:
 
     async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
         """Every QUEUED record; a plain one as a QueuedRow, no JobRecord built for it
-        (docs/design.md, "A queued job in memory"). The next page is read while this
-        one is used. The file is memory-mapped meanwhile: a recovery reads every queued
+        (docs/design.md, "A queued job in memory"). SQLite reads the plain records'
+        values out of them (_QUEUED_PAGE) while the page before is used; the others are
+        read whole. The file is memory-mapped meanwhile: a recovery reads every queued
         row in job id order, scattered over the file, and a read() per page of it costs
         about a sixth of a million jobs' recovery; the mapping ends with the reading."""
         await self._calls.run(self._map, RECOVERY_MMAP_BYTES)
+        reading = self._calls.start(self._queued_page, "")
         try:
-            reading = asyncio.ensure_future(self._calls.run(self._page, JobStatus.QUEUED, ""))
             while True:
-                page = await reading
-                if len(page) == self._page_size:
-                    reading = asyncio.ensure_future(
-                        self._calls.run(self._page, JobStatus.QUEUED, page[-1][0]))
-                for job_id, text in page:
+                last, count, plain, others = await reading
+                if count == self._queued_page_size:
+                    reading = self._calls.start(self._queued_page, last)
+                again = []
+                for job_id, sdk_version, values in json.loads(plain):
+                    lean = _lean_of(job_id, sdk_version, values)
+                    if lean is None:
+                        again.append(job_id)
+                    else:
+                        yield lean
+                if again:
+                    others += await self._calls.run(self._records, again)
+                for job_id, text in others:
                     try:
                         lean = codec.decode_lean(json.loads(text))
                     except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
@@ -278,10 +342,26 @@ class SqliteJobStore:
                         yield lean or self._record(job_id, text)
                     except RecordUnreadable:
                         continue  # reported; the others are served
-                if len(page) < self._page_size:
+                if count < self._queued_page_size:
                     return
         finally:
+            reading.cancel()  # a reading left (the caller stopped early) is not awaited
             await self._calls.run(self._map, 0)
+
+    def _queued_page(self, after: str) -> tuple[str, int, str, list[tuple[str, str]]]:
+        """The QUEUED rows after ``after``: the last id, how many, the plain records'
+        values as one JSON text, and the other records whole."""
+        last, count, plain, others = self._connection().execute(_QUEUED_PAGE, {
+            "status": JobStatus.QUEUED.value, "after": after,
+            "size": self._queued_page_size}).fetchone()
+        return last, count, plain or "[]", self._records(json.loads(others or "[]"))
+
+    def _records(self, job_ids: list[str]) -> list[tuple[str, str]]:
+        """The stored text of each of these records, in job id order."""
+        marks = ",".join("?" * len(job_ids))
+        return self._connection().execute(
+            f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks}) ORDER BY job_id",
+            job_ids).fetchall() if job_ids else []
 
     def _map(self, size: int) -> None:
         self._connection().execute(f"PRAGMA mmap_size={int(size)}")
@@ -418,6 +498,22 @@ class SqliteJobStore:
             _sortable(record.submitted_at),
             json.dumps(codec.encode(record)),
         )
+
+
+def _lean_of(job_id: str, sdk_version: str, values: list[Any]) -> QueuedRow | None:
+    """A plain-shaped record's values (_QUEUED_PAGE) as a QueuedRow, or None when
+    codec.decode_lean would not give one: read whole instead."""
+    (backend, owner_name, owner_fingerprint, role, save_job, settings, timeout_ms,
+     input_size_bytes, queued_at, submitted_at, format_version, raw_size, encoded_size) = values
+    if (submitted_at != queued_at or raw_size or encoded_size
+            or (1 if format_version is None else format_version) != RECORD_FORMAT):
+        return None
+    try:
+        return codec.queued_row(job_id, backend, owner_name, owner_fingerprint, role,
+                                sdk_version, save_job, settings, timeout_ms,
+                                input_size_bytes, queued_at)
+    except (ValueError, TypeError):
+        return None  # the whole decode refuses it too, and reports it
 
 
 def _sortable(moment: datetime) -> str:
