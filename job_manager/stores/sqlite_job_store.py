@@ -55,7 +55,7 @@ def _typed(name: str, *types: str, absent: str | None = None) -> str:
     kind = f"json_type(record, '$.{name}')"
     if absent is not None:
         kind = f"coalesce({kind}, '{absent}')"
-    return f"{kind} IN ({', '.join(repr(name) for name in types)})"
+    return f"{kind} IN ({', '.join(repr(type_name) for type_name in types)})"
 
 
 # Whether a record has a plain one's shape (docs/design.md, "A queued job in memory"),
@@ -81,18 +81,20 @@ _PLAIN_SHAPE = (
     ])
     + " THEN 1 ELSE 0 END"
 )
-# The fields read out of a plain-shaped record, as one JSON array (null: not there).
-_PLAIN_VALUES = ("backend", "owner_name", "owner_fingerprint", "role", "save_job", "settings",
-                 "timeout_ms", "input_size_bytes", "queued_at", "submitted_at",
-                 "format_version", "result_raw_size_bytes", "result_encoded_size_bytes")
+# The fields read out of a plain-shaped record, as one JSON array (null: not there). A
+# multi-path json_extract copies each value's JSON text as the record holds it, escapes
+# and all, so json.loads gives the very values it gives for the whole record.
+_PLAIN_VALUES = ("backend", "owner_name", "owner_fingerprint", "role", "sdk_version",
+                 "save_job", "settings", "timeout_ms", "input_size_bytes", "queued_at",
+                 "submitted_at", "format_version", "result_raw_size_bytes",
+                 "result_encoded_size_bytes")
 # A recovery's page of QUEUED rows as one row: its last job id, its size, the
-# plain-shaped records' values as one JSON text ([job_id, sdk_version, [values]] each),
+# plain-shaped records' values as one JSON text ([job_id, [values]] each),
 # and the ids of the others. SQLite builds it in one step with the GIL released, so the
 # page is read while the event loop queues the one before; a row at a time took the GIL
 # back for every row, each time waiting for the loop to let it go (list_queued).
 _QUEUED_PAGE = (
-    "SELECT max(job_id), count(*), json_group_array(json_array(job_id, "
-    "coalesce(json_extract(record, '$.sdk_version'), ''), json_extract(record, "
+    "SELECT max(job_id), count(*), json_group_array(json_array(job_id, json_extract(record, "
     + ", ".join(f"'$.{name}'" for name in _PLAIN_VALUES)
     + "))) FILTER (WHERE plain), json_group_array(job_id) FILTER (WHERE NOT plain) "
     f"FROM (SELECT job_id, record, {_PLAIN_SHAPE} AS plain FROM jobs "
@@ -325,8 +327,8 @@ class SqliteJobStore:
                 if count == self._queued_page_size:
                     reading = self._calls.start(self._queued_page, last)
                 again = []
-                for job_id, sdk_version, values in json.loads(plain):
-                    lean = _lean_of(job_id, sdk_version, values)
+                for job_id, values in json.loads(plain):
+                    lean = _lean_of(job_id, values)
                     if lean is None:
                         again.append(job_id)
                     else:
@@ -500,17 +502,19 @@ class SqliteJobStore:
         )
 
 
-def _lean_of(job_id: str, sdk_version: str, values: list[Any]) -> QueuedRow | None:
+def _lean_of(job_id: str, values: list[Any]) -> QueuedRow | None:
     """A plain-shaped record's values (_QUEUED_PAGE) as a QueuedRow, or None when
-    codec.decode_lean would not give one: read whole instead."""
-    (backend, owner_name, owner_fingerprint, role, save_job, settings, timeout_ms,
-     input_size_bytes, queued_at, submitted_at, format_version, raw_size, encoded_size) = values
+    codec.decode_lean would not give one: read whole instead. A null is a field not
+    there (its type was checked), which decode_lean reads as its default."""
+    (backend, owner_name, owner_fingerprint, role, sdk_version, save_job, settings,
+     timeout_ms, input_size_bytes, queued_at, submitted_at, format_version, raw_size,
+     encoded_size) = values
     if (submitted_at != queued_at or raw_size or encoded_size
             or (1 if format_version is None else format_version) != RECORD_FORMAT):
         return None
     try:
         return codec.queued_row(job_id, backend, owner_name, owner_fingerprint, role,
-                                sdk_version, save_job, settings, timeout_ms,
+                                sdk_version or "", save_job, settings, timeout_ms,
                                 input_size_bytes, queued_at)
     except (ValueError, TypeError):
         return None  # the whole decode refuses it too, and reports it

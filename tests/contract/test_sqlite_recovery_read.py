@@ -39,6 +39,7 @@ ROWS: dict[str, Any] = {
     "plain": _as(),
     "plain, all set": _as(sdk_version="1.2", save_job=True, settings="CAE=",
                           input_size_bytes=7, timeout_ms=1500),
+    "plain, escaped": _as(owner_name='名前 "q" \\ é\n', sdk_version="ü"),
     "plain, another offset": _as(submitted_at=(T0.astimezone(JST)).isoformat(),
                                  queued_at=(T0.astimezone(JST)).isoformat()),
     "previous release (no format_version)": _as(format_version=None),
@@ -111,10 +112,11 @@ async def test_every_queued_row_comes_as_the_json_decode_gives_it(
     assert sorted(found.values(), key=repr) == sorted(readable.values(), key=repr)
     assert len(unreadable) == len(expected) - len(readable) > 0
     lean = {item.job_id for item in found.values() if isinstance(item, QueuedRow)}
-    assert {"000-plain", "001-plain, all set", "002-plain, another offset"} <= lean
+    assert {"000-plain", "001-plain, all set", "002-plain, escaped",
+            "003-plain, another offset"} <= lean
     newer = [item for item in found.values()
              if isinstance(item, JobRecord) and item.format_version > RECORD_FORMAT]
-    assert [item.job_id for item in newer] == ["024-newer format"]
+    assert [item.job_id for item in newer] == ["025-newer format"]
 
 
 async def test_a_call_started_runs_before_the_event_loop_next_does() -> None:
