@@ -46,6 +46,9 @@ _FORMAT_OF_RECORD = ("CASE WHEN json_valid(record) "
                      "THEN coalesce(json_extract(record, '$.format_version'), 1) END")
 
 Write = Callable[[sqlite3.Connection], object]
+# A recovery's page: its last job id, its size, the plain-shaped records' values (JSON
+# text), the other records whole (job id, stored text).
+_Page = tuple[str, int, str, list[tuple[str, str]]]
 RECOVERY_MMAP_BYTES = 4 * 1024**3  # at most; SQLite maps no more than the file holds
 
 
@@ -320,8 +323,9 @@ class SqliteJobStore:
         row in job id order, scattered over the file, and a read() per page of it costs
         about a sixth of a million jobs' recovery; the mapping ends with the reading."""
         await self._calls.run(self._map, RECOVERY_MMAP_BYTES)
-        reading = self._calls.start(self._queued_page, "")
+        reading: asyncio.Future[_Page] | None = None
         try:
+            reading = self._calls.start(self._queued_page, "")
             while True:
                 last, count, plain, others = await reading
                 if count == self._queued_page_size:
@@ -347,10 +351,11 @@ class SqliteJobStore:
                 if count < self._queued_page_size:
                     return
         finally:
-            reading.cancel()  # a reading left (the caller stopped early) is not awaited
+            if reading is not None:
+                reading.cancel()  # a page left (the caller stopped early) is not awaited
             await self._calls.run(self._map, 0)
 
-    def _queued_page(self, after: str) -> tuple[str, int, str, list[tuple[str, str]]]:
+    def _queued_page(self, after: str) -> _Page:
         """The QUEUED rows after ``after``: the last id, how many, the plain records'
         values as one JSON text, and the other records whole."""
         last, count, plain, others = self._connection().execute(_QUEUED_PAGE, {
