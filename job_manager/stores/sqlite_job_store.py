@@ -52,44 +52,23 @@ _Page = tuple[str, int, str, list[tuple[str, str]]]
 RECOVERY_MMAP_BYTES = 4 * 1024**3  # at most; SQLite maps no more than the file holds
 
 
-def _typed(name: str, *types: str, absent: str | None = None) -> str:
-    """Whether the record's field holds a JSON value of one of ``types`` (when it is
-    not there: whether ``absent`` is one)."""
-    kind = f"json_type(record, '$.{name}')"
-    if absent is not None:
-        kind = f"coalesce({kind}, '{absent}')"
-    return f"{kind} IN ({', '.join(repr(type_name) for type_name in types)})"
-
-
 # Whether a record has a plain one's shape (docs/design.md, "A queued job in memory"),
-# decided by SQLite: valid JSON, no field beyond the plain ones (codec.PLAIN_FIELDS),
-# each of the JSON type this code writes, its own job id. Its values are then read out
-# as JSON (the numbers and strings json.loads gives), and the rest of
-# codec.decode_lean's test is made on them (_lean_of). Any other record is read whole
+# decided by SQLite: valid JSON, no field beyond the plain ones (codec.PLAIN_FIELDS), no
+# null (this code writes none; a string holding "null" merely goes the slow way), so
+# that a field read out as null is one not there. Its values are then read out as JSON
+# and _lean_of makes codec.decode_lean's test on them. Any other record is read whole
 # and goes through codec.decode_lean and codec.decode, as before.
 _PLAIN_SHAPE = (
-    "CASE WHEN NOT json_valid(record) THEN 0 WHEN "
-    + " AND ".join([
-        "json_remove(record, " + ", ".join(f"'$.{name}'" for name in
-                                           sorted(codec.PLAIN_FIELDS)) + ") = '{}'",
-        "json_extract(record, '$.job_id') = job_id",
-        *(_typed(name, "text") for name in (
-            "backend", "owner_name", "owner_fingerprint", "role", "settings",
-            "submitted_at", "queued_at")),
-        _typed("sdk_version", "text", absent="text"),
-        _typed("save_job", "true", "false", absent="false"),
-        *(_typed(name, "integer") for name in ("timeout_ms", "input_size_bytes")),
-        *(_typed(name, "integer", absent="integer") for name in (
-            "format_version", "result_raw_size_bytes", "result_encoded_size_bytes")),
-    ])
-    + " THEN 1 ELSE 0 END"
+    "CASE WHEN NOT json_valid(record) THEN 0 WHEN json_remove(record, "
+    + ", ".join(f"'$.{name}'" for name in sorted(codec.PLAIN_FIELDS))
+    + ") = '{}' AND instr(record, 'null') = 0 THEN 1 ELSE 0 END"
 )
 # The fields read out of a plain-shaped record, as one JSON array (null: not there). A
-# multi-path json_extract copies each value's JSON text as the record holds it, escapes
-# and all, so json.loads gives the very values it gives for the whole record.
-_PLAIN_VALUES = ("backend", "owner_name", "owner_fingerprint", "role", "sdk_version",
-                 "save_job", "settings", "timeout_ms", "input_size_bytes", "queued_at",
-                 "submitted_at", "format_version", "result_raw_size_bytes",
+# multi-path json_extract copies each value's JSON text as the record holds it (escapes,
+# digits and all), so json.loads gives the very values it gives for the whole record.
+_PLAIN_VALUES = ("job_id", "backend", "owner_name", "owner_fingerprint", "role",
+                 "sdk_version", "save_job", "settings", "timeout_ms", "input_size_bytes",
+                 "queued_at", "submitted_at", "format_version", "result_raw_size_bytes",
                  "result_encoded_size_bytes")
 # A recovery's page of QUEUED rows as one row: its last job id, its size, the
 # plain-shaped records' values as one JSON text ([job_id, [values]] each),
@@ -508,20 +487,24 @@ class SqliteJobStore:
 
 
 def _lean_of(job_id: str, values: list[Any]) -> QueuedRow | None:
-    """A plain-shaped record's values (_QUEUED_PAGE) as a QueuedRow, or None when
-    codec.decode_lean would not give one: read whole instead. A null is a field not
-    there (its type was checked), which decode_lean reads as its default."""
-    (backend, owner_name, owner_fingerprint, role, sdk_version, save_job, settings,
+    """A plain-shaped record's values (_QUEUED_PAGE) as codec.decode_lean would give
+    them, or None when it would not give a QueuedRow (or would raise): read whole then."""
+    (record_id, backend, owner_name, owner_fingerprint, role, sdk_version, save_job, settings,
      timeout_ms, input_size_bytes, queued_at, submitted_at, format_version, raw_size,
      encoded_size) = values
-    if (submitted_at != queued_at or raw_size or encoded_size
-            or (1 if format_version is None else format_version) != RECORD_FORMAT):
-        return None
+    required = (backend, owner_name, owner_fingerprint, role, settings, timeout_ms,
+                input_size_bytes, queued_at)
     try:
+        if (record_id != job_id or None in required or submitted_at != queued_at
+                or int(1 if format_version is None else format_version) != RECORD_FORMAT
+                or int(0 if raw_size is None else raw_size) != 0
+                or int(0 if encoded_size is None else encoded_size) != 0):
+            return None
         return codec.queued_row(job_id, backend, owner_name, owner_fingerprint, role,
-                                sdk_version or "", save_job, settings, timeout_ms,
-                                input_size_bytes, queued_at)
-    except (ValueError, TypeError):
+                                "" if sdk_version is None else sdk_version,
+                                False if save_job is None else save_job, settings,
+                                timeout_ms, input_size_bytes, queued_at)
+    except (ValueError, TypeError, ArithmeticError):
         return None  # the whole decode refuses it too, and reports it
 
 

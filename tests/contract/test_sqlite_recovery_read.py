@@ -68,6 +68,9 @@ ROWS: dict[str, Any] = {
     "tags": _as(tags='{"k":"v"}'),
     "another job's id": _as(job_id="someone-else"),
     "not an object": [1, 2, 3],
+    # Text as written, JOB_ID replaced: json.loads keeps a repeated field's last value.
+    "a field twice": json.dumps({**PLAIN, "job_id": "JOB_ID"})[:-1] + ', "backend": "qpu"}',
+    "null in a string": _as(owner_name="null"),
 }
 NOT_JSON = "not json {"
 
@@ -96,7 +99,8 @@ async def test_every_queued_row_comes_as_the_json_decode_gives_it(
             job_id = f"{number:03d}-{name}"
             if isinstance(row, dict) and row.get("job_id") == PLAIN["job_id"]:
                 row = {**row, "job_id": job_id}
-            texts[job_id] = row if isinstance(row, str) else json.dumps(row)
+            texts[job_id] = (row.replace("JOB_ID", job_id) if isinstance(row, str)
+                             else json.dumps(row))
             conn.execute("INSERT INTO jobs VALUES (?, 'QUEUED', 'f', NULL, ?, ?)",
                          (job_id, T0.isoformat(), texts[job_id]))
     try:
@@ -113,7 +117,8 @@ async def test_every_queued_row_comes_as_the_json_decode_gives_it(
     assert len(unreadable) == len(expected) - len(readable) > 0
     lean = {item.job_id for item in found.values() if isinstance(item, QueuedRow)}
     assert {"000-plain", "001-plain, all set", "002-plain, escaped",
-            "003-plain, another offset"} <= lean
+            "003-plain, another offset", "031-null in a string"} <= lean
+    assert found["030-a field twice"] == codec.decode_lean(json.loads(texts["030-a field twice"]))
     newer = [item for item in found.values()
              if isinstance(item, JobRecord) and item.format_version > RECORD_FORMAT]
     assert [item.job_id for item in newer] == ["025-newer format"]
