@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from backend_manager import BackendTable, NodeLiveness, ServiceStatus
-from common import audit
+from common import audit, collector
 from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -858,15 +858,16 @@ class JobManager:
         # hand-over), and all at once: a restart serves at once, whatever the number.
         # Plain records come lean and become compact jobs with no record built.
         found = []
-        async for stored in self._store.list_queued():
-            if isinstance(stored, JobRecord) and not _changeable(stored):
-                continue  # a newer format's job: left to a newer leader (docs/records.md)
-            job = QueuedJob.recovered(stored)
-            # Its record is built only when its backend is gone (_queueable FAILS it).
-            known = self.ledger.queue(job.origin.backend) is not None
-            if known or await self._queueable(job.record):
-                found.append(job)
-        requeued = self.ledger.admit_all(found)
+        with collector.paused():
+            async for stored in self._store.list_queued():
+                if isinstance(stored, JobRecord) and not _changeable(stored):
+                    continue  # a newer format's job: left to a newer leader (docs/records.md)
+                job = QueuedJob.recovered(stored)
+                # Its record is built only when its backend is gone (_queueable FAILS it).
+                known = self.ledger.queue(job.origin.backend) is not None
+                if known or await self._queueable(job.record):
+                    found.append(job)
+            requeued = self.ledger.admit_all(found)
         log.info("recovered %d queued and %d running jobs", requeued,
                  self.ledger.running_count())
 

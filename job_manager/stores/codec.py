@@ -140,7 +140,7 @@ def changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[Row, l
 
 
 # The fields a row of a fresh submission may have.
-_PLAIN_FIELDS = frozenset({
+PLAIN_FIELDS = frozenset({
     "job_id", "status", "backend", "owner_name", "owner_fingerprint", "role", "settings",
     "timeout_ms", "input_size_bytes", "save_job", "sdk_version", "result_raw_size_bytes",
     "result_encoded_size_bytes", "submitted_at", "queued_at", "format_version"})
@@ -152,17 +152,29 @@ def decode_lean(row: Mapping[str, Any]) -> QueuedRow | None:
     plain ones, a result size, a submission time of its own). Each field is converted as
     :func:`decode` converts it, so the row's record is the one decode gives; a row decode
     refuses raises here too."""
-    if not (row.keys() <= _PLAIN_FIELDS and row["submitted_at"] == row["queued_at"]
+    if not (row.keys() <= PLAIN_FIELDS and row["submitted_at"] == row["queued_at"]
             and int(row.get("format_version", 1)) == RECORD_FORMAT
             and int(row.get("result_raw_size_bytes", 0)) == 0
             and int(row.get("result_encoded_size_bytes", 0)) == 0):
         return None
+    return queued_row(
+        row["job_id"], row["backend"], row["owner_name"], row["owner_fingerprint"],
+        row["role"], row.get("sdk_version", ""), row.get("save_job", False), row["settings"],
+        row["timeout_ms"], row["input_size_bytes"], row["queued_at"])
+
+
+def queued_row(job_id: Any, backend: Any, owner_name: Any, owner_fingerprint: Any, role: Any,
+               sdk_version: Any, save_job: Any, settings: Any, timeout_ms: Any,
+               input_size_bytes: Any, queued_at: Any) -> QueuedRow:
+    """A plain row's stored values as a QueuedRow, each converted as :func:`decode`
+    converts it (ValueError or TypeError where decode would raise them too). The
+    SQLite store gives the values as SQLite read them out of the record (a
+    recovery's page, sqlite_job_store.py)."""
     return QueuedRow(
-        str(row["job_id"]), str(row["backend"]), str(row["owner_name"]),
-        str(row["owner_fingerprint"]), _ROLES.get(row["role"]) or Role(row["role"]),
-        str(row.get("sdk_version", "")), bool(row.get("save_job", False)),
-        base64.b64decode(str(row["settings"])), int(row["timeout_ms"]) / 1000,
-        int(row["input_size_bytes"]), datetime.fromisoformat(row["queued_at"]))
+        str(job_id), str(backend), str(owner_name), str(owner_fingerprint),
+        _ROLES.get(role) or Role(role), str(sdk_version), bool(save_job),
+        base64.b64decode(str(settings)), int(timeout_ms) / 1000, int(input_size_bytes),
+        datetime.fromisoformat(queued_at))
 
 
 def _backend_timestamps(row: Mapping[str, Any],

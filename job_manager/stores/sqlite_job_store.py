@@ -12,7 +12,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
@@ -46,7 +46,42 @@ _FORMAT_OF_RECORD = ("CASE WHEN json_valid(record) "
                      "THEN coalesce(json_extract(record, '$.format_version'), 1) END")
 
 Write = Callable[[sqlite3.Connection], object]
+# A recovery's page: its last job id, its size, the plain-shaped records' values (JSON
+# text), the other records whole (job id, stored text).
+_Page = tuple[str, int, str, list[tuple[str, str]]]
 RECOVERY_MMAP_BYTES = 4 * 1024**3  # at most; SQLite maps no more than the file holds
+
+
+# Whether a record has a plain one's shape (docs/design.md, "A queued job in memory"),
+# decided by SQLite: valid JSON, no field beyond the plain ones (codec.PLAIN_FIELDS), no
+# null (this code writes none; a string holding "null" merely goes the slow way), so
+# that a field read out as null is one not there. Its values are then read out as JSON
+# and _lean_of makes codec.decode_lean's test on them. Any other record is read whole
+# and goes through codec.decode_lean and codec.decode, as before.
+_PLAIN_SHAPE = (
+    "CASE WHEN NOT json_valid(record) THEN 0 WHEN json_remove(record, "
+    + ", ".join(f"'$.{name}'" for name in sorted(codec.PLAIN_FIELDS))
+    + ") = '{}' AND instr(record, 'null') = 0 THEN 1 ELSE 0 END"
+)
+# The fields read out of a plain-shaped record, as one JSON array (null: not there). A
+# multi-path json_extract copies each value's JSON text as the record holds it (escapes,
+# digits and all), so json.loads gives the very values it gives for the whole record.
+_PLAIN_VALUES = ("job_id", "backend", "owner_name", "owner_fingerprint", "role",
+                 "sdk_version", "save_job", "settings", "timeout_ms", "input_size_bytes",
+                 "queued_at", "submitted_at", "format_version", "result_raw_size_bytes",
+                 "result_encoded_size_bytes")
+# A recovery's page of QUEUED rows as one row: its last job id, its size, the
+# plain-shaped records' values as one JSON text ([job_id, [values]] each),
+# and the ids of the others. SQLite builds it in one step with the GIL released, so the
+# page is read while the event loop queues the one before; a row at a time took the GIL
+# back for every row, each time waiting for the loop to let it go (list_queued).
+_QUEUED_PAGE = (
+    "SELECT max(job_id), count(*), json_group_array(json_array(job_id, json_extract(record, "
+    + ", ".join(f"'$.{name}'" for name in _PLAIN_VALUES)
+    + "))) FILTER (WHERE plain), json_group_array(job_id) FILTER (WHERE NOT plain) "
+    f"FROM (SELECT job_id, record, {_PLAIN_SHAPE} AS plain FROM jobs "
+    "WHERE status = :status AND job_id > :after ORDER BY job_id LIMIT :size)"
+)
 
 
 class SqliteJobStore:
@@ -59,10 +94,14 @@ class SqliteJobStore:
 
     def __init__(self, path: Path, page_size: int = 500,
                  key_window: timedelta = timedelta(hours=24),
-                 unreadable: UnreadableRecords | None = None) -> None:
+                 unreadable: UnreadableRecords | None = None,
+                 queued_page_size: int = 5000) -> None:
         self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._path = path
         self._page_size = page_size
+        # A recovery's pages are larger: each costs the reader thread two waits for the
+        # GIL while the event loop queues the page before (list_queued).
+        self._queued_page_size = queued_page_size
         self._key_window = key_window
         self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
         self._conn: sqlite3.Connection | None = None
@@ -257,19 +296,29 @@ class SqliteJobStore:
 
     async def list_queued(self) -> AsyncIterator[JobRecord | QueuedRow]:
         """Every QUEUED record; a plain one as a QueuedRow, no JobRecord built for it
-        (docs/design.md, "A queued job in memory"). The next page is read while this
-        one is used. The file is memory-mapped meanwhile: a recovery reads every queued
+        (docs/design.md, "A queued job in memory"). SQLite reads the plain records'
+        values out of them (_QUEUED_PAGE) while the page before is used; the others are
+        read whole. The file is memory-mapped meanwhile: a recovery reads every queued
         row in job id order, scattered over the file, and a read() per page of it costs
         about a sixth of a million jobs' recovery; the mapping ends with the reading."""
         await self._calls.run(self._map, RECOVERY_MMAP_BYTES)
+        reading: asyncio.Future[_Page] | None = None
         try:
-            reading = asyncio.ensure_future(self._calls.run(self._page, JobStatus.QUEUED, ""))
+            reading = self._calls.start(self._queued_page, "")
             while True:
-                page = await reading
-                if len(page) == self._page_size:
-                    reading = asyncio.ensure_future(
-                        self._calls.run(self._page, JobStatus.QUEUED, page[-1][0]))
-                for job_id, text in page:
+                last, count, plain, others = await reading
+                if count == self._queued_page_size:
+                    reading = self._calls.start(self._queued_page, last)
+                again = []
+                for job_id, values in json.loads(plain):
+                    lean = _lean_of(job_id, values)
+                    if lean is None:
+                        again.append(job_id)
+                    else:
+                        yield lean
+                if again:
+                    others += await self._calls.run(self._records, again)
+                for job_id, text in others:
                     try:
                         lean = codec.decode_lean(json.loads(text))
                     except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
@@ -278,10 +327,27 @@ class SqliteJobStore:
                         yield lean or self._record(job_id, text)
                     except RecordUnreadable:
                         continue  # reported; the others are served
-                if len(page) < self._page_size:
+                if count < self._queued_page_size:
                     return
         finally:
+            if reading is not None:
+                reading.cancel()  # a page left (the caller stopped early) is not awaited
             await self._calls.run(self._map, 0)
+
+    def _queued_page(self, after: str) -> _Page:
+        """The QUEUED rows after ``after``: the last id, how many, the plain records'
+        values as one JSON text, and the other records whole."""
+        last, count, plain, others = self._connection().execute(_QUEUED_PAGE, {
+            "status": JobStatus.QUEUED.value, "after": after,
+            "size": self._queued_page_size}).fetchone()
+        return last, count, plain or "[]", self._records(json.loads(others or "[]"))
+
+    def _records(self, job_ids: list[str]) -> list[tuple[str, str]]:
+        """The stored text of each of these records, in job id order."""
+        marks = ",".join("?" * len(job_ids))
+        return self._connection().execute(
+            f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks}) ORDER BY job_id",
+            job_ids).fetchall() if job_ids else []
 
     def _map(self, size: int) -> None:
         self._connection().execute(f"PRAGMA mmap_size={int(size)}")
@@ -418,6 +484,28 @@ class SqliteJobStore:
             _sortable(record.submitted_at),
             json.dumps(codec.encode(record)),
         )
+
+
+def _lean_of(job_id: str, values: list[Any]) -> QueuedRow | None:
+    """A plain-shaped record's values (_QUEUED_PAGE) as codec.decode_lean would give
+    them, or None when it would not give a QueuedRow (or would raise): read whole then."""
+    (record_id, backend, owner_name, owner_fingerprint, role, sdk_version, save_job, settings,
+     timeout_ms, input_size_bytes, queued_at, submitted_at, format_version, raw_size,
+     encoded_size) = values
+    required = (backend, owner_name, owner_fingerprint, role, settings, timeout_ms,
+                input_size_bytes, queued_at)
+    try:
+        if (record_id != job_id or None in required or submitted_at != queued_at
+                or int(1 if format_version is None else format_version) != RECORD_FORMAT
+                or int(0 if raw_size is None else raw_size) != 0
+                or int(0 if encoded_size is None else encoded_size) != 0):
+            return None
+        return codec.queued_row(job_id, backend, owner_name, owner_fingerprint, role,
+                                "" if sdk_version is None else sdk_version,
+                                False if save_job is None else save_job, settings,
+                                timeout_ms, input_size_bytes, queued_at)
+    except (ValueError, TypeError, ArithmeticError):
+        return None  # the whole decode refuses it too, and reports it
 
 
 def _sortable(moment: datetime) -> str:

@@ -134,7 +134,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
         path = tmp_path / "jobs.sqlite3"
 
         def opener() -> JobStore:
-            return SqliteJobStore(path, page_size=PAGE_SIZE)
+            return SqliteJobStore(path, page_size=PAGE_SIZE, queued_page_size=PAGE_SIZE)
     else:
         endpoint: str = request.getfixturevalue("moto_endpoint")
         table = _dynamodb_table(endpoint)
@@ -417,7 +417,7 @@ async def test_dynamodb_final_records_expire_30_days_after_they_finish(
 
 # --- SQLite only: the recovery's read maps the file for its duration ------------------------
 async def test_a_recovery_read_maps_the_database_only_while_it_reads(tmp_path: Path) -> None:
-    job_store = SqliteJobStore(tmp_path / "jobs.sqlite3", page_size=2)
+    job_store = SqliteJobStore(tmp_path / "jobs.sqlite3", page_size=2, queued_page_size=2)
     try:
         for _ in range(5):
             await job_store.create(record())
