@@ -29,7 +29,10 @@ def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
         aws_secret_access_key=aws.secret_access_key,
         region_name=aws.region,
     )
-    common = BotoConfig(retries=_RETRIES, max_pool_connections=32)
+    # Every request is built by this code, never from a caller's values: botocore's
+    # check of each one against the service model costs CPU on every call and finds
+    # nothing (its documented switch for performance; the tests run with it off too).
+    common = BotoConfig(retries=_RETRIES, max_pool_connections=32, parameter_validation=False)
     s3_config = common.merge(BotoConfig(s3={"addressing_style": "path"}, signature_version="s3v4"))
     ssm = session.client("ssm", endpoint_url=aws.endpoint, config=common)
     dynamodb = session.client("dynamodb", endpoint_url=aws.endpoint, config=common)
