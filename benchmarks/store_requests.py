@@ -58,7 +58,23 @@ class RequestRecorder:
         if not self.path.exists():
             return []
         with self.path.open() as recording:
-            return [json.loads(line) for i, line in enumerate(recording) if i >= mark]
+            return [entry for i, line in enumerate(recording) if i >= mark
+                    for entry in _entries(line)]
+
+
+def _entries(line: str) -> list[dict[str, Any]]:
+    """The requests one line of moto's recording holds: one, or several when concurrent
+    requests were written without a line break between them (moto's recorder does not
+    serialize its writes); a request cut by another one's bytes is left out."""
+    decoder, entries, at = json.JSONDecoder(), [], 0
+    line = line.strip()
+    while at < len(line):
+        try:
+            entry, at = decoder.raw_decode(line, at)
+        except json.JSONDecodeError:
+            break
+        entries.append(entry)
+    return entries
 
 
 def classify(entry: dict[str, Any]) -> tuple[str, str]:
