@@ -420,9 +420,22 @@ class JobManager:
         Memory takes the tags before the store does, with no await in between, so a
         change of status made meanwhile from memory carries them too; a status changed
         elsewhere (the store's compare-and-set fails) is read again and tagged anew.
+        An admin's tagging of another's job is audited with how it ended (docs/audit.md).
         """
-        for _ in range(TAG_ATTEMPTS):
-            record = await self._visible(principal, job_id, audit_as=None)  # the caller audits
+        record = await self._visible(principal, job_id, audit_as=None)
+        try:
+            tagged = await self._tag(principal, record, tags)
+        except SchedulerError as exc:
+            audit.cross_user(principal, "job.set_tags", record, exc.code)
+            raise
+        audit.cross_user(principal, "job.set_tags", tagged)
+        return tagged
+
+    async def _tag(self, principal: Principal, record: JobRecord, tags: Tags) -> JobRecord:
+        job_id = record.job_id
+        for attempt in range(TAG_ATTEMPTS):
+            if attempt:
+                record = await self._visible(principal, job_id, audit_as=None)
             while (moving := self._moving.get(job_id)) is not None:
                 await asyncio.shield(moving)
                 record = await self._visible(principal, job_id, audit_as=None)

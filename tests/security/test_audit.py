@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -145,6 +146,33 @@ async def test_an_admins_reads_and_cancels_of_anothers_jobs_and_downloads_are_au
     # Who cancelled is stored by fingerprint and shown to the owner.
     assert stored is not None and stored.cancelled_by == fingerprint(root)
     assert status.status_detail == f"cancelled by root#{fingerprint(root)[:8]}"
+
+
+async def test_an_admins_refused_tagging_of_anothers_job_is_audited_with_its_code(
+        tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase,
+        audit_log: Path) -> None:
+    async with scheduler_in("standalone", tmp_path, request, token_database) as running:
+        assert running.data_dir is not None
+        alice = standalone_token(running.data_dir, "alice", "developer")
+        root = standalone_token(running.data_dir, "root", "admin")
+        job_id = (await running.clients.submission.SubmitJob(submit_request(alice))).job_id
+        # A newer scheduler's record (docs/records.md): served read-only, so tagging it is
+        # refused after the job was found, which is what the audit must show.
+        with sqlite3.connect(running.data_dir / "jobs.sqlite3") as database:
+            database.execute("UPDATE jobs SET record = json_set(record, '$.format_version', 99)"
+                             " WHERE job_id = ?", (job_id,))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+        jobs = jobs_pb2_grpc.JobsServiceStub(channel)
+        tag = [jobs_pb2.Tag(key="k", value="v")]
+        own = await jobs.SetJobTags(jobs_pb2.SetJobTagsRequest(token=alice, job_id=job_id,
+                                                               tags=tag))
+        refused = await jobs.SetJobTags(jobs_pb2.SetJobTagsRequest(token=root, job_id=job_id,
+                                                                   tags=tag))
+        await channel.close()
+    assert own.error.code == refused.error.code == "FAILED_PRECONDITION", (own, refused)
+    # The owner's own refusal is not audited; the admin's is, with its code.
+    assert what(audit_log) == [("job.set_tags", "root", "refused", "FAILED_PRECONDITION")]
+    assert entries(audit_log)[0]["job_id"] == job_id
 
 
 def test_the_audit_stream_takes_no_part_in_the_services_log(
