@@ -36,6 +36,9 @@ from tests.operations.support import scrape, value
 
 # Short, so a test that waits for a renewal or a lapse stays short.
 LEASE_ENV = {"SCHEDULER_LEASE_DURATION_S": "1", "SCHEDULER_LEASE_RENEW_S": "0.25"}
+# For tests that wait for no lapse: rounds as often, but a leader whose renewals are slow
+# under the suite's load (each call is bounded by one round) does not step down midway.
+ROUNDS_ENV = {"SCHEDULER_LEASE_DURATION_S": "30", "SCHEDULER_LEASE_RENEW_S": "0.25"}
 RESULT = gzip_result(b"\x0a\x02ok")
 PROBE_ID = "2b0d7c1e-4f3a-4c8e-9d5b-6a7f8e9d0c1b"  # a job id no one submitted
 
@@ -56,7 +59,7 @@ async def replicas(names: AwsNames, tokens: TokenDatabase,
     started: list[Replica] = []
     try:
         for _ in range(count):
-            scheduler = Scheduler(aws_config(names, tokens.address, env=LEASE_ENV))
+            scheduler = Scheduler(aws_config(names, tokens.address, env=ROUNDS_ENV))
             await scheduler.start()
             started.append(Replica(scheduler))
         yield started
