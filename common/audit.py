@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.identity import Principal
-from common.logs import request_id
+from common.logs import current_request_id
 
 LOGGER_NAME = "mqc3.audit"
 DESTINATION_VARIABLE = "SCHEDULER_AUDIT_LOG"  # a file to append to; unset: stderr
@@ -120,7 +120,7 @@ def record(actor: Actor, action: str, *, result: str = OK, code: str = "",
         entry["code"] = code
     if actor.address:
         entry["address"] = actor.address
-    call_id = request_id()
+    call_id = current_request_id()
     if call_id:
         entry["request_id"] = call_id
     _audit.info(action, extra={"audit": entry})

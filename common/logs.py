@@ -43,7 +43,7 @@ def enter_call(sent: str | None) -> None:
     _CALL.set(_CallId(sent))
 
 
-def request_id() -> str | None:
+def current_request_id() -> str | None:
     """The request id of the call being served, or None outside any call."""
     call = _CALL.get()
     return call.get() if call is not None else None
@@ -53,7 +53,7 @@ class RequestIdFilter(logging.Filter):
     """Gives each record ``request_id`` (the call's, or None) and ``call`` (`` [id]`` or "")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        call_id = request_id()
+        call_id = current_request_id()
         record.request_id = call_id
         record.call = f" [{call_id}]" if call_id else ""
         return True

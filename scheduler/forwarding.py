@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from common.logs import request_id as current_request_id
+from common.logs import current_request_id
 from scheduler.metadata import REQUEST_ID_METADATA, metadata_value
 from scheduler.validation import IDEMPOTENCY_METADATA
 
