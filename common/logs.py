@@ -129,6 +129,9 @@ def configure_logging(level: str, log_format: str) -> None:
     # No line names a thread or a process: not gathering them for each record makes a
     # record cheaper (the logging HOWTO's "Optimization"), and a job logs a few.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Nor does one name the file, line or function that logged it: without a source file
+    # to look for, logging no longer walks the stack for each record (the same HOWTO).
+    logging._srcfile = None
     # Per-request chatter of libraries stays out of INFO.
     for noisy in ("aiohttp.access", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -52,8 +52,11 @@ def _check_program(program: program_pb2.QuantumProgram) -> None:
         )
 
 
+_STATE_SAVE_POLICIES = frozenset(job_pb2.JobStateSavePolicy.values())
+
+
 def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
-    if settings.state_save_policy not in job_pb2.JobStateSavePolicy.values():
+    if settings.state_save_policy not in _STATE_SAVE_POLICIES:
         raise SchedulerError(
             "state_save_policy_unknown",
             allowed=", ".join(job_pb2.JobStateSavePolicy.keys()),
