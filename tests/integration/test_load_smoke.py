@@ -77,6 +77,10 @@ def _the_new_measures_are_there(result: dict[str, Any], mode: str) -> None:
     lifecycle = result["lifecycle"]
     assert lifecycle["jobs"] == 6
     assert lifecycle["scheduler_cpu_ms_per_job"] > 0
+    targets = {row["target"]: row for row in result["targets"]}
+    per_life = targets["scheduler CPU ms per job's life"]
+    assert per_life["measured"] == lifecycle["scheduler_cpu_ms_per_job"]
+    assert per_life["met"] == (per_life["measured"] <= float(per_life["goal"].split()[-1]))
     crowd = result["phases"]["status_crowd"]
     assert crowd["polls_sent"] == crowd["operations"] == 50
     assert crowd["latency_ms"]["dispatch"]["count"] == crowd["dispatched"] > 0
