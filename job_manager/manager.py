@@ -11,6 +11,7 @@ caller can cancel; when the store fails, the claim is undone (docs/job-rules.md)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, fields, replace
@@ -120,6 +121,7 @@ class _Beat:
 
 TAG_ATTEMPTS = 3  # a job changing status under a SetJobTags is read again this often
 MISSING_PROGRAM = "the job's program was missing after a restart"
+PREFETCH_BATCH = 256  # recovered jobs whose programs one read fetches, beside the records
 
 # What a user reads when the node said nothing: a completed job needs no words (the
 # original answers it empty); a failure or a timeout without a reason gets one.
@@ -604,30 +606,58 @@ class JobManager:
         wait for no store; returns how many were read. A job whose program is gone FAILS
         now. Jobs handed over, cancelled or failed meanwhile are skipped (a hand-over
         reads its own)."""
-        waiting = [job for backend in self.backends.known()
-                   if (queue := self.ledger.queue(backend)) is not None
-                   for job in queue.oldest_first() if job.program is None]
+        waiting = iter(dict.fromkeys(
+            job for backend in self.backends.known()
+            if (queue := self.ledger.queue(backend)) is not None
+            for job in queue.oldest_first() if job.program is None))
+        # Beside the records (standalone), one query reads a batch of programs; other
+        # stores are read a program at a time.
+        size = PREFETCH_BATCH if self._beside_records is not None else 1
         read = 0
-        limit = asyncio.Semaphore(concurrency)
 
-        async def fetch(job: QueuedJob) -> None:
+        # ``concurrency`` readers share one iterator, each taking the next batch: no task
+        # per job, which for a million recovered jobs cost gigabytes and held the event
+        # loop for seconds before the first call could be answered.
+        async def reader() -> None:
             nonlocal read
-            async with limit:
-                if job.program is not None or not self.ledger.holds(job):
-                    return
-                try:
-                    program = await self._payloads.get_input(job.job_id)
-                except StoreError as exc:
-                    log.warning("program of job %s not read ahead: %s", job.job_id, exc)
-                    return
-                if program is None:
-                    await self._fail_missing(job)
-                elif job.program is None:
-                    job.program = program
-                    read += 1
+            while batch := list(itertools.islice(waiting, size)):
+                found = await self._programs_of(batch)
+                for job in batch:
+                    given = await self._read_ahead(job, found.get(job.job_id))
+                    read += given  # after the await: ``read`` may have grown meanwhile
 
-        await asyncio.gather(*(fetch(job) for job in dict.fromkeys(waiting)))
+        await asyncio.gather(*(reader() for _ in range(concurrency)))
         return read
+
+    async def _programs_of(self, batch: list[QueuedJob]) -> dict[str, bytes]:
+        """The programs of a batch of jobs still waiting for theirs, in one read where the
+        store can; {} where it cannot (each is then read alone)."""
+        wanted = [job.job_id for job in batch if job.program is None and self.ledger.holds(job)]
+        if self._beside_records is None or len(wanted) < 2:
+            return {}
+        try:
+            return await self._beside_records.get_inputs(wanted)
+        except StoreError as exc:
+            log.warning("programs of %d jobs not read together: %s", len(wanted), exc)
+            return {}
+
+    async def _read_ahead(self, job: QueuedJob, program: bytes | None) -> int:
+        """Give a queued job its program (read now unless given); 1 when it got one."""
+        if job.program is not None or not self.ledger.holds(job):
+            return 0
+        if program is None:
+            try:
+                program = await self._payloads.get_input(job.job_id)
+            except StoreError as exc:
+                log.warning("program of job %s not read ahead: %s", job.job_id, exc)
+                return 0
+            if program is None:
+                await self._fail_missing(job)
+                return 0
+            if job.program is not None or not self.ledger.holds(job):
+                return 0  # handed over (or ended) while its program was read
+        job.program = program
+        return 1
 
     async def _fail_missing(self, job: QueuedJob) -> None:
         claimed = self.ledger.claim(job.record)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -18,6 +18,7 @@ from typing import TypeVar
 from job_manager.model import JobRecord, JobStatus, QueuedRow
 from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, SignedUrl
 from job_manager.stores.errors import StoreError
+from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 
 T = TypeVar("T")
 
@@ -192,3 +193,20 @@ class FlakyPayloadStore(_Faults):
     async def close(self) -> None:
         """Never fails."""
         await self.inner.close()
+
+
+class FlakyBesideRecords(FlakyPayloadStore):
+    """A FlakyPayloadStore over a store that keeps programs beside the records
+    (InputsBesideRecords: standalone), its own two calls counted and failing alike."""
+
+    def __init__(self, inner: SqliteInputsPayloadStore) -> None:
+        super().__init__(inner)
+        self.beside = inner
+
+    async def create_with_input(self, record: JobRecord, program: bytes) -> None:
+        await self._call("create_with_input",
+                         lambda: self.beside.create_with_input(record, program))
+
+    async def get_inputs(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        return await self._call("get_inputs", lambda: self.beside.get_inputs(job_ids))
+

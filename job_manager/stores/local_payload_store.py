@@ -7,7 +7,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -292,6 +292,9 @@ class SqliteInputsPayloadStore(LocalPayloadStore):
 
     async def create_with_input(self, record: JobRecord, program: bytes) -> None:
         await self._database().create_with_input(record, program)
+
+    async def get_inputs(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        return await self._database().get_inputs(job_ids)
 
     async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:
         await self._database().put_input(job_id, program)

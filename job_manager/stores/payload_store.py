@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -92,4 +93,9 @@ class InputsBesideRecords(Protocol):
     async def create_with_input(self, record: JobRecord, program: bytes) -> None:
         """Store a new job's record and program together: both, or neither (raising as
         JobStore.create does)."""
+        ...
+
+    async def get_inputs(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """The programs of these jobs that the database holds, by job id, in one read (a
+        job missing here may still have a program where ``get_input`` looks)."""
         ...

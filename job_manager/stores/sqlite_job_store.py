@@ -12,7 +12,7 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
@@ -174,6 +174,16 @@ class SqliteJobStore:
             return bytes(row[0]) if row else None
 
         return await self._calls.run(select)
+
+    async def get_inputs(self, job_ids: Sequence[str]) -> dict[str, bytes]:
+        """The programs the table holds of these jobs, by job id: one query."""
+        def select() -> dict[str, bytes]:
+            marks = ", ".join("?" * len(job_ids))
+            rows = self._connection().execute(
+                f"SELECT job_id, program FROM inputs WHERE job_id IN ({marks})", list(job_ids))
+            return {job_id: bytes(program) for job_id, program in rows}
+
+        return await self._calls.run(select) if job_ids else {}
 
     async def delete_input(self, job_id: str) -> None:
         """Remove a job's program; no error when there is none."""

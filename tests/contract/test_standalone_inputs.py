@@ -179,3 +179,16 @@ async def test_unfinished_among_names_only_queued_and_running_records(stores: St
     found = await stores.jobs.unfinished_among(asked)
     assert sorted(found, key=lambda r: r.job_id) == sorted([queued, running(moved)],
                                                            key=lambda r: r.job_id)
+
+
+async def test_programs_are_read_together_by_job_id_and_a_missing_one_is_left_out(
+        stores: Stores) -> None:
+    first, second = record(), record()
+    await stores.payloads.create_with_input(first, b"first")
+    await stores.payloads.create_with_input(second, b"second")
+    await stores.payloads.put_input(record().job_id, b"another job's")
+    absent = record().job_id
+    assert await stores.payloads.get_inputs([second.job_id, absent, first.job_id]) == {
+        first.job_id: b"first", second.job_id: b"second"}
+    assert await stores.payloads.get_inputs([]) == {}
+

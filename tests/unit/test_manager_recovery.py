@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from job_manager import manager as manager_module
 from job_manager.model import JobStatus
 from job_manager.stores import PayloadStore
-from tests.faults import FlakyJobStore, FlakyPayloadStore
+from job_manager.stores.local_payload_store import LocalPayloadStore, SqliteInputsPayloadStore
+from job_manager.stores.sqlite_job_store import SqliteJobStore
+from tests.faults import FlakyBesideRecords, FlakyJobStore, FlakyPayloadStore
 from tests.helpers import refused_as
 from tests.unit.test_job_rules import ALICE, EMULATOR_ONLY, Harness, h, spec
 from tests.unit.test_manager_paths import ROOT
@@ -183,3 +187,89 @@ async def test_a_cancel_while_read_ahead_fails_a_job_waits_for_it(h: Harness) ->
     await prefetch
     # Answered with what the job became, not with the QUEUED memory held before.
     await refused_as(cancel, "job_not_cancellable", job_id=job, status="FAILED")
+
+
+# --- read ahead beside the records (standalone) ---------------------------------------
+class BesideRecordsHarness(Harness):
+    """The standalone stores: each program in the job database beside its record."""
+
+    def _open_stores(self) -> tuple[FlakyJobStore, FlakyPayloadStore]:
+        database = SqliteJobStore(self.directory / "jobs.sqlite3")
+        payloads = SqliteInputsPayloadStore(self.directory / "payloads", self.signer,
+                                            "http://127.0.0.1:1", self.clock, database)
+        return FlakyJobStore(database), FlakyBesideRecords(payloads)
+
+
+@pytest.fixture
+async def beside(tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BesideRecordsHarness]:
+    monkeypatch.setattr(manager_module, "PREFETCH_BATCH", 4)
+    harness = BesideRecordsHarness(tmp_path)
+    yield harness
+    await harness.close()
+
+
+async def _submitted(h: Harness, count: int) -> list[str]:
+    jobs = []
+    for n in range(count):
+        jobs.append(await h.submit(program=f"program {n}".encode()))
+        h.clock.advance(1)  # oldest first is the order of submission
+    return jobs
+
+
+async def test_read_ahead_beside_the_records_reads_a_batch_of_programs_at_once(
+        beside: BesideRecordsHarness) -> None:
+    jobs = await _submitted(beside, 10)
+    manager = await beside.restart()
+    assert await manager.prefetch_programs() == 10
+    assert beside.payloads.calls["get_inputs"] == 3  # batches of 4, 4 and 2
+    assert beside.payloads.calls["get_input"] == 0
+    beside.payloads.down = True  # the hand-overs need no store for their programs
+    handed = [await beside.assign() for _ in jobs]
+    assert [(a.record.job_id, a.program) for a in handed] == [
+        (job, f"program {n}".encode()) for n, job in enumerate(jobs)]
+
+
+async def test_a_program_the_database_lacks_is_read_alone_and_a_lost_one_fails_its_job(
+        beside: BesideRecordsHarness) -> None:
+    as_file, lost, kept = await _submitted(beside, 3)
+    database = beside.payloads.inner
+    assert isinstance(database, SqliteInputsPayloadStore)
+    await database.delete_input(as_file)
+    await LocalPayloadStore.put_input(database, as_file, b"an older directory's file")
+    await database.delete_input(lost)
+    manager = await beside.restart()
+    assert await manager.prefetch_programs() == 2
+    assert beside.payloads.calls["get_input"] == 2  # the two the batch did not find
+    assert (await beside.stored(lost)).status is JobStatus.FAILED
+    beside.payloads.down = True
+    first, second = await beside.assign(), await beside.assign()
+    assert (first.record.job_id, first.program) == (as_file, b"an older directory's file")
+    assert (second.record.job_id, second.program) == (kept, b"program 2")
+
+
+async def test_a_batch_that_cannot_be_read_is_read_a_program_at_a_time(
+        beside: BesideRecordsHarness, caplog: pytest.LogCaptureFixture) -> None:
+    await _submitted(beside, 3)
+    manager = await beside.restart()
+    beside.payloads.fail_on("get_inputs")
+    assert await manager.prefetch_programs() == 3
+    assert beside.payloads.calls["get_input"] == 3
+    assert "programs of 3 jobs not read together" in caplog.text
+
+
+async def test_a_job_handed_over_while_its_batch_is_read_is_not_counted_again(
+        beside: BesideRecordsHarness) -> None:
+    first, second = await _submitted(beside, 2)
+    manager = await beside.restart()
+    gate = beside.payloads.gate("get_inputs")
+    prefetch = asyncio.ensure_future(manager.prefetch_programs())
+    await beside.payloads.held("get_inputs")
+    handed = await beside.assign()  # reads its own program meanwhile
+    assert (handed.record.job_id, handed.program) == (first, b"program 0")
+    gate.set()
+    assert await prefetch == 1  # only the job still queued got its program from the batch
+    beside.payloads.down = True
+    last = await beside.assign()
+    assert (last.record.job_id, last.program) == (second, b"program 1")
+
