@@ -130,8 +130,8 @@ def error_detail(error: SchedulerError, method: str = "",
     return error_detail_pb2.ErrorDetail(code=error.code, description=description)
 
 
-def _refused(context: grpc.aio.ServicerContext, method: str, error: SchedulerError,
-             incident: str | None = None) -> error_detail_pb2.ErrorDetail:
+def refused(context: grpc.aio.ServicerContext, method: str, error: SchedulerError,
+            incident: str | None = None) -> error_detail_pb2.ErrorDetail:
     """``error``'s ErrorDetail, its reason (and incident) also in the trailing metadata."""
     if incident is None and error.code in INCIDENT_CODES:
         incident = new_id()
@@ -217,7 +217,7 @@ def in_band(
                 log.warning("%s: %d bytes that are no request (%s)", method, request.size,
                             request.why, extra=REPEATABLE)
                 malformed = SchedulerError("request_malformed", method=method)
-                return response_type(error=_refused(context, method, malformed))
+                return response_type(error=refused(context, method, malformed))
             caller = _token_key(request) if edge.tokens is not None else None
             end_share = _nothing
             try:
@@ -231,7 +231,7 @@ def in_band(
             except SchedulerError as refusal:
                 edge.metrics.rpc_observe(method, "RESOURCE_EXHAUSTED", 0)
                 edge.metrics.refusals.labels(refusal.key).inc()
-                return response_type(error=_refused(context, method, refusal))
+                return response_type(error=refused(context, method, refusal))
             CALLER.set(caller)
             started = time.perf_counter()
             code = "INTERNAL"
@@ -251,7 +251,7 @@ def in_band(
                 code = exc.code
                 if exc.code == "RESOURCE_EXHAUSTED":
                     edge.metrics.refusals.labels(exc.key).inc()
-                return response_type(error=_refused(context, method, exc))
+                return response_type(error=refused(context, method, exc))
             except NoLeader as exc:
                 code = "UNAVAILABLE"  # transport-level: the SDK tries once more
                 await _abort(context, method, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
@@ -274,7 +274,7 @@ def in_band(
                 log.exception("%s failed unexpectedly, incident %s", method, incident,
                               extra=REPEATABLE)
                 return response_type(
-                    error=_refused(context, method, SchedulerError("unexpected"), incident))
+                    error=refused(context, method, SchedulerError("unexpected"), incident))
             finally:
                 if limited:
                     edge.admission.leave()

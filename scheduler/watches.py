@@ -7,7 +7,9 @@ and just as correct: a change between two polls that is changed again before the
 (QUEUED → RUNNING → COMPLETED within half a second) shows only as its end, and the
 final status always arrives. Streams hold no admission slot (they would hold a drain
 up); each token may hold a bounded number. On drain every stream ends at once with an
-in-band UNAVAILABLE, so a client watches again elsewhere.
+in-band UNAVAILABLE, so a client watches again elsewhere. A stream that ends refused
+carries the refusal's reason (and incident) in its trailing metadata, as every other
+call does (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import grpc
 
 from common.clock import Clock
 from common.identity import Principal
+from common.logs import REPEATABLE, new_id
 from message_manager import SchedulerError
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from scheduler import convert
 from scheduler.auth import TokenResolver
-from scheduler.edge import Edge, MalformedRequest, error_detail
+from scheduler.edge import Edge, MalformedRequest, refused
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,14 @@ class Watches:
                     del self._open[principal.fingerprint]
         except SchedulerError as exc:
             code = exc.code
-            yield pb.WatchJobResponse(error=error_detail(exc))
+            yield pb.WatchJobResponse(error=refused(context, "WatchJob", exc))
         except Exception:  # answered in band, as every other call
             code = "INTERNAL"
-            log.exception("WatchJob failed unexpectedly")
-            yield pb.WatchJobResponse(error=error_detail(SchedulerError("unexpected")))
+            incident = new_id()
+            log.exception("WatchJob failed unexpectedly, incident %s", incident,
+                          extra=REPEATABLE)
+            yield pb.WatchJobResponse(
+                error=refused(context, "WatchJob", SchedulerError("unexpected"), incident))
         finally:
             edge.metrics.rpc_observe("WatchJob", code, 0)
 

@@ -121,8 +121,10 @@ async def test_nobody_sees_anothers_jobs_and_an_admin_sees_everyones_with_names(
     assert tags.error.code == "NOT_FOUND"
     usage = await jobs.GetUsage(pb.GetUsageRequest(token=bob))
     assert [(u.owner_name, u.live_jobs) for u in usage.usage] == [("bob", 1)]
-    watch = [m async for m in jobs.WatchJob(pb.WatchJobRequest(token=bob, job_id=job))]
+    call = jobs.WatchJob(pb.WatchJobRequest(token=bob, job_id=job))
+    watch = [m async for m in call]
     assert [m.error.code for m in watch] == ["NOT_FOUND"]
+    assert list(await call.trailing_metadata()) == [("x-mqc3-reason", "job_not_found")]
     unchanged = await jobs.ListJobs(pb.ListJobsRequest(token=alice))
     assert [(t.key, t.value) for t in unchanged.jobs[0].tags] == [("k", "v")]
 
@@ -265,6 +267,7 @@ async def test_open_watches_end_in_band_on_drain(
     stopping = asyncio.create_task(running.scheduler.stop(grace_s=5))
     last = await rest_of(stream)
     assert [m.error.code for m in last] == ["UNAVAILABLE"]
+    assert (await stream.trailing_metadata())["x-mqc3-reason"] == "watch_interrupted"
     await asyncio.wait_for(stopping, 5)
 
 
@@ -278,8 +281,12 @@ async def test_watches_are_bounded_per_token(tmp_path: Path, request: pytest.Fix
         stub = jobs_pb2_grpc.JobsServiceStub(channel)
         first = stub.WatchJob(pb.WatchJobRequest(token=alice, job_id=job))
         assert (await first.read()).status == QUEUED
-        second = [m async for m in stub.WatchJob(pb.WatchJobRequest(token=alice, job_id=job))]
+        refused = stub.WatchJob(pb.WatchJobRequest(token=alice, job_id=job))
+        second = [m async for m in refused]
         assert [m.error.code for m in second] == ["RESOURCE_EXHAUSTED"]
+        trailing = await refused.trailing_metadata()
+        assert trailing["x-mqc3-reason"] == "too_many_watches"
+        assert f"incident={trailing['x-mqc3-incident']}]" in second[0].error.description
         other = stub.WatchJob(pb.WatchJobRequest(token=running.token("bob"), job_id=job))
         assert (await other.read()).error.code == "NOT_FOUND"  # another token: its own bound
         first.cancel()
