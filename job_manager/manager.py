@@ -632,7 +632,7 @@ class JobManager:
     async def _programs_of(self, batch: list[QueuedJob]) -> dict[str, bytes]:
         """The programs of a batch of jobs still waiting for theirs, in one read where the
         store can; {} where it cannot (each is then read alone)."""
-        wanted = [job.job_id for job in batch if job.program is None and self.ledger.holds(job)]
+        wanted = [job.job_id for job in batch if self._waits_for_program(job)]
         if self._beside_records is None or len(wanted) < 2:
             return {}
         try:
@@ -643,7 +643,7 @@ class JobManager:
 
     async def _read_ahead(self, job: QueuedJob, program: bytes | None) -> int:
         """Give a queued job its program (read now unless given); 1 when it got one."""
-        if job.program is not None or not self.ledger.holds(job):
+        if not self._waits_for_program(job):
             return 0
         if program is None:
             try:
@@ -654,10 +654,14 @@ class JobManager:
             if program is None:
                 await self._fail_missing(job)
                 return 0
-            if job.program is not None or not self.ledger.holds(job):
+            if not self._waits_for_program(job):
                 return 0  # handed over (or ended) while its program was read
         job.program = program
         return 1
+
+    def _waits_for_program(self, job: QueuedJob) -> bool:
+        """Still queued here without its program (not handed over, cancelled or failed)."""
+        return job.program is None and self.ledger.holds(job)
 
     async def _fail_missing(self, job: QueuedJob) -> None:
         claimed = self.ledger.claim(job.record)

@@ -51,6 +51,13 @@ def what(path: Path) -> list[tuple[str, str, str, str]]:
             for e in entries(path)]
 
 
+def _alice_and_root(running: Running) -> tuple[str, str]:
+    """Tokens of the running standalone scheduler: alice, a developer, and root, an admin."""
+    assert running.data_dir is not None
+    return (standalone_token(running.data_dir, "alice", "developer"),
+            standalone_token(running.data_dir, "root", "admin"))
+
+
 async def _complete(running: Running, token: str) -> str:
     """A job of ``token``'s, run by a node to COMPLETED."""
     submitted = await running.clients.submission.SubmitJob(submit_request(token))
@@ -71,9 +78,7 @@ async def test_an_admins_reads_and_cancels_of_anothers_jobs_and_downloads_are_au
         tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase,
         audit_log: Path) -> None:
     async with scheduler_in("standalone", tmp_path, request, token_database) as running:
-        assert running.data_dir is not None
-        alice = standalone_token(running.data_dir, "alice", "developer")
-        root = standalone_token(running.data_dir, "root", "admin")
+        alice, root = _alice_and_root(running)
         submission = running.clients.submission
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
         jobs = jobs_pb2_grpc.JobsServiceStub(channel)
@@ -152,12 +157,11 @@ async def test_an_admins_refused_tagging_of_anothers_job_is_audited_with_its_cod
         tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase,
         audit_log: Path) -> None:
     async with scheduler_in("standalone", tmp_path, request, token_database) as running:
-        assert running.data_dir is not None
-        alice = standalone_token(running.data_dir, "alice", "developer")
-        root = standalone_token(running.data_dir, "root", "admin")
+        alice, root = _alice_and_root(running)
         job_id = (await running.clients.submission.SubmitJob(submit_request(alice))).job_id
         # A newer scheduler's record (docs/records.md): served read-only, so tagging it is
         # refused after the job was found, which is what the audit must show.
+        assert running.data_dir is not None
         with sqlite3.connect(running.data_dir / "jobs.sqlite3") as database:
             database.execute("UPDATE jobs SET record = json_set(record, '$.format_version', 99)"
                              " WHERE job_id = ?", (job_id,))
