@@ -104,17 +104,18 @@ class Ledger:
         return True
 
     def admit_all(self, jobs: list[QueuedJob]) -> int:
-        """Queue many stored jobs at once (a recovery: quotas not held); those already live
-        are left out. Returns how many were queued."""
+        """Queue many stored jobs at once (a recovery: quotas not held); those memory
+        knows already (live, or finished here) are left out. Returns how many were queued."""
         by_queue: dict[str, dict[str, QueuedJob]] = {}
-        is_live = self._is_live if self.live_count() else None  # none live: none to skip
+        # None known: none to skip (a restart's recovery, one lookup less per job).
+        is_known = self._is_known if self.live_count() or self._finished else None
         for job in jobs:
             key = self.queue_key(job.origin.backend)
             if key not in by_queue:
                 self.open_queue(job.origin.backend)
                 by_queue[key] = {}
             fresh = by_queue[key]
-            if job.job_id in fresh or (is_live is not None and is_live(job.job_id)):
+            if job.job_id in fresh or (is_known is not None and is_known(job.job_id)):
                 continue
             self.quotas.count(job.owner, job.size_bytes)
             fresh[job.job_id] = job
@@ -125,8 +126,9 @@ class Ledger:
         return sum(len(queued) for queued in by_queue.values())
 
     def admit_running(self, record: JobRecord) -> None:
-        """Watch a job found RUNNING in the store (after a restart or a takeover)."""
-        if self._is_live(record.job_id):
+        """Watch a job found RUNNING in the store (after a restart or a takeover), unless
+        memory knows it already (live, or finished here)."""
+        if self._is_known(record.job_id):
             return
         self._running[record.job_id] = record
         self.quotas.count(record.owner_fingerprint, 0)
@@ -271,6 +273,12 @@ class Ledger:
             if (job := queue.get(job_id)) is not None:
                 return job
         return None
+
+    def _is_known(self, job_id: str) -> bool:
+        """Live here, or finished here lately. Memory is then newer than a store read of
+        the job: a recovery's second look reads a page, and a job on it may finish here
+        before the page's jobs are admitted (it would stay RUNNING in memory)."""
+        return self._is_live(job_id) or job_id in self._finished
 
     def _is_live(self, job_id: str) -> bool:
         return (job_id in self._running or job_id in self._claimed

@@ -189,6 +189,18 @@ def test_a_recovery_queues_every_job_not_yet_live_after_one_that_is(
     assert ledger.key_holder(ALICE.fingerprint, "k") is later[0].record
 
 
+def test_a_recovery_leaves_out_a_job_that_finished_here_after_its_page_was_read(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job = _job(clock)
+    running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    done = replace(running, status=JobStatus.COMPLETED, finished_at=clock.now())
+    ledger.remember_finished(done)
+    ledger.admit_running(running)  # the store's page, read before the job finished
+    assert ledger.admit_all([QueuedJob(job.record, None)]) == 0
+    assert ledger.remembered(job.job_id) == done
+    assert ledger.running_count() == 0 and ledger.live_count() == 0
+
+
 def test_a_recovery_opens_the_queue_of_a_backend_that_had_none(clock: FakeClock) -> None:
     async def expire(job_id: str, watched: object) -> None:
         pass
