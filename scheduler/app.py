@@ -435,7 +435,8 @@ class Scheduler:
         self._resources.push_async_callback(runner.cleanup)
         assert runner.server is not None
         guard = ConnectionGuard(runner.server, http_connection_cap(),
-                                self.config.http_header_timeout_s)
+                                self.config.http_header_timeout_s,
+                                self.config.http_max_connections_per_address)
         try:
             server = await asyncio.get_running_loop().create_server(
                 guard, self.config.host, port, reuse_address=True)
