@@ -33,7 +33,7 @@ from job_manager.model import (
     is_job_id,
     new_job_id,
 )
-from job_manager.observer import JobObserver, NoObserver
+from job_manager.observer import UNKNOWN_BACKEND, JobObserver, NoObserver
 from job_manager.queue import QueuedJob, SchedulingPolicy
 from job_manager.stores import (
     Deposed,
@@ -249,8 +249,7 @@ class JobManager:
                                          len(spec.program) + len(spec.settings))
             self.ledger.reserve(principal, spec.request_bytes, len(spec.program))
         except SchedulerError as exc:
-            # A client's made-up backend name must not become a metric label.
-            known = spec.backend if self.backends.is_known(spec.backend) else "unknown"
+            known = spec.backend if self.backends.is_known(spec.backend) else UNKNOWN_BACKEND
             self._observer.refused(known, principal.role.value, exc.code)
             raise
         now = self._clock.now()

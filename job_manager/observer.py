@@ -6,6 +6,10 @@ from typing import Protocol
 
 from job_manager.model import JobRecord
 
+# The backend a refused submission is counted under when it names none the scheduler knows:
+# a client's made-up name must not become a metric label.
+UNKNOWN_BACKEND = "unknown"
+
 
 class JobObserver(Protocol):
     """Notified on each job event; must not block or raise."""

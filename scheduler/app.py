@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import grpc
 from aiohttp import web
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -103,6 +104,13 @@ def _grpc_server(max_message_bytes: int) -> grpc.aio.Server:
         # A second scheduler on the same port must fail, not share the port's traffic.
         ("grpc.so_reuseport", 0),
     ])
+
+
+def _methods(*services: str) -> list[str]:
+    """The methods of the named services: the ``method`` labels of their calls' metrics."""
+    pool = descriptor_pool.Default()
+    return [method.name for service in services
+            for method in pool.FindServiceByName(service).methods]
 
 
 def http_connection_cap() -> int:
@@ -280,6 +288,7 @@ class Scheduler:
                           config.replicas.lease_duration_s, config.replicas.lease_renew_s)
             forwarder = Forwarder(me, _channel_credentials(config.submission_tls),
                                   _channel_credentials(config.execution_tls))
+            self.metrics.know_forwarding(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
             self._resources.push_async_callback(forwarder.close)
         replicas = self._replicas = Replicas(make_manager, self.metrics, lease=lease,
                                              forwarder=forwarder,
@@ -294,6 +303,7 @@ class Scheduler:
         await self._serve_grpc(stack, replicas, health)
         backends = BackendManager(stack.backend_source, config.backend_reload_interval_s)
         backends.on_change(replicas.use_backends)
+        backends.on_change(lambda table: self.metrics.know_backends(table.known()))
         await backends.load()
         if lease is not None:
             host = config.replicas.advertise_host
@@ -357,6 +367,7 @@ class Scheduler:
         # The nodes' extension shares the execution port, its limit and its credential.
         execution_admission = Admission(config.execution_max_concurrent_rpcs,
                                         config.execution_max_waiting_rpcs)
+        self.metrics.know_calls(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
         self.metrics.watch_waiting_calls({"submission": lambda: submission_admission.waiting,
                                           "execution": lambda: execution_admission.waiting})
         self._edges = [
@@ -435,7 +446,8 @@ class Scheduler:
         self._resources.push_async_callback(runner.cleanup)
         assert runner.server is not None
         guard = ConnectionGuard(runner.server, http_connection_cap(),
-                                self.config.http_header_timeout_s)
+                                self.config.http_header_timeout_s,
+                                self.config.http_max_connections_per_address)
         try:
             server = await asyncio.get_running_loop().create_server(
                 guard, self.config.host, port, reuse_address=True)

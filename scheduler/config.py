@@ -119,6 +119,8 @@ class Config:
     store_unhealthy_after_s: float
     audit_log: Path | None = None  # the audit stream's file (docs/audit.md); None: stderr
     http_header_timeout_s: float = 10.0
+    # One address's connections on each HTTP port; None: half the port's cap (http_guard.py)
+    http_max_connections_per_address: int | None = None
     max_result_bytes: int = 1024 * MB
     retention: Retention = field(default_factory=Retention)
     submission_tls: TlsConfig | None = None
@@ -309,6 +311,11 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _env(env, name, float, default, lambda v: v > 0, "must be a positive number")
 
 
+def _positive_int_or_unset(env: Mapping[str, str], name: str) -> int | None:
+    """A positive integer, or None when unset (the setting's default is computed later)."""
+    return _positive_int(env, name, 1) if env.get(name) else None
+
+
 def _optional_cap(env: Mapping[str, str], name: str, parse: Callable[[str], N]) -> N | None:
     """A cap an operator may set; unset (the default) means none, as in the original."""
     if not env.get(name):
@@ -481,6 +488,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
         audit_log=audit_log(env),
         http_header_timeout_s=_positive_float(env, "SCHEDULER_HTTP_HEADER_TIMEOUT_S", 10.0),
+        http_max_connections_per_address=_positive_int_or_unset(
+            env, "SCHEDULER_HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
         max_result_bytes=_positive_int(env, "SCHEDULER_MAX_RESULT_BYTES", 1024 * MB),
         retention=Retention(
             finished_jobs=timedelta(days=_positive_float(env, "SCHEDULER_RETENTION_DAYS", 30.0)),

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from job_manager.model import JobRecord
+from common.identity import Role
+from job_manager.model import JobRecord, JobStatus
+from job_manager.observer import UNKNOWN_BACKEND
+from message_manager.catalogue import Catalogue, default_catalogue
 
 _WAIT_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200)
 _RPC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30)
+
+# Labels known before their first event. Prometheus's rate() and increase() count from a
+# series' first scrape, so a series made at its first event loses that event: each of these
+# exists, at 0, from the start (docs/design.md, "Metrics exist from the start").
+ROLES = tuple(role.value for role in Role)
+OUTCOMES = tuple(status.value for status in JobStatus if status.is_final)
+# The codes a submission is refused with before it becomes a job (JobManager.submit): a bad
+# field or backend, a backend closed to the role, a quota.
+SUBMISSION_REFUSALS = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE")
+FORWARD_RESULTS = ("answered", "unreachable")
 
 
 class QueueCollector(Collector):
@@ -105,13 +118,66 @@ class Metrics:
         self.waiting_calls = Gauge("mqc3_calls_waiting_for_leader", "Calls waiting for a "
                                    "leader to be elected or to finish recovering", registry=r)
 
-    def rpc_observe(self, method: str, code: str, seconds: float) -> None:
-        """Count one call's latency. Each (method, code) child is looked up once: a
-        labels() lookup costs as much as the observation, on every call."""
+    # --- series that exist from the start -----------------------------------------------
+    def know_calls(self, methods: Iterable[str], catalogue: Catalogue | None = None) -> None:
+        """Make each method's calls exist with OK and every code of the catalogue, each
+        RESOURCE_EXHAUSTED reason, each token cache result, and refused submissions that
+        name no known backend."""
+        catalogue = catalogue or default_catalogue()
+        entries = [catalogue.entry(key) for key in sorted(catalogue.keys())]
+        codes = ["OK", *sorted({entry.code for entry in entries})]
+        for method in methods:
+            for code in codes:
+                self._rpc_child(method, code)
+        for entry in entries:
+            if entry.code == "RESOURCE_EXHAUSTED":
+                self.refusals.labels(entry.key)
+        for result in ("hit", "miss"):
+            self.token_cache.labels(result)
+        self._know_refused(UNKNOWN_BACKEND)
+
+    def know_forwarding(self, methods: Iterable[str]) -> None:
+        """Among replicas: make each method's forwarded calls exist, by result."""
+        for method in methods:
+            for result in FORWARD_RESULTS:
+                self.forwarded.labels(method, result)
+
+    def know_store(self, store: str, operations: Iterable[str]) -> None:
+        """Make each store operation's error count exist (its latency comes with its first
+        call, which every operation makes soon after the start)."""
+        for operation in operations:
+            self.store_errors.labels(store, operation)
+
+    def know_backends(self, backends: Iterable[str]) -> None:
+        """Make every series labelled with each of ``backends`` exist: called at start and
+        after each reload of the backend status, with the backends it names."""
+        for backend in backends:
+            for metric in (self.queue_wait, self.jobs_returned, self.jobs_requeued,
+                           self.timestamps_clamped_total):
+                metric.labels(backend)
+            for role in ROLES:
+                self.jobs_submitted.labels(backend, role)
+                for outcome in OUTCOMES:
+                    self.jobs_finished.labels(backend, role, outcome)
+            for outcome in OUTCOMES:
+                self.job_duration.labels(backend, outcome)
+            self._know_refused(backend)
+
+    def _know_refused(self, backend: str) -> None:
+        for role in ROLES:
+            for code in SUBMISSION_REFUSALS:
+                self.jobs_refused.labels(backend, role, code)
+
+    def _rpc_child(self, method: str, code: str) -> Histogram:
         child = self._rpc_children.get((method, code))
         if child is None:
             child = self._rpc_children[method, code] = self.rpc_latency.labels(method, code)
-        child.observe(seconds)
+        return child
+
+    def rpc_observe(self, method: str, code: str, seconds: float) -> None:
+        """Count one call's latency. Each (method, code) child is looked up once: a
+        labels() lookup costs as much as the observation, on every call."""
+        self._rpc_child(method, code).observe(seconds)
 
     def watch_waiting_calls(self, waiting: Mapping[str, Callable[[], int]]) -> None:
         """Export how many calls wait for a slot, by port (docs/errors.md, "Calls in

@@ -36,6 +36,8 @@ class StoreMonitor:
 
     def wrap(self, store: T, name: str) -> T:
         """A stand-in for ``store`` that measures its coroutine methods."""
+        self._metrics.know_store(name, [operation for operation, _ in inspect.getmembers(
+            type(store), inspect.iscoroutinefunction) if not operation.startswith("_")])
         return _Measured(store, name, self)  # type: ignore[return-value]
 
     def failing_for_s(self) -> float:

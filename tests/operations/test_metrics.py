@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 
-from pb.mqc3_cloud.scheduler.v1 import execution_pb2
+from common.identity import Role
+from message_manager.catalogue import default_catalogue
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, nodes_pb2
 from tests.conftest import Running
-from tests.helpers import UPLOAD_HEADERS, submit_request
-from tests.integration.processes import HOST
+from tests.helpers import TEST_BACKENDS_TOML, UPLOAD_HEADERS, submit_request
+from tests.integration.processes import HOST, Ports
 from tests.operations.support import (
     WAIT_METADATA,
+    Process,
     Samples,
     has_series,
     healthz,
     scrape,
+    standalone_args,
     until_async,
+    until_serving,
     value,
 )
 
@@ -139,3 +147,90 @@ async def test_metrics_port_answers_only_known_paths(running: Running) -> None:
                    "mqc3_store_call_seconds", "mqc3_store_errors", "mqc3_token_cache_lookups",
                    "mqc3_queue_depth_jobs", "mqc3_queue_bytes", "mqc3_waiting_nodes"):
         assert re.search(rf"^# TYPE {family}(_total)? ", text, re.MULTILINE), family
+
+
+# --- series that exist from the start (issue 26, point 8) ------------------------------------
+# rate() and increase() count from a series' first scrape: one made at its first event loses
+# that event. So every series the scheduler can know of at start exists, at 0, from the start.
+ROLES = [role.value for role in Role]
+OUTCOMES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+SUBMISSION_REFUSALS = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE")
+ADDED_BACKEND = '\n[backends.photonic.admin]\nstatus = "available"\n'
+
+
+def _methods() -> list[str]:
+    """Every method of both services and of the extension."""
+    return [method.name for module, service in (
+        (submission_pb2, "SubmissionService"), (execution_pb2, "ExecutionService"),
+        (jobs_pb2, "JobsService"), (nodes_pb2, "NodeService"))
+        for method in module.DESCRIPTOR.services_by_name[service].methods]
+
+
+def _expected_for(backend: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The series a backend has from the moment the scheduler knows it."""
+    for name in ("mqc3_job_queue_wait_seconds_count", "mqc3_jobs_returned_total",
+                 "mqc3_jobs_requeued_total", "mqc3_node_timestamps_clamped_total"):
+        yield name, {"backend": backend}
+    yield "mqc3_job_queue_wait_seconds_bucket", {"backend": backend, "le": "+Inf"}
+    for role in ROLES:
+        yield "mqc3_jobs_submitted_total", {"backend": backend, "role": role}
+        for code in SUBMISSION_REFUSALS:
+            yield "mqc3_jobs_refused_total", {"backend": backend, "role": role, "code": code}
+        for outcome in OUTCOMES:
+            yield "mqc3_jobs_finished_total", {"backend": backend, "role": role,
+                                               "outcome": outcome}
+    for outcome in OUTCOMES:
+        yield "mqc3_job_total_seconds_count", {"backend": backend, "outcome": outcome}
+
+
+def _expected_at_start() -> Iterator[tuple[str, dict[str, str]]]:
+    catalogue = default_catalogue()
+    codes = {"OK"} | {catalogue.entry(key).code for key in catalogue.keys()}
+    for method in _methods():
+        for code in codes:
+            yield "mqc3_rpc_seconds_count", {"method": method, "code": code}
+        yield "mqc3_rpc_seconds_bucket", {"method": method, "code": "OK", "le": "+Inf"}
+    for key in catalogue.keys():
+        if catalogue.entry(key).code == "RESOURCE_EXHAUSTED":
+            yield "mqc3_refusals_total", {"reason": key}
+    for result in ("hit", "miss"):
+        yield "mqc3_token_cache_lookups_total", {"result": result}
+    yield "mqc3_store_errors_total", {"store": "jobs", "operation": "transition"}
+    yield "mqc3_store_errors_total", {"store": "payloads", "operation": "put_input"}
+    for backend in ("emulator", "qpu"):
+        yield from _expected_for(backend)
+    for role in ROLES:  # a submission naming no backend the scheduler knows
+        for code in SUBMISSION_REFUSALS:
+            yield "mqc3_jobs_refused_total", {"backend": "unknown", "role": role, "code": code}
+
+
+def _missing(samples: Samples, expected: Iterator[tuple[str, dict[str, str]]]) -> list[str]:
+    return [f"{name}{labels}" for name, labels in expected
+            if (name, frozenset(labels.items())) not in samples]
+
+
+async def test_every_series_known_at_start_is_there_before_any_call(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    backends = data_dir / "backends.toml"
+    backends.write_text(TEST_BACKENDS_TOML)
+    ports = Ports.free()
+    process = Process(standalone_args(data_dir, ports), tmp_path / "scheduler.log",
+                      {"SCHEDULER_BACKEND_RELOAD_S": "0.1"})
+    try:
+        await until_serving(process, ports)
+        started = await scrape(ports.metrics)
+        assert _missing(started, _expected_at_start()) == []
+        assert value(started, "mqc3_jobs_finished_total") == 0
+        assert value(started, "mqc3_rpc_seconds_count") == 0  # no call was made yet
+        # A backend added at a reload has its series at once.
+        backends.write_text(TEST_BACKENDS_TOML + ADDED_BACKEND)
+
+        async def reloaded() -> bool:
+            return has_series(await scrape(ports.metrics), "mqc3_queue_depth_jobs",
+                              backend="photonic")
+
+        await until_async(reloaded, 10, "the backend added to backends.toml is loaded")
+        assert _missing(await scrape(ports.metrics), _expected_for("photonic")) == []
+    finally:
+        process.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.helpers import (
     submit_request,
 )
 from tests.integration.processes import HOST, Ports
-from tests.operations.support import Process, standalone_args, until_serving
+from tests.operations.support import Process, standalone_args, until, until_serving
 
 MB = 1024 * 1024
 
@@ -206,3 +207,82 @@ async def test_grpc_is_unaffected_by_closed_http_connections(started: Started) -
         assert sock.recv(1) == b""  # closed by the header timeout
     async with grpc.aio.insecure_channel(f"{HOST}:{started.ports.submission}") as channel:
         await asyncio.wait_for(channel.channel_ready(), 5)
+
+
+# --- one address cannot take every connection (issue 26, point 5) ---------------------------
+SQUATTERS = ("127.0.0.2", "127.0.0.3")  # other addresses than the victims' 127.0.0.1
+HALF_REQUEST = b"PUT /results/x.out.proto.gz HTTP/1.1\r\nHost: x\r\nContent-Le"
+
+
+class Squatters:
+    """Connections from other loopback addresses that send half a request and connect
+    again the moment they are closed, so the guard's cap stays full. Counts how each one
+    ended: the first line of the server's answer, or how the connection failed."""
+
+    def __init__(self, ports: tuple[int, ...], per_address: int) -> None:
+        self.ended: Counter[str] = Counter()
+        self._tasks = [asyncio.ensure_future(self._squat(source, port))
+                       for port in ports for source in SQUATTERS for _ in range(per_address)]
+
+    async def _squat(self, source: str, port: int) -> None:
+        while True:
+            self.ended[await self._once(source, port)] += 1
+
+    async def _once(self, source: str, port: int) -> str:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+        except OSError:
+            await asyncio.sleep(0)  # the listen backlog is full: try again
+            return "not connected"
+        try:
+            writer.write(HALF_REQUEST)
+            answer = await reader.read(128)
+        except OSError:
+            return "reset"
+        finally:
+            writer.close()
+        return answer.split(b"\r\n", 1)[0].decode() or "closed"
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _upload_all(started: Started, count: int) -> list[int | str]:
+    """``count`` jobs submitted and handed out, then their results uploaded at once: each
+    upload's status, or the error it ended with."""
+    submission = started.clients.submission
+    for _ in range(count):
+        answer = await submission.SubmitJob(submit_request(started.token), timeout=10)
+        assert answer.error.code == "", answer.error
+    urls = [(await started.clients.assign()).upload_target.upload_url for _ in range(count)]
+    uploads = [asyncio.to_thread(requests.put, url, data=gzip_result(b"r"),
+                                 headers=UPLOAD_HEADERS, timeout=10) for url in urls]
+    statuses = [repr(response) if isinstance(response, BaseException) else response.status_code
+                for response in await asyncio.gather(*uploads, return_exceptions=True)]
+    for url in urls:
+        job_id = urlsplit(url).path.rsplit("/", 1)[1].split(".", 1)[0]
+        await started.clients.execution.ReportExecutionResult(
+            execution_pb2.ReportExecutionResultRequest(
+                job_id=job_id, status=execution_pb2.EXECUTION_STATUS_SUCCESS), timeout=10)
+    return statuses
+
+
+async def test_squatters_from_other_addresses_leave_room_for_uploads_and_probes(
+        started: Started) -> None:
+    # 256 descriptors: each port takes 64 connections; 96 squat on each of them.
+    squatters = Squatters((started.ports.http, started.ports.metrics), per_address=48)
+    try:
+        await until(lambda: sum(squatters.ended.values()) > 20, 10,
+                    "the squatters fill both ports' caps")
+        for _ in range(2):  # 12 nodes' uploads, in two rounds (a developer runs 10 at once)
+            assert await _upload_all(started, 6) == [200] * 6
+        for _ in range(10):
+            probe = await asyncio.to_thread(
+                requests.get, f"http://{HOST}:{started.ports.metrics}/healthz", timeout=5)
+            assert probe.status_code == 200
+    finally:
+        await squatters.stop()
+    # A squatter past its address's share is told so, rather than cut off without a word.
+    assert squatters.ended["HTTP/1.1 503 Service Unavailable"] > 0, squatters.ended

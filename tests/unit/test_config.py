@@ -94,6 +94,8 @@ def test_standalone_mode_listens_on_loopback_by_default(tmp_path: Path) -> None:
         (AWS_FLAGS, {"SCHEDULER_SUBMISSION_MAX_WAITING": "-1"}, "SCHEDULER_SUBMISSION_MAX_WAITING"),
         (AWS_FLAGS, {"SCHEDULER_EXECUTION_MAX_WAITING": "x"}, "SCHEDULER_EXECUTION_MAX_WAITING"),
         (AWS_FLAGS, {"SCHEDULER_MAX_SHOTS": "0"}, "SCHEDULER_MAX_SHOTS"),
+        (AWS_FLAGS, {"SCHEDULER_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "0"},
+         "SCHEDULER_HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
         (AWS_FLAGS, {"SCHEDULER_MAX_TIMEOUT_S_GUEST": "soon"}, "SCHEDULER_MAX_TIMEOUT_S_GUEST"),
         ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt"], {}, "--tls-key"),
         ([*AWS_FLAGS, "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], {},
