@@ -11,6 +11,7 @@ caller can cancel; when the store fails, the claim is undone (docs/job-rules.md)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Coroutine
@@ -130,6 +131,9 @@ _OUTCOME_DETAIL = {
     JobStatus.FAILED: "the backend reported a failure",
     JobStatus.TIMEOUT: "the backend reported that the job timed out",
 }
+
+
+READ_AGAIN_S = 1.0  # how often a job whose store read failed is read again
 
 
 class JobManager:
@@ -551,6 +555,7 @@ class JobManager:
         except RecordTooNew as exc:  # a newer scheduler's now: left to it; the next job goes
             log.warning("job %s not handed over: %s", job.job_id, exc)
             self.ledger.left_queue(job)
+            self.ledger.forget(job.job_id)  # read from the store from now on, read-only
             return None
         except StoreError as exc:
             self.ledger.put_back(job)
@@ -698,7 +703,21 @@ class JobManager:
                     job.job_id)
 
     async def report(self, report: ExecutionReport, node: str = "") -> JobRecord:
-        """Record a node's report; the same report twice is answered the same way."""
+        """Record a node's report; the same report twice is answered the same way.
+
+        A report is one of the changes of a running job (docs/job-rules.md, rule 2): it
+        waits for a change under way (a requeue, a timeout, another report) and then looks
+        again, so two changes never race each other to the store.
+        """
+        while True:
+            await self._settled(report.job_id)
+            record = await self._reported(report, node)
+            if not self._changed_since(record):
+                break
+        return await asyncio.shield(self._moved(report.job_id, self._record_report(record, report)))
+
+    async def _reported(self, report: ExecutionReport, node: str) -> JobRecord:
+        """The running job ``report`` may change; the answer itself when it changes nothing."""
         record = await self._find_for_node(report.job_id)
         _check_node(record, node)
         if record.status.is_final:
@@ -710,15 +729,33 @@ class JobManager:
                 status=record.status.value,
                 reported=report.outcome.value,
             )
+        if record.status is JobStatus.QUEUED and record.requeues:
+            raise SchedulerError("report_of_earlier_hand_over", job_id=report.job_id,
+                                 detail=record.status_detail)
         if record.status is not JobStatus.RUNNING:
             raise SchedulerError(
                 "job_not_running", job_id=report.job_id, status=record.status.value
             )
         if report.outcome is JobStatus.COMPLETED and not await self._result_uploaded(record):
             raise SchedulerError("result_missing", job_id=report.job_id)
+        return record
+
+    def _changed_since(self, record: JobRecord) -> bool:
+        """Whether the job running here changed, or began to, since ``record`` was read.
+        (A job memory holds QUEUED was read from the store: another process runs it.)"""
+        live = self.ledger.live(record.job_id)
+        return record.job_id in self._moving or (
+            live is not None and live.status is JobStatus.RUNNING and live is not record)
+
+    async def _settled(self, job_id: str) -> None:
+        """Wait until no change of the job is under way."""
+        while (moving := self._moving.get(job_id)) is not None:
+            await asyncio.shield(moving)
+
+    async def _record_report(self, record: JobRecord, report: ExecutionReport) -> JobRecord:
         if report.infrastructure and record.requeues < self._max_requeues:
             why = f"its backend failed it for a reason of its own ({report.detail or 'unstated'})"
-            requeued = await asyncio.shield(self._requeue_lost(record, why))
+            requeued = await self._requeue_lost(record, why)
             if requeued is not None:
                 return requeued
         now = self._clock.now()
@@ -739,7 +776,7 @@ class JobManager:
             result_raw_size_bytes=report.raw_size_bytes,
             result_encoded_size_bytes=report.encoded_size_bytes,
         )
-        return await asyncio.shield(self._finish(record, finished))
+        return await self._finish(record, finished)
 
     async def _finish(self, running: JobRecord, finished: JobRecord) -> JobRecord:
         try:
@@ -779,6 +816,7 @@ class JobManager:
         Otherwise ``watched`` is the ``dequeued_at`` of the hand-over the deadline was
         watched for.
         """
+        await self._settled(job_id)  # a report under way: its outcome decides
         if isinstance(watched, _Beat):
             await self._beats_stopped(job_id, watched)
             return
@@ -809,12 +847,12 @@ class JobManager:
         """A RUNNING job whose node is gone: queued again while SCHEDULER_MAX_REQUEUES
         allows, else TIMEOUT with ``detail``."""
         if record.requeues < self._max_requeues:
-            await asyncio.shield(self._requeue_lost(record, why))
+            await asyncio.shield(self._moved(record.job_id, self._requeue_lost(record, why)))
             return
         timed_out = replace(record, status=JobStatus.TIMEOUT, finished_at=self._clock.now(),
                             status_detail=detail)
         try:
-            await asyncio.shield(self._finish(record, timed_out))
+            await asyncio.shield(self._moved(record.job_id, self._finish(record, timed_out)))
         except SchedulerError as exc:
             if exc.key != "report_conflict":
                 raise
@@ -1064,13 +1102,32 @@ class JobManager:
         A job the store holds RUNNING (handed over by another process, say a leader
         deposed since) is watched from now on, so it times out here if its node is gone.
         """
-        stored = await self._jobs_get(job_id)
-        self.ledger.forget(job_id)
-        if stored is not None and stored.status is JobStatus.RUNNING and _changeable(stored):
-            self.ledger.admit_running(stored)
+        self.ledger.forget(job_id)  # wrong whatever the store says: never left claimed
+        try:
+            stored = await self._jobs_get(job_id)
+        except SchedulerError:
+            self._in_background(self._read_again(job_id))
+            raise
+        self._follow_store(job_id, stored)
+        return stored
+
+    async def _read_again(self, job_id: str) -> None:
+        """The store could not say what became of a job memory was wrong about: ask again
+        until it can, so that a job it holds is queued or watched here (issue 27, item 4)."""
+        while True:
+            await asyncio.sleep(READ_AGAIN_S)
+            with contextlib.suppress(SchedulerError):
+                self._follow_store(job_id, await self._jobs_get(job_id))
+                return
+
+    def _follow_store(self, job_id: str, stored: JobRecord | None) -> None:
+        if stored is not None and _changeable(stored):
+            if stored.status is JobStatus.RUNNING:
+                self.ledger.admit_running(stored)
+            elif stored.status is JobStatus.QUEUED and self.ledger.queue(stored.backend):
+                self.ledger.admit(QueuedJob(stored, None), reserved=False)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")
-        return stored
 
     async def _forget_input(self, job_id: str) -> None:
         try:

@@ -78,6 +78,7 @@ class Lease:
         self._seen_since = 0.0
         self.listeners: list[Callable[[bool], None]] = []  # told of each change of leading
         self._retired = False  # released for good (a stop): never taken again
+        self._resting_until = 0.0  # monotonic time before which this replica takes nothing
         self._round = asyncio.Lock()  # one round at a time (the loop's, or one asked for)
 
     @property
@@ -136,6 +137,13 @@ class Lease:
             except LeaseUnreachable as exc:
                 log.warning("the lease could not be released (it lapses instead): %s", exc)
 
+    async def step_aside(self) -> None:
+        """Let the lease go after a term that failed (its recovery): released at once, and
+        not taken again for one lease's duration, so that another replica can take it
+        rather than this one failing the same way in a loop of takeovers."""
+        self._resting_until = self._monotonic() + self.duration_s
+        await self.release()
+
     async def _renew(self, mine: LeaseRecord, started: float) -> None:
         renewed = replace(mine, version=_version(), submission_address=self.addresses[0],
                           execution_address=self.addresses[1])
@@ -160,13 +168,13 @@ class Lease:
             log.warning("the lease could not be read: %s", exc)
             return
         if current is None:
-            if not self._retired:
+            if not self._retired and now >= self._resting_until:
                 await self._take(None, now, "a new lease")
             return
         if current.version != self._seen_version:
             self._seen_version, self._seen_since = current.version, now
         self.current = current
-        if self._retired:
+        if self._retired or now < self._resting_until:
             return
         if current.released:
             await self._take(current, now, f"released by {current.holder}")

@@ -34,6 +34,7 @@ ErrorKey = Literal[
     "record_unreadable",
     "report_conflict",
     "report_field_too_long",
+    "report_of_earlier_hand_over",
     "request_malformed",
     "result_missing",
     "result_not_ready",

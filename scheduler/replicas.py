@@ -162,7 +162,10 @@ class Replicas:
             if self._lease is None:
                 raise  # standalone: the start fails, as it says why
             log.exception("recovery failed; giving the lease up for another replica")
-            await self._lease.release()
+            # Giving the lease up ends this term, and this task is the term: detached from
+            # it first, so that ending the term does not cancel the release being written.
+            self._term = None
+            await self._lease.step_aside()
             return
         if self.manager is not manager:
             return  # the term ended meanwhile

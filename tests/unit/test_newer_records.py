@@ -68,3 +68,9 @@ async def test_a_queued_job_turned_newer_meanwhile_is_skipped_at_the_hand_over(
     assert (await h.assign()).record.job_id == ours
     assert await h.manager.assign("emulator") is None
     assert stored(h, theirs) == written
+    # Not claimed here for ever (issue 27, item 4): out of memory, its owner's slot freed,
+    # and answered as the newer scheduler stored it.
+    assert h.manager.live_jobs() == 1  # ours, RUNNING
+    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1  # ours, RUNNING
+    await refused_as(h.manager.cancel(ALICE, theirs), "record_too_new",
+                     job_id=theirs, format_version=NEWER)
