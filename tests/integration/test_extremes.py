@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import requests
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import (
     execution_pb2,
     execution_pb2_grpc,
@@ -26,15 +32,23 @@ from pb.mqc3_cloud.scheduler.v1 import (
     submission_pb2,
     submission_pb2_grpc,
 )
+from pb.mqc3_cloud.token_database.v1 import token_database_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, nodes_pb2, nodes_pb2_grpc
+from scheduler.auth import TokenResolver
 from tests.conftest import Running, scheduler_in
 from tests.helpers import UPLOAD_HEADERS, TokenDatabase, gzip_result, submit_request
 from tests.integration.processes import (
+    ROOT,
     Deployment,
     ScriptProcess,
     aws_deployment,
+    create_token,
     standalone_deployment,
 )
+from tests.security.test_token_database import Served, served, token_store
+from tests.unit.test_auth_cache import CountingTokens, clock, resolver, tokens
+
+__all__ = ["clock", "resolver", "served", "token_store", "tokens"]  # fixtures, shared
 
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
@@ -337,7 +351,8 @@ def _submit_cases() -> list[Case]:
     cases += [Case("SubmitJob sdk_version of 64 characters", submit(sdk_version="1" * 64)),
               Case("SubmitJob sdk_version of 65 characters", submit(sdk_version="1" * 65),
                    "INVALID_ARGUMENT", "sdk_version"),
-              Case("SubmitJob settings.role admin, ignored", submit(**{"job.settings.role": "admin"})),
+              Case("SubmitJob settings.role admin, ignored",
+                   submit(**{"job.settings.role": "admin"})),
               Case("SubmitJob settings.backend empty", submit(**{"job.settings.backend": ""}),
                    "INVALID_ARGUMENT", "backend"),
               Case("SubmitJob options.save_job", submit(**{"options.save_job": True}))]
@@ -364,6 +379,9 @@ def _job_id_cases() -> list[Case]:
         return lambda sweep: sweep.jobs.SetJobTags(
             jobs_pb2.SetJobTagsRequest(token=sweep.alice, job_id=job_id), timeout=RPC_TIMEOUT_S)
 
+    def watch(job_id: str) -> Send:
+        return lambda sweep: sweep.first_watch_message(job_id)
+
     cases = []
     for name, job_id, code, naming in JOB_IDS:
         for method in ("CancelJob", "GetJobStatus", "GetJobResult"):
@@ -371,9 +389,7 @@ def _job_id_cases() -> list[Case]:
         for method in ("RefreshUploadUrl", "Heartbeat"):
             cases.append(Case(f"{method} job_id {name}", node_call(method, job_id), code, naming))
         cases.append(Case(f"SetJobTags job_id {name}", tags(job_id), code, naming))
-        cases.append(Case(f"WatchJob job_id {name}",
-                          lambda sweep, job_id=job_id: sweep.first_watch_message(job_id),
-                          code, naming))
+        cases.append(Case(f"WatchJob job_id {name}", watch(job_id), code, naming))
     return cases
 
 
@@ -565,3 +581,107 @@ async def test_each_field_at_its_extremes_is_answered_ok_or_refused_naming_it(
             await _runs_a_job_through(again)
         finally:
             await again.close()
+
+
+# --- the token database, and the scheduler's reading of its answers -------------------------
+# expires_at of CreateToken and RenewToken: (name, seconds, nanos, what is stored: "never",
+# a time, or "refused").
+LATEST_S = 253_402_300_799
+EXPIRIES: list[tuple[str, int, int, str]] = [
+    ("2**62 s", 2**62, 0, "never"),
+    ("largest", INT64_MAX, MAX_NANOS, "never"),
+    ("past the year 9999", PAST_YEAR_9999_S, 0, "never"),
+    ("the last microsecond of 9999", LATEST_S, MAX_NANOS, "9999-12-31T23:59:59.999999+00:00"),
+    ("1 ns", 0, 1, "never"),
+    ("1 s", 1, 0, "1970-01-01T00:00:01+00:00"),
+    ("0", 0, 0, "never"),
+    ("negative", -1, 0, "never"),
+    ("smallest", INT64_MIN, 0, "never"),
+    ("-1e12 s", -10**12, 0, "never"),
+    ("nanos of one second", 2**62, 10**9, "refused"),
+    ("negative nanos", 1, -1, "refused"),
+]
+
+
+def _expiry_of(info: token_database_pb2.TokenInfo) -> str:
+    if not info.HasField("expires_at"):
+        return "never"
+    return info.expires_at.ToDatetime(tzinfo=UTC).isoformat()
+
+
+@pytest.mark.parametrize(("name", "seconds", "nanos", "stored"), EXPIRIES,
+                         ids=[e[0] for e in EXPIRIES])
+async def test_a_token_expiry_at_any_value_the_wire_allows_is_stored_or_refused_in_band(
+        served: Served, name: str, seconds: int, nanos: int, stored: str) -> None:
+    stub = served.stub
+    created = await stub.CreateToken(token_database_pb2.CreateTokenRequest(
+        name="alice", role="developer", expires_at=Timestamp(seconds=seconds, nanos=nanos)))
+    plain = await stub.CreateToken(token_database_pb2.CreateTokenRequest(
+        name="bob", role="developer"))
+    renewed = await stub.RenewToken(token_database_pb2.RenewTokenRequest(
+        token=plain.token_info.token, expires_at=Timestamp(seconds=seconds, nanos=nanos)))
+    listed = await stub.GetTokenInfoList(empty_pb2.Empty())
+    assert listed.status == token_database_pb2.DATABASE_OPERATION_STATUS_OK
+    if stored == "refused":
+        for answer in (created, renewed):
+            assert answer.status == token_database_pb2.DATABASE_OPERATION_STATUS_UNSPECIFIED
+            assert answer.detail.startswith("expires_at: nanos must be from 0 to 999999999")
+        # Nothing made, nothing changed.
+        assert [_expiry_of(info) for info in listed.token_list] == ["never"]
+        return
+    for answer in (created, renewed):
+        assert answer.status == token_database_pb2.DATABASE_OPERATION_STATUS_OK, answer.detail
+        assert _expiry_of(answer.token_info) == stored
+    for token in (created.token_info.token, plain.token_info.token):
+        found = await stub.GetTokenInfo(token_database_pb2.GetTokenInfoRequest(token=token))
+        assert _expiry_of(found.token_info) == stored
+    assert [_expiry_of(info) for info in listed.token_list] == [stored, stored]
+
+
+# What a TokenInfo's expires_at may be, from any token database: (name, seconds, nanos,
+# whether the token is expired now).
+SENT_EXPIRIES = [("2**62 s", 2**62, 0, False), ("largest", INT64_MAX, MAX_NANOS, False),
+                 ("past the year 9999", PAST_YEAR_9999_S, 0, False),
+                 ("smallest", INT64_MIN, 0, False), ("-1e12 s", -10**12, 0, False),
+                 ("1 s", 1, 0, True), ("malformed nanos, in the future", 2**62, -1, False),
+                 ("malformed nanos, in the past", 1, 10**9, True)]
+
+
+@pytest.mark.parametrize(("name", "seconds", "nanos", "expired"), SENT_EXPIRIES,
+                         ids=[e[0] for e in SENT_EXPIRIES])
+async def test_a_token_whose_expiry_is_any_value_the_wire_allows_is_resolved(
+        tokens: tuple[CountingTokens, grpc.aio.Server, str], resolver: TokenResolver,
+        name: str, seconds: int, nanos: int, expired: bool) -> None:
+    # Beyond what a date can hold (or at 0 s and before) is never; no answer is INTERNAL.
+    info = token_database_pb2.TokenInfo(token="sent", name="alice", role="developer")
+    info.expires_at.seconds, info.expires_at.nanos = seconds, nanos
+    tokens[0].others["sent"] = info
+    if expired:
+        with pytest.raises(SchedulerError) as refused:
+            await resolver.resolve("sent")
+        assert refused.value.key == "token_expired"
+        return
+    for _ in range(2):  # looked up, then from the cache
+        assert (await resolver.resolve("sent")).name == "alice"
+    assert tokens[0].lookups == 1
+
+
+@pytest.mark.parametrize("days", ["1e12", "3000000", "inf", "nan", "-1"])
+@pytest.mark.parametrize("command", ["create", "renew"])
+def test_an_expiry_in_days_that_names_no_date_is_refused_in_one_line_changing_nothing(
+        tmp_path: Path, command: str, days: str) -> None:
+    data_dir = tmp_path / "data"
+    token = create_token(data_dir, "alice", "developer")
+    argv = (["create", "--name", "bob", "--role", "guest"] if command == "create"
+            else ["renew", token])
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "scheduler.py"), "tokens", "--data-dir", str(data_dir),
+         *argv, "--expires-in-days", days], cwd=ROOT, capture_output=True, text=True,
+        timeout=30)
+    assert refused.returncode == 2, refused.stderr
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert "error: --expires-in-days: a number of days above 0" in last_line
+    listed = subprocess.run(
+        [sys.executable, str(ROOT / "scheduler.py"), "tokens", "--data-dir", str(data_dir),
+         "list"], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    assert [line.split("\t")[-1] for line in listed.stdout.splitlines()] == ["expires never"]
