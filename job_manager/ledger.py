@@ -35,7 +35,7 @@ class Ledger:
     and deadlines of one scheduler."""
 
     def __init__(self, limits: Limits, policy: SchedulingPolicy, clock: Clock,
-                 watchdog: Watchdog, deadline_of: Callable[[JobRecord], datetime],
+                 watchdog: Watchdog, deadline_of: Callable[[JobRecord], datetime | None],
                  unify_backends: bool = False) -> None:
         self.quotas = Quotas(limits)
         self.waiters = Waiters()

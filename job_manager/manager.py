@@ -805,9 +805,15 @@ class JobManager:
         except StoreError as exc:  # the job is COMPLETED either way; only its tags are late
             log.warning("result of job %s could not be tagged complete: %s", record.job_id, exc)
 
-    def _report_deadline(self, record: JobRecord) -> datetime:
+    def _report_deadline(self, record: JobRecord) -> datetime | None:
+        """When a silent node's job times out; None when that lies beyond what a date can
+        hold: the wire allows any timeout, and such a job has no deadline (docs/job-rules.md,
+        rule 18). Heartbeats still watch it."""
         assert record.dequeued_at is not None
-        return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
+        try:
+            return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
+        except OverflowError:
+            return None
 
     async def _time_out(self, job_id: str, watched: object) -> None:
         """The watchdog's verdict: a RUNNING job whose node never reported, or whose node's

@@ -45,8 +45,11 @@ class Watchdog:
     def __len__(self) -> int:
         return len(self._deadlines)
 
-    def watch(self, job_id: str, deadline: datetime, watched: object = None) -> None:
-        """Expire ``job_id`` at ``deadline`` (wall clock, read now) unless it is over by then."""
+    def watch(self, job_id: str, deadline: datetime | None, watched: object = None) -> None:
+        """Expire ``job_id`` at ``deadline`` (wall clock, read now) unless it is over by then;
+        a deadline of None is none: nothing to watch."""
+        if deadline is None:
+            return
         left_s = (deadline - self._clock.now()).total_seconds()
         self._push(self._clock.monotonic() + left_s, job_id, watched)
 

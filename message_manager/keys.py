@@ -40,6 +40,7 @@ ErrorKey = Literal[
     "result_not_ready",
     "sdk_version_too_long",
     "state_save_policy_unknown",
+    "status_filter_unknown",
     "store_failed",
     "submission_not_stored",
     "tags_invalid",

@@ -7,10 +7,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from common import timestamps
 from common.clock import Clock
 from common.identity import Principal, Role, fingerprint
 from common.logs import REPEATABLE
@@ -114,9 +116,7 @@ class TokenResolver:
             role = Role(info.role)
         except ValueError:
             raise SchedulerError("token_role_unknown", role=repr(info.role[:32])) from None
-        expires_at = None
-        if info.HasField("expires_at") and info.expires_at.seconds > 0:
-            expires_at = info.expires_at.ToDatetime(tzinfo=UTC)
+        expires_at = _expiry(info)
         valid_until_s = now_s + self._ttl_s
         if expires_at is not None:
             left_s = (expires_at - self._clock.now()).total_seconds()
@@ -133,6 +133,17 @@ class TokenResolver:
         else:
             self._unknown.pop(key)
             self._known.put(key, entry)
+
+
+def _expiry(info: tdb_pb2.TokenInfo) -> datetime | None:
+    """The token's expiry: None (never) when unset, at 0 seconds or before, or beyond what a
+    date can hold, whatever the database sent (docs/job-rules.md, rule 18). Nanos out of
+    range (a malformed Timestamp) are dropped: they move the expiry by under a second."""
+    stamp = info.expires_at
+    if not info.HasField("expires_at") or stamp.seconds <= 0:
+        return None
+    nanos = stamp.nanos if 0 <= stamp.nanos <= timestamps.MAX_NANOS else 0
+    return timestamps.to_datetime(Timestamp(seconds=stamp.seconds, nanos=nanos))
 
 
 class _Cache:

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,7 @@ from token_database.service import (
     audit_created,
     audit_renewed,
     create_token,
+    expires_in,
     name_problem,
     renewed,
 )
@@ -95,6 +96,10 @@ def _tokens_main(argv: Sequence[str]) -> int:
         parser.error(f"--name: {problem}")
     if args.command == "renew" and args.expires_in_days is not None and args.expires_in_days <= 0:
         parser.error("--expires-in-days: a number of days above 0 (or --never-expires)")
+    try:  # a date the token's expiry can be (docs/job-rules.md, rule 18)
+        expires_in(SystemClock().now(), getattr(args, "expires_in_days", None))
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         audit.configure_audit(audit_log(os.environ))
     except (ConfigError, OSError) as exc:
@@ -110,7 +115,7 @@ def _tokens_main(argv: Sequence[str]) -> int:
 def _tokens_command(args: argparse.Namespace, store: SqliteTokenStore) -> int:
     clock = SystemClock()
     days = getattr(args, "expires_in_days", None)  # create's and renew's
-    expires_at = clock.now() + timedelta(days=days) if days else None
+    expires_at = expires_in(clock.now(), days)
     operator = audit.Actor.local_account()
     if args.command == "create":
         token, record = create_token(store, clock, args.name.strip(), args.role, expires_at)

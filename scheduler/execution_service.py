@@ -4,10 +4,11 @@ extension's NodeService (docs/nodes.md). Thin: proto in, JobManager call, proto 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 
+from common import timestamps
 from job_manager.manager import ExecutionReport, JobManager
 from job_manager.model import BackendTimestamps, JobStatus
 from message_manager import SchedulerError
@@ -26,12 +27,15 @@ _OUTCOME = {
 
 
 def _backend_timestamps(stamps: job_pb2.JobTimestamps) -> BackendTimestamps:
+    # A time beyond what a date can hold is kept as the first or last one; the manager
+    # clamps it into the job's run as any other time a node's clock got wrong
+    # (docs/differences.md). Only a malformed one is refused.
     def read(name: str) -> datetime | None:
         if not stamps.HasField(name):
             return None
         try:
-            return getattr(stamps, name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
-        except (ValueError, OverflowError):
+            return timestamps.clamped(getattr(stamps, name))
+        except timestamps.TimestampMalformed:
             raise SchedulerError("timestamp_invalid", field=f"timestamps.{name}") from None
 
     return BackendTimestamps(

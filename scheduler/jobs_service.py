@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from google.protobuf.message import DecodeError
 
-from common import audit
+from common import audit, timestamps
 from common.clock import Clock
 from common.identity import Principal, Role
 from job_manager import listing
@@ -67,7 +67,8 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         statuses = set()
         for value in request.statuses:
             if value not in _STATUS_OF:
-                raise SchedulerError("request_malformed", method="ListJobs")
+                raise SchedulerError("status_filter_unknown", value=value, allowed=", ".join(
+                    job_pb2.JobStatus.Name(known) for known in _STATUS_OF))
             statuses.add(_STATUS_OF[value])
         return listing.ListQuery(
             owner_fingerprint=_owner_scope(principal, request.owner_name),
@@ -79,14 +80,13 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
 
     def _period(self, request: pb.ListJobsRequest | pb.GetUsageRequest, start: str, end: str,
                 default_length: timedelta | None) -> tuple[datetime, datetime]:
-        until = (getattr(request, end).ToDatetime(tzinfo=UTC) if request.HasField(end)
-                 else self._clock.now())
+        until = _bound(request, end) if request.HasField(end) else self._clock.now()
         if request.HasField(start):
-            since = getattr(request, start).ToDatetime(tzinfo=UTC)
+            since = _bound(request, start)
         elif default_length is not None:
-            since = until - default_length
+            since = until - min(default_length, until - timestamps.EARLIEST)
         else:
-            since = EARLIEST
+            since = min(EARLIEST, until)
         if since > until:
             raise SchedulerError("time_range_invalid", why=f"{start} is after {end}")
         return since, until
@@ -132,6 +132,15 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
         """Each status of the job until a final one (scheduler/watches.py)."""
         async for message in self._watches.watch(self.edge, self._auth, request, context):
             yield message
+
+
+def _bound(request: pb.ListJobsRequest | pb.GetUsageRequest, field: str) -> datetime:
+    """A period's bound as sent; one beyond what a date can hold is no bound on its side
+    (docs/protocol.md), a malformed one is refused naming it."""
+    try:
+        return timestamps.clamped(getattr(request, field))
+    except timestamps.TimestampMalformed:
+        raise SchedulerError("timestamp_invalid", field=field) from None
 
 
 def _owner_scope(principal: Principal, owner_name: str) -> str | None:

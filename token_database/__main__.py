@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -29,7 +28,12 @@ from common.identity import Role
 from common.logs import configure_logging
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from token_database.dynamodb_store import DynamoDbTokenStore
-from token_database.service import TokenDatabaseService, audit_created, create_token
+from token_database.service import (
+    TokenDatabaseService,
+    audit_created,
+    create_token,
+    expires_in,
+)
 from token_database.store import SqliteTokenStore, TokenStore
 
 log = logging.getLogger("token_database")
@@ -81,13 +85,15 @@ def main(argv: Sequence[str]) -> int:
         audit.configure_audit(args.audit_log)
     except OSError as exc:
         parser.error(f"--audit-log: {exc}")
+    clock = SystemClock()
+    try:
+        expires_at = expires_in(clock.now(), args.expires_in_days)
+    except ValueError as exc:
+        parser.error(str(exc))
     store = _store(args)
     if args.command == "create":
         if not args.name or not args.role:
             parser.error("create needs --name and --role")
-        clock = SystemClock()
-        expires_at = (clock.now() + timedelta(days=args.expires_in_days)
-                      if args.expires_in_days else None)
         token, record = create_token(store, clock, args.name, args.role, expires_at)
         audit_created(audit.Actor.local_account(), record)
         print(token)

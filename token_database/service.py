@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common import audit
+from common import audit, timestamps
 from common.clock import Clock
 from common.identity import Role, fingerprint
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
@@ -40,6 +40,20 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def expires_in(now: datetime, days: float | None) -> datetime | None:
+    """The expiry ``days`` from ``now`` (None or 0: never), for the command lines'
+    --expires-in-days; ValueError, in words for the user, when it names no date."""
+    if not days:
+        return None
+    try:
+        if days > 0:
+            return now + timedelta(days=days)
+    except (OverflowError, ValueError):  # past the year 9999, or not a number
+        pass
+    raise ValueError(f"--expires-in-days: a number of days above 0 that ends by the year "
+                     f"9999, got {days:g}")
+
+
 def _stamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
@@ -49,7 +63,18 @@ def _stamp(value: datetime | None) -> Timestamp | None:
 
 
 def _expiry(stamp: Timestamp, has: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if has and stamp.seconds > 0 else None
+    """A request's expiry: None (never) when unset, at 0 seconds or before, or beyond what
+    a date can hold (docs/job-rules.md, rule 18). Check it with _expiry_problem first."""
+    if not has or stamp.seconds <= 0:
+        return None
+    return timestamps.to_datetime(stamp)
+
+
+def _expiry_problem(stamp: Timestamp) -> str | None:
+    """Why a request's expires_at is no Timestamp (its nanos out of range), or None."""
+    if 0 <= stamp.nanos <= timestamps.MAX_NANOS:
+        return None
+    return f"expires_at: nanos must be from 0 to {timestamps.MAX_NANOS}, got {stamp.nanos}"
 
 
 def _operator(context: grpc.aio.ServicerContext) -> audit.Actor:
@@ -107,6 +132,7 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
         problem = name_problem(request.name)
         if problem is None and request.role not in ROLES:
             problem = f"role must be one of {', '.join(ROLES)}"
+        problem = problem or _expiry_problem(request.expires_at)
         if problem is not None:
             audit.record(_operator(context), "token.create", result=audit.REFUSED,
                          code="INVALID_ARGUMENT", token_name=request.name[:MAX_NAME_CHARS])
@@ -163,13 +189,14 @@ class TokenDatabaseService(token_database_pb2_grpc.TokenDatabaseServiceServicer)
             return pb.RenewTokenResponse(
                 status=pb.DATABASE_OPERATION_STATUS_NOT_FOUND, detail="no such token"
             )
+        problem = _expiry_problem(request.expires_at)
         if request.role and request.role not in ROLES:
+            problem = f"role must be one of {', '.join(ROLES)}"
+        if problem is not None:
             audit.record(_operator(context), "token.renew", result=audit.REFUSED,
                          code="INVALID_ARGUMENT", token_fingerprint=key)
             return pb.RenewTokenResponse(
-                status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED,
-                detail=f"role must be one of {', '.join(ROLES)}",
-            )
+                status=pb.DATABASE_OPERATION_STATUS_UNSPECIFIED, detail=problem)
         # Unset keeps the expiry; a set value of 0 seconds means "never expires".
         after = renewed(record, request.role, _expiry(request.expires_at, True),
                         keep_expiry=not request.HasField("expires_at"))

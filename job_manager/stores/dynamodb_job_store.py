@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,8 @@ from job_manager.stores.original_format import (
     is_original,
 )
 from job_manager.stores.unreadable import UnreadableRecords
+
+log = logging.getLogger(__name__)
 
 STATUS_INDEX = "status-index"
 # The extension's listings query the owner's jobs by time; the original's table lacks it
@@ -428,7 +431,11 @@ class DynamoDbJobStore:
         A record of a newer format is left as it is (docs/records.md)."""
         exported = 0
         async for record in self.list_by_status(JobStatus.QUEUED):
-            original = encode_original(record, token_of(record), record.submitted_at + expiry)
+            try:
+                original = encode_original(record, token_of(record), record.submitted_at + expiry)
+            except ValueError as exc:  # a value the original's form cannot hold
+                log.warning("job %s stays in this scheduler's form: %s", record.job_id, exc)
+                continue
             item = {name: _serializer.serialize(value) for name, value in original.items()}
             if await self._put_if(
                 item,

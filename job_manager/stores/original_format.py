@@ -12,6 +12,7 @@ are format 0 (ORIGINAL_FORMAT) in docs/records.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +25,7 @@ from pb.mqc3_cloud.scheduler.v1 import job_pb2
 SCHEDULER_VERSION = "1.0.0"  # what the original writes in scheduler_version
 ORIGINAL_FORMAT = 0  # the format_version of a record read from the original's item
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LARGEST_TIMEOUT_NS = (2**63 - 1) * 1_000_000_000 + 999_999_999
 _BACKEND_TIMES = ("compile_started_at", "compile_finished_at", "execution_started_at",
                   "execution_finished_at")
 
@@ -79,7 +81,9 @@ def _settings(item: Mapping[str, Any], backend: str, timeout_s: Decimal, role: R
         resource_squeezing_level=float(_number(item, "resource_squeezing_level")),
         role=role.value,
     )
-    settings.timeout.FromNanoseconds(int(timeout_s * 1_000_000_000))
+    # At most the largest Duration: an original that kept the timeout as a float may hold
+    # a little more than the int64 seconds it was sent (docs/job-rules.md, rule 18).
+    settings.timeout.FromNanoseconds(min(int(timeout_s * 1_000_000_000), _LARGEST_TIMEOUT_NS))
     encoded: bytes = settings.SerializeToString(deterministic=True)
     return encoded
 
@@ -130,6 +134,9 @@ def encode_original(record: JobRecord, token: str, expiry: datetime) -> dict[str
     if record.status is not JobStatus.QUEUED:
         raise ValueError(f"job {record.job_id} is {record.status.value}; only QUEUED jobs go back")
     settings = job_pb2.JobExecutionSettings.FromString(record.settings)
+    if not math.isfinite(settings.resource_squeezing_level):
+        raise ValueError(f"job {record.job_id}: a resource_squeezing_level of "
+                         f"{settings.resource_squeezing_level} is no number DynamoDB can hold")
     unset = None
     return {
         "job_id": record.job_id,
@@ -139,7 +146,9 @@ def encode_original(record: JobRecord, token: str, expiry: datetime) -> dict[str
         "requested_backend": record.backend,
         "actual_backend_name": unset,
         "n_shots": settings.n_shots,
-        "max_elapsed_s": Decimal(str(record.timeout_s)),
+        # Exact, from the Duration as sent: the float timeout_s rounds past int64 seconds.
+        "max_elapsed_s": (Decimal(settings.timeout.seconds)
+                          + Decimal(settings.timeout.nanos).scaleb(-9)),
         "state_save_policy": job_pb2.JobStateSavePolicy.Name(
             settings.state_save_policy).removeprefix("JOB_STATE_SAVE_POLICY_"),
         "resource_squeezing_level": Decimal(str(settings.resource_squeezing_level)),

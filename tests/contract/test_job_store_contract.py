@@ -296,6 +296,39 @@ async def test_list_queued_gives_every_queued_record_and_a_plain_one_lean(
     assert lean == {r.job_id for r in plain}
 
 
+# --- the extremes the wire allows (docs/job-rules.md, rule 18) ------------------------------
+# The largest declared timeout (int64 seconds and 999,999,999 ns, as JobRecord holds it),
+# one past the dates a deadline can hold, and the largest sizes a node may report.
+LARGEST_TIMEOUT_S = (2**63 - 1) + 0.999_999_999
+BEYOND_DATES_TIMEOUT_S = 3e11
+UINT64_MAX = 2**64 - 1
+
+
+@pytest.mark.parametrize("timeout_s", [LARGEST_TIMEOUT_S, BEYOND_DATES_TIMEOUT_S, 0.001])
+async def test_the_extremes_of_the_wire_survive_every_read_and_a_reopening(
+        open_store: Opener, timeout_s: float) -> None:
+    before = open_store()
+    queued = record(timeout_s=timeout_s)
+    moved = record(timeout_s=timeout_s)
+    done = replace(finished(running(moved)), result_raw_size_bytes=UINT64_MAX,
+                   result_encoded_size_bytes=UINT64_MAX)
+    await before.create(queued)
+    await before.create(moved)
+    assert await before.transition(moved, running(moved))
+    assert await before.transition(running(moved), done)
+    await before.close()
+
+    after = open_store()
+    try:
+        assert await after.get(queued.job_id) == queued
+        assert await after.get(moved.job_id) == done
+        recovered = [QueuedJob.recovered(item).record async for item in after.list_queued()]
+        assert recovered == [queued]
+        assert await collect(after, JobStatus.COMPLETED) == [done]
+    finally:
+        await after.close()
+
+
 # --- find_by_idempotency_key ---------------------------------------------------------------
 async def test_a_key_names_one_job_per_owner_within_its_window(store: JobStore) -> None:
     alice, bob = "a" * 64, "b" * 64

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from job_manager.stores import JobStore, RecordTooNew, codec
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
 from job_manager.stores.original_format import ORIGINAL_FORMAT
 from job_manager.stores.sqlite_job_store import SqliteJobStore
+from pb.mqc3_cloud.scheduler.v1 import job_pb2
 from tests.contract.test_job_store_contract import (
     T0,
     _dynamodb_table,
@@ -278,6 +280,46 @@ async def test_the_way_back_leaves_a_record_of_a_newer_format_as_it_is(table: On
     assert await table.store.export_queued_to_original(lambda _: "the way back") == 1
     assert table.raw.read(theirs.job_id) == written
     assert table.raw.read(ours.job_id)["token"] == "the way back"
+
+
+@pytest.mark.parametrize("table", ["dynamodb"], indirect=True)
+async def test_the_way_back_carries_the_extremes_of_the_wire_or_leaves_a_job_as_it_is(
+        table: OneTable) -> None:
+    # docs/job-rules.md, rule 18: the largest timeout goes back exactly; a squeezing level
+    # DynamoDB cannot hold as a number (infinite) leaves its job in this scheduler's form
+    # and stops no other.
+    largest = job_pb2.JobExecutionSettings(backend="emulator", n_shots=2**31 - 1)
+    largest.timeout.seconds, largest.timeout.nanos = 2**63 - 1, 999_999_999
+    endless = job_pb2.JobExecutionSettings(backend="emulator", n_shots=1,
+                                           resource_squeezing_level=float("inf"))
+    longest = record(settings=largest.SerializeToString(), timeout_s=float(2**63))
+    unwritable = record(settings=endless.SerializeToString())
+    await table.store.create(unwritable)
+    await table.store.create(longest)
+
+    assert isinstance(table.store, DynamoDbJobStore)
+    assert await table.store.export_queued_to_original(lambda _: "the way back") == 1
+    back = await table.store.get(longest.job_id)
+    assert back is not None and back.format_version == ORIGINAL_FORMAT
+    timeout = job_pb2.JobExecutionSettings.FromString(back.settings).timeout
+    assert (timeout.seconds, timeout.nanos) == (2**63 - 1, 999_999_999)
+    assert "token" not in table.raw.read(unwritable.job_id)
+
+
+@pytest.mark.parametrize("table", ["dynamodb"], indirect=True)
+async def test_an_original_record_of_a_timeout_past_int64_seconds_is_read(
+        table: OneTable) -> None:
+    # What an original that kept the timeout as a float wrote for the largest one.
+    items = json.loads(ORIGINAL_ITEMS.read_text())
+    queued_id = items["job_id_by_status"]["QUEUED"]
+    item = next(i for i in items["items"] if i["job_id"]["S"] == queued_id)
+    attributes = {name: TypeDeserializer().deserialize(v) for name, v in item.items()}
+    table.raw.write({**attributes, "max_elapsed_s": Decimal("9.223372036854776E+18")})
+
+    original = await table.store.get(queued_id)
+    assert original is not None and original.timeout_s == float(2**63)
+    timeout = job_pb2.JobExecutionSettings.FromString(original.settings).timeout
+    assert (timeout.seconds, timeout.nanos) == (2**63 - 1, 999_999_999)
 
 
 # --- SQLite: a record that is not JSON ----------------------------------------------------

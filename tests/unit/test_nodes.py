@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, nodes_pb2
 from scheduler.forwarding import on_execution_port
 from tests.helpers import refused_as
-from tests.unit.test_job_rules import ALICE, GRACE_S, Harness, h
+from tests.unit.test_job_rules import ALICE, GRACE_S, Harness, h, limits
 
 __all__ = ["h"]
 
@@ -120,6 +121,26 @@ async def test_beats_never_keep_a_job_past_its_own_timeout(h: Harness) -> None:
     stored = await h.stored(job_id)
     assert stored.status is JobStatus.TIMEOUT
     assert "never reported" in stored.status_detail
+
+
+async def test_a_deadline_beyond_every_date_is_none_yet_beats_still_watch_the_job(
+        h: Harness) -> None:
+    # docs/job-rules.md, rule 18: the wire allows any timeout (no cap by default); a job
+    # whose deadline no date can hold is never timed out by it, here or after a restart.
+    uncapped = replace(limits(), by_role={
+        role: replace(each, max_timeout_s=None) for role, each in limits().by_role.items()})
+    beating(h, limits=uncapped)
+    job_id = await taken(h, timeout_s=3e11)
+    await later(h, 10 * 365 * 86_400)  # ten years without a word
+    assert (await h.stored(job_id)).status is JobStatus.RUNNING
+    manager = await h.restart()
+    await later(h, 10 * 365 * 86_400)
+    assert (await h.stored(job_id)).status is JobStatus.RUNNING
+    await manager.heartbeat(job_id, "lab-1")  # the restarted manager's 30 s
+    await later(h, 31)
+    stored = await h.stored(job_id)
+    assert stored.status is JobStatus.TIMEOUT
+    assert "stopped sending heartbeats" in stored.status_detail
 
 
 async def test_a_beat_for_a_job_not_running_for_the_caller_is_refused(h: Harness) -> None:
