@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from backend_manager import BackendTable, NodeLiveness, ServiceStatus
 from common import audit, collector
+from common.caller import on_own_behalf
 from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -338,7 +339,10 @@ class JobManager:
         next restart queues the job; if not, the input is an orphan and harms nothing.
         """
         try:
-            stored = await self._store.get(job_id)
+            # The scheduler's own check, not the caller asking for an id: charged to no
+            # token's budget of unknown job ids (scheduler/absent_jobs.py).
+            with on_own_behalf():
+                stored = await self._store.get(job_id)
         except StoreError:
             return False
         if stored is None:

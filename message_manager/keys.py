@@ -54,6 +54,7 @@ ErrorKey = Literal[
     "token_missing",
     "token_rate",
     "token_role_unknown",
+    "token_too_long",
     "token_unknown",
     "too_many_jobs",
     "too_many_watches",

@@ -8,15 +8,13 @@ import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from common.caller import CALLER
 from common.identity import Role
 from message_manager import SchedulerError
 
-# The fingerprint of the token the call in progress names, set by the edge; None for calls
-# that name none (nodes). What a token's calls cost further down is counted against it.
-CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+__all__ = ["CALLER", "Admission", "Buckets", "CallLimits", "TokenLimits", "TokenShare"]
 BURST_S = 2.0  # a bucket holds this many seconds of its rate: a short burst passes
 TRACKED_TOKENS = 100_000  # buckets kept at most; a full bucket forgotten costs nothing
 

@@ -21,6 +21,10 @@ from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
 from scheduler.admission import Buckets
 
 log = logging.getLogger(__name__)
+# Our tokens are 48 characters (a prefix and 43 URL-safe ones); bearer tokens of other
+# issuers (JWTs) are rarely past 2 KiB. A longer one is refused before it costs a lookup
+# (a request past the database's own message limit would read as its outage).
+MAX_TOKEN_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class TokenResolver:
         """The caller behind ``token``, or a SchedulerError saying why not."""
         if not token:
             raise SchedulerError("token_missing")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise SchedulerError("token_too_long", maximum=MAX_TOKEN_CHARS)
         key = fingerprint(token)
         entry = self._known.get(key) or self._unknown.get(key)
         if entry is not None and entry.valid_until_s > self._clock.monotonic():
