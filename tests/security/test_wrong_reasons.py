@@ -59,7 +59,7 @@ async def test_failed_store_writes_are_not_charged_as_lookups_of_unknown_jobs(
     async with scheduler_in("standalone", tmp_path, request, token_database) as running:
         stub = running.clients.submission
         token = running.token("alice", "developer")
-        payloads = running.scheduler.stack.payloads
+        payloads: Any = running.scheduler.stack.payloads  # standalone: programs beside records
         store_new = payloads.create_with_input
         failures = 25  # far past the budget's burst of ten unknown ids
 
