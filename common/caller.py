@@ -10,6 +10,10 @@ from contextvars import ContextVar
 
 # None for calls that name no token (nodes) and for the scheduler's own work.
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+# Where the call in progress came from, as one caller cannot vary it at will (the edge's
+# address_of): what spends a budget shared by callers without a known token is charged to
+# it, so that one address cannot spend another's (scheduler/auth.py).
+CALLER_ADDRESS: ContextVar[str] = ContextVar("caller_address", default="")
 
 
 @contextmanager

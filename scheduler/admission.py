@@ -131,7 +131,7 @@ class CallLimits:
     """The per-token limits (config: SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_*, ...)."""
 
     by_role: Mapping[Role, TokenShare] = field(default_factory=_default_shares)
-    token_lookup_rate_per_s: float = 50.0  # tokens new to this replica, checked per second
+    token_lookup_rate_per_s: float = 50.0  # tokens new to this replica, checked per s per address
     unknown_tokens_kept: int = 10_000  # the cache of tokens the database did not know
     job_miss_rate_per_token_s: float = 5.0  # store reads of job ids that name nothing
 

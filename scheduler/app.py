@@ -66,6 +66,9 @@ LOOPBACK = "127.0.0.1"
 DRAIN_POLL_S = 0.02
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: what the store probe names
 PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
+# The token database's listing (learned at start and each minute): 100,000 tokens of ours
+# take about 12 MB.
+TOKEN_LISTING_BYTES = 64 * 2**20
 
 
 async def probe_stores(jobs: JobStore, payloads: PayloadStore, now: datetime) -> None:
@@ -178,6 +181,7 @@ class Scheduler:
         self.metrics = Metrics()
         # Made by start(); read through the properties below, which say so when asked early.
         self._stack: Stack | None = None
+        self._tokens: TokenResolver | None = None
         self._replicas: Replicas | None = None
         self._health: Health | None = None
         self.submission_port = 0
@@ -320,6 +324,8 @@ class Scheduler:
         if leased:
             self.supervisor.run("lease", replicas.keep_lease)
         self.supervisor.run("backend-reload", backends.reload_forever)
+        if self._tokens is not None:
+            self.supervisor.run("token-listing", self._tokens.learn_listed_forever)
         self.supervisor.run("health", health.watch)
         if housekeeping is not None:
             self.metrics.watch_free_space(lambda: housekeeping.free_bytes)
@@ -339,7 +345,7 @@ class Scheduler:
             await self._serve_payloads(stack.local_payloads, local.http_port, local.public_url)
         channel = grpc.aio.insecure_channel(token_address, interceptors=(
             [PresentCredential(stack.token_database_secret)] if stack.token_database_secret
-            else None))
+            else None), options=[("grpc.max_receive_message_length", TOKEN_LISTING_BYTES)])
         self._resources.push_async_callback(channel.close)
         auth = TokenResolver(
             channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
@@ -348,6 +354,9 @@ class Scheduler:
             max_unknown_entries=config.calls.unknown_tokens_kept,
             lookup_rate_per_s=config.calls.token_lookup_rate_per_s,
         )
+        # Real users' first calls after a start spend no lookup budget (scheduler/auth.py).
+        await auth.learn_listed()
+        self._tokens = auth
         # One share per token on the submission port (SubmissionService and the extension).
         token_limits = TokenLimits(config.calls.by_role, auth.role_of, self.clock.monotonic)
         secret = config.execution_secret or stack.execution_secret
