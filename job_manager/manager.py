@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from backend_manager import BackendTable, NodeLiveness, ServiceStatus
 from common import audit, collector
+from common.caller import on_own_behalf
 from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -77,6 +78,7 @@ class JobSpec:
     sdk_version: str = ""
     save_job: bool = False
     idempotency_key: str = ""
+    request_digest: str = ""  # with a key: what a retry with that key must match
     tags: Tags = ()
 
 
@@ -179,7 +181,7 @@ class JobManager:
                              self._report_deadline, unify_backends)
         self.quotas = self.ledger.quotas
         self.waiters = self.ledger.waiters
-        self._submissions: SingleFlight[tuple[str, str], str] = SingleFlight()
+        self._submissions: SingleFlight[tuple[str, str, str], str] = SingleFlight()
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
@@ -207,12 +209,15 @@ class JobManager:
         """Accept a job: durable first, then queued; returns its id.
 
         With an idempotency key, a retry of an accepted submission (same token and
-        key, within the window) returns the first job's id and makes nothing new.
+        key, within the window) returns the first job's id and makes nothing new; the key
+        sent with another request is refused (``idempotency_key_reused``).
         """
         if not spec.idempotency_key:
             return await self._submit_new(principal, spec)
-        key = (principal.fingerprint, spec.idempotency_key)
-        return await self._submissions.run(key, lambda: self._submit_once(principal, spec))
+        # Attempts of one request share one flight; another request with the key runs
+        # apart, and meets the first one's record.
+        flight = (principal.fingerprint, spec.idempotency_key, spec.request_digest)
+        return await self._submissions.run(flight, lambda: self._submit_once(principal, spec))
 
     async def _submit_once(self, principal: Principal, spec: JobSpec) -> str:
         key = (principal.fingerprint, spec.idempotency_key)
@@ -227,10 +232,15 @@ class JobManager:
         # A key is held by a job submitted less than the window ago, as the stores hold it.
         if earlier is None or earlier.submitted_at <= window_start:
             return await self._submit_new(principal, spec)
-        return await self._adopt(earlier)
+        return await self._adopt(earlier, spec.request_digest)
 
-    async def _adopt(self, earlier: JobRecord) -> str:
-        """Answer a keyed retry with the job its key already names."""
+    async def _adopt(self, earlier: JobRecord, request_digest: str) -> str:
+        """Answer a keyed retry with the job its key already names; the key sent with
+        another request is refused, as payment APIs refuse it (docs/protocol.md)."""
+        # A key claimed by an earlier version has no digest: any request matches it.
+        if earlier.request_digest and earlier.request_digest != request_digest:
+            raise SchedulerError("idempotency_key_reused", sent=repr(earlier.idempotency_key),
+                                 job_id=earlier.job_id)
         if earlier.status is JobStatus.QUEUED and self.ledger.live(earlier.job_id) is None:
             # Stored by an attempt whose answer was lost (another process, or before a
             # restart that has not seen it): queue it now.
@@ -270,6 +280,7 @@ class JobManager:
             sdk_version=spec.sdk_version,
             save_job=spec.save_job,
             idempotency_key=spec.idempotency_key,
+            request_digest=spec.request_digest,
             tags=spec.tags,
             submitted_at=now,
             queued_at=now,
@@ -296,7 +307,8 @@ class JobManager:
             # one this process no longer remembers): that one is the job.
             self.ledger.release(record.owner_fingerprint, len(program))
             await self._forget_input(record.job_id)
-            return await self._adopt(await self._stored_key_holder(record))
+            return await self._adopt(await self._stored_key_holder(record),
+                                     record.request_digest)
         except StoreError as exc:
             if not await self._was_stored(record.job_id):
                 self.ledger.release(record.owner_fingerprint, len(program))
@@ -341,7 +353,10 @@ class JobManager:
         next restart queues the job; if not, the input is an orphan and harms nothing.
         """
         try:
-            stored = await self._store.get(job_id)
+            # The scheduler's own check, not the caller asking for an id: charged to no
+            # token's budget of unknown job ids (scheduler/absent_jobs.py).
+            with on_own_behalf():
+                stored = await self._store.get(job_id)
         except StoreError:
             return False
         if stored is None:

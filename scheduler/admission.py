@@ -8,15 +8,13 @@ import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from common.caller import CALLER
 from common.identity import Role
 from message_manager import SchedulerError
 
-# The fingerprint of the token the call in progress names, set by the edge; None for calls
-# that name none (nodes). What a token's calls cost further down is counted against it.
-CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+__all__ = ["CALLER", "Admission", "Buckets", "CallLimits", "TokenLimits", "TokenShare"]
 BURST_S = 2.0  # a bucket holds this many seconds of its rate: a short burst passes
 TRACKED_TOKENS = 100_000  # buckets kept at most; a full bucket forgotten costs nothing
 
@@ -133,7 +131,7 @@ class CallLimits:
     """The per-token limits (config: SCHEDULER_MAX_CALLS_IN_FLIGHT_PER_TOKEN_*, ...)."""
 
     by_role: Mapping[Role, TokenShare] = field(default_factory=_default_shares)
-    token_lookup_rate_per_s: float = 50.0  # tokens new to this replica, checked per second
+    token_lookup_rate_per_s: float = 50.0  # tokens new to this replica, checked per s per address
     unknown_tokens_kept: int = 10_000  # the cache of tokens the database did not know
     job_miss_rate_per_token_s: float = 5.0  # store reads of job ids that name nothing
 

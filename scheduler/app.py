@@ -27,7 +27,7 @@ from common.supervisor import Supervisor
 from job_manager.manager import JobManager
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import Fence, JobStore, PayloadStore, StoreError
-from job_manager.stores.local_payload_store import LocalPayloadStore
+from job_manager.stores.local_payload_store import PROBE_BYTES, LocalPayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
 from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
@@ -66,19 +66,25 @@ HTTP_MAX_CONNECTIONS = 512
 LOOPBACK = "127.0.0.1"
 DRAIN_POLL_S = 0.02
 PROBE_JOB_ID = "00000000-0000-4000-8000-000000000000"  # never issued: what the store probe names
-PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
+# The token database's listing (learned at start and each minute): 100,000 tokens of ours
+# take about 12 MB.
+TOKEN_LISTING_BYTES = 64 * 2**20
 
 
-async def probe_stores(jobs: JobStore, payloads: PayloadStore, now: datetime) -> None:
+async def probe_stores(jobs: JobStore, payloads: PayloadStore, now: datetime,
+                       results: LocalPayloadStore | None = None) -> None:
     """A read and a write of each store that change nothing; the monitor counts failures.
 
     The job store's write is a compare-and-set on a record that does not exist: it
     needs the store writable (and, on DynamoDB, the permission) and changes nothing.
+    Standalone's results directory (``results``) gets a file written and removed: its
+    programs live in SQLite, so only this shows the uploads' disk refusing writes.
     """
     probe = _probe_record(now)
     outcomes = await asyncio.gather(
         jobs.get(PROBE_JOB_ID), jobs.transition(replace(probe, status=JobStatus.QUEUED), probe),
-        _write_and_remove(payloads), return_exceptions=True)
+        _write_and_remove(payloads), results.probe_results() if results else asyncio.sleep(0),
+        return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):
             raise outcome
@@ -186,6 +192,8 @@ class Scheduler:
         self.metrics = Metrics()
         # Made by start(); read through the properties below, which say so when asked early.
         self._stack: Stack | None = None
+        self._tokens: TokenResolver | None = None
+        self._monitor: StoreMonitor | None = None
         self._replicas: Replicas | None = None
         self._health: Health | None = None
         self.submission_port = 0
@@ -295,8 +303,13 @@ class Scheduler:
                                              wait_s=config.replicas.leader_wait_s)
         self.metrics.watch_queues(lambda: replicas.manager.queue_snapshot())
         self.metrics.watch_nodes(lambda: replicas.manager.node_snapshot())
+        # Standalone's results directory is watched as a store of its own: its programs
+        # are in SQLite, whose writes succeeding must not hide the uploads' failing.
+        results = (monitor.wrap(stack.local_payloads, "results")
+                   if stack.local_payloads is not None else None)
+        self._monitor = monitor
         health = self._health = Health(
-            monitor, lambda: probe_stores(job_store, payload_store, self.clock.now()),
+            monitor, lambda: probe_stores(job_store, payload_store, self.clock.now(), results),
             config.store_unhealthy_after_s)
         await health.starting()
         await self._serve_metrics()
@@ -330,6 +343,8 @@ class Scheduler:
         if leased:
             self.supervisor.run("lease", replicas.keep_lease)
         self.supervisor.run("backend-reload", backends.reload_forever)
+        if self._tokens is not None:
+            self.supervisor.run("token-listing", self._tokens.learn_listed_forever)
         self.supervisor.run("health", health.watch)
         if housekeeping is not None:
             self.metrics.watch_free_space(lambda: housekeeping.free_bytes)
@@ -349,7 +364,7 @@ class Scheduler:
             await self._serve_payloads(stack.local_payloads, local.http_port, local.public_url)
         channel = grpc.aio.insecure_channel(token_address, interceptors=(
             [PresentCredential(stack.token_database_secret)] if stack.token_database_secret
-            else None))
+            else None), options=[("grpc.max_receive_message_length", TOKEN_LISTING_BYTES)])
         self._resources.push_async_callback(channel.close)
         auth = TokenResolver(
             channel, self.clock, config.token_cache_ttl_s, config.token_cache_miss_ttl_s,
@@ -358,6 +373,9 @@ class Scheduler:
             max_unknown_entries=config.calls.unknown_tokens_kept,
             lookup_rate_per_s=config.calls.token_lookup_rate_per_s,
         )
+        # Real users' first calls after a start spend no lookup budget (scheduler/auth.py).
+        await auth.learn_listed()
+        self._tokens = auth
         # One share per token on the submission port (SubmissionService and the extension).
         token_limits = TokenLimits(config.calls.by_role, auth.role_of, self.clock.monotonic)
         secret = config.execution_secret or stack.execution_secret
@@ -461,7 +479,8 @@ class Scheduler:
         # auto_decompress off: a result is kept exactly as uploaded (gzip) and served so.
         self.http_port = await self._serve_http(
             build_http_app(self._is_serving, payloads=payloads,
-                           uploads=Uploads(self._accepts_result, self.config.max_result_bytes)),
+                           uploads=Uploads(self._accepts_result, self.config.max_result_bytes,
+                                           self._result_written)),
             port, auto_decompress=False)
         payloads.base_url = (public_url
                              or f"http://{self.config.host}:{self.http_port}").rstrip("/")
@@ -490,12 +509,17 @@ class Scheduler:
         if self._health is not None:
             self._health.update()
 
+    def _result_written(self, ok: bool) -> None:
+        if self._monitor is not None:
+            self._monitor.outcome("results", "upload_result", ok)
+
     def _accepts_result(self, job_id: str) -> bool:
         return self._replicas is not None and self._replicas.manager.accepts_result(job_id)
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
-        notes = []
+        notes = [f"failing: {kind}" for kind in
+                 (self._monitor.failing() if self._monitor is not None else [])]
         leadership = self._replicas.note() if self._replicas is not None else None
         if leadership is not None:
             notes.append(leadership)

@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 
 import grpc
+from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import timestamps
+from common.caller import CALLER_ADDRESS
 from common.clock import Clock
 from common.identity import Principal, Role, fingerprint
 from common.logs import REPEATABLE
@@ -21,8 +26,16 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
 from scheduler.admission import Buckets
+from token_database.store import FINGERPRINT_PREFIX
 
 log = logging.getLogger(__name__)
+# Our tokens are 48 characters (a prefix and 43 URL-safe ones); bearer tokens of other
+# issuers (JWTs) are rarely past 2 KiB. A longer one is refused before it costs a lookup
+# (a request past the database's own message limit would read as its outage).
+MAX_TOKEN_CHARS = 4096
+LISTED_TOKENS_KEPT = 100_000  # fingerprints learned from the database's listing, at most
+LISTING_REFRESH_S = 60.0  # how often the listing is read again (new and deleted tokens)
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -38,9 +51,12 @@ class TokenResolver:
     Known tokens are cached for ``ttl_s`` (never past their own expiry), unknown
     ones for ``miss_ttl_s``, in two bounded caches: a flood of unknown tokens fills
     its own and evicts no known one. Concurrent lookups of one token share a single
-    call. A token this replica has never known costs a lookup from a budget of
-    ``lookup_rate_per_s`` for all such tokens together; past it, it is refused without
-    a call. The caches are keyed by fingerprint, so they hold no raw token.
+    call. A token the database lists (:meth:`learn_listed`) or this replica has resolved
+    is looked up when needed; any other costs a lookup from a budget of
+    ``lookup_rate_per_s`` per caller address (the edge's ``caller_address``); past it,
+    it is refused without a call, so made-up tokens from one address spend neither a
+    real user's chance nor another address's. The caches are keyed by fingerprint, so
+    they hold no raw token.
     """
 
     def __init__(
@@ -63,7 +79,9 @@ class TokenResolver:
         self._known = _Cache(max_entries)  # tokens the database knew (even if expired)
         self._unknown = _Cache(max_unknown_entries)
         self._lookup_rate_per_s = lookup_rate_per_s
-        self._new_lookups = Buckets(clock.monotonic, max_keys=1)
+        self._new_lookups = Buckets(clock.monotonic)  # by caller address
+        self._listed: frozenset[str] = frozenset()  # fingerprints the database listed
+        self._listing_refused = False  # said once in the log
         self._lookups: SingleFlight[str, _Entry] = SingleFlight()
         self._on_cache = on_cache
 
@@ -71,17 +89,51 @@ class TokenResolver:
         """The caller behind ``token``, or a SchedulerError saying why not."""
         if not token:
             raise SchedulerError("token_missing")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise SchedulerError("token_too_long", maximum=MAX_TOKEN_CHARS)
         key = fingerprint(token)
         entry = self._known.get(key) or self._unknown.get(key)
         if entry is not None and entry.valid_until_s > self._clock.monotonic():
             self._on_cache(True)
         else:
             self._on_cache(False)
-            if (key not in self._known and key not in self._lookups
-                    and not self._new_lookups.take("", self._lookup_rate_per_s)):
+            if (key not in self._known and key not in self._listed and key not in self._lookups
+                    and not self._new_lookups.take(CALLER_ADDRESS.get(),
+                                                   self._lookup_rate_per_s)):
                 raise SchedulerError("token_lookups_exhausted")
             entry = await self._lookups.run(key, lambda: self._lookup_and_remember(key, token))
         return self._principal_of(entry)
+
+    async def learn_listed(self) -> bool:
+        """Learn which tokens the database has (GetTokenInfoList), so that a real user's
+        first call after a start spends no lookup budget. Best effort: a database that
+        refuses or lacks the listing leaves the budgets per address alone (False)."""
+        try:
+            answer = await self._stub.GetTokenInfoList(empty_pb2.Empty(),
+                                                       timeout=self._call_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            self._listing_failed(exc.code().name)
+            return False
+        if answer.status != tdb_pb2.DATABASE_OPERATION_STATUS_OK:
+            self._listing_failed(tdb_pb2.DatabaseOperationStatus.Name(answer.status))
+            return False
+        # Another database may list the tokens themselves: only their fingerprints are
+        # kept, and the answer holding them is dropped on return.
+        keys = (_listed_fingerprint(info.token) for info in answer.token_list)
+        self._listed = frozenset(islice((key for key in keys if key), LISTED_TOKENS_KEPT))
+        return True
+
+    async def learn_listed_forever(self) -> None:
+        """:meth:`learn_listed` every LISTING_REFRESH_S (tokens made or deleted since)."""
+        while True:
+            await asyncio.sleep(LISTING_REFRESH_S)
+            await self.learn_listed()
+
+    def _listing_failed(self, why: str) -> None:
+        if not self._listing_refused:
+            log.warning("the token database did not list its tokens (%s): tokens new to "
+                        "this replica are looked up within each address's budget", why)
+        self._listing_refused = True
 
     def role_of(self, key: str) -> Role | None:
         """The role the token with fingerprint ``key`` had when last resolved, or None."""
@@ -144,6 +196,15 @@ def _expiry(info: tdb_pb2.TokenInfo) -> datetime | None:
         return None
     nanos = stamp.nanos if 0 <= stamp.nanos <= timestamps.MAX_NANOS else 0
     return timestamps.to_datetime(Timestamp(seconds=stamp.seconds, nanos=nanos))
+
+
+def _listed_fingerprint(listed: str) -> str | None:
+    """The fingerprint a listing's ``token`` names: ours lists ``sha256:<fingerprint>``;
+    a database that lists the tokens themselves gets them fingerprinted."""
+    if listed.startswith(FINGERPRINT_PREFIX):
+        named = listed[len(FINGERPRINT_PREFIX):]
+        return named if _SHA256_HEX.fullmatch(named) else None
+    return fingerprint(listed) if listed else None
 
 
 class _Cache:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from common.caller import CALLER_ADDRESS
 from common.identity import fingerprint
 from common.logs import REPEATABLE, enter_call, new_id
 from job_manager.manager import JobManager
@@ -179,6 +181,26 @@ def _token_key(request: Any) -> str | None:
     return fingerprint(token) if isinstance(token, str) and token else None
 
 
+def caller_address(context: grpc.aio.ServicerContext) -> str:
+    """Where a call came from, as one caller cannot vary it at will: an IPv4 address, or
+    the /64 network of an IPv6 one (a host is given a whole /64); the port never counts.
+    (Behind a load balancer every call has the balancer's address: docs/errors.md.)"""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0].strip("[]")
+    if kind not in ("ipv4", "ipv6") or not host:
+        return peer  # a Unix socket, or a form gRPC does not use
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # an IPv4 caller on a dual-stack port
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def in_band(
     response_type: Callable[..., Response], *, limited: bool = True, leader: bool = False,
 ) -> Callable[[Handler[Response]], Answer[Response]]:
@@ -233,6 +255,7 @@ def in_band(
                 edge.metrics.refusals.labels(refusal.key).inc()
                 return response_type(error=refused(context, method, refusal))
             CALLER.set(caller)
+            CALLER_ADDRESS.set(caller_address(context))
             started = time.perf_counter()
             code = "INTERNAL"
             try:

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from common import audit
+from job_manager.stores import StoreError
 from job_manager.stores.local_payload_store import KEPT_HEADERS, RESULTS_PATH, LocalPayloadStore
 
 _RESULT_NAME = re.compile(r"^[0-9a-f-]{36}\.out\.proto\.gz$")
@@ -34,6 +35,7 @@ class Uploads:
 
     accepts: Callable[[str], bool]  # job id → may its result be uploaded now
     max_bytes: int
+    wrote: Callable[[bool], None] = lambda ok: None  # whether a result could be written
 
 
 UPLOADS_KEY: web.AppKey[Uploads] = web.AppKey("uploads", Uploads)
@@ -87,12 +89,20 @@ async def _put_result(request: web.Request) -> web.Response:
                                                     actual_size=sink.size + len(chunk))
             await sink.write(chunk)
         await sink.keep({h: request.headers[h] for h in KEPT_HEADERS if h in request.headers})
+    except StoreError:
+        # The disk refuses writes (read-only, full): health hears of it (docs: README,
+        # Operations), and the node is told to try again rather than of a bug of ours.
+        request.app[UPLOADS_KEY].wrote(False)
+        await sink.discard()
+        raise web.HTTPServiceUnavailable(text="the scheduler cannot store results now (its "
+                                              "disk refuses writes); try again later\n") from None
     except TimeoutError:
         await sink.discard()
         raise web.HTTPRequestTimeout(text="the upload stalled\n") from None
     except BaseException:
         await sink.discard()
         raise
+    request.app[UPLOADS_KEY].wrote(True)
     return web.Response(status=200)
 
 

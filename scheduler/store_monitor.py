@@ -16,7 +16,7 @@ T = TypeVar("T")
 # Calls that change a store. Reads and writes are watched apart: a read-only or full disk
 # fails every write while reads still succeed, and must not look healthy.
 WRITES = frozenset({"create", "create_with_input", "transition", "put_input", "delete_input",
-                    "seal_result"})
+                    "seal_result", "upload_result", "probe_results"})
 # A delete succeeds on a full disk: it shows nothing about room to write.
 PROVES_NOTHING = frozenset({"delete_input"})
 
@@ -50,9 +50,18 @@ class StoreMonitor:
         """Which kinds of store call fail now, as ``store write`` or ``store read``."""
         return [f"{store} {kind}s" for store, kind in sorted(self._failing_since)]
 
+    def outcome(self, store: str, operation: str, ok: bool) -> None:
+        """How a store call made outside a wrapped store went (a result's upload, which
+        the HTTP side streams to disk itself)."""
+        self.last_call_s = time.monotonic()
+        self._count(store, operation, ok)
+
     def _observe(self, store: str, operation: str, seconds: float, ok: bool) -> None:
         self.last_call_s = time.monotonic()
         self._metrics.store_latency.labels(store, operation).observe(seconds)
+        self._count(store, operation, ok)
+
+    def _count(self, store: str, operation: str, ok: bool) -> None:
         kind = (store, "write" if operation in WRITES else "read")
         if ok:
             if operation not in PROVES_NOTHING:

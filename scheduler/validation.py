@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 
@@ -80,6 +81,19 @@ def submitted_tags(context: grpc.aio.ServicerContext) -> Tags:
     return parse_tags(metadata_value(context, TAGS_METADATA) or "")
 
 
+def request_digest(request: submission_pb2.SubmitJobRequest, tags: Tags) -> str:
+    """What a retry under the same idempotency key must repeat: the job as sent (backend,
+    settings, program), its options and its tags; not the token (the key is the token's
+    own) nor the SDK's version."""
+    digest = hashlib.sha256()
+    for part in (request.job.SerializeToString(deterministic=True),
+                 request.options.SerializeToString(deterministic=True),
+                 "\n".join(f"{key}={value}" for key, value in tags).encode()):
+        digest.update(len(part).to_bytes(8, "big"))  # length first: no two splits alike
+        digest.update(part)
+    return digest.hexdigest()
+
+
 def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
              idempotency_key: str = "", tags: Tags = ()) -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
@@ -109,5 +123,6 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
         sdk_version=sys.intern(request.sdk_version),
         save_job=request.options.save_job,
         idempotency_key=idempotency_key,
+        request_digest=request_digest(request, tags) if idempotency_key else "",
         tags=tags,
     )

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from common.caller import CALLER_ADDRESS
 from common.clock import Clock
 from common.identity import Principal
 from common.logs import REPEATABLE, new_id
@@ -28,7 +29,7 @@ from message_manager import SchedulerError
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from scheduler import convert
 from scheduler.auth import TokenResolver
-from scheduler.edge import Edge, MalformedRequest, refused
+from scheduler.edge import Edge, MalformedRequest, caller_address, refused
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Watches:
             if isinstance(request, MalformedRequest):
                 raise SchedulerError("request_malformed", method="WatchJob")
             edge.authorize(context)
+            CALLER_ADDRESS.set(caller_address(context))  # whose budget a new token spends
             principal = await auth.resolve(request.token)
             if self._closing.is_set():
                 raise SchedulerError("watch_interrupted")

@@ -53,6 +53,7 @@ def encode(record: JobRecord) -> Row:
     for name in (
         "sdk_version",
         "idempotency_key",
+        "request_digest",
         "status_detail",
         "actual_backend",
         "physical_lab_version",
@@ -113,6 +114,7 @@ def decode(row: Mapping[str, Any]) -> JobRecord:
         save_job=bool(row.get("save_job", False)),
         sdk_version=str(row.get("sdk_version", "")),
         idempotency_key=str(row.get("idempotency_key", "")),
+        request_digest=str(row.get("request_digest", "")),
         status_detail=str(row.get("status_detail", "")),
         actual_backend=str(row.get("actual_backend", "")),
         physical_lab_version=str(row.get("physical_lab_version", "")),

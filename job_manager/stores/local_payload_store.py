@@ -53,6 +53,8 @@ class StoredResult:
 
 
 _temporary_names = itertools.count()
+PROBE_NAME = ".health-probe"  # the health probe's file (never a result's name)
+PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -141,6 +143,16 @@ class LocalPayloadStore:
                 return None
 
         return await self._calls.run(read)
+
+    async def probe_results(self) -> None:
+        """Write a file where results go, and remove it: whether uploads can be stored
+        (the health probe's; StoreError when the directory refuses writes)."""
+        def write_and_remove() -> None:
+            path = self._dir / PROBE_NAME
+            _write_atomically(path, PROBE_BYTES)
+            path.unlink(missing_ok=True)
+
+        await self._calls.run(write_and_remove)
 
     async def delete_input(self, job_id: str) -> None:
         await self._calls.run((self._dir / input_key(job_id)).unlink, True)

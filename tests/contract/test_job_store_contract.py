@@ -62,6 +62,7 @@ def full_record() -> JobRecord:
         sdk_version="1.2.3",
         save_job=True,
         idempotency_key="retry-7",
+        request_digest="d" * 64,
         status_detail="all good ✓",
         dequeued_at=(T0 + timedelta(seconds=1, microseconds=2)).astimezone(JST),
         finished_at=T0 + timedelta(seconds=9, microseconds=999_999),
@@ -349,6 +350,17 @@ async def test_a_key_names_one_job_per_owner_within_its_window(store: JobStore) 
     assert await store.find_by_idempotency_key(alice, "other") == other_key
     assert await store.find_by_idempotency_key("c" * 64, "k") is None
     assert await store.find_by_idempotency_key(alice, "missing") is None
+
+
+async def test_a_key_is_found_with_the_digest_of_its_request(store: JobStore) -> None:
+    keyed = record(owner_fingerprint="a" * 64, idempotency_key="k", request_digest="9" * 64)
+    older = record(owner_fingerprint="b" * 64, idempotency_key="k")  # an earlier version's
+    for r in (keyed, older):
+        await store.create(r)
+    found = await store.find_by_idempotency_key("a" * 64, "k")
+    assert found is not None and found.request_digest == "9" * 64
+    found = await store.find_by_idempotency_key("b" * 64, "k")
+    assert found is not None and found.request_digest == ""
 
 
 async def test_a_key_past_its_window_is_taken_by_the_newer_job(store: JobStore) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import scheduler_in
 from tests.helpers import TokenDatabase
 
-LOOPS = ["watchdog", "backend-reload", "health", "housekeeping", "free-space"]
+LOOPS = ["watchdog", "backend-reload", "health", "housekeeping", "free-space", "token-listing"]
 
 
 async def test_every_background_loop_killed_is_restarted_and_health_follows(
