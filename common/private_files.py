@@ -114,4 +114,4 @@ def _check_owner(path: Path, found: os.stat_result, what: str) -> None:
 
 
 def _refusal(path: Path, why: str) -> str:
-    return f"{path}: {why}; refusing to trust it (docs/differences.md, 'Other local accounts')"
+    return f"{path}: {why}; another account could have planted or changed it (README, Security)"
