@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from backend_manager.status import DEFAULT_BACKENDS_TOML
+from common import private_files
 
 
 class BackendSource(Protocol):
@@ -32,13 +33,16 @@ class SsmBackendSource:
 
 
 class FileBackendSource:
-    """The TOML text in a file, written with defaults if it does not exist yet."""
+    """The TOML text in a file, written with defaults (0600) if it does not exist yet; a
+    link, or a file another account owns or may write, is refused (common/private_files.py)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self.description = f"file {path.name}"
 
     def read(self) -> str:
-        if not self._path.exists():
-            self._path.write_text(DEFAULT_BACKENDS_TOML)
-        return self._path.read_text()
+        private_files.create_file(self._path, DEFAULT_BACKENDS_TOML.encode())
+        text = private_files.read_file(self._path)
+        if text is None:
+            raise FileNotFoundError(f"{self._path} was removed as it was read")
+        return text.decode()

@@ -2,12 +2,16 @@
 """An example hardware node: takes jobs for one backend, "runs" them, uploads a result, reports.
 
     python examples/node.py --backend emulator [--address localhost:8081] [--jobs 1]
-                            [--node-id lab-1]
+                            [--node-id lab-1] [--data-dir mqc3-data]
 
 The "result" is a small protobuf-shaped message derived from the program, gzip-compressed
 and PUT to the presigned URL exactly as a real node does it. With --node-id the node names
 itself, and it beats for each job it runs (the scheduler's extension, docs/nodes.md): a
 node whose job takes long beats every third of the timeout the answer names.
+
+A standalone scheduler takes nodes that present the credential in its data directory's
+node.secret (readable by the operator's account alone); this node sends it when it finds
+the file, so run it as the account that runs the scheduler (docs/nodes.md).
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ def _now() -> Timestamp:
     return stamp
 
 
-def run_job(channel: grpc.Channel, job: pb.AssignNextJobResponse, named: Metadata) -> None:
-    """Pretend to run the job, upload a result, report success."""
+def run_job(channel: grpc.Channel, job: pb.AssignNextJobResponse, metadata: Metadata,
+            named: bool) -> None:
+    """Pretend to run the job, upload a result, report success (``named``: and beat)."""
     stub = execution_pb2_grpc.ExecutionServiceStub(channel)
     started = _now()
     if named:  # the first beat opts the job in; this "run" is over long before a second
         beat = nodes_pb2_grpc.NodeServiceStub(channel).Heartbeat(
-            nodes_pb2.HeartbeatRequest(job_id=job.job_id), metadata=named, timeout=30)
+            nodes_pb2.HeartbeatRequest(job_id=job.job_id), metadata=metadata, timeout=30)
         if beat.error.code:
             raise SystemExit(f"heartbeat refused: {beat.error.code}: {beat.error.description}")
     program = job.job.program.SerializeToString()
@@ -76,10 +81,19 @@ def run_job(channel: grpc.Channel, job: pb.AssignNextJobResponse, named: Metadat
         getattr(report.timestamps, name).CopyFrom(started)
     for name in ("compile_finished_at", "execution_finished_at"):
         getattr(report.timestamps, name).CopyFrom(finished)
-    answer = stub.ReportExecutionResult(report, metadata=named, timeout=30)
+    answer = stub.ReportExecutionResult(report, metadata=metadata, timeout=30)
     if answer.error.code:
         raise SystemExit(f"report refused: {answer.error.code}: {answer.error.description}")
     print(f"ran job {job.job_id} ({len(program)} bytes of program)", flush=True)
+
+
+def _credential(path: Path) -> Metadata:
+    """The node credential in ``path`` as metadata; none when there is no such file."""
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        return ()
+    return (("authorization", f"Bearer {secret}"),)
 
 
 def main() -> int:
@@ -89,20 +103,24 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=0, help="stop after this many (0: never)")
     parser.add_argument("--poll-s", type=float, default=0.5, help="pause when the queue is empty")
     parser.add_argument("--node-id", default="", help="this node's name (x-mqc3-node-id)")
+    parser.add_argument("--data-dir", type=Path, default=Path("mqc3-data"),
+                        help="a standalone scheduler's data directory: its node.secret is sent "
+                             "(default ./mqc3-data)")
     args = parser.parse_args()
-    named: Metadata = (("x-mqc3-node-id", args.node_id),) if args.node_id else ()
+    metadata: Metadata = (*_credential(args.data_dir / "node.secret"),
+                          *((("x-mqc3-node-id", args.node_id),) if args.node_id else ()))
     done = 0
     with grpc.insecure_channel(args.address) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         while not args.jobs or done < args.jobs:
             job = stub.AssignNextJob(pb.AssignNextJobRequest(backend=args.backend),
-                                     metadata=named, timeout=30)
+                                     metadata=metadata, timeout=30)
             if job.error.code:
                 raise SystemExit(f"assign refused: {job.error.code}: {job.error.description}")
             if not job.job_id:
                 time.sleep(args.poll_s)
                 continue
-            run_job(channel, job, named)
+            run_job(channel, job, metadata, bool(args.node_id))
             done += 1
     return 0
 

@@ -1185,8 +1185,9 @@ def _changeable(record: JobRecord) -> bool:
 
 def _check_node(record: JobRecord, node: str) -> None:
     """A job taken by a named node may be reported, renewed or beaten for by that node
-    only (or by a caller that names none)."""
-    if node and record.node_identity and node != record.node_identity:
+    only: a caller that names none is refused too, or leaving the name out would pass
+    the check (docs/nodes.md)."""
+    if record.node_identity and node != record.node_identity:
         raise SchedulerError("job_held_by_another_node", job_id=record.job_id)
 
 

@@ -11,6 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from common import private_files
+
 LOCK_FILE = "scheduler.lock"
 
 
@@ -27,7 +29,8 @@ class DataDirectoryLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise DataDirectoryLocked naming the holder's pid."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_files.private_file(self.path)  # no link another account planted
+        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -258,7 +258,8 @@ class Scheduler:
         unreadable = UnreadableRecords(self.metrics.unreadable_records.inc)
         if config.local is not None:
             stack = await standalone_stack(config.local.data_dir, self.clock, key_window,
-                                           unreadable, config.retention)
+                                           unreadable, config.retention,
+                                           config.local.node_secret)
         else:
             assert config.aws is not None  # a Config is in one mode or the other
             stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
@@ -412,6 +413,11 @@ class Scheduler:
         self.execution_port = await self._start_service(
             execution, (EXECUTION, NODES), health, config.execution_host, config.execution_port,
             config.execution_tls)
+        if secret is None and not certified:
+            log.warning("the execution port takes nodes with no credential: any account or "
+                        "machine that reaches %s can take users' programs and report their "
+                        "results (README, Security)",
+                        _address(config.execution_host, self.execution_port))
         if config.submission_tls is None or config.execution_tls is None:
             plain = [name for name, tls in (("submission", config.submission_tls),
                                             ("execution", config.execution_tls)) if tls is None]

@@ -18,13 +18,14 @@ from common import audit
 from common.clock import SystemClock
 from common.identity import Role
 from common.logs import configure_logging
+from common.private_files import NotPrivate
 from job_manager.stores import StoreError
 from job_manager.stores.dynamodb_job_store import OWNER_INDEX
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, audit_log, load_config
 from scheduler.jobs_cli import jobs_main
-from scheduler.standalone import token_store_path
+from scheduler.standalone import open_data_directory, token_store_path
 from token_database.service import (
     audit_created,
     audit_renewed,
@@ -104,8 +105,12 @@ def _tokens_main(argv: Sequence[str]) -> int:
         audit.configure_audit(audit_log(os.environ))
     except (ConfigError, OSError) as exc:
         parser.error(str(exc))
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteTokenStore(token_store_path(args.data_dir))
+    try:  # the server's rules from the first command: 0700, 0600, no stranger's files
+        open_data_directory(args.data_dir)
+        store = SqliteTokenStore(token_store_path(args.data_dir))
+    except NotPrivate as exc:
+        print(f"scheduler.py tokens: {exc}", file=sys.stderr)
+        return 2
     try:
         return _tokens_command(args, store)
     finally:
@@ -224,7 +229,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         asyncio.run(serve(config))
-    except (ConfigError, BackendConfigError) as exc:
+    except (ConfigError, BackendConfigError, NotPrivate) as exc:
         log.error("cannot start: %s", exc)
         return 2
     except StoreError as exc:  # one line, no traceback: the store is named in the message

@@ -63,6 +63,10 @@ class LocalConfig:
     token_database_port: int  # the embedded token database listens here
     http_port: int  # signed upload/download URLs are served here
     public_url: str | None  # how nodes and users reach the HTTP port; None: http://host:port
+    # Nodes present node.secret from the data directory, for want of another credential
+    # (a shared secret, mTLS) or the operator's --insecure-execution: other local accounts
+    # reach the port on loopback too (docs/nodes.md).
+    node_secret: bool = True
 
 
 @dataclass(frozen=True)
@@ -266,8 +270,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--execution-client-ca", type=Path,
                    help="PEM CA bundle: the execution port then requires client certificates")
     p.add_argument("--insecure-execution", action="store_true",
-                   help="let the execution port listen beyond loopback with no node credential "
-                        "(anyone who reaches it takes every user's program)")
+                   help="let the execution port take nodes with no credential, beyond "
+                        "loopback or (standalone) from any local account: anyone who reaches "
+                        "it takes every user's program")
     p.add_argument("--execution-secret-parameter", default=None,
                    help="AWS mode: SSM parameter holding the nodes' shared secret "
                         "(else SCHEDULER_EXECUTION_SECRET)")
@@ -445,6 +450,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
             token_database_port=args.port_for_token_database,
             http_port=args.http_port,
             public_url=public_url,
+            node_secret=not (args.insecure_execution or env.get("SCHEDULER_EXECUTION_SECRET")
+                             or args.execution_client_ca),
         )
         token_database_address = f"127.0.0.1:{args.port_for_token_database}"
     else:

@@ -56,9 +56,16 @@ description = "qpu is not offered to guests"
 """
 
 
-def local_config(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Config:
+# Tests about other things take nodes with no credential; tests of the node credential
+# (tests/security/test_local_accounts.py) and the examples' test run without this.
+OPEN_NODES = "--insecure-execution"
+
+
+def local_config(data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                 open_nodes: bool = True) -> Config:
     """A standalone config on loopback with every port chosen by the OS."""
     argv = [
+        *([OPEN_NODES] if open_nodes else []),
         "--local",
         "--data-dir",
         str(data_dir),

@@ -9,7 +9,6 @@ service's owner alone, so only the operator (and the scheduler itself) holds it.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,16 +16,18 @@ from typing import Any
 
 import grpc
 
+from common import private_files
+
 METADATA = "authorization"
 
 
 def load_or_create_secret(path: Path) -> str:
-    """The secret in ``path``, made (owner-readable only) the first time."""
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    """The secret in ``path``, made (owner-readable only) the first time; one another
+    account could have planted or read is refused (common/private_files.py)."""
+    private_files.create_file(path, secrets.token_urlsafe(32).encode())
+    secret = private_files.read_file(path, secret=True)
+    assert secret is not None  # made just above, in a folder no one else may change
+    return secret.decode().strip()
 
 
 class PresentCredential(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]

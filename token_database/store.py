@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from common import private_files
 from common.identity import fingerprint
 
 TOKEN_PREFIX = "mqc3_"
@@ -63,6 +64,7 @@ class SqliteTokenStore:
     """Token records in a SQLite file, safe to use from several threads."""
 
     def __init__(self, path: Path) -> None:
+        private_files.private_file(path)  # 0600, ours, no link: before SQLite opens it
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlencode
 
+from common import private_files
 from common.clock import Clock
 from job_manager.model import JobRecord
 from job_manager.stores.blocking import BlockingCalls
@@ -55,13 +56,15 @@ class StoredResult:
 _temporary_names = itertools.count()
 PROBE_NAME = ".health-probe"  # the health probe's file (never a result's name)
 PROBE_BYTES = b"\0" * 4096  # a write that needs room on a disk, unlike an empty file
+# A temporary file is never written through a link (common/private_files.py).
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write a file whole or not at all, durably (fsync before the rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temporary_names)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, _NEW_FILE, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -91,7 +94,7 @@ class ResultSink:
 
     def _write(self, chunk: bytes) -> None:
         if self._file is None:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self._tmp, _NEW_FILE, 0o600)
             self._file = os.fdopen(fd, "wb")
         self._file.write(chunk)
 
@@ -122,7 +125,7 @@ class LocalPayloadStore:
     """Objects are files in one directory; each is written whole or not at all."""
 
     def __init__(self, directory: Path, signer: UrlSigner, base_url: str, clock: Clock) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_files.private_directory(directory)  # ours alone: uploads land here
         self._dir = self.directory = directory
         self._signer = signer
         self.base_url = base_url.rstrip("/")  # may be set once the HTTP port is known

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
+from common import private_files
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
@@ -103,7 +104,8 @@ class SqliteJobStore:
         # GIL while the event loop queues the page before (list_queued).
         self._queued_page_size = queued_page_size
         self._key_window = key_window
-        self._calls = BlockingCalls("sqlite-jobs", max_workers=1, errors=(sqlite3.Error,))
+        self._calls = BlockingCalls("sqlite-jobs", max_workers=1,
+                                    errors=(sqlite3.Error, OSError))
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Write, asyncio.Future[object]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -111,6 +113,7 @@ class SqliteJobStore:
     def _connection(self) -> sqlite3.Connection:
         # Opened lazily, inside the store's one thread, which then owns it.
         if self._conn is None:
+            private_files.private_file(self._path)  # 0600, ours, no link: before SQLite opens it
             conn = sqlite3.connect(self._path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from common import private_files
 
 KEY_BYTES = 32
 
@@ -21,12 +22,12 @@ class UrlSigner:
 
     @classmethod
     def from_key_file(cls, path: Path) -> UrlSigner:
-        """Load the key from ``path``, creating it (readable by the owner only) the first time."""
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(KEY_BYTES))
-        return cls(path.read_bytes())
+        """Load the key from ``path``, creating it (readable by the owner only) the first
+        time; a key another account could have planted or read is refused."""
+        private_files.create_file(path, secrets.token_bytes(KEY_BYTES))
+        key = private_files.read_file(path, secret=True)
+        assert key is not None  # made just above, in a folder no one else may change
+        return cls(key)
 
     def sign(self, method: str, object_name: str, expires_epoch_s: int) -> str:
         """The hex signature of one access."""

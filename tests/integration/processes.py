@@ -25,7 +25,13 @@ from benchmarks.processes import free_ports
 from common.clock import SystemClock
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2, token_database_pb2_grpc
 from scheduler.standalone import token_store_path
-from tests.helpers import REGION, TEST_BACKENDS_TOML, TokenDatabase, create_aws_resources
+from tests.helpers import (
+    OPEN_NODES,
+    REGION,
+    TEST_BACKENDS_TOML,
+    TokenDatabase,
+    create_aws_resources,
+)
 from token_database.service import TokenDatabaseService
 from token_database.service import create_token as make_token
 from token_database.store import SqliteTokenStore
@@ -67,13 +73,15 @@ def create_token(data_dir: Path, name: str = "alice", role: str = "developer") -
 class SchedulerProcess:
     """``scheduler.py --local`` on loopback, its output kept in a log file."""
 
-    def __init__(self, data_dir: Path, ports: Ports, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, ports: Ports, log_path: Path,
+                 open_nodes: bool = True) -> None:
         self.data_dir = data_dir
         self.ports = ports
         self.log_path = log_path
         self._log = log_path.open("a")
         self.process = python(
-            "scheduler.py", "--local", "--data-dir", str(data_dir), "--host", HOST,
+            "scheduler.py", *([OPEN_NODES] if open_nodes else []),
+            "--local", "--data-dir", str(data_dir), "--host", HOST,
             "--port-for-submission", str(ports.submission),
             "--port-for-execution", str(ports.execution),
             "--port-for-token-database", str(ports.token_database),
@@ -136,9 +144,11 @@ def kill(process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def scheduler_process(data_dir: Path, log_path: Path) -> Iterator[SchedulerProcess]:
-    """A serving standalone scheduler on fresh ports, killed on the way out."""
-    started = SchedulerProcess(data_dir, Ports.free(), log_path)
+def scheduler_process(data_dir: Path, log_path: Path,
+                      open_nodes: bool = True) -> Iterator[SchedulerProcess]:
+    """A serving standalone scheduler on fresh ports, killed on the way out (``open_nodes``
+    False: nodes must present the data directory's node.secret)."""
+    started = SchedulerProcess(data_dir, Ports.free(), log_path, open_nodes)
     try:
         started.wait_until_serving()
         yield started
@@ -206,7 +216,7 @@ class Deployment:
                   "--port-for-execution", str(ports.execution),
                   "--metrics-port", str(ports.metrics)]
         if self.data_dir is not None:
-            return ["--local", "--data-dir", str(self.data_dir), *common,
+            return [OPEN_NODES, "--local", "--data-dir", str(self.data_dir), *common,
                     "--port-for-token-database", str(ports.token_database),
                     "--http-port", str(ports.http)]
         return [*common, *self.aws_argv]

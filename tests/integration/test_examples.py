@@ -13,9 +13,10 @@ EXAMPLE_TIMEOUT_S = 60
 def test_example_node_and_client_complete_a_job_and_download_its_result(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     token = create_token(data_dir, "alice", "developer")
-    with scheduler_process(data_dir, tmp_path / "scheduler.log") as scheduler:
+    # Nodes present the data directory's node.secret, as the README's node does.
+    with scheduler_process(data_dir, tmp_path / "scheduler.log", open_nodes=False) as scheduler:
         node = python("examples/node.py", "--address", scheduler.execution_address,
-                      "--jobs", "1", "--node-id", "example-lab-1",
+                      "--jobs", "1", "--node-id", "example-lab-1", "--data-dir", str(data_dir),
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         client = python("examples/client.py", "--address", scheduler.submission_address,
                         "--token", token, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

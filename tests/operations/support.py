@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
 from tests.conftest import Running
 from tests.helpers import (
+    OPEN_NODES,
     AwsNames,
     submit_request,
 )
@@ -247,7 +248,7 @@ class Process:
 
 
 def standalone_args(data_dir: Path, ports: Ports, *extra: str) -> list[str]:
-    return ["--local", "--data-dir", str(data_dir), "--host", HOST,
+    return [OPEN_NODES, "--local", "--data-dir", str(data_dir), "--host", HOST,
             "--port-for-submission", str(ports.submission),
             "--port-for-execution", str(ports.execution),
             "--port-for-token-database", str(ports.token_database),

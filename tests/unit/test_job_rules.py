@@ -208,9 +208,9 @@ class Harness:
     async def upload_result(self, job_id: str) -> None:
         await self.local.save_result(result_key(job_id), b"result", {})
 
-    async def complete(self, job_id: str) -> JobRecord:
+    async def complete(self, job_id: str, node: str = "") -> JobRecord:
         await self.upload_result(job_id)
-        return await self.manager.report(report(job_id))
+        return await self.manager.report(report(job_id), node)
 
     async def status(self, job_id: str, principal: Principal = ALICE) -> JobStatus:
         return (await self.manager.status(principal, job_id)).status

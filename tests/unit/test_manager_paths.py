@@ -14,7 +14,7 @@ import gc
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,15 +154,19 @@ async def test_only_the_node_that_took_a_job_may_report_it_or_renew_its_url(h: H
                  h.manager.report(report(job, JobStatus.FAILED), "node-2")):
         await refused_as(call, "job_held_by_another_node", job_id=job)
     assert result_key(job) in (await h.manager.refresh_upload_url(job, "node-1")).url
-    # A call without a client certificate names no node, so it is not checked.
-    assert result_key(job) in (await h.manager.refresh_upload_url(job)).url
+    # A caller that names no node is refused too: leaving the name out must not pass.
+    anonymous: tuple[Awaitable[object], ...] = (
+        h.manager.refresh_upload_url(job), h.manager.heartbeat(job),
+        h.manager.report(report(job, JobStatus.FAILED)))
+    for unnamed in anonymous:
+        await refused_as(unnamed, "job_held_by_another_node", job_id=job)
     assert (await h.manager.report(report(job, JobStatus.FAILED), "node-1")).status is (
         JobStatus.FAILED)
 
-    unchecked = await h.submit()
+    named = await h.submit()
     await h.manager.assign("emulator", node="node-1")
-    assert (await h.manager.report(report(unchecked, JobStatus.FAILED))).status is (
-        JobStatus.FAILED)
+    await refused_as(h.manager.report(report(named, JobStatus.FAILED)),
+                     "job_held_by_another_node", job_id=named)
 
 
 async def test_a_job_taken_without_a_node_identity_may_be_reported_by_any_node(

@@ -59,7 +59,7 @@ async def test_a_beating_nodes_job_outlives_the_heartbeat_timeout_and_completes(
         await later(h, 8)
         await manager.heartbeat(job_id, "lab-1")
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
-    assert (await h.complete(job_id)).status is JobStatus.COMPLETED
+    assert (await h.complete(job_id, "lab-1")).status is JobStatus.COMPLETED
 
 
 async def test_a_node_that_stops_beating_loses_its_job_long_before_its_timeout(
@@ -152,7 +152,7 @@ async def test_a_beat_for_a_job_not_running_for_the_caller_is_refused(h: Harness
     job_id = queued
     await refused_as(manager.heartbeat(job_id, "lab-2"), "job_held_by_another_node",
                      job_id=job_id)
-    await h.complete(job_id)
+    await h.complete(job_id, "lab-1")
     await refused_as(manager.heartbeat(job_id, "lab-1"), "heartbeat_job_not_running",
                      job_id=job_id, status="COMPLETED")
     await refused_as(manager.heartbeat("00000000-0000-4000-8000-00000000beef", "lab-1"),
@@ -164,7 +164,7 @@ async def test_the_node_that_took_a_job_is_stored_and_logged(
     caplog.set_level(logging.INFO)
     job_id = await taken(h, node="lab-7")
     assert (await h.stored(job_id)).node_identity == "lab-7"
-    await h.complete(job_id)
+    await h.complete(job_id, "lab-7")
     lines = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
     assert any("RUNNING" in line and "node=lab-7" in line for line in lines)
     assert any("COMPLETED" in line and "node=lab-7" in line for line in lines)
