@@ -2,7 +2,8 @@
 
 Table: partition key ``job_id``; GSI ``status-index`` on ``status`` (all attributes
 projected) for recovery; TTL attribute ``job_expiry`` (epoch seconds) on final records.
-That is the original deployment's table: nothing more is needed.
+That is the original deployment's table: nothing more is needed, but for the
+extension's listings (owner-index, submitted-index: docs/migrating.md).
 
 Idempotency keys live in the same table as small claim items, keyed
 ``idempotency-key#{owner fingerprint}#{sha256 of the key}`` (never a job id, which is a

@@ -91,7 +91,8 @@ _QUEUED_PAGE = (
 
 
 class SqliteJobStore:
-    """One connection, used from one thread: SQLite serializes writes anyway.
+    """One connection, used from one thread: SQLite serializes writes anyway (and one
+    more, read-only, for listings: docs/design.md, "Standalone storage").
 
     Writes are group-committed: those that arrive while a commit is under way go
     together in the next transaction, one fsync for all of them, and each caller is
