@@ -5,9 +5,10 @@ awslocal s3 mb s3://mqc3-jobs
 awslocal dynamodb create-table --table-name mqc3-jobs --billing-mode PAY_PER_REQUEST \
   --attribute-definitions AttributeName=job_id,AttributeType=S AttributeName=status,AttributeType=S \
     AttributeName=owner_fingerprint,AttributeType=S AttributeName=submitted_at,AttributeType=S \
+    AttributeName=submitted_month,AttributeType=S \
   --key-schema AttributeName=job_id,KeyType=HASH \
   --global-secondary-indexes \
-    '[{"IndexName":"status-index","KeySchema":[{"AttributeName":"status","KeyType":"HASH"}],"Projection":{"ProjectionType":"ALL"}},{"IndexName":"owner-index","KeySchema":[{"AttributeName":"owner_fingerprint","KeyType":"HASH"},{"AttributeName":"submitted_at","KeyType":"RANGE"}],"Projection":{"ProjectionType":"ALL"}}]'
+    '[{"IndexName":"status-index","KeySchema":[{"AttributeName":"status","KeyType":"HASH"}],"Projection":{"ProjectionType":"ALL"}},{"IndexName":"owner-index","KeySchema":[{"AttributeName":"owner_fingerprint","KeyType":"HASH"},{"AttributeName":"submitted_at","KeyType":"RANGE"}],"Projection":{"ProjectionType":"ALL"}},{"IndexName":"submitted-index","KeySchema":[{"AttributeName":"submitted_month","KeyType":"HASH"},{"AttributeName":"submitted_at","KeyType":"RANGE"}],"Projection":{"ProjectionType":"ALL"}}]'
 awslocal dynamodb update-time-to-live --table-name mqc3-jobs \
   --time-to-live-specification Enabled=true,AttributeName=job_expiry
 awslocal ssm put-parameter --name /mqc3/job_bucket_name --type String --value mqc3-jobs

@@ -5,7 +5,10 @@ replica answers alike.
 Pages are keyed by (submitted_at, job_id), which never change: a job that changes
 status between two pages keeps its place, so it is neither lost nor repeated (it shows
 with the status it had when its page was read). Filters other than owner and period are
-applied here, so a narrow filter reads the owner's whole period; the period bounds it.
+applied here; a page reads at most READS_PER_JOB records per job it may hold (and walks
+at most MARKS_PER_PAGE of a store's parts), so a narrow filter over a long period gives
+short pages, each with a token for the rest, instead of one page that reads the whole
+period (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from job_manager.model import JobRecord, JobStatus, is_job_id
-from job_manager.stores import IndexMissing, JobStore, StoreError
+from job_manager.stores import IndexMissing, JobStore, Reached, StoreError
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
@@ -28,11 +31,15 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 ADD_OWNER_INDEX = "scheduler.py migrate add-owner-index"
+READS_PER_JOB = 20  # records a page may read per job it may hold (at least MIN_READS)
+MIN_READS = 200
+MARKS_PER_PAGE = 24  # a store's parts a page may walk: DynamoDB's months, two years
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ended: the last job it held, by its never-changing sort key."""
+    """Where a page ended: the last job it held, by its never-changing sort key; or, for
+    a page cut short, an instant with no job ("") before which the next page starts."""
 
     submitted_at: datetime
     job_id: str
@@ -50,7 +57,8 @@ class Cursor:
             cursor = cls(datetime.fromisoformat(fields["t"]), str(fields["j"]))
         except (binascii.Error, ValueError, TypeError, KeyError, UnicodeError):
             raise SchedulerError("page_token_invalid") from None
-        if cursor.submitted_at.tzinfo is None or not is_job_id(cursor.job_id):
+        if cursor.submitted_at.tzinfo is None or not (
+                cursor.job_id == "" or is_job_id(cursor.job_id)):
             raise SchedulerError("page_token_invalid")
         return cursor
 
@@ -72,6 +80,11 @@ class ListQuery:
     owner_name: str = ""  # an admin's filter by name; "" none
     page_size: int = DEFAULT_PAGE_SIZE
     after: Cursor | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """Whether some jobs the store gives may be left out of the page."""
+        return bool(self.statuses or self.backend or self.tag or self.owner_name)
 
     def matches(self, record: JobRecord) -> bool:
         """Whether the record passes every filter but owner and period (the store's)."""
@@ -98,26 +111,73 @@ async def list_page(store: JobStore, query: ListQuery) -> tuple[list[JobRecord],
     until = query.until
     if query.after is not None:
         until = min(until, query.after.submitted_at)
-    matched: list[JobRecord] = []
-    async for record in _listed(store, query.owner_fingerprint, query.since, until):
-        # Records of one instant come in any order: read all of the last one's instant.
-        if len(matched) > query.page_size and record.submitted_at < matched[-1].submitted_at:
+    if until < query.since:
+        return [], None  # a token from before the period: nothing is left of it
+    reading = _PageReading(query)
+    # A page and the first job past it, and one more to see that job's instant end; a
+    # filtered page reads in larger steps, up to what it may read.
+    batch = min(reading.reads, 1000) if query.filtered else query.page_size + 2
+    async for found in _listed(store, query.owner_fingerprint, query.since, until, batch):
+        if not reading.read(found):
             break
-        if query.after is not None and _sort_key(record) >= query.after.key:
-            continue
-        if query.matches(record):
-            matched.append(record)
-    matched.sort(key=_sort_key, reverse=True)
-    page = matched[:query.page_size]
-    more = len(matched) > query.page_size
-    return page, Cursor(page[-1].submitted_at, page[-1].job_id) if more else None
+    return reading.page()
+
+
+@dataclass
+class _PageReading:
+    """One page's reading: what matched, and what it cost, so that it stops in time."""
+
+    query: ListQuery
+    matched: list[JobRecord] = field(default_factory=list)
+    records: int = 0
+    marks: int = 0
+    instant: datetime | None = None  # of the last record read
+    resume: Cursor | None = None  # where the next page starts when this one is cut short
+
+    def read(self, found: JobRecord | Reached) -> bool:
+        """Take what the store gave; whether to read on."""
+        if isinstance(found, Reached):
+            self.marks += 1
+            return not self._stops_before(found.instant, self.marks >= MARKS_PER_PAGE)
+        # Records of one instant come in any order: a page ends only where one does.
+        if self.instant is not None and found.submitted_at < self.instant and \
+                self._stops_before(self.instant, self.records >= self.reads):
+            return False
+        self.instant = found.submitted_at
+        self.records += 1
+        if self.query.after is not None and _sort_key(found) >= self.query.after.key:
+            return True
+        if self.query.matches(found):
+            self.matched.append(found)
+        return True
+
+    @property
+    def reads(self) -> int:
+        """How many records the page may read (it ends only where an instant does)."""
+        return max(MIN_READS, READS_PER_JOB * self.query.page_size)
+
+    def _stops_before(self, instant: datetime, spent: bool) -> bool:
+        """At the end of everything read at or after ``instant``: whether the page is
+        full, or its reads spent (then the next page starts before ``instant``)."""
+        if len(self.matched) > self.query.page_size:
+            return True
+        if spent:
+            self.resume = Cursor(instant, "")
+        return spent
+
+    def page(self) -> tuple[list[JobRecord], Cursor | None]:
+        self.matched.sort(key=_sort_key, reverse=True)
+        page = self.matched[:self.query.page_size]
+        if len(self.matched) > self.query.page_size:
+            return page, Cursor(page[-1].submitted_at, page[-1].job_id)
+        return page, self.resume
 
 
 async def _listed(store: JobStore, owner: str | None, since: datetime,
-                  until: datetime) -> AsyncIterator[JobRecord]:
+                  until: datetime, batch: int = 0) -> AsyncIterator[JobRecord | Reached]:
     try:
-        async for record in store.list_newest_first(owner, since, until):
-            yield record
+        async for found in store.list_newest_first(owner, since, until, batch):
+            yield found
     except IndexMissing as exc:
         raise SchedulerError("owner_index_missing", index=exc.index,
                              command=ADD_OWNER_INDEX) from None
@@ -157,6 +217,8 @@ async def usage(store: JobStore, owner_fingerprint: str | None, since: datetime,
     fingerprint (one owner's, or with None every owner's)."""
     totals: dict[str, Totals] = {}
     async for record in _listed(store, owner_fingerprint, since, until):
+        if isinstance(record, Reached):
+            continue  # totals need every record of the period: read on
         owner = totals.get(record.owner_fingerprint)
         if owner is None:
             owner = totals[record.owner_fingerprint] = Totals(

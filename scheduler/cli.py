@@ -20,7 +20,12 @@ from common.identity import Role
 from common.logs import configure_logging
 from common.private_files import NotPrivate
 from job_manager.stores import StoreError
-from job_manager.stores.dynamodb_job_store import OWNER_INDEX
+from job_manager.stores.dynamodb_job_store import (
+    MONTH,
+    OWNER_INDEX,
+    TIME_INDEX,
+    DynamoDbJobStore,
+)
 from scheduler.app import Scheduler
 from scheduler.aws import aws_job_store
 from scheduler.config import AwsConfig, Config, ConfigError, audit_log, load_config
@@ -164,7 +169,8 @@ MIGRATIONS = {
                     "without its raw token (safe to run again)",
     "to-original": "write this scheduler's QUEUED jobs as the original's records, for going "
                    "back to it (stop this scheduler first)",
-    "add-owner-index": "add the owner-index the extension's ListJobs and GetUsage need "
+    "add-owner-index": "add the indexes the extension's ListJobs and GetUsage need "
+                       "(owner-index, submitted-index) and give older records their month "
                        "(the original's table too; safe to run again)",
 }
 
@@ -196,16 +202,22 @@ async def _migrate(command: str, aws: AwsConfig) -> str:
                     f"{done.unreadable} unreadable left as they are (see the log); "
                     f"{done.changed_meanwhile} changed by the scheduler meanwhile")
         if command == "add-owner-index":
-            if not await store.add_owner_index():
-                return f"the table already has {OWNER_INDEX!r}; nothing to do"
-            return (f"added {OWNER_INDEX!r}; DynamoDB builds it in the background, and "
-                    f"listings work once it is ACTIVE (aws dynamodb describe-table)")
+            return await _add_listing_indexes(store)
         exported = await store.export_queued_to_original(
             lambda record: f"{FINGERPRINT_PREFIX}{record.owner_fingerprint}")
         return (f"wrote {exported} queued jobs as the original's records; their owners are "
                 f"fingerprints, which the original cannot match to tokens (docs/migrating.md)")
     finally:
         await store.close()
+
+
+async def _add_listing_indexes(store: DynamoDbJobStore) -> str:
+    added = await store.add_listing_indexes()
+    marked = await store.mark_months()
+    indexes = (f"added {', '.join(map(repr, added))}; DynamoDB builds them in the background, "
+               "and listings work once they are ACTIVE (aws dynamodb describe-table)"
+               if added else f"the table already has {OWNER_INDEX!r} and {TIME_INDEX!r}")
+    return f"{indexes}; gave {marked} records their {MONTH} for every owner's listings"
 
 
 def main(argv: Sequence[str]) -> int:

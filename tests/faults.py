@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from job_manager.model import JobRecord, JobStatus, QueuedRow
-from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, SignedUrl
+from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, Reached, SignedUrl
 from job_manager.stores.errors import StoreError
 from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 
@@ -139,10 +139,12 @@ class FlakyJobStore(_Faults):
         self._after("list_queued", failure)
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
-                                until: datetime) -> AsyncIterator[JobRecord]:
+                                until: datetime, batch: int = 0
+                                ) -> AsyncIterator[JobRecord | Reached]:
         """Faults apply to a listing as a whole, as to list_by_status."""
         failure = await self._before("list_newest_first")
-        async for record in self.inner.list_newest_first(owner_fingerprint, since, until):
+        async for record in self.inner.list_newest_first(owner_fingerprint, since, until,
+                                                         batch):
             yield record
         self._after("list_newest_first", failure)
 

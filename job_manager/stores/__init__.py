@@ -12,7 +12,7 @@ from job_manager.stores.errors import (
     StoreError,
 )
 from job_manager.stores.fence import Deposed, Fence
-from job_manager.stores.job_store import JobStore
+from job_manager.stores.job_store import JobStore, Reached
 from job_manager.stores.payload_store import (
     InputsBesideRecords,
     ObjectTags,
@@ -29,6 +29,7 @@ __all__ = [
     "KeyTaken",
     "ObjectTags",
     "PayloadStore",
+    "Reached",
     "RecordTooNew",
     "RecordUnreadable",
     "SignedUrl",

@@ -2,7 +2,8 @@
 
 Table: partition key ``job_id``; GSI ``status-index`` on ``status`` (all attributes
 projected) for recovery; TTL attribute ``job_expiry`` (epoch seconds) on final records.
-That is the original deployment's table: nothing more is needed.
+That is the original deployment's table: nothing more is needed, but for the
+extension's listings (owner-index, submitted-index: docs/migrating.md).
 
 Idempotency keys live in the same table as small claim items, keyed
 ``idempotency-key#{owner fingerprint}#{sha256 of the key}`` (never a job id, which is a
@@ -38,6 +39,7 @@ from job_manager.stores.errors import (
 )
 from job_manager.stores.fence import Fence
 from job_manager.stores.fenced_commits import FencedCommits, cancellation_reasons
+from job_manager.stores.job_store import Reached
 from job_manager.stores.original_format import (
     ORIGINAL_FORMAT,
     decode_original,
@@ -49,9 +51,13 @@ from job_manager.stores.unreadable import UnreadableRecords
 log = logging.getLogger(__name__)
 
 STATUS_INDEX = "status-index"
-# The extension's listings query the owner's jobs by time; the original's table lacks it
-# and works without it (`scheduler.py migrate add-owner-index` adds it).
+# The extension's listings query the owner's jobs by time, and every owner's by month
+# and time; the original's table lacks both and works without them (`scheduler.py
+# migrate add-owner-index` adds them). A record's month is an attribute of this store's
+# own, written with the record and derived from its submitted_at (docs/records.md).
 OWNER_INDEX = "owner-index"
+TIME_INDEX = "submitted-index"
+MONTH = "submitted_month"
 FINISHED_JOB_RETENTION = timedelta(days=30)
 CLAIM_PREFIX = "idempotency-key#"
 
@@ -135,8 +141,10 @@ class DynamoDbJobStore:
                                      asyncio.Lock() if gate is None else gate)
 
     def _row(self, record: JobRecord) -> codec.Row:
-        """The item's attributes before serialization: the codec's row and the TTL."""
+        """The item's attributes before serialization: the codec's row, its month for
+        the listings and the TTL."""
         row = codec.encode(record)
+        row[MONTH] = _month(record.submitted_at)
         if record.status.is_final and record.finished_at is not None:
             row["job_expiry"] = int((record.finished_at + self._retention).timestamp())
         return row
@@ -313,58 +321,127 @@ class DynamoDbJobStore:
         """The item as a QueuedRow, or None: an original's record, one with more than a
         fresh submission's, or one that is no record (then _record says why)."""
         try:
-            values = {name: _deserializer.deserialize(v) for name, v in item.items()}
+            values = {name: _deserializer.deserialize(v) for name, v in item.items()
+                      if name != MONTH}  # the store's own, beside the record's fields
             return None if is_original(values) else codec.decode_lean(values)
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
             return None
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
-                                until: datetime) -> AsyncIterator[JobRecord]:
-        bounds = {":since": {"S": _sortable(since)}, ":until": {"S": _sortable(until)}}
+                                until: datetime, batch: int = 0
+                                ) -> AsyncIterator[JobRecord | Reached]:
         if owner_fingerprint is None:
-            # Every owner (an admin's listing): a scan of the period, ordered here.
-            scan = {"TableName": self._table,
-                    "FilterExpression": "attribute_exists(owner_fingerprint) AND "
-                                        "submitted_at BETWEEN :since AND :until",
-                    "ExpressionAttributeValues": bounds}
-            found = [item async for item in self._items(self._client.scan, scan)]
-            found.sort(key=lambda item: str(item["submitted_at"]["S"]), reverse=True)
-            items: AsyncIterator[dict[str, Any]] = _each(found)
+            index, found = TIME_INDEX, self._every_owners(since, until, batch)
         else:
-            query = {"TableName": self._table, "IndexName": OWNER_INDEX,
-                     "KeyConditionExpression":
-                         "owner_fingerprint = :owner AND submitted_at BETWEEN :since AND :until",
-                     "ExpressionAttributeValues": {**bounds,
-                                                   ":owner": {"S": owner_fingerprint}},
-                     "ScanIndexForward": False}
-            items = self._items(self._client.query, query)
+            index, found = OWNER_INDEX, self._owners(owner_fingerprint, since, until, batch)
         try:
-            async for item in items:
+            async for item in found:
+                if isinstance(item, Reached):
+                    yield item
+                    continue
                 try:
                     yield self._record(item)
                 except RecordUnreadable:
                     continue  # reported; the others are served
         except StoreError as exc:
-            if "index" in str(exc).lower() and OWNER_INDEX in str(exc):
-                raise IndexMissing(OWNER_INDEX) from None
+            if "index" in str(exc).lower() and index in str(exc):
+                raise IndexMissing(index) from None
             raise
 
-    async def add_owner_index(self) -> bool:
-        """Add ``owner-index`` to the table (the original's too); False when it is there.
+    def _owners(self, owner: str, since: datetime, until: datetime,
+                batch: int) -> AsyncIterator[dict[str, Any]]:
+        """One owner's items of the period, newest first, ``batch`` per request."""
+        query = {"TableName": self._table, "IndexName": OWNER_INDEX,
+                 "KeyConditionExpression":
+                     "owner_fingerprint = :owner AND submitted_at BETWEEN :since AND :until",
+                 "ExpressionAttributeValues": {**_bounds(since, until),
+                                               ":owner": {"S": owner}},
+                 "ScanIndexForward": False, **_limit(batch)}
+        return self._items(self._client.query, query)
 
-        DynamoDB builds the index in the background; listings work once it is ACTIVE.
-        """
-        description = await self._calls.run(
-            lambda: self._client.describe_table(TableName=self._table))
-        indexes = description["Table"].get("GlobalSecondaryIndexes", [])
-        if any(index.get("IndexName") == OWNER_INDEX for index in indexes):
-            return False
-        await self._calls.run(lambda: self._client.update_table(
-            TableName=self._table,
-            AttributeDefinitions=[{"AttributeName": "owner_fingerprint", "AttributeType": "S"},
-                                  {"AttributeName": "submitted_at", "AttributeType": "S"}],
-            GlobalSecondaryIndexUpdates=[{"Create": _owner_index_definition()}]))
-        return True
+    async def _every_owners(self, since: datetime, until: datetime,
+                            batch: int) -> AsyncIterator[dict[str, Any] | Reached]:
+        """Every owner's items of the period, newest first: month by month down
+        submitted-index from the month of ``until`` to that of ``since``, ``batch`` per
+        request, with a mark after each month but the last (a reader stops at one when
+        the months walked held little: listing.py)."""
+        month, last = _month(until), _month(since)
+        while True:
+            query = {"TableName": self._table, "IndexName": TIME_INDEX,
+                     "KeyConditionExpression":
+                         "#month = :month AND submitted_at BETWEEN :since AND :until",
+                     "ExpressionAttributeNames": {"#month": MONTH},
+                     "ExpressionAttributeValues": {**_bounds(since, until),
+                                                   ":month": {"S": month}},
+                     "ScanIndexForward": False, **_limit(batch)}
+            async for item in self._items(self._client.query, query):
+                yield item
+            if month <= last:
+                return
+            yield Reached(_month_start(month))
+            month = _month_before(month)
+
+    async def add_listing_indexes(self) -> list[str]:
+        """Add the listings' indexes the table lacks (the original's table lacks both);
+        the names of those added. DynamoDB creates one index per request and takes the
+        next once the table is ACTIVE again, so each waits for that; it builds them in
+        the background, and listings work once they are ACTIVE."""
+        added = []
+        for definition in (_owner_index_definition(), _time_index_definition()):
+            description = await self._calls.run(
+                lambda: self._client.describe_table(TableName=self._table))
+            indexes = description["Table"].get("GlobalSecondaryIndexes", [])
+            if any(index.get("IndexName") == definition["IndexName"] for index in indexes):
+                continue
+            keys = [key["AttributeName"] for key in definition["KeySchema"]]
+            await self._calls.run(functools.partial(
+                self._client.update_table, TableName=self._table,
+                AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}
+                                      for key in keys],
+                GlobalSecondaryIndexUpdates=[{"Create": definition}]))
+            await self._calls.run(lambda: self._client.get_waiter("table_exists").wait(
+                TableName=self._table))
+            added.append(definition["IndexName"])
+        return added
+
+    async def mark_months(self) -> int:
+        """Give each record of this scheduler that lacks its month (one written by a
+        release before it, or by one during a rolling upgrade) the month, so that
+        every owner's listing finds it; how many. Safe to run again and beside serving
+        replicas: the update sets that attribute alone, only where it is missing."""
+        scan = {"TableName": self._table, "ProjectionExpression": "job_id, submitted_at",
+                "FilterExpression": "attribute_exists(owner_fingerprint) AND "
+                                    "attribute_exists(submitted_at) AND "
+                                    "attribute_not_exists(#month)",
+                "ExpressionAttributeNames": {"#month": MONTH}}
+        marked = 0
+        async for item in self._items(self._client.scan, scan):
+            if await self._mark_month(item):
+                marked += 1
+        return marked
+
+    async def _mark_month(self, item: dict[str, Any]) -> bool:
+        try:
+            month = _month(datetime.fromisoformat(item["submitted_at"]["S"]))
+        except (KeyError, ValueError, TypeError):
+            return False  # not a time: the record is reported unreadable where it is read
+
+        def update() -> bool:
+            try:
+                self._client.update_item(
+                    TableName=self._table, Key={"job_id": item["job_id"]},
+                    UpdateExpression="SET #month = :month",
+                    ConditionExpression="attribute_exists(job_id) AND "
+                                        "attribute_not_exists(#month)",
+                    ExpressionAttributeNames={"#month": MONTH},
+                    ExpressionAttributeValues={":month": {"S": month}})
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False  # marked or gone meanwhile
+                raise
+            return True
+
+        return await self._calls.run(update)
 
     async def _items(self, operation: Any, request: dict[str, Any]
                      ) -> AsyncIterator[dict[str, Any]]:
@@ -494,9 +571,29 @@ def _sortable(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-async def _each(items: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for item in items:
-        yield item
+def _bounds(since: datetime, until: datetime) -> dict[str, Any]:
+    return {":since": {"S": _sortable(since)}, ":until": {"S": _sortable(until)}}
+
+
+def _limit(batch: int) -> dict[str, Any]:
+    return {"Limit": batch} if batch else {}
+
+
+def _month(moment: datetime) -> str:
+    """The month (UTC) a record submitted then is listed under: ``YYYY-MM``, which sorts
+    as time."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
+
+
+def _month_start(month: str) -> datetime:
+    year, number = month.split("-")
+    return datetime(int(year), int(number), 1, tzinfo=UTC)
+
+
+def _month_before(month: str) -> str:
+    start = _month_start(month)
+    return _month(start - timedelta(days=1))
 
 
 def _owner_index_definition() -> dict[str, Any]:
@@ -508,9 +605,18 @@ def _owner_index_definition() -> dict[str, Any]:
     }
 
 
+def _time_index_definition() -> dict[str, Any]:
+    return {
+        "IndexName": TIME_INDEX,
+        "KeySchema": [{"AttributeName": MONTH, "KeyType": "HASH"},
+                      {"AttributeName": "submitted_at", "KeyType": "RANGE"}],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+
+
 def create_table(client: Any, table_name: str, owner_index: bool = True) -> None:
     """Create the jobs table as production has it (for development and tests); without
-    ``owner_index``, as the original deployment has it."""
+    ``owner_index``, as the original deployment has it (neither listing index)."""
     attributes = [{"AttributeName": "job_id", "AttributeType": "S"},
                   {"AttributeName": "status", "AttributeType": "S"}]
     indexes: list[dict[str, Any]] = [{
@@ -520,8 +626,9 @@ def create_table(client: Any, table_name: str, owner_index: bool = True) -> None
     }]
     if owner_index:
         attributes += [{"AttributeName": "owner_fingerprint", "AttributeType": "S"},
-                       {"AttributeName": "submitted_at", "AttributeType": "S"}]
-        indexes.append(_owner_index_definition())
+                       {"AttributeName": "submitted_at", "AttributeType": "S"},
+                       {"AttributeName": MONTH, "AttributeType": "S"}]
+        indexes += [_owner_index_definition(), _time_index_definition()]
     client.create_table(
         TableName=table_name,
         BillingMode="PAY_PER_REQUEST",

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator, Protocol
 
 from job_manager.model import JobRecord, JobStatus, QueuedRow
 from job_manager.stores.fence import Fence
+
+
+@dataclass(frozen=True)
+class Reached:
+    """A listing's mark between records: every record it has to give that was submitted
+    at or after ``instant`` has been given. A store whose listing is a walk over parts
+    (DynamoDB's months) gives one after each part, so that a reader may stop there and
+    resume before ``instant`` even when the parts walked held nothing (listing.py)."""
+
+    instant: datetime
 
 
 class JobStore(Protocol):
@@ -59,13 +70,17 @@ class JobStore(Protocol):
         ...
 
     def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
-                          until: datetime) -> AsyncIterator[JobRecord]:
+                          until: datetime, batch: int = 0
+                          ) -> AsyncIterator[JobRecord | Reached]:
         """The records of one owner (None: of every owner) submitted from ``since`` to
-        ``until`` (both included), newest first, fetched page by page.
+        ``until`` (both included), newest first, fetched ``batch`` at a time (0: the
+        store's own page size), so that a reader who stops early has read about what it
+        used; with Reached marks between them where the store walks over parts.
 
         Newest first means by ``submitted_at`` descending; records submitted at the same
         instant may come in any order (the caller orders them by job id).
-        IndexMissing when the store lacks the index this needs (DynamoDB's owner-index).
+        IndexMissing when the store lacks the index this needs (DynamoDB's owner-index,
+        or for every owner its submitted-index).
         """
         ...
 

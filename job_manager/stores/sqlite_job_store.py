@@ -20,6 +20,7 @@ from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordTooNew, RecordUnreadable, StoreError
 from job_manager.stores.fence import Fence
+from job_manager.stores.job_store import Reached
 from job_manager.stores.unreadable import UnreadableRecords
 
 _SCHEMA = """
@@ -32,7 +33,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, job_id);
-CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner_fingerprint, submitted_at);
+-- A listing's page walks one of these two in its order and stops at the page's end
+-- (list_newest_first); the previous version's jobs_by_owner lacked job_id, so each page
+-- sorted the rows of an instant, and every owner's page scanned and sorted the table.
+CREATE INDEX IF NOT EXISTS jobs_by_owner_newest ON jobs (owner_fingerprint, submitted_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (submitted_at, job_id);
+DROP INDEX IF EXISTS jobs_by_owner;
 CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS inputs (
@@ -86,7 +92,8 @@ _QUEUED_PAGE = (
 
 
 class SqliteJobStore:
-    """One connection, used from one thread: SQLite serializes writes anyway.
+    """One connection, used from one thread: SQLite serializes writes anyway (and one
+    more, read-only, for listings: docs/design.md, "Standalone storage").
 
     Writes are group-committed: those that arrive while a commit is under way go
     together in the next transaction, one fsync for all of them, and each caller is
@@ -107,6 +114,11 @@ class SqliteJobStore:
         self._calls = BlockingCalls("sqlite-jobs", max_workers=1,
                                     errors=(sqlite3.Error, OSError))
         self._conn: sqlite3.Connection | None = None
+        # Listings read on a connection and thread of their own, beside the writer (WAL
+        # lets them), so a long one never holds up a submission, a hand-over or a report.
+        self._listing_calls = BlockingCalls("sqlite-listings", max_workers=1,
+                                            errors=(sqlite3.Error,))
+        self._listing_conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Write, asyncio.Future[object]]] = []
         self._committer: asyncio.Task[None] | None = None
 
@@ -121,6 +133,15 @@ class SqliteJobStore:
             conn.executescript(_SCHEMA)
             self._conn = conn
         return self._conn
+
+    def _listing_connection(self) -> sqlite3.Connection:
+        # Opened lazily, inside the listings' thread, once the writer made the schema.
+        if self._listing_conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.execute("PRAGMA query_only=1")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._listing_conn = conn
+        return self._listing_conn
 
     async def open(self) -> None:
         """Create the file and the schema now rather than on the first call."""
@@ -366,30 +387,36 @@ class SqliteJobStore:
         self._connection().execute(f"PRAGMA mmap_size={int(size)}")
 
     async def list_newest_first(self, owner_fingerprint: str | None, since: datetime,
-                                until: datetime) -> AsyncIterator[JobRecord]:
+                                until: datetime, batch: int = 0
+                                ) -> AsyncIterator[JobRecord | Reached]:
+        if self._conn is None:
+            await self.open()  # the schema, before the listings' connection reads it
+        size = batch or self._page_size
         after = (_sortable(until), "\uffff")  # past every job id at that instant
         while True:
-            page = await self._calls.run(self._owner_page, owner_fingerprint,
-                                         _sortable(since), after)
+            page = await self._listing_calls.run(self._newest_page, owner_fingerprint,
+                                                 _sortable(since), after, size)
             for submitted, job_id, text in page:
                 after = (submitted, job_id)
                 try:
                     yield self._record(job_id, text)
                 except RecordUnreadable:
                     continue  # reported; the others are served
-            if len(page) < self._page_size:
+            if len(page) < size:
                 return
 
-    def _owner_page(self, owner: str | None, since: str,
-                    after: tuple[str, str]) -> list[tuple[str, str, str]]:
+    def _newest_page(self, owner: str | None, since: str, after: tuple[str, str],
+                     size: int) -> list[tuple[str, str, str]]:
+        """The next ``size`` rows before ``after``: a walk down jobs_by_owner_newest (or,
+        for every owner, jobs_newest) from that key, with no sort (docs/protocol.md)."""
         owned = "owner_fingerprint = ? AND " if owner is not None else ""
         return (
-            self._connection()
+            self._listing_connection()
             .execute(
                 f"SELECT submitted_at, job_id, record FROM jobs WHERE {owned}"
                 "submitted_at >= ? AND (submitted_at, job_id) < (?, ?) "
                 "ORDER BY submitted_at DESC, job_id DESC LIMIT ?",
-                (*([owner] if owner is not None else []), since, *after, self._page_size),
+                (*([owner] if owner is not None else []), since, *after, size),
             )
             .fetchall()
         )
@@ -484,6 +511,13 @@ class SqliteJobStore:
                 self._conn.close()
                 self._conn = None
 
+        def close_listing_connection() -> None:
+            if self._listing_conn is not None:
+                self._listing_conn.close()
+                self._listing_conn = None
+
+        await self._listing_calls.run(close_listing_connection)
+        self._listing_calls.close()
         await self._calls.run(close_connection)
         self._calls.close()
 

@@ -3,10 +3,13 @@ store families; and DynamoDB's owner-index, missing and then added."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from job_manager import listing
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores import IndexMissing, JobStore
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from job_manager.stores.sqlite_job_store import SqliteJobStore
 from tests.contract import test_job_store_contract as contract
 from tests.contract.test_job_store_contract import T0, record
 from tests.helpers import aws_client
@@ -23,11 +27,13 @@ open_store = contract.open_store  # the same fixtures: both store families
 store = contract.store
 ALICE, BOB = "a" * 64, "b" * 64
 WIDE = (T0 - timedelta(days=1), T0 + timedelta(days=1))
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # a listing's default start (jobs_service.py)
 
 
 async def listed(store: JobStore, owner: str | None, since: Any = WIDE[0],
                  until: Any = WIDE[1]) -> list[JobRecord]:
-    return [r async for r in store.list_newest_first(owner, since, until)]
+    return [r async for r in store.list_newest_first(owner, since, until)
+            if isinstance(r, JobRecord)]
 
 
 async def test_an_owners_jobs_come_newest_first_across_pages_and_no_one_elses(
@@ -76,18 +82,42 @@ async def original_table(moto_endpoint: str) -> AsyncIterator[tuple[DynamoDbJobS
     await job_store.close()
 
 
-async def test_listing_without_the_owner_index_says_so_and_adding_it_makes_it_work(
+async def test_listing_without_the_indexes_says_so_and_adding_them_makes_it_work(
         original_table: tuple[DynamoDbJobStore, Any, str]) -> None:
     job_store, client, name = original_table
     mine = record(owner_fingerprint=ALICE)
     await job_store.create(mine)
-    with pytest.raises(IndexMissing):
+    with pytest.raises(IndexMissing) as missing:
         await listed(job_store, ALICE)
-    assert await job_store.add_owner_index() is True
-    assert await job_store.add_owner_index() is False  # there already: nothing to do
+    assert missing.value.index == "owner-index"
+    with pytest.raises(IndexMissing) as missing:
+        await listed(job_store, None)
+    assert missing.value.index == "submitted-index"
+    assert await job_store.add_listing_indexes() == ["owner-index", "submitted-index"]
+    assert await job_store.add_listing_indexes() == []  # there already: nothing to do
     indexes = client.describe_table(TableName=name)["Table"]["GlobalSecondaryIndexes"]
-    assert {i["IndexName"] for i in indexes} == {"status-index", "owner-index"}
+    assert {i["IndexName"] for i in indexes} == {"status-index", "owner-index", "submitted-index"}
     assert [r.job_id for r in await listed(job_store, ALICE)] == [mine.job_id]
+    assert [r.job_id for r in await listed(job_store, None)] == [mine.job_id]
+
+
+async def test_records_written_without_their_month_are_listed_for_every_owner_once_marked(
+        original_table: tuple[DynamoDbJobStore, Any, str]) -> None:
+    # As the previous release wrote them, and as one writes them during a rolling upgrade.
+    job_store, client, name = original_table
+    await job_store.add_listing_indexes()
+    made = [record(owner_fingerprint=ALICE, submitted_at=T0 - timedelta(days=40 * i))
+            for i in range(3)]
+    for r in made:
+        await job_store.create(r)
+        client.update_item(TableName=name, Key={"job_id": {"S": r.job_id}},
+                           UpdateExpression="REMOVE submitted_month")
+    assert await listed(job_store, None, EARLIEST) == []
+    assert await job_store.mark_months() == 3
+    assert await job_store.mark_months() == 0  # safe to run again
+    assert [r.job_id for r in await listed(job_store, None, EARLIEST)] == [
+        r.job_id for r in made]
+    assert await job_store.get(made[1].job_id) == made[1]
 
 
 async def test_pages_hold_every_job_once_when_many_share_one_instant(store: JobStore) -> None:
@@ -120,3 +150,169 @@ async def test_filters_apply_before_the_page_is_cut(store: JobStore) -> None:
     assert [r.job_id for r in page] == [made[5].job_id, made[3].job_id] and cursor is not None
     rest, last = await listing.list_page(store, replace(query, after=cursor))
     assert [r.job_id for r in rest] == [made[1].job_id] and last is None
+
+
+# --- what a page costs: in proportion to the page, never to the table (issue 27, item 6) ---
+class Meter:
+    """The work a store's reads cost, counted from outside the store: SQLite's virtual
+    machine steps (a progress handler on every connection it opens), DynamoDB's items
+    read (ScannedCount: before any filter) and its requests."""
+
+    STEPS = 100  # SQLite steps per call of the progress handler
+
+    def __init__(self) -> None:
+        self.cost = 0
+        self.requests = 0
+
+    def sqlite_step(self) -> int:
+        self.cost += self.STEPS
+        return 0  # go on
+
+    def read(self, answer: dict[str, Any]) -> dict[str, Any]:
+        self.requests += 1
+        self.cost += int(answer.get("ScannedCount", len(answer.get("Items", []))))
+        return answer
+
+
+class CountingClient:
+    """A boto3 DynamoDB client whose Query and Scan answers are counted."""
+
+    def __init__(self, inner: Any, meter: Meter) -> None:
+        self._inner = inner
+        self._meter = meter
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        return self._meter.read(self._inner.query(**request))
+
+    def scan(self, **request: Any) -> dict[str, Any]:
+        return self._meter.read(self._inner.scan(**request))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+async def metered(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[JobStore, Meter]]:
+    """A store as production configures it (default page sizes), and its meter."""
+    meter = Meter()
+    job_store: JobStore
+    if request.param == "sqlite":
+        connect = sqlite3.connect
+
+        def metered_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            conn = connect(*args, **kwargs)
+            conn.set_progress_handler(meter.sqlite_step, Meter.STEPS)
+            return conn
+
+        monkeypatch.setattr(sqlite3, "connect", metered_connect)
+        job_store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        endpoint: str = request.getfixturevalue("moto_endpoint")
+        client = aws_client("dynamodb", endpoint)
+        name = f"jobs-{uuid.uuid4().hex[:12]}"
+        create_table(client, name)
+        job_store = DynamoDbJobStore(CountingClient(client, meter), name)
+    yield job_store, meter
+    await job_store.close()
+
+
+async def create_all(store: JobStore, records: list[JobRecord]) -> None:
+    for start in range(0, len(records), 100):
+        await asyncio.gather(*(store.create(r) for r in records[start:start + 100]))
+
+
+def older_jobs(count: int, before: datetime) -> list[JobRecord]:
+    """Jobs of Alice and Bob in turn, a second apart, all before ``before``."""
+    return [record(owner_fingerprint=(ALICE, BOB)[i % 2],
+                   submitted_at=before - timedelta(seconds=i + 1)) for i in range(count)]
+
+
+async def two_pages_cost(store: JobStore, meter: Meter, owner: str | None) -> int:
+    meter.cost = 0
+    query = listing.ListQuery(owner, EARLIEST, T0 + timedelta(days=1), page_size=10)
+    page, cursor = await listing.list_page(store, query)
+    assert len(page) == 10 and cursor is not None
+    page, cursor = await listing.list_page(store, replace(query, after=cursor))
+    assert len(page) == 10 and cursor is not None
+    return meter.cost
+
+
+@pytest.mark.parametrize("owner", [ALICE, None], ids=["one owner", "every owner"])
+async def test_a_page_costs_the_same_however_many_older_jobs_the_store_holds(
+        metered: tuple[JobStore, Meter], owner: str | None) -> None:
+    store, meter = metered
+    recent = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i))
+              for i in range(30)]
+    await create_all(store, [*recent, *older_jobs(100, T0)])
+    few = await two_pages_cost(store, meter, owner)
+    await create_all(store, older_jobs(600, T0 - timedelta(seconds=100)))
+    many = await two_pages_cost(store, meter, owner)
+    assert many < 2 * few, f"two pages cost {few} with 130 jobs stored, {many} with 730"
+
+
+async def test_every_owners_usage_of_a_period_costs_that_period_not_the_table(
+        metered: tuple[JobStore, Meter]) -> None:
+    store, meter = metered
+    recent = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i))
+              for i in range(30)]
+    await create_all(store, [*recent, *older_jobs(100, T0)])
+
+    async def cost() -> int:
+        meter.cost = 0
+        totals = await listing.usage(store, None, T0, T0 + timedelta(minutes=1), lambda _: 0)
+        assert totals[ALICE].by_final_status == {} and BOB not in totals
+        return meter.cost
+
+    few = await cost()
+    await create_all(store, older_jobs(600, T0 - timedelta(seconds=100)))
+    many = await cost()
+    assert many < 2 * few, f"the period's totals cost {few} with 130 jobs stored, {many} with 730"
+
+
+async def test_a_page_walks_a_bounded_number_of_empty_months_and_its_token_goes_on(
+        metered: tuple[JobStore, Meter]) -> None:
+    # Every owner's listing on DynamoDB reads month by month: years without a job cost
+    # pages with a token, each of a bounded number of requests, and no job is lost.
+    store, meter = metered
+    made = [record(owner_fingerprint=ALICE, submitted_at=T0 - timedelta(days=365 * i))
+            for i in (0, 5, 6)]
+    await create_all(store, made)
+    seen: list[str] = []
+    cursor: listing.Cursor | None = None
+    pages = 0
+    while True:
+        meter.requests = 0
+        query = listing.ListQuery(None, EARLIEST, T0, page_size=10, after=cursor)
+        page, cursor = await listing.list_page(store, query)
+        pages += 1
+        # Two years' months a page, and the month it resumes in: not 27 years' at once.
+        assert meter.requests <= 25
+        seen += [r.job_id for r in page]
+        if cursor is None:
+            break
+        cursor = listing.Cursor.from_token(cursor.token())  # as a client sends it back
+    assert seen == [r.job_id for r in made]
+    assert pages <= 2 + (T0.year - EARLIEST.year + 1) * 12 // 24
+
+
+async def test_a_narrow_filter_reads_a_bounded_share_per_page_and_loses_nothing(
+        metered: tuple[JobStore, Meter]) -> None:
+    store, meter = metered
+    made = [record(owner_fingerprint=ALICE, submitted_at=T0 - timedelta(seconds=i),
+                   backend="qpu" if i % 250 == 0 else "emulator") for i in range(600)]
+    await create_all(store, made)
+    seen: list[str] = []
+    cursor: listing.Cursor | None = None
+    while True:
+        meter.cost = meter.requests = 0
+        query = listing.ListQuery(ALICE, EARLIEST, T0, backend="qpu", page_size=2,
+                                  after=cursor)
+        page, cursor = await listing.list_page(store, query)
+        if meter.requests:  # DynamoDB: items read; before, the first page read 500 of them
+            assert meter.cost <= 2 * listing.MIN_READS
+        seen += [r.job_id for r in page]
+        if cursor is None:
+            break
+        cursor = listing.Cursor.from_token(cursor.token())
+    assert seen == [made[0].job_id, made[250].job_id, made[500].job_id]
