@@ -972,7 +972,7 @@ class JobManager:
                 known = self.ledger.queue(job.origin.backend) is not None
                 if known or await self._queueable(job.record):
                     found.append(job)
-            requeued = self.ledger.admit_all(found)
+            requeued = await self.ledger.admit_in_slices(found)
         log.info("recovered %d queued and %d running jobs", requeued,
                  self.ledger.running_count())
 

@@ -6,10 +6,12 @@ table's TTL never removes it). Job writes that must be fenced name this item in 
 transaction's condition (job_manager/stores/dynamodb_job_store.py).
 
 DynamoDB refuses a PutItem on an item that a transaction in flight includes
-(TransactionConflictException). So the lease's writes take the gate the job store's
-fenced transactions take in this process, and retry a conflict with another process's
-transaction up to twice within the call (docs/replicas.md, "One fenced transaction at a
-time").
+(TransactionConflictException). So the lease's writes share a gate with the job store's
+fenced transactions in this process (common/item_gate.py): they go before every job
+transaction waiting, and wait for the one in flight only briefly, never until a hung one
+answers. A conflict (with another process's transaction, or with ours still in
+DynamoDB's hands) is retried up to twice within the call (docs/replicas.md, "One fenced
+transaction at a time").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.item_gate import ItemGate
 from leadership.lease import LeaseRecord, LeaseUnreachable
 
 LEASE_KEY = "scheduler-lease"
@@ -31,12 +34,12 @@ class DynamoDbLeaseTable:
     """LeaseTable on the jobs table: conditional puts of one item."""
 
     def __init__(self, client: Any, table_name: str, key: str = LEASE_KEY,
-                 gate: asyncio.Lock | None = None) -> None:
-        """``gate``: the lock the job store's fenced transactions take (scheduler/aws.py)."""
+                 gate: ItemGate | None = None) -> None:
+        """``gate``: shared with the job store's fenced transactions (scheduler/aws.py)."""
         self._client = client
         self._table = table_name
         self._key = key
-        self._gate = asyncio.Lock() if gate is None else gate
+        self._gate = ItemGate() if gate is None else gate
 
     async def read(self) -> LeaseRecord | None:
         answer = await self._call(self._client.get_item, TableName=self._table,
@@ -75,19 +78,29 @@ class DynamoDbLeaseTable:
                                    "ConditionExpression": condition}
         if values:
             request["ExpressionAttributeValues"] = values
-        async with self._gate:
-            for attempt in range(_PUT_ATTEMPTS):
-                if attempt:
-                    await asyncio.sleep(random.uniform(*_CONFLICT_WAIT_S))
-                try:
-                    await self._call(self._client.put_item, **request)
-                    return True
-                except _ConditionFailed:
-                    return False
-                except _Conflict:
-                    continue  # another process's transaction held the item: it did not land
-        raise LeaseUnreachable(f"the lease item was in other transactions "
-                               f"{_PUT_ATTEMPTS} times in a row")
+        async with self._gate.lease_write():
+            return await self._put(request)
+
+    async def _put(self, request: dict[str, Any]) -> bool:
+        """The put, again after a conflict: at once when this process's transaction in
+        flight held the item (it has ended now), else after a few milliseconds, up to
+        _PUT_ATTEMPTS conflicts with other processes' transactions."""
+        conflicts = 0
+        while True:
+            try:
+                await self._call(self._client.put_item, **request)
+                return True
+            except _ConditionFailed:
+                return False
+            except _Conflict:
+                pass  # the item was in a transaction: the put did not land
+            if await self._gate.transaction_ended():
+                continue
+            conflicts += 1
+            if conflicts == _PUT_ATTEMPTS:
+                raise LeaseUnreachable(f"the lease item was in other transactions "
+                                       f"{_PUT_ATTEMPTS} times in a row")
+            await asyncio.sleep(random.uniform(*_CONFLICT_WAIT_S))
 
     async def _call(self, operation: Any, **request: Any) -> Any:
         def call() -> Any:

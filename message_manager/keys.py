@@ -7,6 +7,7 @@ ErrorKey = Literal[
     "backend_not_available",
     "backend_unknown",
     "execution_status_invalid",
+    "forwarded_call_unknown",
     "heartbeat_job_not_running",
     "idempotency_key_invalid",
     "idempotency_key_reused",

@@ -262,7 +262,8 @@ class Scheduler:
                                            config.local.node_secret)
         else:
             assert config.aws is not None  # a Config is in one mode or the other
-            stack = await aws_stack(config.aws, self.clock, key_window, unreadable)
+            stack = await aws_stack(config.aws, self.clock, key_window, unreadable,
+                                    config.replicas)
         self._stack = stack
         self._resources.push_async_callback(stack.close)
         monitor = StoreMonitor(self.metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -12,18 +13,66 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backend_manager.sources import SsmBackendSource
 from common.clock import Clock
+from common.item_gate import ItemGate
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from_table
 from job_manager.stores.s3_payload_store import S3PayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
 from leadership.dynamodb_lease import DynamoDbLeaseTable
-from scheduler.config import AwsConfig, ConfigError
+from scheduler.config import AwsConfig, ConfigError, ReplicaConfig
 from scheduler.stack import Stack
 
 # Standard retries: bounded exponential backoff with jitter on throttling and 5xx.
 _RETRIES: Any = {"mode": "standard", "max_attempts": 5}
+# DynamoDB's calls while replicas share the lease end well within the time a leader may go
+# without renewing (docs/replicas.md, "Time limits of each call"): each attempt gets an
+# eighth of ``duration - renew`` to connect and as long to answer (0.56 s by default,
+# about a hundred times DynamoDB's usual answer), and a call is tried at most twice.
+_JOB_CALL_ATTEMPTS = 2
 
 
-def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True)
+class StoreCallLimits:
+    """How long one botocore attempt may take to connect and to answer, and how many
+    attempts a call makes."""
+
+    connect_s: float
+    read_s: float
+    attempts: int
+
+    def botocore(self) -> BotoConfig:
+        """These limits as a botocore client's configuration."""
+        return BotoConfig(connect_timeout=self.connect_s, read_timeout=self.read_s,
+                          retries={"mode": "standard", "total_max_attempts": self.attempts})
+
+
+def job_call_limits(replicas: ReplicaConfig) -> StoreCallLimits:
+    """The job store's DynamoDB calls: with its retry and botocore's backoff (at most
+    1 s before a throttled call's second attempt), one ends within half of the margin
+    ``duration - renew`` when that is 4 s or more (the defaults: 4.5 s), and within the
+    margin itself from 1.5 s up."""
+    attempt_s = (replicas.lease_duration_s - replicas.lease_renew_s) / 8
+    return StoreCallLimits(attempt_s, attempt_s, _JOB_CALL_ATTEMPTS)
+
+
+def lease_call_limits(replicas: ReplicaConfig) -> StoreCallLimits:
+    """The lease's own calls: one attempt (its retry is the next round), which ends
+    within two rounds; the round waits for it one (leadership/lease.py)."""
+    return StoreCallLimits(replicas.lease_renew_s, replicas.lease_renew_s, 1)
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The botocore clients of AWS mode; ``lease`` is a DynamoDB client of its own."""
+
+    ssm: Any
+    dynamodb: Any
+    s3: Any
+    lease: Any
+
+
+def _clients(aws: AwsConfig, replicas: ReplicaConfig | None) -> Clients:
+    """``replicas``: the lease's settings the DynamoDB calls are bounded by; None for the
+    migration commands, which lead nothing and scan whole tables, and for emulators."""
     session = boto3.session.Session(
         aws_access_key_id=aws.access_key_id,
         aws_secret_access_key=aws.secret_access_key,
@@ -33,11 +82,19 @@ def _clients(aws: AwsConfig) -> tuple[Any, Any, Any]:
     # check of each one against the service model costs CPU on every call and finds
     # nothing (its documented switch for performance; the tests run with it off too).
     common = BotoConfig(retries=_RETRIES, max_pool_connections=32, parameter_validation=False)
+    # S3 carries programs and results of up to many MB and is not on the lease's path:
+    # it keeps botocore's long timeouts.
     s3_config = common.merge(BotoConfig(s3={"addressing_style": "path"}, signature_version="s3v4"))
-    ssm = session.client("ssm", endpoint_url=aws.endpoint, config=common)
-    dynamodb = session.client("dynamodb", endpoint_url=aws.endpoint, config=common)
-    s3 = session.client("s3", endpoint_url=aws.s3_endpoint or aws.endpoint, config=s3_config)
-    return ssm, dynamodb, s3
+    jobs_config = lease_config = common
+    if replicas is not None:
+        jobs_config = common.merge(job_call_limits(replicas).botocore())
+        lease_config = common.merge(lease_call_limits(replicas).botocore())
+    return Clients(
+        ssm=session.client("ssm", endpoint_url=aws.endpoint, config=common),
+        dynamodb=session.client("dynamodb", endpoint_url=aws.endpoint, config=jobs_config),
+        s3=session.client("s3", endpoint_url=aws.s3_endpoint or aws.endpoint, config=s3_config),
+        lease=session.client("dynamodb", endpoint_url=aws.endpoint, config=lease_config),
+    )
 
 
 def _parameter(ssm: Any, name: str, flag: str) -> str:
@@ -69,9 +126,14 @@ def _check_reachable(dynamodb: Any, table: str, status_index: str, s3: Any,
 
 
 async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
-                    unreadable: UnreadableRecords) -> Stack:
+                    unreadable: UnreadableRecords,
+                    replicas: ReplicaConfig | None = None) -> Stack:
     """Look up the bucket and table names in SSM and connect the stores."""
-    ssm, dynamodb, s3 = _clients(aws)
+    replicas = ReplicaConfig() if replicas is None else replicas
+    # An emulator (--dev --endpoint) keeps botocore's long limits: moto copies the whole
+    # table for each action of a transaction, and its answers take what they take.
+    clients = _clients(aws, replicas if aws.endpoint is None else None)
+    ssm, dynamodb, s3 = clients.ssm, clients.dynamodb, clients.s3
     bucket = await asyncio.to_thread(
         _parameter, ssm, aws.job_bucket_name_key, "--job_bucket_name_key"
     )
@@ -82,8 +144,9 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
                                          "--execution-secret-parameter")
     await asyncio.to_thread(_check_reachable, dynamodb, table, aws.status_index, s3, bucket)
     # The lease's writes and the fenced job transactions name the same item, which
-    # DynamoDB lets only one of them hold at a time: they take turns (docs/replicas.md).
-    lease_item = asyncio.Lock()
+    # DynamoDB lets only one of them hold at a time: they take turns, the lease first, and
+    # it waits for a job transaction in flight a quarter of a round at most (docs/replicas.md).
+    lease_item = ItemGate(patience_s=replicas.lease_renew_s / 4)
     return Stack(
         execution_secret=secret,
         jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window,
@@ -91,13 +154,14 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
                               gate=lease_item),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
-        lease_table=DynamoDbLeaseTable(dynamodb, table, gate=lease_item),
+        lease_table=DynamoDbLeaseTable(clients.lease, table, gate=lease_item),
     )
 
 
 async def aws_job_store(aws: AwsConfig) -> DynamoDbJobStore:
     """The jobs table alone, for the migration commands (docs/migrating.md)."""
-    ssm, dynamodb, _ = _clients(aws)
+    clients = _clients(aws, None)
+    ssm, dynamodb = clients.ssm, clients.dynamodb
     table = await asyncio.to_thread(_parameter, ssm, aws.job_table_name_key, "--job_table_name_key")
     await asyncio.to_thread(_check_table, dynamodb, table, aws.status_index)
     return DynamoDbJobStore(dynamodb, table, status_index=aws.status_index)

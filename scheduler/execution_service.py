@@ -161,6 +161,8 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         # as the answer was sent), the job goes back to its queue.
         context.add_done_callback(
             lambda done: manager.give_back(assignment) if done.cancelled() else None)
+        # Passed on by a follower, which may learn that its node left (scheduler/undelivered.py).
+        self.edge.replicas.undelivered.handed_over(context, manager, assignment)
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),
@@ -207,3 +209,11 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         response = nodes_pb2.HeartbeatResponse()
         response.timeout.FromTimedelta(timedelta(seconds=timeout_s))
         return response
+
+    @in_band(nodes_pb2.ReturnUndeliveredResponse, limited=False, leader=True)
+    async def ReturnUndelivered(
+        self, request: nodes_pb2.ReturnUndeliveredRequest, context: grpc.aio.ServicerContext,
+        manager: JobManager,
+    ) -> nodes_pb2.ReturnUndeliveredResponse:
+        self.edge.replicas.undelivered.give_back(request.call_id, context)
+        return nodes_pb2.ReturnUndeliveredResponse()

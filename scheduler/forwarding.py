@@ -19,6 +19,9 @@ from scheduler.metadata import REQUEST_ID_METADATA, metadata_value
 from scheduler.validation import IDEMPOTENCY_METADATA
 
 FORWARDED_BY = "x-mqc3-forwarded-by"  # the replica that passed the call on
+# An AssignNextJob passed on carries an id of its own, so that the follower can name the
+# call to the leader when its node never received the answer (docs/replicas.md).
+FORWARDED_CALL = "x-mqc3-forwarded-call"
 # The services of the execution port (the protocol's, and the nodes' extension): their
 # calls go to the leader's execution port, the rest to its submission port.
 EXECUTION_PORT_SERVICES = ("/mqc3_cloud.scheduler.v1.ExecutionService/",
@@ -79,7 +82,7 @@ class Forwarder:
         """What the call carries to the leader: made once per call, the same on each attempt."""
         sent = [(name, value if isinstance(value, str) else value.decode(errors="replace"))
                 for name, value in (context.invocation_metadata() or ())
-                if name.startswith(_PASSED_ON) and name != FORWARDED_BY]
+                if name.startswith(_PASSED_ON) and name not in (FORWARDED_BY, FORWARDED_CALL)]
         if path.endswith("/SubmitJob") and not any(n == IDEMPOTENCY_METADATA for n, _ in sent):
             sent.append((IDEMPOTENCY_METADATA, f"{FORWARDED_KEY_PREFIX}{uuid.uuid4().hex}"))
         request_id = current_request_id()

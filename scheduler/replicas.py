@@ -32,6 +32,7 @@ from leadership.dynamodb_lease import LEASE_KEY
 from leadership.lease import Lease
 from scheduler.forwarding import Forwarder, LeaderUnreachable, on_execution_port, was_forwarded
 from scheduler.metrics import Metrics
+from scheduler.undelivered import UndeliveredHandOvers
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Replicas:
         self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
         self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
         self.manager = self._new_manager(epoch=0)
+        self.undelivered = UndeliveredHandOvers()  # hand-overs through a follower, lost
         if lease is not None:
             lease.listeners.append(self._leadership_changed)
 
@@ -256,7 +258,8 @@ class Replicas:
             following = self._lease is not None and not self._lease.leading
             leader = self._lease.leader() if self._lease is not None and following else None
             if leader is not None and self._forwarder is not None and not forwarded:
-                metadata = metadata or self._forwarder.metadata(path, context)
+                metadata = metadata or self.undelivered.call_metadata(
+                    path, self._forwarder.metadata(path, context))
                 address = (leader.execution_address if on_execution_port(path)
                            else leader.submission_address)
                 try:
@@ -268,8 +271,15 @@ class Replicas:
                     self._metrics.forwarded.labels(method, "unreachable").inc()
                     log.warning("%s could not be passed to the leader at %s (%s); waiting",
                                 method, address, exc)
+                except asyncio.CancelledError:
+                    # The caller left: a job the leader may have handed over comes back.
+                    self.undelivered.not_delivered(self._forwarder, address, metadata)
+                    raise
                 else:
                     self._metrics.forwarded.labels(method, "answered").inc()
+                    if getattr(answer, "job_id", ""):
+                        self.undelivered.after_answer(context, self._forwarder, address,
+                                                      metadata)
                     return answer
             elif forwarded and following:
                 # Passed on to a replica that no longer leads: its sender routes it again.

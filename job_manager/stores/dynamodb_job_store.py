@@ -15,7 +15,6 @@ no ``status`` (the status index never sees them) and expire through ``job_expiry
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
@@ -27,6 +26,7 @@ from typing import Any, AsyncIterator
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.item_gate import ItemGate
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
@@ -124,10 +124,10 @@ class DynamoDbJobStore:
         key_window: timedelta = timedelta(hours=24),
         status_index: str = STATUS_INDEX,
         unreadable: UnreadableRecords | None = None,
-        gate: asyncio.Lock | None = None,
+        gate: ItemGate | None = None,
     ) -> None:
-        """``gate``: the lock the lease's writes take too (scheduler/aws.py), so they never
-        race a fenced transaction of this process."""
+        """``gate``: shared with the lease's writes (scheduler/aws.py), so that they rarely
+        race a fenced transaction of this process and never wait behind one for long."""
         self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._client = client
         self._table = table_name
@@ -138,7 +138,7 @@ class DynamoDbJobStore:
         # Fenced writes go through one committer, batched: DynamoDB cancels transactions that
         # name one item side by side (docs/replicas.md, "One fenced transaction at a time").
         self._fenced = FencedCommits(client, table_name, self._calls,
-                                     asyncio.Lock() if gate is None else gate)
+                                     ItemGate() if gate is None else gate)
 
     def _row(self, record: JobRecord) -> codec.Row:
         """The item's attributes before serialization: the codec's row, its month for

@@ -6,7 +6,7 @@ cancels a transaction that includes an item another transaction in flight includ
 flight at once would therefore cancel each other, and the lease's renewal would fail
 while any of them is in flight. So one committer sends them: each TransactWriteItems
 holds the lease check and as many waiting writes as fit, and the lease's own writes
-share its gate (docs/replicas.md, "Fence").
+share its gate, where they go first (common/item_gate.py; docs/replicas.md, "Fence").
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from common.item_gate import ItemGate
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import StoreError
 from job_manager.stores.fence import Deposed, Fence
@@ -49,7 +50,7 @@ class FencedWrite:
 class FencedCommits:
     """The single committer of one store's fenced writes."""
 
-    def __init__(self, client: Any, table: str, calls: BlockingCalls, gate: asyncio.Lock,
+    def __init__(self, client: Any, table: str, calls: BlockingCalls, gate: ItemGate,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._table = table
@@ -139,7 +140,7 @@ class FencedCommits:
             return None
 
         try:
-            async with self._gate:
+            async with self._gate.transaction():
                 return await self._calls.run(transact)
         except Exception as exc:  # noqa: BLE001 - every waiting caller must get an answer
             return exc if isinstance(exc, StoreError) else StoreError(f"dynamodb-jobs: {exc}")

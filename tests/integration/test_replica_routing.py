@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ import requests
 from job_manager.model import JobStatus
 from leadership.dynamodb_lease import LEASE_KEY
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
-from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, nodes_pb2, nodes_pb2_grpc
 from scheduler.app import Scheduler
 from tests.helpers import (
     UPLOAD_HEADERS,
@@ -293,3 +294,103 @@ async def test_the_extension_on_a_follower_lists_and_watches_and_passes_changes_
             while (message := await stream.read()) is not grpc.aio.EOF:
                 statuses.append(message.status)
             assert statuses[-1] == job_pb2.JOB_STATUS_CANCELLED
+
+
+class HeldHandOver:
+    """The leader's store holds each QUEUED→RUNNING write until ``release`` is set."""
+
+    def __init__(self, manager: Any) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        store = manager._store
+        self._transition = store.transition
+        store.transition = self._held
+
+    async def _held(self, before: Any, after: Any, fence: Any = None) -> bool:
+        if after.status is JobStatus.RUNNING and not self.release.is_set():
+            self.entered.set()
+            await self.release.wait()
+        return bool(await self._transition(before, after, fence))
+
+
+async def _queued_again(replica: Replica, job_id: str) -> None:
+    async def queued() -> bool:
+        stored = await replica.scheduler.stack.jobs.get(job_id)
+        return stored is not None and stored.status is JobStatus.QUEUED
+    for _ in range(200):
+        if await queued() and replica.scheduler.manager.queue_length("emulator") == 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} was not queued again")
+
+
+async def test_a_node_that_leaves_a_follower_during_the_hand_over_gets_the_job_back(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    # Issue 27, item 8 (docs/job-rules.md, rule 12): the node's AssignNextJob through a
+    # follower ends while the leader is making the job RUNNING; the job must come back.
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        job_id = await submit(follower, token)
+        held = HeldHandOver(leader.scheduler.manager)
+        call = asyncio.ensure_future(follower.clients.assign())
+        await asyncio.wait_for(held.entered.wait(), 10)
+        call.cancel()  # the node leaves
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        held.release.set()
+        await _queued_again(leader, job_id)
+        assert (await follower.clients.assign()).job_id == job_id  # the next node has it
+
+
+async def test_a_job_the_follower_could_not_deliver_goes_back_to_its_queue(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    # Issue 27, item 8: the leader handed the job over and answered; the node had left
+    # the follower by then, so nobody received it. Before, it stayed RUNNING until its
+    # timeout and ended TIMEOUT.
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        job_id = await submit(follower, token)
+        forwarder = follower.scheduler.replicas._forwarder
+        assert forwarder is not None
+        answered = asyncio.Event()
+        node_left = asyncio.Event()
+        forward = forwarder.call
+
+        async def late(*args: Any) -> Any:
+            answer = await forward(*args)
+            if getattr(answer, "job_id", "") and args[1].endswith("/AssignNextJob"):
+                answered.set()
+                try:
+                    await asyncio.Event().wait()  # the answer is on its way...
+                finally:
+                    node_left.set()  # ...when the node's call ends under it
+            return answer
+
+        forwarder.call = late  # type: ignore[method-assign,assignment]
+        call = asyncio.ensure_future(follower.clients.assign())
+        await asyncio.wait_for(answered.wait(), 10)
+        stored = await leader.scheduler.stack.jobs.get(job_id)
+        assert stored is not None and stored.status is JobStatus.RUNNING
+        call.cancel()  # the node leaves before the answer reaches it
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(node_left.wait(), 10)
+        forwarder.call = forward  # type: ignore[method-assign]
+        await _queued_again(leader, job_id)
+        assert (await follower.clients.assign()).job_id == job_id
+
+
+async def test_no_one_but_the_follower_that_passed_a_hand_over_on_can_return_it(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower):
+        token = token_database.token("alice", "developer")
+        job_id = await submit(follower, token)
+        assert (await follower.clients.assign()).job_id == job_id
+        nodes = nodes_pb2_grpc.NodeServiceStub(leader.clients._channels[1])
+        for metadata in ((), (("x-mqc3-forwarded-by", "someone-else"),)):
+            answer = await nodes.ReturnUndelivered(
+                nodes_pb2.ReturnUndeliveredRequest(call_id="made-up"), metadata=metadata,
+                timeout=10)
+            assert answer.error.code == "NOT_FOUND", answer.error
+        stored = await leader.scheduler.stack.jobs.get(job_id)
+        assert stored is not None and stored.status is JobStatus.RUNNING

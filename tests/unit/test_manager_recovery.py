@@ -273,3 +273,32 @@ async def test_a_job_handed_over_while_its_batch_is_read_is_not_counted_again(
     last = await beside.assign()
     assert (last.record.job_id, last.program) == (second, b"program 1")
 
+
+
+async def test_a_recovery_of_many_jobs_lets_the_loop_run_while_it_queues_them(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 27, item 7: a takeover of a queue of a million jobs held the event loop for
+    # the whole admission (about 10 s), longer than the lease's renewal may wait. Here
+    # the slices are small; another task must see the queue part-filled at least once.
+    from job_manager import ledger as ledger_module
+    monkeypatch.setattr(ledger_module, "ADMIT_SLICE", 10, raising=False)
+    jobs = [await h.submit(ROOT) for _ in range(35)]
+    h.manager.shutdown()
+    await h.jobs.close()
+    await h.payloads.close()
+    h.jobs, h.payloads = h._open_stores()
+    h.manager = h.new_manager()
+    seen: set[int] = set()
+    recovering = True
+
+    async def look() -> None:
+        while recovering:
+            seen.add(h.manager.queue_length("emulator"))
+            await asyncio.sleep(0)
+
+    looking = asyncio.create_task(look())
+    await h.manager.recover()
+    recovering = False
+    await looking
+    assert h.manager.queue_length("emulator") == len(jobs)
+    assert seen - {0, len(jobs)}, f"the loop never ran during the admission: saw {seen}"

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from pb.mqc3_cloud.common.v1 import error_detail_pb2 as mqc3__cloud_dot_common_dot_v1_dot_error__detail__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'mqc3_scheduler/extension/v1/nodes.proto\x12\x1bmqc3_scheduler.extension.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\'mqc3_cloud/common/v1/error_detail.proto\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"q\n\x11HeartbeatResponse\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.mqc3_cloud.common.v1.ErrorDetail\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration2y\n\x0bNodeService\x12j\n\tHeartbeat\x12-.mqc3_scheduler.extension.v1.HeartbeatRequest\x1a..mqc3_scheduler.extension.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'mqc3_scheduler/extension/v1/nodes.proto\x12\x1bmqc3_scheduler.extension.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\'mqc3_cloud/common/v1/error_detail.proto\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"q\n\x11HeartbeatResponse\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.mqc3_cloud.common.v1.ErrorDetail\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"+\n\x18ReturnUndeliveredRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"M\n\x19ReturnUndeliveredResponse\x12\x30\n\x05\x65rror\x18\x01 \x01(\x0b\x32!.mqc3_cloud.common.v1.ErrorDetail2\xfe\x01\n\x0bNodeService\x12j\n\tHeartbeat\x12-.mqc3_scheduler.extension.v1.HeartbeatRequest\x1a..mqc3_scheduler.extension.v1.HeartbeatResponse\x12\x82\x01\n\x11ReturnUndelivered\x12\x35.mqc3_scheduler.extension.v1.ReturnUndeliveredRequest\x1a\x36.mqc3_scheduler.extension.v1.ReturnUndeliveredResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_end=179
   _globals['_HEARTBEATRESPONSE']._serialized_start=181
   _globals['_HEARTBEATRESPONSE']._serialized_end=294
-  _globals['_NODESERVICE']._serialized_start=296
-  _globals['_NODESERVICE']._serialized_end=417
+  _globals['_RETURNUNDELIVEREDREQUEST']._serialized_start=296
+  _globals['_RETURNUNDELIVEREDREQUEST']._serialized_end=339
+  _globals['_RETURNUNDELIVEREDRESPONSE']._serialized_start=341
+  _globals['_RETURNUNDELIVEREDRESPONSE']._serialized_end=418
+  _globals['_NODESERVICE']._serialized_start=421
+  _globals['_NODESERVICE']._serialized_end=675
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class NodeServiceStub(object):
                 request_serializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ReturnUndelivered = channel.unary_unary(
+                '/mqc3_scheduler.extension.v1.NodeService/ReturnUndelivered',
+                request_serializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredRequest.SerializeToString,
+                response_deserializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer(object):
@@ -53,6 +58,16 @@ class NodeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReturnUndelivered(self, request, context):
+        """Between replicas, not for nodes (docs/replicas.md): the AssignNextJob call a
+        follower passed on under `call_id` ended before its node received the answer. The
+        job the leader handed over in that call, if any, goes back to its queue. Answered
+        only for the replica that passed the call on; anyone else gets NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +75,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatRequest.FromString,
                     response_serializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ReturnUndelivered': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnUndelivered,
+                    request_deserializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredRequest.FromString,
+                    response_serializer=mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +109,33 @@ class NodeService(object):
             '/mqc3_scheduler.extension.v1.NodeService/Heartbeat',
             mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatRequest.SerializeToString,
             mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnUndelivered(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mqc3_scheduler.extension.v1.NodeService/ReturnUndelivered',
+            mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredRequest.SerializeToString,
+            mqc3__scheduler_dot_extension_dot_v1_dot_nodes__pb2.ReturnUndeliveredResponse.FromString,
             options,
             channel_credentials,
             insecure,
