@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 
 from benchmarks.processes import free_ports
 from common.clock import SystemClock
@@ -287,6 +288,19 @@ async def aws_deployment(tmp_path: Path, endpoint: str) -> AsyncIterator[Deploym
     finally:
         found.kill_all()
         await tokens.stop()
+
+
+@contextlib.asynccontextmanager
+async def deployment_in(mode: str, tmp_path: Path,
+                        request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+    """A deployment of ``mode`` ("standalone" or "aws", the latter on the session's moto
+    server); every process started is killed at the end."""
+    if mode == "standalone":
+        with standalone_deployment(tmp_path) as found:
+            yield found
+        return
+    async with aws_deployment(tmp_path, request.getfixturevalue("moto_endpoint")) as found:
+        yield found
 
 
 class _HeldLookups(TokenDatabaseService):

@@ -46,7 +46,7 @@ from tests.integration.load import (
     status_name,
     statuses,
 )
-from tests.integration.processes import Deployment, aws_deployment, standalone_deployment
+from tests.integration.processes import Deployment, deployment_in
 
 JOB_TIMEOUT_S = 2  # short, so jobs left RUNNING by the crash time out within the test
 REPORT_GRACE_S = "1"  # SCHEDULER_REPORT_GRACE_S of the restarted process
@@ -69,13 +69,9 @@ LOAD_ENV = {"SCHEDULER_MAX_CONCURRENT_JOBS_DEVELOPER": "100000",
 async def deployment(mode: str, tmp_path: Path,
                      request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
     """Data for a scheduler in ``mode``; every process started is killed on the way out."""
-    if mode == "standalone":
-        with standalone_deployment(tmp_path) as found:
-            yield found
-        return
-    async with aws_deployment(tmp_path, request.getfixturevalue("moto_endpoint")) as found:
-        assert found.token_database is not None
-        found.token_database.hold_s = SLOW_LOOKUP_S
+    async with deployment_in(mode, tmp_path, request) as found:
+        if found.token_database is not None:
+            found.token_database.hold_s = SLOW_LOOKUP_S
         yield found
 
 

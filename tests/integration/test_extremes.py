@@ -41,9 +41,8 @@ from tests.integration.processes import (
     ROOT,
     Deployment,
     ScriptProcess,
-    aws_deployment,
     create_token,
-    standalone_deployment,
+    deployment_in,
 )
 from tests.security.test_token_database import Served, served, token_store
 from tests.unit.test_auth_cache import CountingTokens, clock, resolver, tokens
@@ -63,11 +62,7 @@ RESULT = b"\x0a\x06result"
 async def deployment(mode: str, tmp_path: Path,
                      request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
     """Data for a real scheduler process in ``mode``; every process is killed at the end."""
-    if mode == "standalone":
-        with standalone_deployment(tmp_path) as found:
-            yield found
-        return
-    async with aws_deployment(tmp_path, request.getfixturevalue("moto_endpoint")) as found:
+    async with deployment_in(mode, tmp_path, request) as found:
         yield found
 
 

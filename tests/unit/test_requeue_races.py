@@ -9,8 +9,6 @@ out of the queue the winner put it in nor counts its bytes twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,14 +16,9 @@ from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
 from message_manager import SchedulerError
 from tests.unit.test_job_rules import ALICE, Harness
+from tests.unit.test_requeue import h
 
-
-@pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(tmp_path)
-    harness.manager = harness.new_manager(max_requeues=2)
-    yield harness
-    await harness.close()
+__all__ = ["h"]  # the fixture of test_requeue: a harness that queues lost jobs twice
 
 
 def _failed(job_id: str, infrastructure: bool = False) -> ExecutionReport:
