@@ -56,8 +56,7 @@ async def take(clients: Clients, node: Metadata = ()) -> Taken:
         execution_pb2.AssignNextJobRequest(backend="emulator"), metadata=node, timeout=10)
     answer = await call
     assert answer.error.code == "" and answer.job_id, answer
-    sent = dict(await call.initial_metadata())
-    handover = sent.get(HANDOVER)
+    handover = (await call.initial_metadata()).get(HANDOVER)
     return Taken(answer.job_id, answer.upload_target.upload_url,
                  handover if isinstance(handover, str) or handover is None else handover.decode())
 
@@ -68,7 +67,8 @@ def echo(taken: Taken) -> Metadata:
     return ((HANDOVER, taken.handover),)
 
 
-async def report(clients: Clients, job_id: str, status: int, metadata: Metadata = (),
+async def report(clients: Clients, job_id: str, status: execution_pb2.ExecutionStatus,
+                 metadata: Metadata = (),
                  code: str = "", started: job_pb2.JobTimestamps | None = None,
                  ) -> execution_pb2.ReportExecutionResultResponse:
     request = execution_pb2.ReportExecutionResultRequest(job_id=job_id, status=status)
@@ -105,8 +105,8 @@ async def submit(clients: Clients, token: str) -> str:
     return str(answer.job_id)
 
 
-FAILURE = execution_pb2.EXECUTION_STATUS_FAILURE
-SUCCESS = execution_pb2.EXECUTION_STATUS_SUCCESS
+FAILURE = execution_pb2.ExecutionStatus.EXECUTION_STATUS_FAILURE
+SUCCESS = execution_pb2.ExecutionStatus.EXECUTION_STATUS_SUCCESS
 
 
 # --- lost by the watchdog (standalone, fake clock) ------------------------------------------
