@@ -175,6 +175,8 @@ async def test_a_lost_nodes_failure_report_leaves_the_next_hand_over_running(lab
     beat = await lab.nodes.Heartbeat(nodes_pb2.HeartbeatRequest(job_id=job_id),
                                      metadata=echo(a), timeout=10)
     assert beat.error.code == "FAILED_PRECONDITION"
+    # Nor upload: the endpoint takes an upload only in the URL's own hand-over.
+    assert await put(a.upload_url, b"\x0a\x01a") == 409
 
     assert await put(b.upload_url, b"\x0a\x01b") == 200
     assert (await report(lab.clients, job_id, SUCCESS, echo(b))).error.code == ""
