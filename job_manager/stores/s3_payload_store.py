@@ -35,7 +35,8 @@ _KEPT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition")
 
 
 class S3PayloadStore:
-    """Objects ``{job_id}.in.proto`` and ``{job_id}.out.proto.gz`` in one bucket."""
+    """Objects ``{job_id}.in.proto`` and ``{job_id}.out.proto.gz`` in one bucket (with
+    requeues, each hand-over uploads to its own key first: docs/protocol.md)."""
 
     def __init__(self, client: Any, bucket: str, clock: Clock, max_workers: int = 16) -> None:
         self._client = client
