@@ -520,8 +520,9 @@ class Scheduler:
         if self._monitor is not None:
             self._monitor.outcome("results", "upload_result", ok)
 
-    def _accepts_result(self, job_id: str) -> bool:
-        return self._replicas is not None and self._replicas.manager.accepts_result(job_id)
+    def _accepts_result(self, job_id: str, handover: int | None) -> bool:
+        return (self._replicas is not None
+                and self._replicas.manager.accepts_result(job_id, handover))
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""
