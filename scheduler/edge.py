@@ -74,10 +74,11 @@ class Edge:
 
     async def admit_caller(self, request: Any, caller: str | None,
                            end_share: Callable[[], None]) -> Callable[[], None]:
-        """Before a leader's call may wait (issue 27, item 5): the token the request names
-        resolved, so a made-up one is refused at once rather than held through a failover,
-        and counted against its share from now on if this call was its first (what ends
-        the call's share is returned). The servicer's own resolve is then this one."""
+        """Before a leader's call may wait for a leader (issue 27, item 5): the token the
+        request names resolved, so a made-up one is refused at once rather than held
+        through a failover, and counted against its share from now on if this call was its
+        first (what ends the call's share is returned). The servicer's own resolve is then
+        this one. A call that need not wait is resolved by its servicer, as before."""
         token = getattr(request, "token", None)
         if self.resolver is None or not isinstance(token, str):
             return end_share
@@ -277,11 +278,16 @@ def in_band(
                 edge.authorize(context)
                 replicas = edge.replicas
                 if leader:
-                    end_share = await edge.admit_caller(request, caller, end_share)
+
+                    async def before_waiting() -> None:
+                        nonlocal end_share
+                        end_share = await edge.admit_caller(request, caller, end_share)
+
                     response = await replicas.call_leader(
                         f"/{edge.service}/{method}", request, response_type, context,
                         lambda manager: handler(self, request, context, manager),
-                        edge.admission.released if limited else contextlib.nullcontext)
+                        edge.admission.released if limited else contextlib.nullcontext,
+                        before_waiting)
                 else:
                     response = await handler(self, request, context, replicas.manager)
                 code = "OK"

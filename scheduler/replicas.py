@@ -234,19 +234,22 @@ class Replicas:
                           context: grpc.aio.ServicerContext,
                           run: Callable[[JobManager], Awaitable[R]],
                           idle: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                          before_waiting: Callable[[], Awaitable[None]] | None = None,
                           ) -> R:
         """``run`` on this replica's manager while it leads; else the leader's answer.
 
         Waits (bounded by the wait setting and the caller's deadline) while there is no
         leader to take the call; NoLeader when the wait is over. While it waits, or while
         the leader answers it, the call is ``idle``: it holds no slot of this replica's
-        admission (the leader admits it there). From its first wait to its end it holds a
-        seat in the room of waiting calls instead, whose bounds refuse it at once when full.
+        admission (the leader admits it there). Before its first wait ``before_waiting``
+        checks the caller (a SchedulerError refuses it at once), and from then to its end
+        the call holds a seat in the room of waiting calls, whose bounds refuse it at once
+        when full.
         """
         seat: list[int] = []  # the bytes of the seat taken, once the call has had to wait
         try:
             return await self._call_leader(path, request, response_type, context, run, idle,
-                                           seat)
+                                           before_waiting, seat)
         finally:
             if seat:
                 self.room.leave(seat[0])
@@ -254,7 +257,9 @@ class Replicas:
     async def _call_leader(self, path: str, request: Any, response_type: Any,
                            context: grpc.aio.ServicerContext,
                            run: Callable[[JobManager], Awaitable[R]],
-                           idle: Callable[[], ContextManager[None]], seat: list[int]) -> R:
+                           idle: Callable[[], ContextManager[None]],
+                           before_waiting: Callable[[], Awaitable[None]] | None,
+                           seat: list[int]) -> R:
         deadline = self._deadline(context)
         waited_from = time.monotonic()
         forwarded = was_forwarded(context)
@@ -292,6 +297,8 @@ class Replicas:
                 # Passed on to a replica that no longer leads: its sender routes it again.
                 raise NoLeader("this replica does not lead")
             if not seat:
+                if before_waiting is not None:
+                    await before_waiting()
                 size = request.ByteSize()
                 self.room.enter(size)  # refused at once when the room is full
                 seat.append(size)
