@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from backend_manager import BackendTable, NodeLiveness, ServiceStatus
 from common import audit, collector
-from common.caller import on_own_behalf
+from common.caller import looking_as, on_own_behalf
 from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -372,10 +372,12 @@ class JobManager:
         """The job as its owner (or an admin) may see it; ``audit_as``: see ``_visible``."""
         return await self._visible(principal, job_id, audit_as)
 
-    def knows_final(self, job_id: str) -> bool:
-        """Whether memory holds the job's final status (which never changes)."""
+    def knows_final(self, job_id: str, owner_fingerprint: str) -> bool:
+        """Whether memory holds the final status (which never changes) of this owner's job.
+        Another's job is not told apart from an unknown one, not even by where it is read."""
         record = self.ledger.remembered(job_id)
-        return record is not None and record.status.is_final
+        return (record is not None and record.status.is_final
+                and record.owner_fingerprint == owner_fingerprint)
 
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
@@ -1124,10 +1126,12 @@ class JobManager:
         if remembered is not None and principal.may_see(remembered):
             record: JobRecord | None = remembered
         else:
-            # Someone else's job known from memory still costs the store read a job that
-            # does not exist costs, so the answer cannot tell the two apart by its timing.
-            record = (await self._find(job_id) if remembered is None
-                      else await self._jobs_get(job_id))
+            # Someone else's job, even one known from memory, is read as the caller's: the
+            # store in front of us answers, charges and remembers it exactly as an id that
+            # names no job (scheduler/absent_jobs.py), so no probe tells the two apart.
+            with looking_as(principal):
+                record = (await self._find(job_id) if remembered is None
+                          else await self._jobs_get(job_id))
         if record is None or not principal.may_see(record):
             raise SchedulerError("job_not_found", job_id=job_id)
         if audit_as is not None:

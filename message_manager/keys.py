@@ -21,6 +21,7 @@ ErrorKey = Literal[
     "job_not_running",
     "job_too_large",
     "job_too_large_to_assign",
+    "leader_wait_full",
     "metadata_repeated",
     "n_shots_not_positive",
     "n_shots_out_of_range",
