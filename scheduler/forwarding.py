@@ -66,13 +66,25 @@ class Forwarder:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def call(self, address: str, path: str, request: Any, response_type: Any,
-                   metadata: list[tuple[str, str]], timeout_s: float) -> Any:
-        """The leader's answer to ``request`` at ``address``; raises LeaderUnreachable."""
+                   metadata: list[tuple[str, str]], timeout_s: float,
+                   answer_to: grpc.aio.ServicerContext | None = None) -> Any:
+        """The leader's answer to ``request`` at ``address``; raises LeaderUnreachable.
+
+        ``answer_to``: the caller's own call, given the leader's ``x-mqc3-*`` answer
+        metadata (a hand-over's number, docs/nodes.md) as if this replica had answered.
+        """
         channel = self._channel(address, self._credentials[on_execution_port(path)])
         method = channel.unary_unary(
             path, request_serializer=_serialize, response_deserializer=response_type.FromString)
         try:
-            return await method(request, metadata=metadata, timeout=max(timeout_s, 0.001))
+            call = method(request, metadata=metadata, timeout=max(timeout_s, 0.001))
+            answer = await call
+            if answer_to is not None:
+                passed = tuple((name, value) for name, value in await call.initial_metadata()
+                               if name.startswith("x-mqc3-"))
+                if passed:
+                    await answer_to.send_initial_metadata(passed)
+            return answer
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 raise LeaderUnreachable(exc.details() or "unavailable") from None

@@ -288,7 +288,7 @@ class Replicas:
                     with idle():
                         answer: R = await self._forwarder.call(
                             address, path, request, response_type, metadata,
-                            deadline - time.monotonic())
+                            deadline - time.monotonic(), answer_to=context)
                 except LeaderUnreachable as exc:
                     self._metrics.forwarded.labels(method, "unreachable").inc()
                     log.warning("%s could not be passed to the leader at %s (%s); waiting",
