@@ -371,7 +371,7 @@ async def test_a_job_the_follower_could_not_deliver_goes_back_to_its_queue(
                     node_left.set()  # ...when the node's call ends under it
             return answer
 
-        forwarder.call = late  # type: ignore[method-assign,assignment]
+        forwarder.call = late  # type: ignore[method-assign]
         call = asyncio.ensure_future(follower.clients.assign())
         await asyncio.wait_for(answered.wait(), 10)
         stored = await leader.scheduler.stack.jobs.get(job_id)
