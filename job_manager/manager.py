@@ -734,6 +734,8 @@ class JobManager:
             record = await self._reported(report, node)
             if not self._changed_since(record):
                 break
+        if record.status.is_final:
+            return record  # the same report again: answered as before, nothing written
         return await asyncio.shield(self._moved(report.job_id, self._record_report(record, report)))
 
     async def _reported(self, report: ExecutionReport, node: str) -> JobRecord:

@@ -95,3 +95,20 @@ async def test_a_failed_read_after_a_failed_compare_and_set_leaves_nothing_claim
     h.clock.advance(91)
     await h.manager.watchdog.check()
     assert (await h.stored(job_id)).status is JobStatus.QUEUED  # lost, queued again
+
+
+async def test_a_repeated_report_of_a_final_job_changes_nothing(h: Harness) -> None:
+    # The same report twice is answered OK (rule 6) and writes nothing: a node retrying
+    # its UNAVAILABLE report after its job ended FAILED must not queue the job again.
+    job_id = await h.submit(timeout_s=30)
+    for _ in range(3):  # two requeues, then the third failure ends it
+        await h.assign()
+        await h.manager.report(_failed(job_id, infrastructure=True))
+    ended = await h.stored(job_id)
+    assert ended.status is JobStatus.FAILED
+    h.clock.advance(5)
+    answered = await h.manager.report(_failed(job_id, infrastructure=True))
+    assert answered.status is JobStatus.FAILED
+    assert await h.stored(job_id) == ended  # not rewritten, not queued again
+    finished = [event for event, _ in h.events.seen if event == "finished"]
+    assert len(finished) == 1
