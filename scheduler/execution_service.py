@@ -168,6 +168,7 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     ) -> pb.AssignNextJobResponse:
         wait_s = _wait_s(context, self._max_assign_wait_s)
         node = node_identity(context, self._certified)
+        forwarded = self.edge.replicas.undelivered.forwarded_call(context)
         assignment = await manager.assign(request.backend, node=node)
         if assignment is None and wait_s > 0:
             with self.edge.admission.released():  # a parked node holds no call slot
@@ -179,7 +180,7 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         context.add_done_callback(
             lambda done: manager.give_back(assignment) if done.cancelled() else None)
         # Passed on by a follower, which may learn that its node left (scheduler/undelivered.py).
-        self.edge.replicas.undelivered.handed_over(context, manager, assignment)
+        self.edge.replicas.undelivered.handed_over(forwarded, manager, assignment)
         # Which hand-over this is, for the node to name in its later calls (docs/nodes.md):
         # metadata, as the protocol's Job has no field for it.
         await context.send_initial_metadata(

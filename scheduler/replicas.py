@@ -72,7 +72,8 @@ class Replicas:
         self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
         self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
         self.manager = self._new_manager(epoch=0)
-        self.undelivered = UndeliveredHandOvers()  # hand-overs through a follower, lost
+        # Hand-overs passed on through a follower, in case it says they were lost.
+        self.undelivered = UndeliveredHandOvers(time.monotonic)
         if lease is not None:
             lease.listeners.append(self._leadership_changed)
 

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -30,28 +31,40 @@ log = logging.getLogger(__name__)
 
 ASSIGN_PATH = "/mqc3_cloud.scheduler.v1.ExecutionService/AssignNextJob"
 RETURN_PATH = "/mqc3_scheduler.extension.v1.NodeService/ReturnUndelivered"
-KEPT = 10_000  # hand-overs through followers remembered; a return comes within seconds
+KEPT = 10_000  # hand-overs through followers remembered at most
 RETURN_TIMEOUT_S = 10.0
+# A follower's word comes within RETURN_TIMEOUT_S of its node's call ending; a hand-over
+# is kept a few times that long, so that memory holds only the last minute's programs.
+KEPT_S = 6 * RETURN_TIMEOUT_S
 
 
 class UndeliveredHandOvers:
     """The leader's memory of hand-overs passed on, and the follower's word that one
     never arrived."""
 
-    def __init__(self) -> None:
-        self._handed: OrderedDict[tuple[str, str], tuple[JobManager, Assignment]] = (
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        # (sender, call id) → (when, manager, assignment), oldest first
+        self._handed: OrderedDict[tuple[str, str], tuple[float, JobManager, Assignment]] = (
             OrderedDict())
         self._returns: set[asyncio.Task[None]] = set()  # the follower's, under way
 
     # --- on the leader -----------------------------------------------------------------
-    def handed_over(self, context: grpc.aio.ServicerContext, manager: JobManager,
+    @staticmethod
+    def forwarded_call(context: grpc.aio.ServicerContext) -> tuple[str, str] | None:
+        """The (follower, call id) an AssignNextJob was passed on as; None when it came
+        from its node. Read before the hand-over: a refusal of the headers changes nothing."""
+        return _key(context)
+
+    def handed_over(self, key: tuple[str, str] | None, manager: JobManager,
                     assignment: Assignment) -> None:
-        """Remember ``assignment`` if its call was passed on by a follower."""
-        key = _key(context)
+        """Remember ``assignment`` if its call was passed on by a follower (``key``)."""
         if key is None:
             return
-        self._handed[key] = (manager, assignment)
-        while len(self._handed) > KEPT:
+        now = self._monotonic()
+        self._handed[key] = (now, manager, assignment)
+        while self._handed and (len(self._handed) > KEPT
+                                or next(iter(self._handed.values()))[0] < now - KEPT_S):
             self._handed.popitem(last=False)
 
     def give_back(self, call_id: str, context: grpc.aio.ServicerContext) -> None:
@@ -60,7 +73,7 @@ class UndeliveredHandOvers:
         handed = self._handed.pop((sender, call_id), None)
         if handed is None:
             raise SchedulerError("forwarded_call_unknown", call_id=repr(call_id[:64]))
-        manager, assignment = handed
+        _, manager, assignment = handed
         log.info("job %s: the replica that passed its hand-over on says the node never "
                  "received it", assignment.record.job_id)
         manager.give_back(assignment)  # nothing, if the job has moved on meanwhile
