@@ -33,6 +33,7 @@ from scheduler.watches import Watches
 JOBS = pb.DESCRIPTOR.services_by_name["JobsService"].full_name
 ALL_OWNERS = "*"  # ListJobs' owner_name for every owner's jobs (admins)
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # before any job: a listing's default start
+CLOCK_SKEW = timedelta(days=1)  # another replica's clock may run ahead of this one's
 USAGE_PERIOD = timedelta(days=30)  # GetUsage's period when the request names none
 _STATUS_OF = {value: status for status, value in convert.JOB_STATUS.items()}
 
@@ -80,7 +81,8 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
 
     def _period(self, request: pb.ListJobsRequest | pb.GetUsageRequest, start: str, end: str,
                 default_length: timedelta | None) -> tuple[datetime, datetime]:
-        until = _bound(request, end) if request.HasField(end) else self._clock.now()
+        now = self._clock.now()
+        until = _bound(request, end) if request.HasField(end) else now
         if request.HasField(start):
             since = _bound(request, start)
         elif default_length is not None:
@@ -89,7 +91,9 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
             since = min(EARLIEST, until)
         if since > until:
             raise SchedulerError("time_range_invalid", why=f"{start} is after {end}")
-        return since, until
+        # No job was submitted before EARLIEST or after now: a period reaching beyond them
+        # holds no more jobs, and DynamoDB walks it month by month (job_manager/listing.py).
+        return max(since, min(EARLIEST, until)), min(until, max(now + CLOCK_SKEW, since))
 
     @in_band(pb.SetJobTagsResponse, leader=True)
     async def SetJobTags(

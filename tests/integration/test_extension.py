@@ -320,3 +320,30 @@ def config_argv(names: Any, token_address: str) -> list[str]:
             "--address_to_token_database", token_address]
 
 
+
+
+async def test_a_period_beyond_every_job_reads_no_more_than_the_years_jobs_exist_in(
+        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    # Issue 27, item 6, at the wire's extremes: no job is submitted before the year 2000
+    # or after now, so a period reaching the year 1 or 9999 costs what one from 2000 to
+    # now costs. On DynamoDB every owner's usage walks the period month by month; from
+    # the year 1 to 9999 that was about 120,000 queries in one call.
+    admin = running.token("root", "admin")
+    await submit(running, running.token("alice"))
+    queries = [0]
+    client = getattr(running.scheduler.stack.jobs, "_client", None)
+    if client is not None:  # AWS mode: count the table's queries
+        query = client.query
+
+        def counted(**request: Any) -> Any:
+            queries[0] += 1
+            return query(**request)
+
+        client.query = counted
+    request = pb.GetUsageRequest(token=admin, all_users=True)
+    getattr(request, "from").seconds = -62_135_596_800  # 0001-01-01
+    request.to.seconds = 2**63 - 1
+    usage = (await jobs.GetUsage(request, timeout=60)).usage
+    assert [u.owner_name for u in usage] == ["alice"]
+    months_since_2000 = (2100 - 2000) * 12  # a bound no test run outlives
+    assert queries[0] <= months_since_2000
