@@ -187,6 +187,7 @@ class JobManager:
         # Jobs taken out of their queue whose store write (RUNNING, CANCELLED) is under way.
         self._moving: dict[str, asyncio.Future[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
+        self._closed = False  # shut down: its term is over (scheduler/replicas.py)
 
     @property
     def leads(self) -> bool:
@@ -951,6 +952,7 @@ class JobManager:
     def shutdown(self) -> None:
         """Release waiting nodes with an empty answer; later long polls return at once."""
         self.waiters.close()
+        self._closed = True
 
     def accepts_result(self, job_id: str, handover: int | None = None) -> bool:
         """Whether a node may upload the job's result now to the key of ``handover`` (None:
@@ -1200,6 +1202,8 @@ class JobManager:
         until it can, so that a job it holds is queued or watched here (issue 27, item 4)."""
         while True:
             await asyncio.sleep(READ_AGAIN_S)
+            if self._closed:
+                return  # its term is over: the next term's recovery reads the job
             with contextlib.suppress(SchedulerError):
                 self._follow_store(job_id, await self._jobs_get(job_id))
                 return
@@ -1256,14 +1260,14 @@ def _check_node(record: JobRecord, node: str) -> None:
 
 def _check_hand_over(record: JobRecord, handover: int | None) -> None:
     """A call that names the hand-over it holds (x-mqc3-handover) is refused unless that is
-    the job's current one: a stale node must stop (docs/job-rules.md, rule 10)."""
+    the job's current one: a stale node must stop (docs/job-rules.md, rule 19)."""
     if handover is not None and handover != record.requeues:
         raise SchedulerError("earlier_hand_over", job_id=record.job_id, sent=handover,
                              current=record.requeues)
 
 
 def _check_report_hand_over(record: JobRecord, report: ExecutionReport) -> None:
-    """A report of an earlier hand-over changes nothing (docs/job-rules.md, rule 10): one that
+    """A report of an earlier hand-over changes nothing (docs/job-rules.md, rule 19): one that
     names another hand-over than the job's, or, naming none, of a job queued again since,
     whose node's run began before the current hand-over existed. A report with neither is
     accepted, as the original accepts it."""

@@ -16,7 +16,7 @@ from job_manager.stores.local_payload_store import KEPT_HEADERS, RESULTS_PATH, L
 
 _RESULT_NAME = re.compile(r"^[0-9a-f-]{36}\.out\.proto\.gz$")
 # What a node may PUT: the final result's name (requeues off, as the original), or one
-# hand-over's own (docs/protocol.md, "Results when jobs are queued again").
+# hand-over's own (docs/protocol.md, "Results when jobs may be queued again").
 _UPLOAD_NAME = re.compile(r"^([0-9a-f-]{36})\.(?:handover-([0-9]{1,9})\.)?out\.proto\.gz$")
 PAYLOADS_KEY = web.AppKey("payloads", LocalPayloadStore)
 

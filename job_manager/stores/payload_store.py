@@ -47,7 +47,7 @@ def result_key(job_id: str) -> str:
 def handover_result_key(job_id: str, handover: int) -> str:
     """Where hand-over ``handover`` (0 for the first) uploads its result when jobs may be
     queued again: a key of its own, so that a node whose hand-over was lost can never write
-    the final result (docs/protocol.md, "Results when jobs are queued again")."""
+    the final result (docs/protocol.md, "Results when jobs may be queued again")."""
     return f"{job_id}.handover-{handover}.out.proto.gz"
 
 

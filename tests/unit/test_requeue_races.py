@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from job_manager.manager import ExecutionReport
+from job_manager.manager import READ_AGAIN_S, ExecutionReport
 from job_manager.model import JobStatus
 from message_manager import SchedulerError
 from tests.unit.test_job_rules import ALICE, Harness
@@ -112,3 +112,18 @@ async def test_a_repeated_report_of_a_final_job_changes_nothing(h: Harness) -> N
     assert await h.stored(job_id) == ended  # not rewritten, not queued again
     finished = [event for event, _ in h.events.seen if event == "finished"]
     assert len(finished) == 1
+
+
+async def test_a_manager_shut_down_reads_again_no_more(h: Harness) -> None:
+    # A job whose store read failed is read again until the store answers, but not by a
+    # manager whose term is over: it would admit the job into a ledger nobody serves.
+    job_id = await h.submit(timeout_s=30)
+    other = h.new_manager()
+    await other.recover()
+    assert (await other.assign("emulator")) is not None
+    h.jobs.fail_on("get")
+    with pytest.raises(SchedulerError):
+        await h.manager.assign("emulator")
+    h.manager.shutdown()
+    await asyncio.sleep(3 * READ_AGAIN_S)
+    assert h.manager.ledger.live(job_id) is None
