@@ -247,6 +247,7 @@ class World:
         self.final: dict[str, str] = {}  # job id -> status after the drain
         self.took_ms: defaultdict[str, list[float]] = defaultdict(list)  # patient calls
         self.handovers: defaultdict[str, list[str]] = defaultdict(list)  # x-mqc3-handover
+        self.user_steps = USER_STEPS
         self.patient_s = PATIENT_S  # how long a patient call waits (longer across failovers)
         self.sdk_retries = False  # retry UNAVAILABLE and DEADLINE_EXCEEDED once, as the SDK
         self.job_timeout_s = 60  # each submission's settings.timeout
@@ -504,7 +505,7 @@ async def user_actor(world: World, user: User) -> Counter[str]:
     schedule = random.Random(f"{world.seed}/{user.name}")
     steps, weights = zip(*STEPS, strict=True)
     taken: Counter[str] = Counter()
-    for _ in range(USER_STEPS):
+    for _ in range(world.user_steps):
         step = schedule.choices(steps, weights)[0]
         # Each step draws from its own generator: what the step found (a job to cancel or
         # not) changes its draws, but never the steps that follow.
