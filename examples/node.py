@@ -7,7 +7,10 @@
 The "result" is a small protobuf-shaped message derived from the program, gzip-compressed
 and PUT to the presigned URL exactly as a real node does it. With --node-id the node names
 itself, and it beats for each job it runs (the scheduler's extension, docs/nodes.md): a
-node whose job takes long beats every third of the timeout the answer names.
+node whose job takes long beats every third of the timeout the answer names. It echoes
+the hand-over its assignment named (x-mqc3-handover) in every call about the job, so that
+a node whose job was lost and handed to another is told to stop instead of changing the
+other's run (docs/nodes.md).
 
 A standalone scheduler takes nodes that present the credential in its data directory's
 node.secret (readable by the operator's account alone); this node sends it when it finds
@@ -33,6 +36,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
 
 Metadata = tuple[tuple[str, str], ...]
+HANDOVER_METADATA = "x-mqc3-handover"  # which hand-over of the job this node holds
 
 
 def _now() -> Timestamp:
@@ -113,14 +117,16 @@ def main() -> int:
     with grpc.insecure_channel(args.address) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         while not args.jobs or done < args.jobs:
-            job = stub.AssignNextJob(pb.AssignNextJobRequest(backend=args.backend),
-                                     metadata=metadata, timeout=30)
+            job, call = stub.AssignNextJob.with_call(
+                pb.AssignNextJobRequest(backend=args.backend), metadata=metadata, timeout=30)
             if job.error.code:
                 raise SystemExit(f"assign refused: {job.error.code}: {job.error.description}")
             if not job.job_id:
                 time.sleep(args.poll_s)
                 continue
-            run_job(channel, job, metadata, bool(args.node_id))
+            handover = tuple((name, value) for name, value in call.initial_metadata()
+                             if name == HANDOVER_METADATA)
+            run_job(channel, job, (*metadata, *handover), bool(args.node_id))
             done += 1
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from backend_manager import BackendTable, NodeLiveness, ServiceStatus
 from common import audit, collector
-from common.caller import on_own_behalf
+from common.caller import looking_as, on_own_behalf
 from common.clock import Clock, spoken_duration
 from common.identity import Principal
 from common.single_flight import SingleFlight
@@ -113,6 +113,8 @@ class ExecutionReport:
     # The node failed the job for a reason of its own (the backend or its connection
     # unavailable), not the program's: such a job may be queued again (max_requeues).
     infrastructure: bool = False
+    # The hand-over the node says it ran (x-mqc3-handover), when it said (docs/nodes.md).
+    handover: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -290,8 +292,10 @@ class JobManager:
         return await asyncio.shield(self._accept(record, spec.program))
 
     def _assignment_bytes(self, job_id: str, spec: JobSpec) -> int:
-        """About how large the job's AssignNextJobResponse will be (its URL is signed alike)."""
-        upload = self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
+        """About how large the job's AssignNextJobResponse will be (its URL is signed alike,
+        for its last hand-over, whose key is the longest)."""
+        upload = self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME,
+                                           self._max_requeues if self._max_requeues else None)
         return len(spec.program) + len(spec.settings) + len(upload.url) + ASSIGNMENT_FRAMING_BYTES
 
     async def _accept(self, record: JobRecord, program: bytes) -> str:
@@ -368,10 +372,12 @@ class JobManager:
         """The job as its owner (or an admin) may see it; ``audit_as``: see ``_visible``."""
         return await self._visible(principal, job_id, audit_as)
 
-    def knows_final(self, job_id: str) -> bool:
-        """Whether memory holds the job's final status (which never changes)."""
+    def knows_final(self, job_id: str, owner_fingerprint: str) -> bool:
+        """Whether memory holds the final status (which never changes) of this owner's job.
+        Another's job is not told apart from an unknown one, not even by where it is read."""
         record = self.ledger.remembered(job_id)
-        return record is not None and record.status.is_final
+        return (record is not None and record.status.is_final
+                and record.owner_fingerprint == owner_fingerprint)
 
     def status_detail(self, record: JobRecord) -> str:
         """What a user is told about where the job stands."""
@@ -590,8 +596,7 @@ class JobManager:
             node or "-",
             _seconds(running.queued_at, running.dequeued_at),
         )
-        upload = self._payloads.upload_url(job.job_id, UPLOAD_URL_LIFETIME)
-        return Assignment(record=running, upload=upload, queued=job)
+        return Assignment(record=running, upload=self._upload_url(running), queued=job)
 
     async def _load_program(self, job: QueuedJob) -> bool:
         """Read a claimed recovered job's program before its hand-over; a job whose
@@ -735,6 +740,8 @@ class JobManager:
         """The running job ``report`` may change; the answer itself when it changes nothing."""
         record = await self._find_for_node(report.job_id)
         _check_node(record, node)
+        if record.status is not JobStatus.QUEUED:
+            _check_report_hand_over(record, report)
         if record.status.is_final:
             if record.status is report.outcome:
                 return record
@@ -773,6 +780,8 @@ class JobManager:
             requeued = await self._requeue_lost(record, why)
             if requeued is not None:
                 return requeued
+        if report.outcome is JobStatus.COMPLETED:
+            await self._promote_result(record)
         now = self._clock.now()
         timestamps, clamped = _within_run(report.timestamps, record.dequeued_at, now)
         if clamped:
@@ -813,6 +822,39 @@ class JobManager:
         if finished.status is JobStatus.COMPLETED:
             await self._seal_result(finished)
         return finished
+
+    async def _promote_result(self, running: JobRecord) -> None:
+        """With a key per hand-over, this hand-over's upload becomes the final result before
+        the job is COMPLETED: a crash after it leaves the job RUNNING, and the node's
+        retried report finds the final result promoted from its hand-over and completes it."""
+        handover = self._result_handover(running)
+        if handover is None:
+            return  # uploaded to the final key itself, as the original's nodes do
+        try:
+            promoted = await self._payloads.promote_result(running.job_id, handover)
+        except StoreError as exc:
+            raise _store_failed(f"result of job {running.job_id} could not be kept",
+                                exc) from None
+        if not promoted:  # gone since the report was checked (housekeeping, an operator)
+            raise SchedulerError("result_missing", job_id=running.job_id)
+
+    def _discard_lost_results(self, record: JobRecord) -> None:
+        """Once a job ends, remove what its lost hand-overs uploaded to their own keys, and
+        an ended hand-over's own upload that did not become the result (best effort: the
+        bucket's rules or housekeeping take stragglers; docs/protocol.md)."""
+        if not self._max_requeues:
+            return
+        handovers = [n for n in range(record.requeues + 1)
+                     if n < record.requeues or (record.dequeued_at is not None
+                                                and record.status is not JobStatus.COMPLETED)]
+        if handovers:
+            self._in_background(self._discard_results(record.job_id, handovers))
+
+    async def _discard_results(self, job_id: str, handovers: list[int]) -> None:
+        try:
+            await self._payloads.discard_results(job_id, handovers)
+        except StoreError as exc:
+            log.warning("uploads of job %s's lost hand-overs left behind: %s", job_id, exc)
 
     async def _seal_result(self, record: JobRecord) -> None:
         try:
@@ -908,20 +950,34 @@ class JobManager:
         """Release waiting nodes with an empty answer; later long polls return at once."""
         self.waiters.close()
 
-    def accepts_result(self, job_id: str) -> bool:
-        """Whether a node may upload the job's result now: only while it is RUNNING here."""
+    def accepts_result(self, job_id: str, handover: int | None = None) -> bool:
+        """Whether a node may upload the job's result now to the key of ``handover`` (None:
+        the final key): only while the job is RUNNING here, in that hand-over."""
         record = self.ledger.live(job_id)
-        return record is not None and record.status is JobStatus.RUNNING
+        return (record is not None and record.status is JobStatus.RUNNING
+                and handover == self._result_handover(record))
 
-    async def refresh_upload_url(self, job_id: str, node: str = "") -> SignedUrl:
-        """A new upload URL for a job that is still RUNNING."""
+    async def refresh_upload_url(self, job_id: str, node: str = "",
+                                 handover: int | None = None) -> SignedUrl:
+        """A new upload URL for a job that is still RUNNING, for its current hand-over."""
         record = await self._find_for_node(job_id)
         _check_node(record, node)
         if record.status is not JobStatus.RUNNING:
             raise SchedulerError("job_not_running", job_id=job_id, status=record.status.value)
-        return self._payloads.upload_url(job_id, UPLOAD_URL_LIFETIME)
+        _check_hand_over(record, handover)
+        return self._upload_url(record)
 
-    async def heartbeat(self, job_id: str, node: str = "") -> float:
+    def _upload_url(self, running: JobRecord) -> SignedUrl:
+        return self._payloads.upload_url(running.job_id, UPLOAD_URL_LIFETIME,
+                                         self._result_handover(running))
+
+    def _result_handover(self, record: JobRecord) -> int | None:
+        """Which hand-over's own key the job's node uploads to: none while jobs are never
+        queued again (the original's one key), else the current hand-over's, so that no
+        URL lets a lost node write the final result (docs/protocol.md)."""
+        return record.requeues if self._max_requeues else None
+
+    async def heartbeat(self, job_id: str, node: str = "", handover: int | None = None) -> float:
         """A node still runs the job: from its first beat on, the job is lost once its
         beats stop for the heartbeat timeout (docs/nodes.md). Returns that timeout."""
         record = await self._find_for_node(job_id)
@@ -929,6 +985,7 @@ class JobManager:
         if record.status is not JobStatus.RUNNING:
             raise SchedulerError("heartbeat_job_not_running", job_id=job_id,
                                  status=record.status.value)
+        _check_hand_over(record, handover)
         if self.ledger.live(job_id) is record:
             if job_id not in self._beats:
                 log.info("job %s: its node sends heartbeats (lost after %g s without one)",
@@ -1030,6 +1087,7 @@ class JobManager:
     def _ended(self, record: JobRecord) -> None:
         self.ledger.ended(record)
         self._observer.finished(record)
+        self._discard_lost_results(record)
         log.info(
             "job %s %s backend=%s user=%s node=%s total_s=%.3f",
             record.job_id,
@@ -1068,10 +1126,12 @@ class JobManager:
         if remembered is not None and principal.may_see(remembered):
             record: JobRecord | None = remembered
         else:
-            # Someone else's job known from memory still costs the store read a job that
-            # does not exist costs, so the answer cannot tell the two apart by its timing.
-            record = (await self._find(job_id) if remembered is None
-                      else await self._jobs_get(job_id))
+            # Someone else's job, even one known from memory, is read as the caller's: the
+            # store in front of us answers, charges and remembers it exactly as an id that
+            # names no job (scheduler/absent_jobs.py), so no probe tells the two apart.
+            with looking_as(principal):
+                record = (await self._find(job_id) if remembered is None
+                          else await self._jobs_get(job_id))
         if record is None or not principal.may_see(record):
             raise SchedulerError("job_not_found", job_id=job_id)
         if audit_as is not None:
@@ -1112,7 +1172,8 @@ class JobManager:
 
     async def _result_uploaded(self, record: JobRecord) -> bool:
         try:
-            return await self._payloads.result_exists(record.job_id)
+            return await self._payloads.result_exists(record.job_id,
+                                                      self._result_handover(record))
         except StoreError as exc:
             raise _store_failed(f"result of job {record.job_id} could not be checked",
                                 exc) from None
@@ -1189,6 +1250,33 @@ def _check_node(record: JobRecord, node: str) -> None:
     the check (docs/nodes.md)."""
     if record.node_identity and node != record.node_identity:
         raise SchedulerError("job_held_by_another_node", job_id=record.job_id)
+
+
+def _check_hand_over(record: JobRecord, handover: int | None) -> None:
+    """A call that names the hand-over it holds (x-mqc3-handover) is refused unless that is
+    the job's current one: a stale node must stop (docs/job-rules.md, rule 10)."""
+    if handover is not None and handover != record.requeues:
+        raise SchedulerError("earlier_hand_over", job_id=record.job_id, sent=handover,
+                             current=record.requeues)
+
+
+def _check_report_hand_over(record: JobRecord, report: ExecutionReport) -> None:
+    """A report of an earlier hand-over changes nothing (docs/job-rules.md, rule 10): one that
+    names another hand-over than the job's, or, naming none, of a job queued again since,
+    whose node's run began before the current hand-over existed. A report with neither is
+    accepted, as the original accepts it."""
+    if report.handover is not None:
+        stale = report.handover != record.requeues
+        why = f"this report names hand-over {report.handover}, the job's is {record.requeues}"
+    else:
+        began = [t for t in (report.timestamps.compile_started_at,
+                             report.timestamps.execution_started_at) if t is not None]
+        stale = bool(record.requeues and record.dequeued_at is not None and began
+                     and min(began) < record.dequeued_at)
+        why = "the reported run began before the job's current hand-over"
+    if stale:
+        raise SchedulerError("report_of_earlier_hand_over", job_id=record.job_id,
+                             detail=f"handed over again since: {why}")
 
 
 def _within_run(stamps: BackendTimestamps, dequeued_at: datetime | None,

@@ -14,9 +14,17 @@ from common.caller import CALLER
 from common.identity import Role
 from message_manager import SchedulerError
 
-__all__ = ["CALLER", "Admission", "Buckets", "CallLimits", "TokenLimits", "TokenShare"]
+__all__ = ["CALLER", "Admission", "Buckets", "CallLimits", "LeaderWaitRoom", "TokenLimits",
+           "TokenShare"]
 BURST_S = 2.0  # a bucket holds this many seconds of its rate: a short burst passes
 TRACKED_TOKENS = 100_000  # buckets kept at most; a full bucket forgotten costs nothing
+# Calls that may wait for a leader at once. Each client waits in one call at a time (the SDK
+# makes one per run, a node one per job), so no deployment has this many waiting callers
+# in a failover; only a flood does.
+LEADER_WAIT_MAX_CALLS = 10_000
+# Their requests' bytes: twice what all queues hold by default (SCHEDULER_MAX_QUEUE_BYTES),
+# so the room refuses only calls of which as many could not have been queued anyway.
+LEADER_WAIT_MAX_BYTES = 200 * 1024 * 1024
 
 
 class Admission:
@@ -80,6 +88,33 @@ class Admission:
             yield
         finally:
             self.in_flight += 1
+
+
+class LeaderWaitRoom:
+    """Calls waiting for a leader (an election, a recovery: scheduler/replicas.py), and the
+    bytes of the requests they hold, each bounded (docs/replicas.md, "Where each call
+    goes"). A waiting call holds no slot of its port's Admission, so without this room a
+    flood during a failover would grow memory without bound; past either bound a call is
+    refused at once (``leader_wait_full``) rather than held."""
+
+    def __init__(self, max_calls: int = LEADER_WAIT_MAX_CALLS,
+                 max_bytes: int = LEADER_WAIT_MAX_BYTES) -> None:
+        self.max_calls = max_calls
+        self.max_bytes = max_bytes
+        self.calls = 0
+        self.bytes = 0
+
+    def enter(self, size: int) -> None:
+        """Seat a call whose request is ``size`` bytes, or SchedulerError when it does not fit."""
+        if self.calls + 1 > self.max_calls or self.bytes + size > self.max_bytes:
+            raise SchedulerError("leader_wait_full", calls=self.max_calls, bytes=self.max_bytes)
+        self.calls += 1
+        self.bytes += size
+
+    def leave(self, size: int) -> None:
+        """A call :meth:`enter` seated stopped waiting."""
+        self.calls -= 1
+        self.bytes -= size
 
 
 class Buckets:

@@ -34,7 +34,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc, nodes_pb2_grpc
 from scheduler.absent_jobs import remembering_absent
-from scheduler.admission import Admission, TokenLimits
+from scheduler.admission import Admission, LeaderWaitRoom, TokenLimits
 from scheduler.auth import TokenResolver
 from scheduler.aws import aws_stack
 from scheduler.config import Config, TlsConfig
@@ -302,7 +302,10 @@ class Scheduler:
             self._resources.push_async_callback(forwarder.close)
         replicas = self._replicas = Replicas(make_manager, self.metrics, lease=lease,
                                              forwarder=forwarder,
-                                             wait_s=config.replicas.leader_wait_s)
+                                             wait_s=config.replicas.leader_wait_s,
+                                             room=LeaderWaitRoom(
+                                                 config.replicas.leader_wait_max_calls,
+                                                 config.replicas.leader_wait_max_bytes))
         self.metrics.watch_queues(lambda: replicas.manager.queue_snapshot())
         self.metrics.watch_nodes(lambda: replicas.manager.node_snapshot())
         # Standalone's results directory is watched as a store of its own: its programs
@@ -391,9 +394,11 @@ class Scheduler:
         self.metrics.watch_waiting_calls({"submission": lambda: submission_admission.waiting,
                                           "execution": lambda: execution_admission.waiting})
         self._edges = [
-            Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits),
+            Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits,
+                 resolver=auth),
             Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),
-            Edge(JOBS, replicas, submission_admission, self.metrics, tokens=token_limits),
+            Edge(JOBS, replicas, submission_admission, self.metrics, tokens=token_limits,
+                 resolver=auth),
             Edge(NODES, replicas, execution_admission, self.metrics, secret),
         ]
         submission = _grpc_server(config.submission_max_message_bytes)
@@ -520,8 +525,9 @@ class Scheduler:
         if self._monitor is not None:
             self._monitor.outcome("results", "upload_result", ok)
 
-    def _accepts_result(self, job_id: str) -> bool:
-        return self._replicas is not None and self._replicas.manager.accepts_result(job_id)
+    def _accepts_result(self, job_id: str, handover: int | None) -> bool:
+        return (self._replicas is not None
+                and self._replicas.manager.accepts_result(job_id, handover))
 
     def _health_notes(self) -> list[str]:
         """What /healthz adds to its answer: trouble ahead that has not stopped anything."""

@@ -18,7 +18,12 @@ from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
-from scheduler.admission import CallLimits, TokenShare
+from scheduler.admission import (
+    LEADER_WAIT_MAX_BYTES,
+    LEADER_WAIT_MAX_CALLS,
+    CallLimits,
+    TokenShare,
+)
 from scheduler.housekeeping import Retention
 
 MB = 1024 * 1024
@@ -76,6 +81,8 @@ class ReplicaConfig:
     lease_duration_s: float = 6.0  # a lease not renewed for this long may be taken
     lease_renew_s: float = 1.5  # how often the leader renews it (and followers read it)
     leader_wait_s: float = 30.0  # how long a call waits for a leader, within its deadline
+    leader_wait_max_calls: int = LEADER_WAIT_MAX_CALLS  # calls that may wait for one at once
+    leader_wait_max_bytes: int = LEADER_WAIT_MAX_BYTES  # and the bytes of their requests
     advertise_host: str = ""  # how the other replicas reach this one; "" for the host name
 
 
@@ -459,6 +466,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         token_database_address = args.address_to_token_database
     if serving:
         _check_node_credential(args, env, args.port_for_execution.host or host)
+    limits = _limits(env, execution_max_message_bytes)
     return Config(
         host=host,
         submission_port=args.port_for_submission.port,
@@ -475,7 +483,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
             env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB
         ),
         execution_max_message_bytes=execution_max_message_bytes,
-        limits=_limits(env, execution_max_message_bytes),
+        limits=limits,
         policy=_policy(env),
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
         report_grace_s=_positive_float(env, "SCHEDULER_REPORT_GRACE_S", 60.0),
@@ -506,7 +514,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
                            "--execution-tls-key", args.execution_tls_key,
                            args.execution_client_ca),
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
-        replicas=_replicas(env),
+        replicas=_replicas(env, limits.max_queue_bytes),
         nodes=_nodes(env),
         calls=_call_limits(env),
         aws=aws,
@@ -514,7 +522,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
     )
 
 
-def _replicas(env: Mapping[str, str]) -> ReplicaConfig:
+def _replicas(env: Mapping[str, str], max_queue_bytes: int) -> ReplicaConfig:
     duration_s = _positive_float(env, "SCHEDULER_LEASE_DURATION_S", 6.0)
     renew_s = _positive_float(env, "SCHEDULER_LEASE_RENEW_S", 1.5)
     if renew_s * 2 > duration_s:
@@ -525,6 +533,11 @@ def _replicas(env: Mapping[str, str]) -> ReplicaConfig:
         lease_duration_s=duration_s,
         lease_renew_s=renew_s,
         leader_wait_s=_positive_float(env, "SCHEDULER_LEADER_WAIT_S", 30.0),
+        leader_wait_max_calls=_positive_int(env, "SCHEDULER_LEADER_WAIT_MAX_CALLS",
+                                            LEADER_WAIT_MAX_CALLS),
+        # Unset: twice the queue budget (scheduler/admission.py says why).
+        leader_wait_max_bytes=_positive_int(env, "SCHEDULER_LEADER_WAIT_MAX_BYTES",
+                                            2 * max_queue_bytes),
         advertise_host=env.get("SCHEDULER_ADVERTISE_HOST", "").strip(),
     )
 

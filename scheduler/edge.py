@@ -23,6 +23,7 @@ from job_manager.manager import JobManager
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
 from scheduler.admission import CALLER, Admission, TokenLimits
+from scheduler.auth import TokenResolver
 from scheduler.forwarding import ForwardFailed
 from scheduler.metadata import (
     INCIDENT_METADATA,
@@ -51,12 +52,14 @@ class Edge:
     """What every call of one gRPC service passes through."""
 
     def __init__(self, service: str, replicas: Replicas, admission: Admission, metrics: Metrics,
-                 shared_secret: str | None = None, tokens: TokenLimits | None = None) -> None:
+                 shared_secret: str | None = None, tokens: TokenLimits | None = None,
+                 resolver: TokenResolver | None = None) -> None:
         self.service = service  # the full name, as in a method's path
         self.replicas = replicas  # which JobManager serves, and the road to the leader
         self.admission = admission
         self.metrics = metrics
         self.tokens = tokens  # each token's share, on a port whose requests name a token
+        self.resolver = resolver  # who a token is, on such a port
         # Why calls are turned away (starting, draining), or None while serving.
         self.not_serving: str | None = STARTING
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
@@ -68,6 +71,19 @@ class Edge:
         sent = (metadata_value(context, "authorization") or "").encode()
         if not hmac.compare_digest(sent, self._expected):
             raise SchedulerError("node_unauthenticated")
+
+    async def admit_caller(self, request: Any, caller: str | None,
+                           end_share: Callable[[], None]) -> Callable[[], None]:
+        """Before a leader's call may wait for a leader (issue 27, item 5): the token the
+        request names resolved, so a made-up one is refused at once rather than held
+        through a failover, and counted against its share from now on if this call was its
+        first (what ends the call's share is returned). The servicer's own resolve is then
+        this one. A call that need not wait is resolved by its servicer, as before."""
+        token = getattr(request, "token", None)
+        if self.resolver is None or not isinstance(token, str):
+            return end_share
+        await self.resolver.resolve_for_call(token)
+        return end_share if end_share is not _nothing else _take_share(self.tokens, caller)
 
 
 class EdgeServicer(Protocol):
@@ -262,10 +278,16 @@ def in_band(
                 edge.authorize(context)
                 replicas = edge.replicas
                 if leader:
+
+                    async def before_waiting() -> None:
+                        nonlocal end_share
+                        end_share = await edge.admit_caller(request, caller, end_share)
+
                     response = await replicas.call_leader(
                         f"/{edge.service}/{method}", request, response_type, context,
                         lambda manager: handler(self, request, context, manager),
-                        edge.admission.released if limited else contextlib.nullcontext)
+                        edge.admission.released if limited else contextlib.nullcontext,
+                        before_waiting)
                 else:
                     response = await handler(self, request, context, replicas.manager)
                 code = "OK"

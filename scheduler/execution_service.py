@@ -4,6 +4,7 @@ extension's NodeService (docs/nodes.md). Thin: proto in, JobManager call, proto 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import grpc
@@ -136,6 +137,22 @@ def node_identity(context: grpc.aio.ServicerContext, certified: bool) -> str:
     return names[0].decode(errors="replace") if names else declared
 
 
+HANDOVER_METADATA = "x-mqc3-handover"
+MAX_HANDOVER = 999_999_999  # nine digits: far past any SCHEDULER_MAX_REQUEUES
+
+
+def handover_sent(context: grpc.aio.ServicerContext) -> int | None:
+    """The hand-over a node says it holds (x-mqc3-handover, the number its assignment
+    named), or None when it sent none (docs/nodes.md)."""
+    text = metadata_value(context, HANDOVER_METADATA)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdecimal() and len(text) <= len(str(MAX_HANDOVER))):
+        raise SchedulerError("handover_invalid", header=HANDOVER_METADATA,
+                             maximum=MAX_HANDOVER, value=repr(text[:32]))
+    return int(text)
+
+
 class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
     """Take the next job, report how it went, renew an upload URL."""
 
@@ -163,6 +180,10 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
             lambda done: manager.give_back(assignment) if done.cancelled() else None)
         # Passed on by a follower, which may learn that its node left (scheduler/undelivered.py).
         self.edge.replicas.undelivered.handed_over(context, manager, assignment)
+        # Which hand-over this is, for the node to name in its later calls (docs/nodes.md):
+        # metadata, as the protocol's Job has no field for it.
+        await context.send_initial_metadata(
+            ((HANDOVER_METADATA, str(assignment.record.requeues)),))
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),
@@ -176,7 +197,8 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: pb.ReportExecutionResultRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.ReportExecutionResultResponse:
-        await manager.report(_report(request), node_identity(context, self._certified))
+        node = node_identity(context, self._certified)
+        await manager.report(replace(_report(request), handover=handover_sent(context)), node)
         return pb.ReportExecutionResultResponse()
 
     @in_band(pb.RefreshUploadUrlResponse, limited=False, leader=True)
@@ -185,7 +207,7 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         manager: JobManager,
     ) -> pb.RefreshUploadUrlResponse:
         node = node_identity(context, self._certified)
-        url = await manager.refresh_upload_url(request.job_id, node)
+        url = await manager.refresh_upload_url(request.job_id, node, handover_sent(context))
         return pb.RefreshUploadUrlResponse(upload_target=convert.upload_target(url))
 
 
@@ -205,7 +227,7 @@ class NodeService(nodes_pb2_grpc.NodeServiceServicer):
         manager: JobManager,
     ) -> nodes_pb2.HeartbeatResponse:
         node = node_identity(context, self._certified)
-        timeout_s = await manager.heartbeat(request.job_id, node)
+        timeout_s = await manager.heartbeat(request.job_id, node, handover_sent(context))
         response = nodes_pb2.HeartbeatResponse()
         response.timeout.FromTimedelta(timedelta(seconds=timeout_s))
         return response

@@ -15,6 +15,9 @@ from job_manager.stores import StoreError
 from job_manager.stores.local_payload_store import KEPT_HEADERS, RESULTS_PATH, LocalPayloadStore
 
 _RESULT_NAME = re.compile(r"^[0-9a-f-]{36}\.out\.proto\.gz$")
+# What a node may PUT: the final result's name (requeues off, as the original), or one
+# hand-over's own (docs/protocol.md, "Results when jobs are queued again").
+_UPLOAD_NAME = re.compile(r"^([0-9a-f-]{36})\.(?:handover-([0-9]{1,9})\.)?out\.proto\.gz$")
 PAYLOADS_KEY = web.AppKey("payloads", LocalPayloadStore)
 
 
@@ -33,7 +36,8 @@ DOWNLOAD_HEADERS = {
 class Uploads:
     """Which results may be uploaded now, and how large one may be."""
 
-    accepts: Callable[[str], bool]  # job id → may its result be uploaded now
+    # (job id, hand-over or None for the final key) → may that result be uploaded now
+    accepts: Callable[[str, int | None], bool]
     max_bytes: int
     wrote: Callable[[bool], None] = lambda ok: None  # whether a result could be written
 
@@ -54,10 +58,10 @@ async def _metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _authorized(request: web.Request) -> str:
+def _authorized(request: web.Request, names: re.Pattern[str] = _RESULT_NAME) -> str:
     """The object name, once the request's signature is checked; 403/404 otherwise."""
     name = request.match_info["name"]
-    if not _RESULT_NAME.match(name):
+    if not names.match(name):
         raise web.HTTPNotFound(text="no such object\n")
     store = request.app[PAYLOADS_KEY]
     if not store.is_allowed(
@@ -68,10 +72,13 @@ def _authorized(request: web.Request) -> str:
 
 
 async def _put_result(request: web.Request) -> web.Response:
-    name = _authorized(request)
-    if not request.app[UPLOADS_KEY].accepts(name.split(".", 1)[0]):
-        raise web.HTTPConflict(text="the job is not running: its result can no longer be "
-                                    "uploaded\n")
+    name = _authorized(request, _UPLOAD_NAME)
+    matched = _UPLOAD_NAME.match(name)
+    assert matched is not None  # checked by _authorized
+    handover = int(matched.group(2)) if matched.group(2) is not None else None
+    if not request.app[UPLOADS_KEY].accepts(matched.group(1), handover):
+        raise web.HTTPConflict(text="the job is not running in this URL's hand-over: its "
+                                    "result can no longer be uploaded here\n")
     limit = request.app[UPLOADS_KEY].max_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)

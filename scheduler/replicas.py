@@ -30,6 +30,7 @@ from job_manager.manager import JobManager
 from job_manager.stores import Deposed, Fence
 from leadership.dynamodb_lease import LEASE_KEY
 from leadership.lease import Lease
+from scheduler.admission import LeaderWaitRoom
 from scheduler.forwarding import Forwarder, LeaderUnreachable, on_execution_port, was_forwarded
 from scheduler.metrics import Metrics
 from scheduler.undelivered import UndeliveredHandOvers
@@ -52,12 +53,15 @@ class Replicas:
 
     def __init__(self, make_manager: Callable[[Fence | None], JobManager], metrics: Metrics,
                  *, lease: Lease | None = None, forwarder: Forwarder | None = None,
-                 wait_s: float = 30.0, settle_s: float = 2.0) -> None:
+                 wait_s: float = 30.0, settle_s: float = 2.0,
+                 room: LeaderWaitRoom | None = None) -> None:
         self._make = make_manager
         self._metrics = metrics
         self._lease = lease
         self._forwarder = forwarder
         self.wait_s = wait_s
+        # Calls and bytes that may wait for a leader at once (scheduler/admission.py).
+        self.room = room or LeaderWaitRoom()
         self._settle_s = settle_s  # a new leader looks at the store again this much later
         self._table: BackendTable | None = None
         self._ready = False  # leading, and the term's recovery is over
@@ -232,14 +236,32 @@ class Replicas:
                           context: grpc.aio.ServicerContext,
                           run: Callable[[JobManager], Awaitable[R]],
                           idle: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+                          before_waiting: Callable[[], Awaitable[None]] | None = None,
                           ) -> R:
         """``run`` on this replica's manager while it leads; else the leader's answer.
 
         Waits (bounded by the wait setting and the caller's deadline) while there is no
         leader to take the call; NoLeader when the wait is over. While it waits, or while
         the leader answers it, the call is ``idle``: it holds no slot of this replica's
-        admission (the leader admits it there).
+        admission (the leader admits it there). Before its first wait ``before_waiting``
+        checks the caller (a SchedulerError refuses it at once), and from then to its end
+        the call holds a seat in the room of waiting calls, whose bounds refuse it at once
+        when full.
         """
+        seat: list[int] = []  # the bytes of the seat taken, once the call has had to wait
+        try:
+            return await self._call_leader(path, request, response_type, context, run, idle,
+                                           before_waiting, seat)
+        finally:
+            if seat:
+                self.room.leave(seat[0])
+
+    async def _call_leader(self, path: str, request: Any, response_type: Any,
+                           context: grpc.aio.ServicerContext,
+                           run: Callable[[JobManager], Awaitable[R]],
+                           idle: Callable[[], ContextManager[None]],
+                           before_waiting: Callable[[], Awaitable[None]] | None,
+                           seat: list[int]) -> R:
         deadline = self._deadline(context)
         waited_from = time.monotonic()
         forwarded = was_forwarded(context)
@@ -284,6 +306,12 @@ class Replicas:
             elif forwarded and following:
                 # Passed on to a replica that no longer leads: its sender routes it again.
                 raise NoLeader("this replica does not lead")
+            if not seat:
+                if before_waiting is not None:
+                    await before_waiting()
+                size = request.ByteSize()
+                self.room.enter(size)  # refused at once when the room is full
+                seat.append(size)
             with idle():
                 await self._wait(changed, deadline, waited_from)
 

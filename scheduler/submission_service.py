@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from common.identity import fingerprint
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
@@ -42,9 +43,11 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         self, request: pb.GetJobStatusRequest, context: grpc.aio.ServicerContext,
         manager: JobManager,
     ) -> pb.GetJobStatusResponse:
-        if self.edge.replicas.following and not manager.knows_final(request.job_id):
+        if self.edge.replicas.following and not manager.knows_final(
+                request.job_id, fingerprint(request.token)):
             # A live job's status is the leader's to tell, from memory: a follower passes
-            # the poll on rather than read the store (docs/replicas.md).
+            # the poll on rather than read the store (docs/replicas.md). So is a final one
+            # of another token's, as an unknown id is (issue 27, item 9).
             answered = await self.edge.replicas.read_at_leader(
                 GET_JOB_STATUS, request, pb.GetJobStatusResponse, context)
             if answered is not None:

@@ -178,16 +178,26 @@ class FlakyPayloadStore(_Faults):
     async def delete_input(self, job_id: str) -> None:
         await self._call("delete_input", lambda: self.inner.delete_input(job_id))
 
-    def upload_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
+    def upload_url(self, job_id: str, expires_in: timedelta,
+                   handover: int | None = None) -> SignedUrl:
         self.calls["upload_url"] += 1
-        return self.inner.upload_url(job_id, expires_in)
+        return self.inner.upload_url(job_id, expires_in, handover)
 
     def download_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
         self.calls["download_url"] += 1
         return self.inner.download_url(job_id, expires_in)
 
-    async def result_exists(self, job_id: str) -> bool:
-        return await self._call("result_exists", lambda: self.inner.result_exists(job_id))
+    async def result_exists(self, job_id: str, handover: int | None = None) -> bool:
+        return await self._call("result_exists",
+                                lambda: self.inner.result_exists(job_id, handover))
+
+    async def promote_result(self, job_id: str, handover: int) -> bool:
+        return await self._call("promote_result",
+                                lambda: self.inner.promote_result(job_id, handover))
+
+    async def discard_results(self, job_id: str, handovers: Sequence[int]) -> None:
+        await self._call("discard_results",
+                         lambda: self.inner.discard_results(job_id, handovers))
 
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
         await self._call("seal_result", lambda: self.inner.seal_result(job_id, tags))

@@ -19,7 +19,14 @@ from common.clock import Clock
 from job_manager.model import JobRecord
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import StoreError
-from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
+from job_manager.stores.payload_store import (
+    HANDOVER_META,
+    ObjectTags,
+    SignedUrl,
+    handover_result_key,
+    input_key,
+    result_key,
+)
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 
@@ -29,8 +36,10 @@ RESULTS_PATH = "/results"
 KEPT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition")
 
 
-# A job's files: {job_id}.in.proto, {job_id}.out.proto.gz and its .headers.json.
-_PAYLOAD_NAME = re.compile(r"^([0-9a-fA-F-]{36})\.(in\.proto|out\.proto\.gz(\.headers\.json)?)$")
+# A job's files: {job_id}.in.proto, {job_id}.out.proto.gz, a hand-over's own
+# {job_id}.handover-N.out.proto.gz, and each result's .headers.json.
+_PAYLOAD_NAME = re.compile(
+    r"^([0-9a-fA-F-]{36})\.(in\.proto|(?:handover-[0-9]+\.)?out\.proto\.gz(\.headers\.json)?)$")
 
 
 @dataclass(frozen=True)
@@ -160,14 +169,56 @@ class LocalPayloadStore:
     async def delete_input(self, job_id: str) -> None:
         await self._calls.run((self._dir / input_key(job_id)).unlink, True)
 
-    def upload_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
-        return self._signed_url("PUT", result_key(job_id), expires_in)
+    def upload_url(self, job_id: str, expires_in: timedelta,
+                   handover: int | None = None) -> SignedUrl:
+        key = result_key(job_id) if handover is None else handover_result_key(job_id, handover)
+        return self._signed_url("PUT", key, expires_in)
 
     def download_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
         return self._signed_url("GET", result_key(job_id), expires_in)
 
-    async def result_exists(self, job_id: str) -> bool:
-        return await self._calls.run((self._dir / result_key(job_id)).exists)
+    async def result_exists(self, job_id: str, handover: int | None = None) -> bool:
+        if handover is None:
+            return await self._calls.run((self._dir / result_key(job_id)).exists)
+        return await self._calls.run(self._handover_result, job_id, handover)
+
+    def _handover_result(self, job_id: str, handover: int) -> bool:
+        if (self._dir / handover_result_key(job_id, handover)).exists():
+            return True
+        final = result_key(job_id)
+        return ((self._dir / final).exists()
+                and self._headers(final).get(HANDOVER_META) == str(handover))
+
+    async def promote_result(self, job_id: str, handover: int) -> bool:
+        return await self._calls.run(self._promote, job_id, handover)
+
+    def _promote(self, job_id: str, handover: int) -> bool:
+        """The final result's headers (naming the hand-over), then its body by a rename: a
+        crash in between leaves the hand-over's file, and the next report promotes it again."""
+        source, final = handover_result_key(job_id, handover), result_key(job_id)
+        if not (self._dir / source).exists():
+            return self._handover_result(job_id, handover)  # promoted before, or never
+        headers = {**self._headers(source), HANDOVER_META: str(handover)}
+        _write_atomically(self.headers_path(final), json.dumps(headers).encode())
+        os.replace(self._dir / source, self._dir / final)
+        self.headers_path(source).unlink(missing_ok=True)
+        return True
+
+    async def discard_results(self, job_id: str, handovers: Sequence[int]) -> None:
+        def remove() -> None:
+            for n in handovers:
+                name = handover_result_key(job_id, n)
+                (self._dir / name).unlink(missing_ok=True)
+                self.headers_path(name).unlink(missing_ok=True)
+
+        await self._calls.run(remove)
+
+    def _headers(self, object_name: str) -> dict[str, str]:
+        try:
+            headers = json.loads(self.headers_path(object_name).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return headers if isinstance(headers, dict) else {}
 
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
         pass  # tags select S3 lifecycle rules and policies; a directory has neither
@@ -223,12 +274,14 @@ class LocalPayloadStore:
         return await self._calls.run(listing)
 
     async def delete_job_files(self, job_id: str) -> None:
-        """Remove every file of one job (its program, result and the result's headers)."""
+        """Remove every file of one job (its program, results and the results' headers)."""
         names = (input_key(job_id), result_key(job_id), f"{result_key(job_id)}.headers.json")
 
         def remove() -> None:
             for name in names:
                 (self._dir / name).unlink(missing_ok=True)
+            for path in self._dir.glob(f"{job_id}.handover-*"):  # uploads of lost hand-overs
+                path.unlink(missing_ok=True)
 
         await self._calls.run(remove)
 
@@ -270,11 +323,7 @@ class LocalPayloadStore:
                 body = (self._dir / object_name).read_bytes()
             except FileNotFoundError:
                 return None
-            try:
-                headers = json.loads(self.headers_path(object_name).read_text())
-            except FileNotFoundError:
-                headers = {}
-            return StoredResult(body=body, headers=headers)
+            return StoredResult(body=body, headers=self._headers(object_name))
 
         return await self._calls.run(read)
 

@@ -44,6 +44,18 @@ def result_key(job_id: str) -> str:
     return f"{job_id}.out.proto.gz"
 
 
+def handover_result_key(job_id: str, handover: int) -> str:
+    """Where hand-over ``handover`` (0 for the first) uploads its result when jobs may be
+    queued again: a key of its own, so that a node whose hand-over was lost can never write
+    the final result (docs/protocol.md, "Results when jobs are queued again")."""
+    return f"{job_id}.handover-{handover}.out.proto.gz"
+
+
+# Where the final result records the hand-over it was promoted from (S3 user metadata,
+# standalone's headers file), so that a retried report after a promotion knows it is its own.
+HANDOVER_META = "mqc3-handover"
+
+
 class PayloadStore(Protocol):
     """Job inputs and results.
 
@@ -63,16 +75,29 @@ class PayloadStore(Protocol):
         """Remove a job's program; no error when it is already gone."""
         ...
 
-    def upload_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
-        """A URL a hardware node PUTs the job's result to."""
+    def upload_url(self, job_id: str, expires_in: timedelta,
+                   handover: int | None = None) -> SignedUrl:
+        """A URL a hardware node PUTs the job's result to: the final result's key (None,
+        as the original), or hand-over ``handover``'s own key."""
         ...
 
     def download_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
         """A URL the job's owner GETs the result from."""
         ...
 
-    async def result_exists(self, job_id: str) -> bool:
-        """True once a result has been uploaded for the job."""
+    async def result_exists(self, job_id: str, handover: int | None = None) -> bool:
+        """True once a result has been uploaded for the job; with ``handover``, once that
+        hand-over's result is there: its own object, or the final one promoted from it."""
+        ...
+
+    async def promote_result(self, job_id: str, handover: int) -> bool:
+        """Make hand-over ``handover``'s upload the job's final result (its headers kept,
+        then its own object removed); True when the final result is that hand-over's,
+        now or from an earlier promotion. Repeating it is harmless."""
+        ...
+
+    async def discard_results(self, job_id: str, handovers: Sequence[int]) -> None:
+        """Remove these hand-overs' own uploads, if any (those of lost hand-overs)."""
         ...
 
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:

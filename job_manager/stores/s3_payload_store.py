@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -10,7 +11,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common.clock import Clock
 from job_manager.stores.blocking import BlockingCalls
-from job_manager.stores.payload_store import ObjectTags, SignedUrl, input_key, result_key
+from job_manager.stores.payload_store import (
+    HANDOVER_META,
+    ObjectTags,
+    SignedUrl,
+    handover_result_key,
+    input_key,
+    result_key,
+)
 
 
 def _pairs(tag_set: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -22,8 +30,13 @@ def _missing(exc: ClientError) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
+# The headers a node sets at upload (docs/protocol.md) that a promoted copy keeps.
+_KEPT_HEADERS = ("ContentType", "ContentEncoding", "ContentDisposition")
+
+
 class S3PayloadStore:
-    """Objects ``{job_id}.in.proto`` and ``{job_id}.out.proto.gz`` in one bucket."""
+    """Objects ``{job_id}.in.proto`` and ``{job_id}.out.proto.gz`` in one bucket (with
+    requeues, each hand-over uploads to its own key first: docs/protocol.md)."""
 
     def __init__(self, client: Any, bucket: str, clock: Clock, max_workers: int = 16) -> None:
         self._client = client
@@ -63,25 +76,61 @@ class S3PayloadStore:
             lambda: self._client.delete_object(Bucket=self._bucket, Key=input_key(job_id))
         )
 
-    def upload_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
+    def upload_url(self, job_id: str, expires_in: timedelta,
+                   handover: int | None = None) -> SignedUrl:
         # Only bucket and key are signed: S3 keeps whatever Content-Encoding the node
         # sends and answers the download with it, as the SDK expects.
-        return self._presign("put_object", result_key(job_id), expires_in)
+        key = result_key(job_id) if handover is None else handover_result_key(job_id, handover)
+        return self._presign("put_object", key, expires_in)
 
     def download_url(self, job_id: str, expires_in: timedelta) -> SignedUrl:
         return self._presign("get_object", result_key(job_id), expires_in)
 
-    async def result_exists(self, job_id: str) -> bool:
-        def head() -> bool:
-            try:
-                self._client.head_object(Bucket=self._bucket, Key=result_key(job_id))
-            except ClientError as exc:
-                if _missing(exc):
-                    return False
-                raise
-            return True
+    async def result_exists(self, job_id: str, handover: int | None = None) -> bool:
+        if handover is None:
+            return await self._calls.run(self._head, result_key(job_id)) is not None
+        return await self._calls.run(self._handover_result, job_id, handover)
 
-        return await self._calls.run(head)
+    def _handover_result(self, job_id: str, handover: int) -> bool:
+        if self._head(handover_result_key(job_id, handover)) is not None:
+            return True
+        final = self._head(result_key(job_id))
+        return final is not None and final.get("Metadata", {}).get(HANDOVER_META) == str(handover)
+
+    async def promote_result(self, job_id: str, handover: int) -> bool:
+        return await self._calls.run(self._promote, job_id, handover)
+
+    def _promote(self, job_id: str, handover: int) -> bool:
+        """Copy the hand-over's object over the final key, then delete it: a crash in
+        between leaves the hand-over's object, and the next report promotes it again."""
+        source = handover_result_key(job_id, handover)
+        uploaded = self._head(source)
+        if uploaded is None:
+            return self._handover_result(job_id, handover)  # promoted before, or never
+        # The node's own headers travel with the copy, as the download must answer with
+        # them (Content-Encoding: gzip for the SDK); the hand-over is noted beside them.
+        kept = {name: uploaded[name] for name in _KEPT_HEADERS if uploaded.get(name)}
+        self._client.copy_object(
+            Bucket=self._bucket, Key=result_key(job_id),
+            CopySource={"Bucket": self._bucket, "Key": source},
+            MetadataDirective="REPLACE", Metadata={HANDOVER_META: str(handover)}, **kept)
+        self._client.delete_object(Bucket=self._bucket, Key=source)
+        return True
+
+    async def discard_results(self, job_id: str, handovers: Sequence[int]) -> None:
+        if not handovers:
+            return
+        doomed = [{"Key": handover_result_key(job_id, n)} for n in handovers]
+        await self._calls.run(lambda: self._client.delete_objects(
+            Bucket=self._bucket, Delete={"Objects": doomed, "Quiet": True}))
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._client.head_object(Bucket=self._bucket, Key=key))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
 
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
         await self._calls.run(

@@ -43,7 +43,8 @@ LIFETIME = timedelta(minutes=10)
 BASE_URL = "http://127.0.0.1:9"  # nothing listens: local URLs are checked, never fetched
 RESULT = gzip.compress(b"\x0a\x03abc\x12\x02\xff\x00")
 
-Upload = Callable[[str, bytes], Awaitable[None]]
+# (job id, body, hand-over): what a node PUTs through its URL (None: the final key's).
+Upload = Callable[[str, bytes, int | None], Awaitable[None]]
 # A download answers with the body and the headers (names in any case).
 Download = Callable[[str], Awaitable[tuple[bytes, Mapping[str, str]]]]
 
@@ -96,8 +97,8 @@ def _sqlite_inputs_backend(tmp_path: Path) -> Backend:
 def _served_locally(store: LocalPayloadStore, clock: FakeClock,
                     remove_container: Callable[[], Awaitable[None]]) -> Backend:
 
-    async def upload(job_id: str, body: bytes) -> None:
-        name, expires, signature = _query(store.upload_url(job_id, LIFETIME))
+    async def upload(job_id: str, body: bytes, handover: int | None = None) -> None:
+        name, expires, signature = _query(store.upload_url(job_id, LIFETIME, handover))
         assert store.is_allowed("PUT", name, expires, signature)
         await store.save_result(name, body, dict(UPLOAD_HEADERS))
 
@@ -126,8 +127,8 @@ def _s3_backend(moto_endpoint: str) -> Backend:
     client.create_bucket(Bucket=bucket)
     store = S3PayloadStore(client, bucket, clock)
 
-    async def upload(job_id: str, body: bytes) -> None:
-        url = store.upload_url(job_id, LIFETIME).url
+    async def upload(job_id: str, body: bytes, handover: int | None = None) -> None:
+        url = store.upload_url(job_id, LIFETIME, handover).url
         answer = await asyncio.to_thread(
             requests.put, url, data=body, headers=UPLOAD_HEADERS, timeout=10
         )
@@ -222,7 +223,7 @@ async def test_result_exists_only_once_the_result_is_uploaded(backend: Backend) 
     job_id = new_job_id()
     await backend.store.put_input(job_id, b"program")
     assert await backend.store.result_exists(job_id) is False
-    await backend.upload(job_id, RESULT)
+    await backend.upload(job_id, RESULT, None)
     assert await backend.store.result_exists(job_id) is True
     assert await backend.store.result_exists(new_job_id()) is False
 
@@ -231,11 +232,42 @@ async def test_a_downloaded_result_is_the_uploaded_bytes_with_its_content_encodi
     backend: Backend,
 ) -> None:
     job_id = new_job_id()
-    await backend.upload(job_id, RESULT)
+    await backend.upload(job_id, RESULT, None)
     body, headers = await backend.download(job_id)
     assert body == RESULT
     assert headers.get("Content-Encoding") == "gzip"
     assert headers.get("Content-Type") == "application/protobuf"
+
+
+# --- results of hand-overs (jobs that may be queued again: docs/protocol.md) -----------------
+async def test_a_hand_overs_upload_is_its_own_until_promoted_to_the_final_result(
+    backend: Backend,
+) -> None:
+    job_id, store = new_job_id(), backend.store
+    await backend.upload(job_id, gzip.compress(b"lost"), 0)
+    await backend.upload(job_id, RESULT, 1)
+    assert (await store.result_exists(job_id, 1), await store.result_exists(job_id)) == (
+        True, False)  # no hand-over writes the final result itself
+    assert await store.promote_result(job_id, 1) is True
+    body, headers = await backend.download(job_id)
+    assert (body, headers.get("Content-Encoding"), headers.get("Content-Type")) == (
+        RESULT, "gzip", "application/protobuf")
+    # Promoted once, it stays that hand-over's: a repeated promotion (a retried report after
+    # a crash) finds it, another hand-over's does not.
+    assert await store.result_exists(job_id, 1) is True
+    assert await store.promote_result(job_id, 1) is True
+    assert await store.result_exists(job_id, 2) is False
+    assert await store.promote_result(job_id, 2) is False
+    await store.discard_results(job_id, [0, 1])
+    assert await store.result_exists(job_id, 0) is False
+    assert (await backend.download(job_id))[0] == RESULT  # the final result stays
+
+
+async def test_a_hand_overs_url_names_its_own_key_and_never_the_final_one(
+        store: PayloadStore) -> None:
+    job_id = new_job_id()
+    path = urlsplit(store.upload_url(job_id, LIFETIME, 2).url).path
+    assert path.endswith(f"/{job_id}.handover-2.out.proto.gz"), path
 
 
 # --- URLs ----------------------------------------------------------------------------------

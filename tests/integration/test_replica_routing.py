@@ -394,3 +394,40 @@ async def test_no_one_but_the_follower_that_passed_a_hand_over_on_can_return_it(
             assert answer.error.code == "NOT_FOUND", answer.error
         stored = await leader.scheduler.stack.jobs.get(job_id)
         assert stored is not None and stored.status is JobStatus.RUNNING
+
+
+async def test_a_follower_passes_a_strangers_poll_of_a_job_it_remembers_on_as_a_made_up_id(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    # A poll a follower answers itself costs no hop to the leader: were another user's job
+    # answered here and a made-up id there, the time of the answer would tell them apart.
+    async with replicas(aws_names, token_database) as (leader, follower):
+        owner, stranger = (token_database.token("alice", "developer"),
+                           token_database.token("bob", "developer"))
+        job_id = await submit(leader, owner)
+        assigned = await leader.clients.assign()
+        put = await asyncio.to_thread(requests.put, assigned.upload_target.upload_url,
+                                      data=RESULT, headers=UPLOAD_HEADERS, timeout=10)
+        assert put.status_code < 300
+        reported = await leader.clients.execution.ReportExecutionResult(
+            execution_pb2.ReportExecutionResultRequest(
+                job_id=job_id, status=execution_pb2.EXECUTION_STATUS_SUCCESS), timeout=20)
+        assert reported.error.code == "", reported.error
+        result = await follower.clients.submission.GetJobResult(  # the follower remembers it
+            submission_pb2.GetJobResultRequest(token=owner, job_id=job_id), timeout=20)
+        assert result.status == job_pb2.JOB_STATUS_COMPLETED
+
+        async def forwarded_after_a_poll_of(wanted: str) -> float:
+            answer = await follower.clients.submission.GetJobStatus(
+                submission_pb2.GetJobStatusRequest(token=stranger, job_id=wanted), timeout=20)
+            assert answer.error.code == "NOT_FOUND"
+            return value(await scrape(follower.scheduler.metrics_port),
+                         "mqc3_forwarded_calls_total", method="GetJobStatus", result="answered")
+
+        before = value(await scrape(follower.scheduler.metrics_port),
+                       "mqc3_forwarded_calls_total", method="GetJobStatus", result="answered")
+        after_real = await forwarded_after_a_poll_of(job_id)
+        after_made_up = await forwarded_after_a_poll_of(PROBE_ID)
+        assert after_real - before == after_made_up - after_real == 1
+        assert (await status(follower, owner, job_id)).status == job_pb2.JOB_STATUS_COMPLETED
+        assert value(await scrape(follower.scheduler.metrics_port), "mqc3_forwarded_calls_total",
+                     method="GetJobStatus", result="answered") == after_made_up  # owner: here

@@ -20,6 +20,7 @@ from tests.helpers import (
     Clients,
     TokenDatabase,
     local_config,
+    standalone_token,
     submit_request,
 )
 from tests.integration.processes import HOST
@@ -66,6 +67,7 @@ async def test_not_serving_until_recovery_has_finished(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
+    token = standalone_token(data_dir, "alice", "developer")
     scheduler = Scheduler(local_config(data_dir))
     starting = asyncio.ensure_future(scheduler.start())
     try:
@@ -77,11 +79,12 @@ async def test_not_serving_until_recovery_has_finished(
         assert set(found.values()) == {NOT_SERVING}, found
         assert (await healthz(scheduler.metrics_port))[0] == 503
         assert not starting.done()
-        # Calls are turned away with UNAVAILABLE, which the SDK retries.
+        # Calls are turned away with UNAVAILABLE, which the SDK retries (a real user's: a
+        # made-up token is refused at once, docs/replicas.md).
         clients = Clients(*ports)
         try:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await clients.submission.SubmitJob(submit_request("any-token"), timeout=5)
+                await clients.submission.SubmitJob(submit_request(token), timeout=5)
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await clients.assign()

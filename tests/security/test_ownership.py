@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +22,8 @@ import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from tests.conftest import Running
-from tests.helpers import UPLOAD_HEADERS, submit_request
+from tests.conftest import Running, scheduler_in
+from tests.helpers import UPLOAD_HEADERS, TokenDatabase, submit_request
 
 OWNER = ("alice", "developer")
 CALLERS = {
@@ -202,3 +204,54 @@ async def test_a_strangers_refusal_equals_the_owners_answer_for_a_job_that_does_
                                               never_issued))
 
     assert refused.with_job_id(job_id, never_issued).comparable() == owners_unknown.comparable()
+
+
+# --- probing: what an id costs must not tell whether it names a job (issue 27, item 9) ----
+PROBES = 5
+
+
+async def _probe(running: Running, token: str, job_id: str) -> list[Answer]:
+    stub = running.clients.submission
+    return [await _observe(_get_job_status(stub, token, job_id)) for _ in range(PROBES)]
+
+
+def _reason(answer: Answer) -> tuple[str, str]:
+    error = answer.response.error
+    return error.code, error.description.rpartition("[reason=")[2].split(" ")[0]
+
+
+@pytest.mark.parametrize("make_job", [_queued_job, _completed_job], ids=["queued", "completed"])
+async def test_probing_another_users_job_costs_what_probing_a_made_up_id_costs(
+        mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+        token_database: TokenDatabase, monkeypatch: pytest.MonkeyPatch,
+        make_job: Callable[[Running, str], Any]) -> None:
+    # One read that finds no job the token may see, then one per 100 s.
+    env = {"SCHEDULER_JOB_MISS_RATE_PER_TOKEN": "0.01"}
+    async with scheduler_in(mode, tmp_path, request, token_database, env) as running:
+        job_id = await make_job(running, running.token(*OWNER))
+        made_up = str(uuid.uuid4())
+        reads: Counter[str] = Counter()
+        store = running.scheduler.stack.jobs
+        read = store.get
+
+        async def counted(wanted: str) -> Any:
+            reads[wanted] += 1
+            return await read(wanted)
+
+        monkeypatch.setattr(store, "get", counted)
+        # Two strangers, one budget each: one probes the real job, one a made-up id.
+        bob, carol = running.token("bob", "developer"), running.token("carol", "developer")
+        probed_real = await _probe(running, bob, job_id)
+        probed_made_up = await _probe(running, carol, made_up)
+        # Then each asks for one more unknown id: the budget left must be the same.
+        next_real = await _observe(_get_job_status(running.clients.submission, bob,
+                                                   str(uuid.uuid4())))
+        next_made_up = await _observe(_get_job_status(running.clients.submission, carol,
+                                                      str(uuid.uuid4())))
+
+    assert [answer.with_job_id(job_id, made_up).comparable() for answer in probed_real] == [
+        answer.comparable() for answer in probed_made_up]
+    assert {answer.response.error.code for answer in probed_real} == {"NOT_FOUND"}
+    assert reads[job_id] == reads[made_up] == 1  # the first probe reads; the rest remember
+    assert _reason(next_real) == _reason(next_made_up) == (
+        "RESOURCE_EXHAUSTED", "job_lookups_exhausted")

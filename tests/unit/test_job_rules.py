@@ -24,7 +24,7 @@ from job_manager.limits import Limits, RoleLimits
 from job_manager.manager import Assignment, ExecutionReport, JobManager, JobSpec
 from job_manager.model import JobRecord, JobStatus
 from job_manager.stores.local_payload_store import LocalPayloadStore
-from job_manager.stores.payload_store import input_key, result_key
+from job_manager.stores.payload_store import handover_result_key, input_key, result_key
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 from message_manager import SchedulerError
@@ -206,7 +206,14 @@ class Harness:
         return assignment
 
     async def upload_result(self, job_id: str) -> None:
-        await self.local.save_result(result_key(job_id), b"result", {})
+        """The node's upload, to the key its hand-over's URL names (with requeues, one of
+        the hand-over's own: docs/protocol.md)."""
+        live = self.manager.ledger.live(job_id)
+        key = result_key(job_id)
+        if live is not None and live.status is JobStatus.RUNNING and self.manager.accepts_result(
+                job_id, live.requeues):
+            key = handover_result_key(job_id, live.requeues)
+        await self.local.save_result(key, b"result", {})
 
     async def complete(self, job_id: str, node: str = "") -> JobRecord:
         await self.upload_result(job_id)

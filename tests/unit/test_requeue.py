@@ -3,6 +3,7 @@ in its place, at most N times; then it ends TIMEOUT as any other."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 
 from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
+from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2
 from scheduler.execution_service import _report
-from tests.unit.test_job_rules import ALICE, Harness
+from tests.unit.test_job_rules import ALICE, Harness, report
 
 
 @pytest.fixture
@@ -114,3 +116,28 @@ def test_a_node_says_its_backend_failed_with_the_code_unavailable() -> None:
     request.error.code = "UNAVAILABLE"
     request.status = execution_pb2.EXECUTION_STATUS_TIMEOUT
     assert not _report(request).infrastructure  # only a failure is the backend's to say
+
+
+async def test_a_lost_hand_overs_upload_is_removed_when_the_job_ends(h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    await h.assign()
+    await h.upload_result(job_id)  # hand-over 0's node uploads, then is lost
+    await _lose_the_node(h)
+    await h.assign()
+    await h.complete(job_id)  # hand-over 1's upload becomes the result
+    await asyncio.gather(*h.manager._background)  # the removal is no caller's to wait for
+    names = sorted(p.name for p in h.local.directory.glob(f"{job_id}.*.gz"))
+    assert names == [f"{job_id}.out.proto.gz"]
+
+
+async def test_a_report_retried_after_its_result_was_promoted_completes_the_job(
+        h: Harness) -> None:
+    job_id = await h.submit(timeout_s=30)
+    await h.assign()
+    await h.upload_result(job_id)
+    h.jobs.fail_on("transition")  # the promotion is made, the COMPLETED write is not
+    with pytest.raises(SchedulerError):
+        await h.manager.report(report(job_id))
+    assert (await h.stored(job_id)).status is JobStatus.RUNNING
+    assert (await h.manager.report(report(job_id))).status is JobStatus.COMPLETED
+    assert (await h.local.load_result(f"{job_id}.out.proto.gz")) is not None
