@@ -53,6 +53,9 @@ slot). Only the server can tell these from assignments it abandoned mid-write, s
 wraps the execution servicer's AssignNextJob, unchanged, to note the answers it completed;
 everything else is judged from outside. A run prints how many answers were lost so.
 
+tests/integration/test_interleavings_together.py runs this driver and these rules with
+requeues, heartbeats, named nodes and replicas on (World's knobs after its record).
+
 Seeds: ``DEFAULT_SEEDS`` per mode; ``INTERLEAVING_SEEDS=N`` runs seeds 1..N instead, and
 ``-k "aws-3"`` one of them. With ``-s`` each seed prints one summary line; a failure names the
 seed, the number of calls, each kind of broken rule with the calls that led to its first

@@ -608,6 +608,7 @@ async def test_interleavings_with_requeues_heartbeats_and_replicas_keep_every_pr
 async def one_seed(target: Target, seed: int, case: str) -> str:
     """Run one seed against the target; its report when a rule broke, else ""."""
     started = time.monotonic()
+    target.sent.clear()  # the answers the server sent are noted per seed
     users = [base.User(name, role, target.token(name, role)) for name, role in base.USERS]
     world = Together(target.clients, nodes_pb2_grpc.NodeServiceStub(target.nodes_channel),
                      target.sent, seed, users)
