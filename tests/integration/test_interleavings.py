@@ -669,9 +669,12 @@ def _one_node(world: World) -> Iterator[Violation]:
 
 
 def _one_job_per_key(world: World) -> Iterator[Violation]:
+    # The SDK retries a submission whose answer it lost, and without a key the retry is a
+    # new submission by the protocol's own terms (PROTOCOL.md): only a key makes it one.
+    retried = {c.tag for c in world.calls if c.method == "SubmitJob" and c.retried}
     for tag in world.owner_of_tag:
         jobs = world.given[tag] | {j for j in world.received if world.tag_of_job.get(j) == tag}
-        if len(jobs) > 1:
+        if len(jobs) > 1 and not (tag in retried and tag not in world.key_of_tag):
             key = world.key_of_tag.get(tag, "")
             what = f"key {key} of {world.owner_of_tag[tag].name}" if key else f"submission {tag}"
             yield Violation(
