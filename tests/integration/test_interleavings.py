@@ -670,7 +670,7 @@ def _one_node(world: World) -> Iterator[Violation]:
 
 def _one_job_per_key(world: World) -> Iterator[Violation]:
     # The SDK retries a submission whose answer it lost, and without a key the retry is a
-    # new submission by the protocol's own terms (PROTOCOL.md): only a key makes it one.
+    # new submission (the SDK sends no key of its own): only a key makes it one.
     retried = {c.tag for c in world.calls if c.method == "SubmitJob" and c.retried}
     for tag in world.owner_of_tag:
         jobs = world.given[tag] | {j for j in world.received if world.tag_of_job.get(j) == tag}
