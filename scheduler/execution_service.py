@@ -3,6 +3,7 @@ extension's NodeService (docs/nodes.md). Thin: proto in, JobManager call, proto 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -183,8 +184,15 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         self.edge.replicas.undelivered.handed_over(forwarded, manager, assignment)
         # Which hand-over this is, for the node to name in its later calls (docs/nodes.md):
         # metadata, as the protocol's Job has no field for it.
-        await context.send_initial_metadata(
-            ((HANDOVER_METADATA, str(assignment.record.requeues)),))
+        try:
+            await context.send_initial_metadata(
+                ((HANDOVER_METADATA, str(assignment.record.requeues)),))
+        except asyncio.CancelledError:
+            # The node left while the metadata went out, and gRPC does not always end such
+            # a call as cancelled: the job comes back here (docs/job-rules.md, rule 12). A
+            # second give-back from the callback above finds it queued and does nothing.
+            manager.give_back(assignment)
+            raise
         response = pb.AssignNextJobResponse(
             job_id=assignment.record.job_id,
             upload_target=convert.upload_target(assignment.upload),

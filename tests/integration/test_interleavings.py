@@ -53,6 +53,9 @@ slot). Only the server can tell these from assignments it abandoned mid-write, s
 wraps the execution servicer's AssignNextJob, unchanged, to note the answers it completed;
 everything else is judged from outside. A run prints how many answers were lost so.
 
+tests/integration/test_interleavings_together.py runs this driver and these rules with
+requeues, heartbeats, named nodes and replicas on (World's knobs after its record).
+
 Seeds: ``DEFAULT_SEEDS`` per mode; ``INTERLEAVING_SEEDS=N`` runs seeds 1..N instead, and
 ``-k "aws-3"`` one of them. With ``-s`` each seed prints one summary line; a failure names the
 seed, the number of calls, each kind of broken rule with the calls that led to its first
@@ -84,7 +87,14 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from scheduler.execution_service import ExecutionService
 from tests.conftest import Running, scheduler_in
-from tests.helpers import UPLOAD_HEADERS, TokenDatabase, gzip_result, program, submit_request
+from tests.helpers import (
+    UPLOAD_HEADERS,
+    Clients,
+    TokenDatabase,
+    gzip_result,
+    program,
+    submit_request,
+)
 
 DEFAULT_SEEDS = (1, 2, 3, 4)
 USER_STEPS = 10  # steps each user actor takes per seed
@@ -103,6 +113,7 @@ SETTLE_S = 0.3  # lets shielded server work of cut-short calls finish before the
 BACKEND = "emulator"
 IDEMPOTENCY = "x-mqc3-idempotency-key"
 WAIT = "x-mqc3-wait-ms"
+HANDOVER = "x-mqc3-handover"  # which hand-over AssignNextJob made, once the server names it
 EXECUTION_METHODS = {"AssignNextJob", "ReportExecutionResult", "RefreshUploadUrl"}
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
@@ -143,6 +154,8 @@ class Call:
     code: str = ""  # the in-band error code; "" when accepted
     description: str = ""
     answer: str = ""  # what an accepted answer said, in short
+    headers: tuple[tuple[str, str], ...] = ()  # an answer's initial metadata (AssignNextJob)
+    retried: str = ""  # the first attempt's failure, when retried as the SDK does
 
     @property
     def cut_short(self) -> bool:
@@ -163,6 +176,8 @@ class Call:
             outcome = f"{self.code}: {self.description}"
         else:
             outcome = f"OK {self.answer}".rstrip()
+        if self.retried:
+            outcome = f"{self.retried}, retried: {outcome}"
         took = self.ended_ms - self.started_ms
         return (f"#{self.n} +{self.started_ms:.0f}ms {self.actor} {self.method} {about} "
                 f"(deadline {self.deadline_ms:g} ms) -> {outcome} [{took:.1f} ms]")
@@ -207,11 +222,17 @@ def _status_name(status: int) -> str:
 
 # --- the world: the service, the users, the nodes and what they know ------------------------
 class World:
-    """Calls the service on behalf of users and nodes and records every call and answer."""
+    """Calls the service on behalf of users and nodes and records every call and answer.
 
-    def __init__(self, service: Service, seed: int, users: list[User]) -> None:
-        self.clients = service.running.clients
-        self.sent = service.sent  # job id -> tag of each assignment the server did answer
+    ``sent``: job id -> tag of each assignment the server did answer (empty when the server
+    runs in other processes). The attributes after the record are the knobs and facts of
+    tests/integration/test_interleavings_together.py; their defaults are this module's run.
+    """
+
+    def __init__(self, clients: Clients, sent: dict[str, str], seed: int,
+                 users: list[User]) -> None:
+        self.clients = clients
+        self.sent = sent
         self.seed = seed
         self.users = users
         self.calls: list[Call] = []
@@ -228,6 +249,13 @@ class World:
         self.held: list[Held] = []
         self.final: dict[str, str] = {}  # job id -> status after the drain
         self.took_ms: defaultdict[str, list[float]] = defaultdict(list)  # patient calls
+        self.handovers: defaultdict[str, list[str]] = defaultdict(list)  # x-mqc3-handover
+        self.user_steps = USER_STEPS
+        self.patient_s = PATIENT_S  # how long a patient call waits (longer across failovers)
+        self.sdk_retries = False  # retry UNAVAILABLE and DEADLINE_EXCEEDED once, as the SDK
+        self.job_timeout_s = 60  # each submission's settings.timeout
+        self.requeues: dict[str, int] = {}  # job id -> times queued again (the store's word)
+        self.timeouts_expected = False  # nodes that forget jobs: TIMEOUT is an end like others
 
     def cut_s(self, kind: str, rng: random.Random) -> float:
         """A deadline that cuts a ``kind`` call short, most likely inside its store write."""
@@ -258,26 +286,49 @@ class World:
                   metadata: tuple[tuple[str, str], ...] = (), job_id: str = "", tag: str = "",
                   key: str = "") -> tuple[Call, Any]:
         """Make one call, record it and its answer; (call, response or None)."""
-        stub = self.clients.execution if method in EXECUTION_METHODS else self.clients.submission
+        if deadline_s >= PATIENT_S:
+            deadline_s = max(deadline_s, self.patient_s)
         call = Call(next(self._numbers), actor, method, deadline_s * 1000, self._now_ms(),
                     job_id=job_id, tag=tag, key=key)
         self.calls.append(call)
         response = None
-        try:
-            response = await getattr(stub, method)(request, timeout=deadline_s,
-                                                    metadata=metadata or None)
-        except grpc.aio.AioRpcError as exc:
-            call.transport = exc.code().name
-        else:
-            call.code, call.description = response.error.code, response.error.description
+        for attempt in (1, 2):
+            try:
+                pending = getattr(self.stub(method), method)(request, timeout=deadline_s,
+                                                             metadata=metadata or None)
+                response = await pending
+                if method == "AssignNextJob":
+                    call.headers = tuple(await pending.initial_metadata() or ())
+            except grpc.aio.AioRpcError as exc:
+                call.transport = exc.code().name
+                if attempt == 1 and self._retried(call):
+                    call.retried, call.transport = call.transport, ""
+                    continue
+            else:
+                call.code, call.description = response.error.code, response.error.description
+            break
         call.ended_ms = self._now_ms()
         return call, response
+
+    def excused(self, call: Call) -> bool:
+        """Whether a call may end with no answer for a reason of the run (none here)."""
+        return False
+
+    def stub(self, method: str) -> Any:
+        return self.clients.execution if method in EXECUTION_METHODS else self.clients.submission
+
+    def _retried(self, call: Call) -> bool:
+        """Whether the SDK would try a failed call once more, at once (with the same
+        deadline: a call cut short on purpose is not retried after its deadline)."""
+        return self.sdk_retries and (call.transport == "UNAVAILABLE" or (
+            call.transport == "DEADLINE_EXCEEDED" and not call.cut_short))
 
     # --- users ------------------------------------------------------------------------
     async def submit(self, user: User, tag: str, deadline_s: float) -> tuple[Call, str]:
         key = self.key_of_tag.get(tag, "")
         call, response = await self.rpc(
-            user.name, "SubmitJob", submit_request(user.token, BACKEND, payload=tag.encode()),
+            user.name, "SubmitJob",
+            submit_request(user.token, BACKEND, payload=tag.encode(), timeout_s=self.job_timeout_s),
             deadline_s, ((IDEMPOTENCY, key),) if key else (), tag=tag, key=key)
         if not call.ok:
             return call, ""
@@ -317,7 +368,7 @@ class World:
                      wait_ms: int = 0) -> tuple[Call, Held | None]:
         call, response = await self.rpc(
             node, "AssignNextJob", execution_pb2.AssignNextJobRequest(backend=BACKEND),
-            deadline_s, ((WAIT, str(wait_ms)),) if wait_ms else ())
+            deadline_s, (*self.node_metadata(node), *(((WAIT, str(wait_ms)),) if wait_ms else ())))
         if not call.ok or not response.job_id:
             return call, None
         if not wait_ms:  # a long poll's time says nothing of the store
@@ -325,6 +376,7 @@ class World:
         job_id, tag = response.job_id, response.job.program.circuit.decode(errors="replace")
         call.job_id, call.tag, call.answer = job_id, tag, "a job"
         self.received[job_id].append(node)
+        self.handovers[job_id].append(dict(call.headers).get(HANDOVER, ""))
         self.programs[job_id].append(response.job.program.SerializeToString())
         self.tag_of_job.setdefault(job_id, tag)
         owner = self.owner_of_tag.get(tag)
@@ -333,6 +385,10 @@ class World:
         held = Held(job_id, response.upload_target.upload_url)
         self.held.append(held)
         return call, held
+
+    def node_metadata(self, node: str) -> tuple[tuple[str, str], ...]:
+        """What a node sends with each call besides the request (nothing: anonymous)."""
+        return ()
 
     async def finish(self, node: str, held: Held, rng: random.Random) -> None:
         """Upload a result and report SUCCESS, or report FAILURE; now and then twice."""
@@ -457,7 +513,7 @@ async def user_actor(world: World, user: User) -> Counter[str]:
     schedule = random.Random(f"{world.seed}/{user.name}")
     steps, weights = zip(*STEPS, strict=True)
     taken: Counter[str] = Counter()
-    for _ in range(USER_STEPS):
+    for _ in range(world.user_steps):
         step = schedule.choices(steps, weights)[0]
         # Each step draws from its own generator: what the step found (a job to cancel or
         # not) changes its draws, but never the steps that follow.
@@ -588,23 +644,37 @@ def _answered(world: World) -> Iterator[Violation]:
             hint = f" ({D1B})" if broken_at else ""
             yield Violation("answered", f"answered INTERNAL{hint}: {call.line()}",
                             frozenset({call.job_id, call.tag} - {""}), call.n)
-        elif call.transport and not (call.cut_short and call.transport == "DEADLINE_EXCEEDED"):
+        elif call.transport and not (call.cut_short and call.transport == "DEADLINE_EXCEEDED") \
+                and not world.excused(call):
             hint = f" ({D2})" if call.method == "SubmitJob" and call.key else ""
             yield Violation("answered", f"a patient call got no answer{hint}: {call.line()}",
                             frozenset({call.job_id, call.tag} - {""}), call.n)
 
 
 def _one_node(world: World) -> Iterator[Violation]:
+    """Each hand-over reaches one node: a job reaches a further node only after it was
+    queued again (as many times as the store's record counts), and no hand-over number
+    the server named reaches two nodes."""
     for job_id, nodes in world.received.items():
-        if len(nodes) > 1:
-            yield Violation("one-node", f"job {job_id} was handed to {len(nodes)} nodes: {nodes}",
+        requeues = world.requeues.get(job_id, 0)
+        numbers = [number for number in world.handovers[job_id] if number]
+        again = f" but was queued again only {requeues} times" if requeues else ""
+        if len(nodes) > 1 + requeues:
+            yield Violation("one-node", f"job {job_id} was handed to {len(nodes)} nodes"
+                            f"{again}: {nodes}", frozenset({job_id}))
+        elif len(set(numbers)) < len(numbers):
+            yield Violation("one-node", f"job {job_id} was handed to {nodes} under hand-over "
+                            f"numbers {numbers}: one hand-over reached two nodes",
                             frozenset({job_id}))
 
 
 def _one_job_per_key(world: World) -> Iterator[Violation]:
+    # The SDK retries a submission whose answer it lost, and without a key the retry is a
+    # new submission (the SDK sends no key of its own): only a key makes it one.
+    retried = {c.tag for c in world.calls if c.method == "SubmitJob" and c.retried}
     for tag in world.owner_of_tag:
         jobs = world.given[tag] | {j for j in world.received if world.tag_of_job.get(j) == tag}
-        if len(jobs) > 1:
+        if len(jobs) > 1 and not (tag in retried and tag not in world.key_of_tag):
             key = world.key_of_tag.get(tag, "")
             what = f"key {key} of {world.owner_of_tag[tag].name}" if key else f"submission {tag}"
             yield Violation(
@@ -627,6 +697,7 @@ def _verbatim(world: World) -> Iterator[Violation]:
 def _settled(world: World) -> Iterator[Violation]:
     for job_id, status in sorted(world.final.items()):
         nodes = world.received.get(job_id, [])
+        requeued = world.requeues.get(job_id, 0) > 0  # a later node may have run it
         problem = ""
         if status == "RUNNING" and world.lost_in_transit(job_id):
             continue  # its answer was sent, then lost: only the watchdog can end it
@@ -634,11 +705,13 @@ def _settled(world: World) -> Iterator[Violation]:
             problem = f"is RUNNING but no node ever received it ({D4})"
         elif status in ("QUEUED", "RUNNING") or status not in FINAL:
             problem = f"is still {status} after the drain (received by {nodes or 'no node'})"
-        elif status == "TIMEOUT":
+        elif status == "TIMEOUT" and not world.timeouts_expected:
             problem = f"ended TIMEOUT (received by {nodes or 'no node'})"
-        elif status in ("COMPLETED", "FAILED") and len(nodes) != 1:
+        elif status in ("COMPLETED", "FAILED") and not nodes:
+            problem = f"ended {status} but no node received it"
+        elif status in ("COMPLETED", "FAILED") and len(nodes) > 1 and not requeued:
             problem = f"ended {status} but was received by {len(nodes)} nodes"
-        elif status == "CANCELLED" and nodes:
+        elif status == "CANCELLED" and nodes and not requeued:
             problem = f"ended CANCELLED although node(s) {nodes} received it"
         if problem:
             yield Violation("settled", f"job {job_id} {problem}", frozenset({job_id}),
@@ -670,7 +743,8 @@ def _cancel_truth(world: World) -> Iterator[Violation]:
             problem = ""  # the service's own load limit; says nothing about the job
         elif call.code != "FAILED_PRECONDITION" or claimed is None:
             problem = f"refused a user's own job with {call.code}; it ended {final}"
-        elif claimed[1] == "RUNNING" and final == "CANCELLED":
+        elif claimed[1] == "RUNNING" and final == "CANCELLED" \
+                and not (received and world.requeues.get(call.job_id)):  # RUNNING, then lost
             problem = f"said RUNNING, but no node ever got the job and it ended CANCELLED ({D3})"
         elif claimed[1] == "RUNNING" and not received and call.job_id not in world.sent:
             problem = f"said RUNNING, but no node ever received the job ({D4})"
@@ -783,7 +857,7 @@ async def service(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
 @pytest.mark.parametrize("seed", _seeds())
 async def test_interleavings_keep_the_jobs_rules(mode: str, seed: int, service: Service) -> None:
     started = time.monotonic()
-    world = World(service, seed, _users(service.running))
+    world = World(service.running.clients, service.sent, seed, _users(service.running))
     steps = await act(world)
     await settle_and_drain(world)
     await check_quotas(world)

@@ -275,10 +275,13 @@ def scrape(metrics_port: int) -> dict[str, float]:
 
 
 class Replicas:
-    """``count`` replicas of one deployment, each on its own ports, restarted on them."""
+    """``count`` replicas of one deployment, each on its own ports, restarted on them
+    (with ``env`` besides REPLICA_ENV)."""
 
-    def __init__(self, deployment: Deployment, count: int) -> None:
+    def __init__(self, deployment: Deployment, count: int,
+                 env: dict[str, str] | None = None) -> None:
         self._deployment = deployment
+        self._env = {**REPLICA_ENV, **(env or {})}
         ports = free_ports(3 * count)
         self.ports = [Ports(ports[3 * i], ports[3 * i + 1], 0, 0, ports[3 * i + 2])
                       for i in range(count)]
@@ -288,7 +291,7 @@ class Replicas:
     def launch(self, slot: int) -> ScriptProcess:
         """Start replica ``slot`` on its ports, without waiting for it."""
         self._starts[slot] += 1
-        process = self._deployment.launch(f"replica{slot}-{self._starts[slot]}", REPLICA_ENV,
+        process = self._deployment.launch(f"replica{slot}-{self._starts[slot]}", self._env,
                                           self.ports[slot])
         self.processes[slot] = process
         return process
@@ -351,10 +354,11 @@ class Replicas:
 
 
 @contextlib.asynccontextmanager
-async def replicas_behind_proxies(deployment: Deployment,
-                                  count: int) -> AsyncIterator[tuple[Replicas, Proxy, Proxy]]:
+async def replicas_behind_proxies(deployment: Deployment, count: int,
+                                  env: dict[str, str] | None = None,
+                                  ) -> AsyncIterator[tuple[Replicas, Proxy, Proxy]]:
     """``count`` replicas (not yet started) and a proxy for each of their two ports."""
-    replicas = Replicas(deployment, count)
+    replicas = Replicas(deployment, count, env)
     async with Proxy([p.submission for p in replicas.ports]) as submission, \
             Proxy([p.execution for p in replicas.ports]) as execution:
         yield replicas, submission, execution

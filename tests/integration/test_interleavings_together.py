@@ -1,0 +1,634 @@
+"""The interleavings of tests/integration/test_interleavings.py with a job's later life on.
+
+The same users, steps, record and rules as that module (its driver is reused, not copied),
+with what the base run leaves off (issue 27): requeues on (``SCHEDULER_MAX_REQUEUES`` 1 and
+2) with a short job timeout and grace, heartbeats with a short timeout, and nodes of every
+kind. Named nodes send ``x-mqc3-node-id``, anonymous ones send none; every node echoes the
+hand-over its assignment named (``x-mqc3-handover``, when the server names one) and, in its
+report, when it started the run (compile and execution start: the time it received the job).
+Each job a node receives is handled one way, drawn per receipt:
+
+- prompt: upload, report SUCCESS (or FAILURE), now and then twice;
+- beat, then prompt; or beat a few times, then go quiet (lost to the heartbeat timeout);
+- forget: never report (lost to the job's timeout);
+- late: go quiet past the job's timeout and grace, then renew the URL, upload through the
+  old URL and report, once or twice;
+- infrastructure failure: report FAILURE with ``error.code`` UNAVAILABLE (queued again),
+  sometimes twice at once, and later upload and report SUCCESS through the old hand-over.
+
+Every result a node uploads names the node and its receipt of the job, so the downloaded
+result and the final status can be traced to the hand-over that made them. In AWS mode two
+replicas run as processes on moto behind one address (the TCP proxies of
+tests/integration/test_replicas.py); in the middle of a seed the leader is killed (SIGKILL,
+then started again), or in the other variant deposed while it sleeps (SIGSTOP past its lease
+until the other replica leads, then SIGCONT). Users and nodes call as the SDK does: a patient
+call waits long enough for a failover and is tried once more after UNAVAILABLE.
+
+After the drain (nodes take and finish every job until every job is final and every late
+node is done) the base rules are checked, with the store's count of each job's requeues,
+and these:
+
+- [settled] every accepted job is final (TIMEOUT too: nodes forget jobs on purpose);
+- [one-node] a job reaches a further node only after it was queued again;
+- [stale-hand-over] a report or upload of a hand-over that was superseded never becomes the
+  job's outcome or result: a COMPLETED job's result is the one its last receipt uploaded,
+  a COMPLETED or FAILED job's last receipt reported that outcome, no superseded receipt's
+  outcome report was accepted before the job was handed over again, and a receipt whose
+  node reported promptly (within the job's timeout, with no failover meanwhile) was not
+  refused (a stale call took the job from it).
+
+Run length: by default one seed per variant (two per mode), for CI. ``INTERLEAVING_SECONDS``
+runs seeds one after another for that many seconds per mode (half for each variant), e.g.
+``INTERLEAVING_SECONDS=600`` for ten minutes. ``-s`` prints one line per seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
+from job_manager.stores.job_store import JobStore
+from job_manager.stores.sqlite_job_store import SqliteJobStore
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2
+from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
+from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
+from scheduler.execution_service import ExecutionService
+from tests.conftest import scheduler_in
+from tests.helpers import UPLOAD_HEADERS, Clients, TokenDatabase, aws_client, gzip_result
+from tests.integration import test_interleavings as base
+from tests.integration.processes import Deployment, aws_deployment
+from tests.integration.test_replicas import Replicas, replicas_behind_proxies
+
+JOB_TIMEOUT_S = 2  # every job's settings.timeout: a forgotten job is lost soon
+REPORT_GRACE_S = 0.5
+HEARTBEAT_TIMEOUT_S = 0.8
+# A failover: the lease's lapse (2 s, tests/integration/processes.py) and a recovery.
+PATIENT_ACROSS_FAILOVER_S = 12.0
+NODES = (("lab-1", True), ("lab-2", True), ("anon-1", False), ("anon-2", False))
+NODE_ID = "x-mqc3-node-id"
+UNAVAILABLE = "UNAVAILABLE"  # a node's error.code for its backend's failure: queued again
+# How a node handles a job it received, with weights (see the module's docstring).
+BEHAVIOURS = (("prompt", 40), ("beat-then-prompt", 10), ("beat-then-quiet", 10),
+              ("forget", 10), ("late", 15), ("unavailable", 15))
+# More steps than the base run: its users are done within a second, and nodes that come
+# back late should meet jobs still being handed over.
+USER_STEPS = 30
+DRAIN_BOUND_S = 60.0  # every job is final well before: three hand-overs' timeouts and more
+# (variant, SCHEDULER_MAX_REQUEUES): standalone runs in this process; AWS runs two replica
+# processes, disturbed once per seed.
+VARIANTS = {"standalone": (("requeues-1", 1), ("requeues-2", 2)),
+            "aws": (("kill", 1), ("deposal", 2))}
+
+
+def _env(max_requeues: int) -> dict[str, str]:
+    return {**base.ENV, "SCHEDULER_MAX_REQUEUES": str(max_requeues),
+            "SCHEDULER_REPORT_GRACE_S": str(REPORT_GRACE_S),
+            "SCHEDULER_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)}
+
+
+def _run_s() -> float:
+    """Seconds each variant runs for; 0: one seed (the default, for CI)."""
+    return float(os.environ.get("INTERLEAVING_SECONDS", "0")) / 2
+
+
+# --- the world, with nodes of every kind -----------------------------------------------------
+@dataclass(frozen=True)
+class Receipt(base.Held):
+    """A job as one node received it: one hand-over seen from outside."""
+
+    node: str
+    number: int  # this job's n-th receipt (0 first): names the result the node uploads
+    handover: str  # x-mqc3-handover as the server named it; "" when it named none
+    received_ms: float  # on the record's clock
+    started: Timestamp  # when the node began the run, as its report says
+
+    @property
+    def result(self) -> bytes:
+        return f"{self.node}#{self.job_id}#{self.number}".encode()
+
+
+@dataclass
+class Report:
+    """A report a node sent for one of its receipts."""
+
+    receipt: Receipt
+    outcome: str  # SUCCESS or FAILURE
+    code: str  # the error.code the node sent (UNAVAILABLE: its backend's failure)
+    prompt: bool  # sent as soon as the node was done, not held back
+    call: base.Call
+
+
+@dataclass
+class Disturbance:
+    """A failover window on the record's clock: calls inside it may legitimately lose."""
+
+    what: str
+    started_ms: float
+    ended_ms: float = float("inf")
+
+
+class Together(base.World):
+    """The base world with named and anonymous nodes that beat, forget, come back late and
+    fail for their backend's reasons, and a record of every receipt and report."""
+
+    def __init__(self, clients: Clients, nodes: nodes_pb2_grpc.NodeServiceStub,
+                 sent: dict[str, str], seed: int, users: list[base.User]) -> None:
+        super().__init__(clients, sent, seed, users)
+        self.nodes = nodes
+        self.named = {name for name, named in NODES if named}
+        self.receipts: dict[str, list[Receipt]] = {}
+        self.reports: list[Report] = []
+        self.results: dict[str, bytes | str] = {}  # job id -> downloaded result, or why not
+        self.disturbances: list[Disturbance] = []
+        self.later: set[asyncio.Task[None]] = set()  # late nodes still to come back
+        self.behaviours: Counter[str] = Counter()
+        self.job_timeout_s = JOB_TIMEOUT_S
+        self.user_steps = USER_STEPS
+        self.timeouts_expected = True
+
+    def stub(self, method: str) -> Any:
+        return self.nodes if method == "Heartbeat" else super().stub(method)
+
+    def node_metadata(self, node: str) -> tuple[tuple[str, str], ...]:
+        return ((NODE_ID, node),) if node in self.named else ()
+
+    def _held_metadata(self, receipt: Receipt) -> tuple[tuple[str, str], ...]:
+        handover = ((base.HANDOVER, receipt.handover),) if receipt.handover else ()
+        return (*self.node_metadata(receipt.node), *handover)
+
+    async def assign(self, node: str, deadline_s: float,
+                     wait_ms: int = 0) -> tuple[base.Call, base.Held | None]:
+        call, held = await super().assign(node, deadline_s, wait_ms)
+        if held is None:
+            return call, None
+        started = Timestamp()
+        started.GetCurrentTime()
+        earlier = self.receipts.setdefault(held.job_id, [])
+        receipt = Receipt(held.job_id, held.upload_url, node, len(earlier),
+                          dict(call.headers).get(base.HANDOVER, ""), self._now_ms(), started)
+        earlier.append(receipt)
+        self.held[next(i for i, h in enumerate(self.held) if h is held)] = receipt
+        return call, receipt
+
+    def lost_in_transit(self, job_id: str) -> bool:
+        """Sent and never received, and not yet final: a job that came back and ended
+        holds no slot."""
+        return super().lost_in_transit(job_id) and self.final.get(job_id) not in base.FINAL
+
+    # --- what a node does with a job ---------------------------------------------------
+    async def finish(self, node: str, held: base.Held, rng: random.Random) -> None:
+        """A prompt finish by the node that received the job (the drain's way)."""
+        assert isinstance(held, Receipt)
+        await self._prompt(held, rng)
+
+    async def handle(self, receipt: Receipt, rng: random.Random) -> None:
+        names, weights = zip(*BEHAVIOURS, strict=True)
+        behaviour = rng.choices(names, weights)[0]
+        self.behaviours[behaviour] += 1
+        if behaviour == "prompt":
+            await self._prompt(receipt, rng)
+        elif behaviour == "beat-then-prompt":
+            await self._beat(receipt, 1)
+            await self._prompt(receipt, rng)
+        elif behaviour == "beat-then-quiet":
+            await self._beat(receipt, rng.randint(1, 3))
+            self._come_back(receipt, rng)
+        elif behaviour == "late":
+            self._come_back(receipt, rng)
+        elif behaviour == "unavailable":
+            await self._fail_for_the_backend(receipt, rng)
+            if rng.random() < 0.5:
+                self._come_back(receipt, rng)
+        # "forget": never heard of again
+
+    async def _prompt(self, receipt: Receipt, rng: random.Random) -> None:
+        success = rng.random() < 0.75 and await self._put_result(receipt, receipt.upload_url)
+        for _ in range(2 if rng.random() < 0.15 else 1):  # a retry of the same report
+            await self._report(receipt, "SUCCESS" if success else "FAILURE", "", prompt=True)
+
+    async def _fail_for_the_backend(self, receipt: Receipt, rng: random.Random) -> None:
+        """Its backend failed it; now and then the node's retry races the first report."""
+        reports = 2 if rng.random() < 0.3 else 1
+        await asyncio.gather(*(self._report(receipt, "FAILURE", UNAVAILABLE, prompt=True)
+                               for _ in range(reports)))
+
+    def _come_back(self, receipt: Receipt, rng: random.Random) -> None:
+        """The node went quiet; it comes back after its job was lost (and often handed to
+        another node), renews its URL, uploads through the old one and reports."""
+        lost_after_s = JOB_TIMEOUT_S + REPORT_GRACE_S
+        delay_s = rng.uniform(lost_after_s + 0.1, 2.5 * lost_after_s)
+        reports = rng.choice((1, 1, 2))
+        outcome = rng.choice(("SUCCESS", "SUCCESS", "FAILURE"))
+
+        async def back() -> None:
+            await asyncio.sleep(delay_s)
+            if rng.random() < 0.5:
+                await self._refresh(receipt)
+            uploaded = await self._put_result(receipt, receipt.upload_url)
+            for _ in range(reports):
+                await self._report(receipt, outcome if uploaded else "FAILURE", "",
+                                   prompt=False)
+
+        task = asyncio.create_task(back())
+        self.later.add(task)
+        task.add_done_callback(self.later.discard)
+
+    async def _beat(self, receipt: Receipt, beats: int) -> None:
+        for _ in range(beats):
+            await self.rpc(receipt.node, "Heartbeat", nodes_pb2.HeartbeatRequest(
+                job_id=receipt.job_id), base.PATIENT_S, self._held_metadata(receipt),
+                job_id=receipt.job_id)
+            await asyncio.sleep(HEARTBEAT_TIMEOUT_S / 3)
+
+    async def _refresh(self, receipt: Receipt) -> None:
+        await self.rpc(receipt.node, "RefreshUploadUrl", execution_pb2.RefreshUploadUrlRequest(
+            job_id=receipt.job_id), base.PATIENT_S, self._held_metadata(receipt),
+            job_id=receipt.job_id)
+
+    async def _report(self, receipt: Receipt, outcome: str, code: str, prompt: bool) -> None:
+        request = execution_pb2.ReportExecutionResultRequest(
+            job_id=receipt.job_id, status=execution_pb2.ExecutionStatus.Value(
+                f"EXECUTION_STATUS_{outcome}"))
+        if code:
+            request.error.code, request.error.description = code, "the backend went away"
+        request.timestamps.compile_started_at.CopyFrom(receipt.started)
+        request.timestamps.execution_started_at.CopyFrom(receipt.started)
+        call, _ = await self.rpc(receipt.node, "ReportExecutionResult", request, base.PATIENT_S,
+                                 self._held_metadata(receipt), job_id=receipt.job_id)
+        call.answer = f"{outcome}{f' {code}' if code else ''} of receipt {receipt.number}"
+        self.reports.append(Report(receipt, outcome, code, prompt, call))
+
+    async def _put_result(self, receipt: Receipt, url: str) -> bool:
+        call = base.Call(next(self._numbers), receipt.node, "PUT result",
+                         self.patient_s * 1000, self._now_ms(), job_id=receipt.job_id,
+                         answer=f"receipt {receipt.number}")
+        self.calls.append(call)
+        try:
+            answer = await asyncio.to_thread(
+                requests.put, url, data=gzip_result(receipt.result), headers=UPLOAD_HEADERS,
+                timeout=self.patient_s)
+            if answer.status_code >= 500:
+                call.transport = f"HTTP {answer.status_code}"
+            elif answer.status_code != 200:  # a stale hand-over's upload refused: an answer
+                call.code = f"HTTP {answer.status_code}"
+        except requests.RequestException as exc:
+            call.transport = type(exc).__name__
+        call.ended_ms = self._now_ms()
+        return call.ok
+
+    def excused(self, call: base.Call) -> bool:
+        """Among replicas, a call cut short on purpose may end UNAVAILABLE: its connection
+        was broken by a kill (the SDK's one retry goes out at once on the same connection,
+        as tests/integration/test_replicas.py notes), or its short deadline ended while it
+        waited for a leader (answered UNAVAILABLE: retry). A patient call has no excuse."""
+        return self.sdk_retries and call.cut_short and call.transport == "UNAVAILABLE"
+
+    def disturbed(self, started_ms: float, ended_ms: float) -> bool:
+        return any(d.started_ms <= ended_ms and started_ms <= d.ended_ms
+                   for d in self.disturbances)
+
+
+# --- the actors --------------------------------------------------------------------------------
+async def node_actor(world: Together, node: str, users_done: asyncio.Event) -> None:
+    """Takes jobs as the base nodes do, and handles each as drawn; also the jobs users'
+    own cut-short assigns received (as the node that received them)."""
+    schedule = random.Random(f"{world.seed}/{node}")
+    failures = 0
+    while not users_done.is_set() and failures < base.NODE_GIVES_UP_AFTER:
+        rng = random.Random(schedule.getrandbits(64))
+        if rng.random() < 0.25:
+            await asyncio.sleep(rng.uniform(0.02, 0.1))
+        if rng.random() < 0.15:
+            call, _ = await world.assign(node, world.cut_s("AssignNextJob", rng))
+        else:
+            call, _ = await world.assign(node, base.PATIENT_S, rng.choice((0, 50, 150)))
+        failures = failures + 1 if call.code == "INTERNAL" else 0
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        while world.held and rng.random() < 0.6:
+            held = world.held.pop(0)
+            assert isinstance(held, Receipt)
+            await world.handle(held, rng)
+    while world.held:
+        held = world.held.pop(0)
+        assert isinstance(held, Receipt)
+        await world.handle(held, schedule)
+
+
+Disturb = Callable[[Together], Coroutine[Any, Any, None]]
+
+
+async def act(world: Together, disturb: Disturb | None) -> Counter[str]:
+    users_done = asyncio.Event()
+    nodes = [asyncio.create_task(node_actor(world, node, users_done)) for node, _ in NODES]
+    chaos = asyncio.create_task(disturb(world)) if disturb else None
+    try:
+        taken = await asyncio.gather(*(base.user_actor(world, user) for user in world.users))
+    finally:
+        users_done.set()
+        await asyncio.gather(*nodes)
+        if chaos is not None:
+            await chaos
+    return sum(taken, Counter())
+
+
+async def drain_until_final(world: Together) -> None:
+    """Take and finish every job until the late nodes are back and every job is final."""
+    await asyncio.sleep(base.SETTLE_S)
+    rng = random.Random(f"{world.seed}/drain")
+    bound = time.monotonic() + DRAIN_BOUND_S
+    while time.monotonic() < bound:
+        call, held = await world.assign("drain", base.PATIENT_S, 200)
+        if held is not None:
+            world.held.remove(held)
+            await world.finish("drain", held, rng)
+        elif call.ok and not world.later and await _all_final(world):
+            break
+        else:
+            await asyncio.sleep(0.2)
+    await base.collect_final(world)
+
+
+async def _all_final(world: Together) -> bool:
+    """Whether every known job is final; polls only those not seen final yet."""
+    admin = next(u for u in world.users if u.role == "admin")
+    for job_id in sorted(set(world.owner_of_job) | set(world.received) | set(world.sent)):
+        if world.final.get(job_id) not in base.FINAL:
+            call = await world.poll(world.owner_of_job.get(job_id) or admin, job_id)
+            world.final[job_id] = call.answer if call.ok else "unknown"
+    return all(status in base.FINAL for status in world.final.values())
+
+
+async def read_requeues(world: Together, store: JobStore) -> None:
+    """Each job's count of requeues, as the store's record has it."""
+    for job_id in world.final:
+        record = await store.get(job_id)
+        world.requeues[job_id] = record.requeues if record is not None else 0
+
+
+async def download_results(world: Together) -> None:
+    """Each COMPLETED job's result as its owner downloads it (the SDK's way)."""
+    for job_id, status in world.final.items():
+        owner = world.owner_of_job.get(job_id)
+        if status != "COMPLETED" or owner is None:
+            continue
+        call, response = await world.rpc(owner.name, "GetJobResult", pb.GetJobResultRequest(
+            token=owner.token, job_id=job_id), base.PATIENT_S, job_id=job_id)
+        if not call.ok:
+            world.results[job_id] = f"not fetched: {call.line()}"
+            continue
+        got = await asyncio.to_thread(requests.get, response.result.result_url,
+                                      headers={"Accept-Encoding": "gzip"}, timeout=10)
+        world.results[job_id] = _decompressed(got.content) if got.ok else \
+            f"HTTP {got.status_code}"
+
+
+# --- the rule of this module ---------------------------------------------------------------------
+def _stale_hand_over(world: Together) -> Iterator[base.Violation]:
+    for job_id, receipts in world.receipts.items():
+        final = world.final.get(job_id, "unknown")
+        reports = [r for r in world.reports if r.receipt.job_id == job_id]
+        yield from _outcome_is_the_last(world, job_id, final, receipts[-1], reports)
+        for report in reports:
+            yield from _report_kept(world, final, receipts, report)
+
+
+def _outcome_is_the_last(world: Together, job_id: str, final: str, last: Receipt,
+                         reports: list[Report]) -> Iterator[base.Violation]:
+    about = frozenset({job_id})
+    if final == "COMPLETED":
+        result = world.results.get(job_id, "not fetched")
+        if result != last.result:
+            shown = result if isinstance(result, str) else repr(result)
+            yield base.Violation("stale-hand-over", f"job {job_id} COMPLETED with result "
+                                 f"{shown}, not its last receipt's ({last.result!r})", about)
+    wanted = {"COMPLETED": "SUCCESS", "FAILED": "FAILURE"}.get(final)
+    if wanted and not any(r.receipt is last and r.outcome == wanted and r.call.ok
+                          for r in reports):
+        yield base.Violation("stale-hand-over", f"job {job_id} ended {final} but no report "
+                             f"of {wanted} by its last receipt ({last.node}, "
+                             f"#{last.number}) was accepted", about)
+
+
+def _report_kept(world: Together, final: str, receipts: list[Receipt],
+                 report: Report) -> Iterator[base.Violation]:
+    receipt, call = report.receipt, report.call
+    about = frozenset({receipt.job_id})
+    later = receipts[receipt.number + 1:]
+    settles = report.outcome == "SUCCESS" or report.code != UNAVAILABLE
+    if later and call.ok and settles and call.ended_ms < later[0].received_ms:
+        yield base.Violation("stale-hand-over", f"report #{call.n} of receipt "
+                             f"{receipt.number} was accepted, yet the job was handed to "
+                             f"{later[0].node} after it", about)
+    elif later and call.ok and settles and not _repeated_by(world, report, receipts[-1]):
+        yield base.Violation("stale-hand-over", f"report #{call.n} of superseded receipt "
+                             f"{receipt.number} was accepted (the job ended {final})", about)
+    deadline_ms = receipt.received_ms + JOB_TIMEOUT_S * 1000
+    if report.prompt and call.code == "FAILED_PRECONDITION" and call.ended_ms < deadline_ms \
+            and not world.disturbed(receipt.received_ms, call.ended_ms) \
+            and not _reported_before(world, report):
+        yield base.Violation("stale-hand-over", f"prompt report #{call.n} of receipt "
+                             f"{receipt.number} was refused within the job's timeout: "
+                             f"a stale call took the job from it", about)
+
+
+def _repeated_by(world: Together, stale: Report, last: Receipt) -> bool:
+    """The last receipt's node had got the same outcome accepted before the stale report
+    was sent: the stale one only repeated it (rule 6), it decided nothing."""
+    return any(r.receipt is last and r.outcome == stale.outcome and r.call.ok
+               and r.call.ended_ms <= stale.call.started_ms for r in world.reports)
+
+
+def _reported_before(world: Together, report: Report) -> bool:
+    """The same receipt's node had sent another report first (a retry meets the outcome
+    of its own first report, or of a failure of its backend: queued again)."""
+    return any(r.receipt is report.receipt and r.call.n < report.call.n
+               for r in world.reports)
+
+
+def broken_rules(world: Together) -> list[base.Violation]:
+    return [*base.broken_rules(world), *_stale_hand_over(world)]
+
+
+def summary(world: Together) -> str:
+    handed_again = sum(1 for receipts in world.receipts.values() if len(receipts) > 1)
+    requeued = sum(1 for count in world.requeues.values() if count)
+    return (f"{base.summary(world)}, {requeued} requeued, {handed_again} handed to a later "
+            f"node; nodes {dict(world.behaviours)}; "
+            f"disturbed {[d.what for d in world.disturbances]}")
+
+
+# --- the services under test --------------------------------------------------------------------
+@dataclass
+class Target:
+    """Where the users and nodes call, how the test reads the store, and what the
+    service's own side tells (standalone in this process: the answers it sent)."""
+
+    clients: Clients
+    nodes_channel: grpc.aio.Channel
+    store: JobStore
+    token: Callable[[str, str], str]
+    sent: dict[str, str] = field(default_factory=dict)
+    disturb: Disturb | None = None
+    patient_s: float = base.PATIENT_S
+    sdk_retries: bool = False
+
+
+@contextlib.asynccontextmanager
+async def standalone_target(tmp_path: Path, request: pytest.FixtureRequest,
+                            token_database: TokenDatabase, monkeypatch: pytest.MonkeyPatch,
+                            max_requeues: int) -> AsyncIterator[Target]:
+    sent: dict[str, str] = {}
+    monkeypatch.setattr(ExecutionService, "AssignNextJob",
+                        base._noting_sent_answers(ExecutionService.AssignNextJob, sent))
+    async with scheduler_in("standalone", tmp_path, request, token_database,
+                            env=_env(max_requeues)) as running:
+        assert running.data_dir is not None
+        store = SqliteJobStore(running.data_dir / "jobs.sqlite3")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.execution_port}")
+        try:
+            yield Target(running.clients, channel, store, running.token, sent)
+        finally:
+            await channel.close()
+            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def aws_target(tmp_path: Path, moto_endpoint: str, variant: str,
+                     max_requeues: int) -> AsyncIterator[Target]:
+    async with aws_deployment(tmp_path, moto_endpoint) as deployment, \
+            replicas_behind_proxies(deployment, 2, _env(max_requeues)) as (
+                replicas, submission, execution):
+        await asyncio.to_thread(replicas.start_all)
+        await asyncio.to_thread(replicas.wait_for_leader)
+        table = _table_name(deployment, moto_endpoint)
+        store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+        clients = Clients(_port(submission.address), _port(execution.address))
+        channel = grpc.aio.insecure_channel(execution.address)
+        disturb = _killing(replicas) if variant == "kill" else _deposing(replicas)
+        try:
+            yield Target(clients, channel, store, deployment.token, disturb=disturb,
+                         patient_s=PATIENT_ACROSS_FAILOVER_S, sdk_retries=True)
+        finally:
+            await clients.close()
+            await channel.close()
+            await store.close()
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _table_name(deployment: Deployment, endpoint: str) -> str:
+    key = deployment.aws_argv[deployment.aws_argv.index("--job_table_name_key") + 1]
+    return str(aws_client("ssm", endpoint).get_parameter(Name=key)["Parameter"]["Value"])
+
+
+def _killing(replicas: Replicas) -> Disturb:
+    """SIGKILL the leader in the middle of a seed; start it again once another leads."""
+    async def kill(world: Together) -> None:
+        await asyncio.sleep(random.Random(f"{world.seed}/kill").uniform(0.5, 2.0))
+        slot, epoch = await asyncio.to_thread(replicas.wait_for_leader)
+        window = Disturbance(f"killed replica {slot} at epoch {epoch}", world._now_ms())
+        world.disturbances.append(window)
+        replicas.signal(slot, signal.SIGKILL).process.wait(timeout=10)
+        await asyncio.to_thread(replicas.wait_for_leader, epoch)
+        replicas.launch(slot)
+        await asyncio.to_thread(replicas.wait_serving, slot)
+        window.ended_ms = world._now_ms()
+
+    return kill
+
+
+def _deposing(replicas: Replicas) -> Disturb:
+    """SIGSTOP the leader past its lease; SIGCONT it once the other replica leads."""
+    async def depose(world: Together) -> None:
+        await asyncio.sleep(random.Random(f"{world.seed}/depose").uniform(0.5, 2.0))
+        slot, epoch = await asyncio.to_thread(replicas.wait_for_leader)
+        window = Disturbance(f"stopped replica {slot} at epoch {epoch}", world._now_ms())
+        world.disturbances.append(window)
+        replicas.signal(slot, signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(replicas.wait_for_leader, epoch)
+        finally:
+            replicas.signal(slot, signal.SIGCONT)
+        await asyncio.sleep(1.0)  # its calls in flight are refused by the fence and routed
+        window.ended_ms = world._now_ms()
+
+    return depose
+
+
+# --- the test ---------------------------------------------------------------------------------
+def _cases() -> list[Any]:
+    return [pytest.param(mode, variant, requeues, id=f"{mode}-{variant}")
+            for mode, variants in VARIANTS.items() for variant, requeues in variants]
+
+
+@pytest.mark.timeout(max(240.0, _run_s() + 240.0))
+@pytest.mark.parametrize(("mode", "variant", "max_requeues"), _cases())
+async def test_interleavings_with_requeues_heartbeats_and_replicas_keep_every_promise(
+        mode: str, variant: str, max_requeues: int, tmp_path: Path,
+        request: pytest.FixtureRequest, token_database: TokenDatabase,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if mode == "standalone":
+        target = standalone_target(tmp_path, request, token_database, monkeypatch, max_requeues)
+    else:
+        target = aws_target(tmp_path, request.getfixturevalue("moto_endpoint"), variant,
+                            max_requeues)
+    failures: list[str] = []
+    async with target as found:
+        started = time.monotonic()
+        seed = 1
+        while True:
+            failure = await one_seed(found, seed, f"{mode}-{variant}")
+            if failure:
+                failures.append(failure)
+            seed += 1
+            if time.monotonic() - started >= _run_s():
+                break
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+async def one_seed(target: Target, seed: int, case: str) -> str:
+    """Run one seed against the target; its report when a rule broke, else ""."""
+    started = time.monotonic()
+    target.sent.clear()  # the answers the server sent are noted per seed
+    users = [base.User(name, role, target.token(name, role)) for name, role in base.USERS]
+    world = Together(target.clients, nodes_pb2_grpc.NodeServiceStub(target.nodes_channel),
+                     target.sent, seed, users)
+    world.patient_s, world.sdk_retries = target.patient_s, target.sdk_retries
+    steps = await act(world, target.disturb)
+    await drain_until_final(world)
+    await base.check_quotas(world)
+    await base.check_queue(world)
+    await drain_until_final(world)  # the queue check's job, and any the quota check made
+    await read_requeues(world, target.store)
+    await download_results(world)
+    violations = broken_rules(world) + world.violations
+    kinds = Counter(base._kind(v) for v in violations)
+    refused = Counter(c.code for c in world.calls if c.code)
+    print(f"\ninterleavings together seed {seed} ({case}): {summary(world)}; "
+          f"{time.monotonic() - started:.1f} s; steps {dict(steps)}; refused {dict(refused)}; "
+          f"broken {dict(kinds)}")
+    return base.report(world, case, violations) if violations else ""
+
+
+def _decompressed(body: bytes) -> bytes:
+    """A result body whether or not the HTTP client undid its gzip encoding."""
+    return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
