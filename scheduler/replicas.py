@@ -31,9 +31,16 @@ from job_manager.stores import Deposed, Fence
 from leadership.dynamodb_lease import LEASE_KEY
 from leadership.lease import Lease
 from scheduler.admission import LeaderWaitRoom
-from scheduler.forwarding import Forwarder, LeaderUnreachable, on_execution_port, was_forwarded
+from scheduler.forwarding import (
+    FORWARDED_KEY_PREFIX,
+    Forwarder,
+    LeaderUnreachable,
+    on_execution_port,
+    was_forwarded,
+)
 from scheduler.metrics import Metrics
 from scheduler.undelivered import UndeliveredHandOvers
+from scheduler.validation import IDEMPOTENCY_METADATA, KEY_GIVEN
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +279,14 @@ class Replicas:
             changed = self._changed
             if self._ready:
                 manager = self.manager
+                given = KEY_GIVEN.set(_key_given(metadata))
                 try:
                     return await run(manager)
                 except Deposed:
                     self._deposed(manager)
                     continue
+                finally:
+                    KEY_GIVEN.reset(given)
             # A leader still recovering waits for its own recovery, never calls itself.
             following = self._lease is not None and not self._lease.leading
             leader = self._lease.leader() if self._lease is not None and following else None
@@ -379,3 +389,11 @@ class Replicas:
             finally:
                 self._metrics.waiting_calls.dec()
         raise NoLeader(f"no leader could take the call within {time.monotonic() - since:.1f} s")
+
+
+def _key_given(metadata: list[tuple[str, str]] | None) -> str | None:
+    """The idempotency key this replica gave a SubmitJob it passed on, if it made one."""
+    if metadata is None:
+        return None
+    key = dict(metadata).get(IDEMPOTENCY_METADATA, "")
+    return key if key.startswith(FORWARDED_KEY_PREFIX) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from contextvars import ContextVar
 
 import grpc
 
@@ -65,9 +66,17 @@ def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
         )
 
 
+# The key a replica gave a SubmitJob it passed on to the leader (scheduler/forwarding.py):
+# should this replica then take the call itself (the leader died and it leads now), the
+# call goes on under that key, so the job the dead leader may have made is the one
+# answered, never a second (docs/replicas.md).
+KEY_GIVEN: ContextVar[str | None] = ContextVar("key_given", default=None)
+
+
 def idempotency_key(context: grpc.aio.ServicerContext) -> str:
-    """The submission's idempotency key from gRPC metadata, checked; "" when none was sent."""
-    key = metadata_value(context, IDEMPOTENCY_METADATA)
+    """The submission's idempotency key from gRPC metadata, checked; "" when none was sent
+    (or the key this replica gave it when it passed the call on)."""
+    key = metadata_value(context, IDEMPOTENCY_METADATA) or KEY_GIVEN.get()
     if key is None:
         return ""
     if not _IDEMPOTENCY_KEY.match(key):
