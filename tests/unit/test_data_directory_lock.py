@@ -46,3 +46,45 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
     after = DataDirectoryLock(tmp_path)
     after.acquire()
     after.release()
+
+
+def test_a_release_before_the_lock_is_taken_or_a_second_release_does_nothing(
+        tmp_path: Path) -> None:
+    never_taken = DataDirectoryLock(tmp_path)
+    never_taken.release()
+    lock = DataDirectoryLock(tmp_path)
+    lock.acquire()
+    lock.release()
+    lock.release()  # idempotent: a stop after a failed start releases again
+    DataDirectoryLock(tmp_path).acquire()
+
+
+@pytest.mark.parametrize(("content", "named"), [(b"", "pid unknown"),
+                                                (b"\xff\xfe7\n", "pid \ufffd\ufffd7")])
+def test_a_lock_file_emptied_or_garbled_still_gives_the_refusal(
+        tmp_path: Path, content: bytes, named: str) -> None:
+    # The pid is only a hint for the operator: whatever the file holds, the refusal is
+    # the clear one, never a decoding error.
+    first = DataDirectoryLock(tmp_path)
+    first.acquire()
+    (tmp_path / "scheduler.lock").write_bytes(content)
+    with pytest.raises(DataDirectoryLocked) as refused:
+        DataDirectoryLock(tmp_path).acquire()
+    assert f"({named})" in str(refused.value)
+    first.release()
+
+
+def test_a_program_the_scheduler_starts_does_not_inherit_the_lock(tmp_path: Path) -> None:
+    # A child that outlives the scheduler must not keep the data directory locked.
+    lock = DataDirectoryLock(tmp_path)
+    lock.acquire()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             close_fds=False)
+    try:
+        lock.release()
+        after = DataDirectoryLock(tmp_path)
+        after.acquire()
+        after.release()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
