@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common import private_files
 from leadership.lock import DataDirectoryLock, DataDirectoryLocked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,17 +75,20 @@ def test_a_lock_file_emptied_or_garbled_still_gives_the_refusal(
     first.release()
 
 
-def test_a_program_the_scheduler_starts_does_not_inherit_the_lock(tmp_path: Path) -> None:
-    # A child that outlives the scheduler must not keep the data directory locked.
-    lock = DataDirectoryLock(tmp_path)
-    lock.acquire()
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             close_fds=False)
-    try:
-        lock.release()
-        after = DataDirectoryLock(tmp_path)
-        after.acquire()
-        after.release()
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+def test_a_link_planted_between_the_check_and_the_open_is_not_written_through(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another account that swaps the checked file for a link in that instant must not get
+    # the pid written into a file of its choosing (common/private_files.py).
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    checked = private_files.private_file
+
+    def check_then_plant(path: Path) -> None:
+        checked(path)
+        path.unlink()
+        path.symlink_to(victim)
+
+    monkeypatch.setattr(private_files, "private_file", check_then_plant)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        DataDirectoryLock(tmp_path).acquire()
+    assert victim.read_bytes() == b"precious\n"
