@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from job_manager.model import RECORD_FORMAT, JobStatus
 from job_manager.stores import Deposed, Fence, RecordTooNew
@@ -182,3 +183,28 @@ async def test_the_lease_is_read_strongly_consistently(moto_endpoint: str, table
     await DynamoDbLeaseTable(client, table).read()
     assert [(name, request.get("ConsistentRead")) for name, request in client.requests] == [
         ("get_item", True)]
+
+
+class Failing:
+    """A DynamoDB client whose every call fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def get_item(self, **request: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (ClientError(cast(Any, {"ResponseMetadata": {"HTTPStatusCode": 500}}), "GetItem"),
+     "ClientError: An error occurred (Unknown) when calling the GetItem operation: Unknown"),
+    (EndpointConnectionError(endpoint_url="http://db"),
+     'EndpointConnectionError: Could not connect to the endpoint URL: "http://db"'),
+])
+async def test_a_failed_lease_call_is_lease_unreachable_naming_its_error(
+        error: Exception, said: str) -> None:
+    # Even an answer without an error code: the lease's round logs it and goes on. The
+    # words are the only trace of why a leader stepped down (its cause names them).
+    with pytest.raises(LeaseUnreachable) as unreachable:
+        await DynamoDbLeaseTable(Failing(error), "jobs").read()
+    assert str(unreachable.value) == said
