@@ -1,0 +1,130 @@
+"""The committer of fenced writes (job_manager/stores/fenced_commits.py), on a scripted
+client and a clock that moves when told: how long a write in conflict is tried, that a
+write queued meanwhile is never lost, and how the waits between tries grow.
+
+tests/contract/test_fenced_batches.py drives the same committer on moto with real
+conflicts; these hold the rules that need a clock or an exact order of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.item_gate import ItemGate
+from job_manager.stores import fenced_commits
+from job_manager.stores.blocking import BlockingCalls
+from job_manager.stores.errors import StoreError
+from job_manager.stores.fence import Fence
+from job_manager.stores.fenced_commits import FencedCommits
+
+FENCE = Fence("scheduler-lease", "a", 1)
+ANSWER_S = 10.0  # a bound on a hang, never reached when the committer works
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def conflict() -> ClientError:
+    return ClientError({"Error": {"Code": "TransactionConflictException",
+                                  "Message": "Transaction is ongoing for the item"}},
+                       "TransactWriteItems")
+
+
+class Scripted:
+    """TransactWriteItems answering from ``answers`` in turn (an error to raise, or None:
+    it lands), then landing; each call takes ``step_s`` of the clock."""
+
+    def __init__(self, clock: Clock, answers: list[Exception | None], step_s: float = 0.0,
+                 ) -> None:
+        self.clock = clock
+        self.answers = answers
+        self.step_s = step_s
+        self.sent: list[list[dict[str, Any]]] = []
+        self.called = threading.Event()
+        self.go_on = threading.Event()
+        self.go_on.set()
+
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> None:
+        self.sent.append(TransactItems)
+        self.called.set()
+        self.go_on.wait()
+        self.clock.now += self.step_s
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def calls() -> AsyncIterator[BlockingCalls]:
+    made = BlockingCalls("dynamodb-jobs", 2, (ClientError, BotoCoreError))
+    yield made
+    made.close()
+
+
+def put(job_id: str) -> list[dict[str, Any]]:
+    return [{"Put": {"TableName": "jobs", "Item": {"job_id": {"S": job_id}}}}]
+
+
+def landed(own: list[dict[str, Any]] | None) -> object:
+    return "landed" if own is None else "refused"
+
+
+async def write(commits: FencedCommits, job_id: str) -> object:
+    return await asyncio.wait_for(
+        commits.write(FENCE, put(job_id), frozenset({job_id}), landed), ANSWER_S)
+
+
+async def test_a_write_in_conflict_is_tried_for_exactly_the_give_up_time_then_fails(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [conflict()] * 10, step_s=0.5)
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    with pytest.raises(StoreError) as failed:
+        await write(commits, "j1")
+    assert str(failed.value) == "dynamodb-jobs: transaction conflicts for 2 s"
+    # In conflict since the first answer (at 100.5): 2.0 s later (the fifth) it is still
+    # tried; past that (the sixth, at 103.0) it fails.
+    assert len(client.sent) == 6
+
+
+async def test_a_write_queued_while_a_batch_is_in_conflict_is_not_lost(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [conflict()])
+    client.go_on.clear()
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    first = asyncio.ensure_future(write(commits, "j1"))
+    await asyncio.to_thread(client.called.wait, ANSWER_S)  # its transaction is under way
+    second = asyncio.ensure_future(write(commits, "j2"))  # waits for the next one
+    await asyncio.sleep(0)
+    client.go_on.set()  # the first is cancelled by a conflict, and goes in front again
+    assert list(await asyncio.gather(first, second)) == ["landed", "landed"]
+
+
+def test_the_wait_after_a_conflict_doubles_from_5_ms_up_to_50_ms(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    monkeypatch.setattr(random, "uniform", uniform)
+    waits = [fenced_commits._backoff_s(conflicts) for conflicts in range(1, 6)]
+    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.05, 0.05])
+    assert [low for low, _ in drawn] == [0.005] * 5
