@@ -12,7 +12,7 @@ import asyncio
 import random
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
@@ -128,3 +128,25 @@ def test_the_wait_after_a_conflict_doubles_from_5_ms_up_to_50_ms(
     waits = [fenced_commits._backoff_s(conflicts) for conflicts in range(1, 6)]
     assert waits == pytest.approx([0.01, 0.02, 0.04, 0.05, 0.05])
     assert [low for low, _ in drawn] == [0.005] * 5
+
+
+def cancelled(codes: list[str]) -> ClientError:
+    return ClientError(cast(Any, {
+        "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+        "CancellationReasons": [{"Code": code} for code in codes]}), "TransactWriteItems")
+
+
+@pytest.mark.parametrize("codes", [
+    ["None"],  # fewer reasons than the lease check and the two writes
+    ["None", "None", "None"],  # as many, and none says why
+])
+async def test_a_cancellation_that_explains_no_write_fails_each_write_of_the_batch(
+        clock: Clock, calls: BlockingCalls, codes: list[str]) -> None:
+    error = cancelled(codes)
+    client = Scripted(clock, [error])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    outcomes = await asyncio.gather(write(commits, "j1"), write(commits, "j2"),
+                                    return_exceptions=True)
+    assert len(client.sent) == 1  # one batch, not tried again
+    said = f"dynamodb-jobs: TransactionCanceledException: {error}"
+    assert [(type(outcome), str(outcome)) for outcome in outcomes] == [(StoreError, said)] * 2
