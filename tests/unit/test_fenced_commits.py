@@ -150,3 +150,43 @@ async def test_a_cancellation_that_explains_no_write_fails_each_write_of_the_bat
     assert len(client.sent) == 1  # one batch, not tried again
     said = f"dynamodb-jobs: TransactionCanceledException: {error}"
     assert [(type(outcome), str(outcome)) for outcome in outcomes] == [(StoreError, said)] * 2
+
+
+def refused_if_conditional(own: list[dict[str, Any]] | None) -> object:
+    return "landed" if own is None else own[0].get("Code")
+
+
+@pytest.mark.parametrize("quiet", [{"Code": "None"}, {}])  # some answers leave it out
+async def test_a_write_cancelled_only_by_anothers_condition_goes_again_before_later_ones(
+        clock: Clock, calls: BlockingCalls, quiet: dict[str, str]) -> None:
+    error = ClientError(cast(Any, {
+        "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+        "CancellationReasons": [{"Code": "None"}, {"Code": "ConditionalCheckFailed"}, quiet]}),
+        "TransactWriteItems")
+    client = Scripted(clock, [error])
+    client.go_on.clear()
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+
+    def start(job_id: str) -> asyncio.Future[object]:
+        return asyncio.ensure_future(asyncio.wait_for(commits.write(
+            FENCE, put(job_id), frozenset({job_id}), refused_if_conditional), ANSWER_S))
+
+    refused, cancelled_with_it = start("j1"), start("j2")
+    await asyncio.to_thread(client.called.wait, ANSWER_S)
+    later = start("j3")  # queued while the first transaction is under way
+    await asyncio.sleep(0)
+    client.go_on.set()
+    assert list(await asyncio.gather(refused, cancelled_with_it, later)) == [
+        "ConditionalCheckFailed", "landed", "landed"]
+    second = [item["Put"]["Item"]["job_id"]["S"] for item in client.sent[1][1:]]
+    assert second == ["j2", "j3"]  # the cancelled one first: writes land in order
+
+
+async def test_a_failure_without_an_error_code_fails_each_write_naming_it(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [ClientError(cast(Any, {}), "TransactWriteItems")])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    with pytest.raises(StoreError) as failed:
+        await write(commits, "j1")
+    assert str(failed.value) == ("dynamodb-jobs: ClientError: An error occurred (Unknown) "
+                                 "when calling the TransactWriteItems operation: Unknown")
