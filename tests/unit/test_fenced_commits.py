@@ -190,3 +190,26 @@ async def test_a_failure_without_an_error_code_fails_each_write_naming_it(
         await write(commits, "j1")
     assert str(failed.value) == ("dynamodb-jobs: ClientError: An error occurred (Unknown) "
                                  "when calling the TransactWriteItems operation: Unknown")
+
+
+async def test_a_write_cancelled_for_another_reason_than_its_condition_fails_naming_each(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [cancelled(["None", "ValidationError", "ThrottlingError"])])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    two_actions = put("j1") + put("k1")
+    with pytest.raises(StoreError) as failed:
+        await asyncio.wait_for(
+            commits.write(FENCE, two_actions, frozenset({"j1", "k1"}), landed), ANSWER_S)
+    assert str(failed.value) == (
+        "dynamodb-jobs: transaction cancelled: ValidationError, ThrottlingError")
+
+
+async def test_a_write_to_a_closed_store_is_refused_in_words(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    calls.close()
+    with pytest.raises(StoreError) as refused:
+        await write(commits, "j1")
+    assert str(refused.value) == "dynamodb-jobs: the store is closed"
+    assert client.sent == []
