@@ -137,12 +137,13 @@ def forwarded(replicas: Replicas, method: str, result: str) -> float:
     return registry.get_sample_value("mqc3_forwarded_calls_total", labels) or 0.0
 
 
-async def turns(done: Callable[[], bool]) -> None:
-    """Let the other tasks run until ``done``; a bounded number of turns, not of seconds."""
+async def turns(done: Callable[[], bool], sleep_s: float = 0.0) -> None:
+    """Let the other tasks run until ``done``; a bounded number of turns (of ``sleep_s``
+    each, for work that waits on a timer), never an assertion on how long it took."""
     for _ in range(1000):
         if done():
             return
-        await asyncio.sleep(0)
+        await asyncio.sleep(sleep_s)
     raise AssertionError("not done after 1000 turns of the event loop")
 
 
