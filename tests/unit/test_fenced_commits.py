@@ -213,3 +213,86 @@ async def test_a_write_to_a_closed_store_is_refused_in_words(
         await write(commits, "j1")
     assert str(refused.value) == "dynamodb-jobs: the store is closed"
     assert client.sent == []
+
+
+def written(client: Scripted) -> list[list[str]]:
+    """The job ids each transaction sent wrote, the lease check left out."""
+    return [[item["Put"]["Item"]["job_id"]["S"] for item in sent[1:]] for sent in client.sent]
+
+
+async def write_all(commits: FencedCommits,
+                    writes: list[tuple[Fence, list[dict[str, Any]], str]]) -> None:
+    """Queue ``writes`` (their fence, actions and item key) together, as calls made side
+    by side do, and wait for all of them."""
+    await asyncio.wait_for(asyncio.gather(*(
+        commits.write(fence, actions, frozenset({key}), landed)
+        for fence, actions, key in writes)), ANSWER_S)
+
+
+async def test_a_transaction_holds_at_most_100_actions_the_lease_check_among_them(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    await write_all(commits, [(FENCE, put(f"j{i}"), f"j{i}") for i in range(150)])
+    assert [len(sent) for sent in client.sent] == [100, 52]  # 99 writes, then 51
+
+
+def sized(job_id: str, size: int) -> list[dict[str, Any]]:
+    """A Put of ``job_id`` (two characters) of ``size`` bytes as the committer counts
+    them: every name and text value by its length, any other value as 8."""
+    # Put 3, Item 4, job_id+S+id 9, flag+BOOL+8 16, p+S 2: 34 besides the padding.
+    return [{"Put": {"Item": {"job_id": {"S": job_id}, "flag": {"BOOL": True},
+                              "p": {"S": "x" * (size - 34)}}}}]
+
+
+@pytest.mark.parametrize(("sizes", "per_transaction"), [
+    ([1_000_000, 1_000_000, 1_000_000], [2, 1]),  # exactly 2 MB fit, a byte more does not
+    ([1_000_000, 1_000_001], [1, 1]),
+])
+async def test_a_transaction_holds_at_most_2_mb_of_writes(
+        clock: Clock, calls: BlockingCalls, sizes: list[int], per_transaction: list[int],
+) -> None:
+    client = Scripted(clock, [])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    await write_all(commits, [(FENCE, sized(f"j{i}", size), f"j{i}")
+                              for i, size in enumerate(sizes)])
+    assert [len(sent) - 1 for sent in client.sent] == per_transaction
+
+
+async def test_writes_to_one_item_land_in_the_order_they_were_made(
+        clock: Clock, calls: BlockingCalls) -> None:
+    # A write held back (another job's write before it, another term's fence) holds back
+    # every later write to its item, though those would fit the transaction.
+    client = Scripted(clock, [])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    later_term = Fence("scheduler-lease", "a", 2)
+    await write_all(commits, [(FENCE, put("j1"), "j1"), (FENCE, put("j2"), "j2"),
+                              (FENCE, put("j1"), "j1"), (later_term, put("j3"), "j3"),
+                              (later_term, put("j4"), "j4"), (FENCE, put("j3"), "j3")])
+    assert written(client) == [["j1", "j2"], ["j1"], ["j3", "j4"], ["j3"]]
+
+
+async def test_the_waits_between_tries_grow_with_conflicts_in_a_row_only(
+        clock: Clock, calls: BlockingCalls, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[int] = []
+
+    def backoff_s(conflicts: int) -> float:
+        waits.append(conflicts)
+        return 0.0
+
+    monkeypatch.setattr(fenced_commits, "_backoff_s", backoff_s)
+    client = Scripted(clock, [conflict(), conflict(), None, conflict(), None])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    # Two writes to one job: two transactions of one run of the committer.
+    await write_all(commits, [(FENCE, put("j1"), "j1"), (FENCE, put("j1"), "j1")])
+    assert waits == [1, 2, 1]  # the first try of each waits for nothing
+    assert len(client.sent) == 5
+
+
+async def test_any_other_failure_of_a_transaction_fails_its_writes_as_a_store_error(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [ValueError("a request botocore cannot send")])
+    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    with pytest.raises(StoreError) as failed:
+        await write(commits, "j1")
+    assert str(failed.value) == "dynamodb-jobs: a request botocore cannot send"
