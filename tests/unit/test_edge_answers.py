@@ -24,17 +24,17 @@ from common.identity import Role, fingerprint
 from job_manager.manager import JobManager
 from leadership.lease import Lease
 from message_manager import SchedulerError
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from scheduler.admission import Admission, TokenLimits, TokenShare
 from scheduler.auth import TokenResolver
-from scheduler.edge import DRAINING, Edge, add_servicer, in_band
+from scheduler.edge import DRAINING, STARTING, Edge, add_servicer, in_band
 from scheduler.forwarding import ForwardFailed
-from scheduler.health import SUBMISSION
+from scheduler.health import EXECUTION, SUBMISSION
 from scheduler.metrics import Metrics
 from scheduler.replicas import NoLeader, Replicas
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
-from tests.unit.test_replica_calls import turns
+from tests.unit.test_replica_calls import Passing, leader_and_follower, turns
 
 SECRET = "s3cret"
 ONE_AT_ONCE = {role: TokenShare(max_in_flight=1, rate_per_s=1000.0) for role in Role}
@@ -222,10 +222,12 @@ async def test_a_leaders_transport_error_is_passed_back_as_it_came(serve: Any) -
     servicer, stub, _ = await serve(edge)
     servicer.end = ForwardFailed(grpc.StatusCode.PERMISSION_DENIED, "not for you")
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await stub.GetJobStatus(pb.GetJobStatusRequest(job_id="j1"))
+        await stub.GetJobStatus(pb.GetJobStatusRequest(job_id="j1"),
+                                metadata=(("x-request-id", "req-7"),))
     assert ended.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert ended.value.details() == "not for you"  # not ours: no incident
-    assert "x-mqc3-incident" not in dict(ended.value.trailing_metadata() or ())
+    trailing = ended.value.trailing_metadata()
+    assert trailing.get("x-mqc3-incident") is None and trailing["x-request-id"] == "req-7"
     assert await counted(edge, "GetJobStatus", "PERMISSION_DENIED") == 1
 
 
@@ -255,7 +257,8 @@ async def test_bytes_that_are_no_request_are_answered_invalid_argument_in_band(
 
 
 def test_a_servicer_the_generated_code_does_not_register_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="regenerate pb/"):
+    with pytest.raises(RuntimeError,
+                       match=r"^the generated code registered no service: regenerate pb/$"):
         add_servicer(lambda servicer, server: None, object(), cast(Any, None))
 
 
@@ -346,3 +349,68 @@ async def test_a_leaders_call_that_waited_in_vain_is_unavailable_and_frees_its_s
         await turns(lambda: edge.admission.in_flight == 0, sleep_s=0.01)
     assert resolver.resolved == ["known", "known"]
     assert edge.replicas.room.calls == 0
+
+
+async def test_an_edge_turns_calls_away_until_its_scheduler_has_started(serve: Any) -> None:
+    metrics = Metrics()
+    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager()), metrics),
+                Admission(10), metrics)
+    _, stub, _ = await serve(edge)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await stub.GetJobStatus(pb.GetJobStatusRequest(job_id="j1"))
+    incident = ended.value.trailing_metadata()["x-mqc3-incident"]
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert ended.value.details() == f"{STARTING} [incident={incident}]"
+
+
+class Nodes(execution_pb2_grpc.ExecutionServiceServicer):
+    """AssignNextJob, a leader's call whose request names no token (a node's)."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    @in_band(execution_pb2.AssignNextJobResponse, limited=False, leader=True)
+    async def AssignNextJob(self, request: execution_pb2.AssignNextJobRequest,
+                            context: grpc.aio.ServicerContext,
+                            manager: JobManager) -> execution_pb2.AssignNextJobResponse:
+        return execution_pb2.AssignNextJobResponse(job_id="j1")
+
+
+async def test_a_leaders_call_on_a_port_that_resolves_no_tokens_just_waits() -> None:
+    # The execution port: nodes' requests name no token, and no token is resolved there.
+    metrics = Metrics()
+    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager()), metrics, lease=lease,
+                        wait_s=0.05)
+    edge = Edge(EXECUTION, replicas, Admission(10), metrics)
+    edge.not_serving = None
+    submissions = Edge(SUBMISSION, replicas, Admission(10), metrics)
+    submissions.not_serving = None
+    server = grpc.aio.server()
+    add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server, Nodes(edge), server)
+    add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
+                 Ends(submissions), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for call in (execution_pb2_grpc.ExecutionServiceStub(channel).AssignNextJob(
+                             execution_pb2.AssignNextJobRequest(), timeout=10),
+                         Stub(channel).SubmitJob(pb.SubmitJobRequest(token="t"), timeout=10)):
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await call
+                assert ended.value.code() is grpc.StatusCode.UNAVAILABLE  # not INTERNAL
+    finally:
+        await server.stop(0)
+
+
+async def test_a_followers_edge_passes_a_call_on_at_its_full_path(serve: Any) -> None:
+    forwarder = Passing()
+    _, follower = await leader_and_follower(Table(), Clock(), forwarder)
+    edge = Edge(SUBMISSION, follower, Admission(10), Metrics())
+    edge.not_serving = None
+    _, stub, _ = await serve(edge)
+    answer = await stub.SubmitJob(pb.SubmitJobRequest(token="t"), timeout=10)
+    assert answer.job_id == "j1"
+    assert [sent[:2] for sent in forwarder.calls] == [
+        ("a:8082", "/mqc3_cloud.scheduler.v1.SubmissionService/SubmitJob")]
