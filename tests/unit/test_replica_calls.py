@@ -30,6 +30,7 @@ from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
 
 SUBMIT = "/mqc3_cloud.scheduler.v1.SubmissionService/SubmitJob"
 STATUS = "/mqc3_cloud.scheduler.v1.SubmissionService/GetJobStatus"
+CANCEL = "/mqc3_cloud.scheduler.v1.SubmissionService/CancelJob"
 REQUEST = submission_pb2.SubmitJobRequest(token="t")
 
 
@@ -66,10 +67,12 @@ class Passing:
     def __init__(self, *answers: Any) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[str, str, list[tuple[str, str]], float]] = []
+        self.sent: list[tuple[Any, Any]] = []  # each call's request and response type
 
     async def call(self, address: str, path: str, request: Any, response_type: Any,
                    metadata: list[tuple[str, str]], timeout_s: float) -> Any:
         self.calls.append((address, path, metadata, timeout_s))
+        self.sent.append((request, response_type))
         answer = self.answers.pop(0) if self.answers else submission_pb2.SubmitJobResponse(
             job_id="j1")
         if isinstance(answer, BaseException):
@@ -79,7 +82,9 @@ class Passing:
         return answer
 
     def metadata(self, path: str, context: Any) -> list[tuple[str, str]]:
-        return [(FORWARDED_BY, "b")]
+        # What the call carries: made from its path and its own metadata.
+        return [(FORWARDED_BY, "b"), ("x-path", path),
+                ("x-sent", str(len(context.invocation_metadata())))]
 
 
 class Context:
@@ -186,7 +191,8 @@ async def test_a_follower_passes_a_call_to_the_leaders_port_of_its_service(
     assert answer.job_id == "j1" and runs.managers == []
     [(sent_to, sent_path, metadata, timeout_s)] = forwarder.calls
     assert (sent_to, sent_path) == (address, path)
-    assert (FORWARDED_BY, "b") in metadata
+    assert metadata[:3] == [(FORWARDED_BY, "b"), ("x-path", path), ("x-sent", "0")]
+    assert forwarder.sent == [(REQUEST, submission_pb2.SubmitJobResponse)]
     assert (FORWARDED_CALL in dict(metadata)) == (path == ASSIGN_PATH)  # named for a give-back
     # The caller's deadline, less the margin that lets our answer reach it first.
     assert 5.0 - DEADLINE_MARGIN_S - 0.5 < timeout_s <= 5.0 - DEADLINE_MARGIN_S
@@ -202,6 +208,29 @@ async def test_a_hand_over_passed_on_is_given_back_if_its_node_never_has_it(
     await call(b, ASSIGN_PATH, handed)
     await call(b, ASSIGN_PATH, empty)  # no job handed over: nothing to give back
     assert (len(handed.done_callbacks), len(empty.done_callbacks)) == (1, 0)
+    handed.done_callbacks[0](Ended(cancelled=True))  # the node's call ended unanswered
+    await turns(lambda: len(forwarder.calls) == 3)
+    assert forwarder.calls[2][:2] == ("a:8081", RETURN_PATH)
+
+
+async def test_an_answer_without_a_job_is_passed_back_as_it_came(
+        table: Table, clock: Clock) -> None:
+    forwarder = Passing(submission_pb2.CancelJobResponse())
+    _, b = await leader_and_follower(table, clock, forwarder)
+    answer = await b.call_leader(CANCEL, submission_pb2.CancelJobRequest(job_id="j1"),
+                                 submission_pb2.CancelJobResponse, cast(Any, Context()),
+                                 Runs())
+    assert answer == submission_pb2.CancelJobResponse()
+
+
+class Ended:
+    """What a call's done callback is given."""
+
+    def __init__(self, cancelled: bool) -> None:
+        self._cancelled = cancelled
+
+    def cancelled(self) -> bool:
+        return self._cancelled
 
 
 async def test_a_follower_whose_caller_leaves_gives_the_hand_over_back(
@@ -233,8 +262,9 @@ async def test_a_follower_that_cannot_reach_the_leader_waits_then_says_so(
         table: Table, clock: Clock) -> None:
     forwarder = Passing(*[LeaderUnreachable("gone")] * 1000)
     _, b = await leader_and_follower(table, clock, forwarder, wait_s=0.05)
-    with pytest.raises(NoLeader, match=r"^no leader could take the call within \d+\.\d s$"):
+    with pytest.raises(NoLeader, match=r"^no leader could take the call within \d+\.\d s$") as no:
         await call(b)
+    assert float(str(no.value).split()[-2]) < 10.0  # how long it waited, not a clock reading
     assert forwarded(b, "SubmitJob", "unreachable") >= 1
     assert forwarded(b, "SubmitJob", "answered") == 0
     assert b.room.calls == 0 and b.room.bytes == 0  # seated while waiting, then let go
@@ -312,7 +342,12 @@ async def test_a_deposed_call_of_an_old_term_leaves_the_new_term_alone(
 async def test_a_read_of_a_live_job_goes_to_the_leader_from_a_follower_only(
         table: Table, clock: Clock) -> None:
     forwarder = Passing(submission_pb2.GetJobStatusResponse(), LeaderUnreachable("gone"))
-    a, b = await leader_and_follower(table, clock, forwarder)
+    a = replica(table, clock, "a", forwarder)
+    await a.start()
+    b = replica(table, clock, "b", forwarder, wait_s=20.0)
+    await b.start()
+    alone = replica(table, clock, "c")  # a follower with no road to the leader
+    await alone.start()
     request = submission_pb2.GetJobStatusRequest(job_id="j1")
 
     async def read(replicas: Replicas, context: Context | None = None) -> Any:
@@ -320,8 +355,13 @@ async def test_a_read_of_a_live_job_goes_to_the_leader_from_a_follower_only(
                                              submission_pb2.GetJobStatusResponse,
                                              cast(Any, context or Context()))
 
-    assert await read(b) == submission_pb2.GetJobStatusResponse()
-    assert forwarder.calls[0][0:2] == ("a:8082", STATUS)
+    assert await read(b, Context(remaining_s=60.0)) == submission_pb2.GetJobStatusResponse()
+    address, path, metadata, timeout_s = forwarder.calls[0]
+    assert (address, path) == ("a:8082", STATUS)
+    assert metadata == [(FORWARDED_BY, "b"), ("x-path", STATUS), ("x-sent", "0")]
+    assert forwarder.sent[0] == (request, submission_pb2.GetJobStatusResponse)
+    assert 19.0 < timeout_s <= 20.0  # the replica's wait, within the caller's deadline
+    assert await read(alone) is None
     assert forwarded(b, "GetJobStatus", "answered") == 1
     assert await read(b) is None  # unreachable: answered here
     assert forwarded(b, "GetJobStatus", "unreachable") == 1
@@ -352,3 +392,56 @@ async def test_health_notes_only_trouble_with_leadership(table: Table, clock: Cl
     b = replica(table, clock, "b")
     await b.start()
     assert b.note() is None  # follows a known leader
+
+
+class Held(Manager):
+    """A Manager whose recovery waits until it is let go."""
+
+    let_go: asyncio.Event
+
+    async def recover(self) -> None:
+        await Held.let_go.wait()
+
+
+async def test_a_leader_still_recovering_waits_for_its_recovery_never_calls_itself(
+        table: Table, clock: Clock) -> None:
+    Held.let_go = asyncio.Event()
+    forwarder = Passing()
+    lease = Lease(table, "a", clock, DURATION_S, RENEW_S, ("a:8082", "a:8081"))
+    a = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics(), lease=lease,
+                 forwarder=cast(Forwarder, forwarder), settle_s=0)
+    await lease.step()  # it leads; its recovery is under way
+    runs = Runs()
+    waiting = asyncio.ensure_future(call(a, runs=runs))
+    await turns(lambda: a.room.calls == 1)
+    Held.let_go.set()
+    assert await waiting == "ran here"
+    assert forwarder.calls == []
+
+
+async def test_a_standalone_replica_stopped_while_recovering_lets_calls_go_at_once() -> None:
+    Held.let_go = asyncio.Event()
+    standalone = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics())
+    starting = asyncio.ensure_future(standalone.start())
+    await asyncio.sleep(0)
+    await standalone.stop()
+    with pytest.raises(NoLeader, match=r"^no leader could take the call within 0\.\d s$"):
+        await call(standalone)
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+
+
+async def test_a_stopped_standalone_replica_still_runs_the_calls_it_is_given() -> None:
+    standalone = Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics())
+    await standalone.start()
+    await standalone.stop()
+    assert await call(standalone) == "ran here"
+
+
+async def test_a_call_with_less_than_a_second_left_still_waits_for_a_leader(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a", wait_s=0.5)
+    waiting = asyncio.ensure_future(call(a))
+    await turns(lambda: a.room.calls == 1)
+    await a.start()
+    assert await waiting == "ran here"

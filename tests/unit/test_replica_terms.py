@@ -121,7 +121,29 @@ async def test_a_term_is_fenced_at_its_epoch_and_counted_once_recovered() -> Non
     assert sample(metrics, "mqc3_replica_leading") == 1.0
     assert sample(metrics, "mqc3_lease_epoch") == 1.0
     recovered_s = sample(metrics, "mqc3_recovery_seconds")
-    assert recovered_s is not None and recovered_s >= 0.0
+    assert recovered_s is not None and 0.0 <= recovered_s < 60.0  # a duration, not a time
+
+
+async def test_a_replica_that_steps_down_follows_fenced_at_epoch_0_and_says_so() -> None:
+    made = Made()
+    replicas, lease, metrics = among_replicas(made)
+    await replicas.start()
+    lease.deposed()
+    assert not replicas.ready and replicas.manager is cast(JobManager, made[2])
+    assert made[1].shut
+    assert made[2].fence == Fence("scheduler-lease", "a", 0)  # can never write
+    assert sample(metrics, "mqc3_replica_leading") == 0.0
+    assert sample(metrics, "mqc3_lease_epoch") == 0.0
+
+
+async def test_among_replicas_a_settling_time_of_0_means_no_second_look() -> None:
+    made = Made()
+    replicas, _, _ = among_replicas(made, settle_s=0.0)
+    await replicas.start()
+    await turns(lambda: made[1].read_aheads == 1)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert (made[1].recoveries, made[1].read_aheads) == (1, 1)
 
 
 async def test_a_new_leader_looks_at_the_store_again_once_it_settled() -> None:
