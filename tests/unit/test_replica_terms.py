@@ -224,3 +224,24 @@ async def test_the_lease_is_kept_by_rounds_of_its_renewal_period() -> None:
         await turns(lambda: table.writes >= 3, sleep_s=0.01)  # and the next renewed it
     finally:
         keeping.cancel()
+
+
+async def test_a_new_leader_looks_again_two_seconds_after_its_recovery(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/replicas.md: the status index shows a job the last leader wrote just before it
+    # fell within that time. The default is the one the scheduler runs with.
+    asked: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        if delay:
+            asked.append(delay)
+        await sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded)
+    made = Made()
+    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
+    replicas = Replicas(made, Metrics(), lease=lease)
+    await replicas.start()
+    await turns(lambda: made[1].recoveries == 2)
+    assert asked == [2.0]
