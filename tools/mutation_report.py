@@ -16,7 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ["job_manager/ledger.py", "job_manager/manager.py", "scheduler/auth.py",
         "common/identity.py", "scheduler/edge.py", "job_manager/stores/sqlite_job_store.py",
-        "token_database/service.py", "leadership/lease.py"]
+        "token_database/service.py", "leadership/lease.py", "leadership/lock.py",
+        "leadership/dynamodb_lease.py", "job_manager/stores/fenced_commits.py",
+        "scheduler/replicas.py"]
 
 
 def module_of(path: str) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from job_manager.model import RECORD_FORMAT, JobStatus
 from job_manager.stores import Deposed, Fence, RecordTooNew
@@ -144,3 +146,65 @@ async def test_the_lease_item_is_invisible_to_recovery(moto_endpoint: str, table
     for status in JobStatus:
         assert [r async for r in store.list_by_status(status)] == []
     await store.close()
+
+
+# --- held since the mutation run of issue 27 (docs/mutation.md) -------------------------
+async def test_a_lease_item_without_the_later_attributes_reads_as_unreleased_and_addressless(
+        moto_endpoint: str, table: str) -> None:
+    # An item written before the addresses and the released flag existed (an older
+    # version's leader during a rolling upgrade) is read, not refused.
+    client = aws_client("dynamodb", moto_endpoint)
+    client.put_item(TableName=table, Item={"job_id": {"S": LEASE_KEY}, "holder": {"S": "a"},
+                                           "epoch": {"N": "3"}, "version": {"S": "v3"}})
+    assert await DynamoDbLeaseTable(client, table).read() == LeaseRecord("a", 3, "v3")
+
+
+class Recording:
+    """A DynamoDB client that keeps the requests of the calls made through it."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._client, name)
+
+        def recorded(**request: Any) -> Any:
+            self.requests.append((name, request))
+            return call(**request)
+
+        return recorded
+
+
+async def test_the_lease_is_read_strongly_consistently(moto_endpoint: str, table: str) -> None:
+    # An eventually consistent read may show a version already renewed away: a watcher
+    # would count a live leader's lease as unchanged, and take it while it is held.
+    client = Recording(aws_client("dynamodb", moto_endpoint))
+    await DynamoDbLeaseTable(client, table).read()
+    assert [(name, request.get("ConsistentRead")) for name, request in client.requests] == [
+        ("get_item", True)]
+
+
+class Failing:
+    """A DynamoDB client whose every call fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def get_item(self, **request: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "said"), [
+    (ClientError(cast(Any, {"ResponseMetadata": {"HTTPStatusCode": 500}}), "GetItem"),
+     "ClientError: An error occurred (Unknown) when calling the GetItem operation: Unknown"),
+    (EndpointConnectionError(endpoint_url="http://db"),
+     'EndpointConnectionError: Could not connect to the endpoint URL: "http://db"'),
+])
+async def test_a_failed_lease_call_is_lease_unreachable_naming_its_error(
+        error: Exception, said: str) -> None:
+    # Even an answer without an error code: the lease's round logs it and goes on. The
+    # words are the only trace of why a leader stepped down (its cause names them).
+    with pytest.raises(LeaseUnreachable) as unreachable:
+        await DynamoDbLeaseTable(Failing(error), "jobs").read()
+    assert str(unreachable.value) == said

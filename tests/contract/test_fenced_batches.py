@@ -354,8 +354,9 @@ async def test_a_lease_write_retries_another_process_transaction_twice(
     leases = DynamoDbLeaseTable(busy, leader.table)
     assert await leases.replace(LeaseRecord("a", 1, "v1"), "v0")
     busy.busy = 3
-    with pytest.raises(LeaseUnreachable):
+    with pytest.raises(LeaseUnreachable) as unreachable:
         await leases.replace(LeaseRecord("a", 1, "v2"), "v1")
+    assert str(unreachable.value) == "the lease item was in other transactions 3 times in a row"
     assert (await leases.read()) == LeaseRecord("a", 1, "v1")
 
 

@@ -27,6 +27,7 @@ class _Peer:
     # An IPv4 caller on a dual-stack port is its IPv4 address, not a /64 shared by all.
     ("ipv6:[::ffff:192.0.2.7]:5000", "192.0.2.7"),
     ("unix:/run/mqc3.sock", "unix:/run/mqc3.sock"),
+    ("unix:/run/mqc3:1.sock", "unix:/run/mqc3:1.sock"),  # a colon in a path is no port
     ("", ""),
 ])
 def test_a_caller_is_its_address_without_the_port(peer: str, address: str) -> None:

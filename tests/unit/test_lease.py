@@ -399,3 +399,60 @@ async def test_a_hung_table_is_logged_with_how_long_it_was_waited_for(
     table.hang = True
     await a.step()
     assert _lines(caplog) == ["the lease could not be read: no answer within 0.1 s"]
+
+
+# --- held since the mutation run of issue 27 (docs/mutation.md) -------------------------
+async def test_a_replica_takes_a_free_lease_whatever_its_monotonic_clock_starts_at(
+        table: Table) -> None:
+    clock = Clock()
+    clock.now = 0.0  # a monotonic clock's origin is unspecified; it may read 0
+    a = replica(table, clock, "a")
+    await a.step()
+    assert a.leading and a.epoch == 1
+
+
+async def test_a_replica_stopped_before_it_ever_led_never_makes_the_lease(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.release(for_good=True)  # stopped during start-up, before its first round
+    for _ in range(3):
+        clock.now += DURATION_S
+        await a.step()
+    assert not a.leading and table.record is None
+
+
+async def test_a_replica_that_stepped_aside_may_lead_again_exactly_one_duration_later(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    await a.step_aside()  # at 100: rests until 106
+    clock.now = 100.0 + DURATION_S - 0.01
+    await a.step()
+    assert not a.leading
+    clock.now = 100.0 + DURATION_S
+    await a.step()
+    assert a.leading and a.epoch == 2
+
+
+async def test_each_takeover_is_logged_with_how_the_lease_came(
+        table: Table, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    # The only trace of why leadership moved, as for the step-downs.
+    a, b = replica(table, clock, "a"), replica(table, clock, "b")
+    await a.step()  # epoch 1: no record yet
+    await a.release()
+    await a.step()  # epoch 2: the record released
+    table.down = True
+    clock.now += DURATION_S
+    await a.step()  # a's hold lapses; the record still names it
+    table.down = False
+    await a.step()  # epoch 3: its own, no one took it since
+    await b.step()
+    clock.now += DURATION_S  # a is silent
+    await b.step()  # epoch 4: lapsed under a
+    up = [line for line in _lines(caplog) if "leads now" in line]
+    assert up == [
+        "this replica leads now (epoch 1, a new lease)",
+        "this replica leads now (epoch 2, released by a)",
+        "this replica leads now (epoch 3, ours before a step-down)",
+        "this replica leads now (epoch 4, lapsed under a)",
+    ]
