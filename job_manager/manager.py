@@ -698,8 +698,15 @@ class JobManager:
             log.warning("job %s without its program stays queued: %s", job.job_id, exc)
 
     def give_back(self, assignment: Assignment) -> None:
-        """The node's call ended before it received ``assignment``: the job is queued again."""
-        self._in_background(self._moved(assignment.record.job_id, self._give_back(assignment)))
+        """The node's call ended before it received ``assignment``: the job is queued again.
+        Told twice (the call's end is seen two ways), the job is given back once."""
+        self._in_background(self._give_back_in_turn(assignment))
+
+    async def _give_back_in_turn(self, assignment: Assignment) -> None:
+        job_id = assignment.record.job_id
+        await self._settled(job_id)  # a give-back (or report) under way: its outcome decides
+        if self.ledger.live(job_id) is assignment.record:
+            await asyncio.shield(self._moved(job_id, self._give_back(assignment)))
 
     async def _give_back(self, assignment: Assignment) -> None:
         """Back to its place at the head of its queue, as if never taken; no timeout, no quota."""

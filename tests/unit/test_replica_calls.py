@@ -70,7 +70,8 @@ class Passing:
         self.sent: list[tuple[Any, Any]] = []  # each call's request and response type
 
     async def call(self, address: str, path: str, request: Any, response_type: Any,
-                   metadata: list[tuple[str, str]], timeout_s: float) -> Any:
+                   metadata: list[tuple[str, str]], timeout_s: float,
+                   answer_to: Any = None) -> Any:
         self.calls.append((address, path, metadata, timeout_s))
         self.sent.append((request, response_type))
         answer = self.answers.pop(0) if self.answers else submission_pb2.SubmitJobResponse(
