@@ -117,6 +117,9 @@ class Receipt(base.Held):
     handover: str  # x-mqc3-handover as the server named it; "" when it named none
     received_ms: float  # on the record's clock
     started: Timestamp  # when the node began the run, as its report says
+    # When the node asked for it: the server's hand-over (dequeued_at, from which the job's
+    # timeout runs) lies between this and received_ms, which a slow answer keeps apart.
+    asked_ms: float = 0.0
 
     @property
     def result(self) -> bytes:
@@ -181,7 +184,8 @@ class Together(base.World):
         started.GetCurrentTime()
         earlier = self.receipts.setdefault(held.job_id, [])
         receipt = Receipt(held.job_id, held.upload_url, node, len(earlier),
-                          dict(call.headers).get(base.HANDOVER, ""), self._now_ms(), started)
+                          dict(call.headers).get(base.HANDOVER, ""), self._now_ms(), started,
+                          asked_ms=call.started_ms)
         earlier.append(receipt)
         self.held[next(i for i, h in enumerate(self.held) if h is held)] = receipt
         return call, receipt
@@ -438,9 +442,9 @@ def _report_kept(world: Together, final: str, receipts: list[Receipt],
     elif later and call.ok and settles and not _repeated_by(world, report, receipts[-1]):
         yield base.Violation("stale-hand-over", f"report #{call.n} of superseded receipt "
                              f"{receipt.number} was accepted (the job ended {final})", about)
-    deadline_ms = receipt.received_ms + JOB_TIMEOUT_S * 1000
+    deadline_ms = receipt.asked_ms + JOB_TIMEOUT_S * 1000
     if report.prompt and call.code == "FAILED_PRECONDITION" and call.ended_ms < deadline_ms \
-            and not world.disturbed(receipt.received_ms, call.ended_ms) \
+            and not world.disturbed(receipt.asked_ms, call.ended_ms) \
             and not _reported_before(world, report):
         yield base.Violation("stale-hand-over", f"prompt report #{call.n} of receipt "
                              f"{receipt.number} was refused within the job's timeout: "
