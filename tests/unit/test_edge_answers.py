@@ -34,34 +34,10 @@ from scheduler.health import EXECUTION, SUBMISSION
 from scheduler.metrics import Metrics
 from scheduler.replicas import NoLeader, Replicas
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
-from tests.unit.test_replica_calls import Passing, leader_and_follower, turns
+from tests.unit.test_replica_calls import Manager, Passing, leader_and_follower, turns
 
 SECRET = "s3cret"
 ONE_AT_ONCE = {role: TokenShare(max_in_flight=1, rate_per_s=1000.0) for role in Role}
-
-
-class Watchdog:
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-
-class Manager:
-    """A JobManager that recovers at once and serves nothing itself."""
-
-    def __init__(self) -> None:
-        self.watchdog = Watchdog()
-
-    async def recover(self) -> None:
-        pass
-
-    async def prefetch_programs(self) -> int:
-        return 0
-
-    def use_backends(self, table: Any) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
 
 
 class Resolver:
@@ -132,7 +108,7 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
 
 async def standalone(**settings: Any) -> Edge:
     metrics = Metrics()
-    replicas = Replicas(lambda fence: cast(JobManager, Manager()), metrics)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics)
     await replicas.start()
     edge = Edge(SUBMISSION, replicas, settings.pop("admission", Admission(10)), metrics,
                 **settings)
@@ -297,7 +273,7 @@ async def leaderless(resolver: Resolver, wait_s: float) -> Edge:
     with token shares of one call at once and ``resolver``'s token database."""
     metrics = Metrics()
     lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager()), metrics, lease=lease,
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
                         wait_s=wait_s)
     tokens = TokenLimits(ONE_AT_ONCE, resolver.roles.get, time.monotonic)
     edge = Edge(SUBMISSION, replicas, Admission(10), metrics, tokens=tokens,
@@ -353,7 +329,7 @@ async def test_a_leaders_call_that_waited_in_vain_is_unavailable_and_frees_its_s
 
 async def test_an_edge_turns_calls_away_until_its_scheduler_has_started(serve: Any) -> None:
     metrics = Metrics()
-    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager()), metrics),
+    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics),
                 Admission(10), metrics)
     _, stub, _ = await serve(edge)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
@@ -380,7 +356,7 @@ async def test_a_leaders_call_on_a_port_that_resolves_no_tokens_just_waits() -> 
     # The execution port: nodes' requests name no token, and no token is resolved there.
     metrics = Metrics()
     lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager()), metrics, lease=lease,
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
                         wait_s=0.05)
     edge = Edge(EXECUTION, replicas, Admission(10), metrics)
     edge.not_serving = None
