@@ -162,14 +162,17 @@ class Deployment:
         if self.replicas == 1:
             return Target("aws", f"{HOST}:{ports[0]}", f"{HOST}:{ports[1]}",
                           f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
-                          endpoint, recorder=RequestRecorder(endpoint, recording))
+                          endpoint, recorder=self._recorder(endpoint, recording))
         await _until_leading(f"http://{HOST}:{ports[2]}/metrics")
         _, follower_ports = await self._replica("follower", aws_args)
         # Users reach the follower (a load balancer could send them to either), the
         # nodes the leader; the /metrics read by the phases is the leader's.
         return Target("aws", f"{HOST}:{follower_ports[0]}", f"{HOST}:{ports[1]}",
                       f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
-                      endpoint, recorder=RequestRecorder(endpoint, recording))
+                      endpoint, recorder=self._recorder(endpoint, recording))
+
+    def _recorder(self, endpoint: str, recording: Path) -> RequestRecorder:
+        return RequestRecorder(endpoint, recording, modelled=self.store_model != "none")
 
     async def _replica(self, name: str, aws_args: list[str]) -> tuple[Child, list[int]]:
         """One AWS-mode scheduler on fresh ports, serving; its submission, execution and
