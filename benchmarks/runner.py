@@ -221,8 +221,7 @@ def _targets(found: dict[str, PhaseResult], mode: str) -> list[dict[str, Any]]:
                     lambda v: v < 25),
         ]
     else:  # issue 28: against the store's floor, an S3 put, a put and a conditional put
-        parts = [latency("store_submit", "submit", "p50"), latency("store_assign", "assign", "p50")]
-        floor = None if None in parts else sum(p for p in parts if p is not None)
+        floor = latency("store_floor", "floor", "p50")
         rows += [
             _target("dispatch p50 / store floor p50", "<= 1.5",
                     ratio(latency("steady", "dispatch", "p50"), floor), lambda v: v <= 1.5),

@@ -46,7 +46,7 @@ def test_the_load_generator_runs_every_phase_and_accounts_for_every_job(
     assert result["run"]["mode"] == mode
     ceilings = {"unary_ceiling", "unary_ceiling_end", "store_submit"}
     if mode == "aws":
-        ceilings |= {"store_assign"}
+        ceilings |= {"store_assign", "store_floor"}
     assert set(result["ceilings"]) == ceilings
     assert set(PHASES) <= set(result["phases"])
     for name, phase in {**result["ceilings"], **result["phases"]}.items():
