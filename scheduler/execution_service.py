@@ -3,7 +3,6 @@ extension's NodeService (docs/nodes.md). Thin: proto in, JobManager call, proto 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -187,10 +186,11 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         try:
             await context.send_initial_metadata(
                 ((HANDOVER_METADATA, str(assignment.record.requeues)),))
-        except asyncio.CancelledError:
-            # The node left while the metadata went out, and gRPC does not always end such
-            # a call as cancelled: the job comes back here (docs/job-rules.md, rule 12). A
-            # second give-back from the callback above finds it queued and does nothing.
+        except BaseException:
+            # The node left while the metadata went out (a cancellation, or gRPC refusing the
+            # send of a call that already ended), and gRPC does not always end such a call
+            # as cancelled: the job comes back here (docs/job-rules.md, rule 12). A second
+            # give-back from the callback above finds it queued and does nothing.
             manager.give_back(assignment)
             raise
         response = pb.AssignNextJobResponse(

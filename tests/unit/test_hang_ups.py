@@ -236,3 +236,51 @@ async def test_a_flight_whose_work_fails_answers_every_caller_with_the_failure()
     outcomes = await asyncio.gather(*callers, return_exceptions=True)
     assert all(isinstance(o, SchedulerError) for o in outcomes)
     assert "k" not in flight  # the key is free for the next attempt
+
+
+class _EndedCall:
+    """A servicer context whose call ended as its answer began: gRPC refuses the metadata
+    send with an error of its own (not CancelledError) and never reports the call
+    cancelled, as seen when a node's deadline of a few milliseconds passed."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[object], None]] = []
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def add_done_callback(self, callback: Callable[[object], None]) -> None:
+        self.callbacks.append(callback)
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        from grpc._cython import cygrpc
+        raise cygrpc.ExecuteBatchError('Failed "execute_batch"')
+
+
+class _Passthrough:
+    """The edge as the servicer reaches it: no admission, no follower."""
+
+    def __init__(self) -> None:
+        self.replicas = self
+        self.undelivered = self
+        self.admission = self
+
+    def forwarded_call(self, context: object) -> None:
+        return None
+
+    def handed_over(self, *args: object) -> None:
+        pass
+
+
+async def test_a_hand_over_whose_metadata_could_not_be_sent_is_given_back(h: Harness) -> None:
+    from pb.mqc3_cloud.scheduler.v1 import execution_pb2
+    from scheduler.execution_service import ExecutionService
+
+    job_id = await h.submit()
+    service = ExecutionService(0.0, _Passthrough(), certified_nodes=False)  # type: ignore[arg-type]
+    handler = ExecutionService.AssignNextJob.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="execute_batch"):
+        await handler(service, execution_pb2.AssignNextJobRequest(backend="emulator"), _EndedCall(),
+                      h.manager)
+    await eventually(returned(h, job_id))
+    assert (await h.stored(job_id)).status is JobStatus.QUEUED
