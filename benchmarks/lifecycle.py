@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from benchmarks.clients import RPC_TIMEOUT_S, Outcome
 from benchmarks.session import WORK_BACKEND, Session
@@ -97,22 +98,25 @@ async def _nothing(step: str) -> None:
 
 
 Reading = Callable[[], Awaitable[dict[str, int] | None]]  # store calls so far, by operation
+# Recorded requests → by who made them, then by operation (store_requests.count).
+RequestCounter = Callable[[list[dict[str, Any]]], dict[str, dict[str, int]]]
 
 
 async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
                           recorder: RequestRecorder | None = None,
-                          budget_lives: int = 10) -> PhaseResult:
+                          budget_lives: int = 10, counter: RequestCounter = count) -> PhaseResult:
     """``jobs`` whole lives, ``concurrency`` at a time; first ``budget_lives`` lives one
     at a time, each step's store calls counted apart. With a recorder (AWS mode) the
     store requests are counted by moto, from outside, also over the whole measure;
-    without one, by the scheduler's own /metrics."""
+    without one, by the scheduler's own /metrics. ``counter`` sorts recorded requests by
+    who made them; the scheduler under test's are under ``scheduler``."""
     phase = PhaseResult("lifecycle", "life", extra={"jobs": jobs, "concurrency": concurrency})
     reported: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
     if budget_lives:
         life = Life(session, PhaseResult("lifecycle_budget", "life"), 0, 0, reported)
         if recorder is not None:
             await recorder.start()
-            read: Reading = _recorded(recorder)
+            read: Reading = _recorded(recorder, counter)
         else:
             read = session.metrics.store_calls
         phase.extra["store_requests_per_step"] = await _per_step(life, read, budget_lives)
@@ -140,16 +144,16 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
             WORK_BACKEND, phase)
     if recorder is not None:
         await recorder.stop()
-        counts = count(recorder.since(0))
+        counts = counter(recorder.since(0))
         phase.extra["store_requests"] = counts
         if phase.operations:
             phase.extra["store_requests_per_job"] = per_job(counts, phase.operations)
     return phase
 
 
-def _recorded(recorder: RequestRecorder) -> Reading:
+def _recorded(recorder: RequestRecorder, counter: RequestCounter) -> Reading:
     async def read() -> dict[str, int] | None:
-        return count(recorder.since(0)).get("scheduler", {})
+        return counter(recorder.since(0)).get("scheduler", {})
     return read
 
 
