@@ -1,6 +1,7 @@
 """The scheduler under test, started by the benchmark: standalone, or AWS mode on a moto server.
 
-AWS mode runs three children: ``python -m moto.server``, ``python -m token_database
+AWS mode runs three children: ``python -m emulators`` (moto without its whole-table copy,
+behind the DynamoDB model when asked: docs/emulators.md), ``python -m token_database
 serve --sqlite`` and ``scheduler.py --dev --endpoint``; with two replicas, a second
 scheduler on the same table (the follower: users' calls go to it, the nodes' to the
 leader). Tokens are made in the token SQLite file before the service that reads it
@@ -96,6 +97,8 @@ class Deployment:
     token_count: int
     scheduler_env: dict[str, str]
     replicas: int = 1  # AWS mode: 1, or 2 (leader and follower)
+    store_model: str = "none"  # AWS mode: the emulator's model (emulators/dynamodb_model.py)
+    plain_moto: bool = False  # AWS mode: moto's own transactions, whole-table copy and all
     profile_out: Path | None = None  # run the (first) scheduler under benchmarks/sampler.py
     children: list[Child] = field(default_factory=list)
 
@@ -131,8 +134,10 @@ class Deployment:
     async def _aws(self) -> Target:
         moto_port, token_port = free_ports(2)
         recording = self.work_dir / "moto-requests.jsonl"
-        moto = python_child("moto", ["-m", "moto.server", "-H", HOST, "-p", str(moto_port)],
-                            self.work_dir, child_env({RECORDER_ENV: str(recording)}))
+        emulator = ["-m", "emulators", "-H", HOST, "-p", str(moto_port),
+                    "--store-model", self.store_model, *(["--plain-moto"] * self.plain_moto)]
+        moto = python_child("moto", emulator, self.work_dir,
+                            child_env({RECORDER_ENV: str(recording)}))
         self.children.append(moto)
         await moto.wait_ready(lambda: tcp_open(moto_port))
         endpoint = f"http://{HOST}:{moto_port}"

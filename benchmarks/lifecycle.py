@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks.clients import RPC_TIMEOUT_S, Outcome
 from benchmarks.session import WORK_BACKEND, Session
 from benchmarks.stats import PhaseResult
-from benchmarks.store_requests import RequestRecorder, count, per_job
+from benchmarks.store_requests import RequestRecorder, count, per_job, units_per_job
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 POLLS_WAITING = 5
@@ -124,6 +124,7 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
             "moto's request recorder" if recorder is not None else "the scheduler's /metrics")
     if recorder is not None:
         await recorder.start()
+        await recorder.usage(reset=True)
     lives = [Life(session, phase, i % session.clients, i % session.nodes, reported)
              for i in range(concurrency)]
     remaining = iter(range(jobs))
@@ -146,8 +147,11 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
         await recorder.stop()
         counts = counter(recorder.since(0))
         phase.extra["store_requests"] = counts
+        usage = await recorder.usage()
         if phase.operations:
             phase.extra["store_requests_per_job"] = per_job(counts, phase.operations)
+            if usage is not None:
+                phase.extra["capacity_units_per_job"] = units_per_job(usage, phase.operations)
     return phase
 
 

@@ -32,6 +32,7 @@ from benchmarks.original import summary as original_summary
 from benchmarks.processes import ROOT, ChildFailed, Meter
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session
 from benchmarks.stats import PhaseResult, matplotlib_missing, plot, table
+from emulators.server import STORE_MODELS
 
 OUT_DIR = ROOT / "benchmarks" / "out"
 PROBE_JOBS = 20
@@ -80,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, choices=[1, 2], default=1,
                    help="AWS mode: 2 starts a leader and a follower on the same table; users "
                    "call the follower, nodes the leader (default 1)")
+    p.add_argument("--store-model", choices=STORE_MODELS, default="none",
+                   help="AWS mode: the emulator's model of the store's costs: none (moto's "
+                   "own pace), or dynamodb (DynamoDB's latency, conflicts and throttling; "
+                   "docs/emulators.md) (default none)")
+    p.add_argument("--plain-moto", action="store_true",
+                   help="AWS mode: moto's own transactions, which copy the whole table per "
+                   "action (default: the emulator's, without the copy)")
     p.add_argument("--lifecycle-jobs", type=int, default=500,
                    help="lifecycle measure: whole job lives to run, for the scheduler's CPU "
                    "per job and (AWS mode) its store requests per job; 0 skips (default 500)")
@@ -320,7 +328,7 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     unary = UnaryCeiling(args.clients, work_dir)
     profile = work_dir / "profile.json" if args.profile_lifecycle else None
     deployment = Deployment(work_dir, min(args.clients, 16), _scheduler_env(args),
-                            args.replicas, profile)
+                            args.replicas, args.store_model, args.plain_moto, profile)
     measured: list[PhaseResult] = []
     result: dict[str, Any] = {"schema": 2, "run": run}
     try:

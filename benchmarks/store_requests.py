@@ -46,6 +46,17 @@ class RequestRecorder:
     async def stop(self) -> None:
         await self._call("stop-recording")
 
+    async def usage(self, reset: bool = False) -> dict[str, Any] | None:
+        """The emulator's model's counts (docs/emulators.md): requests, capacity units,
+        throttled and conflicting calls; None when the emulator runs no model."""
+        path = "/emulator/usage/reset" if reset else "/emulator/usage"
+        async with aiohttp.ClientSession() as http, http.request(
+                "POST" if reset else "GET", f"{self._endpoint}{path}") as answer:
+            if answer.status != 200:
+                return None
+            found: dict[str, Any] = await answer.json(content_type=None)
+            return found
+
     def mark(self) -> int:
         """How many requests are recorded so far (a position for ``since``)."""
         if not self.path.exists():
@@ -128,6 +139,15 @@ def count(entries: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         who, operation = classify(entry)
         counts.setdefault(who, Counter())[operation] += 1
     return {who: dict(sorted(c.items())) for who, c in sorted(counts.items())}
+
+
+def units_per_job(usage: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """The model's capacity units and requests per job, everyone's calls included (the
+    nodes' uploads and the lease's renewals during the measure too)."""
+    return {"write_units": round(usage["write_units"] / jobs, 3),
+            "read_units": round(usage["read_units"] / jobs, 3),
+            "requests": {op: round(n / jobs, 3) for op, n in sorted(usage["requests"].items())},
+            "throttled": usage["throttled"], "conflicts": usage["conflicts"]}
 
 
 def per_job(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from common import audit
+from emulators.server import EmulatorServer
 from scheduler.app import Scheduler
 from tests.helpers import (
     TEST_BACKENDS_TOML,
@@ -26,11 +26,18 @@ from tests.helpers import (
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """One moto server on loopback for the whole run (HTTP, so presigned URLs work)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    """One moto server on loopback for the whole run (HTTP, so presigned URLs work), without
+    moto's whole-table copy per transaction action (docs/emulators.md)."""
+    server = EmulatorServer().start()
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_moto_endpoint() -> Iterator[str]:
+    """moto as it comes, for the store contracts that must hold on both."""
+    server = EmulatorServer(plain_moto=True).start()
+    yield server.endpoint
     server.stop()
 
 

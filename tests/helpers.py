@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import grpc
 import pytest
+from botocore.config import Config as BotoConfig
 
 from common.clock import SystemClock
 from job_manager.stores.dynamodb_job_store import create_table
@@ -91,14 +92,18 @@ class AwsNames:
     backends_key: str = "/mqc3/test/backend_status"
 
 
-def aws_client(service: Any, endpoint: str) -> Any:
-    """A boto3 client of the moto server."""
+def aws_client(service: Any, endpoint: str, retries: int | None = None) -> Any:
+    """A boto3 client of the moto server; ``retries``: its attempts in all (botocore's
+    default when None)."""
+    config = None if retries is None else BotoConfig(
+        retries={"mode": "standard", "total_max_attempts": retries})
     return boto3.client(
         service,
         endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+        config=config,
     )
 
 

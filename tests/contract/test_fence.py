@@ -25,14 +25,14 @@ from tests.helpers import aws_client
 
 
 @pytest.fixture
-def table(moto_endpoint: str) -> str:
+def table(dynamodb_endpoint: str) -> str:
     name = f"jobs-{uuid.uuid4().hex[:12]}"
-    create_table(aws_client("dynamodb", moto_endpoint), name)
+    create_table(aws_client("dynamodb", dynamodb_endpoint), name)
     return name
 
 
-def lease(moto_endpoint: str, table: str, me: str) -> Lease:
-    return Lease(DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), table), me,
+def lease(dynamodb_endpoint: str, table: str, me: str) -> Lease:
+    return Lease(DynamoDbLeaseTable(aws_client("dynamodb", dynamodb_endpoint), table), me,
                  time.monotonic, 6.0, 1.5, (f"{me}:8082", f"{me}:8081"))
 
 
@@ -41,8 +41,8 @@ def fence_of(held: Lease) -> Fence:
 
 
 async def test_the_lease_record_round_trips_and_writes_are_conditional(
-        moto_endpoint: str, table: str) -> None:
-    leases = DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), table)
+        dynamodb_endpoint: str, table: str) -> None:
+    leases = DynamoDbLeaseTable(aws_client("dynamodb", dynamodb_endpoint), table)
     assert await leases.read() is None
     first = LeaseRecord("a", 1, "v1", "a:8082", "a:8081")
     assert await leases.create(first)
@@ -54,16 +54,16 @@ async def test_the_lease_record_round_trips_and_writes_are_conditional(
     assert await leases.read() == released
 
 
-async def test_an_unreachable_table_is_lease_unreachable(moto_endpoint: str) -> None:
-    leases = DynamoDbLeaseTable(aws_client("dynamodb", moto_endpoint), "no-such-table")
+async def test_an_unreachable_table_is_lease_unreachable(dynamodb_endpoint: str) -> None:
+    leases = DynamoDbLeaseTable(aws_client("dynamodb", dynamodb_endpoint), "no-such-table")
     with pytest.raises(LeaseUnreachable):
         await leases.read()
 
 
-async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) -> None:
-    a = lease(moto_endpoint, table, "a")
+async def test_the_leaders_fenced_writes_land(dynamodb_endpoint: str, table: str) -> None:
+    a = lease(dynamodb_endpoint, table, "a")
     await a.step()
-    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     job = record()
     await store.create(job, fence_of(a))
     assert await store.transition(job, running(job), fence_of(a))
@@ -77,10 +77,10 @@ async def test_the_leaders_fenced_writes_land(moto_endpoint: str, table: str) ->
 
 
 async def test_a_fenced_write_of_a_record_a_newer_scheduler_changed_is_refused(
-        moto_endpoint: str, table: str) -> None:
-    a = lease(moto_endpoint, table, "a")
+        dynamodb_endpoint: str, table: str) -> None:
+    a = lease(dynamodb_endpoint, table, "a")
     await a.step()
-    client = aws_client("dynamodb", moto_endpoint)
+    client = aws_client("dynamodb", dynamodb_endpoint)
     store, raw = DynamoDbJobStore(client, table), RawDynamoDb(client, table)
     job = record()
     await store.create(job, fence_of(a))
@@ -92,10 +92,10 @@ async def test_a_fenced_write_of_a_record_a_newer_scheduler_changed_is_refused(
     await store.close()
 
 
-async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -> None:
-    a, b = lease(moto_endpoint, table, "a"), lease(moto_endpoint, table, "b")
+async def test_a_deposed_leader_changes_no_job(dynamodb_endpoint: str, table: str) -> None:
+    a, b = lease(dynamodb_endpoint, table, "a"), lease(dynamodb_endpoint, table, "b")
     await a.step()
-    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     queued = record()
     await store.create(queued, fence_of(a))
     stale = fence_of(a)
@@ -118,10 +118,10 @@ async def test_a_deposed_leader_changes_no_job(moto_endpoint: str, table: str) -
     await store.close()
 
 
-async def test_a_follower_can_never_write(moto_endpoint: str, table: str) -> None:
-    a = lease(moto_endpoint, table, "a")
+async def test_a_follower_can_never_write(dynamodb_endpoint: str, table: str) -> None:
+    a = lease(dynamodb_endpoint, table, "a")
     await a.step()
-    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     follower = Fence(LEASE_KEY, "b", 0)  # a follower's manager is fenced at epoch 0
     with pytest.raises(Deposed):
         await store.create(record(), follower)
@@ -132,17 +132,17 @@ async def test_a_follower_can_never_write(moto_endpoint: str, table: str) -> Non
 
 
 async def test_with_no_lease_record_a_fenced_write_is_refused(
-        moto_endpoint: str, table: str) -> None:
-    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+        dynamodb_endpoint: str, table: str) -> None:
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     with pytest.raises(Deposed):
         await store.create(record(), Fence(LEASE_KEY, "a", 1))
     await store.close()
 
 
-async def test_the_lease_item_is_invisible_to_recovery(moto_endpoint: str, table: str) -> None:
-    a = lease(moto_endpoint, table, "a")
+async def test_the_lease_item_is_invisible_to_recovery(dynamodb_endpoint: str, table: str) -> None:
+    a = lease(dynamodb_endpoint, table, "a")
     await a.step()
-    store = DynamoDbJobStore(aws_client("dynamodb", moto_endpoint), table)
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     for status in JobStatus:
         assert [r async for r in store.list_by_status(status)] == []
     await store.close()
@@ -150,10 +150,10 @@ async def test_the_lease_item_is_invisible_to_recovery(moto_endpoint: str, table
 
 # --- held since the mutation run of issue 27 (docs/mutation.md) -------------------------
 async def test_a_lease_item_without_the_later_attributes_reads_as_unreleased_and_addressless(
-        moto_endpoint: str, table: str) -> None:
+        dynamodb_endpoint: str, table: str) -> None:
     # An item written before the addresses and the released flag existed (an older
     # version's leader during a rolling upgrade) is read, not refused.
-    client = aws_client("dynamodb", moto_endpoint)
+    client = aws_client("dynamodb", dynamodb_endpoint)
     client.put_item(TableName=table, Item={"job_id": {"S": LEASE_KEY}, "holder": {"S": "a"},
                                            "epoch": {"N": "3"}, "version": {"S": "v3"}})
     assert await DynamoDbLeaseTable(client, table).read() == LeaseRecord("a", 3, "v3")
@@ -176,10 +176,10 @@ class Recording:
         return recorded
 
 
-async def test_the_lease_is_read_strongly_consistently(moto_endpoint: str, table: str) -> None:
+async def test_the_lease_is_read_strongly_consistently(dynamodb_endpoint: str, table: str) -> None:
     # An eventually consistent read may show a version already renewed away: a watcher
     # would count a live leader's lease as unchanged, and take it while it is held.
-    client = Recording(aws_client("dynamodb", moto_endpoint))
+    client = Recording(aws_client("dynamodb", dynamodb_endpoint))
     await DynamoDbLeaseTable(client, table).read()
     assert [(name, request.get("ConsistentRead")) for name, request in client.requests] == [
         ("get_item", True)]

@@ -125,8 +125,8 @@ class Replica:
 
 
 @pytest.fixture
-def dynamodb(moto_endpoint: str) -> ConflictingDynamoDb:
-    return ConflictingDynamoDb(aws_client("dynamodb", moto_endpoint))
+def dynamodb(dynamodb_endpoint: str) -> ConflictingDynamoDb:
+    return ConflictingDynamoDb(aws_client("dynamodb", dynamodb_endpoint))
 
 
 @pytest.fixture
@@ -377,12 +377,12 @@ class LateAnswers(ConflictingDynamoDb):
 
 
 async def test_the_leader_renews_while_a_job_transactions_answer_hangs(
-        moto_endpoint: str) -> None:
+        dynamodb_endpoint: str) -> None:
     # Renewals wait behind no job write: one whose answer never comes must not keep the
     # leader from renewing (issue 27, item 7). Before, the renewal queued at the shared
     # gate behind the hung transaction, its round ended unanswered, and the leader
     # stepped down once its deadline passed.
-    dynamodb = LateAnswers(aws_client("dynamodb", moto_endpoint))
+    dynamodb = LateAnswers(aws_client("dynamodb", dynamodb_endpoint))
     table = f"jobs-{uuid.uuid4().hex[:12]}"
     create_table(dynamodb, table)
     replica = Replica(dynamodb, table)

@@ -20,6 +20,7 @@ from job_manager.stores import IndexMissing, JobStore
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from tests.contract import test_job_store_contract as contract
+from tests.contract.conftest import endpoint_of
 from tests.contract.test_job_store_contract import T0, record
 from tests.helpers import aws_client
 
@@ -73,8 +74,9 @@ async def test_a_changed_status_keeps_the_jobs_place(store: JobStore) -> None:
 
 # --- DynamoDB without the owner index (the original's table) -------------------------------
 @pytest.fixture
-async def original_table(moto_endpoint: str) -> AsyncIterator[tuple[DynamoDbJobStore, Any, str]]:
-    client = aws_client("dynamodb", moto_endpoint)
+async def original_table(
+        dynamodb_endpoint: str) -> AsyncIterator[tuple[DynamoDbJobStore, Any, str]]:
+    client = aws_client("dynamodb", dynamodb_endpoint)
     name = f"original-{uuid.uuid4().hex[:12]}"
     create_table(client, name, owner_index=False)
     job_store = DynamoDbJobStore(client, name)
@@ -191,7 +193,7 @@ class CountingClient:
         return getattr(self._inner, name)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-plain-moto"])
 async def metered(request: pytest.FixtureRequest, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[JobStore, Meter]]:
     """A store as production configures it (default page sizes), and its meter."""
@@ -208,7 +210,7 @@ async def metered(request: pytest.FixtureRequest, tmp_path: Path,
         monkeypatch.setattr(sqlite3, "connect", metered_connect)
         job_store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     else:
-        endpoint: str = request.getfixturevalue("moto_endpoint")
+        endpoint = endpoint_of(request)
         client = aws_client("dynamodb", endpoint)
         name = f"jobs-{uuid.uuid4().hex[:12]}"
         create_table(client, name)

@@ -18,6 +18,7 @@ from job_manager.queue import QueuedJob
 from job_manager.stores import JobStore, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from job_manager.stores.sqlite_job_store import SqliteJobStore
+from tests.contract.conftest import endpoint_of
 from tests.helpers import aws_client
 
 # Ten records take several pages in either store: SQLite pages of PAGE_SIZE records (one
@@ -128,7 +129,7 @@ def _dynamodb_table(moto_endpoint: str) -> str:
     return name
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-plain-moto"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens a store over one backend's data; a second call is the same data after a restart."""
     if request.param == "sqlite":
@@ -137,7 +138,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
         def opener() -> JobStore:
             return SqliteJobStore(path, page_size=PAGE_SIZE, queued_page_size=PAGE_SIZE)
     else:
-        endpoint: str = request.getfixturevalue("moto_endpoint")
+        endpoint = endpoint_of(request)
         table = _dynamodb_table(endpoint)
 
         def opener() -> JobStore:
@@ -425,9 +426,9 @@ async def test_records_survive_closing_and_reopening_the_store(open_store: Opene
 
 # --- DynamoDB only: the TTL attribute ------------------------------------------------------
 @pytest.fixture
-def dynamodb(moto_endpoint: str) -> tuple[Any, str]:
+def dynamodb(dynamodb_endpoint: str) -> tuple[Any, str]:
     """A raw client and a fresh table, to read items as DynamoDB holds them."""
-    return aws_client("dynamodb", moto_endpoint), _dynamodb_table(moto_endpoint)
+    return aws_client("dynamodb", dynamodb_endpoint), _dynamodb_table(dynamodb_endpoint)
 
 
 def _raw_item(client: Any, table: str, job_id: str) -> dict[str, Any]:
@@ -492,7 +493,7 @@ async def broken_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         (tmp_path / "a-file").write_text("")
         job_store = SqliteJobStore(tmp_path / "a-file" / "jobs.sqlite3")
     else:
-        endpoint: str = request.getfixturevalue("moto_endpoint")
+        endpoint = endpoint_of(request)
         job_store = DynamoDbJobStore(aws_client("dynamodb", endpoint), "no-such-table")
     yield job_store
     await job_store.close()

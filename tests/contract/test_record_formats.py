@@ -29,6 +29,7 @@ from job_manager.stores.dynamodb_job_store import DynamoDbJobStore
 from job_manager.stores.original_format import ORIGINAL_FORMAT
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
+from tests.contract.conftest import endpoint_of
 from tests.contract.test_job_store_contract import (
     T0,
     _dynamodb_table,
@@ -94,7 +95,7 @@ class OneTable:
     calls: list[str]  # DynamoDB's requests by operation name (SQLite: none)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-plain-moto"])
 async def table(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OneTable]:
     calls: list[str] = []
     store: JobStore
@@ -103,7 +104,7 @@ async def table(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         path = tmp_path / "jobs.sqlite3"
         store, raw = SqliteJobStore(path), RawSqlite(path)
     else:
-        endpoint: str = request.getfixturevalue("moto_endpoint")
+        endpoint = endpoint_of(request)
         name, client = _dynamodb_table(endpoint), aws_client("dynamodb", endpoint)
         client.meta.events.register("before-call.dynamodb.*",
                                     lambda model, **_: calls.append(model.name))
