@@ -191,7 +191,7 @@ async def measure_original(args: Any, ours: Target, work_dir: Path,
     checkout = Path(args.against_original).resolve()
     python = Path(args.original_python) if args.original_python else default_python(checkout)
     original = OriginalScheduler(checkout, python, work_dir, scheduler_env)
-    result: dict[str, Any] = {"checkout_python": str(python),
+    result: dict[str, Any] = {"checkout_python": str(python), "store_model": args.store_model,
                               "nodes_poll": _poll_words(args.original_poll_ms)}
     measured: list[PhaseResult] = []
     try:
@@ -277,6 +277,8 @@ def comparison(original: dict[str, PhaseResult], ours: dict[str, PhaseResult]) -
         extra = phases["lifecycle"].extra if "lifecycle" in phases else {}
         if key == "cpu":
             return extra.get("cpu_ms_per_operation", {}).get("scheduler")
+        if key in ("write_units", "read_units"):  # the emulator's model, when it runs one
+            return extra.get("capacity_units_per_job", {}).get(key)
         requests = extra.get("store_requests_per_job")
         return requests["total"] if requests else None
 
@@ -298,6 +300,10 @@ def comparison(original: dict[str, PhaseResult], ours: dict[str, PhaseResult]) -
         Row("CPU ms per job's life", "lower", life(original, "cpu"), life(ours, "cpu")),
         Row("store requests per life", "lower", life(original, "requests"),
             life(ours, "requests")),
+        Row("write units per life (model)", "lower", life(original, "write_units"),
+            life(ours, "write_units")),
+        Row("read units per life (model)", "lower", life(original, "read_units"),
+            life(ours, "read_units")),
     ]
     for name in ("store_submit", "store_assign"):  # the store's floor: one figure for both
         floor = rate(ours, name)
@@ -305,7 +311,7 @@ def comparison(original: dict[str, PhaseResult], ours: dict[str, PhaseResult]) -
     return rows
 
 
-def comparison_table(rows: list[Row], nodes_poll: str) -> str:
+def comparison_table(rows: list[Row], info: dict[str, Any]) -> str:
     header = (f"{'measure':<30} {'original':>10} {'ours':>10} {'ours/orig':>10} "
               f"{'better':>7} {'issue 28':>9}")
     lines = [header, "-" * len(header)]
@@ -315,7 +321,8 @@ def comparison_table(rows: list[Row], nodes_poll: str) -> str:
             goal = ("met" if row.ratio >= row.goal else "MISSED") + f" >={row.goal:g}"
         lines.append(f"{row.measure:<30} {_num(row.original):>10} {_num(row.ours):>10} "
                      f"{_num(row.ratio):>10} {row.better:>7} {goal:>9}")
-    lines.append(f"(the original's nodes poll {nodes_poll}; ours long-poll)")
+    lines.append(f"(store model: {info['store_model']}; the original's nodes poll "
+                 f"{info['nodes_poll']}, ours long-poll; the original ran first)")
     return "\n".join(lines)
 
 
@@ -324,11 +331,12 @@ def _num(value: float | None) -> str:
 
 
 def summary(original: dict[str, PhaseResult], ours: dict[str, PhaseResult],
-            nodes_poll: str) -> tuple[list[dict[str, Any]], str, str]:
+            info: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
     """The comparison rows (JSON), the comparison table and the original's own table;
-    ``ours`` holds our phases and the run's ceilings (the store's floor)."""
+    ``ours`` holds our phases and the run's ceilings (the store's floor), ``info`` what
+    ``measure_original`` said of the run."""
     rows = comparison(original, ours)
-    return ([vars(row) for row in rows], comparison_table(rows, nodes_poll),
+    return ([vars(row) for row in rows], comparison_table(rows, info),
             table(list(original.values())))
 
 

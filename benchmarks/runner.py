@@ -382,7 +382,7 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         if "lifecycle" in original:
             result["original"]["lifecycle"] = _lifecycle_summary(original["lifecycle"])
         rows, result["_comparison"], result["_original_table"] = original_summary(
-            original, found, result["original"]["nodes_poll"])
+            original, found, result["original"])
         result["original"]["comparison"] = rows
         result["targets"] += [
             _target(f"{row['measure'].split(' /')[0]}: ours / original's", f">= {row['goal']:g}",
