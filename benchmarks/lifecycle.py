@@ -123,8 +123,9 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
         phase.extra["store_requests_counted_by"] = (
             "moto's request recorder" if recorder is not None else "the scheduler's /metrics")
     if recorder is not None:
-        await recorder.start()
+        # The model's counts first: a call made while recording would be recorded.
         await recorder.usage(reset=True)
+        await recorder.start()
     lives = [Life(session, phase, i % session.clients, i % session.nodes, reported)
              for i in range(concurrency)]
     remaining = iter(range(jobs))
