@@ -12,7 +12,7 @@ it, before ours:
   nodes ask again back to back (or after ``--original-poll-ms`` when the queue was
   empty). Its nodes' own client is not public; back to back gives the original its best
   dispatch latency;
-- a last drain of what the steady phase left queued.
+- a drain of what the steady phase left queued, before the lifecycle and again after it.
 
 It has no /metrics and no extension calls: store calls are counted by the emulator's
 request recorder instead, and what needs the rest is skipped. Its requests are told
@@ -48,7 +48,6 @@ from benchmarks.store_requests import request_body, s3_operation
 from job_manager.stores.dynamodb_job_store import create_table
 
 ENTRY_POINT = "server.py"  # the original's command line (its README)
-PHASES = ("submit", "drain", "steady", "lifecycle", "cleanup")
 
 
 def default_python(checkout: Path) -> Path:
@@ -232,6 +231,12 @@ async def _phases(args: Any, session: Session, meter: Meter,
         session, args.rate, args.duration_s, wait_ms=0,
         empty_pause_s=args.original_poll_ms / 1000))
     steady.extra["nodes_poll"] = _poll_words(args.original_poll_ms)
+    # What its nodes had not received within the grace (a rate above what the original
+    # takes) would be handed to the lifecycle's nodes in place of their own jobs.
+    leftover = PhaseResult("steady_left_behind", "cycle")
+    steady.extra["left_behind_and_finished"] = await session.finish_left_behind(
+        WORK_BACKEND, leftover)
+    steady.errors.update(leftover.errors)
     measured.append(steady)
     if args.lifecycle_jobs:
         measured.append(await ph.metered(meter, lifecycle_phase(
