@@ -9,9 +9,11 @@ it, before ours:
 
 - ``submit``, ``drain`` and ``lifecycle`` as for ours;
 - ``steady`` without a long poll: the original answers AssignNextJob at once, so its
-  nodes ask again back to back (or after ``--original-poll-ms`` when the queue was
-  empty). Its nodes' own client is not public; back to back gives the original its best
-  dispatch latency;
+  nodes ask again back to back (or ``--original-poll-ms`` after an empty answer). Its
+  nodes' own client is not public; back to back leaves the least time between a job's
+  arrival and the next ask, a pause adds up to itself to each dispatch. Its hand-overs
+  and submissions share one lock held across their store calls: above the rate that
+  lock allows, the steady phase measures the original's queue;
 - a drain of what the steady phase left queued, before the lifecycle and again after it.
 
 It has no /metrics and no extension calls: store calls are counted by the emulator's
