@@ -160,7 +160,7 @@ class Deployment:
             "--address_to_token_database", f"{HOST}:{token_port}",
         ]
         leader, ports = await self._replica("scheduler", aws_args)
-        recorder = RequestRecorder(endpoint, recording)
+        recorder = self._recorder(endpoint, recording)
         if self.replicas == 1:
             return Target("aws", f"{HOST}:{ports[0]}", f"{HOST}:{ports[1]}",
                           f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
@@ -172,6 +172,9 @@ class Deployment:
         return Target("aws", f"{HOST}:{follower_ports[0]}", f"{HOST}:{ports[1]}",
                       f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
                       endpoint, recorder=recorder, token_database=f"{HOST}:{token_port}")
+
+    def _recorder(self, endpoint: str, recording: Path) -> RequestRecorder:
+        return RequestRecorder(endpoint, recording, modelled=self.store_model != "none")
 
     async def _replica(self, name: str, aws_args: list[str]) -> tuple[Child, list[int]]:
         """One AWS-mode scheduler on fresh ports, serving; its submission, execution and

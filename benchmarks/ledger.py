@@ -30,7 +30,6 @@ class Ledger:
         self.unknown_assigned: list[str] = []  # handed to a node, never acknowledged to us
         self.mismatched: list[str] = []  # the node received other bytes than were sent
         self.report_refusals: Counter[str] = Counter()
-        self.setup_refusals: Counter[str] = Counter()  # a phase's jobs refused, then made again
         self.duplicate_ids: list[str] = []
         # Received by a node before its submitter had the answer (a long-polling node
         # can be that quick): applied when the submission is acknowledged.
@@ -91,7 +90,6 @@ class Ledger:
             "program_mismatches": len(self.mismatched),
             "duplicate_job_ids": len(self.duplicate_ids),
             "report_refusals": dict(self.report_refusals),
-            "setup_refusals": dict(self.setup_refusals),
             "examples": {
                 "never_assigned": never[:5],
                 "assigned_more_than_once": doubled[:5],

@@ -29,9 +29,10 @@ _S3_KEY_PATH = re.compile(r"^/[^/]+/.+")  # path-style: /bucket/key
 class RequestRecorder:
     """Turns moto's recorder on and off and reads what it recorded since a mark."""
 
-    def __init__(self, endpoint: str, path: Path) -> None:
+    def __init__(self, endpoint: str, path: Path, modelled: bool = False) -> None:
         self._endpoint = endpoint
         self.path = path
+        self.modelled = modelled  # the emulator runs a model that counts capacity units
 
     async def _call(self, action: str) -> None:
         async with aiohttp.ClientSession() as http, http.post(
@@ -49,6 +50,8 @@ class RequestRecorder:
     async def usage(self, reset: bool = False) -> dict[str, Any] | None:
         """The emulator's model's counts (docs/emulators.md): requests, capacity units,
         throttled and conflicting calls; None when the emulator runs no model."""
+        if not self.modelled:
+            return None
         path = "/emulator/usage/reset" if reset else "/emulator/usage"
         async with aiohttp.ClientSession() as http, http.request(
                 "POST" if reset else "GET", f"{self._endpoint}{path}") as answer:

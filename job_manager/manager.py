@@ -830,7 +830,9 @@ class JobManager:
             )
         self._ended(finished)
         if finished.status is JobStatus.COMPLETED:
-            await self._seal_result(finished)
+            # After the answer: the tags are for the bucket's rules, and a failure to set
+            # them never changed the answer (the node waits one store call less).
+            self._in_background(self._seal_result(finished))
         return finished
 
     async def _promote_result(self, running: JobRecord) -> None:
@@ -1089,6 +1091,12 @@ class JobManager:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background_ended)
+
+    async def background_done(self, timeout_s: float | None = None) -> None:
+        """Wait (at most ``timeout_s``) for the work begun so far that no caller waits for:
+        before the stores close at a stop, and in tests."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
 
     def _background_ended(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)

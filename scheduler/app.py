@@ -567,6 +567,8 @@ class Scheduler:
         # the restarted scheduler, or fails). Among replicas they are passed on.
         grace -= await self._finish_calls(grace, refuse=not leased)
         await asyncio.gather(*(server.stop(max(grace, 0.0)) for server in self._servers))
+        if self._replicas is not None:  # e.g. results still being sealed
+            await self._replicas.manager.background_done(max(grace, 1.0))
         await self.supervisor.stop()
         if self._token_server is not None:
             # Last: submissions still in flight resolve their tokens through it.

@@ -439,6 +439,7 @@ async def test_programs_and_completed_results_carry_their_owners_tags(s3h: S3Har
     assert await s3h.tags(input_key(job)) == kept
     await s3h.assign()
     await s3h.complete(job)
+    await s3h.manager.background_done()  # sealed just after the answer
     assert await s3h.tags(result_key(job)) == kept
 
     failed = await s3h.submit()
