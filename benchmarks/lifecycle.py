@@ -25,6 +25,7 @@ from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 POLLS_WAITING = 5
 POLLS_DONE = 5
+SETTLE_S = 0.05  # counting a life's steps apart: the wait after each step
 COMPLETED = int(job_pb2.JOB_STATUS_COMPLETED)
 STEPS = ("submit", "status_waiting", "assign", "upload_and_report", "status_done", "result")
 
@@ -169,6 +170,9 @@ async def _per_step(life: Life, read: Reading, lives: int) -> dict[str, dict[str
 
     async def close_step() -> None:
         if open_step:
+            # A write the scheduler makes just after answering (the result's seal after
+            # a report) belongs to the step that caused it.
+            await asyncio.sleep(SETTLE_S)
             step, before = open_step.pop()
             after = await read()
             if before is not None and after is not None:
@@ -181,7 +185,6 @@ async def _per_step(life: Life, read: Reading, lives: int) -> dict[str, dict[str
 
     for _ in range(lives):
         await life.live(between)
-        await asyncio.sleep(0.05)  # a write the scheduler makes after answering lands here
         await close_step()
     return {step: {op: round(n / lives, 3) for op, n in sorted(ops.items())}
             for step, ops in steps.items()}
