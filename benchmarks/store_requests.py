@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+from job_manager.stores.fence import FENCE_ITEM_PREFIX
 from scheduler.app import PROBE_JOB_ID
 
 RECORDER_ENV = "MOTO_RECORDER_FILEPATH"
@@ -107,8 +108,10 @@ def classify(entry: dict[str, Any]) -> tuple[str, str]:
         body = request_body(entry)
         if PROBE_JOB_ID in body:
             return "background", operation
-        # A job write's transaction names the lease too (its fence): it is the job's.
-        lease = not operation.endswith("TransactWriteItems") and LEASE_KEY in body
+        # A job write's transaction names a fence item too: it is the job's. A new term's
+        # raise of the fence items belongs with the lease.
+        lease = not operation.endswith("TransactWriteItems") and (
+            LEASE_KEY in body or FENCE_ITEM_PREFIX in body)
         return ("lease" if lease else "scheduler"), operation
     if target.startswith("AmazonSSM."):
         return "background", f"ssm.{target.split('.', 1)[1]}"

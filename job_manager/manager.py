@@ -164,6 +164,7 @@ class JobManager:
         # Among replicas, every write is conditional on the lease of this manager's term
         # (job_manager/stores/fence.py); a follower's manager has one that never holds.
         self._fence = fence
+        self._fence_raised = False
         self._payloads = payloads
         # Standalone keeps programs beside the records: one write per submission (_store_new).
         self._beside_records = payloads if isinstance(payloads, InputsBesideRecords) else None
@@ -1025,7 +1026,13 @@ class JobManager:
 
     # --- restart --------------------------------------------------------------------
     async def recover(self) -> None:
-        """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart."""
+        """Reload QUEUED jobs into their queues and watch RUNNING ones, after a restart.
+
+        A leader's term first raises its fence, so that nothing the last leader writes
+        from then on lands unseen (docs/replicas.md, "Fence")."""
+        if self._fence is not None and not self._fence_raised:
+            await self._store.raise_fence(self._fence)
+            self._fence_raised = True
         async for record in self._store.list_by_status(JobStatus.RUNNING):
             if _changeable(record):
                 self.ledger.admit_running(record)

@@ -2,16 +2,10 @@
 
 The item's key is ``scheduler-lease``: never a job id (a UUID), never an idempotency
 claim. It has no ``status`` (the status index never sees it) and no ``job_expiry`` (the
-table's TTL never removes it). Job writes that must be fenced name this item in their
-transaction's condition (job_manager/stores/dynamodb_job_store.py).
-
-DynamoDB refuses a PutItem on an item that a transaction in flight includes
-(TransactionConflictException). So the lease's writes share a gate with the job store's
-fenced transactions in this process (common/item_gate.py): they go before every job
-transaction waiting, and wait for the one in flight only briefly, never until a hung one
-answers. A conflict (with another process's transaction, or with ours still in
-DynamoDB's hands) is retried up to twice within the call (docs/replicas.md, "One fenced
-transaction at a time").
+table's TTL never removes it). No job write names it: job writes are fenced by the fence
+items a new leader raises (job_manager/stores/fence.py), so a renewal never meets a job
+transaction. A conflict all the same (a transaction of a release that fenced on this
+item, during an upgrade) is retried up to twice within the call.
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.item_gate import ItemGate
 from leadership.lease import LeaseRecord, LeaseUnreachable
 
 LEASE_KEY = "scheduler-lease"
@@ -33,13 +26,10 @@ _CONFLICT_WAIT_S = (0.005, 0.02)
 class DynamoDbLeaseTable:
     """LeaseTable on the jobs table: conditional puts of one item."""
 
-    def __init__(self, client: Any, table_name: str, key: str = LEASE_KEY,
-                 gate: ItemGate | None = None) -> None:
-        """``gate``: shared with the job store's fenced transactions (scheduler/aws.py)."""
+    def __init__(self, client: Any, table_name: str, key: str = LEASE_KEY) -> None:
         self._client = client
         self._table = table_name
         self._key = key
-        self._gate = ItemGate() if gate is None else gate
 
     async def read(self) -> LeaseRecord | None:
         answer = await self._call(self._client.get_item, TableName=self._table,
@@ -78,13 +68,11 @@ class DynamoDbLeaseTable:
                                    "ConditionExpression": condition}
         if values:
             request["ExpressionAttributeValues"] = values
-        async with self._gate.lease_write():
-            return await self._put(request)
+        return await self._put(request)
 
     async def _put(self, request: dict[str, Any]) -> bool:
-        """The put, again after a conflict: at once when this process's transaction in
-        flight held the item (it has ended now), else after a few milliseconds, up to
-        _PUT_ATTEMPTS conflicts with other processes' transactions."""
+        """The put, again a few milliseconds after a conflict, up to _PUT_ATTEMPTS
+        conflicts in a row."""
         conflicts = 0
         while True:
             try:
@@ -94,8 +82,6 @@ class DynamoDbLeaseTable:
                 return False
             except _Conflict:
                 pass  # the item was in a transaction: the put did not land
-            if await self._gate.transaction_ended():
-                continue
             conflicts += 1
             if conflicts == _PUT_ATTEMPTS:
                 raise LeaseUnreachable(f"the lease item was in other transactions "

@@ -13,7 +13,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backend_manager.sources import SsmBackendSource
 from common.clock import Clock
-from common.item_gate import ItemGate
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from_table
 from job_manager.stores.s3_payload_store import S3PayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
@@ -143,18 +142,13 @@ async def aws_stack(aws: AwsConfig, clock: Clock, key_window: timedelta,
         secret = await asyncio.to_thread(_parameter, ssm, aws.execution_secret_parameter,
                                          "--execution-secret-parameter")
     await asyncio.to_thread(_check_reachable, dynamodb, table, aws.status_index, s3, bucket)
-    # The lease's writes and the fenced job transactions name the same item, which
-    # DynamoDB lets only one of them hold at a time: they take turns, the lease first, and
-    # it waits for a job transaction in flight a quarter of a round at most (docs/replicas.md).
-    lease_item = ItemGate(patience_s=replicas.lease_renew_s / 4)
     return Stack(
         execution_secret=secret,
         jobs=DynamoDbJobStore(dynamodb, table, key_window=key_window,
-                              status_index=aws.status_index, unreadable=unreadable,
-                              gate=lease_item),
+                              status_index=aws.status_index, unreadable=unreadable),
         payloads=S3PayloadStore(s3, bucket, clock),
         backend_source=SsmBackendSource(ssm, aws.backend_status_parameter_name),
-        lease_table=DynamoDbLeaseTable(clients.lease, table, gate=lease_item),
+        lease_table=DynamoDbLeaseTable(clients.lease, table),
     )
 
 

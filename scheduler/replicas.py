@@ -28,7 +28,6 @@ import grpc
 from backend_manager import BackendTable
 from job_manager.manager import JobManager
 from job_manager.stores import Deposed, Fence
-from leadership.dynamodb_lease import LEASE_KEY
 from leadership.lease import Lease
 from scheduler.admission import LeaderWaitRoom
 from scheduler.forwarding import (
@@ -228,7 +227,7 @@ class Replicas:
     def _new_manager(self, epoch: int | None) -> JobManager:
         # Among replicas every manager is fenced: by its term's epoch, or (a follower's)
         # by epoch 0, which no lease ever has.
-        fence = (Fence(LEASE_KEY, self._lease.me, epoch)
+        fence = (Fence(self._lease.me, epoch)
                  if self._lease is not None and epoch is not None else None)
         manager = self._make(fence)
         if self._table is not None:

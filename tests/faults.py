@@ -113,6 +113,9 @@ class FlakyJobStore(_Faults):
         super().__init__("jobs")
         self.inner = inner
 
+    async def raise_fence(self, fence: Fence) -> None:
+        await self.inner.raise_fence(fence)
+
     async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         await self._call("create", lambda: self.inner.create(record, fence))
 

@@ -26,7 +26,6 @@ from typing import Any, AsyncIterator
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.item_gate import ItemGate
 from job_manager.model import RECORD_FORMAT, JobRecord, JobStatus, QueuedRow
 from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
@@ -124,10 +123,7 @@ class DynamoDbJobStore:
         key_window: timedelta = timedelta(hours=24),
         status_index: str = STATUS_INDEX,
         unreadable: UnreadableRecords | None = None,
-        gate: ItemGate | None = None,
     ) -> None:
-        """``gate``: shared with the lease's writes (scheduler/aws.py), so that they rarely
-        race a fenced transaction of this process and never wait behind one for long."""
         self._unreadable = UnreadableRecords() if unreadable is None else unreadable
         self._client = client
         self._table = table_name
@@ -135,10 +131,9 @@ class DynamoDbJobStore:
         self._retention = retention
         self._key_window = key_window
         self._calls = BlockingCalls("dynamodb-jobs", max_workers, (ClientError, BotoCoreError))
-        # Fenced writes go through one committer, batched: DynamoDB cancels transactions that
-        # name one item side by side (docs/replicas.md, "One fenced transaction at a time").
-        self._fenced = FencedCommits(client, table_name, self._calls,
-                                     ItemGate() if gate is None else gate)
+        # Fenced writes go through one committer per fence item, batched: DynamoDB cancels
+        # transactions that name one item side by side (docs/replicas.md, "Fence").
+        self._fenced = FencedCommits(client, table_name, self._calls)
 
     def _row(self, record: JobRecord) -> codec.Row:
         """The item's attributes before serialization: the codec's row, its month for
@@ -202,7 +197,8 @@ class DynamoDbJobStore:
         if fence is not None:
             keys = frozenset(item["Put"]["Item"]["job_id"]["S"]
                              for item in [*claim, {"Put": new_job}])
-            await self._fenced.write(fence, [*claim, {"Put": new_job}], keys, refused)
+            await self._fenced.write(fence, [*claim, {"Put": new_job}], keys, refused,
+                                     record.job_id)
             return
         await self._calls.run(put_in_transaction if claim else put)
 
@@ -220,6 +216,10 @@ class DynamoDbJobStore:
             "ConditionExpression": "attribute_not_exists(job_id) OR claim_until <= :now",
             "ExpressionAttributeValues": {":now": {"N": _epoch_s(record.submitted_at)}},
         }
+
+    async def raise_fence(self, fence: Fence) -> None:
+        """Before a leader's term reads a job: every fence item names it (fenced_commits)."""
+        await self._fenced.raise_fence(fence)
 
     async def get(self, job_id: str) -> JobRecord | None:
         answer = await self._calls.run(
@@ -254,7 +254,7 @@ class DynamoDbJobStore:
             return _refused(before.job_id, reasons[0].get("Item"), written)
 
         landed = await self._fenced.write(fence, [{kind: write}],
-                                          frozenset([before.job_id]), outcome)
+                                          frozenset([before.job_id]), outcome, before.job_id)
         return bool(landed)
 
     def _change(self, before: JobRecord,

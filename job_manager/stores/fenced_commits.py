@@ -1,12 +1,12 @@
-"""The leader's fenced job writes on DynamoDB: one transaction in flight at a time, batched.
+"""The leader's fenced job writes on DynamoDB: per fence item, one transaction in flight at
+a time, batched.
 
-Every fenced write names the lease item in its transaction (a ConditionCheck). DynamoDB
-cancels a transaction that includes an item another transaction in flight includes
-("TransactionConflict"), and refuses a PutItem on such an item. Two fenced writes in
-flight at once would therefore cancel each other, and the lease's renewal would fail
-while any of them is in flight. So one committer sends them: each TransactWriteItems
-holds the lease check and as many waiting writes as fit, and the lease's own writes
-share its gate, where they go first (common/item_gate.py; docs/replicas.md, "Fence").
+Every fenced write names its job's fence item in its transaction (a ConditionCheck;
+job_manager/stores/fence.py). DynamoDB cancels a transaction that includes an item
+another transaction in flight includes ("TransactionConflict"). Two writes fenced by one
+item, in flight at once, would therefore cancel each other. So each fence item has one
+committer: each TransactWriteItems holds the item's check and as many waiting writes as
+fit. The committers of different items run side by side (docs/replicas.md, "Fence").
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from common.item_gate import ItemGate
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import StoreError
-from job_manager.stores.fence import Deposed, Fence
+from job_manager.stores.fence import Deposed, Fence, fence_item_keys
 
 MAX_ACTIONS = 100  # DynamoDB's limit on one transaction, the lease check included
 MAX_BATCH_BYTES = 2_000_000  # well under the transaction's 4 MB
@@ -48,32 +47,98 @@ class FencedWrite:
 
 
 class FencedCommits:
-    """The single committer of one store's fenced writes."""
+    """The committers of one store's fenced writes, one per fence item."""
 
-    def __init__(self, client: Any, table: str, calls: BlockingCalls, gate: ItemGate,
+    def __init__(self, client: Any, table: str, calls: BlockingCalls,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._table = table
         self._calls = calls
-        self._gate = gate
+        self._monotonic = monotonic
+        self._committers: dict[str, _Committer] = {}
+
+    async def write(self, fence: Fence, actions: list[dict[str, Any]], keys: frozenset[str],
+                    settle: Settle, job_id: str | None = None) -> object:
+        """Queue a write for the next transaction of ``job_id``'s fence item (by default
+        the first of ``keys``); its outcome once it is known."""
+        if self._calls.closed:
+            raise StoreError("dynamodb-jobs: the store is closed")
+        item = fence.item_of(min(keys) if job_id is None else job_id)
+        committer = self._committers.get(item)
+        if committer is None:
+            committer = self._committers[item] = _Committer(
+                item, self._client, self._table, self._calls, self._monotonic)
+        return await committer.write(FencedWrite(fence, actions, keys, settle,
+                                                 asyncio.get_running_loop().create_future(),
+                                                 _size_bytes(actions)))
+
+    async def drain(self) -> None:
+        """Wait until the writes queued so far have their answers."""
+        await asyncio.gather(*(c.drain() for c in list(self._committers.values())))
+
+    async def raise_fence(self, fence: Fence) -> None:
+        """Make every fence item name ``fence``'s holder at its epoch, before a new term
+        reads a job: from then on no write of an earlier term lands. A transaction of an
+        earlier term still in DynamoDB's hands holds its item, and the raise of that item
+        waits for it (tried again after a conflict, for up to GIVE_UP_S). Deposed when
+        an item already names a later epoch; raising it again is harmless."""
+        await asyncio.gather(*(self._raise(fence, item)
+                               for item in fence_item_keys(fence.items)))
+
+    async def _raise(self, fence: Fence, item: str) -> None:
+        request = {
+            "TableName": self._table,
+            "Key": {"job_id": {"S": item}},
+            "UpdateExpression": "SET holder = :holder, epoch = :epoch",
+            "ConditionExpression": "attribute_not_exists(epoch) OR epoch < :epoch OR "
+                                   "(epoch = :epoch AND holder = :holder)",
+            "ExpressionAttributeValues": {":holder": {"S": fence.holder},
+                                          ":epoch": {"N": str(fence.epoch)}},
+        }
+
+        def update() -> str:
+            try:
+                self._client.update_item(**request)
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code == "ConditionalCheckFailedException":
+                    return "later epoch"
+                if code == "TransactionConflictException":
+                    return "conflict"
+                raise
+            return "raised"
+
+        since, conflicts = self._monotonic(), 0
+        while (outcome := await self._calls.run(update)) == "conflict":
+            conflicts += 1
+            if self._monotonic() - since > GIVE_UP_S:
+                raise StoreError(f"dynamodb-jobs: fence item {item} in transactions for "
+                                 f"{GIVE_UP_S:g} s")
+            await asyncio.sleep(_backoff_s(conflicts))
+        if outcome == "later epoch":
+            raise Deposed(fence)
+
+
+class _Committer:
+    """The writes fenced by one item: one transaction in flight at a time."""
+
+    def __init__(self, item: str, client: Any, table: str, calls: BlockingCalls,
+                 monotonic: Callable[[], float]) -> None:
+        self._item = item
+        self._client = client
+        self._table = table
+        self._calls = calls
         self._monotonic = monotonic
         self._pending: list[FencedWrite] = []
         self._committer: asyncio.Task[None] | None = None
 
-    async def write(self, fence: Fence, actions: list[dict[str, Any]], keys: frozenset[str],
-                    settle: Settle) -> object:
-        """Queue a write for the next transaction; its outcome once it is known."""
-        if self._calls.closed:
-            raise StoreError("dynamodb-jobs: the store is closed")
-        answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.append(FencedWrite(fence, actions, keys, settle, answer,
-                                         _size_bytes(actions)))
+    async def write(self, write: FencedWrite) -> object:
+        self._pending.append(write)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
-        return await answer
+        return await write.answer
 
     async def drain(self) -> None:
-        """Wait until the writes queued so far have their answers."""
         if self._committer is not None:
             await asyncio.shield(self._committer)
 
@@ -106,7 +171,7 @@ class FencedCommits:
         fence = self._pending[0].fence
         batch: list[FencedWrite] = []
         rest: list[FencedWrite] = []
-        taken, held_back = {fence.item_key}, set[str]()
+        taken, held_back = {self._item}, set[str]()
         actions, size = 1, 0
         for write in self._pending:
             fits = (write.fence == fence and not write.keys & (taken | held_back)
@@ -127,7 +192,7 @@ class FencedCommits:
         """Send the batch as one transaction: None when it landed, DynamoDB's error when
         it was cancelled, a StoreError for any other failure (throttled past botocore's
         retries, a 5xx, no connection), which every write of the batch then gets."""
-        items = [fence_check(self._table, batch[0].fence)]
+        items = [fence_check(self._table, batch[0].fence, self._item)]
         items += [action for write in batch for action in write.actions]
 
         def transact() -> ClientError | None:
@@ -140,8 +205,7 @@ class FencedCommits:
             return None
 
         try:
-            async with self._gate.transaction():
-                return await self._calls.run(transact)
+            return await self._calls.run(transact)
         except Exception as exc:  # noqa: BLE001 - every waiting caller must get an answer
             return exc if isinstance(exc, StoreError) else StoreError(f"dynamodb-jobs: {exc}")
 
@@ -185,11 +249,11 @@ class FencedCommits:
         self._pending[:0] = again
 
 
-def fence_check(table: str, fence: Fence) -> dict[str, Any]:
-    """The transaction item that holds a write to the lease still naming its leader."""
+def fence_check(table: str, fence: Fence, item: str) -> dict[str, Any]:
+    """The transaction item that holds a write to its fence item still naming its leader."""
     return {"ConditionCheck": {
         "TableName": table,
-        "Key": {"job_id": {"S": fence.item_key}},
+        "Key": {"job_id": {"S": item}},
         "ConditionExpression": "holder = :holder AND epoch = :epoch",
         "ExpressionAttributeValues": {":holder": {"S": fence.holder},
                                       ":epoch": {"N": str(fence.epoch)}},

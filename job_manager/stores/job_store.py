@@ -27,6 +27,11 @@ class JobStore(Protocol):
     store cannot be reached or answers with an error.
     """
 
+    async def raise_fence(self, fence: Fence) -> None:
+        """Before a leader's term reads a job: from now on only writes fenced at
+        ``fence``'s epoch or later land (Deposed when a later one was raised already).
+        A store with a single writer (standalone) has nothing to raise."""
+
     async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         """Store a new record; StoreError if a record with its id exists.
 

@@ -147,6 +147,9 @@ class SqliteJobStore:
         """Create the file and the schema now rather than on the first call."""
         await self._calls.run(self._connection)
 
+    async def raise_fence(self, fence: Fence) -> None:
+        pass  # one scheduler per data directory (leadership/lock.py): no fence
+
     async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
         # No fence to check: one scheduler per data directory (leadership/lock.py).
         await self._write(self._insert(record, None))

@@ -1,7 +1,8 @@
 """The lease and its fence on DynamoDB (moto): a deposed leader's job writes change nothing.
 
 docs/replicas.md: every write of a leader's term is conditional, in one transaction, on
-the lease still naming it at its epoch.
+its job's fence item naming it at its epoch; a new term raises every fence item to its
+epoch before it reads a job.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def lease(dynamodb_endpoint: str, table: str, me: str) -> Lease:
 
 
 def fence_of(held: Lease) -> Fence:
-    return Fence(LEASE_KEY, held.me, held.epoch)
+    return Fence(held.me, held.epoch)
+
+
+async def lead(store: DynamoDbJobStore, held: Lease) -> Fence:
+    """What a new term does before it reads a job: raise its fence."""
+    await store.raise_fence(fence_of(held))
+    return fence_of(held)
 
 
 async def test_the_lease_record_round_trips_and_writes_are_conditional(
@@ -64,6 +71,7 @@ async def test_the_leaders_fenced_writes_land(dynamodb_endpoint: str, table: str
     a = lease(dynamodb_endpoint, table, "a")
     await a.step()
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
+    await lead(store, a)
     job = record()
     await store.create(job, fence_of(a))
     assert await store.transition(job, running(job), fence_of(a))
@@ -82,6 +90,7 @@ async def test_a_fenced_write_of_a_record_a_newer_scheduler_changed_is_refused(
     await a.step()
     client = aws_client("dynamodb", dynamodb_endpoint)
     store, raw = DynamoDbJobStore(client, table), RawDynamoDb(client, table)
+    await lead(store, a)
     job = record()
     await store.create(job, fence_of(a))
     newer_writer(raw, job.job_id, RECORD_FORMAT + 1)
@@ -96,12 +105,16 @@ async def test_a_deposed_leader_changes_no_job(dynamodb_endpoint: str, table: st
     a, b = lease(dynamodb_endpoint, table, "a"), lease(dynamodb_endpoint, table, "b")
     await a.step()
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
+    await lead(store, a)
     queued = record()
     await store.create(queued, fence_of(a))
     stale = fence_of(a)
     await a.release()  # as if a slept through its lease: b takes over
     await b.step()
     assert b.leading and b.epoch == 2
+    # Until b's term raises its fence, a's writes still land; b raises it before it reads
+    # a job (JobManager.recover), so none of them is missed.
+    await lead(store, b)
 
     with pytest.raises(Deposed):
         await store.transition(queued, running(queued), stale)
@@ -122,10 +135,11 @@ async def test_a_follower_can_never_write(dynamodb_endpoint: str, table: str) ->
     a = lease(dynamodb_endpoint, table, "a")
     await a.step()
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
-    follower = Fence(LEASE_KEY, "b", 0)  # a follower's manager is fenced at epoch 0
+    await lead(store, a)
+    follower = Fence("b", 0)  # a follower's manager is fenced at epoch 0
     with pytest.raises(Deposed):
         await store.create(record(), follower)
-    nobody = Fence(LEASE_KEY, "a", 0)
+    nobody = Fence("a", 0)
     with pytest.raises(Deposed):
         await store.create(record(), nobody)
     await store.close()
@@ -135,14 +149,16 @@ async def test_with_no_lease_record_a_fenced_write_is_refused(
         dynamodb_endpoint: str, table: str) -> None:
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     with pytest.raises(Deposed):
-        await store.create(record(), Fence(LEASE_KEY, "a", 1))
+        await store.create(record(), Fence("a", 1))
     await store.close()
 
 
-async def test_the_lease_item_is_invisible_to_recovery(dynamodb_endpoint: str, table: str) -> None:
+async def test_the_lease_and_fence_items_are_invisible_to_recovery(
+        dynamodb_endpoint: str, table: str) -> None:
     a = lease(dynamodb_endpoint, table, "a")
     await a.step()
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
+    await lead(store, a)
     for status in JobStatus:
         assert [r async for r in store.list_by_status(status)] == []
     await store.close()

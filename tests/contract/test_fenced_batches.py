@@ -3,7 +3,7 @@
 Real DynamoDB cancels a transaction that includes an item another transaction in flight
 includes, and refuses a PutItem or UpdateItem on such an item; moto runs one request at
 a time and never does. ConflictingDynamoDb adds that to moto, so these tests see what
-production sees: every fenced write names the lease item (docs/replicas.md, "Fence").
+production sees: every fenced write names its job's fence item (docs/replicas.md, "Fence").
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from common.clock import SystemClock
-from common.item_gate import ItemGate
 from job_manager.model import JobStatus
 from job_manager.stores import Deposed, Fence, KeyTaken, StoreError
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
+from job_manager.stores.fence import FENCE_ITEM_PREFIX, fence_item_keys
 from job_manager.stores.unreadable import UnreadableRecords
-from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
+from leadership.dynamodb_lease import DynamoDbLeaseTable
 from leadership.lease import Lease, LeaseRecord, LeaseTable, LeaseUnreachable
 from scheduler import aws
 from scheduler.config import AwsConfig, ReplicaConfig
@@ -45,11 +45,13 @@ class ConflictingDynamoDb:
         self._client = client
         self._lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()  # item keys of transactions under way
+        self._under_way = 0
         self.transactions = 0  # TransactWriteItems calls that reached the table
         self.conflicts = 0  # requests refused for a conflict
         self.cancelled_transactions = 0  # transactions among them
         self.landed: Counter[str] = Counter()  # item keys written by a transaction that landed
         self.sizes: list[int] = []  # actions in each transaction sent
+        self.most_in_flight = 0  # the most transactions under way at once
         self.throttle_next = False  # the next transaction fails as throttled past retries
 
     def __getattr__(self, name: str) -> Any:
@@ -69,16 +71,23 @@ class ConflictingDynamoDb:
                 raise _cancelled(["TransactionConflict" if self._in_flight[key] else "None"
                                   for key in keys])
             self._in_flight.update(keys)
+            self._under_way += 1
+            self.most_in_flight = max(self.most_in_flight, self._under_way)
             self.transactions += 1
             self.sizes.append(len(keys))
         try:
             time.sleep(TRANSACTION_S)
+            self._while_in_flight()
             answer = self._client.transact_write_items(**request)
-            self.landed.update(key for key in keys if key != LEASE_KEY)
+            self.landed.update(key for key in keys if not key.startswith(FENCE_ITEM_PREFIX))
             return answer
         finally:
             with self._lock:
                 self._in_flight.subtract(keys)
+                self._under_way -= 1
+
+    def _while_in_flight(self) -> None:
+        """A transaction holds its items here (a hook for LateAnswers)."""
 
     def put_item(self, **request: Any) -> Any:
         self._refuse_if_in_flight(_key(request), "PutItem")
@@ -115,13 +124,12 @@ def _cancelled(codes: list[str]) -> ClientError:
 
 class Replica:
     """One process's view of the table: the wrapped client, the lease table and the job
-    store sharing one gate, as scheduler/aws.py builds them."""
+    store, as scheduler/aws.py builds them."""
 
     def __init__(self, dynamodb: ConflictingDynamoDb, table: str) -> None:
         self.table = table
-        gate = ItemGate()
-        self.leases = DynamoDbLeaseTable(dynamodb, table, gate=gate)
-        self.store = DynamoDbJobStore(dynamodb, table, gate=gate)
+        self.leases = DynamoDbLeaseTable(dynamodb, table)
+        self.store = DynamoDbJobStore(dynamodb, table)
 
 
 @pytest.fixture
@@ -135,11 +143,14 @@ async def leader(dynamodb: ConflictingDynamoDb) -> AsyncIterator[Replica]:
     create_table(dynamodb, table)
     replica = Replica(dynamodb, table)
     assert await replica.leases.create(LeaseRecord("a", 1, "v0"))
+    await replica.store.raise_fence(FENCE)
     yield replica
     await replica.store.close()
 
 
-FENCE = Fence(LEASE_KEY, "a", 1)
+FENCE = Fence("a", 1)
+# The same term with one fence item: every write in one queue, for the batching rules.
+ONE_ITEM = Fence("a", 1, items=1)
 
 
 async def test_concurrent_fenced_writes_land_once_each_in_fewer_transactions(
@@ -162,13 +173,13 @@ async def test_concurrent_fenced_writes_land_once_each_in_fewer_transactions(
 async def test_in_a_batch_a_refused_transition_is_refused_alone(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
     jobs = [record() for _ in range(5)]
-    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in jobs))
     stale = running(jobs[2])  # the store holds it QUEUED: this finish is refused
     changes = [(stale, finished(stale)) if job is jobs[2] else (job, running(job))
                for job in jobs]
     sent = dynamodb.transactions
     landed = await asyncio.gather(*(
-        leader.store.transition(before, after, FENCE) for before, after in changes))
+        leader.store.transition(before, after, ONE_ITEM) for before, after in changes))
     assert landed == [True, True, False, True, True]
     assert dynamodb.transactions - sent == 2  # the batch, then the four again
     for job in jobs:
@@ -177,14 +188,15 @@ async def test_in_a_batch_a_refused_transition_is_refused_alone(
         assert stored.status is (JobStatus.QUEUED if job is jobs[2] else JobStatus.RUNNING)
 
 
-async def test_a_batch_under_a_moved_lease_is_deposed_entirely(
+async def test_a_batch_under_a_raised_fence_is_deposed_entirely(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
     jobs = [record() for _ in range(3)]
-    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in jobs))
     assert await leader.leases.replace(LeaseRecord("b", 2, "v1"), "v0")  # b took over
+    await leader.store.raise_fence(Fence("b", 2))  # and began its term
     new = [record(), replace(record(), idempotency_key="k")]
-    writes = [*(leader.store.transition(job, running(job), FENCE) for job in jobs),
-              *(leader.store.create(job, FENCE) for job in new)]
+    writes = [*(leader.store.transition(job, running(job), ONE_ITEM) for job in jobs),
+              *(leader.store.create(job, ONE_ITEM) for job in new)]
     sent = dynamodb.transactions
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert all(isinstance(outcome, Deposed) for outcome in outcomes), outcomes
@@ -200,12 +212,11 @@ async def test_a_batch_under_a_moved_lease_is_deposed_entirely(
 async def test_lease_renewals_never_fail_under_sustained_fenced_writes(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
     await renew_while_writing(leader.leases, leader.store)
-    # A renewal waits for a job transaction in flight only briefly, then writes beside it
-    # and, refused, waits for it then: no job transaction is ever cancelled by it.
+    # No job transaction names the lease item: none is ever cancelled by a renewal.
     assert dynamodb.cancelled_transactions == 0
 
 
-async def test_the_aws_stack_gives_the_lease_and_the_jobs_one_gate(
+async def test_in_the_aws_stack_renewals_never_meet_job_transactions(
         aws_names: AwsNames, monkeypatch: pytest.MonkeyPatch) -> None:
     wrapped: list[ConflictingDynamoDb] = []
     connect = aws._clients
@@ -224,6 +235,7 @@ async def test_the_aws_stack_gives_the_lease_and_the_jobs_one_gate(
     assert await stack.lease_table.create(LeaseRecord("a", 1, "v0"))
     try:
         assert isinstance(stack.jobs, DynamoDbJobStore)
+        await stack.jobs.raise_fence(FENCE)
         await renew_while_writing(stack.lease_table, stack.jobs)
     finally:
         await stack.close()
@@ -290,13 +302,13 @@ async def test_two_writes_to_one_job_take_two_transactions_in_order(
 
 async def test_a_batch_stays_within_dynamodbs_limits(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
-    # 100 actions to a transaction, the lease check among them; 4 MB in all (kept to 2).
+    # 100 actions to a transaction, the fence check among them; 4 MB in all (kept to 2).
     many = [replace(record(), idempotency_key=f"k{i}") for i in range(60)]  # 2 actions each
-    await asyncio.gather(*(leader.store.create(job, FENCE) for job in many))
+    await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in many))
     assert max(dynamodb.sizes) <= 100 and len(dynamodb.sizes) >= 2
     sent = len(dynamodb.sizes)
     bulky = [record(settings=BULKY_SETTINGS) for _ in range(12)]  # 256 kB each
-    await asyncio.gather(*(leader.store.create(job, FENCE) for job in bulky))
+    await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in bulky))
     assert max(dynamodb.sizes[sent:]) <= 1 + 2_000_000 // len(BULKY_SETTINGS)
     for job in [*many, *bulky]:
         assert await leader.store.get(job.job_id) is not None
@@ -321,10 +333,10 @@ async def test_a_batch_that_fails_otherwise_fails_each_write_in_it(
         dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
     jobs = [record() for _ in range(4)]
     dynamodb.throttle_next = True
-    outcomes = await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs),
+    outcomes = await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in jobs),
                                     return_exceptions=True)
     assert all(isinstance(outcome, StoreError) for outcome in outcomes), outcomes
-    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))  # then they land
+    await asyncio.gather(*(leader.store.create(job, ONE_ITEM) for job in jobs))  # then they land
     for job in jobs:
         assert await leader.store.get(job.job_id) is not None
 
@@ -368,12 +380,22 @@ class LateAnswers(ConflictingDynamoDb):
         super().__init__(client)
         self.answer = threading.Event()
         self.landed_event = threading.Event()
+        self.hold_inside = False  # hold the next transaction in DynamoDB's hands instead
+        self.inside = threading.Event()
 
     def transact_write_items(self, **request: Any) -> Any:
+        if self.hold_inside:
+            return super().transact_write_items(**request)
         answer = super().transact_write_items(**request)
         self.landed_event.set()
         self.answer.wait()
         return answer
+
+    def _while_in_flight(self) -> None:
+        if self.hold_inside:
+            self.hold_inside = False
+            self.inside.set()
+            self.answer.wait()
 
 
 async def test_the_leader_renews_while_a_job_transactions_answer_hangs(
@@ -389,7 +411,8 @@ async def test_the_leader_renews_while_a_job_transactions_answer_hangs(
     lease = Lease(replica.leases, "a", time.monotonic, duration_s=30, renew_every_s=2)
     await lease.step()
     assert lease.leading
-    fence = Fence(LEASE_KEY, "a", lease.epoch)
+    fence = Fence("a", lease.epoch)
+    await replica.store.raise_fence(fence)
     write = asyncio.create_task(replica.store.create(record(), fence))
     try:
         await asyncio.to_thread(dynamodb.landed_event.wait, 10)
@@ -404,3 +427,63 @@ async def test_the_leader_renews_while_a_job_transactions_answer_hangs(
         dynamodb.answer.set()
         await write
         await replica.store.close()
+
+
+# --- fence items (docs/replicas.md, "Fence") -----------------------------------------------
+async def test_a_terms_writes_run_side_by_side_on_its_fence_items(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    jobs = [record() for _ in range(40)]
+    await asyncio.gather(*(leader.store.create(job, FENCE) for job in jobs))
+    assert dynamodb.most_in_flight > 1  # several fence items, a transaction in flight on each
+    assert dynamodb.conflicts == 0  # and none of them cancelled another
+    items = {FENCE.item_of(job.job_id) for job in jobs}
+    assert len(items) > 1
+
+
+async def test_raising_a_fence_names_the_term_on_every_item_and_never_lowers_one(
+        dynamodb: ConflictingDynamoDb, leader: Replica) -> None:
+    def fence_items() -> dict[str, tuple[str, str]]:
+        found = {}
+        for item in fence_item_keys():
+            got = dynamodb.get_item(TableName=leader.table, Key={"job_id": {"S": item}},
+                                    ConsistentRead=True)["Item"]
+            found[item] = (got["holder"]["S"], got["epoch"]["N"])
+        return found
+
+    assert set(fence_items().values()) == {("a", "1")}
+    await leader.store.raise_fence(FENCE)  # again, the same term: harmless
+    await leader.store.raise_fence(Fence("b", 3))
+    assert set(fence_items().values()) == {("b", "3")}
+    for stale in (Fence("a", 2), Fence("a", 3)):  # an earlier epoch, or another's
+        with pytest.raises(Deposed):
+            await leader.store.raise_fence(stale)
+    assert set(fence_items().values()) == {("b", "3")}
+
+
+async def test_a_raise_waits_for_a_deposed_leaders_transaction_in_flight(
+        dynamodb_endpoint: str) -> None:
+    # The old leader's transaction passed its fence check and is still in DynamoDB's hands
+    # when the new leader raises the fence: the raise of its item is refused for the
+    # conflict and tried again, so it lands after it, and the recovery that follows reads
+    # the old leader's write.
+    dynamodb = LateAnswers(aws_client("dynamodb", dynamodb_endpoint))
+    dynamodb.hold_inside = True
+    table = f"jobs-{uuid.uuid4().hex[:12]}"
+    create_table(dynamodb, table)
+    store = DynamoDbJobStore(dynamodb, table)
+    old, new = Fence("a", 1), Fence("b", 2)
+    await store.raise_fence(old)
+    late = record()
+    write = asyncio.create_task(store.create(late, old))
+    await asyncio.to_thread(dynamodb.inside.wait, 10)
+    raised = asyncio.create_task(store.raise_fence(new))
+    await asyncio.sleep(0.2)
+    assert not raised.done()  # its item is in the old leader's transaction
+    assert dynamodb.conflicts > 0
+    dynamodb.answer.set()
+    await write
+    await raised
+    assert await store.get(late.job_id) is not None
+    with pytest.raises(Deposed):
+        await store.create(record(), old)
+    await store.close()

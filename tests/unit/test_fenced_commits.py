@@ -17,14 +17,13 @@ from typing import Any, cast
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from common.item_gate import ItemGate
 from job_manager.stores import fenced_commits
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import StoreError
 from job_manager.stores.fence import Fence
 from job_manager.stores.fenced_commits import FencedCommits
 
-FENCE = Fence("scheduler-lease", "a", 1)
+FENCE = Fence("a", 1, items=1)  # one fence item: every write in one queue
 ANSWER_S = 10.0  # a bound on a hang, never reached when the committer works
 
 
@@ -94,7 +93,7 @@ async def write(commits: FencedCommits, job_id: str) -> object:
 async def test_a_write_in_conflict_is_tried_for_exactly_the_give_up_time_then_fails(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [conflict()] * 10, step_s=0.5)
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     with pytest.raises(StoreError) as failed:
         await write(commits, "j1")
     assert str(failed.value) == "dynamodb-jobs: transaction conflicts for 2 s"
@@ -107,7 +106,7 @@ async def test_a_write_queued_while_a_batch_is_in_conflict_is_not_lost(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [conflict()])
     client.go_on.clear()
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     first = asyncio.ensure_future(write(commits, "j1"))
     await asyncio.to_thread(client.called.wait, ANSWER_S)  # its transaction is under way
     second = asyncio.ensure_future(write(commits, "j2"))  # waits for the next one
@@ -144,7 +143,7 @@ async def test_a_cancellation_that_explains_no_write_fails_each_write_of_the_bat
         clock: Clock, calls: BlockingCalls, codes: list[str]) -> None:
     error = cancelled(codes)
     client = Scripted(clock, [error])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     outcomes = await asyncio.gather(write(commits, "j1"), write(commits, "j2"),
                                     return_exceptions=True)
     assert len(client.sent) == 1  # one batch, not tried again
@@ -165,7 +164,7 @@ async def test_a_write_cancelled_only_by_anothers_condition_goes_again_before_la
         "TransactWriteItems")
     client = Scripted(clock, [error])
     client.go_on.clear()
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
 
     def start(job_id: str) -> asyncio.Future[object]:
         return asyncio.ensure_future(asyncio.wait_for(commits.write(
@@ -185,7 +184,7 @@ async def test_a_write_cancelled_only_by_anothers_condition_goes_again_before_la
 async def test_a_failure_without_an_error_code_fails_each_write_naming_it(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [ClientError(cast(Any, {}), "TransactWriteItems")])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     with pytest.raises(StoreError) as failed:
         await write(commits, "j1")
     assert str(failed.value) == ("dynamodb-jobs: ClientError: An error occurred (Unknown) "
@@ -195,7 +194,7 @@ async def test_a_failure_without_an_error_code_fails_each_write_naming_it(
 async def test_a_write_cancelled_for_another_reason_than_its_condition_fails_naming_each(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [cancelled(["None", "ValidationError", "ThrottlingError"])])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     two_actions = put("j1") + put("k1")
     with pytest.raises(StoreError) as failed:
         await asyncio.wait_for(
@@ -207,7 +206,7 @@ async def test_a_write_cancelled_for_another_reason_than_its_condition_fails_nam
 async def test_a_write_to_a_closed_store_is_refused_in_words(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     calls.close()
     with pytest.raises(StoreError) as refused:
         await write(commits, "j1")
@@ -232,7 +231,7 @@ async def write_all(commits: FencedCommits,
 async def test_a_transaction_holds_at_most_100_actions_the_lease_check_among_them(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     await write_all(commits, [(FENCE, put(f"j{i}"), f"j{i}") for i in range(150)])
     assert [len(sent) for sent in client.sent] == [100, 52]  # 99 writes, then 51
 
@@ -253,7 +252,7 @@ async def test_a_transaction_holds_at_most_2_mb_of_writes(
         clock: Clock, calls: BlockingCalls, sizes: list[int], per_transaction: list[int],
 ) -> None:
     client = Scripted(clock, [])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     await write_all(commits, [(FENCE, sized(f"j{i}", size), f"j{i}")
                               for i, size in enumerate(sizes)])
     assert [len(sent) - 1 for sent in client.sent] == per_transaction
@@ -264,8 +263,8 @@ async def test_writes_to_one_item_land_in_the_order_they_were_made(
     # A write held back (another job's write before it, another term's fence) holds back
     # every later write to its item, though those would fit the transaction.
     client = Scripted(clock, [])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
-    later_term = Fence("scheduler-lease", "a", 2)
+    commits = FencedCommits(client, "jobs", calls, clock)
+    later_term = Fence("a", 2, items=1)
     await write_all(commits, [(FENCE, put("j1"), "j1"), (FENCE, put("j2"), "j2"),
                               (FENCE, put("j1"), "j1"), (later_term, put("j3"), "j3"),
                               (later_term, put("j4"), "j4"), (FENCE, put("j3"), "j3")])
@@ -282,7 +281,7 @@ async def test_the_waits_between_tries_grow_with_conflicts_in_a_row_only(
 
     monkeypatch.setattr(fenced_commits, "_backoff_s", backoff_s)
     client = Scripted(clock, [conflict(), conflict(), None, conflict(), None])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     # Two writes to one job: two transactions of one run of the committer.
     await write_all(commits, [(FENCE, put("j1"), "j1"), (FENCE, put("j1"), "j1")])
     assert waits == [1, 2, 1]  # the first try of each waits for nothing
@@ -292,7 +291,7 @@ async def test_the_waits_between_tries_grow_with_conflicts_in_a_row_only(
 async def test_any_other_failure_of_a_transaction_fails_its_writes_as_a_store_error(
         clock: Clock, calls: BlockingCalls) -> None:
     client = Scripted(clock, [ValueError("a request botocore cannot send")])
-    commits = FencedCommits(client, "jobs", calls, ItemGate(), clock)
+    commits = FencedCommits(client, "jobs", calls, clock)
     with pytest.raises(StoreError) as failed:
         await write(commits, "j1")
     assert str(failed.value) == "dynamodb-jobs: a request botocore cannot send"

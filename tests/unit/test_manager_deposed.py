@@ -20,8 +20,8 @@ from tests.faults import FlakyJobStore
 from tests.unit.test_job_rules import ALICE, Harness
 from tests.unit.test_manager_paths import until
 
-OURS = Fence("lease", "a", 1)
-THEIRS = Fence("lease", "b", 2)
+OURS = Fence("a", 1)
+THEIRS = Fence("b", 2)
 
 
 class FencedJobs(FlakyJobStore):

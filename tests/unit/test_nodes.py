@@ -235,7 +235,7 @@ async def test_a_name_no_backend_has_is_not_remembered(h: Harness) -> None:
 
 
 async def test_a_follower_says_nothing_of_nodes_it_cannot_see(h: Harness) -> None:
-    follower = h.new_manager(fence=Fence("lease", "me", 0))
+    follower = h.new_manager(fence=Fence("me", 0))
     h.clock.advance(QUIET_S * 2)
     assert follower.service_status("emulator", ALICE) == (ServiceStatus.AVAILABLE, "")
     assert follower.node_snapshot() == []

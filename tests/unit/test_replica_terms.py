@@ -113,10 +113,10 @@ async def test_a_standalone_replica_serves_once_recovered_unfenced() -> None:
 async def test_a_term_is_fenced_at_its_epoch_and_counted_once_recovered() -> None:
     made = Made()
     replicas, _, metrics = among_replicas(made)
-    assert made[0].fence == Fence("scheduler-lease", "a", 0)  # a follower's: never holds
+    assert made[0].fence == Fence("a", 0)  # a follower's: never holds
     await replicas.start()
     assert replicas.ready and replicas.manager is cast(JobManager, made[1])
-    assert made[1].fence == Fence("scheduler-lease", "a", 1)
+    assert made[1].fence == Fence("a", 1)
     assert sample(metrics, "mqc3_lease_takeovers_total") == 1.0
     assert sample(metrics, "mqc3_replica_leading") == 1.0
     assert sample(metrics, "mqc3_lease_epoch") == 1.0
@@ -131,7 +131,7 @@ async def test_a_replica_that_steps_down_follows_fenced_at_epoch_0_and_says_so()
     lease.deposed()
     assert not replicas.ready and replicas.manager is cast(JobManager, made[2])
     assert made[1].shut
-    assert made[2].fence == Fence("scheduler-lease", "a", 0)  # can never write
+    assert made[2].fence == Fence("a", 0)  # can never write
     assert sample(metrics, "mqc3_replica_leading") == 0.0
     assert sample(metrics, "mqc3_lease_epoch") == 0.0
 
