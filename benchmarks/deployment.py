@@ -56,6 +56,7 @@ class Target:
     moto_endpoint: str | None = None
     pids: dict[str, int] = field(default_factory=dict)  # every child that serves, by name
     recorder: RequestRecorder | None = None  # AWS mode: moto's request recorder
+    token_database: str | None = None  # AWS mode: the token database service's address
 
 
 def make_tokens(path: Path, count: int) -> list[str]:
@@ -159,17 +160,18 @@ class Deployment:
             "--address_to_token_database", f"{HOST}:{token_port}",
         ]
         leader, ports = await self._replica("scheduler", aws_args)
+        recorder = self._recorder(endpoint, recording)
         if self.replicas == 1:
             return Target("aws", f"{HOST}:{ports[0]}", f"{HOST}:{ports[1]}",
                           f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
-                          endpoint, recorder=self._recorder(endpoint, recording))
+                          endpoint, recorder=recorder, token_database=f"{HOST}:{token_port}")
         await _until_leading(f"http://{HOST}:{ports[2]}/metrics")
         _, follower_ports = await self._replica("follower", aws_args)
         # Users reach the follower (a load balancer could send them to either), the
         # nodes the leader; the /metrics read by the phases is the leader's.
         return Target("aws", f"{HOST}:{follower_ports[0]}", f"{HOST}:{ports[1]}",
                       f"http://{HOST}:{ports[2]}", tokens, leader.log_path, leader.pid,
-                      endpoint, recorder=self._recorder(endpoint, recording))
+                      endpoint, recorder=recorder, token_database=f"{HOST}:{token_port}")
 
     def _recorder(self, endpoint: str, recording: Path) -> RequestRecorder:
         return RequestRecorder(endpoint, recording, modelled=self.store_model != "none")

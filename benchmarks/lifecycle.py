@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from benchmarks.clients import RPC_TIMEOUT_S, Outcome
 from benchmarks.session import WORK_BACKEND, Session
@@ -24,6 +25,7 @@ from pb.mqc3_cloud.scheduler.v1 import job_pb2
 
 POLLS_WAITING = 5
 POLLS_DONE = 5
+SETTLE_S = 0.05  # counting a life's steps apart: the wait after each step
 COMPLETED = int(job_pb2.JOB_STATUS_COMPLETED)
 STEPS = ("submit", "status_waiting", "assign", "upload_and_report", "status_done", "result")
 
@@ -97,30 +99,34 @@ async def _nothing(step: str) -> None:
 
 
 Reading = Callable[[], Awaitable[dict[str, int] | None]]  # store calls so far, by operation
+# Recorded requests → by who made them, then by operation (store_requests.count).
+RequestCounter = Callable[[list[dict[str, Any]]], dict[str, dict[str, int]]]
 
 
 async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
                           recorder: RequestRecorder | None = None,
-                          budget_lives: int = 10) -> PhaseResult:
+                          budget_lives: int = 10, counter: RequestCounter = count) -> PhaseResult:
     """``jobs`` whole lives, ``concurrency`` at a time; first ``budget_lives`` lives one
     at a time, each step's store calls counted apart. With a recorder (AWS mode) the
     store requests are counted by moto, from outside, also over the whole measure;
-    without one, by the scheduler's own /metrics."""
+    without one, by the scheduler's own /metrics. ``counter`` sorts recorded requests by
+    who made them; the scheduler under test's are under ``scheduler``."""
     phase = PhaseResult("lifecycle", "life", extra={"jobs": jobs, "concurrency": concurrency})
     reported: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
     if budget_lives:
         life = Life(session, PhaseResult("lifecycle_budget", "life"), 0, 0, reported)
         if recorder is not None:
             await recorder.start()
-            read: Reading = _recorded(recorder)
+            read: Reading = _recorded(recorder, counter)
         else:
             read = session.metrics.store_calls
         phase.extra["store_requests_per_step"] = await _per_step(life, read, budget_lives)
         phase.extra["store_requests_counted_by"] = (
             "moto's request recorder" if recorder is not None else "the scheduler's /metrics")
     if recorder is not None:
-        await recorder.start()
+        # The model's counts first: a call made while recording would be recorded.
         await recorder.usage(reset=True)
+        await recorder.start()
     lives = [Life(session, phase, i % session.clients, i % session.nodes, reported)
              for i in range(concurrency)]
     remaining = iter(range(jobs))
@@ -141,7 +147,7 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
             WORK_BACKEND, phase)
     if recorder is not None:
         await recorder.stop()
-        counts = count(recorder.since(0))
+        counts = counter(recorder.since(0))
         phase.extra["store_requests"] = counts
         usage = await recorder.usage()
         if phase.operations:
@@ -151,9 +157,9 @@ async def lifecycle_phase(session: Session, jobs: int, concurrency: int,
     return phase
 
 
-def _recorded(recorder: RequestRecorder) -> Reading:
+def _recorded(recorder: RequestRecorder, counter: RequestCounter) -> Reading:
     async def read() -> dict[str, int] | None:
-        return count(recorder.since(0)).get("scheduler", {})
+        return counter(recorder.since(0)).get("scheduler", {})
     return read
 
 
@@ -164,6 +170,9 @@ async def _per_step(life: Life, read: Reading, lives: int) -> dict[str, dict[str
 
     async def close_step() -> None:
         if open_step:
+            # A write the scheduler makes just after answering (the result's seal after
+            # a report) belongs to the step that caused it.
+            await asyncio.sleep(SETTLE_S)
             step, before = open_step.pop()
             after = await read()
             if before is not None and after is not None:
@@ -176,7 +185,6 @@ async def _per_step(life: Life, read: Reading, lives: int) -> dict[str, dict[str
 
     for _ in range(lives):
         await life.live(between)
-        await asyncio.sleep(0.05)  # a write the scheduler makes after answering lands here
         await close_step()
     return {step: {op: round(n / lives, 3) for op, n in sorted(ops.items())}
             for step, ops in steps.items()}

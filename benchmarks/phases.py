@@ -10,10 +10,27 @@ from collections.abc import Awaitable, Callable
 from benchmarks.clients import Outcome, closed_loop
 from benchmarks.deployment import calls_between
 from benchmarks.ledger import JobEntry
-from benchmarks.processes import rss_mb
+from benchmarks.processes import Meter, rss_mb
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session, Taken, writes
 from benchmarks.stats import PhaseResult
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
+
+
+async def metered(meter: Meter, work: Awaitable[PhaseResult]) -> PhaseResult:
+    """Run one phase; record the CPU seconds and RSS of every child over it, and the CPU
+    milliseconds per operation."""
+    before = meter.cpu()
+    began = time.perf_counter()
+    phase = await work
+    if phase.started_at_s is None:
+        phase.started_at_s = began
+    if not phase.processes:  # unless the phase metered a part of itself
+        phase.processes = meter.since(before, time.perf_counter() - began)
+    if phase.operations:
+        phase.extra["cpu_ms_per_operation"] = {
+            name: round(usage["cpu_s"] * 1000 / phase.operations, 3)
+            for name, usage in phase.processes.items() if usage["cpu_s"] is not None}
+    return phase
 
 
 async def submit_phase(session: Session, duration_s: float, jobs: int | None) -> PhaseResult:
@@ -110,12 +127,14 @@ async def drain_phase(session: Session, backend: str, timeout_s: float,
 
 
 async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms: int,
-                       name: str = "steady", grace_s: float = 10.0) -> PhaseResult:
+                       name: str = "steady", grace_s: float = 10.0,
+                       empty_pause_s: float = 0.0) -> PhaseResult:
     """Submissions at a fixed rate while every node long-polls: dispatch latency.
 
     Dispatch latency is the time from the submitter's acknowledgement to the node
     receiving the job, both read on this process's clock; it is negative when the
-    node had the job before the submitter had its answer.
+    node had the job before the submitter had its answer. With ``wait_ms`` 0 the nodes
+    poll instead, asking again at once or ``empty_pause_s`` after an empty answer.
     """
     phase = PhaseResult(name, "dispatch", extra={
         "target_rate_per_s": rate, "nodes": session.nodes, "wait_ms": wait_ms})
@@ -133,6 +152,8 @@ async def steady_phase(session: Session, rate: float, duration_s: float, wait_ms
                 # so what is measured is dispatch under the submit load alone (and a
                 # node never holds more than one execution call).
                 received.append(got)
+            elif empty_pause_s:
+                await asyncio.sleep(empty_pause_s)
 
     before = await session.metrics.store_calls()
     pollers = [asyncio.create_task(node(i)) for i in range(session.nodes)]

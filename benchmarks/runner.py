@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from benchmarks.ceilings import UnaryCeiling, local_store_ceiling, store_ceiling
 from benchmarks.crowd import status_crowd_phase
 from benchmarks.deployment import Deployment, Metrics
 from benchmarks.lifecycle import lifecycle_phase
+from benchmarks.original import looks_like_original, measure_original
+from benchmarks.original import problems as original_problems
+from benchmarks.original import summary as original_summary
 from benchmarks.processes import ROOT, ChildFailed, Meter
 from benchmarks.session import IDLE_BACKEND, WORK_BACKEND, Session
 from benchmarks.stats import PhaseResult, matplotlib_missing, plot, table
@@ -116,6 +119,16 @@ def parser() -> argparse.ArgumentParser:
                    "accounted for)")
     p.add_argument("--keep-temp", action="store_true",
                    help="keep the temporary directory (data, logs) and print its path")
+    p.add_argument("--against-original", metavar="DIR", type=Path, default=None,
+                   help="AWS mode: also measure the original scheduler, a checkout of it in "
+                   "DIR, on the same emulator first (submit, drain, steady, lifecycle), and "
+                   "print both with the ratios ours/original (benchmarks/original.py)")
+    p.add_argument("--original-python", metavar="PATH", default=None,
+                   help="the interpreter that runs the original (default DIR/.venv/bin/python "
+                   "when it exists, else this one)")
+    p.add_argument("--original-poll-ms", type=float, default=0.0,
+                   help="steady phase, the original's nodes (it has no long poll): pause "
+                   "after an empty AssignNextJob (default 0: back to back)")
     return p
 
 
@@ -138,6 +151,15 @@ def _positive(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.live_jobs < 0 or args.wait_ms < 0:
         p.error("--live-jobs and --wait-ms must not be negative")
+    if args.against_original is not None:
+        if args.mode != "aws":
+            p.error("--against-original needs --mode aws (the original runs on AWS services "
+                    "only)")
+        why = looks_like_original(args.against_original)
+        if why:
+            p.error(f"--against-original: {why}")
+    if args.original_poll_ms < 0:
+        p.error("--original-poll-ms must not be negative")
 
 
 def _scheduler_env(args: argparse.Namespace) -> dict[str, str]:
@@ -172,6 +194,10 @@ def _target(name: str, goal: str, value: float | None,
             met: Callable[[float], bool]) -> dict[str, Any]:
     return {"target": name, "goal": goal, "measured": value,
             "met": None if value is None else met(value)}
+
+
+def _at_least(goal: float) -> Callable[[float], bool]:
+    return lambda value: value >= goal
 
 
 # Issue 14: half the scheduler's CPU per whole life first measured (10.0 ms standalone,
@@ -259,58 +285,41 @@ def _targets(found: dict[str, PhaseResult], mode: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def metered(meter: Meter, work: Awaitable[PhaseResult]) -> PhaseResult:
-    """Run one phase; record the CPU seconds and RSS of every child over it, and the CPU
-    milliseconds per operation."""
-    before = meter.cpu()
-    began = time.perf_counter()
-    phase = await work
-    if phase.started_at_s is None:
-        phase.started_at_s = began
-    if not phase.processes:  # unless the phase metered a part of itself
-        phase.processes = meter.since(before, time.perf_counter() - began)
-    if phase.operations:
-        phase.extra["cpu_ms_per_operation"] = {
-            name: round(usage["cpu_s"] * 1000 / phase.operations, 3)
-            for name, usage in phase.processes.items() if usage["cpu_s"] is not None}
-    return phase
-
-
 async def _phases(args: argparse.Namespace, session: Session, meter: Meter,
                   unary: UnaryCeiling, ceilings: list[PhaseResult]) -> list[PhaseResult]:
     """The measured phases, in order (README of benchmarks/RESULTS.md)."""
     measured: list[PhaseResult] = []
-    submitted = await metered(meter, ph.submit_phase(
+    submitted = await ph.metered(meter, ph.submit_phase(
         session, args.submit_duration_s or args.duration_s, args.jobs))
     measured.append(submitted)
     # Leaves at least half of the submitted jobs to the drain.
     probe = min(PROBE_JOBS, submitted.operations // 2)
     if probe:
-        measured.append(await metered(meter, ph.assign_probe(session, probe)))
-    measured.append(await metered(meter, ph.drain_phase(session, WORK_BACKEND,
+        measured.append(await ph.metered(meter, ph.assign_probe(session, probe)))
+    measured.append(await ph.metered(meter, ph.drain_phase(session, WORK_BACKEND,
                                                         args.drain_timeout_s)))
-    measured.append(await metered(meter, ph.steady_phase(session, args.rate, args.duration_s,
+    measured.append(await ph.metered(meter, ph.steady_phase(session, args.rate, args.duration_s,
                                                          args.wait_ms)))
     if args.lifecycle_jobs:
         profiling = args.profile_lifecycle
         if profiling:
             os.kill(session.target.scheduler_pid, signal.SIGUSR1)  # the sampler starts
-        measured.append(await metered(meter, lifecycle_phase(
+        measured.append(await ph.metered(meter, lifecycle_phase(
             session, args.lifecycle_jobs,
             min(args.lifecycle_concurrency, args.clients, args.nodes),
             session.target.recorder, args.budget_lives)))
         if profiling:
             os.kill(session.target.scheduler_pid, signal.SIGUSR2)  # and stops
     for name, jobs in await ph.status_slices(session, args.live_jobs):
-        measured.append(await metered(meter, ph.poll_status(session, name, jobs,
+        measured.append(await ph.metered(meter, ph.poll_status(session, name, jobs,
                                                             args.duration_s / 2)))
     if args.crowd_rate:
-        measured.append(await metered(meter, status_crowd_phase(
+        measured.append(await ph.metered(meter, status_crowd_phase(
             session, args.crowd_rate, args.crowd_channels, args.crowd_processes,
             args.duration_s, args.crowd_submit_rate, args.wait_ms, meter)))
     # Again, with the scheduler idle: did the machine's load change meanwhile?
     ceilings.append(await unary.measure("unary_ceiling_end", args.duration_s / 2))
-    cleanup = await metered(meter, ph.drain_phase(session, IDLE_BACKEND, args.drain_timeout_s,
+    cleanup = await ph.metered(meter, ph.drain_phase(session, IDLE_BACKEND, args.drain_timeout_s,
                                                   name="cleanup"))
     # A steady phase's job its nodes had not received within the grace is still queued.
     cleanup.extra["work_backend_left_behind"] = await session.finish_left_behind(
@@ -347,6 +356,10 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             ceilings += await asyncio.to_thread(store_ceilings, target.moto_endpoint,
                                                 args.clients, args.duration_s,
                                                 args.payload_bytes)
+        if args.against_original is not None:
+            # The original first, on the same emulator and token database, ours idle.
+            result["original"] = await measure_original(args, target, work_dir,
+                                                        deployment.scheduler_env)
         # One request per connection: the scheduler's HTTP side closes each one after
         # its answer (no keep-alive), so a pooled connection would only race the close.
         async with aiohttp.ClientSession(
@@ -373,6 +386,17 @@ async def measure(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             result["lifecycle"]["profile"] = _per_job(json.loads(profile.read_text()),
                                                       found["lifecycle"].operations)
     result["targets"] = _targets(found, args.mode)
+    if "original" in result:
+        original = {p.name: p for p in result["original"].pop("_results")}
+        if "lifecycle" in original:
+            result["original"]["lifecycle"] = _lifecycle_summary(original["lifecycle"])
+        rows, result["_comparison"], result["_original_table"] = original_summary(
+            original, found, result["original"])
+        result["original"]["comparison"] = rows
+        result["targets"] += [
+            _target(f"{row['measure'].split(' /')[0]}: ours / original's", f">= {row['goal']:g}",
+                    row["ratio"], _at_least(row["goal"]))
+            for row in rows if row["goal"] is not None]
     result["_table"] = table(ceilings + measured)
     result["_results"] = ceilings + measured
     return result
@@ -437,11 +461,11 @@ def _out_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def _print_lifecycle(lifecycle: dict[str, Any] | None) -> None:
+def _print_lifecycle(lifecycle: dict[str, Any] | None, title: str = "lifecycle") -> None:
     if not lifecycle:
         return
     per_job = lifecycle["cpu_ms_per_job_by_process"]
-    print(f"\nlifecycle: {lifecycle['jobs']} whole lives; CPU ms per job: "
+    print(f"\n{title}: {lifecycle['jobs']} whole lives; CPU ms per job: "
           + ", ".join(f"{name} {ms}" for name, ms in per_job.items()))
     requests = lifecycle["store_requests_per_job"]
     if requests:
@@ -490,6 +514,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     code, problems = _problems(result, args.allow_errors)
     printed, results = result.pop("_table"), result.pop("_results")
+    compared, original_table = result.pop("_comparison", None), result.pop("_original_table", None)
     result["ok"], result["problems"] = code == 0, problems
     result["run"]["wall_s"] = round(time.perf_counter() - began, 1)
     out = _out_path(args)
@@ -499,11 +524,18 @@ def main(argv: list[str]) -> int:
           f"{args.nodes} nodes, {result['run']['machine']['cpus']} CPUs")
     print(printed)
     print()
+    if compared is not None:
+        print(f"the original ({args.against_original}), same emulator, measured first:")
+        print(original_table)
+        print()
+        print(compared)
+        print()
     for row in result["targets"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
         print(f"  {row['target']:<36} {row['goal']:>9}  measured {row['measured']!s:>8}  {mark}")
     accounting = result["accounting"]
     _print_lifecycle(result.get("lifecycle"))
+    _print_lifecycle(result.get("original", {}).get("lifecycle"), "the original's lifecycle")
     print(f"\njobs: {accounting['accepted']} accepted, {accounting['assigned_once']} assigned "
           f"once, {accounting['assigned_more_than_once']} more than once, "
           f"{accounting['never_assigned']} never; result {out}")
@@ -512,4 +544,6 @@ def main(argv: list[str]) -> int:
                + (f", {args.replicas} replicas" if args.replicas > 1 else ""))
     for problem in problems:
         print(f"\n*** FAILED: {problem}", file=sys.stderr)
+    for note in original_problems(result.get("original", {})):
+        print(f"\n*** the original: {note}", file=sys.stderr)
     return code

@@ -43,6 +43,29 @@ READ_OPERATIONS = ("get", "get_input", "result_exists", "list_by_status",
 RESULT_RAW = bytes(range(256)) * 2  # what a node "measured": 512 bytes
 
 
+def circuit_program(text: bytes, size: int) -> bytes:
+    """A circuit program of ``size`` bytes: a serialized CircuitRepresentation (the SDK's
+    schema) holding only its ``name`` (field 100), ``text`` padded with dots. A scheduler
+    that parses the program as that message (the original does) serializes it back to
+    these same bytes. Never shorter than ``text`` and its header; one byte longer for
+    the few sizes no length fits (131: a length of 128 takes a two-byte varint)."""
+    length = max(len(text), size - 1 - len(_varint(size)))
+    for prefix in (1, 2, 3, 4):  # the length's varint
+        if size - 2 - prefix >= len(text) and len(_varint(size - 2 - prefix)) == prefix:
+            length = size - 2 - prefix
+            break
+    return b"\xa2\x06" + _varint(length) + text + b"." * (length - len(text))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def writes(calls: dict[str, int] | None) -> int | None:
     """How many of ``calls`` (``store.operation`` → count) are writes."""
     if calls is None:
@@ -104,7 +127,7 @@ class Session:
 
     def _program(self, phase: str, client: int) -> bytes:
         nonce = f"{phase}/{client}/{next(self._sequence)}/".encode()
-        return nonce + b"." * max(0, self.payload_bytes - len(nonce))
+        return circuit_program(nonce, self.payload_bytes)
 
     async def submit(self, phase: str, client: int, backend: str = WORK_BACKEND) -> Outcome:
         """One SubmitJob; an accepted job goes into the ledger with its acknowledgement time."""

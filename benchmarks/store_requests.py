@@ -102,10 +102,10 @@ def classify(entry: dict[str, Any]) -> tuple[str, str]:
     target = headers.get("x-amz-target", "")
     url = urlsplit(entry.get("url", ""))
     if PROBE_JOB_ID in url.path:
-        return "background", f"s3.{_s3_operation(entry.get('method', ''), url.path, url.query)}"
+        return "background", f"s3.{s3_operation(entry.get('method', ''), url.path, url.query)}"
     if target.startswith("DynamoDB_"):
         operation = f"dynamodb.{target.split('.', 1)[1]}"
-        body = _body(entry)
+        body = request_body(entry)
         if PROBE_JOB_ID in body:
             return "background", operation
         # A job write's transaction names a fence item too: it is the job's. A new term's
@@ -115,20 +115,20 @@ def classify(entry: dict[str, Any]) -> tuple[str, str]:
         return ("lease" if lease else "scheduler"), operation
     if target.startswith("AmazonSSM."):
         return "background", f"ssm.{target.split('.', 1)[1]}"
-    operation = f"s3.{_s3_operation(entry.get('method', ''), url.path, url.query)}"
+    operation = f"s3.{s3_operation(entry.get('method', ''), url.path, url.query)}"
     if "X-Amz-Signature" in parse_qs(url.query):
         return "presigned", operation
     return "scheduler", operation
 
 
-def _body(entry: dict[str, Any]) -> str:
+def request_body(entry: dict[str, Any]) -> str:
     body = entry.get("body") or ""
     if entry.get("body_encoded"):  # the recorder keeps a bytes body in base64
         return base64.b64decode(body).decode(errors="replace")
     return str(body)
 
 
-def _s3_operation(method: str, path: str, query: str) -> str:
+def s3_operation(method: str, path: str, query: str) -> str:
     tagging = "tagging" in parse_qs(query, keep_blank_values=True)
     if not _S3_KEY_PATH.match(path):
         return f"{method}Bucket"
