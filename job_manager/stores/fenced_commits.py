@@ -24,7 +24,7 @@ from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import StoreError
 from job_manager.stores.fence import Deposed, Fence, fence_item_keys
 
-MAX_ACTIONS = 100  # DynamoDB's limit on one transaction, the lease check included
+MAX_ACTIONS = 100  # DynamoDB's limit on one transaction, the fence check included
 MAX_BATCH_BYTES = 2_000_000  # well under the transaction's 4 MB
 GIVE_UP_S = 2.0  # a write cancelled by conflicts for this long fails
 _BACKOFF_S = (0.005, 0.05)  # the first and the longest wait after a conflict
@@ -226,7 +226,7 @@ class _Committer:
 
     def _sort_out(self, batch: list[FencedWrite], error: ClientError) -> None:
         """Each write's outcome from a cancelled transaction's reasons (one per action,
-        the lease check first); writes cancelled only by another's go in the next one."""
+        the fence check first); writes cancelled only by another's go in the next one."""
         reasons = cancellation_reasons(error)
         failure = StoreError(f"dynamodb-jobs: {_error_code(error)}: {error}")
         if len(reasons) != 1 + sum(len(write.actions) for write in batch):
