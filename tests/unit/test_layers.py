@@ -48,3 +48,52 @@ def test_the_layering_test_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "leaf.py"
     module.write_text("def f():\n    from scheduler.app import Scheduler\n")
     assert _imported_packages(module) == {"scheduler"}
+
+
+# --- narrower contracts inside the layers (docs/design.md) ----------------------------------
+TRANSPORT = {"grpc", "grpc_health", "grpc_reflection", "aiohttp", "scheduler", "pb"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Every top-level package ``path`` imports, ours or not."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _breaking(folder: str, forbidden: set[str],
+              allowed_files: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """The files under ``folder`` (but ``allowed_files``) importing a ``forbidden``
+    package other than their own."""
+    forbidden = forbidden - {folder.split("/")[0]}
+    return {str(path.relative_to(ROOT)): sorted(wrong)
+            for path in sorted((ROOT / folder).rglob("*.py"))
+            if str(path.relative_to(ROOT)) not in allowed_files
+            and (wrong := _top_level_imports(path) & forbidden)}
+
+
+def test_the_stores_never_import_the_transport() -> None:
+    # The original's record format is the one place the wire's messages are a store's.
+    assert _breaking("job_manager/stores", TRANSPORT,
+                     frozenset({"job_manager/stores/original_format.py"})) == {}
+
+
+def test_the_wire_stubs_stay_out_of_the_core() -> None:
+    for folder in ("job_manager", "backend_manager", "message_manager", "leadership", "common"):
+        assert _breaking(folder, {"pb", "grpc"},
+                         frozenset({"job_manager/stores/original_format.py"})) == {}, folder
+
+
+def test_common_and_leadership_stay_leaves() -> None:
+    ours = {*PACKAGES, "pb", "tests", "benchmarks", "emulators", "tools"}
+    assert _breaking("common", ours) == {}
+    assert _breaking("leadership", ours - {"common"}) == {}
+
+
+def test_the_emulator_is_no_part_of_the_service() -> None:
+    for package in PACKAGES:
+        assert _breaking(package, {"emulators", "tests", "benchmarks"}) == {}, package
