@@ -9,6 +9,7 @@ import dataclasses
 import json
 import threading
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExc
 
 def _table(endpoint: str) -> tuple[Any, str]:
     client = aws_client("dynamodb", endpoint)
-    name = f"emulator-{threading.get_ident()}-{id(client)}"
+    name = f"emulator-{uuid.uuid4().hex[:12]}"
     create_table(client, name)
     return client, name
 
