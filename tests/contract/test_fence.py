@@ -116,8 +116,10 @@ async def test_a_deposed_leader_changes_no_job(dynamodb_endpoint: str, table: st
     # a job (JobManager.recover), so none of them is missed.
     await lead(store, b)
 
-    with pytest.raises(Deposed):
+    with pytest.raises(Deposed) as deposed:
         await store.transition(queued, running(queued), stale)
+    assert (str(deposed.value), deposed.value.fence) == (
+        "this replica no longer leads at epoch 1", stale)
     stored = await store.get(queued.job_id)
     assert stored is not None and stored.status is JobStatus.QUEUED
     other = record()

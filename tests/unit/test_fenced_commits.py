@@ -295,3 +295,69 @@ async def test_any_other_failure_of_a_transaction_fails_its_writes_as_a_store_er
     with pytest.raises(StoreError) as failed:
         await write(commits, "j1")
     assert str(failed.value) == "dynamodb-jobs: a request botocore cannot send"
+
+
+# --- raising the fence (held since the mutation run of issue 28, docs/mutation.md) -----------
+class ScriptedRaise(Scripted):
+    """UpdateItem (a fence item's raise) answering from ``answers`` in turn, then landing."""
+
+    def __init__(self, clock: Clock, answers: list[Exception | None], step_s: float) -> None:
+        super().__init__(clock, answers, step_s)
+        self.raised: list[str] = []
+
+    def update_item(self, **request: Any) -> None:
+        self.raised.append(request["Key"]["job_id"]["S"])
+        self.clock.now += self.step_s
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+
+
+def update_conflict() -> ClientError:
+    return ClientError({"Error": {"Code": "TransactionConflictException",
+                                  "Message": "Transaction is ongoing for the item"}},
+                       "UpdateItem")
+
+
+async def test_a_raise_in_conflict_is_tried_for_exactly_the_give_up_time_then_fails(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = ScriptedRaise(clock, [update_conflict()] * 10, step_s=0.5)
+    commits = FencedCommits(client, "jobs", calls, clock)
+    with pytest.raises(StoreError) as failed:
+        await asyncio.wait_for(commits.raise_fence(FENCE), ANSWER_S)
+    assert str(failed.value) == ("dynamodb-jobs: fence item scheduler-fence-0 in "
+                                 "transactions for 2 s")
+    # Since the first try (at 100.0): 2.0 s later (the fourth answer) it is still tried;
+    # past that (the fifth, at 102.5) it fails.
+    assert len(client.raised) == 5
+
+
+async def test_the_waits_between_raises_grow_with_each_conflict(
+        clock: Clock, calls: BlockingCalls, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[int] = []
+
+    def backoff_s(conflicts: int) -> float:
+        waits.append(conflicts)
+        return 0.0
+
+    monkeypatch.setattr(fenced_commits, "_backoff_s", backoff_s)
+    client = ScriptedRaise(clock, [update_conflict()] * 3, step_s=0.0)
+    await asyncio.wait_for(FencedCommits(client, "jobs", calls, clock).raise_fence(FENCE),
+                           ANSWER_S)
+    assert waits == [1, 2, 3]
+    assert client.raised == ["scheduler-fence-0"] * 4
+
+
+async def test_drain_waits_for_the_transaction_in_flight(
+        clock: Clock, calls: BlockingCalls) -> None:
+    client = Scripted(clock, [])
+    client.go_on.clear()
+    commits = FencedCommits(client, "jobs", calls, clock)
+    written = asyncio.ensure_future(write(commits, "j1"))
+    await asyncio.to_thread(client.called.wait, ANSWER_S)
+    drained = asyncio.ensure_future(commits.drain())
+    await asyncio.sleep(0.05)
+    assert not drained.done()
+    client.go_on.set()
+    await asyncio.wait_for(drained, ANSWER_S)
+    assert written.done() and written.result() == "landed"
