@@ -271,15 +271,21 @@ async def test_writes_to_one_item_land_in_the_order_they_were_made(
     assert written(client) == [["j1", "j2"], ["j1"], ["j3", "j4"], ["j3"]]
 
 
-async def test_the_waits_between_tries_grow_with_conflicts_in_a_row_only(
-        clock: Clock, calls: BlockingCalls, monkeypatch: pytest.MonkeyPatch) -> None:
-    waits: list[int] = []
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The conflicts in a row each wait after a conflict was drawn for (waiting none)."""
+    drawn: list[int] = []
 
     def backoff_s(conflicts: int) -> float:
-        waits.append(conflicts)
+        drawn.append(conflicts)
         return 0.0
 
     monkeypatch.setattr(fenced_commits, "_backoff_s", backoff_s)
+    return drawn
+
+
+async def test_the_waits_between_tries_grow_with_conflicts_in_a_row_only(
+        clock: Clock, calls: BlockingCalls, waits: list[int]) -> None:
     client = Scripted(clock, [conflict(), conflict(), None, conflict(), None])
     commits = FencedCommits(client, "jobs", calls, clock)
     # Two writes to one job: two transactions of one run of the committer.
@@ -333,14 +339,7 @@ async def test_a_raise_in_conflict_is_tried_for_exactly_the_give_up_time_then_fa
 
 
 async def test_the_waits_between_raises_grow_with_each_conflict(
-        clock: Clock, calls: BlockingCalls, monkeypatch: pytest.MonkeyPatch) -> None:
-    waits: list[int] = []
-
-    def backoff_s(conflicts: int) -> float:
-        waits.append(conflicts)
-        return 0.0
-
-    monkeypatch.setattr(fenced_commits, "_backoff_s", backoff_s)
+        clock: Clock, calls: BlockingCalls, waits: list[int]) -> None:
     client = ScriptedRaise(clock, [update_conflict()] * 3, step_s=0.0)
     await asyncio.wait_for(FencedCommits(client, "jobs", calls, clock).raise_fence(FENCE),
                            ANSWER_S)

@@ -25,13 +25,7 @@ ALLOWED: dict[str, set[str]] = {
 
 
 def _imported_packages(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & {*PACKAGES, "pb"}
+    return _top_level_imports(path) & {*PACKAGES, "pb"}
 
 
 def test_every_package_imports_only_the_packages_below_it() -> None:
