@@ -202,7 +202,7 @@ class Scheduler:
         self.http_port = 0
         self.metrics_port = 0
         self._servers: list[grpc.aio.Server] = []  # submission and execution
-        self._edges: list[Edge] = []  # submission, execution, the extension
+        self._edges: list[Edge] = []  # one per service: the calls each port admits
         self.watches = Watches(self.clock, config.max_watches_per_token)
         self._token_server: grpc.aio.Server | None = None  # standalone only
         self.supervisor = Supervisor(on_change=self._loops_changed)
@@ -393,26 +393,25 @@ class Scheduler:
         self.metrics.know_calls(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
         self.metrics.watch_waiting_calls({"submission": lambda: submission_admission.waiting,
                                           "execution": lambda: execution_admission.waiting})
-        self._edges = [
-            Edge(SUBMISSION, replicas, submission_admission, self.metrics, tokens=token_limits,
-                 resolver=auth),
-            Edge(EXECUTION, replicas, execution_admission, self.metrics, secret),
-            Edge(JOBS, replicas, submission_admission, self.metrics, tokens=token_limits,
-                 resolver=auth),
-            Edge(NODES, replicas, execution_admission, self.metrics, secret),
-        ]
+        submission_edge = Edge(SUBMISSION, replicas, submission_admission, self.metrics,
+                               tokens=token_limits, resolver=auth)
+        execution_edge = Edge(EXECUTION, replicas, execution_admission, self.metrics, secret)
+        jobs_edge = Edge(JOBS, replicas, submission_admission, self.metrics,
+                         tokens=token_limits, resolver=auth)
+        nodes_edge = Edge(NODES, replicas, execution_admission, self.metrics, secret)
+        self._edges = [submission_edge, execution_edge, jobs_edge, nodes_edge]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
-                     SubmissionService(auth, self._edges[0]), submission)
+                     SubmissionService(auth, submission_edge), submission)
         add_servicer(jobs_pb2_grpc.add_JobsServiceServicer_to_server,
-                     JobsService(auth, self._edges[2], self.clock, self.watches), submission)
+                     JobsService(auth, jobs_edge, self.clock, self.watches), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
         certified = config.execution_tls is not None and config.execution_tls.client_ca is not None
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
-                     ExecutionService(config.max_assign_wait_s, self._edges[1], certified),
+                     ExecutionService(config.max_assign_wait_s, execution_edge, certified),
                      execution)
         add_servicer(nodes_pb2_grpc.add_NodeServiceServicer_to_server,
-                     NodeService(self._edges[3], certified), execution)
+                     NodeService(nodes_edge, certified), execution)
         self.submission_port = await self._start_service(
             submission, (SUBMISSION, JOBS), health, config.submission_host, config.submission_port,
             config.submission_tls)

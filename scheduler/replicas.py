@@ -287,7 +287,7 @@ class Replicas:
                 finally:
                     KEY_GIVEN.reset(given)
             # A leader still recovering waits for its own recovery, never calls itself.
-            following = self._lease is not None and not self._lease.leading
+            following = self.following
             leader = self._lease.leader() if self._lease is not None and following else None
             if leader is not None and self._forwarder is not None and not forwarded:
                 metadata = metadata or self.undelivered.call_metadata(
