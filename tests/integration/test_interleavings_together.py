@@ -378,6 +378,20 @@ async def _all_final(world: Together) -> bool:
     return all(status in base.FINAL for status in world.final.values())
 
 
+def note_stranded_by_kills(world: Together) -> None:
+    """A leader killed between handing a job over and its answer reaching the node leaves
+    the job RUNNING until the watchdog ends it TIMEOUT: no replica can tell it from a job
+    whose node runs it (docs/replicas.md, "Left for later"). In a seed with a kill, a job
+    no node received that ended TIMEOUT is counted as an answer lost in transit (the
+    processes' answers are not noted in AWS mode); seeds without a kill still hold it to
+    the rules."""
+    if not any(d.what.startswith("killed") for d in world.disturbances):
+        return
+    for job_id, final in world.final.items():
+        if final == "TIMEOUT" and not world.received.get(job_id) and job_id not in world.sent:
+            world.sent[job_id] = world.tag_of_job.get(job_id, "")
+
+
 async def read_requeues(world: Together, store: JobStore) -> None:
     """Each job's count of requeues, as the store's record has it."""
     for job_id in world.final:
@@ -623,6 +637,7 @@ async def one_seed(target: Target, seed: int, case: str) -> str:
     await base.check_queue(world)
     await drain_until_final(world)  # the queue check's job, and any the quota check made
     await read_requeues(world, target.store)
+    note_stranded_by_kills(world)
     await download_results(world)
     violations = broken_rules(world) + world.violations
     kinds = Counter(base._kind(v) for v in violations)
