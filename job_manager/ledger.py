@@ -3,29 +3,33 @@
 A live job is in several structures at once: a queue while QUEUED (the queue is its
 index entry then: a queued job is held once, docs/design.md), the index of claimed or
 running jobs otherwise, its owner's quota (concurrent jobs, and queued bytes while
-queued), the key its idempotent submission holds, the watchdog's deadlines (while
-RUNNING), and a waiting node may have to be woken for it. Each operation here moves a
-job between states in all of them at once, with no await in between, so nothing can see
-them disagree and no path can forget one (docs/design.md). The JobManager decides; the
-ledger keeps.
+queued), the key its idempotent submission holds, the watchdog's deadlines and its
+node's latest heartbeat (while RUNNING), the change of it under way, and a waiting node
+may have to be woken for it. Each operation here moves a job between states in all of
+them at once, with no await in between, so nothing can see them disagree and no path
+can forget one (docs/design.md). The phases of a job's life (job_manager/phases/)
+decide; the ledger keeps, and is the only road to the quotas, the deadlines and the
+waiting nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
 
 from common.clock import Clock
-from common.identity import Principal
-from job_manager.limits import Limits, Quotas
+from common.identity import Principal, Role
+from common.single_flight import SingleFlight
+from job_manager.limits import Limits, Quotas, QuotaUsage
 from job_manager.model import JobRecord
 from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.throughput import DispatchRate
 from job_manager.waiters import Waiters
-from job_manager.watchdog import Watchdog
+from job_manager.watchdog import Due, Watchdog
 
 UNIFIED_QUEUE = "*"  # the one queue's key with --unify-backends
 FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
@@ -33,18 +37,27 @@ FINISHED_CACHE_SIZE = 10_000  # recently finished records kept for status polls
 # loaded machine, well under a lease renewal's margin (admit_in_slices).
 ADMIT_SLICE = 10_000
 
+# One idempotent submission request in flight: (owner, key, request digest).
+Flight = tuple[str, str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Beat:
+    """A node's latest heartbeat for a job, told apart from earlier ones by identity."""
+
+    dequeued_at: datetime | None  # the hand-over it beats for
+
 
 class Ledger:
     """Live jobs, recently finished ones, queues, quotas, idempotency keys, waiting nodes
     and deadlines of one scheduler."""
 
     def __init__(self, limits: Limits, policy: SchedulingPolicy, clock: Clock,
-                 watchdog: Watchdog, deadline_of: Callable[[JobRecord], datetime | None],
-                 unify_backends: bool = False) -> None:
-        self.quotas = Quotas(limits)
-        self.waiters = Waiters()
-        self.watchdog = watchdog
-        self._deadline_of = deadline_of
+                 report_grace: timedelta, unify_backends: bool = False) -> None:
+        self._quotas = Quotas(limits)
+        self._waiters = Waiters()
+        self._watchdog = Watchdog(clock)
+        self._report_grace = report_grace
         self._policy = policy
         self._clock = clock
         self._unify = unify_backends
@@ -58,6 +71,10 @@ class Ledger:
         # Final records never change, so recent ones answer status polls from memory.
         self._finished: OrderedDict[str, JobRecord] = OrderedDict()
         self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) → live job
+        self._submissions: SingleFlight[Flight, str] = SingleFlight()
+        # Jobs whose change (a hand-over, a cancel, a report...) is under way: settled when done.
+        self._changing: dict[str, asyncio.Future[None]] = {}
+        self._beats: dict[str, Beat] = {}  # job → its latest beat, until its deadline passes
 
     # --- queues ---------------------------------------------------------------------
     def queue_key(self, backend: str) -> str:
@@ -80,14 +97,27 @@ class Ledger:
         return self._rates[self.queue_key(backend)].seconds_per_job()
 
     # --- a job enters --------------------------------------------------------------------
+    def check_limits(self, principal: Principal, *, n_shots: int, timeout_s: float,
+                     assignment_bytes: Callable[[], int], job_bytes: int) -> None:
+        """Refuse a new job (SchedulerError) past a limit of its own: shots, timeout, the
+        size of its hand-over (``assignment_bytes``, asked only near the limit)."""
+        self._quotas.check_shots(n_shots)
+        self._quotas.check_timeout(principal.role, timeout_s)
+        self._quotas.check_assignable(assignment_bytes, job_bytes)
+
     def reserve(self, principal: Principal, request_bytes: int, program_bytes: int) -> None:
         """Hold a new job's place in its owner's quota, or refuse it (SchedulerError)."""
-        self.quotas.reserve(principal, request_bytes, program_bytes)
+        self._quotas.reserve(principal, request_bytes, program_bytes)
+
+    def submit_once(self, flight: Flight, submit: Callable[[], Coroutine[Any, Any, str]]) -> (
+            Coroutine[Any, Any, str]):
+        """Attempts of one idempotent request share one submission and its answer."""
+        return self._submissions.run(flight, submit)
 
     def release(self, owner: str, program_bytes: int) -> None:
         """Give back a reservation whose job was never accepted."""
-        self.quotas.ended(owner)
-        self.quotas.left_queue(owner, program_bytes)
+        self._quotas.ended(owner)
+        self._quotas.left_queue(owner, program_bytes)
 
     def admit(self, job: QueuedJob, *, reserved: bool) -> bool:
         """Queue a stored job (``reserved``: its quota was held by :meth:`reserve`).
@@ -99,12 +129,12 @@ class Ledger:
                 self.release(job.owner, job.size_bytes)
             return False
         if not reserved:
-            self.quotas.count(job.owner, job.size_bytes)
+            self._quotas.count(job.owner, job.size_bytes)
         key = self.queue_key(job.origin.backend)
         self.open_queue(job.origin.backend)
         self._queues[key].push(job)
         self._hold_key(job)
-        self.waiters.wake(key)
+        self._waiters.wake(key)
         return True
 
     def admit_all(self, jobs: list[QueuedJob]) -> int:
@@ -121,12 +151,12 @@ class Ledger:
             fresh = by_queue[key]
             if job.job_id in fresh or (is_known is not None and is_known(job.job_id)):
                 continue
-            self.quotas.count(job.owner, job.size_bytes)
+            self._quotas.count(job.owner, job.size_bytes)
             fresh[job.job_id] = job
             self._hold_key(job)
         for key, queued in by_queue.items():
             self._queues[key].extend(list(queued.values()))
-            self.waiters.wake(key)
+            self._waiters.wake(key)
         return sum(len(queued) for queued in by_queue.values())
 
     async def admit_in_slices(self, jobs: list[QueuedJob]) -> int:
@@ -147,11 +177,11 @@ class Ledger:
         if self._is_known(record.job_id):
             return
         self._running[record.job_id] = record
-        self.quotas.count(record.owner_fingerprint, 0)
-        self.watchdog.watch(record.job_id, self._deadline_of(record), record.dequeued_at)
+        self._quotas.count(record.owner_fingerprint, 0)
+        self._watchdog.watch(record.job_id, self.report_deadline(record), record.dequeued_at)
 
     # --- a job moves ---------------------------------------------------------------------
-    def take_next(self, backend: str) -> QueuedJob | None:
+    def claim_next(self, backend: str) -> QueuedJob | None:
         """The job that goes next from ``backend``'s queue, claimed: no one else gets it."""
         queue = self.queue(backend)
         job = queue.pop() if queue is not None else None
@@ -172,49 +202,49 @@ class Ledger:
         self._claimed.pop(job.job_id, None)
         key = self.queue_key(job.origin.backend)
         self._queues[key].restore(job)
-        self.waiters.wake(key)
+        self._waiters.wake(key)
 
-    def started(self, job: QueuedJob, running: JobRecord) -> None:
+    def handed_over(self, job: QueuedJob, running: JobRecord) -> None:
         """A claimed job is RUNNING: out of the queue's bytes, watched, counted as a hand-over."""
-        self.quotas.left_queue(job.owner, job.size_bytes)
+        self._quotas.left_queue(job.owner, job.size_bytes)
         self._claimed.pop(job.job_id, None)
         self._running[job.job_id] = running
-        self.watchdog.watch(job.job_id, self._deadline_of(running), running.dequeued_at)
+        self._watchdog.watch(job.job_id, self.report_deadline(running), running.dequeued_at)
         self._rates[self.queue_key(running.backend)].record(self._clock.monotonic())
 
-    def left_queue(self, job: QueuedJob) -> None:
+    def drop_claim(self, job: QueuedJob) -> None:
         """A claimed job will not come back to its queue (cancelled, or changed elsewhere);
-        it stays live until it :meth:`ended` or memory will :meth:`forget` it."""
-        self.quotas.left_queue(job.owner, job.size_bytes)
+        it stays live until it :meth:`finished` or memory will :meth:`forget` it."""
+        self._quotas.left_queue(job.owner, job.size_bytes)
 
-    def returned(self, job: QueuedJob, queued: JobRecord) -> None:
+    def given_back(self, job: QueuedJob, queued: JobRecord) -> None:
         """A RUNNING job no node received is QUEUED again, in its place at the head."""
         job.record = queued
         self._running.pop(job.job_id, None)
-        self.quotas.rejoined_queue(job.owner, job.size_bytes)
+        self._quotas.rejoined_queue(job.owner, job.size_bytes)
         self.put_back(job)
 
     def requeued(self, job: QueuedJob) -> None:
         """A RUNNING job whose node vanished is QUEUED again (still live, still counted)."""
         self._running.pop(job.job_id, None)
-        self.quotas.rejoined_queue(job.owner, job.size_bytes)
+        self._quotas.rejoined_queue(job.owner, job.size_bytes)
         key = self.queue_key(job.origin.backend)
         self.open_queue(job.origin.backend)
         self._queues[key].push(job)
-        self.waiters.wake(key)
+        self._waiters.wake(key)
 
     # --- a job leaves ------------------------------------------------------------------
-    def ended(self, record: JobRecord) -> None:
+    def finished(self, record: JobRecord) -> None:
         """A job reached a final status: out of every structure, kept among the finished."""
         # A job this process never held (another process started it) holds no slot here.
-        self._let_go(record.job_id)
+        self._remove(record.job_id)
         self.remember_finished(record)
 
     def forget(self, job_id: str) -> JobRecord | None:
         """Memory was wrong about a job (the store says otherwise): drop it, free its quota."""
-        return self._let_go(job_id)
+        return self._remove(job_id)
 
-    def _let_go(self, job_id: str) -> JobRecord | None:
+    def _remove(self, job_id: str) -> JobRecord | None:
         """Out of every live structure, its quota slot freed; the record it had, if live."""
         record = self._running.pop(job_id, None)
         if record is None and (claimed := self._claimed.pop(job_id, None)) is not None:
@@ -222,10 +252,10 @@ class Ledger:
         if record is None and (queued := self._queued(job_id)) is not None:
             # Still queued here though it ended elsewhere (another process ran it).
             self._queues[self.queue_key(queued.origin.backend)].remove(job_id)
-            self.quotas.left_queue(queued.owner, queued.size_bytes)
+            self._quotas.left_queue(queued.owner, queued.size_bytes)
             record = queued.record
         if record is not None:
-            self.quotas.ended(record.owner_fingerprint)
+            self._quotas.ended(record.owner_fingerprint)
             key = (record.owner_fingerprint, record.idempotency_key)
             if record.idempotency_key and self._keys.get(key) == job_id:
                 del self._keys[key]
@@ -305,7 +335,94 @@ class Ledger:
         if job.idempotency_key:
             self._keys[(job.owner, job.idempotency_key)] = job.job_id
 
+    # --- deadlines and heartbeats (the watchdog is kept here alone) ----------------------
+    def report_deadline(self, record: JobRecord) -> datetime | None:
+        """When a silent node's job times out; None when that lies beyond what a date can
+        hold: the wire allows any timeout, and such a job has no deadline (docs/job-rules.md,
+        rule 18). Heartbeats still watch it."""
+        assert record.dequeued_at is not None
+        try:
+            return record.dequeued_at + timedelta(seconds=record.timeout_s) + self._report_grace
+        except OverflowError:
+            return None
+
+    def watch_again(self, running: JobRecord) -> None:
+        """A lost node's job that could not be queued again (the store failed) is watched
+        once more: one grace from now it ends TIMEOUT or is tried again."""
+        self._watchdog.watch(running.job_id, self._clock.now() + self._report_grace,
+                             running.dequeued_at)
+
+    def beat(self, job_id: str, dequeued_at: datetime | None, timeout_s: float) -> bool:
+        """A node beat for the job's hand-over at ``dequeued_at``: lost ``timeout_s`` from
+        now unless it beats again. Returns whether this was the job's first beat here."""
+        first = job_id not in self._beats
+        beat = self._beats[job_id] = Beat(dequeued_at)
+        self._watchdog.watch_for(job_id, timeout_s, beat)
+        return first
+
+    def latest_beat(self, job_id: str, beat: Beat) -> bool:
+        """Whether ``beat`` is still the job's latest."""
+        return self._beats.get(job_id) is beat
+
+    def beat_over(self, job_id: str, beat: Beat) -> None:
+        """The deadline of ``beat`` was dealt with: forget it, unless the node beat again."""
+        if self._beats.get(job_id) is beat:
+            del self._beats[job_id]
+
+    def due(self) -> list[Due]:
+        """The deadlines that have passed, taken off the watch."""
+        return self._watchdog.due()
+
+    def retry(self, due: Due) -> None:
+        """A passed deadline whose verdict failed: due again a little later."""
+        self._watchdog.retry(due)
+
+    async def until_next_deadline(self) -> None:
+        """Sleep until the next deadline may have passed (at most a few seconds)."""
+        await self._watchdog.until_next()
+
+    def deadlines_watched(self) -> int:
+        """How many deadlines are watched (some of jobs over since: skipped when due)."""
+        return len(self._watchdog)
+
+    # --- changes under way ------------------------------------------------------------
+    def begin_change(self, job_id: str) -> asyncio.Future[None]:
+        """A change of the job is under way until the returned future is settled
+        (:meth:`end_change`); other calls about the job wait for it (:meth:`change_of`)."""
+        settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changing[job_id] = settled
+        return settled
+
+    def end_change(self, job_id: str, settled: asyncio.Future[None]) -> None:
+        """The change begun with ``settled`` is over."""
+        if self._changing.get(job_id) is settled:
+            del self._changing[job_id]
+        settled.set_result(None)
+
+    def change_of(self, job_id: str) -> asyncio.Future[None] | None:
+        """The change of the job under way, if any: settled when it is over."""
+        return self._changing.get(job_id)
+
+    # --- waiting nodes ------------------------------------------------------------------
+    async def wait_for_job(self, backend: str, timeout_s: float) -> bool:
+        """Park a node asking ``backend`` for work until a job is queued (True) or the time
+        is up (False)."""
+        return await self._waiters.wait(self.queue_key(backend), timeout_s)
+
+    def waiting_nodes(self, backend: str) -> int:
+        """How many nodes wait for ``backend``'s queue."""
+        return self._waiters.count(self.queue_key(backend))
+
+    def stop_waiting(self) -> None:
+        """Release every waiting node with an empty answer; later waits return at once."""
+        self._waiters.close()
+
+    # --- quotas ----------------------------------------------------------------------------
+    def usage(self, owner_fingerprint: str, role: Role) -> QuotaUsage:
+        """What the owner holds of its quotas now, and the limits of its role."""
+        return self._quotas.usage(owner_fingerprint, role)
+
     def snapshot(self) -> list[tuple[str, int, int, int]]:
         """Each queue's (name, jobs, program bytes, waiting nodes), for metrics."""
-        return [(key, len(queue), queue.bytes_held, self.waiters.count(key))
+        return [(key, len(queue), queue.bytes_held, self._waiters.count(key))
                 for key, queue in sorted(self._queues.items())]

@@ -39,6 +39,17 @@ class Limits:
     max_assignment_bytes: int | None = None
 
 
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What one owner holds of its quotas, beside the limits of its role."""
+
+    live_jobs: int  # QUEUED + RUNNING
+    max_live_jobs: int
+    queued_bytes: int  # of its programs the queues hold
+    max_queued_bytes: int  # its share of the queues
+    all_queued_bytes: int  # every owner's, against SCHEDULER_MAX_QUEUE_BYTES
+
+
 class Quotas:
     """Counts each token's live jobs and the bytes the queues hold."""
 
@@ -145,3 +156,12 @@ class Quotas:
     def active_jobs(self, owner_fingerprint: str) -> int:
         """The owner's QUEUED + RUNNING jobs."""
         return self._active[owner_fingerprint]
+
+    def usage(self, owner_fingerprint: str, role: Role) -> QuotaUsage:
+        """The owner's holdings and the limits of ``role``."""
+        return QuotaUsage(
+            live_jobs=self._active[owner_fingerprint],
+            max_live_jobs=self._limits.by_role[role].max_concurrent_jobs,
+            queued_bytes=self._queued_bytes[owner_fingerprint],
+            max_queued_bytes=self.queue_share_bytes(),
+            all_queued_bytes=self.queue_bytes)

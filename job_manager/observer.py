@@ -22,11 +22,11 @@ class JobObserver(Protocol):
         """A submission was refused with ``code``."""
         ...
 
-    def started(self, record: JobRecord) -> None:
+    def handed_over(self, record: JobRecord) -> None:
         """A job was handed to a node."""
         ...
 
-    def returned(self, record: JobRecord) -> None:
+    def given_back(self, record: JobRecord) -> None:
         """A job handed to a node that never received it went back to its queue."""
         ...
 
@@ -52,10 +52,10 @@ class NoObserver:
     def refused(self, backend: str, role: str, code: str) -> None:
         pass
 
-    def started(self, record: JobRecord) -> None:
+    def handed_over(self, record: JobRecord) -> None:
         pass
 
-    def returned(self, record: JobRecord) -> None:
+    def given_back(self, record: JobRecord) -> None:
         pass
 
     def requeued(self, record: JobRecord) -> None:

@@ -188,7 +188,7 @@ def summary(record: JobRecord, manager: JobManager, admin: bool) -> pb.JobSummar
 
 
 def _usage(totals: listing.Totals, manager: JobManager) -> pb.Usage:
-    limits = manager.quotas.role_limits(Role(totals.role))
+    usage = manager.usage(totals.owner_fingerprint, Role(totals.role))
     return pb.Usage(
         owner_name=totals.owner_name,
         jobs_by_final_status=[
@@ -197,9 +197,9 @@ def _usage(totals: listing.Totals, manager: JobManager) -> pb.Usage:
         total_shots=totals.shots,
         queue_wait_seconds=totals.queue_wait_s,
         execution_seconds=totals.execution_s,
-        live_jobs=manager.quotas.active_jobs(totals.owner_fingerprint),
-        max_live_jobs=limits.max_concurrent_jobs,
-        queued_bytes=manager.quotas.queued_bytes(totals.owner_fingerprint),
-        max_queued_bytes=manager.quotas.queue_share_bytes(),
+        live_jobs=usage.live_jobs,
+        max_live_jobs=usage.max_live_jobs,
+        queued_bytes=usage.queued_bytes,
+        max_queued_bytes=usage.max_queued_bytes,
         role=totals.role)
 

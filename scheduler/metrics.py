@@ -73,8 +73,8 @@ class Metrics:
                                     ["backend", "role", "code"], registry=r)
         self.jobs_finished = Counter("mqc3_jobs_finished", "Jobs that reached a final status",
                                      ["backend", "role", "outcome"], registry=r)
-        self.jobs_returned = Counter(
-            "mqc3_jobs_returned", "Jobs whose node's call ended before it received them, "
+        self.jobs_given_back = Counter(
+            "mqc3_jobs_given_back", "Jobs whose node's call ended before it received them, "
             "put back at the head of their queue", ["backend"], registry=r)
         self.jobs_requeued = Counter(
             "mqc3_jobs_requeued", "Jobs queued again after their node vanished without a "
@@ -152,7 +152,7 @@ class Metrics:
         """Make every series labelled with each of ``backends`` exist: called at start and
         after each reload of the backend status, with the backends it names."""
         for backend in backends:
-            for metric in (self.queue_wait, self.jobs_returned, self.jobs_requeued,
+            for metric in (self.queue_wait, self.jobs_given_back, self.jobs_requeued,
                            self.timestamps_clamped_total):
                 metric.labels(backend)
             for role in ROLES:
@@ -212,13 +212,13 @@ class Metrics:
     def refused(self, backend: str, role: str, code: str) -> None:
         self.jobs_refused.labels(backend, role, code).inc()
 
-    def started(self, record: JobRecord) -> None:
+    def handed_over(self, record: JobRecord) -> None:
         if record.dequeued_at is not None:
             waited_s = (record.dequeued_at - record.queued_at).total_seconds()
             self.queue_wait.labels(record.backend).observe(waited_s)
 
-    def returned(self, record: JobRecord) -> None:
-        self.jobs_returned.labels(record.backend).inc()
+    def given_back(self, record: JobRecord) -> None:
+        self.jobs_given_back.labels(record.backend).inc()
 
     def requeued(self, record: JobRecord) -> None:
         self.jobs_requeued.labels(record.backend).inc()

@@ -126,7 +126,7 @@ class Replicas:
         """Run the watchdog of the serving manager, the new one after each change of term."""
         while True:
             term_over = asyncio.ensure_future(self._term_over.wait())
-            watchdog = asyncio.ensure_future(self.manager.watchdog.run())
+            watchdog = asyncio.ensure_future(self.manager.watch_deadlines())
             try:
                 await asyncio.wait({term_over, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             finally:

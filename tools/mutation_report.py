@@ -14,7 +14,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ["job_manager/ledger.py", "job_manager/manager.py", "scheduler/auth.py",
+PHASES = ["job_manager/phases/core.py", "job_manager/phases/recovery.py",
+          "job_manager/phases/liveness.py", "job_manager/phases/submission.py",
+          "job_manager/phases/handover.py", "job_manager/phases/owner_changes.py",
+          "job_manager/phases/reads.py"]
+CORE = ["job_manager/ledger.py", *PHASES, "job_manager/watchdog.py", "scheduler/auth.py",
         "common/identity.py", "scheduler/edge.py", "job_manager/stores/sqlite_job_store.py",
         "token_database/service.py", "leadership/lease.py", "leadership/lock.py",
         "leadership/dynamodb_lease.py", "job_manager/stores/fenced_commits.py",

@@ -73,7 +73,7 @@ async def test_a_backend_added_while_running_takes_jobs(reloading: Reloading) ->
     assert refused.error.code == "INVALID_ARGUMENT"
     reloading.write(TEST_BACKENDS_TOML + SIMULATOR)
     jobs = running.scheduler.manager
-    await _until(lambda: jobs.backends.is_known("simulator"))
+    await _until(lambda: jobs.knows_backend("simulator"))
     accepted = await running.clients.submission.SubmitJob(submit_request(token, "simulator"))
     assert accepted.error.code == "" and accepted.job_id
     assert (await running.clients.assign("simulator")).job_id == accepted.job_id
@@ -86,7 +86,7 @@ async def test_a_removed_backend_takes_no_jobs_but_keeps_its_queue(reloading: Re
               for _ in range(2)]
     reloading.write(WITHOUT_QPU)
     jobs = running.scheduler.manager
-    await _until(lambda: not jobs.backends.is_known("qpu"))
+    await _until(lambda: not jobs.knows_backend("qpu"))
     refused = await running.clients.submission.SubmitJob(submit_request(admin, "qpu"))
     assert refused.error.code == "INVALID_ARGUMENT" and "qpu" in refused.error.description
     cancelled = await running.clients.submission.CancelJob(

@@ -25,7 +25,7 @@ async def _until_waiting(running: Running, count: int) -> None:
     jobs = running.scheduler.manager
     assert jobs is not None
     for _ in range(200):
-        if jobs.waiters.count("emulator") >= count:
+        if jobs.waiting_nodes("emulator") >= count:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{count} nodes never started waiting")

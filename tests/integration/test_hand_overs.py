@@ -123,7 +123,7 @@ class Lab:
                                           timeout=10)
         assert beat.error.code == ""
         self.clock.advance(BEAT_TIMEOUT_S + 1)
-        await self.scheduler.manager.watchdog.check()
+        await self.scheduler.manager.check_deadlines()
         assert (await status(self.clients, self.alice, taken.job_id)).status == \
             job_pb2.JOB_STATUS_QUEUED
 

@@ -85,7 +85,7 @@ class Lab:
 
     async def later(self, seconds: float) -> None:
         self.clock.advance(seconds)
-        await self.scheduler.manager.watchdog.check()
+        await self.scheduler.manager.check_deadlines()
 
     async def why(self, job_id: str) -> str:
         """The stored record's status detail (a user reads a queued job's place instead)."""
@@ -267,7 +267,7 @@ async def test_among_replicas_a_nodes_calls_reach_the_leader_which_alone_sees_no
         assigned = await second.clients.execution.AssignNextJob(
             execution_pb2.AssignNextJobRequest(backend="emulator"), metadata=LAB_1, timeout=20)
         assert assigned.job_id == job_id
-        running = first.scheduler.manager.ledger.live(job_id)
+        running = first.scheduler.manager.live(job_id)
         assert running is not None and running.node_identity == "lab-1"
 
         async with grpc.aio.insecure_channel(

@@ -286,7 +286,7 @@ async def test_the_extension_on_a_follower_lists_and_watches_and_passes_changes_
             retagged = await jobs.SetJobTags(jobs_pb2.SetJobTagsRequest(
                 token=token, job_id=job_id, tags=[jobs_pb2.Tag(key="run", value="2")]))
             assert retagged.error.code == ""
-            live = leader.scheduler.manager.ledger.live(job_id)
+            live = leader.scheduler.manager.live(job_id)
             assert live is not None and live.tags == (("run", "2"),)
             usage = await jobs.GetUsage(jobs_pb2.GetUsageRequest(token=token))
             assert usage.usage[0].live_jobs == 1  # the leader's counters
@@ -307,7 +307,7 @@ class HeldHandOver:
     def __init__(self, manager: Any) -> None:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
-        store = manager._store
+        store = manager.jobs
         self._transition = store.transition
         store.transition = self._held
 

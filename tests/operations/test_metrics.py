@@ -168,7 +168,7 @@ def _methods() -> list[str]:
 
 def _expected_for(backend: str) -> Iterator[tuple[str, dict[str, str]]]:
     """The series a backend has from the moment the scheduler knows it."""
-    for name in ("mqc3_job_queue_wait_seconds_count", "mqc3_jobs_returned_total",
+    for name in ("mqc3_job_queue_wait_seconds_count", "mqc3_jobs_given_back_total",
                  "mqc3_jobs_requeued_total", "mqc3_node_timestamps_clamped_total"):
         yield name, {"backend": backend}
     yield "mqc3_job_queue_wait_seconds_bucket", {"backend": backend, "le": "+Inf"}

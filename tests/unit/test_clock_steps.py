@@ -34,13 +34,13 @@ async def test_a_wall_clock_step_neither_times_a_job_out_nor_lets_it_run_on(
     job_id = await h.submit(timeout_s=TIMEOUT_S)
     await h.assign()
     h.clock.step_wall(step_s)  # an hour forward, or back, in an instant
-    assert await h.manager.watchdog.check() == 0
+    assert await h.manager.check_deadlines() == 0
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
     h.clock.advance(TIMEOUT_S + GRACE_S - 1)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.RUNNING  # a second before its time
     h.clock.advance(1)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.TIMEOUT  # on time, as measured
 
 

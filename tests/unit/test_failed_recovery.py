@@ -41,6 +41,10 @@ class FailingRecovery:
         self.recoveries = 0
         self.watchdog = Watchdog()
 
+
+    def watch_deadlines(self) -> Any:
+        return self.watchdog.run()
+
     async def recover(self) -> None:
         self.recoveries += 1
         await asyncio.sleep(0)

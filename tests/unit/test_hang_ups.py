@@ -61,8 +61,9 @@ async def test_a_node_that_leaves_during_the_hand_over_leaves_the_job_queued(h: 
     assert (await h.stored(first)).dequeued_at is None
     assert await h.status(first) is JobStatus.QUEUED  # memory agrees with the store
     assert h.manager.queue_length("emulator") == 2
-    assert h.manager.quotas.queue_bytes == len(b"first") + len(b"second")
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 2
+    queued = h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes
+    assert queued == len(b"first") + len(b"second")
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 2
     # Back at the head of its queue: the next node gets it, and it runs to its end.
     assert (await h.assign()).record.job_id == first
     assert (await h.complete(first)).status is JobStatus.COMPLETED
@@ -81,10 +82,10 @@ async def test_a_job_given_back_is_not_timed_out_by_its_first_deadline(h: Harnes
     h.clock.advance(20)
     await h.assign()  # handed over again, 20 s later
     h.clock.advance(30 + GRACE_S - 10)  # past the first hand-over's deadline only
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job)).status is JobStatus.RUNNING
     h.clock.advance(20)  # past the second one's
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job)).status is JobStatus.TIMEOUT
 
 
@@ -180,7 +181,7 @@ async def test_a_keyed_retry_after_a_lost_answer_returns_the_first_job(h: Harnes
     job = await retry
     assert job == await _one_stored_job(h)
     assert h.manager.queue_length("emulator") == 1
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
     assert (await h.assign()).record.job_id == job
     assert await h.manager.assign("emulator") is None
 
@@ -209,8 +210,9 @@ async def test_two_processes_racing_one_key_make_one_job(h: Harness) -> None:
     answers = await asyncio.gather(mine, theirs)
     assert answers[0] == answers[1] == await _one_stored_job(h)
     assert h.inputs() == [f"{answers[0]}.in.proto"]  # the loser's program was removed
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) + other.quotas.active_jobs(
-        ALICE.fingerprint) == 2  # each process queued the one job: the store's CAS decides
+    assert (h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs
+            + other.usage(ALICE.fingerprint, ALICE.role).live_jobs) == 2
+    # (each process queued the one job: the store's CAS decides)
     assert (await h.assign()).record.job_id == answers[0]
     assert await other.assign("emulator") is None  # taken: the store said so
 

@@ -112,13 +112,13 @@ class Events:
         self.seen.append(("refused", code))
         self.refusals.append((backend, role, code))
 
-    def started(self, record: JobRecord) -> None:
+    def handed_over(self, record: JobRecord) -> None:
         self.seen.append(("started", record.job_id))
 
     def requeued(self, record: JobRecord) -> None:
         self.seen.append(("requeued", record.job_id))
 
-    def returned(self, record: JobRecord) -> None:
+    def given_back(self, record: JobRecord) -> None:
         self.seen.append(("returned", record.job_id))
 
     def finished(self, record: JobRecord) -> None:
@@ -208,7 +208,7 @@ class Harness:
     async def upload_result(self, job_id: str) -> None:
         """The node's upload, to the key its hand-over's URL names (with requeues, one of
         the hand-over's own: docs/protocol.md)."""
-        live = self.manager.ledger.live(job_id)
+        live = self.manager.live(job_id)
         key = result_key(job_id)
         if live is not None and live.status is JobStatus.RUNNING and self.manager.accepts_result(
                 job_id, live.requeues):
@@ -233,9 +233,9 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
 async def assert_nothing_kept(h: Harness) -> None:
     assert await h.records() == [], "a record was left"
     assert h.inputs() == [], "a program was left"
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
-    assert h.manager.quotas.queue_bytes == 0
-    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 0
     assert h.manager.queue_length("emulator") == 0
     assert h.manager.live_jobs() == 0
     assert await h.manager.assign("emulator") is None
@@ -349,8 +349,8 @@ async def test_cas_assignment_racing_cancel_cancel_wins(h: Harness) -> None:
     assert assignment is None
     assert (await h.stored(job_id)).status is JobStatus.CANCELLED
     assert await h.manager.assign("emulator") is None
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
-    assert h.manager.quotas.queue_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 0
 
 
 async def test_cas_final_status_never_changes(h: Harness) -> None:
@@ -380,8 +380,8 @@ async def test_cas_two_processes_never_assign_a_job_twice(h: Harness) -> None:
     # times out there too if its node is gone), and holds none of it as queued.
     assert other.live_jobs() == 1
     assert other.queue_length("emulator") == 0
-    assert other.quotas.queue_bytes == 0
-    assert other.watchdog is not None and len(other.watchdog) == 1
+    assert other.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 0
+    assert other.deadlines_watched() == 1
 
 
 async def test_cas_stale_process_report_cannot_change_a_final_status(h: Harness) -> None:
@@ -405,14 +405,14 @@ async def test_cas_report_racing_the_watchdog_report_wins(h: Harness) -> None:
     reporting = asyncio.create_task(h.manager.report(report(job_id)))
     await h.jobs.held("transition")  # RUNNING→COMPLETED is in flight
     h.clock.advance(30 + GRACE_S + 1)
-    checking = asyncio.create_task(h.manager.watchdog.check())
+    checking = asyncio.create_task(h.manager.check_deadlines())
     await asyncio.sleep(0.01)
     release.set()
     finished, _ = await asyncio.gather(reporting, checking)
 
     assert finished.status is JobStatus.COMPLETED
     assert (await h.stored(job_id)).status is JobStatus.COMPLETED
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 # --- 3. A store failure never loses a job -------------------------------------------------
@@ -431,7 +431,7 @@ async def test_store_failure_during_assign_puts_the_job_back_in_its_place(h: Har
     order = [(await h.assign()).record.job_id for _ in range(3)]
     # Bob's job must not overtake: the failed hand-over did not use Alice's turn.
     assert order == [first, second, later]
-    assert h.manager.quotas.queue_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 0
 
 
 async def test_store_failure_during_cancel_keeps_the_job_queued(h: Harness) -> None:
@@ -440,7 +440,7 @@ async def test_store_failure_during_cancel_keeps_the_job_queued(h: Harness) -> N
     await refused(h.manager.cancel(ALICE, job_id), "INTERNAL")
     assert (await h.stored(job_id)).status is JobStatus.QUEUED
     assert await h.status(job_id) is JobStatus.QUEUED
-    assert h.manager.quotas.queue_bytes == len(b"program")
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == len(b"program")
     assert (await h.assign()).record.job_id == job_id
 
 
@@ -466,8 +466,8 @@ async def test_restart_reloads_queued_jobs_with_queued_at_and_order(h: Harness) 
     h.clock.advance(100)
     manager = await h.restart()
     assert manager.queue_length("emulator") == 6
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 6
-    assert manager.quotas.queue_bytes == 6 * len(b"program")
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 6
+    assert manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 6 * len(b"program")
     for job_id in submitted:
         assert (await manager.status(ALICE, job_id)).queued_at == queued_at[job_id]
     assigned = [(await h.assign()).record for _ in submitted]
@@ -481,8 +481,8 @@ async def test_restart_keeps_running_jobs_running_and_watched(h: Harness) -> Non
     manager = await h.restart()
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
     assert await h.status(job_id) is JobStatus.RUNNING
-    assert len(manager.watchdog) == 1
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert manager.deadlines_watched() == 1
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
     assert (await h.complete(job_id)).status is JobStatus.COMPLETED
 
 
@@ -496,7 +496,7 @@ async def test_restart_fails_a_queued_job_whose_program_is_missing(h: Harness) -
     assert "program" in record.status_detail and "missing" in record.status_detail
     assert manager.status_detail(await manager.status(ALICE, job_id)) == record.status_detail
     assert manager.queue_length("emulator") == 0
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_a_recovered_job_whose_program_vanished_fails_at_its_hand_over(
@@ -512,7 +512,7 @@ async def test_a_recovered_job_whose_program_vanished_fails_at_its_hand_over(
     record = await h.stored(lost)
     assert record.status is JobStatus.FAILED and "missing" in record.status_detail
     assert manager.queue_length("emulator") == 0
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 1  # the one running
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1  # the one running
 
 
 async def test_restart_fails_a_queued_job_whose_backend_is_gone(h: Harness) -> None:
@@ -523,7 +523,7 @@ async def test_restart_fails_a_queued_job_whose_backend_is_gone(h: Harness) -> N
     assert record.status is JobStatus.FAILED
     assert "qpu" in record.status_detail
     assert (await h.stored(kept)).status is JobStatus.QUEUED
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
     assert (await h.assign()).record.job_id == kept
 
 
@@ -532,19 +532,19 @@ async def test_watchdog_times_out_after_timeout_plus_grace(h: Harness) -> None:
     job_id = await h.submit(timeout_s=30)
     await h.assign()
     h.clock.advance(89)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
     assert await h.status(job_id) is JobStatus.RUNNING
 
     h.clock.advance(2)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     stored = await h.stored(job_id)
     assert stored.status is JobStatus.TIMEOUT
     assert "never reported" in stored.status_detail
     seen = await h.manager.status(ALICE, job_id)
     assert seen.status is JobStatus.TIMEOUT
     assert "never reported" in h.manager.status_detail(seen)
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_watchdog_leaves_a_reported_job_alone(h: Harness) -> None:
@@ -556,7 +556,7 @@ async def test_watchdog_leaves_a_reported_job_alone(h: Harness) -> None:
     await h.complete(completed)
     await h.manager.report(report(failed, JobStatus.FAILED))
     h.clock.advance(81)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(completed)).status is JobStatus.COMPLETED
     assert (await h.stored(failed)).status is JobStatus.FAILED
 
@@ -567,10 +567,10 @@ async def test_watchdog_deadline_survives_a_restart(h: Harness) -> None:
     h.clock.advance(50)
     manager = await h.restart()
     h.clock.advance(39)  # t0 + 89: the deadline comes from the stored dequeued_at
-    await manager.watchdog.check()
+    await manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
     h.clock.advance(2)
-    await manager.watchdog.check()
+    await manager.check_deadlines()
     stored = await h.stored(job_id)
     assert stored.status is JobStatus.TIMEOUT
     assert "never reported" in stored.status_detail
@@ -581,13 +581,13 @@ async def test_watchdog_retries_while_the_store_is_down(h: Harness) -> None:
     await h.assign()
     h.clock.advance(91)
     h.jobs.down = True
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     h.jobs.down = False
     assert (await h.stored(job_id)).status is JobStatus.RUNNING
     assert await h.status(job_id) is JobStatus.RUNNING
 
     h.clock.advance(5)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.TIMEOUT
     assert await h.status(job_id) is JobStatus.TIMEOUT
 
@@ -645,7 +645,7 @@ async def test_idempotency_same_key_same_job(h: Harness) -> None:
     again = await h.submit(key="k-1")
     assert again == first
     assert [r.job_id for r in await h.records()] == [first]
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
 
 
 async def test_idempotency_key_belongs_to_its_token(h: Harness) -> None:
@@ -710,7 +710,7 @@ async def test_idempotency_key_of_a_finished_job_survives_a_restart(h: Harness) 
 # --- Shutdown -----------------------------------------------------------------------------
 async def test_shutdown_releases_a_waiting_node(h: Harness) -> None:
     waiting = asyncio.create_task(h.manager.assign("emulator", wait_s=10))
-    while h.manager.waiters.count("emulator") == 0:
+    while h.manager.waiting_nodes("emulator") == 0:
         await asyncio.sleep(0)
     h.manager.shutdown()
     assert await asyncio.wait_for(waiting, 1.0) is None
@@ -733,7 +733,7 @@ async def test_the_queue_byte_budget_refuses_the_job_that_would_pass_it(tmp_path
         error = await refused(harness.submit(BOB, program=b"b" * 41), "RESOURCE_EXHAUSTED")
         assert "100 bytes" in str(error)
         await harness.submit(BOB, program=b"b" * 40)  # exactly full is allowed
-        assert harness.manager.quotas.queue_bytes == 100
+        assert harness.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 100
         assert [r.owner_fingerprint for r in await harness.records()].count(BOB.fingerprint) == 1
     finally:
         await harness.close()
@@ -750,6 +750,6 @@ async def test_one_token_cannot_take_more_than_its_share_of_the_queues(tmp_path:
         # Once the first job is handed over, its bytes leave the queue and the share.
         await harness.assign()
         await harness.submit(program=b"a" * 50)
-        assert harness.manager.quotas.queued_bytes(ALICE.fingerprint) == 50
+        assert harness.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 50
     finally:
         await harness.close()

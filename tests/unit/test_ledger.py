@@ -14,7 +14,6 @@ from job_manager.ledger import FINISHED_CACHE_SIZE, Ledger
 from job_manager.limits import Limits, RoleLimits
 from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.queue import QueuedJob, SchedulingPolicy
-from job_manager.watchdog import Watchdog
 
 ALICE = Principal("alice", Role.DEVELOPER, fingerprint("alice"))
 LIMITS = Limits(by_role={role: RoleLimits(5, 1 << 20) for role in Role},
@@ -28,11 +27,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def ledger(clock: FakeClock) -> Ledger:
-    async def expire(job_id: str, watched: object) -> None:
-        pass
-
-    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
-                    lambda r: r.queued_at + timedelta(seconds=r.timeout_s))
+    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, timedelta(0))
     ledger.open_queue("emulator")
     return ledger
 
@@ -57,8 +52,8 @@ def _admitted(ledger: Ledger, clock: FakeClock, key: str = "") -> QueuedJob:
 def _state(ledger: Ledger) -> tuple[int, int, int, int]:
     queue = ledger.queue("emulator")
     assert queue is not None
-    return (ledger.live_count(), len(queue), ledger.quotas.active_jobs(ALICE.fingerprint),
-            ledger.quotas.queue_bytes)
+    return (ledger.live_count(), len(queue), ledger.usage(ALICE.fingerprint, ALICE.role).live_jobs,
+            ledger.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes)
 
 
 def test_a_job_goes_through_its_life_in_every_structure_at_once(
@@ -66,13 +61,13 @@ def test_a_job_goes_through_its_life_in_every_structure_at_once(
     job = _admitted(ledger, clock, key="k")
     assert _state(ledger) == (1, 1, 1, 1)
     assert ledger.key_holder(ALICE.fingerprint, "k") is job.record
-    assert ledger.take_next("emulator") is job
+    assert ledger.claim_next("emulator") is job
     running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
-    ledger.started(job, running)
+    ledger.handed_over(job, running)
     assert _state(ledger) == (1, 0, 1, 0)
-    assert len(ledger.watchdog) == 1
+    assert ledger.deadlines_watched() == 1
     ended = replace(running, status=JobStatus.COMPLETED, finished_at=clock.now())
-    ledger.ended(ended)
+    ledger.finished(ended)
     assert _state(ledger) == (0, 0, 0, 0)
     assert ledger.key_holder(ALICE.fingerprint, "k") is None
     assert ledger.remembered(job.job_id) is ended
@@ -86,10 +81,10 @@ def test_a_queued_job_is_live_through_its_queue_and_its_claim_alone(
     record = job.record
     assert job._whole is None and ledger.live(job.job_id) == record
     assert ledger.holds(job)
-    assert ledger.take_next("emulator") is job
+    assert ledger.claim_next("emulator") is job
     assert ledger.live(job.job_id) == record and ledger.holds(job) and ledger.live_count() == 1
     running = replace(record, status=JobStatus.RUNNING, dequeued_at=clock.now())
-    ledger.started(job, running)
+    ledger.handed_over(job, running)
     assert ledger.live(job.job_id) is running and not ledger.holds(job)
     assert ledger.running_count() == ledger.live_count() == 1
 
@@ -109,31 +104,31 @@ def test_a_claim_put_back_is_in_its_place_and_counted_once(
     claimed = ledger.claim(first.record)
     assert claimed is first and _state(ledger) == (2, 1, 2, 2)
     ledger.put_back(first)
-    assert ledger.take_next("emulator") is first
+    assert ledger.claim_next("emulator") is first
     ledger.put_back(first)
     assert _state(ledger) == (2, 2, 2, 2)
-    assert second in (ledger.take_next("emulator"), ledger.take_next("emulator"))
+    assert second in (ledger.claim_next("emulator"), ledger.claim_next("emulator"))
 
 
 def test_a_job_given_back_is_queued_at_the_head_with_its_bytes(
         ledger: Ledger, clock: FakeClock) -> None:
     job, later = _admitted(ledger, clock), _admitted(ledger, clock)
-    assert ledger.take_next("emulator") is job
+    assert ledger.claim_next("emulator") is job
     running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
-    ledger.started(job, running)
-    ledger.returned(job, replace(running, status=JobStatus.QUEUED, dequeued_at=None))
+    ledger.handed_over(job, running)
+    ledger.given_back(job, replace(running, status=JobStatus.QUEUED, dequeued_at=None))
     assert _state(ledger) == (2, 2, 2, 2)
-    assert ledger.quotas.queued_bytes(ALICE.fingerprint) == 2
+    assert ledger.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 2
     returned = ledger.live(job.job_id)
     assert returned is not None and returned.status is JobStatus.QUEUED
-    assert ledger.take_next("emulator") is job
+    assert ledger.claim_next("emulator") is job
     assert later.job_id != job.job_id
 
 
 def test_forgetting_a_job_frees_its_quota_and_its_key(ledger: Ledger, clock: FakeClock) -> None:
     job = _admitted(ledger, clock, key="k")
-    assert ledger.take_next("emulator") is job
-    ledger.left_queue(job)
+    assert ledger.claim_next("emulator") is job
+    ledger.drop_claim(job)
     ledger.forget(job.job_id)
     assert _state(ledger) == (0, 0, 0, 0)
     assert ledger.key_holder(ALICE.fingerprint, "k") is None
@@ -151,7 +146,7 @@ def test_a_job_found_running_counts_as_a_job_but_holds_no_queue_bytes(
     ledger.admit_running(running)
     ledger.admit_running(running)  # twice: counted once
     assert _state(ledger) == (1, 0, 1, 0)
-    assert len(ledger.watchdog) == 1
+    assert ledger.deadlines_watched() == 1
 
 
 def test_the_finished_records_kept_are_the_newest(ledger: Ledger, clock: FakeClock) -> None:
@@ -165,18 +160,14 @@ def test_the_finished_records_kept_are_the_newest(ledger: Ledger, clock: FakeClo
 
 
 def test_with_one_queue_for_all_backends_every_backend_shares_it(clock: FakeClock) -> None:
-    async def expire(job_id: str, watched: object) -> None:
-        pass
-
-    unified = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
-                     lambda r: r.queued_at, unify_backends=True)
+    unified = Ledger(LIMITS, SchedulingPolicy(), clock, timedelta(0), unify_backends=True)
     unified.open_queue("emulator")
     unified.open_queue("qpu")
     assert unified.queue("emulator") is unified.queue("qpu") is unified.queue("any")
     job = _job(clock)
     unified.reserve(ALICE, 10, job.size_bytes)
     unified.admit(job, reserved=True)
-    assert unified.take_next("qpu") is job
+    assert unified.claim_next("qpu") is job
 
 
 # --- admit_all, a recovery's many jobs at once (docs/mutation.md) -----------------------
@@ -202,11 +193,7 @@ def test_a_recovery_leaves_out_a_job_that_finished_here_after_its_page_was_read(
 
 
 def test_a_recovery_opens_the_queue_of_a_backend_that_had_none(clock: FakeClock) -> None:
-    async def expire(job_id: str, watched: object) -> None:
-        pass
-
-    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, Watchdog(clock, expire),
-                    lambda r: r.queued_at + timedelta(seconds=r.timeout_s))
+    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, timedelta(0))
     assert ledger.admit_all([_job(clock)]) == 1
     queue = ledger.queue("emulator")
     assert queue is not None and len(queue) == 1
@@ -214,7 +201,7 @@ def test_a_recovery_opens_the_queue_of_a_backend_that_had_none(clock: FakeClock)
 
 async def test_a_recovery_wakes_a_node_parked_on_the_queue(
         ledger: Ledger, clock: FakeClock) -> None:
-    parked = asyncio.ensure_future(ledger.waiters.wait(ledger.queue_key("emulator"), 1.0))
+    parked = asyncio.ensure_future(ledger.wait_for_job("emulator", 1.0))
     await asyncio.sleep(0)
     ledger.admit_all([_job(clock)])
     assert await parked  # woken, not timed out

@@ -74,8 +74,8 @@ async def test_a_deposed_submission_stores_nothing_and_keeps_nothing(fh: FencedH
         await fh.submit(program=b"seven b")
     assert await fh.records() == []
     assert fh.inputs() == []  # the program it wrote first is deleted
-    assert fh.manager.quotas.active_jobs(ALICE.fingerprint) == 0
-    assert fh.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
+    assert fh.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
+    assert fh.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 0
     assert fh.manager.queue_length("emulator") == 0
 
 
@@ -112,7 +112,7 @@ async def test_a_deposed_give_back_leaves_the_job_running(
     assignment = await fh.assign()
     fh.depose()
     fh.manager.give_back(assignment)
-    await until(lambda: any("could not be queued again" in r.getMessage()
+    await until(lambda: any("could not be given back" in r.getMessage()
                             for r in caplog.records))
     assert (await fh.stored(job)).status is JobStatus.RUNNING
 

@@ -86,7 +86,7 @@ async def test_a_job_is_timed_out_at_its_deadline_exactly(h: Harness) -> None:
     job = await h.submit(timeout_s=30)
     await h.assign()
     h.clock.advance(30 + GRACE_S)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     stored = await h.stored(job)
     assert (stored.status, stored.finished_at) == (JobStatus.TIMEOUT, h.clock.now())
     assert stored.status_detail == ("the backend never reported: no report within the job's "
@@ -106,7 +106,7 @@ async def test_a_job_failed_at_recovery_is_stored_with_why_and_when(h: Harness) 
 
 async def test_logs_name_a_user_by_name_and_eight_hex_of_the_token_fingerprint(
         h: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="job_manager.manager")
+    caplog.set_level(logging.INFO, logger="job_manager")
     job = await h.submit()
     [queued] = [r.getMessage() for r in caplog.records if f"job {job} QUEUED" in r.getMessage()]
     assert f" user=alice#{ALICE.fingerprint[:8]} " in queued
@@ -120,8 +120,8 @@ async def test_the_deadline_of_a_job_that_ended_leaves_nothing_behind(
     await h.assign()
     await h.complete(job)
     h.clock.advance(30 + GRACE_S + 1)
-    await h.manager.watchdog.check()
-    assert len(h.manager.watchdog) == 0, "the deadline was put back to be retried"
+    await h.manager.check_deadlines()
+    assert h.manager.deadlines_watched() == 0, "the deadline was put back to be retried"
     assert errors(caplog) == []
     assert (await h.stored(job)).status is JobStatus.COMPLETED
 
@@ -135,11 +135,11 @@ async def test_a_report_that_beats_the_watchdog_leaves_it_nothing_to_retry(
     reporting = asyncio.create_task(h.manager.report(report(job)))
     await h.jobs.held("transition")
     h.clock.advance(30 + GRACE_S + 1)
-    checking = asyncio.create_task(h.manager.watchdog.check())
+    checking = asyncio.create_task(h.manager.check_deadlines())
     await asyncio.sleep(0.01)
     release.set()
     await asyncio.gather(reporting, checking)
-    assert len(h.manager.watchdog) == 0
+    assert h.manager.deadlines_watched() == 0
     assert errors(caplog) == []
     assert (await h.stored(job)).status is JobStatus.COMPLETED
 
@@ -245,7 +245,7 @@ async def test_a_keyed_retry_of_a_finished_job_queues_nothing(h: Harness) -> Non
     h.payloads.fail_on("put_input")  # the answer comes from the key, not from a new job
     assert await h.submit(key="K") == first
     assert h.manager.queue_length("emulator") == 0
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
     assert await h.manager.assign("emulator") is None
 
 
@@ -364,7 +364,7 @@ async def _ended_elsewhere(h: Harness) -> str:
 async def test_a_give_back_of_a_job_that_ended_elsewhere_believes_the_store(h: Harness) -> None:
     job = await _ended_elsewhere(h)
     await until(lambda: h.manager.live_jobs() == 0)
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
     assert await h.status(job) is JobStatus.COMPLETED
 
 
@@ -383,8 +383,8 @@ class _LeavesAsItStarts(Events):
 
     node: asyncio.Task[object] | None = None
 
-    def started(self, record: JobRecord) -> None:
-        super().started(record)
+    def handed_over(self, record: JobRecord) -> None:
+        super().handed_over(record)
         assert self.node is not None
         asyncio.get_running_loop().call_soon(self.node.cancel)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from job_manager import manager as manager_module
 from job_manager.model import JobStatus
+from job_manager.phases import recovery as recovery_phase
 from job_manager.stores import PayloadStore
 from job_manager.stores.local_payload_store import LocalPayloadStore, SqliteInputsPayloadStore
 from job_manager.stores.sqlite_job_store import SqliteJobStore
@@ -147,7 +147,7 @@ async def test_a_program_gone_at_the_hand_over_fails_the_job_and_frees_its_slot(
     assert await h.manager.assign("emulator") is None
     assert (await h.stored(job)).status is JobStatus.FAILED
     assert ("finished", job) in h.events.seen
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
     assert h.manager.live_jobs() == 0
 
 
@@ -203,7 +203,7 @@ class BesideRecordsHarness(Harness):
 @pytest.fixture
 async def beside(tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BesideRecordsHarness]:
-    monkeypatch.setattr(manager_module, "PREFETCH_BATCH", 4)
+    monkeypatch.setattr(recovery_phase, "PREFETCH_BATCH", 4)
     harness = BesideRecordsHarness(tmp_path)
     yield harness
     await harness.close()

@@ -20,13 +20,10 @@ from typing import Any, TypeVar
 import pytest
 
 from common.identity import Principal, Role, fingerprint
-from job_manager.manager import (
-    ASSIGNMENT_FRAMING_BYTES,
-    UPLOAD_URL_LIFETIME,
-    JobManager,
-    JobSpec,
-)
+from job_manager.manager import JobManager, JobSpec
 from job_manager.model import JobStatus, new_job_id
+from job_manager.phases.core import UPLOAD_URL_LIFETIME
+from job_manager.phases.submission import ASSIGNMENT_FRAMING_BYTES
 from tests.helpers import refused_as
 from tests.unit.test_job_rules import (
     ALICE,
@@ -180,7 +177,7 @@ async def test_a_cancel_of_a_job_whose_record_vanished_says_so(h: Harness) -> No
     await refused_as(h.manager.cancel(ALICE, job), "job_not_cancellable", job_id=job,
                      status="missing")
     assert h.manager.queue_length("emulator") == 0
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_refused_reports_and_url_renewals_name_the_job_and_statuses(h: Harness) -> None:
@@ -215,7 +212,7 @@ async def test_a_stale_process_is_answered_with_how_the_job_really_ended(h: Harn
     await refused_as(stale.report(report(job, JobStatus.FAILED)), "report_conflict",
                      job_id=job, status="COMPLETED", reported="FAILED")
     for process in (h.manager, stale):  # each now believes the store
-        assert process.quotas.active_jobs(ALICE.fingerprint) == 0
+        assert process.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
         assert (await process.status(ALICE, job)).status is JobStatus.COMPLETED
 
 
@@ -225,7 +222,7 @@ async def test_a_report_of_a_job_whose_record_vanished_says_so(h: Harness) -> No
     change_the_store_behind_its_back(h, "DELETE FROM jobs WHERE job_id = ?", job)
     await refused_as(h.manager.report(report(job, JobStatus.FAILED)), "report_conflict",
                      job_id=job, status="missing", reported="FAILED")
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 # --- idempotency keys that cannot be looked up -------------------------------------------
@@ -269,8 +266,8 @@ async def test_a_key_race_loser_that_cannot_find_the_winner_is_not_accepted(
     [lost] = [a for a in answers if not isinstance(a, str)]
     await refused_as(_raise(lost), "submission_not_stored")
     assert h.inputs() == [f"{job}.in.proto"]  # the loser's program was removed
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) + other.quotas.active_jobs(
-        ALICE.fingerprint) == 1
+    assert (h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs
+            + other.usage(ALICE.fingerprint, ALICE.role).live_jobs) == 1
 
 
 async def test_a_key_race_loser_whose_winner_vanished_is_not_accepted(h: Harness) -> None:
@@ -327,7 +324,7 @@ async def test_a_store_failure_is_answered_internal_and_logged_once_with_its_job
         failing: Callable[[Harness], Awaitable[tuple[Awaitable[Any], str]]]) -> None:
     call, job = await failing(h)
     caplog.clear()
-    caplog.set_level(logging.ERROR, logger="job_manager.manager")
+    caplog.set_level(logging.ERROR, logger="job_manager")
     await refused_as(call, "store_failed")
     [logged] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert job in logged and "injected failure" in logged, logged

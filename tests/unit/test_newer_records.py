@@ -71,6 +71,6 @@ async def test_a_queued_job_turned_newer_meanwhile_is_skipped_at_the_hand_over(
     # Not claimed here for ever (issue 27, item 4): out of memory, its owner's slot freed,
     # and answered as the newer scheduler stored it.
     assert h.manager.live_jobs() == 1  # ours, RUNNING
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1  # ours, RUNNING
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1  # ours, RUNNING
     await refused_as(h.manager.cancel(ALICE, theirs), "record_too_new",
                      job_id=theirs, format_version=NEWER)

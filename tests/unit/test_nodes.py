@@ -46,7 +46,7 @@ async def taken(h: Harness, node: str = "lab-1", timeout_s: float = LONG_S) -> s
 
 async def later(h: Harness, seconds: float) -> None:
     h.clock.advance(seconds)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
 
 
 # --- heartbeats -------------------------------------------------------------------------
@@ -88,7 +88,7 @@ async def test_with_no_requeue_left_a_silent_beater_ends_timeout_saying_why(
     stored = await h.stored(job_id)
     assert stored.status is JobStatus.TIMEOUT
     assert "stopped sending heartbeats" in stored.status_detail
-    assert manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_a_later_beat_replaces_the_deadline_of_an_earlier_one(h: Harness) -> None:
@@ -177,7 +177,7 @@ QUIET_S = 300.0
 async def ticks(manager: JobManager, rounds: int = 2) -> None:
     """Let the watchdog's loop run ``rounds`` rounds (each checks the nodes), then stop it."""
     for _ in range(rounds):
-        loop = asyncio.ensure_future(manager.watchdog.run())
+        loop = asyncio.ensure_future(manager.watch_deadlines())
         for _ in range(3):
             await asyncio.sleep(0)
         loop.cancel()
@@ -227,7 +227,6 @@ async def test_a_name_no_backend_has_is_not_remembered(h: Harness) -> None:
     waiting = asyncio.ensure_future(manager.assign("made-up", wait_s=QUIET_S * 10))
     await asyncio.sleep(0)
     h.clock.advance(QUIET_S)
-    assert manager.nodes.quiet_s("made-up") == QUIET_S
     assert [backend for backend, _ in manager.node_snapshot()] == ["emulator", "qpu"]
     job_id = await h.submit()
     assignment = await waiting

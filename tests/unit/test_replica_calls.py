@@ -47,6 +47,10 @@ class Manager:
         self.watchdog = Watchdog()
         self.shut = False
 
+
+    def watch_deadlines(self) -> Any:
+        return self.watchdog.run()
+
     async def recover(self) -> None:
         pass
 

@@ -50,6 +50,10 @@ class Manager:
         self.recovery_fails = recovery_fails
         self.reading_ahead_fails = reading_ahead_fails
 
+
+    def watch_deadlines(self) -> Any:
+        return self.watchdog.run()
+
     async def recover(self) -> None:
         self.recoveries += 1
         if self.recovery_fails:

@@ -3,7 +3,6 @@ in its place, at most N times; then it ends TIMEOUT as any other."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def requeued(h: Harness) -> int:
 
 async def _lose_the_node(h: Harness) -> None:
     h.clock.advance(91)  # timeout 30 s + grace
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
 
 
 async def test_a_lost_job_is_queued_again_at_most_n_times_then_times_out(h: Harness) -> None:
@@ -49,7 +48,7 @@ async def test_a_lost_job_is_queued_again_at_most_n_times_then_times_out(h: Harn
     assert (await h.assign()).record.job_id == job_id
     await _lose_the_node(h)
     assert (await h.stored(job_id)).status is JobStatus.TIMEOUT
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1  # only the later job
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1  # only the later job
     assert (await h.assign()).record.job_id == later
 
 
@@ -125,7 +124,7 @@ async def test_a_lost_hand_overs_upload_is_removed_when_the_job_ends(h: Harness)
     await _lose_the_node(h)
     await h.assign()
     await h.complete(job_id)  # hand-over 1's upload becomes the result
-    await asyncio.gather(*h.manager._background)  # the removal is no caller's to wait for
+    await h.manager.background_done()  # the removal is no caller's to wait for
     names = sorted(p.name for p in h.local.directory.glob(f"{job_id}.*.gz"))
     assert names == [f"{job_id}.out.proto.gz"]
 

@@ -12,8 +12,9 @@ import asyncio
 
 import pytest
 
-from job_manager.manager import READ_AGAIN_S, ExecutionReport
+from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
+from job_manager.phases.core import READ_AGAIN_S
 from message_manager import SchedulerError
 from tests.unit.test_job_rules import ALICE, Harness
 from tests.unit.test_requeue import h
@@ -30,12 +31,12 @@ async def _queued_once_more_and_served(h: Harness, job_id: str) -> None:
     stored = await h.stored(job_id)
     assert (stored.status, stored.requeues) == (JobStatus.QUEUED, 1)
     assert h.manager.queue_length("emulator") == 1  # in its queue, not only in the store
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
     assignment = await h.assign()
     assert assignment.record.job_id == job_id  # a node gets it again
     await h.complete(job_id)
     assert (await h.stored(job_id)).status is JobStatus.COMPLETED
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_a_late_report_behind_the_watchdogs_requeue_strands_nothing(h: Harness) -> None:
@@ -43,7 +44,7 @@ async def test_a_late_report_behind_the_watchdogs_requeue_strands_nothing(h: Har
     await h.assign()
     opened = h.jobs.gate("transition")
     h.clock.advance(91)  # the node never reported: the watchdog queues the job again
-    watchdog = asyncio.ensure_future(h.manager.watchdog.check())
+    watchdog = asyncio.ensure_future(h.manager.check_deadlines())
     await h.jobs.held("transition")
     late = asyncio.ensure_future(h.manager.report(_failed(job_id)))  # ... as its report comes
     await asyncio.sleep(0.01)
@@ -64,7 +65,7 @@ async def test_two_requeues_of_one_job_count_it_once(h: Harness) -> None:
     await h.jobs.held("transition")
     retried = asyncio.ensure_future(h.manager.report(_failed(job_id, infrastructure=True)))
     h.clock.advance(91)
-    watchdog = asyncio.ensure_future(h.manager.watchdog.check())
+    watchdog = asyncio.ensure_future(h.manager.check_deadlines())
     await asyncio.sleep(0.01)
     opened.set()
     assert (await first).status is JobStatus.QUEUED
@@ -91,9 +92,9 @@ async def test_a_failed_read_after_a_failed_compare_and_set_leaves_nothing_claim
         await asyncio.sleep(0.05)
         if h.manager.live_jobs():
             break
-    assert h.manager.ledger.live(job_id) is not None
+    assert h.manager.live(job_id) is not None
     h.clock.advance(91)
-    await h.manager.watchdog.check()
+    await h.manager.check_deadlines()
     assert (await h.stored(job_id)).status is JobStatus.QUEUED  # lost, queued again
 
 
@@ -126,4 +127,4 @@ async def test_a_manager_shut_down_reads_again_no_more(h: Harness) -> None:
         await h.manager.assign("emulator")
     h.manager.shutdown()
     await asyncio.sleep(3 * READ_AGAIN_S)
-    assert h.manager.ledger.live(job_id) is None
+    assert h.manager.live(job_id) is None

@@ -31,7 +31,7 @@ async def test_a_cancel_answers_what_the_store_holds_when_memory_is_stale(h: Har
     # And memory now believes the store: the job is gone from this queue.
     assert h.manager.queue_length("emulator") == 0
     # It is RUNNING now, watched here as any running job (it counts as one of hers).
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 1
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 1
 
 
 async def test_two_tokens_with_one_name_never_see_each_others_jobs(h: Harness) -> None:
@@ -72,8 +72,8 @@ async def test_a_report_for_a_job_another_process_started_completes_it(h: Harnes
     assert (await h.stored(job)).status is JobStatus.COMPLETED
     # Its stale copy left this process's queue, with its bytes.
     assert h.manager.queue_length("emulator") == 0
-    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_a_keyed_job_found_running_at_restart_ends_cleanly(h: Harness) -> None:
@@ -96,10 +96,10 @@ async def test_a_new_job_wakes_a_node_that_waits_for_work(h: Harness) -> None:
 
 async def test_a_cancelled_job_gives_its_bytes_back_to_its_owners_share(h: Harness) -> None:
     job = await h.submit(program=b"x" * 100)
-    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 100
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 100
     await h.manager.cancel(ALICE, job)
-    assert h.manager.quotas.queued_bytes(ALICE.fingerprint) == 0
-    assert h.manager.quotas.queue_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).all_queued_bytes == 0
 
 
 async def test_a_queued_job_is_told_about_how_long_it_will_wait(h: Harness) -> None:
@@ -165,7 +165,7 @@ async def test_a_report_for_a_job_this_process_never_held_frees_none_of_its_owne
     tenth = await other.submit(ALICE, spec())
     assert (await other.assign("emulator")) is not None
     assert (await h.manager.report(report(tenth, JobStatus.FAILED))).status is JobStatus.FAILED
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 9
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 9
     await h.submit()  # the tenth live job again
     await refused(h.submit(), "RESOURCE_EXHAUSTED")
 
@@ -182,7 +182,7 @@ async def test_a_keyed_job_recovered_running_and_ended_elsewhere_is_answered_fro
     await h.upload_result(job)
     await other.report(report(job))
     assert (await h.manager.report(report(job))).status is JobStatus.COMPLETED
-    assert h.manager.quotas.active_jobs(ALICE.fingerprint) == 0
+    assert h.manager.usage(ALICE.fingerprint, ALICE.role).live_jobs == 0
 
 
 async def test_a_job_put_back_after_a_failed_cancel_wakes_a_waiting_node(h: Harness) -> None:
@@ -194,7 +194,7 @@ async def test_a_job_put_back_after_a_failed_cancel_wakes_a_waiting_node(h: Harn
     cancelling = asyncio.create_task(h.manager.cancel(ALICE, job))
     await h.jobs.held("transition")  # out of its queue while the cancel is written
     node = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
-    while h.manager.waiters.count("emulator") == 0:
+    while h.manager.waiting_nodes("emulator") == 0:
         await asyncio.sleep(0)
     release.set()
     await refused(cancelling, "INTERNAL")
@@ -210,7 +210,7 @@ async def test_the_queue_metrics_count_jobs_bytes_and_waiting_nodes(h: Harness) 
     await asyncio.sleep(0)
     assert (await waiting) is not None  # took the emulator's job at once
     node = asyncio.create_task(h.manager.assign("emulator", wait_s=30))
-    while h.manager.waiters.count("emulator") == 0:
+    while h.manager.waiting_nodes("emulator") == 0:
         await asyncio.sleep(0)
     assert h.manager.queue_snapshot() == [("emulator", 0, 0, 1), ("qpu", 2, 7, 0)]
     h.manager.shutdown()
