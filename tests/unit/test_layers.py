@@ -91,3 +91,67 @@ def test_common_and_leadership_stay_leaves() -> None:
 def test_the_emulator_is_no_part_of_the_service() -> None:
     for package in PACKAGES:
         assert _breaking(package, {"emulators", "tests", "benchmarks"}) == {}, package
+
+
+# --- the job manager's rooms (docs/design.md, "The job manager") ----------------------------
+# Each phase may import the core and the phases before it; none imports a later one.
+PHASES: dict[str, set[str]] = {
+    "inputs": set(),
+    "core": set(),
+    "recovery": {"core"},
+    "liveness": {"core"},
+    "submission": {"core", "inputs", "recovery"},
+    "handover": {"core", "inputs", "liveness", "recovery"},
+    "owner_changes": {"core"},
+    "reads": {"core"},
+}
+
+
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, by its dotted name (``from a import b`` gives a.b too,
+    since b may be a module)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _phases_imported(path: Path) -> set[str]:
+    prefix = "job_manager.phases."
+    return {name.removeprefix(prefix).split(".")[0] for name in _modules(path)
+            if name.startswith(prefix)}
+
+
+def test_each_phase_imports_only_the_core_and_the_phases_before_it() -> None:
+    folder = ROOT / "job_manager" / "phases"
+    assert {path.stem for path in folder.glob("*.py")} - {"__init__"} == set(PHASES)
+    wrong = {name: sorted(found - allowed - {name})
+             for name, allowed in PHASES.items()
+             if (found := _phases_imported(folder / f"{name}.py")) - allowed - {name}}
+    assert wrong == {}
+
+
+def test_only_the_facade_reaches_the_phases_and_nothing_reaches_the_ledgers_parts() -> None:
+    # The servicers and the router call the facade (job_manager/manager.py); the ledger,
+    # the watchdog, the quotas and the waiting nodes are the ledger's alone.
+    private = ("job_manager.phases", "job_manager.ledger", "job_manager.watchdog",
+               "job_manager.waiters")
+    reaching = {}
+    for package in ("scheduler", "leadership", "backend_manager", "token_database"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if found := sorted(n for n in _modules(path) if n.startswith(private)):
+                reaching[str(path.relative_to(ROOT))] = found
+    for path in sorted((ROOT / "job_manager").glob("*.py")):
+        if path.name not in {"manager.py"} and _phases_imported(path):
+            reaching[str(path.relative_to(ROOT))] = sorted(_phases_imported(path))
+    assert reaching == {}
+
+
+def test_the_phase_check_sees_a_later_phase_imported(tmp_path: Path) -> None:
+    module = tmp_path / "core.py"
+    module.write_text("def f():\n    from job_manager.phases.handover import HandOver\n")
+    assert _phases_imported(module) == {"handover"}
