@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -37,6 +38,18 @@ _EPSILON = 1e-9
 _Value = TypeVar("_Value", bound=Hashable)
 _BY_AGE = attrgetter("age_key")
 _BY_RANK = attrgetter("rank_key")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Who may be handed a job from a queue now (docs/job-rules.md, "Who goes when").
+
+    ``admits(owner)``: whether an owner's jobs may go (a reservation's window admits its
+    users only; a spent budget admits none of its owner's). ``first``: the owner whose
+    jobs go before everyone else's, if admitted (a session holding the backend)."""
+
+    admits: Callable[[str], bool]
+    first: str | None = None
 
 
 @dataclass(frozen=True)
@@ -323,15 +336,41 @@ class JobQueue:
             owner = self._owners[job.owner] = _Owner(job.owner, weight, self._virtual_clock)
         return owner
 
-    def pop(self) -> QueuedJob | None:
-        """Take the job that goes next, or None when the queue is empty."""
+    def pop(self, gate: Gate | None = None) -> QueuedJob | None:
+        """Take the job that goes next, or None when the queue is empty (or, with a
+        ``gate``, when no owner it admits has a job queued)."""
         if not self._jobs:
             return None
+        job = self._next(gate) if gate is not None else self._next_of_all()
+        if job is not None:
+            self._take(job, charge=True)
+        return job
+
+    def _next_of_all(self) -> QueuedJob:
         oldest: QueuedJob = self._by_age[0]
         overdue = self._clock.now().timestamp() - oldest.queued_at_s > self._policy.max_wait_s
-        job: QueuedJob = oldest if overdue else self._turns[0].jobs[0]
-        self._take(job, charge=True)
-        return job
+        return oldest if overdue else self._turns[0].jobs[0]
+
+    def _next(self, gate: Gate) -> QueuedJob | None:
+        """The next job among the owners ``gate`` admits, its ``first`` owner's before all.
+
+        The starvation bound and the fair share hold among the admitted: the oldest
+        admitted job past the bound goes first (jobs held back by the gate are passed over,
+        a cost of one look each while they wait past the bound), then the admitted owner
+        whose turn comes first. O(owners + overdue jobs held back)."""
+        first = self._owners.get(gate.first) if gate.first is not None else None
+        if first is not None and first.jobs and gate.admits(first.fingerprint):
+            return first.jobs[0]  # type: ignore[no-any-return]
+        bound_s = self._clock.now().timestamp() - self._policy.max_wait_s
+        for job in self._by_age:
+            if job.queued_at_s >= bound_s:
+                break
+            if gate.admits(job.owner):
+                return job  # type: ignore[no-any-return]
+        for owner in self._turns:
+            if gate.admits(owner.fingerprint):
+                return owner.jobs[0]  # type: ignore[no-any-return]
+        return None
 
     def get(self, job_id: str) -> QueuedJob | None:
         """The queued job with this id, left in its place, or None."""

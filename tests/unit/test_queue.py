@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from common.clock import FakeClock
 from common.identity import Role
 from job_manager.model import JobRecord, JobStatus, new_job_id
-from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+from job_manager.queue import Gate, JobQueue, QueuedJob, SchedulingPolicy
 
 _counter = itertools.count()
 
@@ -310,3 +310,71 @@ def test_a_job_without_its_program_counts_the_size_its_record_gives(
     assert queue.bytes_held == 123
     taken = queue.pop()
     assert taken is not None and taken.program is None and queue.bytes_held == 0
+
+
+# --- gates: who may be handed a job now (reservations, budgets, sessions) ------------------
+def test_a_gate_that_admits_no_one_takes_nothing(queue: JobQueue, clock: FakeClock) -> None:
+    queue.push(make_job(clock, "a"))
+    assert queue.pop(Gate(lambda owner: False)) is None
+    assert len(queue) == 1 and queue.pop() is not None
+
+
+def test_a_gate_passes_over_the_owners_it_does_not_admit(queue: JobQueue,
+                                                         clock: FakeClock) -> None:
+    held = [make_job(clock, "a") for _ in range(3)]
+    for job in held:
+        queue.push(job)
+    clock.advance(1)
+    admitted = [make_job(clock, "b"), make_job(clock, "b")]
+    for job in admitted:
+        queue.push(job)
+    gate = Gate(lambda owner: owner == "b")
+    assert [queue.pop(gate), queue.pop(gate), queue.pop(gate)] == [*admitted, None]
+    assert drain(queue) == held  # in their order once the gate is gone
+
+
+def test_the_first_owner_goes_before_everyone_it_admits(queue: JobQueue,
+                                                        clock: FakeClock) -> None:
+    early = make_job(clock, "a")
+    queue.push(early)
+    clock.advance(10)
+    session = [make_job(clock, "s"), make_job(clock, "s")]
+    for job in session:
+        queue.push(job)
+    everyone = Gate(lambda owner: True, first="s")
+    assert [queue.pop(everyone), queue.pop(everyone)] == session
+    assert queue.pop(everyone) is early  # the session has nothing queued: the rest goes
+
+
+def test_a_first_owner_the_gate_does_not_admit_waits(queue: JobQueue, clock: FakeClock) -> None:
+    other, session = make_job(clock, "a"), make_job(clock, "s")
+    queue.push(other)
+    queue.push(session)
+    assert queue.pop(Gate(lambda owner: owner != "s", first="s")) is other
+    assert queue.pop(Gate(lambda owner: owner != "s", first="s")) is None
+
+
+def test_the_starvation_bound_holds_among_the_admitted(clock: FakeClock) -> None:
+    queue = JobQueue(SchedulingPolicy(max_wait_s=100), clock)
+    held_back = make_job(clock, "a")  # the oldest, past the bound too, but not admitted
+    queue.push(held_back)
+    clock.advance(1)
+    overdue = make_job(clock, "b", timeout_s=10_000)  # its rank alone puts it last
+    queue.push(overdue)
+    clock.advance(49)
+    soon = make_job(clock, "c", timeout_s=1)
+    queue.push(soon)
+    gate = Gate(lambda owner: owner != "a")
+    clock.advance(60)  # b's job has waited 109 s, c's 60 s
+    assert queue.pop(gate) is overdue
+    assert queue.pop(gate) is soon
+    assert queue.pop(gate) is None and held_back.job_id in queue
+
+
+def test_within_the_bound_the_fair_share_orders_the_admitted(clock: FakeClock) -> None:
+    queue = JobQueue(SchedulingPolicy(max_wait_s=100), clock)
+    late = make_job(clock, "b", timeout_s=10_000)
+    queue.push(late)
+    soon = make_job(clock, "c", timeout_s=1)
+    queue.push(soon)
+    assert queue.pop(Gate(lambda owner: True)) is soon  # the shorter timeout first
