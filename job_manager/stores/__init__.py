@@ -12,7 +12,7 @@ from job_manager.stores.errors import (
     StoreError,
 )
 from job_manager.stores.fence import Deposed, Fence
-from job_manager.stores.job_store import JobStore, Reached
+from job_manager.stores.job_store import Document, JobStore, Reached
 from job_manager.stores.payload_store import (
     InputsBesideRecords,
     ObjectTags,
@@ -22,6 +22,7 @@ from job_manager.stores.payload_store import (
 
 __all__ = [
     "Deposed",
+    "Document",
     "Fence",
     "IndexMissing",
     "InputsBesideRecords",

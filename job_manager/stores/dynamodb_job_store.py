@@ -38,7 +38,7 @@ from job_manager.stores.errors import (
 )
 from job_manager.stores.fence import Fence
 from job_manager.stores.fenced_commits import FencedCommits, cancellation_reasons
-from job_manager.stores.job_store import Reached
+from job_manager.stores.job_store import Document, Reached
 from job_manager.stores.original_format import (
     ORIGINAL_FORMAT,
     decode_original,
@@ -59,6 +59,9 @@ TIME_INDEX = "submitted-index"
 MONTH = "submitted_month"
 FINISHED_JOB_RETENTION = timedelta(days=30)
 CLAIM_PREFIX = "idempotency-key#"
+# The scheduler's own small documents (bookings, sessions): items beside the jobs, with no
+# status or owner, so no index and no listing sees them; their key is no job id's shape.
+DOCUMENT_PREFIX = "scheduler-document#"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -466,6 +469,43 @@ class DynamoDbJobStore:
         )
         claim = answer.get("Item")
         return await self.get(claim["claimed_job_id"]["S"]) if claim else None
+
+    async def read_document(self, name: str) -> Document | None:
+        answer = await self._calls.run(
+            lambda: self._client.get_item(
+                TableName=self._table, Key={"job_id": {"S": DOCUMENT_PREFIX + name}},
+                ConsistentRead=True))
+        item = answer.get("Item")
+        if not item:
+            return None
+        return Document(bytes(item["document"]["B"]), int(item["document_version"]["N"]))
+
+    async def write_document(self, name: str, body: bytes, version: int,
+                             fence: Fence | None = None) -> bool:
+        key = DOCUMENT_PREFIX + name
+        write = {
+            "TableName": self._table,
+            "Item": {"job_id": {"S": key}, "document": {"B": body},
+                     "document_version": {"N": str(version + 1)}},
+            "ConditionExpression": ("attribute_not_exists(job_id)" if version == 0
+                                    else "document_version = :version"),
+            **({} if version == 0 else
+               {"ExpressionAttributeValues": {":version": {"N": str(version)}}}),
+        }
+        if fence is None:
+            def put() -> bool:
+                try:
+                    self._client.put_item(**write)
+                except ClientError as exc:
+                    if _conditional_failure(exc):
+                        return False
+                    raise
+                return True
+
+            return await self._calls.run(put)
+        landed = await self._fenced.write(fence, [{"Put": write}], frozenset([key]),
+                                          lambda reasons: reasons is None, key)
+        return bool(landed)
 
     async def close(self) -> None:
         await self._fenced.drain()

@@ -20,6 +20,15 @@ class Reached:
     instant: datetime
 
 
+@dataclass(frozen=True)
+class Document:
+    """One of the scheduler's own small documents, as stored: its body and its version,
+    which each write raises by one (a compare-and-set, as a job's status)."""
+
+    body: bytes
+    version: int
+
+
 class JobStore(Protocol):
     """Durable job records, keyed by ``job_id``.
 
@@ -92,6 +101,17 @@ class JobStore(Protocol):
     async def find_by_idempotency_key(self, owner_fingerprint: str, key: str) -> JobRecord | None:
         """The newest job its owner submitted with this idempotency key, if any (it may
         be older than the window: the caller decides what an old one means)."""
+        ...
+
+    async def read_document(self, name: str) -> Document | None:
+        """The scheduler's own small document ``name`` (its bookings, its sessions), or None
+        when none was written. Read strongly: a new leader reads the last one written."""
+        ...
+
+    async def write_document(self, name: str, body: bytes, version: int,
+                             fence: Fence | None = None) -> bool:
+        """Store ``body`` as document ``name`` at ``version`` + 1, only if the stored one is
+        still at ``version`` (0: none stored yet); whether it was. Fenced like a job's write."""
         ...
 
     async def close(self) -> None:

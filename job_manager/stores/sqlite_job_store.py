@@ -20,7 +20,7 @@ from job_manager.stores import codec
 from job_manager.stores.blocking import BlockingCalls
 from job_manager.stores.errors import KeyTaken, RecordTooNew, RecordUnreadable, StoreError
 from job_manager.stores.fence import Fence
-from job_manager.stores.job_store import Reached
+from job_manager.stores.job_store import Document, Reached
 from job_manager.stores.unreadable import UnreadableRecords
 
 _SCHEMA = """
@@ -41,6 +41,13 @@ CREATE INDEX IF NOT EXISTS jobs_newest ON jobs (submitted_at, job_id);
 DROP INDEX IF EXISTS jobs_by_owner;
 CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key
     ON jobs (owner_fingerprint, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- The scheduler's own small documents (bookings, sessions), each written whole at its
+-- next version (read_document, write_document).
+CREATE TABLE IF NOT EXISTS documents (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT PRIMARY KEY,
     program BLOB NOT NULL
@@ -504,6 +511,29 @@ class SqliteJobStore:
         deleted = await self._write(delete)
         assert isinstance(deleted, list)
         return deleted
+
+    async def read_document(self, name: str) -> Document | None:
+        def select() -> tuple[int, bytes] | None:
+            row = self._connection().execute(
+                "SELECT version, body FROM documents WHERE name = ?", (name,)).fetchone()
+            return (int(row[0]), bytes(row[1])) if row else None
+
+        found = await self._calls.run(select)
+        return Document(found[1], found[0]) if found else None
+
+    async def write_document(self, name: str, body: bytes, version: int,
+                             fence: Fence | None = None) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            if version == 0:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO documents VALUES (?, 1, ?)", (name, body))
+            else:
+                cursor = conn.execute(
+                    "UPDATE documents SET version = version + 1, body = ? "
+                    "WHERE name = ? AND version = ?", (body, name, version))
+            return cursor.rowcount == 1
+
+        return bool(await self._write(write))
 
     async def close(self) -> None:
         if self._calls.closed:

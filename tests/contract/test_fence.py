@@ -226,3 +226,22 @@ async def test_a_failed_lease_call_is_lease_unreachable_naming_its_error(
     with pytest.raises(LeaseUnreachable) as unreachable:
         await DynamoDbLeaseTable(Failing(error), "jobs").read()
     assert str(unreachable.value) == said
+
+
+async def test_a_deposed_leader_writes_no_document(dynamodb_endpoint: str, table: str) -> None:
+    a, b = lease(dynamodb_endpoint, table, "a"), lease(dynamodb_endpoint, table, "b")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
+    await lead(store, a)
+    assert await store.write_document("bookings", b"a's", 0, fence_of(a))
+    stale = fence_of(a)
+    await a.release()
+    await b.step()
+    await lead(store, b)
+    with pytest.raises(Deposed):
+        await store.write_document("bookings", b"late", 1, stale)
+    found = await store.read_document("bookings")
+    assert found is not None and found.body == b"a's"
+    assert await store.write_document("bookings", b"b's", 1, fence_of(b))
+    assert not await store.write_document("bookings", b"b's again", 1, fence_of(b))
+    await store.close()

@@ -511,3 +511,34 @@ async def test_every_call_on_a_broken_store_raises_store_error(broken_store: Job
         await collect(broken_store, JobStatus.QUEUED)
     with pytest.raises(StoreError):
         await broken_store.find_by_idempotency_key(queued.owner_fingerprint, "k")
+
+
+# --- the scheduler's own documents (bookings, sessions) ---------------------------------------
+async def test_a_document_is_written_once_per_version_and_read_back_after_a_restart(
+        open_store: Opener) -> None:
+    store = open_store()
+    assert await store.read_document("bookings") is None
+    assert await store.write_document("bookings", b"first", 0)
+    assert not await store.write_document("bookings", b"raced", 0)  # another wrote it first
+    assert await store.write_document("bookings", b"second", 1)
+    assert not await store.write_document("bookings", b"stale", 1)  # read before "second"
+    assert not await store.write_document("bookings", b"ahead", 5)
+    assert await store.write_document("sessions", b"\x00\xff" * 1000, 0)  # binary, apart
+    await store.close()
+    again = open_store()
+    found = await again.read_document("bookings")
+    assert found is not None and (found.body, found.version) == (b"second", 2)
+    other = await again.read_document("sessions")
+    assert other is not None and (other.body, other.version) == (b"\x00\xff" * 1000, 1)
+    await again.close()
+
+
+async def test_documents_are_no_jobs_to_recovery_or_listings(store: JobStore) -> None:
+    job = record()
+    await store.create(job)
+    assert await store.write_document("bookings", b"{}", 0)
+    assert [r.job_id async for r in store.list_by_status(JobStatus.QUEUED)] == [job.job_id]
+    assert [r.job_id async for r in store.list_queued()] == [job.job_id]
+    listed = [r async for r in store.list_newest_first(None, T0 - timedelta(days=1),
+                                                        T0 + timedelta(days=1))]
+    assert [r.job_id for r in listed if isinstance(r, JobRecord)] == [job.job_id]
