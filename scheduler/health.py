@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -114,7 +113,7 @@ class Health:
             await asyncio.sleep(CHECK_INTERVAL_S)
             # Idle stores are probed, and failing ones too: the probe's write is what
             # shows a read-only or full disk has recovered while reads keep coming.
-            idle = time.monotonic() - self._monitor.last_call_s >= self._probe_interval_s
+            idle = self._monitor.quiet_for_s() >= self._probe_interval_s
             if idle or self._monitor.failing():
                 try:
                     await self._probe()

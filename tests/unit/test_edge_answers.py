@@ -108,7 +108,7 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
 
 async def standalone(**settings: Any) -> Edge:
     metrics = Metrics()
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=Clock())
     await replicas.start()
     edge = Edge(SUBMISSION, replicas, settings.pop("admission", Admission(10)), metrics,
                 **settings)
@@ -272,9 +272,10 @@ async def leaderless(resolver: Resolver, wait_s: float) -> Edge:
     """An edge of a replica that follows no one (its lease's first round not yet made),
     with token shares of one call at once and ``resolver``'s token database."""
     metrics = Metrics()
-    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
-                        wait_s=wait_s)
+    clock = Clock()
+    lease = Lease(Table(), "a", clock, DURATION_S, RENEW_S)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=clock,
+                        lease=lease, wait_s=wait_s)
     tokens = TokenLimits(ONE_AT_ONCE, resolver.roles.get, time.monotonic)
     edge = Edge(SUBMISSION, replicas, Admission(10), metrics, tokens=tokens,
                 resolver=cast(TokenResolver, resolver))
@@ -329,7 +330,8 @@ async def test_a_leaders_call_that_waited_in_vain_is_unavailable_and_frees_its_s
 
 async def test_an_edge_turns_calls_away_until_its_scheduler_has_started(serve: Any) -> None:
     metrics = Metrics()
-    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics),
+    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics,
+                                     monotonic=Clock()),
                 Admission(10), metrics)
     _, stub, _ = await serve(edge)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
@@ -355,9 +357,10 @@ class Nodes(execution_pb2_grpc.ExecutionServiceServicer):
 async def test_a_leaders_call_on_a_port_that_resolves_no_tokens_just_waits() -> None:
     # The execution port: nodes' requests name no token, and no token is resolved there.
     metrics = Metrics()
-    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
-                        wait_s=0.05)
+    clock = Clock()
+    lease = Lease(Table(), "a", clock, DURATION_S, RENEW_S)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=clock,
+                        lease=lease, wait_s=0.05)
     edge = Edge(EXECUTION, replicas, Admission(10), metrics)
     edge.not_serving = None
     submissions = Edge(SUBMISSION, replicas, Admission(10), metrics)
