@@ -317,7 +317,7 @@ class Scheduler:
         self._monitor = monitor
         health = self._health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now(), results),
-            config.store_unhealthy_after_s)
+            config.store_unhealthy_after_s, loops_down=lambda: self.supervisor.failing)
         await health.starting()
         await self._serve_metrics()
         await self._serve_grpc(stack, replicas, health)
@@ -327,13 +327,13 @@ class Scheduler:
         await backends.load()
         if lease is not None:
             host = config.replicas.advertise_host
-            lease.addresses = (
+            lease.advertise(
                 _address(_advertised(config.submission_host, host), self.submission_port),
                 _address(_advertised(config.execution_host, host), self.execution_port))
         # Calls are taken from now on: reads answered from the store, the rest waiting
         # (bounded) for the recovery or the leader (scheduler/replicas.py).
         for edge in self._edges:
-            edge.not_serving = None
+            edge.take_calls()
         await replicas.start()
         self._supervise(replicas, backends, health, stack.housekeeping, lease is not None)
         await health.ready()
@@ -345,7 +345,6 @@ class Scheduler:
                    housekeeping: Housekeeping | None, leased: bool) -> None:
         """Start the background loops under the supervisor; health hears of any that dies."""
         self._resources.push_async_callback(self.supervisor.stop)
-        health.loops_down = lambda: self.supervisor.failing
         self.supervisor.run("watchdog", replicas.watch_jobs)
         if leased:
             self.supervisor.run("lease", replicas.keep_lease)
@@ -514,7 +513,10 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         started = loop.time()
         for edge in self._edges:
-            edge.not_serving = DRAINING if refuse else None
+            if refuse:
+                edge.turn_away(DRAINING)
+            else:
+                edge.take_calls()
         while any(edge.admission.in_flight for edge in self._edges):
             if loop.time() - started >= within_s:
                 break

@@ -61,8 +61,22 @@ class Edge:
         self.tokens = tokens  # each token's share, on a port whose requests name a token
         self.resolver = resolver  # who a token is, on such a port
         # Why calls are turned away (starting, draining), or None while serving.
-        self.not_serving: str | None = STARTING
+        self._not_serving: str | None = STARTING
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
+
+    @property
+    def not_serving(self) -> str | None:
+        """Why calls are turned away now (starting, draining), or None while they are taken."""
+        return self._not_serving
+
+    def take_calls(self) -> None:
+        """Take calls from now on (the scheduler has started, or a replica drains by
+        passing them to the next leader)."""
+        self._not_serving = None
+
+    def turn_away(self, why: str) -> None:
+        """Answer every call from now on UNAVAILABLE, saying ``why`` (draining)."""
+        self._not_serving = why
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """With a shared secret set, refuse calls that do not present it."""

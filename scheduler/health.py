@@ -87,7 +87,7 @@ class Health:
         self._probe = probe
         self._unhealthy_after_s = unhealthy_after_s
         self._probe_interval_s = probe_interval_s
-        self.loops_down = loops_down  # background loops that died (the supervisor's word)
+        self._loops_down = loops_down  # background loops that died (the supervisor's word)
         self._ready = False
         self._draining = False
         self.serving = False
@@ -124,7 +124,7 @@ class Health:
     def update(self) -> None:
         """Publish SERVING or NOT_SERVING as things stand now."""
         stores_ok = self._monitor.failing_for_s() < self._unhealthy_after_s
-        loops_ok = not self.loops_down()
+        loops_ok = not self._loops_down()
         self._publish(self._ready and not self._draining and stores_ok and loops_ok)
 
     def _publish(self, serving: bool) -> None:

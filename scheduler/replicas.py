@@ -81,7 +81,7 @@ class Replicas:
         # Hand-overs passed on through a follower, in case it says they were lost.
         self.undelivered = UndeliveredHandOvers(monotonic)
         if lease is not None:
-            lease.listeners.append(self._leadership_changed)
+            lease.on_change(self._leadership_changed)
 
     @property
     def ready(self) -> bool:

@@ -33,7 +33,7 @@ class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
                               monotonic=FakeClock().monotonic)
         self.edge = Edge(SUBMISSION, no_manager, admission or Admission(10), metrics,
                          tokens=tokens)
-        self.edge.not_serving = None
+        self.edge.take_calls()
         self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
 

@@ -112,7 +112,7 @@ async def standalone(**settings: Any) -> Edge:
     await replicas.start()
     edge = Edge(SUBMISSION, replicas, settings.pop("admission", Admission(10)), metrics,
                 **settings)
-    edge.not_serving = None
+    edge.take_calls()
     return edge
 
 
@@ -209,7 +209,7 @@ async def test_a_leaders_transport_error_is_passed_back_as_it_came(serve: Any) -
 
 async def test_a_call_while_the_scheduler_drains_is_transport_unavailable(serve: Any) -> None:
     edge = await standalone()
-    edge.not_serving = DRAINING
+    edge.turn_away(DRAINING)
     _, stub, _ = await serve(edge)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await stub.GetJobStatus(pb.GetJobStatusRequest(job_id="j1"))
@@ -279,7 +279,7 @@ async def leaderless(resolver: Resolver, wait_s: float) -> Edge:
     tokens = TokenLimits(ONE_AT_ONCE, resolver.roles.get, time.monotonic)
     edge = Edge(SUBMISSION, replicas, Admission(10), metrics, tokens=tokens,
                 resolver=cast(TokenResolver, resolver))
-    edge.not_serving = None
+    edge.take_calls()
     return edge
 
 
@@ -362,9 +362,9 @@ async def test_a_leaders_call_on_a_port_that_resolves_no_tokens_just_waits() -> 
     replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=clock,
                         lease=lease, wait_s=0.05)
     edge = Edge(EXECUTION, replicas, Admission(10), metrics)
-    edge.not_serving = None
+    edge.take_calls()
     submissions = Edge(SUBMISSION, replicas, Admission(10), metrics)
-    submissions.not_serving = None
+    submissions.take_calls()
     server = grpc.aio.server()
     add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server, Nodes(edge), server)
     add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
@@ -387,7 +387,7 @@ async def test_a_followers_edge_passes_a_call_on_at_its_full_path(serve: Any) ->
     forwarder = Passing()
     _, follower = await leader_and_follower(Table(), Clock(), forwarder)
     edge = Edge(SUBMISSION, follower, Admission(10), Metrics())
-    edge.not_serving = None
+    edge.take_calls()
     _, stub, _ = await serve(edge)
     answer = await stub.SubmitJob(pb.SubmitJobRequest(token="t"), timeout=10)
     assert answer.job_id == "j1"
