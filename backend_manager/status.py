@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
 from typing import Mapping
 
 from common.identity import Role
@@ -94,32 +95,7 @@ def parse_backend_table(text: str) -> BackendTable:
     return BackendTable(table)
 
 
-DEFAULT_BACKENDS_TOML = """\
-# Backend availability for each role, read by the MQC3 scheduler.
-# Edit and save: the scheduler reloads this file while it runs.
-# status is one of "available", "unavailable", "maintenance"; users see the description.
-
-[backends.emulator.admin]
-status = "available"
-description = "The emulator takes jobs."
-
-[backends.emulator.developer]
-status = "available"
-description = "The emulator takes jobs."
-
-[backends.emulator.guest]
-status = "available"
-description = "The emulator takes jobs."
-
-[backends.qpu.admin]
-status = "available"
-description = "The optical quantum computer takes jobs."
-
-[backends.qpu.developer]
-status = "available"
-description = "The optical quantum computer takes jobs."
-
-[backends.qpu.guest]
-status = "unavailable"
-description = "The optical quantum computer is not offered to guest tokens."
-"""
+# The table a new standalone data directory starts with, and what deploy/compose.yaml's
+# LocalStack holds: one file, beside this module, so that it ships with the package.
+DEFAULT_BACKENDS_TOML = (resources.files("backend_manager") / "default_backends.toml").read_text(
+    encoding="utf-8")

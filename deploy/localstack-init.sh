@@ -13,14 +13,8 @@ awslocal dynamodb update-time-to-live --table-name mqc3-jobs \
   --time-to-live-specification Enabled=true,AttributeName=job_expiry
 awslocal ssm put-parameter --name /mqc3/job_bucket_name --type String --value mqc3-jobs
 awslocal ssm put-parameter --name /mqc3/job_table_name --type String --value mqc3-jobs
-awslocal ssm put-parameter --name /mqc3/backend_status --type String --value '
-[backends.emulator.admin]
-status = "available"
-description = "The emulator takes jobs."
-[backends.emulator.developer]
-status = "available"
-description = "The emulator takes jobs."
-[backends.emulator.guest]
-status = "available"
-description = "The emulator takes jobs."
-'
+# The backend status table: the standalone default, from its one file,
+# backend_manager/default_backends.toml, which compose.yaml mounts at the path below
+# (BACKENDS_TOML names another file).
+backends=$(cat "${BACKENDS_TOML:-/etc/localstack/init/default_backends.toml}")
+awslocal ssm put-parameter --name /mqc3/backend_status --type String --value "$backends"

@@ -70,16 +70,26 @@ class Lease:
         self._monotonic = monotonic
         self.duration_s = duration_s
         self.renew_every_s = renew_every_s
-        self.addresses = addresses
+        self._addresses = addresses  # written with each renewal: where this replica answers
         self._mine: LeaseRecord | None = None  # the record as last written, while leading
         self._valid_until = 0.0
         self.current: LeaseRecord | None = None  # the record as last seen
         self._seen_version = ""
         self._seen_since = 0.0
-        self.listeners: list[Callable[[bool], None]] = []  # told of each change of leading
+        self._listeners: list[Callable[[bool], None]] = []  # told of each change of leading
         self._retired = False  # released for good (a stop): never taken again
         self._resting_until = 0.0  # monotonic time before which this replica takes nothing
         self._round = asyncio.Lock()  # one round at a time (the loop's, or one asked for)
+
+    def advertise(self, submission_address: str, execution_address: str) -> None:
+        """Where this replica's ports answer (``host:port``), known once they are bound:
+        written with the next take or renewal, for the other replicas to pass calls to."""
+        self._addresses = (submission_address, execution_address)
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Tell ``listener`` of each change of leading: True on a takeover, False on a
+        step-down."""
+        self._listeners.append(listener)
 
     @property
     def leading(self) -> bool:
@@ -145,8 +155,8 @@ class Lease:
         await self.release()
 
     async def _renew(self, mine: LeaseRecord, started: float) -> None:
-        renewed = replace(mine, version=_version(), submission_address=self.addresses[0],
-                          execution_address=self.addresses[1])
+        renewed = replace(mine, version=_version(), submission_address=self._addresses[0],
+                          execution_address=self._addresses[1])
         try:
             written = await self._bounded(self._table.replace(renewed, mine.version))
         except LeaseUnreachable as exc:
@@ -185,7 +195,7 @@ class Lease:
 
     async def _take(self, current: LeaseRecord | None, started: float, how: str) -> None:
         taken = LeaseRecord(self.me, (current.epoch if current else 0) + 1, _version(),
-                            *self.addresses)
+                            *self._addresses)
         try:
             written = await self._bounded(
                 self._table.create(taken) if current is None
@@ -216,7 +226,7 @@ class Lease:
         self._tell(False)
 
     def _tell(self, leading: bool) -> None:
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(leading)
 
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import resource
 import socket
-import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -266,7 +265,7 @@ class Scheduler:
                                     config.replicas)
         self._stack = stack
         self._resources.push_async_callback(stack.close)
-        monitor = StoreMonitor(self.metrics)
+        monitor = StoreMonitor(self.metrics, self.clock.monotonic)
         job_store = monitor.wrap(stack.jobs, "jobs")
         payload_store = monitor.wrap(stack.payloads, "payloads")
         # Calls' reads of ids that name no job are bounded (scheduler/absent_jobs.py); the
@@ -294,13 +293,16 @@ class Scheduler:
         lease = forwarder = None
         if stack.lease_table is not None:
             me = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-            lease = Lease(stack.lease_table, me, time.monotonic,
+            # The lease lapses on the service's clock: real time in service, and in a test
+            # whatever its fake clock says (its table calls stay bounded in real time).
+            lease = Lease(stack.lease_table, me, self.clock.monotonic,
                           config.replicas.lease_duration_s, config.replicas.lease_renew_s)
             forwarder = Forwarder(me, _channel_credentials(config.submission_tls),
                                   _channel_credentials(config.execution_tls))
             self.metrics.know_forwarding(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
             self._resources.push_async_callback(forwarder.close)
-        replicas = self._replicas = Replicas(make_manager, self.metrics, lease=lease,
+        replicas = self._replicas = Replicas(make_manager, self.metrics,
+                                             monotonic=self.clock.monotonic, lease=lease,
                                              forwarder=forwarder,
                                              wait_s=config.replicas.leader_wait_s,
                                              room=LeaderWaitRoom(
@@ -315,7 +317,7 @@ class Scheduler:
         self._monitor = monitor
         health = self._health = Health(
             monitor, lambda: probe_stores(job_store, payload_store, self.clock.now(), results),
-            config.store_unhealthy_after_s)
+            config.store_unhealthy_after_s, loops_down=lambda: self.supervisor.failing)
         await health.starting()
         await self._serve_metrics()
         await self._serve_grpc(stack, replicas, health)
@@ -325,13 +327,13 @@ class Scheduler:
         await backends.load()
         if lease is not None:
             host = config.replicas.advertise_host
-            lease.addresses = (
+            lease.advertise(
                 _address(_advertised(config.submission_host, host), self.submission_port),
                 _address(_advertised(config.execution_host, host), self.execution_port))
         # Calls are taken from now on: reads answered from the store, the rest waiting
         # (bounded) for the recovery or the leader (scheduler/replicas.py).
         for edge in self._edges:
-            edge.not_serving = None
+            edge.take_calls()
         await replicas.start()
         self._supervise(replicas, backends, health, stack.housekeeping, lease is not None)
         await health.ready()
@@ -343,7 +345,6 @@ class Scheduler:
                    housekeeping: Housekeeping | None, leased: bool) -> None:
         """Start the background loops under the supervisor; health hears of any that dies."""
         self._resources.push_async_callback(self.supervisor.stop)
-        health.loops_down = lambda: self.supervisor.failing
         self.supervisor.run("watchdog", replicas.watch_jobs)
         if leased:
             self.supervisor.run("lease", replicas.keep_lease)
@@ -507,14 +508,20 @@ class Scheduler:
         With ``refuse``, new calls are answered UNAVAILABLE meanwhile; without, they are
         served (among replicas: passed to the new leader).
         """
-        started = time.monotonic()
+        # On the event loop's clock, deliberately not self.clock: the grace is real time
+        # (the process's stop), spent in real sleeps, and a fake clock must not stretch it.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for edge in self._edges:
-            edge.not_serving = DRAINING if refuse else None
+            if refuse:
+                edge.turn_away(DRAINING)
+            else:
+                edge.take_calls()
         while any(edge.admission.in_flight for edge in self._edges):
-            if time.monotonic() - started >= within_s:
+            if loop.time() - started >= within_s:
                 break
             await asyncio.sleep(DRAIN_POLL_S)
-        return time.monotonic() - started
+        return loop.time() - started
 
     def _loops_changed(self) -> None:
         if self._health is not None:

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypedDict, TypeVar
 
 from common.audit import DESTINATION_VARIABLE as AUDIT_LOG_VARIABLE
 from common.identity import Role
@@ -182,6 +182,19 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "BACKEND_STATUS_PARAMETER_NAME and DYNAMODB_JOB_TABLE_GSI_NAME give the defaults of "
         "their flags, as for the service this one replaces.",
     )
+    # In the order --help lists them.
+    _add_service_ports(p)
+    _add_aws_flags(p, env)
+    _add_queue_flags(p)
+    _add_mode_flags(p)
+    _add_observability_flags(p)
+    _add_credential_flags(p)
+    _add_host_flag(p)
+    return p
+
+
+def _add_service_ports(p: argparse.ArgumentParser) -> None:
+    """Where the two services listen, and where AWS mode's token database answers."""
     p.add_argument(
         "--port-for-submission",
         type=listen_address,
@@ -201,6 +214,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default="localhost:8084",
         help="host:port of TokenDatabaseService (AWS mode; default localhost:8084)",
     )
+
+
+def _add_aws_flags(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """AWS mode: credentials, region, the SSM parameters naming its resources, endpoints."""
     p.add_argument("-k", "--aws_access_key_id", default=None, help="AWS access key id")
     p.add_argument("-s", "--aws_secret_access_key", default=None, help="AWS secret access key")
     p.add_argument("--region", default=env.get("AWS_REGION") or "ap-northeast-1",
@@ -227,6 +244,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--endpoint", default=None, help="AWS endpoint URL (needs --dev)")
     p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL (needs --dev)")
+
+
+def _add_queue_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unify-backends",
         "--unify_backends",
@@ -235,6 +255,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="one queue for every backend",
     )
+
+
+def _add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """AWS mode against emulators, or standalone and its data directory and ports."""
     p.add_argument("--dev", action="store_true", help="use AWS emulators (LocalStack, moto)")
     p.add_argument(
         "--local",
@@ -265,10 +289,17 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="standalone: base URL nodes and users reach the HTTP port at "
         "(default http://<host>:<http-port>)",
     )
+
+
+def _add_observability_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=8085,
                    help="HTTP port of /metrics and /healthz (default 8085)")
     p.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="log lines as text or as one JSON object each (default text)")
+
+
+def _add_credential_flags(p: argparse.ArgumentParser) -> None:
+    """TLS on each port, and what the execution port asks of nodes."""
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the submission port")
     p.add_argument("--tls-key", type=Path, help="PEM private key of the submission port")
     p.add_argument("--execution-tls-cert", type=Path,
@@ -283,12 +314,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--execution-secret-parameter", default=None,
                    help="AWS mode: SSM parameter holding the nodes' shared secret "
                         "(else SCHEDULER_EXECUTION_SECRET)")
+
+
+def _add_host_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host",
         default=None,
         help="address to listen on (default 127.0.0.1 standalone, 0.0.0.0 AWS)",
     )
-    return p
 
 
 def _env(
@@ -432,9 +465,34 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
     ``serving`` False: for commands that open no port (``migrate``), whose listeners
     are not checked.
     """
+    # Settings are checked in this order: the first bad one is the one named.
     args = _parser(env).parse_args(list(argv))
     execution_max_message_bytes = _positive_int(env, "SCHEDULER_EXECUTION_MAX_MESSAGE_LENGTH",
                                                 10 * MB)
+    _check_ports(args)
+    host = args.host or ("127.0.0.1" if args.local else "0.0.0.0")
+    aws, local, token_database_address = _mode(args, env)
+    if serving:
+        _check_node_credential(args, env, args.port_for_execution.host or host)
+    limits = _limits(env, execution_max_message_bytes)
+    return Config(
+        **_listeners(args, host),
+        token_database_address=token_database_address,
+        **_calls_in_progress(env, execution_max_message_bytes),
+        **_jobs(args, env, limits),
+        **_token_cache(env),
+        **_operation(args, env),
+        **_http_side(env),
+        **_credentials(args, env),
+        replicas=_replicas(env, limits.max_queue_bytes),
+        nodes=_nodes(env),
+        calls=_call_limits(env),
+        aws=aws,
+        local=local,
+    )
+
+
+def _check_ports(args: argparse.Namespace) -> None:
     for flag, port in (
         ("--port-for-submission", args.port_for_submission.port),
         ("--port-for-execution", args.port_for_execution.port),
@@ -443,37 +501,65 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         ("--metrics-port", args.metrics_port),
     ):
         _check_port(flag, port)
-    host = args.host or ("127.0.0.1" if args.local else "0.0.0.0")
-    aws = local = None
+
+
+def _mode(args: argparse.Namespace, env: Mapping[str, str],
+          ) -> tuple[AwsConfig | None, LocalConfig | None, str]:
+    """AWS mode's settings or standalone's, and where the token database answers then."""
     if args.local and args.execution_secret_parameter:
         raise ConfigError("--execution-secret-parameter is for AWS mode; standalone reads "
                           "SCHEDULER_EXECUTION_SECRET")
     if args.local:
-        public_url = args.public_url
-        if public_url is not None and not public_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--public-url {public_url!r} must start with http:// or https://")
-        local = LocalConfig(
-            data_dir=args.data_dir,
-            token_database_port=args.port_for_token_database,
-            http_port=args.http_port,
-            public_url=public_url,
-            node_secret=not (args.insecure_execution or env.get("SCHEDULER_EXECUTION_SECRET")
-                             or args.execution_client_ca),
-        )
-        token_database_address = f"127.0.0.1:{args.port_for_token_database}"
-    else:
-        aws = _aws_config(args)
-        token_database_address = args.address_to_token_database
-    if serving:
-        _check_node_credential(args, env, args.port_for_execution.host or host)
-    limits = _limits(env, execution_max_message_bytes)
-    return Config(
+        return None, _local_config(args, env), f"127.0.0.1:{args.port_for_token_database}"
+    return _aws_config(args), None, args.address_to_token_database
+
+
+def _local_config(args: argparse.Namespace, env: Mapping[str, str]) -> LocalConfig:
+    public_url = args.public_url
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--public-url {public_url!r} must start with http:// or https://")
+    return LocalConfig(
+        data_dir=args.data_dir,
+        token_database_port=args.port_for_token_database,
+        http_port=args.http_port,
+        public_url=public_url,
+        node_secret=not (args.insecure_execution or env.get("SCHEDULER_EXECUTION_SECRET")
+                         or args.execution_client_ca),
+    )
+
+
+# --- the sections of a Config, each a part of its fields -----------------------------------
+
+class _Listeners(TypedDict):
+    host: str
+    submission_port: int
+    execution_port: int
+    submission_host: str
+    execution_host: str
+
+
+def _listeners(args: argparse.Namespace, host: str) -> _Listeners:
+    return _Listeners(
         host=host,
         submission_port=args.port_for_submission.port,
         execution_port=args.port_for_execution.port,
         submission_host=args.port_for_submission.host or host,
         execution_host=args.port_for_execution.host or host,
-        token_database_address=token_database_address,
+    )
+
+
+class _CallsInProgress(TypedDict):
+    submission_max_concurrent_rpcs: int
+    execution_max_concurrent_rpcs: int
+    submission_max_waiting_rpcs: int
+    execution_max_waiting_rpcs: int
+    submission_max_message_bytes: int
+    execution_max_message_bytes: int
+
+
+def _calls_in_progress(env: Mapping[str, str],
+                       execution_max_message_bytes: int) -> _CallsInProgress:
+    return _CallsInProgress(
         submission_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_SUBMISSION_MAX_WORKERS", 100),
         execution_max_concurrent_rpcs=_positive_int(env, "SCHEDULER_EXECUTION_MAX_WORKERS", 10),
         submission_max_waiting_rpcs=_non_negative_int(env, "SCHEDULER_SUBMISSION_MAX_WAITING",
@@ -483,6 +569,23 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
             env, "SCHEDULER_SUBMISSION_MAX_MESSAGE_LENGTH", 10 * MB
         ),
         execution_max_message_bytes=execution_max_message_bytes,
+    )
+
+
+class _Jobs(TypedDict):
+    limits: Limits
+    policy: SchedulingPolicy
+    max_assign_wait_s: float
+    report_grace_s: float
+    idempotency_window_s: float
+    max_watches_per_token: int
+    max_requeues: int
+    unify_backends: bool
+    backend_reload_interval_s: float
+
+
+def _jobs(args: argparse.Namespace, env: Mapping[str, str], limits: Limits) -> _Jobs:
+    return _Jobs(
         limits=limits,
         policy=_policy(env),
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
@@ -493,15 +596,54 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
                           "must be an integer from 0 (off) to 100"),
         unify_backends=args.unify_backends,
         backend_reload_interval_s=_positive_float(env, "SCHEDULER_BACKEND_RELOAD_S", 10.0),
+    )
+
+
+class _TokenCache(TypedDict):
+    token_cache_ttl_s: float
+    token_cache_miss_ttl_s: float
+    token_cache_max_entries: int
+
+
+def _token_cache(env: Mapping[str, str]) -> _TokenCache:
+    return _TokenCache(
         token_cache_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_TTL_S", 60.0),
         token_cache_miss_ttl_s=_positive_float(env, "SCHEDULER_TOKEN_CACHE_MISS_TTL_S", 5.0),
         token_cache_max_entries=_positive_int(env, "SCHEDULER_TOKEN_CACHE_MAX_ENTRIES", 10_000),
+    )
+
+
+class _Operation(TypedDict):
+    shutdown_grace_s: float
+    metrics_port: int
+    log_level: str
+    log_format: str
+    store_unhealthy_after_s: float
+    audit_log: Path | None
+
+
+def _operation(args: argparse.Namespace, env: Mapping[str, str]) -> _Operation:
+    """Stopping, metrics, logs, health and the audit stream."""
+    return _Operation(
         shutdown_grace_s=_positive_float(env, "SCHEDULER_SHUTDOWN_GRACE_S", 10.0),
         metrics_port=args.metrics_port,
         log_level=_log_level(env),
         log_format=args.log_format,
         store_unhealthy_after_s=_positive_float(env, "SCHEDULER_STORE_UNHEALTHY_AFTER_S", 30.0),
         audit_log=audit_log(env),
+    )
+
+
+class _HttpSide(TypedDict):
+    http_header_timeout_s: float
+    http_max_connections_per_address: int | None
+    max_result_bytes: int
+    retention: Retention
+
+
+def _http_side(env: Mapping[str, str]) -> _HttpSide:
+    """The HTTP side's connections, and (standalone) the results it takes and keeps."""
+    return _HttpSide(
         http_header_timeout_s=_positive_float(env, "SCHEDULER_HTTP_HEADER_TIMEOUT_S", 10.0),
         http_max_connections_per_address=_positive_int_or_unset(
             env, "SCHEDULER_HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
@@ -509,16 +651,22 @@ def load_config(argv: Sequence[str], env: Mapping[str, str], *, serving: bool = 
         retention=Retention(
             finished_jobs=timedelta(days=_positive_float(env, "SCHEDULER_RETENTION_DAYS", 30.0)),
             min_free_bytes=_positive_int(env, "SCHEDULER_MIN_FREE_BYTES", 1024 * MB)),
+    )
+
+
+class _Credentials(TypedDict):
+    submission_tls: TlsConfig | None
+    execution_tls: TlsConfig | None
+    execution_secret: str | None
+
+
+def _credentials(args: argparse.Namespace, env: Mapping[str, str]) -> _Credentials:
+    return _Credentials(
         submission_tls=_tls("--tls-cert", args.tls_cert, "--tls-key", args.tls_key),
         execution_tls=_tls("--execution-tls-cert", args.execution_tls_cert,
                            "--execution-tls-key", args.execution_tls_key,
                            args.execution_client_ca),
         execution_secret=env.get("SCHEDULER_EXECUTION_SECRET") or None,
-        replicas=_replicas(env, limits.max_queue_bytes),
-        nodes=_nodes(env),
-        calls=_call_limits(env),
-        aws=aws,
-        local=local,
     )
 
 

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -46,6 +46,8 @@ INCIDENT_CODES = frozenset({"INTERNAL", "UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext, JobManager], Awaitable[Response]]
 Answer = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+# A handler bound to its servicer: the request, the call's context, the manager to run on.
+Bound = Callable[[Any, grpc.aio.ServicerContext, JobManager], Awaitable[Response]]
 
 
 class Edge:
@@ -61,8 +63,22 @@ class Edge:
         self.tokens = tokens  # each token's share, on a port whose requests name a token
         self.resolver = resolver  # who a token is, on such a port
         # Why calls are turned away (starting, draining), or None while serving.
-        self.not_serving: str | None = STARTING
+        self._not_serving: str | None = STARTING
         self._expected = f"Bearer {shared_secret}".encode() if shared_secret else None
+
+    @property
+    def not_serving(self) -> str | None:
+        """Why calls are turned away now (starting, draining), or None while they are taken."""
+        return self._not_serving
+
+    def take_calls(self) -> None:
+        """Take calls from now on (the scheduler has started, or a replica drains by
+        passing them to the next leader)."""
+        self._not_serving = None
+
+    def turn_away(self, why: str) -> None:
+        """Answer every call from now on UNAVAILABLE, saying ``why`` (draining)."""
+        self._not_serving = why
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
         """With a shared secret set, refuse calls that do not present it."""
@@ -240,95 +256,150 @@ def in_band(
         @functools.wraps(handler)
         async def answer(self: EdgeServicer, request: Any,
                          context: grpc.aio.ServicerContext) -> Response:
-            edge = self.edge
-            # gRPC serves each call in a task of its own: this holds for this call only.
-            sent_id = request_id(context)
-            enter_call(sent_id)
-            if sent_id is not None:
-                context.set_trailing_metadata(((REQUEST_ID_METADATA, sent_id),))
-            if edge.not_serving is not None:
-                # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
-                # once ready); an in-band error would end the user's run instead.
-                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, edge.not_serving)
-            if isinstance(request, MalformedRequest):
-                edge.metrics.rpc_observe(method, "INVALID_ARGUMENT", 0)
-                log.warning("%s: %d bytes that are no request (%s)", method, request.size,
-                            request.why, extra=REPEATABLE)
-                malformed = SchedulerError("request_malformed", method=method)
-                return response_type(error=refused(context, method, malformed))
-            caller = _token_key(request) if edge.tokens is not None else None
-            end_share = _nothing
-            try:
-                end_share = _take_share(edge.tokens, caller)
-                if limited and not edge.admission.try_enter():
-                    try:
-                        await edge.admission.enter()  # its turn, or refused when too many wait
-                    except BaseException:
-                        end_share()
-                        raise
-            except SchedulerError as refusal:
-                edge.metrics.rpc_observe(method, "RESOURCE_EXHAUSTED", 0)
-                edge.metrics.refusals.labels(refusal.key).inc()
-                return response_type(error=refused(context, method, refusal))
-            CALLER.set(caller)
-            CALLER_ADDRESS.set(caller_address(context))
-            started = time.perf_counter()
-            code = "INTERNAL"
-            try:
-                edge.authorize(context)
-                replicas = edge.replicas
-                if leader:
-
-                    async def before_waiting() -> None:
-                        nonlocal end_share
-                        end_share = await edge.admit_caller(request, caller, end_share)
-
-                    response = await replicas.call_leader(
-                        f"/{edge.service}/{method}", request, response_type, context,
-                        lambda manager: handler(self, request, context, manager),
-                        edge.admission.released if limited else contextlib.nullcontext,
-                        before_waiting)
-                else:
-                    response = await handler(self, request, context, replicas.manager)
-                code = "OK"
-                return response
-            except SchedulerError as exc:
-                code = exc.code
-                if exc.code == "RESOURCE_EXHAUSTED":
-                    edge.metrics.refusals.labels(exc.key).inc()
-                return response_type(error=refused(context, method, exc))
-            except NoLeader as exc:
-                code = "UNAVAILABLE"  # transport-level: the SDK tries once more
-                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, f"{exc}; retry")
-                raise  # not reached: abort raises
-            except ForwardFailed as exc:
-                code = exc.code.name
-                await _abort(context, method, exc.code, exc.details)
-                raise  # not reached: abort raises
-            except asyncio.CancelledError:
-                if _caller_left():
-                    code = "CANCELLED"  # not a failure of ours: nobody is left to answer
-                    raise
-                # Work shared with other calls (a single flight) was cancelled under this
-                # one, as at shutdown: answered, and retryable, rather than left hanging.
-                code = "UNAVAILABLE"
-                await _abort(context, method, grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
-                raise  # not reached: abort raises
-            except Exception:
-                incident = new_id()
-                log.exception("%s failed unexpectedly, incident %s", method, incident,
-                              extra=REPEATABLE)
-                return response_type(
-                    error=refused(context, method, SchedulerError("unexpected"), incident))
-            finally:
-                if limited:
-                    edge.admission.leave()
-                end_share()
-                edge.metrics.rpc_observe(method, code, time.perf_counter() - started)
+            call = _Call(self.edge, method, response_type, request, context, limited)
+            return await call.answer(functools.partial(handler, self), leader)
 
         return answer
 
     return wrap
+
+
+class _Call(Generic[Response]):
+    """One call through an edge: turned away, admitted, run where it must run, then
+    timed, counted and answered in band (see :func:`in_band`)."""
+
+    def __init__(self, edge: Edge, method: str, response_type: Callable[..., Response],
+                 request: Any, context: grpc.aio.ServicerContext, limited: bool) -> None:
+        self._edge = edge
+        self._method = method
+        self._response_type = response_type
+        self._request = request
+        self._context = context
+        self._limited = limited
+        self._caller: str | None = None  # the fingerprint of the token the request names
+        self._end_share = _nothing  # ends the call's place in its token's share
+        self._code = "INTERNAL"  # the answer's code, for the call's metrics
+
+    async def answer(self, handler: Bound[Response], leader: bool) -> Response:
+        """The response to the call, ``handler`` run on the manager where it must run."""
+        self._begin()
+        if self._edge.not_serving is not None:
+            # Transport-level UNAVAILABLE, which the SDK retries (elsewhere, or here
+            # once ready); an in-band error would end the user's run instead.
+            await _abort(self._context, self._method, grpc.StatusCode.UNAVAILABLE,
+                         self._edge.not_serving)
+        if isinstance(self._request, MalformedRequest):
+            return self._malformed(self._request)
+        self._caller = _token_key(self._request) if self._edge.tokens is not None else None
+        try:
+            await self._admit()
+        except SchedulerError as refusal:
+            return self._not_admitted(refusal)
+        CALLER.set(self._caller)
+        CALLER_ADDRESS.set(caller_address(self._context))
+        return await self._served(handler, leader)
+
+    def _begin(self) -> None:
+        # gRPC serves each call in a task of its own: this holds for this call only.
+        sent_id = request_id(self._context)
+        enter_call(sent_id)
+        if sent_id is not None:
+            self._context.set_trailing_metadata(((REQUEST_ID_METADATA, sent_id),))
+
+    def _malformed(self, request: MalformedRequest) -> Response:
+        self._edge.metrics.rpc_observe(self._method, "INVALID_ARGUMENT", 0)
+        log.warning("%s: %d bytes that are no request (%s)", self._method, request.size,
+                    request.why, extra=REPEATABLE)
+        malformed = SchedulerError("request_malformed", method=self._method)
+        return self._response_type(error=refused(self._context, self._method, malformed))
+
+    async def _admit(self) -> None:
+        """A place in the token's share, then a slot of the service's (its turn, or
+        SchedulerError when too many wait)."""
+        self._end_share = _take_share(self._edge.tokens, self._caller)
+        if self._limited and not self._edge.admission.try_enter():
+            try:
+                await self._edge.admission.enter()
+            except BaseException:
+                self._end_share()
+                raise
+
+    def _not_admitted(self, refusal: SchedulerError) -> Response:
+        self._edge.metrics.rpc_observe(self._method, "RESOURCE_EXHAUSTED", 0)
+        self._edge.metrics.refusals.labels(refusal.key).inc()
+        return self._response_type(error=refused(self._context, self._method, refusal))
+
+    async def _served(self, handler: Bound[Response], leader: bool) -> Response:
+        """The handler's response, or the failure answered: in band, or as the
+        transport-level status the SDK retries."""
+        # The call's latency, on real time: the histogram measures the service's work.
+        started = time.perf_counter()
+        try:
+            self._edge.authorize(self._context)
+            response = await self._run(handler, leader)
+            self._code = "OK"
+            return response
+        except SchedulerError as exc:
+            return self._refused(exc)
+        except NoLeader as exc:
+            self._code = "UNAVAILABLE"  # transport-level: the SDK tries once more
+            await _abort(self._context, self._method, grpc.StatusCode.UNAVAILABLE,
+                         f"{exc}; retry")
+            raise  # not reached: abort raises
+        except ForwardFailed as exc:
+            self._code = exc.code.name
+            await _abort(self._context, self._method, exc.code, exc.details)
+            raise  # not reached: abort raises
+        except asyncio.CancelledError:
+            await self._cancelled()
+            raise
+        except Exception:
+            incident = new_id()
+            log.exception("%s failed unexpectedly, incident %s", self._method, incident,
+                          extra=REPEATABLE)
+            unexpected = SchedulerError("unexpected")
+            return self._response_type(
+                error=refused(self._context, self._method, unexpected, incident))
+        finally:
+            if self._limited:
+                self._edge.admission.leave()
+            self._end_share()
+            self._edge.metrics.rpc_observe(self._method, self._code,
+                                           time.perf_counter() - started)
+
+    async def _run(self, handler: Bound[Response], leader: bool) -> Response:
+        """``handler`` on the manager that serves here, or (a leader's call) where the
+        leader is."""
+        replicas = self._edge.replicas
+        if not leader:
+            return await handler(self._request, self._context, replicas.manager)
+        return await replicas.call_leader(
+            f"/{self._edge.service}/{self._method}", self._request, self._response_type,
+            self._context, lambda manager: handler(self._request, self._context, manager),
+            self._edge.admission.released if self._limited else contextlib.nullcontext,
+            self._before_waiting)
+
+    async def _before_waiting(self) -> None:
+        """Before a leader's call first waits: its token resolved and its share taken
+        (Edge.admit_caller)."""
+        self._end_share = await self._edge.admit_caller(self._request, self._caller,
+                                                        self._end_share)
+
+    def _refused(self, exc: SchedulerError) -> Response:
+        self._code = exc.code
+        if exc.code == "RESOURCE_EXHAUSTED":
+            self._edge.metrics.refusals.labels(exc.key).inc()
+        return self._response_type(error=refused(self._context, self._method, exc))
+
+    async def _cancelled(self) -> None:
+        """The call's task was cancelled: its caller left, or shared work under it was."""
+        if _caller_left():
+            self._code = "CANCELLED"  # not a failure of ours: nobody is left to answer
+            return
+        # Work shared with other calls (a single flight) was cancelled under this
+        # one, as at shutdown: answered, and retryable, rather than left hanging.
+        self._code = "UNAVAILABLE"
+        await _abort(self._context, self._method, grpc.StatusCode.UNAVAILABLE, INTERRUPTED)
 
 
 def _caller_left() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -88,7 +87,7 @@ class Health:
         self._probe = probe
         self._unhealthy_after_s = unhealthy_after_s
         self._probe_interval_s = probe_interval_s
-        self.loops_down = loops_down  # background loops that died (the supervisor's word)
+        self._loops_down = loops_down  # background loops that died (the supervisor's word)
         self._ready = False
         self._draining = False
         self.serving = False
@@ -114,7 +113,7 @@ class Health:
             await asyncio.sleep(CHECK_INTERVAL_S)
             # Idle stores are probed, and failing ones too: the probe's write is what
             # shows a read-only or full disk has recovered while reads keep coming.
-            idle = time.monotonic() - self._monitor.last_call_s >= self._probe_interval_s
+            idle = self._monitor.quiet_for_s() >= self._probe_interval_s
             if idle or self._monitor.failing():
                 try:
                     await self._probe()
@@ -125,7 +124,7 @@ class Health:
     def update(self) -> None:
         """Publish SERVING or NOT_SERVING as things stand now."""
         stores_ok = self._monitor.failing_for_s() < self._unhealthy_after_s
-        loops_ok = not self.loops_down()
+        loops_ok = not self._loops_down()
         self._publish(self._ready and not self._draining and stores_ok and loops_ok)
 
     def _publish(self, serving: bool) -> None:

@@ -102,6 +102,10 @@ class ConnectionGuard:
             if not waiting:
                 del self._waiting[connection.address]
 
+    def headers_late(self) -> None:
+        """A connection sent no headers within the timeout; it is closed."""
+        self.timed_out += 1
+
     def release(self, connection: _Guarded) -> None:
         """``connection`` is closed (or about to be): it no longer counts."""
         self.headers_done(connection)
@@ -194,7 +198,7 @@ class _Guarded(asyncio.Protocol):
 
     def _late(self) -> None:
         self._timer = None
-        self._guard.timed_out += 1
+        self._guard.headers_late()
         self._uncount()
         if self._transport is not None:
             self._transport.abort()

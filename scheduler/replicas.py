@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ContextManager, TypeVar
 
@@ -58,11 +57,12 @@ class Replicas:
     """Which JobManager serves now, and the road of each call that only a leader may make."""
 
     def __init__(self, make_manager: Callable[[Fence | None], JobManager], metrics: Metrics,
-                 *, lease: Lease | None = None, forwarder: Forwarder | None = None,
-                 wait_s: float = 30.0, settle_s: float = 2.0,
-                 room: LeaderWaitRoom | None = None) -> None:
+                 *, monotonic: Callable[[], float], lease: Lease | None = None,
+                 forwarder: Forwarder | None = None, wait_s: float = 30.0,
+                 settle_s: float = 2.0, room: LeaderWaitRoom | None = None) -> None:
         self._make = make_manager
         self._metrics = metrics
+        self._monotonic = monotonic  # the service's clock: recoveries timed, hand-overs kept
         self._lease = lease
         self._forwarder = forwarder
         self.wait_s = wait_s
@@ -74,14 +74,14 @@ class Replicas:
         self._term: asyncio.Task[None] | None = None  # the term's recovery
         self._after_recovery: asyncio.Task[None] | None = None  # its reading ahead
         self._learn: asyncio.Task[None] | None = None  # a lease round asked for at once
-        self._stopping_since: float | None = None  # monotonic time of stop(), if stopped
+        self._stopping_since: float | None = None  # _real_now() at stop(), if stopped
         self._changed = asyncio.Event()  # set (and replaced) on every change worth a look
         self._term_over = asyncio.Event()  # set (and replaced) when a term begins or ends
         self.manager = self._new_manager(epoch=0)
         # Hand-overs passed on through a follower, in case it says they were lost.
-        self.undelivered = UndeliveredHandOvers(time.monotonic)
+        self.undelivered = UndeliveredHandOvers(monotonic)
         if lease is not None:
-            lease.listeners.append(self._leadership_changed)
+            lease.on_change(self._leadership_changed)
 
     @property
     def ready(self) -> bool:
@@ -141,7 +141,7 @@ class Replicas:
         From now on a call waits for a leader only as long as another replica takes to
         take the released lease (two rounds): alone, there is none to wait for.
         """
-        self._stopping_since = time.monotonic()
+        self._stopping_since = _real_now()
         if self._lease is not None:
             await self._lease.release(for_good=True)
         if self._learn is not None:
@@ -168,7 +168,7 @@ class Replicas:
         self._term = asyncio.ensure_future(self._recover(manager))
 
     async def _recover(self, manager: JobManager) -> None:
-        started = time.monotonic()
+        started = self._monotonic()
         try:
             await manager.recover()
         except Exception:
@@ -182,7 +182,7 @@ class Replicas:
             return
         if self.manager is not manager:
             return  # the term ended meanwhile
-        recovered_s = time.monotonic() - started
+        recovered_s = self._monotonic() - started
         self._metrics.recovery_seconds.set(recovered_s)
         self._ready = True
         self._metrics.leading.set(1)
@@ -270,7 +270,7 @@ class Replicas:
                            before_waiting: Callable[[], Awaitable[None]] | None,
                            seat: list[int]) -> R:
         deadline = self._deadline(context)
-        waited_from = time.monotonic()
+        waited_from = _real_now()
         forwarded = was_forwarded(context)
         metadata: list[tuple[str, str]] | None = None
         method = path.rsplit("/", 1)[-1]
@@ -298,7 +298,7 @@ class Replicas:
                     with idle():
                         answer: R = await self._forwarder.call(
                             address, path, request, response_type, metadata,
-                            deadline - time.monotonic(), answer_to=context)
+                            deadline - _real_now(), answer_to=context)
                 except LeaderUnreachable as exc:
                     self._metrics.forwarded.labels(method, "unreachable").inc()
                     log.warning("%s could not be passed to the leader at %s (%s); waiting",
@@ -346,7 +346,7 @@ class Replicas:
         try:
             answer = await self._forwarder.call(
                 leader.submission_address, path, request, response_type,
-                self._forwarder.metadata(path, context), self._deadline(context) - time.monotonic())
+                self._forwarder.metadata(path, context), self._deadline(context) - _real_now())
         except LeaderUnreachable:
             self._metrics.forwarded.labels(method, "unreachable").inc()
             return None
@@ -366,18 +366,19 @@ class Replicas:
         self._notify()
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """When a call stops waiting for a leader, on :func:`_real_now`'s clock."""
         wait_s = self.wait_s
         remaining = context.time_remaining()
         if remaining is not None:
             wait_s = min(wait_s, remaining - DEADLINE_MARGIN_S)
-        deadline = time.monotonic() + wait_s
+        deadline = _real_now() + wait_s
         if self._stopping_since is not None:
             rounds_s = 2 * self._lease.renew_every_s if self._lease is not None else 0.0
             deadline = min(deadline, self._stopping_since + rounds_s)
         return deadline
 
     async def _wait(self, changed: asyncio.Event, deadline: float, since: float) -> None:
-        left_s = deadline - time.monotonic()
+        left_s = deadline - _real_now()
         if left_s > 0:
             self._metrics.waiting_calls.inc()
             try:
@@ -387,7 +388,15 @@ class Replicas:
                 pass
             finally:
                 self._metrics.waiting_calls.dec()
-        raise NoLeader(f"no leader could take the call within {time.monotonic() - since:.1f} s")
+        raise NoLeader(f"no leader could take the call within {_real_now() - since:.1f} s")
+
+
+def _real_now() -> float:
+    """Now on the event loop's clock, deliberately not the injected one: a call's wait for
+    a leader is bounded by its caller's gRPC deadline and spent in asyncio waits and the
+    timeout of a call passed on, which all run on real time. A test's fake clock must not
+    make that timeout negative, nor a wait endless."""
+    return asyncio.get_running_loop().time()
 
 
 def _key_given(metadata: list[tuple[str, str]] | None) -> str | None:

@@ -28,11 +28,12 @@ class StoreMonitor:
     hide the other failing.
     """
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, monotonic: Callable[[], float]) -> None:
         self._metrics = metrics
+        self._monotonic = monotonic
         # (store, "read" | "write") → monotonic time of the first failure since a success
         self._failing_since: dict[tuple[str, str], float] = {}
-        self.last_call_s = 0.0
+        self._last_call_s = 0.0
 
     def wrap(self, store: T, name: str) -> T:
         """A stand-in for ``store`` that measures its coroutine methods."""
@@ -44,7 +45,12 @@ class StoreMonitor:
         """How long the longest-failing kind of call has failed (0 when none is failing)."""
         if not self._failing_since:
             return 0.0
-        return time.monotonic() - min(self._failing_since.values())
+        return self._monotonic() - min(self._failing_since.values())
+
+    def quiet_for_s(self) -> float:
+        """How long since a store call last ended; before the first, the clock's whole
+        reading, so a store no call has reached yet counts as idle."""
+        return self._monotonic() - self._last_call_s
 
     def failing(self) -> list[str]:
         """Which kinds of store call fail now, as ``store write`` or ``store read``."""
@@ -53,11 +59,11 @@ class StoreMonitor:
     def outcome(self, store: str, operation: str, ok: bool) -> None:
         """How a store call made outside a wrapped store went (a result's upload, which
         the HTTP side streams to disk itself)."""
-        self.last_call_s = time.monotonic()
+        self._last_call_s = self._monotonic()
         self._count(store, operation, ok)
 
     def _observe(self, store: str, operation: str, seconds: float, ok: bool) -> None:
-        self.last_call_s = time.monotonic()
+        self._last_call_s = self._monotonic()
         self._metrics.store_latency.labels(store, operation).observe(seconds)
         self._count(store, operation, ok)
 
@@ -68,7 +74,7 @@ class StoreMonitor:
                 self._failing_since.pop(kind, None)
         else:
             self._metrics.store_errors.labels(store, operation).inc()
-            self._failing_since.setdefault(kind, self.last_call_s)
+            self._failing_since.setdefault(kind, self._last_call_s)
 
 
 class _Measured:
@@ -88,6 +94,8 @@ class _Measured:
     def _measure(self, operation: str) -> Callable[..., Awaitable[Any]]:
         async def measured(*args: Any, **kwargs: Any) -> Any:
             call = getattr(self._inner, operation)  # looked up per call, as without the wrapper
+            # The store's own latency, on real time whatever clock the monitor was given:
+            # the histogram measures the store, not the clock.
             started = time.perf_counter()
             try:
                 result = await call(*args, **kwargs)

@@ -154,5 +154,6 @@ def test_the_image_holds_no_secret_no_state_and_no_virtualenv(tmp_path: Path) ->
     files = image_files(tmp_path)
     assert "scheduler.py" in files and "scheduler/app.py" in files
     assert "message_manager/messages.toml" in files and "deploy/healthcheck.py" in files
+    assert "backend_manager/default_backends.toml" in files  # the package's default table
     assert not set(planted) & files
     assert not [f for f in files if f.startswith(("tests/", ".git", "benchmarks/"))]

@@ -11,6 +11,7 @@ from typing import cast
 import grpc
 import pytest
 
+from common.clock import FakeClock
 from common.identity import Role
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
@@ -28,10 +29,11 @@ class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):
     def __init__(self, tokens: TokenLimits | None = None,
                  admission: Admission | None = None) -> None:
         metrics = Metrics()
-        no_manager = Replicas(lambda fence: cast(JobManager, None), metrics)  # reads none
+        no_manager = Replicas(lambda fence: cast(JobManager, None), metrics,  # reads none
+                              monotonic=FakeClock().monotonic)
         self.edge = Edge(SUBMISSION, no_manager, admission or Admission(10), metrics,
                          tokens=tokens)
-        self.edge.not_serving = None
+        self.edge.take_calls()
         self.work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiting = asyncio.Event()
 

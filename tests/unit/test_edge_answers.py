@@ -108,11 +108,11 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
 
 async def standalone(**settings: Any) -> Edge:
     metrics = Metrics()
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=Clock())
     await replicas.start()
     edge = Edge(SUBMISSION, replicas, settings.pop("admission", Admission(10)), metrics,
                 **settings)
-    edge.not_serving = None
+    edge.take_calls()
     return edge
 
 
@@ -209,7 +209,7 @@ async def test_a_leaders_transport_error_is_passed_back_as_it_came(serve: Any) -
 
 async def test_a_call_while_the_scheduler_drains_is_transport_unavailable(serve: Any) -> None:
     edge = await standalone()
-    edge.not_serving = DRAINING
+    edge.turn_away(DRAINING)
     _, stub, _ = await serve(edge)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await stub.GetJobStatus(pb.GetJobStatusRequest(job_id="j1"))
@@ -272,13 +272,14 @@ async def leaderless(resolver: Resolver, wait_s: float) -> Edge:
     """An edge of a replica that follows no one (its lease's first round not yet made),
     with token shares of one call at once and ``resolver``'s token database."""
     metrics = Metrics()
-    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
-                        wait_s=wait_s)
+    clock = Clock()
+    lease = Lease(Table(), "a", clock, DURATION_S, RENEW_S)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=clock,
+                        lease=lease, wait_s=wait_s)
     tokens = TokenLimits(ONE_AT_ONCE, resolver.roles.get, time.monotonic)
     edge = Edge(SUBMISSION, replicas, Admission(10), metrics, tokens=tokens,
                 resolver=cast(TokenResolver, resolver))
-    edge.not_serving = None
+    edge.take_calls()
     return edge
 
 
@@ -329,7 +330,8 @@ async def test_a_leaders_call_that_waited_in_vain_is_unavailable_and_frees_its_s
 
 async def test_an_edge_turns_calls_away_until_its_scheduler_has_started(serve: Any) -> None:
     metrics = Metrics()
-    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics),
+    edge = Edge(SUBMISSION, Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics,
+                                     monotonic=Clock()),
                 Admission(10), metrics)
     _, stub, _ = await serve(edge)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
@@ -355,13 +357,14 @@ class Nodes(execution_pb2_grpc.ExecutionServiceServicer):
 async def test_a_leaders_call_on_a_port_that_resolves_no_tokens_just_waits() -> None:
     # The execution port: nodes' requests name no token, and no token is resolved there.
     metrics = Metrics()
-    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, lease=lease,
-                        wait_s=0.05)
+    clock = Clock()
+    lease = Lease(Table(), "a", clock, DURATION_S, RENEW_S)
+    replicas = Replicas(lambda fence: cast(JobManager, Manager(fence)), metrics, monotonic=clock,
+                        lease=lease, wait_s=0.05)
     edge = Edge(EXECUTION, replicas, Admission(10), metrics)
-    edge.not_serving = None
+    edge.take_calls()
     submissions = Edge(SUBMISSION, replicas, Admission(10), metrics)
-    submissions.not_serving = None
+    submissions.take_calls()
     server = grpc.aio.server()
     add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server, Nodes(edge), server)
     add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
@@ -384,7 +387,7 @@ async def test_a_followers_edge_passes_a_call_on_at_its_full_path(serve: Any) ->
     forwarder = Passing()
     _, follower = await leader_and_follower(Table(), Clock(), forwarder)
     edge = Edge(SUBMISSION, follower, Admission(10), Metrics())
-    edge.not_serving = None
+    edge.take_calls()
     _, stub, _ = await serve(edge)
     answer = await stub.SubmitJob(pb.SubmitJobRequest(token="t"), timeout=10)
     assert answer.job_id == "j1"

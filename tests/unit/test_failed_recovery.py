@@ -69,7 +69,7 @@ def replicas(table: SlowTable, clock: Clock, name: str, fails: bool) -> tuple[Re
         managers.append(FailingRecovery(fails and fence is not None and fence.epoch > 0))
         return cast(JobManager, managers[-1])
 
-    made = Replicas(make, Metrics(), lease=lease, settle_s=0)
+    made = Replicas(make, Metrics(), monotonic=clock, lease=lease, settle_s=0)
     made.managers = managers  # type: ignore[attr-defined]
     return made, lease
 

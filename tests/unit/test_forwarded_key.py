@@ -58,7 +58,7 @@ class DiesAfterWriting(Forwarder):
 def replica(table: SlowTable, clock: Clock, name: str) -> tuple[Replicas, Lease]:
     lease = Lease(table, name, clock, DURATION_S, RENEW_S, (f"{name}:8082", f"{name}:8081"))
     made = Replicas(lambda fence: cast(JobManager, FailingRecovery(False)), Metrics(),
-                    lease=lease, settle_s=0)
+                    monotonic=clock, lease=lease, settle_s=0)
     return made, lease
 
 

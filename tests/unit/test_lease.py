@@ -74,7 +74,7 @@ def clock() -> Clock:
 def replica(table: Table, clock: Clock, name: str) -> Lease:
     lease = Lease(table, name, clock, DURATION_S, RENEW_S, (f"{name}:8082", f"{name}:8081"))
     lease.changes = []  # type: ignore[attr-defined]
-    lease.listeners.append(lease.changes.append)  # type: ignore[attr-defined]
+    lease.on_change(lease.changes.append)  # type: ignore[attr-defined]
     return lease
 
 
@@ -357,7 +357,7 @@ async def test_a_release_writes_a_new_version(table: Table, clock: Clock) -> Non
 async def test_a_renewal_writes_the_addresses_known_now(table: Table, clock: Clock) -> None:
     a = Lease(table, "a", clock, DURATION_S, RENEW_S)  # the ports are bound later
     await a.step()
-    a.addresses = ("a:18082", "a:18081")
+    a.advertise("a:18082", "a:18081")
     clock.now += RENEW_S
     await a.step()
     assert table.record is not None

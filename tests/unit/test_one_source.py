@@ -1,15 +1,21 @@
 """Facts written in two places agree: the README's settings and the configuration, the
-jobs table of create_table and of the LocalStack script."""
+jobs table of create_table and of the LocalStack script, the default backend table of a
+standalone data directory and of LocalStack."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from backend_manager.status import DEFAULT_BACKENDS_TOML, parse_backend_table
 from job_manager.stores.dynamodb_job_store import create_table
 from scheduler.config import load_config
 
@@ -110,3 +116,40 @@ def test_the_localstack_script_makes_the_table_create_table_makes() -> None:
     assert [script["key"]] == client.table["KeySchema"]
     assert script["indexes"] == client.table["GlobalSecondaryIndexes"]
     assert script["ttl"] == client.ttl["TimeToLiveSpecification"]["AttributeName"]
+
+
+# A stand-in for LocalStack's AWS CLI: each SSM parameter the script puts is written to a
+# file of its own in $RECORDED, named after the parameter.
+AWSLOCAL = """#!/bin/bash
+[ "$1 $2" = "ssm put-parameter" ] || exit 0
+while [ $# -gt 0 ]; do
+  case "$1" in --name) name=$2 ;; --value) value=$2 ;; esac
+  shift
+done
+printf '%s' "$value" > "$RECORDED/${name//\\//_}"
+"""
+
+
+def test_the_localstack_script_puts_the_standalone_default_backend_table(
+        tmp_path: Path) -> None:
+    deploy = ROOT / "deploy"
+    script = deploy / "localstack-init.sh"
+    # The file the script reads unless told otherwise is the one compose.yaml mounts there...
+    default = re.search(r"\$\{BACKENDS_TOML:-([^}]+)\}", script.read_text())
+    assert default is not None, "the script reads no backend table file"
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    mounts = {target: source for source, target, *_ in
+              (volume.split(":") for volume in compose["services"]["localstack"]["volumes"])}
+    mounted = (deploy / mounts[default.group(1)]).resolve()
+    assert mounted == ROOT / "backend_manager" / "default_backends.toml"
+    # ...and what it puts in SSM is that file: the table a standalone data directory gets.
+    (tmp_path / "awslocal").write_text(AWSLOCAL)
+    (tmp_path / "awslocal").chmod(0o755)
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+           "RECORDED": str(recorded), "BACKENDS_TOML": str(mounted)}
+    subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
+    put = (recorded / "_mqc3_backend_status").read_text()
+    assert put == DEFAULT_BACKENDS_TOML.rstrip("\n")  # $(...) drops the last newline
+    assert parse_backend_table(put) == parse_backend_table(DEFAULT_BACKENDS_TOML)

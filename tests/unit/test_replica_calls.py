@@ -113,9 +113,9 @@ class Context:
 def replica(table: Table, clock: Clock, name: str, forwarder: Passing | None = None,
             wait_s: float = 30.0, room: LeaderWaitRoom | None = None) -> Replicas:
     lease = Lease(table, name, clock, DURATION_S, RENEW_S, (f"{name}:8082", f"{name}:8081"))
-    return Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics(), lease=lease,
-                    forwarder=cast(Forwarder, forwarder), wait_s=wait_s, settle_s=0,
-                    room=room)
+    return Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics(), monotonic=clock,
+                    lease=lease, forwarder=cast(Forwarder, forwarder), wait_s=wait_s,
+                    settle_s=0, room=room)
 
 
 class Runs:
@@ -386,7 +386,8 @@ async def test_a_stopped_replica_waits_for_a_leader_no_longer_than_two_lease_rou
 
 
 async def test_health_notes_only_trouble_with_leadership(table: Table, clock: Clock) -> None:
-    standalone = Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics())
+    standalone = Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics(),
+                          monotonic=Clock())
     assert standalone.note() is None
     a = replica(table, clock, "a")
     assert a.note() == "warning: no replica leads now; calls that change jobs wait for one"
@@ -413,8 +414,8 @@ async def test_a_leader_still_recovering_waits_for_its_recovery_never_calls_itse
     Held.let_go = asyncio.Event()
     forwarder = Passing()
     lease = Lease(table, "a", clock, DURATION_S, RENEW_S, ("a:8082", "a:8081"))
-    a = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics(), lease=lease,
-                 forwarder=cast(Forwarder, forwarder), settle_s=0)
+    a = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics(), monotonic=clock,
+                 lease=lease, forwarder=cast(Forwarder, forwarder), settle_s=0)
     await lease.step()  # it leads; its recovery is under way
     runs = Runs()
     waiting = asyncio.ensure_future(call(a, runs=runs))
@@ -426,7 +427,8 @@ async def test_a_leader_still_recovering_waits_for_its_recovery_never_calls_itse
 
 async def test_a_standalone_replica_stopped_while_recovering_lets_calls_go_at_once() -> None:
     Held.let_go = asyncio.Event()
-    standalone = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics())
+    standalone = Replicas(lambda fence: cast(JobManager, Held(fence)), Metrics(),
+                          monotonic=Clock())
     starting = asyncio.ensure_future(standalone.start())
     await asyncio.sleep(0)
     await standalone.stop()
@@ -437,7 +439,8 @@ async def test_a_standalone_replica_stopped_while_recovering_lets_calls_go_at_on
 
 
 async def test_a_stopped_standalone_replica_still_runs_the_calls_it_is_given() -> None:
-    standalone = Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics())
+    standalone = Replicas(lambda fence: cast(JobManager, Manager(fence)), Metrics(),
+                          monotonic=Clock())
     await standalone.start()
     await standalone.stop()
     assert await call(standalone) == "ran here"

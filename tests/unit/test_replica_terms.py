@@ -90,14 +90,16 @@ def sample(metrics: Metrics, name: str) -> float | None:
 
 def among_replicas(made: Made, table: Table | None = None, settle_s: float = 0.0,
                    ) -> tuple[Replicas, Lease, Metrics]:
-    lease = Lease(table or Table(), "a", Clock(), DURATION_S, RENEW_S)
+    clock = Clock()
+    lease = Lease(table or Table(), "a", clock, DURATION_S, RENEW_S)
     metrics = Metrics()
-    return Replicas(made, metrics, lease=lease, settle_s=settle_s), lease, metrics
+    return (Replicas(made, metrics, monotonic=clock, lease=lease, settle_s=settle_s), lease,
+            metrics)
 
 
 async def test_a_standalone_start_whose_recovery_fails_fails() -> None:
     made = Made(recovery_fails=True)
-    replicas = Replicas(made, Metrics())
+    replicas = Replicas(made, Metrics(), monotonic=Clock())
     with pytest.raises(RuntimeError, match="a record recovery cannot take"):
         await replicas.start()
     assert not replicas.ready
@@ -106,7 +108,7 @@ async def test_a_standalone_start_whose_recovery_fails_fails() -> None:
 async def test_a_standalone_replica_serves_once_recovered_unfenced() -> None:
     made = Made()
     metrics = Metrics()
-    replicas = Replicas(made, metrics)
+    replicas = Replicas(made, metrics, monotonic=Clock())
     await replicas.start()
     assert replicas.ready and replicas.manager is cast(JobManager, made[-1])
     assert made[-1].fence is None and made[-1].recoveries == 1
@@ -161,7 +163,7 @@ async def test_a_new_leader_looks_at_the_store_again_once_it_settled() -> None:
 
 async def test_standalone_reads_ahead_once_with_no_second_look() -> None:
     made = Made()
-    replicas = Replicas(made, Metrics(), settle_s=0.01)
+    replicas = Replicas(made, Metrics(), monotonic=Clock(), settle_s=0.01)
     await replicas.start()
     await turns(lambda: made[-1].read_aheads == 1)
     await asyncio.sleep(0.05)  # past the settling time: still no second look
@@ -171,7 +173,7 @@ async def test_standalone_reads_ahead_once_with_no_second_look() -> None:
 async def test_reading_ahead_that_fails_is_logged_and_the_term_serves_on(
         caplog: pytest.LogCaptureFixture) -> None:
     made = Made(reading_ahead_fails=True)
-    replicas = Replicas(made, Metrics())
+    replicas = Replicas(made, Metrics(), monotonic=Clock())
     await replicas.start()
     await turns(lambda: made[-1].read_aheads == 1)
     await turns(lambda: any("reading ahead" in r.getMessage() for r in caplog.records))
@@ -220,8 +222,9 @@ async def test_a_stop_releases_the_lease_for_good_and_ends_the_term() -> None:
 async def test_the_lease_is_kept_by_rounds_of_its_renewal_period() -> None:
     made = Made()
     table = Table()
-    lease = Lease(table, "a", Clock(), 1000.0, 0.01)  # rounds of 10 ms; it lasts long
-    replicas = Replicas(made, Metrics(), lease=lease, settle_s=0)
+    clock = Clock()
+    lease = Lease(table, "a", clock, 1000.0, 0.01)  # rounds of 10 ms; it lasts long
+    replicas = Replicas(made, Metrics(), monotonic=clock, lease=lease, settle_s=0)
     keeping = asyncio.ensure_future(replicas.keep_lease())
     try:
         await turns(lambda: replicas.ready, sleep_s=0.01)  # its first round took it
@@ -244,8 +247,24 @@ async def test_a_new_leader_looks_again_two_seconds_after_its_recovery(
 
     monkeypatch.setattr(asyncio, "sleep", recorded)
     made = Made()
-    lease = Lease(Table(), "a", Clock(), DURATION_S, RENEW_S)
-    replicas = Replicas(made, Metrics(), lease=lease)
+    clock = Clock()
+    lease = Lease(Table(), "a", clock, DURATION_S, RENEW_S)
+    replicas = Replicas(made, Metrics(), monotonic=clock, lease=lease)
     await replicas.start()
     await turns(lambda: made[1].recoveries == 2)
     assert asked == [2.0]
+
+
+async def test_a_recovery_is_timed_on_the_clock_the_replicas_were_given() -> None:
+    clock = Clock()
+    metrics = Metrics()
+
+    class Recovering(Manager):
+        async def recover(self) -> None:
+            await super().recover()
+            clock.now += 7.0  # seven seconds of the given clock, none of the system's
+
+    replicas = Replicas(lambda fence: cast(JobManager, Recovering(fence)), metrics,
+                        monotonic=clock)
+    await replicas.start()
+    assert sample(metrics, "mqc3_recovery_seconds") == 7.0
