@@ -16,7 +16,15 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from job_manager.model import JobRecord, JobStatus, QueuedRow
-from job_manager.stores import Fence, JobStore, ObjectTags, PayloadStore, Reached, SignedUrl
+from job_manager.stores import (
+    Document,
+    Fence,
+    JobStore,
+    ObjectTags,
+    PayloadStore,
+    Reached,
+    SignedUrl,
+)
 from job_manager.stores.errors import StoreError
 from job_manager.stores.local_payload_store import SqliteInputsPayloadStore
 
@@ -156,6 +164,14 @@ class FlakyJobStore(_Faults):
             "find_by_idempotency_key",
             lambda: self.inner.find_by_idempotency_key(owner_fingerprint, key),
         )
+
+    async def read_document(self, name: str) -> Document | None:
+        return await self._call("read_document", lambda: self.inner.read_document(name))
+
+    async def write_document(self, name: str, body: bytes, version: int,
+                             fence: Fence | None = None) -> bool:
+        return await self._call("write_document",
+                                lambda: self.inner.write_document(name, body, version, fence))
 
     async def close(self) -> None:
         """Never fails."""

@@ -155,5 +155,9 @@ def test_the_image_holds_no_secret_no_state_and_no_virtualenv(tmp_path: Path) ->
     assert "scheduler.py" in files and "scheduler/app.py" in files
     assert "message_manager/messages.toml" in files and "deploy/healthcheck.py" in files
     assert "backend_manager/default_backends.toml" in files  # the package's default table
+    # Every package the service imports (docs/design.md, "Where things live").
+    for package in ("scheduler", "job_manager", "backend_manager", "message_manager",
+                    "token_database", "leadership", "common", "pb"):
+        assert f"{package}/__init__.py" in files, package
     assert not set(planted) & files
     assert not [f for f in files if f.startswith(("tests/", ".git", "benchmarks/"))]

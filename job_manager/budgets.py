@@ -1,0 +1,176 @@
+"""QPU-time budgets: QPU seconds or shots per period, per role or per user.
+
+An operator gives a budget per role, and for some users by name (a user's own replaces
+their role's); admins have none unless one is set for them. A period is a UTC day or a
+UTC month; a period's use is that of the jobs submitted in it: the shots of those handed
+over to a node, and the QPU seconds their nodes reported (``listing.qpu_seconds``).
+
+A submission that would start past its owner's budget is refused in band, with the use,
+the budget and when it resets; a queued job whose owner's budget was spent meanwhile waits
+QUEUED until the reset (job_manager/turns.py). So no budget is passed by more than the
+jobs already running when it was reached (docs/reservations.md, "Budgets").
+
+The leader counts: each owner's use of the current period is read from the job store
+once per term (the first time it is needed), then kept up to date in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from common.identity import Principal, Role
+from job_manager import listing
+from job_manager.model import JobRecord
+from job_manager.stores import JobStore
+from message_manager import SchedulerError
+
+
+class Period(StrEnum):
+    DAY = "day"
+    MONTH = "month"
+
+    def start(self, now: datetime) -> datetime:
+        """The start of the period holding ``now`` (UTC)."""
+        now = now.astimezone(UTC)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return day if self is Period.DAY else day.replace(day=1)
+
+    def next_start(self, now: datetime) -> datetime:
+        """When the period holding ``now`` ends and the next begins."""
+        start = self.start(now)
+        if self is Period.DAY:
+            return start + timedelta(days=1)
+        return (start + timedelta(days=32)).replace(day=1)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one owner may use per period: QPU seconds, shots, or both (None: no limit)."""
+
+    period: Period
+    qpu_seconds: float | None = None
+    shots: int | None = None
+
+
+@dataclass(frozen=True)
+class BudgetRules:
+    """The operator's budgets (SCHEDULER_BUDGETS_FILE): per role and per user name."""
+
+    by_role: Mapping[Role, Budget] = field(default_factory=dict)
+    by_user: Mapping[str, Budget] = field(default_factory=dict)
+
+    def of(self, principal: Principal) -> Budget | None:
+        """The budget that applies to ``principal``: their own, else their role's."""
+        return self.by_user.get(principal.name) or self.by_role.get(principal.role)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_role or self.by_user)
+
+
+@dataclass
+class Spent:
+    """One owner's use of one period."""
+
+    period_start: datetime
+    shots: int = 0
+    qpu_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    """A budget, its use this period, and when the period resets."""
+
+    budget: Budget
+    spent_shots: int
+    spent_qpu_s: float
+    resets_at: datetime
+
+    @property
+    def spent(self) -> bool:
+        """Whether no further job may start."""
+        return ((self.budget.shots is not None and self.spent_shots >= self.budget.shots)
+                or (self.budget.qpu_seconds is not None
+                    and self.spent_qpu_s >= self.budget.qpu_seconds))
+
+    def refusal(self, n_shots: int) -> SchedulerError | None:
+        """Why a job of ``n_shots`` would start past the budget, if it would."""
+        period, resets = self.budget.period.value, _spoken(self.resets_at)
+        shots = self.budget.shots
+        if shots is not None and self.spent_shots + n_shots > shots:
+            return SchedulerError("budget_spent", budget=shots, unit="shots", period=period,
+                                  used=self.spent_shots, reset_at=resets)
+        seconds = self.budget.qpu_seconds
+        if seconds is not None and self.spent_qpu_s >= seconds:
+            return SchedulerError("budget_spent", budget=f"{seconds:g}", unit="QPU seconds",
+                                  period=period, used=f"{self.spent_qpu_s:.1f}", reset_at=resets)
+        return None
+
+
+class BudgetBook:
+    """Each owner's use of their budget in the current period, counted at the leader."""
+
+    def __init__(self, rules: BudgetRules, store: JobStore,
+                 shots_of: Callable[[JobRecord], int]) -> None:
+        self._rules = rules
+        self._store = store
+        self._shots_of = shots_of
+        self._spent: dict[str, Spent] = {}  # by owner fingerprint
+        self._budgets: dict[str, Budget] = {}  # by owner fingerprint, as last seen
+
+    def budget_of(self, principal: Principal) -> Budget | None:
+        return self._rules.of(principal)
+
+    async def left(self, principal: Principal, now: datetime) -> BudgetLeft | None:
+        """The owner's budget and its use this period (read from the store the first time
+        in a term or a period); None when no budget applies."""
+        budget = self._rules.of(principal)
+        if budget is None:
+            return None
+        self._budgets[principal.fingerprint] = budget
+        start = budget.period.start(now)
+        spent = self._spent.get(principal.fingerprint)
+        if spent is None or spent.period_start != start:
+            totals = await listing.usage(self._store, principal.fingerprint, start, now,
+                                         self._shots_of)
+            found = totals.get(principal.fingerprint)
+            spent = self._spent[principal.fingerprint] = Spent(
+                start, found.shots_run if found else 0, found.qpu_s if found else 0.0)
+        return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
+
+    def known_left(self, owner_fingerprint: str, now: datetime) -> BudgetLeft | None:
+        """The owner's budget as last counted in this period, without reading the store;
+        None when it was never counted here (no budget, or none checked yet)."""
+        budget = self._budgets.get(owner_fingerprint)
+        spent = self._spent.get(owner_fingerprint)
+        if budget is None or spent is None or spent.period_start != budget.period.start(now):
+            return None
+        return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
+
+    def handed_over(self, record: JobRecord) -> None:
+        """A job of the period began to run: its shots are used."""
+        spent = self._counted(record)
+        if spent is not None:
+            spent.shots += self._shots_of(record)
+
+    def finished(self, record: JobRecord) -> None:
+        """A job ended: the QPU time its node reported is used."""
+        spent = self._counted(record)
+        if spent is not None:
+            spent.qpu_s += listing.qpu_seconds(record)
+
+    def _counted(self, record: JobRecord) -> Spent | None:
+        """The owner's count this job belongs to (the period it was submitted in), if kept."""
+        spent = self._spent.get(record.owner_fingerprint)
+        budget = self._budgets.get(record.owner_fingerprint)
+        if spent is None or budget is None:
+            return None  # counted from the store when first needed
+        if budget.period.start(record.submitted_at) != spent.period_start:
+            return None  # a job of an earlier period: that period's use no longer matters
+        return spent
+
+
+def _spoken(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
