@@ -3,7 +3,7 @@
 
 import sys
 
-from scheduler.cli import main
+from scheduler.wiring.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -116,7 +116,7 @@ class Deployment:
         return codes
 
     async def _standalone(self) -> Target:
-        from scheduler.standalone import token_store_path
+        from scheduler.wiring.standalone import token_store_path
 
         data_dir = self.work_dir / "data"
         data_dir.mkdir()

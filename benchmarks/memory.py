@@ -101,7 +101,7 @@ def _dict_size(instance: object) -> int:
 def measure(jobs: int, payload_bytes: int, owners: int, bare: bool, distinct_settings: bool,
             rss_target_mb: int) -> dict[str, Any]:
     if not bare:
-        import scheduler.app  # noqa: F401 - the service's libraries, loaded as in production
+        import scheduler.wiring.app  # noqa: F401 - the service's libraries, loaded as in production
     gc.collect()
     rss_before = rss_bytes()
     began = time.perf_counter()

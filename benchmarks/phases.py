@@ -277,7 +277,7 @@ async def poll_status(session: Session, name: str, jobs: StatusJobs,
     return phase
 
 
-# The health's store probe (scheduler/app.py, probe_stores) runs when the stores were idle
+# The health's store probe (scheduler/wiring/app.py, probe_stores) runs when the stores were idle
 # for 5 s, as they are while only polls come: a get, a transition, a program put and its
 # delete, on a job id never issued. The polls make no put, so each put is a probe's.
 _PROBE = ("jobs.get", "jobs.transition", "payloads.put_input", "payloads.delete_input")

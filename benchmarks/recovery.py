@@ -65,7 +65,7 @@ def moto_stores(endpoint: str) -> tuple[Any, Any]:
 
 
 def stores(data_dir: Path) -> tuple[SqliteJobStore, SqliteInputsPayloadStore]:
-    """The standalone stores as scheduler/standalone.py makes them."""
+    """The standalone stores as scheduler/wiring/standalone.py makes them."""
     jobs = SqliteJobStore(data_dir / "jobs.sqlite3")
     payloads = SqliteInputsPayloadStore(data_dir / "payloads",
                                         UrlSigner.from_key_file(data_dir / "url-signing.key"),

@@ -36,7 +36,7 @@ from emulators.server import STORE_MODELS
 
 OUT_DIR = ROOT / "benchmarks" / "out"
 PROBE_JOBS = 20
-# The scheduler's defaults for concurrent calls per service (scheduler/config.py).
+# The scheduler's defaults for concurrent calls per service (scheduler/wiring/config.py).
 DEFAULT_SUBMISSION_WORKERS = 100
 DEFAULT_EXECUTION_WORKERS = 10
 

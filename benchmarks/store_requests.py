@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from job_manager.stores.fence import FENCE_ITEM_PREFIX
-from scheduler.app import PROBE_JOB_ID
+from scheduler.wiring.app import PROBE_JOB_ID
 
 RECORDER_ENV = "MOTO_RECORDER_FILEPATH"
 LEASE_KEY = "scheduler-lease"  # the lease item's key (docs/replicas.md)

@@ -14,11 +14,11 @@ from common.identity import Principal
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
 # Where the call in progress came from, as one caller cannot vary it at will (the edge's
 # address_of): what spends a budget shared by callers without a known token is charged to
-# it, so that one address cannot spend another's (scheduler/auth.py).
+# it, so that one address cannot spend another's (scheduler/access/auth.py).
 CALLER_ADDRESS: ContextVar[str] = ContextVar("caller_address", default="")
 # Who a job read in progress is for (the JobManager sets it while it looks a job up for a
 # user): a job this viewer may not see is answered, and paid for, as one that does not
-# exist (scheduler/absent_jobs.py). None: the read is the scheduler's own or a node's.
+# exist (scheduler/access/absent_jobs.py). None: the read is the scheduler's own or a node's.
 VIEWER: ContextVar[Principal | None] = ContextVar("viewer", default=None)
 
 

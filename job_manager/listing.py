@@ -197,9 +197,14 @@ class Totals:
     shots: int = 0  # of the jobs that completed
     queue_wait_s: float = 0.0  # queued_at to dequeued_at
     execution_s: float = 0.0  # dequeued_at to finished_at
+    shots_run: int = 0  # of the jobs handed over to a node (running, or ended after running)
+    qpu_s: float = 0.0  # the execution times the nodes reported (job_manager/budgets.py)
 
     def add(self, record: JobRecord, shots: int) -> None:
         """Count one job submitted in the period."""
+        if record.dequeued_at is not None:
+            self.shots_run += shots
+            self.qpu_s += qpu_seconds(record)
         if record.status.is_final:
             self.by_final_status[record.status] += 1
         if record.status is JobStatus.COMPLETED:
@@ -209,6 +214,15 @@ class Totals:
             if record.finished_at is not None:
                 self.execution_s += max(
                     0.0, (record.finished_at - record.dequeued_at).total_seconds())
+
+
+def qpu_seconds(record: JobRecord) -> float:
+    """The QPU time a job took, as its node reported it: from its execution's start to its
+    end; 0 until both are reported (docs/reservations.md, "Budgets")."""
+    stamps = record.backend_timestamps
+    if stamps.execution_started_at is None or stamps.execution_finished_at is None:
+        return 0.0
+    return max(0.0, (stamps.execution_finished_at - stamps.execution_started_at).total_seconds())
 
 
 async def usage(store: JobStore, owner_fingerprint: str | None, since: datetime,

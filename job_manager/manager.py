@@ -1,7 +1,7 @@
 """JobManager: the one object the servicers call about jobs, a thin facade over the
 phases of a job's life (job_manager/phases/).
 
-The facade keeps one object per term: the replica router (scheduler/replicas.py) swaps
+The facade keeps one object per term: the replica router (scheduler/replication/replicas.py) swaps
 a leader's manager for a follower's whole, and the servicers, the HTTP side and the
 tests hold that one object. Each method passes its call to the phase that owns it; the
 phases share one core and one ledger, made here (docs/design.md, "The job manager").

@@ -81,8 +81,8 @@ class JobRecord:
     sdk_version: str = ""
     save_job: bool = False
     idempotency_key: str = ""
-    # SHA-256 of the keyed submission's request (scheduler/validation.py): a retry must match
-    # it. Empty without a key, and for keys claimed before digests were kept.
+    # SHA-256 of the keyed submission's request (scheduler/messages/validation.py): a
+    # retry must match it. Empty without a key, and for keys claimed before digests were kept.
     request_digest: str = ""
     status_detail: str = ""
     dequeued_at: datetime | None = None

@@ -3,9 +3,16 @@
 from typing import Literal
 
 ErrorKey = Literal[
+    "admin_only",
     "backend_missing",
     "backend_not_available",
     "backend_unknown",
+    "booking_in_the_past",
+    "booking_not_found",
+    "booking_overlaps",
+    "booking_users_invalid",
+    "booking_window_empty",
+    "budget_spent",
     "earlier_hand_over",
     "execution_status_invalid",
     "forwarded_call_unknown",
@@ -45,6 +52,10 @@ ErrorKey = Literal[
     "result_missing",
     "result_not_ready",
     "sdk_version_too_long",
+    "session_already_open",
+    "session_header_invalid",
+    "session_limit_out_of_range",
+    "session_not_found",
     "state_save_policy_unknown",
     "status_filter_unknown",
     "store_failed",

@@ -11,7 +11,7 @@ import pytest
 
 from common import audit
 from emulators.server import EmulatorServer
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     AwsNames,

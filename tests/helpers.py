@@ -26,8 +26,8 @@ from pb.mqc3_cloud.scheduler.v1 import (
     submission_pb2_grpc,
 )
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.config import Config, load_config
-from scheduler.standalone import token_store_path
+from scheduler.wiring.config import Config, load_config
+from scheduler.wiring.standalone import token_store_path
 from token_database.service import TokenDatabaseService, create_token
 from token_database.store import SqliteTokenStore
 

@@ -18,11 +18,12 @@ PHASES = ["job_manager/phases/core.py", "job_manager/phases/recovery.py",
           "job_manager/phases/liveness.py", "job_manager/phases/submission.py",
           "job_manager/phases/handover.py", "job_manager/phases/owner_changes.py",
           "job_manager/phases/reads.py"]
-CORE = ["job_manager/ledger.py", *PHASES, "job_manager/watchdog.py", "scheduler/auth.py",
-        "common/identity.py", "scheduler/edge.py", "job_manager/stores/sqlite_job_store.py",
+CORE = ["job_manager/ledger.py", *PHASES, "job_manager/watchdog.py",
+        "scheduler/access/auth.py", "common/identity.py", "scheduler/services/edge.py",
+        "job_manager/stores/sqlite_job_store.py",
         "token_database/service.py", "leadership/lease.py", "leadership/lock.py",
         "leadership/dynamodb_lease.py", "job_manager/stores/fenced_commits.py",
-        "scheduler/replicas.py"]
+        "scheduler/replication/replicas.py"]
 
 
 def module_of(path: str) -> str:

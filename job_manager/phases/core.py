@@ -70,7 +70,7 @@ class JobCore:
         self.fence = fence
         self.max_requeues = max_requeues  # a lost node's job queued again at most this often
         self._backends = BackendTable()
-        self._closed = False  # shut down: its term is over (scheduler/replicas.py)
+        self._closed = False  # shut down: its term is over (scheduler/replication/replicas.py)
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
 
     @property
@@ -267,7 +267,7 @@ class JobCore:
         else:
             # Someone else's job, even one known from memory, is read as the caller's: the
             # store in front of us answers, charges and remembers it exactly as an id that
-            # names no job (scheduler/absent_jobs.py), so no probe tells the two apart.
+            # names no job (scheduler/access/absent_jobs.py), so no probe tells the two apart.
             with looking_as(principal):
                 record = (await self.find(job_id) if remembered is None
                           else await self.read(job_id))

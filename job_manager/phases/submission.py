@@ -193,7 +193,7 @@ class Submission:
         """
         try:
             # The scheduler's own check, not the caller asking for an id: charged to no
-            # token's budget of unknown job ids (scheduler/absent_jobs.py).
+            # token's budget of unknown job ids (scheduler/access/absent_jobs.py).
             with on_own_behalf():
                 stored = await self._core.store.get(job_id)
         except StoreError:

@@ -223,7 +223,7 @@ class LocalPayloadStore:
     async def seal_result(self, job_id: str, tags: ObjectTags) -> None:
         pass  # tags select S3 lifecycle rules and policies; a directory has neither
 
-    # --- standalone housekeeping (scheduler/housekeeping.py) ----------------------------
+    # --- standalone housekeeping (scheduler/operations/housekeeping.py) -------------------------
     async def sweep(self, existing: Callable[[list[str]], Awaitable[set[str]]],
                     older_than_s: float, newest_record: datetime | None) -> Swept:
         """Remove files older than ``older_than_s`` that belong to no job ``existing`` knows,

@@ -447,7 +447,7 @@ class SqliteJobStore:
         row = await self._calls.run(select)
         return self._record(*row) if row else None
 
-    # --- standalone housekeeping (scheduler/housekeeping.py) ----------------------------
+    # --- standalone housekeeping (scheduler/operations/housekeeping.py) -------------------------
     async def existing(self, job_ids: list[str]) -> set[str]:
         """Which of ``job_ids`` have a record."""
         def select() -> set[str]:

@@ -29,8 +29,8 @@ from job_manager.stores.fence import FENCE_ITEM_PREFIX, fence_item_keys
 from job_manager.stores.unreadable import UnreadableRecords
 from leadership.dynamodb_lease import DynamoDbLeaseTable
 from leadership.lease import Lease, LeaseRecord, LeaseTable, LeaseUnreachable
-from scheduler import aws
-from scheduler.config import AwsConfig, ReplicaConfig
+from scheduler.wiring import aws
+from scheduler.wiring.config import AwsConfig, ReplicaConfig
 from tests.contract.test_job_store_contract import BULKY_SETTINGS, finished, record, running
 from tests.helpers import AwsNames, aws_client, aws_config
 
@@ -124,7 +124,7 @@ def _cancelled(codes: list[str]) -> ClientError:
 
 class Replica:
     """One process's view of the table: the wrapped client, the lease table and the job
-    store, as scheduler/aws.py builds them."""
+    store, as scheduler/wiring/aws.py builds them."""
 
     def __init__(self, dynamodb: ConflictingDynamoDb, table: str) -> None:
         self.table = table

@@ -114,7 +114,7 @@ def _served_locally(store: LocalPayloadStore, clock: FakeClock,
 
 def _s3_backend(moto_endpoint: str) -> Backend:
     clock = FakeClock(START)
-    # Signed as production's client signs (scheduler/aws.py): SigV4, path-style.
+    # Signed as production's client signs (scheduler/wiring/aws.py): SigV4, path-style.
     client = boto3.client(
         "s3",
         endpoint_url=moto_endpoint,

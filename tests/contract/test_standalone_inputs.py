@@ -28,7 +28,8 @@ from tests.contract.test_job_store_contract import T0, finished, record, running
 
 
 class Stores:
-    """The two standalone stores over one data directory, as scheduler/standalone.py opens them."""
+    """The two standalone stores over one data directory, as
+    scheduler/wiring/standalone.py opens them."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir

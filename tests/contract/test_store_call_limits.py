@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
-from scheduler import aws
-from scheduler.config import AwsConfig, ReplicaConfig
+from scheduler.wiring import aws
+from scheduler.wiring.config import AwsConfig, ReplicaConfig
 
 LEASES = [ReplicaConfig(), ReplicaConfig(lease_duration_s=30, lease_renew_s=5),
           ReplicaConfig(lease_duration_s=8, lease_renew_s=4)]

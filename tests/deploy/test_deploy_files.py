@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.helpers import local_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def test_the_image_holds_no_secret_no_state_and_no_virtualenv(tmp_path: Path) ->
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("secret")
     files = image_files(tmp_path)
-    assert "scheduler.py" in files and "scheduler/app.py" in files
+    assert "scheduler.py" in files and "scheduler/wiring/app.py" in files
     assert "message_manager/messages.toml" in files and "deploy/healthcheck.py" in files
     assert "backend_manager/default_backends.toml" in files  # the package's default table
     # Every package the service imports (docs/design.md, "Where things live").

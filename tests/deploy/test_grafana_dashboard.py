@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.identity import Role
-from scheduler.metrics import Metrics
+from scheduler.operations.metrics import Metrics
 from tests.contract.test_job_store_contract import full_record
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"

@@ -25,7 +25,7 @@ import pytest
 from benchmarks.processes import free_ports
 from common.clock import SystemClock
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2, token_database_pb2_grpc
-from scheduler.standalone import token_store_path
+from scheduler.wiring.standalone import token_store_path
 from tests.helpers import (
     OPEN_NODES,
     REGION,

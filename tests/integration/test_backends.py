@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     TEST_BACKENDS_TOML,

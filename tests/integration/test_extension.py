@@ -17,8 +17,8 @@ import requests
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
-from scheduler import cli
-from scheduler.app import Scheduler
+from scheduler.wiring import cli
+from scheduler.wiring.app import Scheduler
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,

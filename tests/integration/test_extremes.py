@@ -34,7 +34,7 @@ from pb.mqc3_cloud.scheduler.v1 import (
 )
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, nodes_pb2, nodes_pb2_grpc
-from scheduler.auth import TokenResolver
+from scheduler.access.auth import TokenResolver
 from tests.conftest import Running, scheduler_in
 from tests.helpers import UPLOAD_HEADERS, TokenDatabase, gzip_result, submit_request
 from tests.integration.processes import (

@@ -23,7 +23,7 @@ import requests
 from common.clock import FakeClock
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     TEST_BACKENDS_TOML,

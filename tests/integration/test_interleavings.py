@@ -85,7 +85,7 @@ import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.execution_service import ExecutionService
+from scheduler.services.execution_service import ExecutionService
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,

@@ -68,7 +68,7 @@ from job_manager.stores.sqlite_job_store import SqliteJobStore
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
-from scheduler.execution_service import ExecutionService
+from scheduler.services.execution_service import ExecutionService
 from tests.conftest import scheduler_in
 from tests.helpers import UPLOAD_HEADERS, Clients, TokenDatabase, aws_client, gzip_result
 from tests.integration import test_interleavings as base

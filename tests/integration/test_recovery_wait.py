@@ -15,7 +15,7 @@ import pytest
 
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     Clients,

@@ -21,8 +21,8 @@ from pb.mqc3_cloud.common.v1.error_detail_pb2 import ErrorDetail
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.app import Scheduler
-from scheduler.standalone import token_store_path
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.standalone import token_store_path
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,

@@ -22,7 +22,7 @@ from job_manager.model import JobStatus
 from leadership.dynamodb_lease import LEASE_KEY
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, nodes_pb2, nodes_pb2_grpc
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.helpers import (
     UPLOAD_HEADERS,
     AwsNames,

@@ -26,8 +26,8 @@ from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 from job_manager.stores.original_format import decode_original
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.app import Scheduler
-from scheduler.config import ConfigError, load_config
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.config import ConfigError, load_config
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     REGION,

@@ -155,7 +155,7 @@ async def saturated(running: Running, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     gate opens and the held calls must all finish.
     """
     from job_manager.manager import JobManager
-    from scheduler.auth import TokenResolver
+    from scheduler.access.auth import TokenResolver
 
     submissions, assignments = Gate(), Gate()
     submissions.patch(monkeypatch, TokenResolver, "resolve")

@@ -24,7 +24,7 @@ from pb.mqc3_cloud.scheduler.v1 import (
     submission_pb2_grpc,
 )
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.app import Scheduler
+from scheduler.wiring.app import Scheduler
 from tests.helpers import TEST_BACKENDS_TOML, AwsNames, aws_client, local_config, submit_request
 from tests.integration.processes import HOST, Ports, create_token
 from tests.operations.support import (

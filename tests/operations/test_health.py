@@ -12,8 +12,8 @@ import pytest
 from job_manager.manager import JobManager
 from job_manager.stores import StoreError
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2
-from scheduler.app import Scheduler
-from scheduler.auth import TokenResolver
+from scheduler.access.auth import TokenResolver
+from scheduler.wiring.app import Scheduler
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     TEST_BACKENDS_TOML,

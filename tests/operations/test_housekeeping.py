@@ -24,7 +24,7 @@ from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.url_signer import UrlSigner
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.housekeeping import ALREADY_RUN, Housekeeping, Retention
+from scheduler.operations.housekeeping import ALREADY_RUN, Housekeeping, Retention
 from tests.conftest import Running, scheduler_in
 from tests.contract.test_job_store_contract import record
 from tests.helpers import UPLOAD_HEADERS, TokenDatabase, submit_request

@@ -21,7 +21,7 @@ from common.clock import SystemClock
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.app import PROBE_JOB_ID, Scheduler
+from scheduler.wiring.app import PROBE_JOB_ID, Scheduler
 from tests.conftest import scheduler_in
 from tests.helpers import AwsNames, Clients, TokenDatabase, aws_config, submit_request
 from token_database.service import TokenDatabaseService

@@ -31,8 +31,8 @@ from pb.mqc3_cloud.scheduler.v1 import (
     submission_pb2,
     submission_pb2_grpc,
 )
-from scheduler.app import Scheduler
-from scheduler.config import Config
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.config import Config
 from tests.helpers import TEST_BACKENDS_TOML, local_config, standalone_token, submit_request
 
 T = TypeVar("T")

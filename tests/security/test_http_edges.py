@@ -1,5 +1,5 @@
 """The standalone HTTP side against hostile clients: floods of half-sent requests, huge
-uploads, late re-uploads, chosen headers, odd URL parameters (scheduler/http_guard.py)."""
+uploads, late re-uploads, chosen headers, odd URL parameters (scheduler/access/http_guard.py)."""
 
 from __future__ import annotations
 

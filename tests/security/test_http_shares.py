@@ -1,5 +1,5 @@
 """Each address's share of an HTTP port's connections, and who makes room when the port is
-full (scheduler/http_guard.py; issue 26, point 5). In process, over real sockets: the
+full (scheduler/access/http_guard.py; issue 26, point 5). In process, over real sockets: the
 squatters connect from 127.0.0.2, the others from 127.0.0.1."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from scheduler.http_guard import ConnectionGuard, peer_key
+from scheduler.access.http_guard import ConnectionGuard, peer_key
 from tests.integration.processes import HOST
 from tests.operations.support import until
 

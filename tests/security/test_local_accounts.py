@@ -31,8 +31,8 @@ import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
-from scheduler.app import Scheduler
-from scheduler.standalone import node_secret_path
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.standalone import node_secret_path
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     Clients,

@@ -25,7 +25,7 @@ from common.identity import fingerprint
 from common.logs import configure_logging
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.standalone import token_store_path
+from scheduler.wiring.standalone import token_store_path
 from tests.conftest import Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,

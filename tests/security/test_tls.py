@@ -29,8 +29,8 @@ from pb.mqc3_cloud.scheduler.v1 import (
     submission_pb2,
     submission_pb2_grpc,
 )
-from scheduler.app import Scheduler
-from scheduler.standalone import token_store_path
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.standalone import token_store_path
 from tests.helpers import TEST_BACKENDS_TOML, UPLOAD_HEADERS, Clients, local_config, submit_request
 from token_database.service import create_token
 from token_database.store import SqliteTokenStore

@@ -24,8 +24,8 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as spb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.app import Scheduler
-from scheduler.standalone import token_secret_path
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.standalone import token_secret_path
 from tests.helpers import (
     TEST_BACKENDS_TOML,
     AwsNames,

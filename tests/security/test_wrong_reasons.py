@@ -13,13 +13,13 @@ import pytest
 from job_manager.stores import StoreError
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb
-from scheduler.metadata import REASON_METADATA
+from scheduler.messages.metadata import REASON_METADATA
 from tests.conftest import scheduler_in
 from tests.helpers import TokenDatabase, submit_request
 from token_database.service import TokenDatabaseService
 
 FIVE_MB = 5 * 2**20
-MAX_TOKEN_CHARS = 4096  # the longest token looked up (scheduler/auth.py)
+MAX_TOKEN_CHARS = 4096  # the longest token looked up (scheduler/access/auth.py)
 
 
 async def test_a_token_longer_than_any_real_one_is_unauthenticated_without_a_lookup(

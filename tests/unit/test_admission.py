@@ -1,4 +1,4 @@
-"""A service's calls in progress (scheduler/admission.py, docs/errors.md "Calls in
+"""A service's calls in progress (scheduler/access/admission.py, docs/errors.md "Calls in
 progress"): past the limit, calls wait their turn in arrival order, up to the waiting
 room; only past it is a call refused, at once. A waiting caller who leaves gives up its
 place, and a slot handed to one who just left goes on to the next."""
@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from message_manager import SchedulerError
-from scheduler.admission import Admission
+from scheduler.access.admission import Admission
 
 
 async def _settle() -> None:

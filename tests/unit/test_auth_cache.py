@@ -15,7 +15,7 @@ from common.identity import Role, fingerprint
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from scheduler.auth import TokenResolver
+from scheduler.access.auth import TokenResolver
 from tests.helpers import refused_as
 
 TTL_S, MISS_TTL_S = 60.0, 5.0

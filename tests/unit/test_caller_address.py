@@ -1,4 +1,4 @@
-"""What a budget per caller address is keyed by (scheduler/edge.py, caller_address)."""
+"""What a budget per caller address is keyed by (scheduler/services/edge.py, caller_address)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.edge import caller_address
+from scheduler.services.edge import caller_address
 
 
 class _Peer:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.identity import Role
-from scheduler.config import MB, ConfigError, load_config
+from scheduler.wiring.config import MB, ConfigError, load_config
 
 TABLE_FLAGS = ["--job_bucket_name_key", "/b", "--job_table_name_key", "/t",
                "--backend_status_parameter_name", "/s"]

@@ -16,11 +16,11 @@ from common.identity import Role
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
-from scheduler.admission import Admission, TokenLimits, TokenShare
-from scheduler.edge import INTERRUPTED, Edge, in_band
-from scheduler.health import SUBMISSION
-from scheduler.metrics import Metrics
-from scheduler.replicas import Replicas
+from scheduler.access.admission import Admission, TokenLimits, TokenShare
+from scheduler.operations.health import SUBMISSION
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.replicas import Replicas
+from scheduler.services.edge import INTERRUPTED, Edge, in_band
 
 
 class SharedWork(submission_pb2_grpc.SubmissionServiceServicer):

@@ -1,4 +1,4 @@
-"""How the gRPC edge answers each kind of ending (scheduler/edge.py, docs/errors.md), over
+"""How the gRPC edge answers each kind of ending (scheduler/services/edge.py, docs/errors.md), over
 real gRPC on loopback with servicers that end as a test tells them: a refusal in band with
 its reason, a failure of ours INTERNAL with an incident, bytes that are no request
 INVALID_ARGUMENT, no leader or a starting scheduler transport UNAVAILABLE (which the SDK
@@ -26,13 +26,13 @@ from leadership.lease import Lease
 from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.admission import Admission, TokenLimits, TokenShare
-from scheduler.auth import TokenResolver
-from scheduler.edge import DRAINING, STARTING, Edge, add_servicer, in_band
-from scheduler.forwarding import ForwardFailed
-from scheduler.health import EXECUTION, SUBMISSION
-from scheduler.metrics import Metrics
-from scheduler.replicas import NoLeader, Replicas
+from scheduler.access.admission import Admission, TokenLimits, TokenShare
+from scheduler.access.auth import TokenResolver
+from scheduler.operations.health import EXECUTION, SUBMISSION
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.forwarding import ForwardFailed
+from scheduler.replication.replicas import NoLeader, Replicas
+from scheduler.services.edge import DRAINING, STARTING, Edge, add_servicer, in_band
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
 from tests.unit.test_replica_calls import Manager, Passing, leader_and_follower, turns
 

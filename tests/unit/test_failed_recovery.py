@@ -15,8 +15,8 @@ from typing import Any, cast
 
 from job_manager.manager import JobManager
 from leadership.lease import Lease
-from scheduler.metrics import Metrics
-from scheduler.replicas import Replicas
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.replicas import Replicas
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
 
 

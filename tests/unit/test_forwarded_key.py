@@ -15,10 +15,10 @@ import grpc
 from job_manager.manager import JobManager
 from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from scheduler.forwarding import FORWARDED_KEY_PREFIX, Forwarder, LeaderUnreachable
-from scheduler.metrics import Metrics
-from scheduler.replicas import Replicas
-from scheduler.validation import IDEMPOTENCY_METADATA, idempotency_key
+from scheduler.messages.validation import IDEMPOTENCY_METADATA, idempotency_key
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.forwarding import FORWARDED_KEY_PREFIX, Forwarder, LeaderUnreachable
+from scheduler.replication.replicas import Replicas
 from tests.unit.test_failed_recovery import FailingRecovery, SlowTable
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock
 

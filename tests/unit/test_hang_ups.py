@@ -276,7 +276,7 @@ class _Passthrough:
 
 async def test_a_hand_over_whose_metadata_could_not_be_sent_is_given_back(h: Harness) -> None:
     from pb.mqc3_cloud.scheduler.v1 import execution_pb2
-    from scheduler.execution_service import ExecutionService
+    from scheduler.services.execution_service import ExecutionService
 
     job_id = await h.submit()
     service = ExecutionService(0.0, _Passthrough(), certified_nodes=False)  # type: ignore[arg-type]

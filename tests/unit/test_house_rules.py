@@ -23,18 +23,19 @@ MUTATORS = frozenset({"append", "appendleft", "extend", "insert", "add", "update
 # What may change another object's attribute, by file and target, and why.
 ALLOWED: dict[tuple[str, str], str] = {
     # The owner is job_manager's LocalPayloadStore, which has no method for it yet.
-    ("scheduler/app.py", "payloads.base_url"): "job_manager/ is being split",
+    ("scheduler/wiring/app.py", "payloads.base_url"): "job_manager/ is being split",
     # A function's name, as argparse shows it in an error.
-    ("scheduler/config.py", "listen_address.__name__"): "argparse's way",
+    ("scheduler/wiring/config.py", "listen_address.__name__"): "argparse's way",
     # Protocol buffer messages being built: setting a field is how one is made.
-    ("scheduler/convert.py", "stamp.seconds"): "a message being built",
-    ("scheduler/convert.py", "stamp.nanos"): "a message being built",
-    ("scheduler/convert.py", "details.version.scheduler_version"): "a message being built",
-    ("scheduler/convert.py", "details.version.physical_lab_version"): "a message being built",
-    ("scheduler/convert.py", "details.version.simulator_version"): "a message being built",
-    ("scheduler/validation.py", "settings.role"): "a message being built (a copy)",
+    ("scheduler/messages/convert.py", "stamp.seconds"): "a message being built",
+    ("scheduler/messages/convert.py", "stamp.nanos"): "a message being built",
+    ("scheduler/messages/convert.py", "details.version.scheduler_version"): "a message being built",
+    ("scheduler/messages/convert.py",
+     "details.version.physical_lab_version"): "a message being built",
+    ("scheduler/messages/convert.py", "details.version.simulator_version"): "a message being built",
+    ("scheduler/messages/validation.py", "settings.role"): "a message being built (a copy)",
     # aiohttp's application being built: its signals are lists by design.
-    ("scheduler/http_server.py", "app.on_response_prepare.append"): "aiohttp's way",
+    ("scheduler/services/http_server.py", "app.on_response_prepare.append"): "aiohttp's way",
     # The standard library's logging: loggers, handlers and records are configured and
     # annotated by setting their attributes (a Filter may change the record it is given).
     ("common/audit.py", "_audit.propagate"): "logging's way",

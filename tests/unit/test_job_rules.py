@@ -56,7 +56,7 @@ status = "available"
 
 
 def limits() -> Limits:
-    """The defaults of scheduler/config.py."""
+    """The defaults of scheduler/wiring/config.py."""
     return Limits(
         by_role={
             Role.ADMIN: RoleLimits(1000, 10 * MB, 3600.0),

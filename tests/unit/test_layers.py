@@ -155,3 +155,39 @@ def test_the_phase_check_sees_a_later_phase_imported(tmp_path: Path) -> None:
     module = tmp_path / "core.py"
     module.write_text("def f():\n    from job_manager.phases.handover import HandOver\n")
     assert _phases_imported(module) == {"handover"}
+
+
+# --- scheduler/'s rooms (docs/design.md, "Where things live") -------------------------------
+# Each room may import the rooms listed for it (and scheduler/version.py); wiring builds the
+# house and may import every room, and no room imports wiring.
+ROOMS: dict[str, set[str]] = {
+    "messages": set(),
+    "access": set(),
+    "operations": set(),
+    "replication": {"messages", "access", "operations"},
+    "services": {"messages", "access", "operations", "replication"},
+    "wiring": {"messages", "access", "operations", "replication", "services"},
+}
+
+
+def _rooms_imported(path: Path) -> set[str]:
+    return {name.split(".")[1] for name in _modules(path)
+            if name.startswith("scheduler.") and name.split(".")[1] in ROOMS}
+
+
+def test_each_room_of_the_scheduler_imports_only_the_rooms_below_it() -> None:
+    folder = ROOT / "scheduler"
+    rooms = {path.name for path in folder.iterdir() if (path / "__init__.py").is_file()}
+    assert rooms == set(ROOMS)
+    assert {path.name for path in folder.glob("*.py")} == {"__init__.py", "version.py"}
+    wrong = {str(path.relative_to(ROOT)): sorted(found)
+             for room, allowed in ROOMS.items()
+             for path in sorted((folder / room).rglob("*.py"))
+             if (found := _rooms_imported(path) - allowed - {room})}
+    assert wrong == {}
+
+
+def test_the_room_check_sees_wiring_imported(tmp_path: Path) -> None:
+    module = tmp_path / "edge.py"
+    module.write_text("from scheduler.wiring.config import Config\n")
+    assert _rooms_imported(module) == {"wiring"}

@@ -21,7 +21,7 @@ from common.logs import (
 )
 
 
-def _record(msg: str, *, repeatable: bool = True, name: str = "scheduler.edge",
+def _record(msg: str, *, repeatable: bool = True, name: str = "scheduler.services.edge",
             kind: str | None = None) -> logging.LogRecord:
     record = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (), None)
     if repeatable:
@@ -87,10 +87,10 @@ def test_each_line_of_a_call_carries_its_request_id_in_either_format() -> None:
         return _lines_of(_record("job %s QUEUED", repeatable=False))
 
     text, entry = contextvars.copy_context().run(in_a_call)
-    assert re.search(r" scheduler\.edge \[req-42\]: job %s QUEUED$", text), text
+    assert re.search(r" scheduler\.services\.edge \[req-42\]: job %s QUEUED$", text), text
     assert entry["request_id"] == "req-42"
     text, entry = _lines_of(_record("scheduler ready", repeatable=False))  # outside any call
-    assert text.endswith(" scheduler.edge: scheduler ready") and "request_id" not in entry
+    assert text.endswith(" scheduler.services.edge: scheduler ready") and "request_id" not in entry
 
 
 def test_a_request_id_filter_reads_the_call_it_runs_in() -> None:

@@ -20,7 +20,7 @@ from job_manager.model import JobStatus
 from job_manager.stores import Fence
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, nodes_pb2
-from scheduler.forwarding import on_execution_port
+from scheduler.replication.forwarding import on_execution_port
 from tests.helpers import refused_as
 from tests.unit.test_job_rules import ALICE, GRACE_S, Harness, h, limits
 

@@ -17,7 +17,7 @@ import yaml
 
 from backend_manager.status import DEFAULT_BACKENDS_TOML, parse_backend_table
 from job_manager.stores.dynamodb_job_store import create_table
-from scheduler.config import load_config
+from scheduler.wiring.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE_SUFFIXES = ("_ADMIN", "_DEVELOPER", "_GUEST")
@@ -71,7 +71,7 @@ def test_every_setting_the_configuration_reads_is_in_the_readme_and_no_other() -
                  "--backend_status_parameter_name", "/s", "--insecure-execution"], env)
     read = {name for name in env.asked if name.startswith("SCHEDULER_")}
     documented = _documented_variables()
-    assert read - documented == set(), "read by scheduler/config.py, missing from the README"
+    assert read - documented == set(), "read by scheduler/wiring/config.py, missing from the README"
     assert documented - read == set(), "in the README, read by nothing"
 
 

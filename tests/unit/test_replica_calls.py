@@ -1,4 +1,4 @@
-"""Where a leader's call goes (scheduler/replicas.py, docs/replicas.md "Where each call
+"""Where a leader's call goes (scheduler/replication/replicas.py, docs/replicas.md "Where each call
 goes"), on a lease table in memory, a forwarder that answers as told, and managers that
 recover at once: run here while this replica leads, passed to the leader's port of the
 call's service while another leads, refused when it was passed on to a follower, and
@@ -21,11 +21,16 @@ from job_manager.stores import Deposed, Fence
 from leadership.lease import Lease
 from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
-from scheduler.admission import LeaderWaitRoom
-from scheduler.forwarding import FORWARDED_BY, FORWARDED_CALL, Forwarder, LeaderUnreachable
-from scheduler.metrics import Metrics
-from scheduler.replicas import DEADLINE_MARGIN_S, NoLeader, Replicas
-from scheduler.undelivered import ASSIGN_PATH, RETURN_PATH
+from scheduler.access.admission import LeaderWaitRoom
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.forwarding import (
+    FORWARDED_BY,
+    FORWARDED_CALL,
+    Forwarder,
+    LeaderUnreachable,
+)
+from scheduler.replication.replicas import DEADLINE_MARGIN_S, NoLeader, Replicas
+from scheduler.replication.undelivered import ASSIGN_PATH, RETURN_PATH
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
 
 SUBMIT = "/mqc3_cloud.scheduler.v1.SubmissionService/SubmitJob"

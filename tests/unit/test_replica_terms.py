@@ -1,4 +1,4 @@
-"""A replica's terms (scheduler/replicas.py, docs/replicas.md): what a term's start,
+"""A replica's terms (scheduler/replication/replicas.py, docs/replicas.md): what a term's start,
 recovery, second look at the store, watchdog and end leave behind, on a lease table in
 memory and managers that do as told. tests/unit/test_failed_recovery.py holds a failed
 recovery among replicas; tests/integration/test_replicas.py the same over real processes.
@@ -15,8 +15,8 @@ import pytest
 from job_manager.manager import JobManager
 from job_manager.stores import Fence
 from leadership.lease import Lease
-from scheduler.metrics import Metrics
-from scheduler.replicas import Replicas
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.replicas import Replicas
 from tests.unit.test_lease import DURATION_S, RENEW_S, Clock, Table
 from tests.unit.test_replica_calls import turns
 

@@ -12,7 +12,7 @@ from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
 from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2
-from scheduler.execution_service import _report
+from scheduler.services.execution_service import _report
 from tests.unit.test_job_rules import ALICE, Harness, report
 
 

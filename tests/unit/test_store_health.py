@@ -1,13 +1,14 @@
-"""Health's view of the stores (scheduler/health.py, scheduler/store_monitor.py) on a clock
-that moves only when told: how long the stores have failed and how long they have been
-idle are read from the clock the service was given, never from the system's."""
+"""Health's view of the stores (scheduler/operations/health.py,
+scheduler/operations/store_monitor.py) on a clock that moves only when told: how long the
+stores have failed and how long they have been idle are read from the clock the service
+was given, never from the system's."""
 
 from __future__ import annotations
 
 from common.clock import FakeClock
-from scheduler.health import Health
-from scheduler.metrics import Metrics
-from scheduler.store_monitor import StoreMonitor
+from scheduler.operations.health import Health
+from scheduler.operations.metrics import Metrics
+from scheduler.operations.store_monitor import StoreMonitor
 
 UNHEALTHY_AFTER_S = 30.0
 

@@ -1,5 +1,5 @@
 """The leader remembers hand-overs passed on through a follower only as long as the
-follower's word can come (scheduler/undelivered.py): each holds the job's program."""
+follower's word can come (scheduler/replication/undelivered.py): each holds the job's program."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from job_manager.manager import Assignment, JobManager
 from message_manager import SchedulerError
-from scheduler.forwarding import FORWARDED_BY, FORWARDED_CALL
-from scheduler.undelivered import KEPT_S, UndeliveredHandOvers
+from scheduler.replication.forwarding import FORWARDED_BY, FORWARDED_CALL
+from scheduler.replication.undelivered import KEPT_S, UndeliveredHandOvers
 
 
 class Call:

@@ -17,8 +17,8 @@ from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, missing_from
 from job_manager.stores.s3_payload_store import S3PayloadStore
 from job_manager.stores.unreadable import UnreadableRecords
 from leadership.dynamodb_lease import DynamoDbLeaseTable
-from scheduler.config import AwsConfig, ConfigError, ReplicaConfig
-from scheduler.stack import Stack
+from scheduler.wiring.config import AwsConfig, ConfigError, ReplicaConfig
+from scheduler.wiring.stack import Stack
 
 # Standard retries: bounded exponential backoff with jitter on throttling and 5xx.
 _RETRIES: Any = {"mode": "standard", "max_attempts": 5}

@@ -27,9 +27,9 @@ from common.identity import Principal
 from common.logs import REPEATABLE, new_id
 from message_manager import SchedulerError
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
-from scheduler import convert
-from scheduler.auth import TokenResolver
-from scheduler.edge import Edge, MalformedRequest, caller_address, refused
+from scheduler.access.auth import TokenResolver
+from scheduler.messages import convert
+from scheduler.services.edge import Edge, MalformedRequest, caller_address, refused
 
 log = logging.getLogger(__name__)
 

@@ -32,33 +32,33 @@ from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc, nodes_pb2_grpc
-from scheduler.absent_jobs import remembering_absent
-from scheduler.admission import Admission, LeaderWaitRoom, TokenLimits
-from scheduler.auth import TokenResolver
-from scheduler.aws import aws_stack
-from scheduler.config import Config, TlsConfig
-from scheduler.edge import DRAINING, Edge, add_servicer
-from scheduler.execution_service import NODES, ExecutionService, NodeService
-from scheduler.forwarding import Forwarder
-from scheduler.health import EXECUTION, HEALTH, SUBMISSION, Health
-from scheduler.housekeeping import Housekeeping
-from scheduler.http_guard import ConnectionGuard
-from scheduler.http_server import Uploads, build_http_app
-from scheduler.jobs_service import JOBS, JobsService
-from scheduler.metrics import Metrics
-from scheduler.replicas import Replicas
-from scheduler.stack import Stack
-from scheduler.standalone import standalone_stack
-from scheduler.store_monitor import StoreMonitor
-from scheduler.submission_service import SubmissionService
-from scheduler.watches import Watches
+from scheduler.access.absent_jobs import remembering_absent
+from scheduler.access.admission import Admission, LeaderWaitRoom, TokenLimits
+from scheduler.access.auth import TokenResolver
+from scheduler.access.http_guard import ConnectionGuard
+from scheduler.operations.health import EXECUTION, HEALTH, SUBMISSION, Health
+from scheduler.operations.housekeeping import Housekeeping
+from scheduler.operations.metrics import Metrics
+from scheduler.operations.store_monitor import StoreMonitor
+from scheduler.replication.forwarding import Forwarder
+from scheduler.replication.replicas import Replicas
+from scheduler.services.edge import DRAINING, Edge, add_servicer
+from scheduler.services.execution_service import NODES, ExecutionService, NodeService
+from scheduler.services.http_server import Uploads, build_http_app
+from scheduler.services.jobs_service import JOBS, JobsService
+from scheduler.services.submission_service import SubmissionService
+from scheduler.services.watches import Watches
+from scheduler.wiring.aws import aws_stack
+from scheduler.wiring.config import Config, TlsConfig
+from scheduler.wiring.stack import Stack
+from scheduler.wiring.standalone import standalone_stack
 from token_database.credential import PresentCredential, RequireCredential
 from token_database.service import TokenDatabaseService
 from token_database.store import SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
-# The HTTP side's connections at most (scheduler/http_guard.py), and never more than a
+# The HTTP side's connections at most (scheduler/access/http_guard.py), and never more than a
 # quarter of the process's descriptors, so no flood of connections reaches the share the
 # gRPC services need.
 HTTP_MAX_CONNECTIONS = 512
@@ -268,7 +268,7 @@ class Scheduler:
         monitor = StoreMonitor(self.metrics, self.clock.monotonic)
         job_store = monitor.wrap(stack.jobs, "jobs")
         payload_store = monitor.wrap(stack.payloads, "payloads")
-        # Calls' reads of ids that name no job are bounded (scheduler/absent_jobs.py); the
+        # Calls' reads of ids that name no job are bounded (scheduler/access/absent_jobs.py); the
         # store probe below reads the store itself.
         calls_job_store = remembering_absent(job_store, self.clock.monotonic,
                                              config.calls.job_miss_rate_per_token_s)
@@ -331,7 +331,7 @@ class Scheduler:
                 _address(_advertised(config.submission_host, host), self.submission_port),
                 _address(_advertised(config.execution_host, host), self.execution_port))
         # Calls are taken from now on: reads answered from the store, the rest waiting
-        # (bounded) for the recovery or the leader (scheduler/replicas.py).
+        # (bounded) for the recovery or the leader (scheduler/replication/replicas.py).
         for edge in self._edges:
             edge.take_calls()
         await replicas.start()
@@ -379,7 +379,7 @@ class Scheduler:
             max_unknown_entries=config.calls.unknown_tokens_kept,
             lookup_rate_per_s=config.calls.token_lookup_rate_per_s,
         )
-        # Real users' first calls after a start spend no lookup budget (scheduler/auth.py).
+        # Real users' first calls after a start spend no lookup budget (scheduler/access/auth.py).
         await auth.learn_listed()
         self._tokens = auth
         # One share per token on the submission port (SubmissionService and the extension).
@@ -564,7 +564,8 @@ class Scheduler:
             await self.supervisor.stop()
         if self._health is not None:
             await self._health.draining()
-        self.watches.close()  # open WatchJob streams end now, in band (scheduler/watches.py)
+        # Open WatchJob streams end now, in band (scheduler/services/watches.py).
+        self.watches.close()
         if self._replicas is not None:
             # Among replicas the lease goes at once: another replica leads, and the calls
             # still arriving here are passed to it. Waiting nodes get an empty answer now.

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from job_manager.stores import Deposed, RecordUnreadable, StoreError
-from scheduler.metrics import Metrics
+from scheduler.operations.metrics import Metrics
 
 T = TypeVar("T")
 

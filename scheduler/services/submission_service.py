@@ -8,10 +8,10 @@ from common.identity import fingerprint
 from job_manager.manager import JobManager
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
-from scheduler import convert
-from scheduler.auth import TokenResolver
-from scheduler.edge import Edge, in_band
-from scheduler.validation import idempotency_key, job_spec, submitted_tags
+from scheduler.access.auth import TokenResolver
+from scheduler.messages import convert
+from scheduler.messages.validation import idempotency_key, job_spec, submitted_tags
+from scheduler.services.edge import Edge, in_band
 
 GET_JOB_STATUS = f"/{pb.DESCRIPTOR.services_by_name['SubmissionService'].full_name}/GetJobStatus"
 _SERVICE_STATUS = {

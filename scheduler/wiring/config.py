@@ -18,13 +18,13 @@ from common.identity import Role
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
-from scheduler.admission import (
+from scheduler.access.admission import (
     LEADER_WAIT_MAX_BYTES,
     LEADER_WAIT_MAX_CALLS,
     CallLimits,
     TokenShare,
 )
-from scheduler.housekeeping import Retention
+from scheduler.operations.housekeeping import Retention
 
 MB = 1024 * 1024
 T = TypeVar("T")
@@ -683,7 +683,7 @@ def _replicas(env: Mapping[str, str], max_queue_bytes: int) -> ReplicaConfig:
         leader_wait_s=_positive_float(env, "SCHEDULER_LEADER_WAIT_S", 30.0),
         leader_wait_max_calls=_positive_int(env, "SCHEDULER_LEADER_WAIT_MAX_CALLS",
                                             LEADER_WAIT_MAX_CALLS),
-        # Unset: twice the queue budget (scheduler/admission.py says why).
+        # Unset: twice the queue budget (scheduler/access/admission.py says why).
         leader_wait_max_bytes=_positive_int(env, "SCHEDULER_LEADER_WAIT_MAX_BYTES",
                                             2 * max_queue_bytes),
         advertise_host=env.get("SCHEDULER_ADVERTISE_HOST", "").strip(),
@@ -697,7 +697,7 @@ def _nodes(env: Mapping[str, str]) -> NodeConfig:
     )
 
 
-# --- each token's share of the calls (scheduler/admission.py, docs/errors.md) -------------
+# --- each token's share of the calls (scheduler/access/admission.py, docs/errors.md) -------------
 
 
 def _call_limits(env: Mapping[str, str]) -> CallLimits:

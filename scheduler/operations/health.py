@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, submission_pb2
-from scheduler.store_monitor import StoreMonitor
+from scheduler.operations.store_monitor import StoreMonitor
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from job_manager.stores import JobStore, PayloadStore
 from job_manager.stores.local_payload_store import LocalPayloadStore
 from leadership.lease import LeaseTable
 from leadership.lock import DataDirectoryLock
-from scheduler.housekeeping import Housekeeping
+from scheduler.operations.housekeeping import Housekeeping
 from token_database.store import SqliteTokenStore
 
 

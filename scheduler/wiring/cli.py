@@ -1,5 +1,5 @@
 """The command line: serve (the default), manage the standalone mode's tokens, migrate the
-table, or (``jobs``) a person's view of their jobs (scheduler/jobs_cli.py)."""
+table, or (``jobs``) a person's view of their jobs (scheduler/wiring/jobs_cli.py)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from job_manager.stores.dynamodb_job_store import (
     TIME_INDEX,
     DynamoDbJobStore,
 )
-from scheduler.app import Scheduler
-from scheduler.aws import aws_job_store
-from scheduler.config import AwsConfig, Config, ConfigError, audit_log, load_config
-from scheduler.jobs_cli import jobs_main
-from scheduler.standalone import open_data_directory, token_store_path
+from scheduler.wiring.app import Scheduler
+from scheduler.wiring.aws import aws_job_store
+from scheduler.wiring.config import AwsConfig, Config, ConfigError, audit_log, load_config
+from scheduler.wiring.jobs_cli import jobs_main
+from scheduler.wiring.standalone import open_data_directory, token_store_path
 from token_database.service import (
     audit_created,
     audit_renewed,

@@ -91,11 +91,12 @@ class Admission:
 
 
 class LeaderWaitRoom:
-    """Calls waiting for a leader (an election, a recovery: scheduler/replicas.py), and the
-    bytes of the requests they hold, each bounded (docs/replicas.md, "Where each call
-    goes"). A waiting call holds no slot of its port's Admission, so without this room a
-    flood during a failover would grow memory without bound; past either bound a call is
-    refused at once (``leader_wait_full``) rather than held."""
+    """Calls waiting for a leader (an election, a recovery:
+    scheduler/replication/replicas.py), and the bytes of the requests they hold, each
+    bounded (docs/replicas.md, "Where each call goes"). A waiting call holds no slot of its
+    port's Admission, so without this room a flood during a failover would grow memory
+    without bound; past either bound a call is refused at once (``leader_wait_full``)
+    rather than held."""
 
     def __init__(self, max_calls: int = LEADER_WAIT_MAX_CALLS,
                  max_bytes: int = LEADER_WAIT_MAX_BYTES) -> None:
@@ -176,7 +177,7 @@ class TokenLimits:
 
     The role is the one its last resolution gave (``role_of``). A token not resolved yet
     is not counted: its first calls share one lookup, which the budget of lookups of new
-    tokens bounds (scheduler/auth.py), and from then on it is known.
+    tokens bounds (scheduler/access/auth.py), and from then on it is known.
     """
 
     def __init__(self, shares: Mapping[Role, TokenShare], role_of: Callable[[str], Role | None],

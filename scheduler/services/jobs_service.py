@@ -25,10 +25,10 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import job_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
-from scheduler import convert
-from scheduler.auth import TokenResolver
-from scheduler.edge import Edge, in_band
-from scheduler.watches import Watches
+from scheduler.access.auth import TokenResolver
+from scheduler.messages import convert
+from scheduler.services.edge import Edge, in_band
+from scheduler.services.watches import Watches
 
 JOBS = pb.DESCRIPTOR.services_by_name["JobsService"].full_name
 ALL_OWNERS = "*"  # ListJobs' owner_name for every owner's jobs (admins)
@@ -133,7 +133,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
 
     async def WatchJob(self, request: pb.WatchJobRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchJobResponse]:
-        """Each status of the job until a final one (scheduler/watches.py)."""
+        """Each status of the job until a final one (scheduler/services/watches.py)."""
         async for message in self._watches.watch(self.edge, self._auth, request, context):
             yield message
 

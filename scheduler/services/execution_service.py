@@ -16,9 +16,9 @@ from message_manager import SchedulerError
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, job_pb2
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2, nodes_pb2_grpc
-from scheduler import convert
-from scheduler.edge import Edge, in_band
-from scheduler.metadata import metadata_value
+from scheduler.messages import convert
+from scheduler.messages.metadata import metadata_value
+from scheduler.services.edge import Edge, in_band
 
 _OUTCOME = {
     pb.EXECUTION_STATUS_SUCCESS: JobStatus.COMPLETED,
@@ -179,7 +179,8 @@ class ExecutionService(execution_pb2_grpc.ExecutionServiceServicer):
         # as the answer was sent), the job goes back to its queue.
         context.add_done_callback(
             lambda done: manager.give_back(assignment) if done.cancelled() else None)
-        # Passed on by a follower, which may learn that its node left (scheduler/undelivered.py).
+        # Passed on by a follower, which may learn that its node left
+        # (scheduler/replication/undelivered.py).
         self.edge.replicas.undelivered.handed_over(forwarded, manager, assignment)
         # Which hand-over this is, for the node to name in its later calls (docs/nodes.md):
         # metadata, as the protocol's Job has no field for it.

@@ -24,7 +24,7 @@ from common.caller import VIEWER
 from common.identity import Principal
 from job_manager.model import JobRecord
 from message_manager import SchedulerError
-from scheduler.admission import CALLER, Buckets
+from scheduler.access.admission import CALLER, Buckets
 
 T = TypeVar("T")
 ABSENT_TTL_S = 300.0  # how long an id read as no one's to see is answered without a read

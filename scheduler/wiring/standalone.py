@@ -26,9 +26,9 @@ from job_manager.stores.sqlite_job_store import SqliteJobStore
 from job_manager.stores.unreadable import UnreadableRecords
 from job_manager.stores.url_signer import UrlSigner
 from leadership.lock import LOCK_FILE, DataDirectoryLock, DataDirectoryLocked
-from scheduler.config import ConfigError
-from scheduler.housekeeping import Housekeeping, Retention
-from scheduler.stack import Stack
+from scheduler.operations.housekeeping import Housekeeping, Retention
+from scheduler.wiring.config import ConfigError
+from scheduler.wiring.stack import Stack
 from token_database.credential import load_or_create_secret
 from token_database.store import SqliteTokenStore
 
@@ -86,7 +86,7 @@ async def standalone_stack(data_dir: Path, clock: Clock, key_window: timedelta,
     """Open (creating on first use) the data directory's stores, readable by its owner only.
 
     ``node_secret``: nodes must present ``node.secret`` (made on first use), for want of
-    another credential the operator chose (scheduler/config.py)."""
+    another credential the operator chose (scheduler/wiring/config.py)."""
     open_data_directory(data_dir)
     lock = DataDirectoryLock(data_dir)
     try:

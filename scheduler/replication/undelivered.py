@@ -24,8 +24,8 @@ import grpc
 from job_manager.manager import Assignment, JobManager
 from message_manager.errors import SchedulerError
 from pb.mqc3_scheduler.extension.v1 import nodes_pb2
-from scheduler.forwarding import FORWARDED_BY, FORWARDED_CALL, Forwarder
-from scheduler.metadata import metadata_value
+from scheduler.messages.metadata import metadata_value
+from scheduler.replication.forwarding import FORWARDED_BY, FORWARDED_CALL, Forwarder
 
 log = logging.getLogger(__name__)
 

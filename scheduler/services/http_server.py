@@ -150,7 +150,7 @@ async def _result(request: web.Request) -> web.Response:
 
 async def _one_request_per_connection(request: web.Request,
                                       response: web.StreamResponse) -> None:
-    response.force_close()  # no keep-alive: see scheduler/http_guard.py
+    response.force_close()  # no keep-alive: see scheduler/access/http_guard.py
 
 
 def build_http_app(serving: Callable[[], bool], *, payloads: LocalPayloadStore | None = None,

@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 
 from common.logs import current_request_id
-from scheduler.metadata import REQUEST_ID_METADATA, metadata_value
-from scheduler.validation import IDEMPOTENCY_METADATA
+from scheduler.messages.metadata import REQUEST_ID_METADATA, metadata_value
+from scheduler.messages.validation import IDEMPOTENCY_METADATA
 
 FORWARDED_BY = "x-mqc3-forwarded-by"  # the replica that passed the call on
 # An AssignNextJob passed on carries an id of its own, so that the follower can name the

@@ -26,7 +26,7 @@ from common.single_flight import SingleFlight
 from message_manager import SchedulerError
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tdb_pb2
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc as tdb_grpc
-from scheduler.admission import Buckets
+from scheduler.access.admission import Buckets
 from token_database.store import FINGERPRINT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class _Entry:
 
 
 # The token the call in progress was resolved for at the edge, before it could wait for a
-# leader (scheduler/edge.py): the servicer's resolve of it in the same call is the same
+# leader (scheduler/services/edge.py): the servicer's resolve of it in the same call is the same
 # resolution, neither a second cache lookup nor a second count in the cache's metric.
 _THIS_CALL: ContextVar[tuple[str, _Entry] | None] = ContextVar("resolved_token", default=None)
 

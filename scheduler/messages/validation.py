@@ -15,7 +15,7 @@ from job_manager.tags import Tags, parse_tags
 from message_manager import SchedulerError
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
-from scheduler.metadata import metadata_value
+from scheduler.messages.metadata import metadata_value
 
 MAX_SDK_VERSION_CHARS = 64
 MAX_NANOS = 999_999_999
@@ -66,7 +66,8 @@ def _check_settings(settings: job_pb2.JobExecutionSettings) -> None:
         )
 
 
-# The key a replica gave a SubmitJob it passed on to the leader (scheduler/forwarding.py):
+# The key a replica gave a SubmitJob it passed on to the leader
+# (scheduler/replication/forwarding.py):
 # should this replica then take the call itself (the leader died and it leads now), the
 # call goes on under that key, so the job the dead leader may have made is the one
 # answered, never a second (docs/replicas.md).

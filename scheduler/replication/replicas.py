@@ -28,17 +28,17 @@ from backend_manager import BackendTable
 from job_manager.manager import JobManager
 from job_manager.stores import Deposed, Fence
 from leadership.lease import Lease
-from scheduler.admission import LeaderWaitRoom
-from scheduler.forwarding import (
+from scheduler.access.admission import LeaderWaitRoom
+from scheduler.messages.validation import IDEMPOTENCY_METADATA, KEY_GIVEN
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.forwarding import (
     FORWARDED_KEY_PREFIX,
     Forwarder,
     LeaderUnreachable,
     on_execution_port,
     was_forwarded,
 )
-from scheduler.metrics import Metrics
-from scheduler.undelivered import UndeliveredHandOvers
-from scheduler.validation import IDEMPOTENCY_METADATA, KEY_GIVEN
+from scheduler.replication.undelivered import UndeliveredHandOvers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Replicas:
         self._lease = lease
         self._forwarder = forwarder
         self.wait_s = wait_s
-        # Calls and bytes that may wait for a leader at once (scheduler/admission.py).
+        # Calls and bytes that may wait for a leader at once (scheduler/access/admission.py).
         self.room = room or LeaderWaitRoom()
         self._settle_s = settle_s  # a new leader looks at the store again this much later
         self._table: BackendTable | None = None

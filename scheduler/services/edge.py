@@ -22,18 +22,18 @@ from common.logs import REPEATABLE, enter_call, new_id
 from job_manager.manager import JobManager
 from message_manager import SchedulerError
 from pb.mqc3_cloud.common.v1 import error_detail_pb2
-from scheduler.admission import CALLER, Admission, TokenLimits
-from scheduler.auth import TokenResolver
-from scheduler.forwarding import ForwardFailed
-from scheduler.metadata import (
+from scheduler.access.admission import CALLER, Admission, TokenLimits
+from scheduler.access.auth import TokenResolver
+from scheduler.messages.metadata import (
     INCIDENT_METADATA,
     REASON_METADATA,
     REQUEST_ID_METADATA,
     metadata_value,
     request_id,
 )
-from scheduler.metrics import Metrics
-from scheduler.replicas import NoLeader, Replicas
+from scheduler.operations.metrics import Metrics
+from scheduler.replication.forwarding import ForwardFailed
+from scheduler.replication.replicas import NoLeader, Replicas
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +244,10 @@ def in_band(
     waits its turn, and only past the waiting room is it answered RESOURCE_EXHAUSTED,
     unless ``limited`` is False (calls that finish work already handed out, which
     refusing would only waste); past the share of the token the request names it is
-    refused at once (scheduler/admission.py).
+    refused at once (scheduler/access/admission.py).
 
     The method runs with the JobManager that serves now; a ``leader`` method (one that
-    changes jobs) runs where the leader is: here, or passed on (scheduler/replicas.py).
+    changes jobs) runs where the leader is: here, or passed on (scheduler/replication/replicas.py).
     """
 
     def wrap(handler: Handler[Response]) -> Answer[Response]:
