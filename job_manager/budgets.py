@@ -120,7 +120,13 @@ class BudgetBook:
         self._spent: dict[str, Spent] = {}  # by owner fingerprint
         self._budgets: dict[str, Budget] = {}  # by owner fingerprint, as last seen
 
+    @property
+    def rules(self) -> BudgetRules:
+        """The operator's budgets."""
+        return self._rules
+
     def budget_of(self, principal: Principal) -> Budget | None:
+        """The budget that applies to ``principal``, if any."""
         return self._rules.of(principal)
 
     async def left(self, principal: Principal, now: datetime) -> BudgetLeft | None:

@@ -218,7 +218,8 @@ class SessionBook:
 def _within(field: str, value: float, maximum: float, role: Role) -> float:
     if not 0 < value <= maximum:
         raise SchedulerError("session_limit_out_of_range", field=field, minimum="more than 0",
-                             maximum=f"{maximum:g}", role=role.value, value=f"{value:g}")
+                             maximum=f"{maximum:.15g}", role=role.value,
+                               value=f"{value:.15g}")
     return value
 
 
