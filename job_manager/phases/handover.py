@@ -27,6 +27,8 @@ from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
 
+BUDGET_RETRY_S = 5.0  # a budget's use the store could not give is asked for again after this
+
 # What a user reads when the node said nothing: a completed job needs no words (the
 # original answers it empty); a failure or a timeout without a reason gets one.
 _OUTCOME_DETAIL = {
@@ -79,14 +81,18 @@ class HandOver:
         return gate
 
     async def _count_budget(self, owner: Principal) -> None:
+        """Count an owner's budget use from the store; their jobs wait until it is counted
+        (tried again BUDGET_RETRY_S after a failure, never in a loop of wake-ups)."""
         turns = self._core.turns
         try:
             await turns.budgets.left(owner, self._core.clock.now())
         except (StoreError, SchedulerError) as exc:
-            log.warning("budget use of %s not counted, counted again at the next look: %s",
-                        owner.log_name, exc)
-        finally:
+            log.warning("budget use of %s not counted, tried again in %g s: %s",
+                        owner.log_name, BUDGET_RETRY_S, exc)
+            await asyncio.sleep(BUDGET_RETRY_S)
             turns.counted(owner)
+            return
+        turns.counted(owner)
         self._ledger.wake_all()
 
     async def _hand_over(self, job: QueuedJob, node: str) -> Assignment | None:

@@ -66,6 +66,16 @@ class Liveness:
         if self._core.leads:
             self._nodes.check(self._core.backends.known())
 
+    async def _follow_turns(self) -> None:
+        """A follower reads the bookings and sessions the leader wrote, each round, so that
+        what it answers itself (a backend's status, a job's wait) agrees with the leader."""
+        turns = self._core.turns
+        try:
+            await turns.calendar.load()
+            await turns.sessions.load()
+        except StoreError as exc:
+            log.warning("bookings and sessions not read from the store now: %s", exc)
+
     # --- heartbeats ------------------------------------------------------------------------
     async def heartbeat(self, job_id: str, node: str = "", handover: int | None = None) -> float:
         """A node still runs the job: from its first beat on, the job is lost once its
@@ -98,6 +108,9 @@ class Liveness:
         may have opened, a session ended, a budget's period turned. So who may go changes
         within a round of this watch (at most MAX_SLEEP_S, job_manager/watchdog.py)."""
         turns = self._core.turns
+        if not self._core.leads:
+            await self._follow_turns()
+            return
         if not turns.active():
             return
         try:
