@@ -16,6 +16,7 @@ once per term (the first time it is needed), then kept up to date in memory.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -180,3 +181,66 @@ class BudgetBook:
 
 def _spoken(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_budget_rules(text: str) -> BudgetRules:
+    """The budgets of a TOML text (SCHEDULER_BUDGETS_FILE); ValueError names what is wrong.
+
+    ``[roles.<role>]`` and ``[users."<name>"]`` tables, each with ``period`` ("day" or
+    "month") and ``qpu_seconds``, ``shots`` or both::
+
+        [roles.guest]
+        period = "day"
+        qpu_seconds = 600
+
+        [users."alice"]
+        period = "month"
+        shots = 1_000_000
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not TOML: {exc}") from None
+    unknown = set(document) - {"roles", "users"}
+    if unknown:
+        raise ValueError(f"unknown tables {sorted(unknown)}: use [roles.<role>] and "
+                         f"[users.\"<name>\"]")
+    by_role = {}
+    for name, table in _tables(document, "roles").items():
+        try:
+            role = Role(name)
+        except ValueError:
+            raise ValueError(f"[roles.{name}]: no such role (use "
+                             f"{', '.join(r.value for r in Role)})") from None
+        by_role[role] = _budget(f"[roles.{name}]", table)
+    by_user = {name: _budget(f'[users."{name}"]', table)
+               for name, table in _tables(document, "users").items()}
+    return BudgetRules(by_role, by_user)
+
+
+def _tables(document: dict[str, object], key: str) -> dict[str, dict[str, object]]:
+    tables = document.get(key, {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ValueError(f"[{key}] must hold one table per name")
+    return tables
+
+
+def _budget(where: str, table: dict[str, object]) -> Budget:
+    unknown = set(table) - {"period", "qpu_seconds", "shots"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        period = Period(str(table.get("period", "")))
+    except ValueError:
+        raise ValueError(f'{where}: period must be "day" or "month"') from None
+    seconds, shots = table.get("qpu_seconds"), table.get("shots")
+    if seconds is None and shots is None:
+        raise ValueError(f"{where}: give qpu_seconds, shots or both")
+    if seconds is not None and (isinstance(seconds, bool)
+                                or not isinstance(seconds, int | float) or not seconds >= 0):
+        raise ValueError(f"{where}: qpu_seconds must be a number of seconds, 0 or more")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)
+                              or shots < 0):
+        raise ValueError(f"{where}: shots must be a whole number, 0 or more")
+    return Budget(period, None if seconds is None else float(seconds),
+                  None if shots is None else int(shots))

@@ -26,7 +26,7 @@ from common.identity import Principal, Role
 from common.single_flight import SingleFlight
 from job_manager.limits import Limits, Quotas, QuotaUsage
 from job_manager.model import JobRecord
-from job_manager.queue import JobQueue, QueuedJob, SchedulingPolicy
+from job_manager.queue import Gate, JobQueue, QueuedJob, SchedulingPolicy
 from job_manager.throughput import DispatchRate
 from job_manager.waiters import Waiters
 from job_manager.watchdog import Due, Watchdog
@@ -181,10 +181,11 @@ class Ledger:
         self._watchdog.watch(record.job_id, self.report_deadline(record), record.dequeued_at)
 
     # --- a job moves ---------------------------------------------------------------------
-    def claim_next(self, backend: str) -> QueuedJob | None:
-        """The job that goes next from ``backend``'s queue, claimed: no one else gets it."""
+    def claim_next(self, backend: str, gate: Gate | None = None) -> QueuedJob | None:
+        """The job that goes next from ``backend``'s queue (among those ``gate`` admits),
+        claimed: no one else gets it."""
         queue = self.queue(backend)
-        job = queue.pop() if queue is not None else None
+        job = queue.pop(gate) if queue is not None else None
         if job is not None:
             self._claimed[job.job_id] = job
         return job
@@ -304,6 +305,14 @@ class Ledger:
         job_id = self._keys.get((owner, key))
         return self.live(job_id) if job_id is not None else None
 
+    def live_jobs_of(self, owner_fingerprint: str, backend: str) -> int:
+        """How many of the owner's jobs for ``backend`` are QUEUED or RUNNING here."""
+        queue = self.queue(backend)
+        queued = queue.count_of(owner_fingerprint, backend) if queue is not None else 0
+        others = [*self._running.values(), *(job.record for job in self._claimed.values())]
+        return queued + sum(1 for r in others
+                            if r.owner_fingerprint == owner_fingerprint and r.backend == backend)
+
     def running_count(self) -> int:
         """How many live jobs are RUNNING."""
         return len(self._running)
@@ -412,6 +421,10 @@ class Ledger:
     def waiting_nodes(self, backend: str) -> int:
         """How many nodes wait for ``backend``'s queue."""
         return self._waiters.count(self.queue_key(backend))
+
+    def wake_all(self) -> None:
+        """Wake every waiting node to look again (who may be handed a job has changed)."""
+        self._waiters.wake_all()
 
     def stop_waiting(self) -> None:
         """Release every waiting node with an empty answer; later waits return at once."""

@@ -9,11 +9,14 @@ phases share one core and one ledger, made here (docs/design.md, "The job manage
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 from backend_manager import BackendTable, ServiceStatus
 from common.clock import Clock
 from common.identity import Principal, Role
+from job_manager.bookings import Booking, Calendar
+from job_manager.budgets import BudgetBook, BudgetLeft, BudgetRules
 from job_manager.ledger import Ledger
 from job_manager.limits import Limits, QuotaUsage
 from job_manager.model import JobRecord
@@ -25,10 +28,13 @@ from job_manager.phases.liveness import Liveness
 from job_manager.phases.owner_changes import OwnerChanges
 from job_manager.phases.reads import Reads
 from job_manager.phases.recovery import Recovery
+from job_manager.phases.reservations import Reservations
 from job_manager.phases.submission import Submission
 from job_manager.queue import SchedulingPolicy
+from job_manager.sessions import Session, SessionBook, SessionLimits
 from job_manager.stores import Fence, JobStore, PayloadStore, SignedUrl
 from job_manager.tags import Tags
+from job_manager.turns import Turns
 
 __all__ = ["Assignment", "ExecutionReport", "JobManager", "JobSpec"]
 
@@ -52,12 +58,18 @@ class JobManager:
         max_requeues: int = 0,
         heartbeat_timeout_s: float = 30.0,
         node_quiet_s: float = 300.0,
+        budgets: BudgetRules | None = None,
+        session_limits: Mapping[Role, SessionLimits] | None = None,
+        shots_of: Callable[[JobRecord], int] = lambda record: 0,
     ) -> None:
         report_grace = timedelta(seconds=report_grace_s)
         ledger = Ledger(limits, policy or SchedulingPolicy(), clock, report_grace, unify_backends)
+        turns = Turns(Calendar(jobs, clock, fence),
+                      SessionBook(jobs, clock, dict(session_limits or {}), fence),
+                      BudgetBook(budgets or BudgetRules(), jobs, shots_of))
         self._core = JobCore(store=jobs, payloads=payloads, ledger=ledger, clock=clock,
                              observer=observer or NoObserver(), fence=fence,
-                             max_requeues=max_requeues)
+                             max_requeues=max_requeues, turns=turns)
         self._ledger = ledger
         self._recovery = Recovery(self._core)
         self._liveness = Liveness(self._core, report_grace=report_grace,
@@ -67,6 +79,7 @@ class JobManager:
         self._handover = HandOver(self._core, self._liveness)
         self._owner_changes = OwnerChanges(self._core)
         self._reads = Reads(self._core, unify_backends)
+        self._reservations = Reservations(self._core)
 
     # --- the term -------------------------------------------------------------------------
     @property
@@ -146,6 +159,40 @@ class JobManager:
     async def set_tags(self, principal: Principal, job_id: str, tags: Tags) -> JobRecord:
         """Replace a job's tags, whatever its status, while its record exists."""
         return await self._owner_changes.set_tags(principal, job_id, tags)
+
+    # --- bookings, sessions and budgets (job_manager/phases/reservations.py) -------------------
+    async def book(self, principal: Principal, backend: str, starts_at: datetime,
+                   ends_at: datetime, users: tuple[str, ...], note: str = "") -> Booking:
+        """Book ``backend`` for a window (an admin's): for ``users``, or for maintenance."""
+        return await self._reservations.book(principal, backend, starts_at, ends_at, users,
+                                             note)
+
+    async def cancel_booking(self, principal: Principal, booking_id: str) -> Booking:
+        """Cancel a booking (an admin's)."""
+        return await self._reservations.cancel_booking(principal, booking_id)
+
+    async def bookings(self) -> tuple[Booking, ...]:
+        """Every booking known, the earliest window first."""
+        return await self._reservations.bookings()
+
+    async def open_session(self, principal: Principal, backend: str,
+                           max_length_s: float | None = None,
+                           idle_timeout_s: float | None = None) -> Session:
+        """Open a session on ``backend`` (None: the role's default for a limit)."""
+        return await self._reservations.open_session(principal, backend, max_length_s,
+                                                     idle_timeout_s)
+
+    async def close_session(self, principal: Principal, session_id: str) -> Session:
+        """End an open session: its owner's, or any for an admin."""
+        return await self._reservations.close_session(principal, session_id)
+
+    async def sessions(self, principal: Principal, everyone: bool = False) -> tuple[Session, ...]:
+        """The caller's sessions (an admin's ``everyone``: all), open or lately ended."""
+        return await self._reservations.sessions(principal, everyone)
+
+    async def budget_left(self, principal: Principal) -> BudgetLeft | None:
+        """The caller's budget and its use this period; None when none applies."""
+        return await self._reservations.budget_left(principal)
 
     # --- hardware nodes ---------------------------------------------------------------------
     async def assign(self, backend: str, wait_s: float = 0.0,

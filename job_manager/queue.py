@@ -42,13 +42,15 @@ _BY_RANK = attrgetter("rank_key")
 
 @dataclass(frozen=True)
 class Gate:
-    """Who may be handed a job from a queue now (docs/job-rules.md, "Who goes when").
+    """Who may be handed a job from a queue now (job_manager/turns.py).
 
-    ``admits(owner)``: whether an owner's jobs may go (a reservation's window admits its
-    users only; a spent budget admits none of its owner's). ``first``: the owner whose
-    jobs go before everyone else's, if admitted (a session holding the backend)."""
+    ``admits(origin)``: whether an owner's jobs sent to a backend may go (a reservation's
+    window admits its users only; a spent budget admits none of its owner's); asked once
+    per owner with queued jobs, of its first job's origin. ``first``: the fingerprint of
+    the owner whose jobs go before everyone else's, if admitted (a session holding the
+    backend)."""
 
-    admits: Callable[[str], bool]
+    admits: Callable[[JobOrigin], bool]
     first: str | None = None
 
 
@@ -359,16 +361,16 @@ class JobQueue:
         a cost of one look each while they wait past the bound), then the admitted owner
         whose turn comes first. O(owners + overdue jobs held back)."""
         first = self._owners.get(gate.first) if gate.first is not None else None
-        if first is not None and first.jobs and gate.admits(first.fingerprint):
+        if first is not None and first.jobs and gate.admits(first.jobs[0].origin):
             return first.jobs[0]  # type: ignore[no-any-return]
         bound_s = self._clock.now().timestamp() - self._policy.max_wait_s
         for job in self._by_age:
             if job.queued_at_s >= bound_s:
                 break
-            if gate.admits(job.owner):
+            if gate.admits(job.origin):
                 return job  # type: ignore[no-any-return]
         for owner in self._turns:
-            if gate.admits(owner.fingerprint):
+            if gate.admits(owner.jobs[0].origin):
                 return owner.jobs[0]  # type: ignore[no-any-return]
         return None
 
@@ -393,6 +395,13 @@ class JobQueue:
             if owner.jobs:
                 self._turns.add(owner)
         self.push(job)
+
+    def count_of(self, owner_fingerprint: str, backend: str) -> int:
+        """How many of the owner's jobs for ``backend`` this queue holds."""
+        owner = self._owners.get(owner_fingerprint)
+        if owner is None:
+            return 0
+        return sum(1 for job in owner.jobs if job.origin.backend == backend)
 
     def oldest_first(self) -> list[QueuedJob]:
         """The queued jobs, the oldest first (a snapshot)."""

@@ -93,14 +93,14 @@ class SessionBook:
         self._take(await self._store.read_document(DOCUMENT))
         self._idle_since.clear()
 
-    async def open(self, principal: Principal, backend: str, max_length_s: float,
-                   idle_timeout_s: float) -> Session:
-        """Open a session; 0 for a limit asks for the role's default."""
+    async def open(self, principal: Principal, backend: str, max_length_s: float | None,
+                   idle_timeout_s: float | None) -> Session:
+        """Open a session; None for a limit asks for the role's default."""
         limits = self._limits.get(principal.role, SessionLimits())
-        length = _within("max_length_s", max_length_s or limits.default_length_s,
-                         limits.max_length_s, principal.role)
-        idle = _within("idle_timeout_s", idle_timeout_s or limits.default_idle_timeout_s,
-                       limits.max_idle_timeout_s, principal.role)
+        length = _within("max_length_s", limits.default_length_s if max_length_s is None
+                         else max_length_s, limits.max_length_s, principal.role)
+        idle = _within("idle_timeout_s", limits.default_idle_timeout_s if idle_timeout_s is None
+                       else idle_timeout_s, limits.max_idle_timeout_s, principal.role)
         session = Session(str(uuid.uuid4()), principal.fingerprint, principal.name,
                           principal.role, backend, self._clock.now(), length, idle)
 

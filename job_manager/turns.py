@@ -16,7 +16,6 @@ waits, for its status detail.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
 from common.identity import Principal
@@ -30,12 +29,14 @@ from job_manager.sessions import SessionBook
 class Turns:
     """The gate of each backend's hand-over, from the bookings, sessions and budgets."""
 
-    def __init__(self, calendar: Calendar, sessions: SessionBook, budgets: BudgetBook,
-                 count_budget: Callable[[Principal], None]) -> None:
+    def __init__(self, calendar: Calendar, sessions: SessionBook, budgets: BudgetBook) -> None:
         self.calendar = calendar
         self.sessions = sessions
         self.budgets = budgets
-        self._count_budget = count_budget  # start counting an owner's use (in the background)
+        # Owners with a budget whose use this leader has not counted yet, seen by a gate:
+        # their jobs wait until the hand-over phase has counted it (take_uncounted).
+        self._uncounted: dict[str, Principal] = {}
+        self._counting: set[str] = set()
 
     def gate(self, backend: str, now: datetime) -> Gate | None:
         """Who may be handed ``backend``'s jobs now; None when nothing holds anyone back."""
@@ -74,6 +75,23 @@ class Turns:
             return True
         left = self.budgets.known_left(origin.owner_fingerprint, now)
         if left is None:
-            self._count_budget(owner)  # counted shortly; until then the owner's jobs wait
-            return False
+            if owner.fingerprint not in self._counting:
+                self._uncounted[owner.fingerprint] = owner  # counted shortly; until then
+            return False  # the owner's jobs wait
         return not left.spent
+
+    def take_uncounted(self) -> list[Principal]:
+        """The owners a gate found with a budget not counted yet; each given once, until
+        :meth:`counted` says its count is done (or failed)."""
+        owners = list(self._uncounted.values())
+        self._uncounted.clear()
+        self._counting.update(owner.fingerprint for owner in owners)
+        return owners
+
+    def counted(self, owner: Principal) -> None:
+        """The count of ``owner``'s use is done (or failed: a later gate asks again)."""
+        self._counting.discard(owner.fingerprint)
+
+    def active(self) -> bool:
+        """Whether anything may hold a job back now: a booking, an open session, a budget."""
+        return bool(self.calendar.bookings or self.sessions.sessions or self.budgets.rules)

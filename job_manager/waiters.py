@@ -46,6 +46,14 @@ class Waiters:
                 future.set_result(None)
                 return
 
+    def wake_all(self) -> None:
+        """Wake every waiting node, to look again (who may be handed a job changed)."""
+        for parked in self._parked.values():
+            while parked:
+                future = parked.popleft()
+                if not future.done():
+                    future.set_result(None)
+
     def close(self) -> None:
         """Release every waiting node (shutdown); later waits return at once."""
         self.closed = True

@@ -9,7 +9,9 @@ module is one phase and may use the core and the phases listed before it:
 - ``submission``: new jobs and idempotent retries;
 - ``handover``: the next job to a node, given back, reports, upload URLs;
 - ``owner_changes``: an owner's cancel and tags;
-- ``reads``: status, result, queue positions, usage.
+- ``reads``: status, result, queue positions, usage;
+- ``reservations``: bookings, sessions and budgets on their users' and admins' word
+  (what they allow at each hand-over is job_manager/turns.py's).
 
 ``job_manager/manager.py`` composes them behind the one object the servicers call.
 """

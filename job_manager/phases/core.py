@@ -17,10 +17,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from backend_manager import BackendTable, ServiceStatus
+from backend_manager import BackendTable, RoleStatus, ServiceStatus
 from common import audit
 from common.caller import looking_as
 from common.clock import Clock
@@ -41,6 +41,7 @@ from job_manager.stores import (
     SignedUrl,
     StoreError,
 )
+from job_manager.turns import Turns
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class JobCore:
 
     def __init__(self, *, store: JobStore, payloads: PayloadStore, ledger: Ledger,
                  clock: Clock, observer: JobObserver, fence: Fence | None,
-                 max_requeues: int) -> None:
+                 max_requeues: int, turns: Turns) -> None:
         self.store = store
         self.payloads = payloads
         # Standalone keeps programs beside the records: a job's program and record are one
@@ -69,6 +70,7 @@ class JobCore:
         # (job_manager/stores/fence.py); a follower's manager has one that never holds.
         self.fence = fence
         self.max_requeues = max_requeues  # a lost node's job queued again at most this often
+        self.turns = turns  # bookings, sessions and budgets: who may go when
         self._backends = BackendTable()
         self._closed = False  # shut down: its term is over (scheduler/replication/replicas.py)
         self._background: set[asyncio.Task[None]] = set()  # work no caller waits for
@@ -154,6 +156,7 @@ class JobCore:
     def finished(self, record: JobRecord) -> None:
         """A job reached a final status in the store: memory, metrics and log follow."""
         self.ledger.finished(record)
+        self.turns.budgets.finished(record)
         self.observer.finished(record)
         self._discard_lost_results(record)
         log.info(
@@ -243,10 +246,28 @@ class JobCore:
                 "backend_unknown", backend=backend, known=", ".join(self.backends.known())
             )
 
+    def backend_status(self, backend: str, principal: Principal) -> RoleStatus:
+        """The backend's status for the caller's role: ``maintenance`` while a maintenance
+        window is open (job_manager/bookings.py), else the backend table's; a maintenance
+        window booked ahead is announced in the description."""
+        status = self.backends.status(backend, principal.role)
+        now = self.clock.now()
+        window = self.turns.calendar.next_maintenance(backend, now)
+        if window is None:
+            return status
+        if window.is_open(now):
+            return RoleStatus(ServiceStatus.MAINTENANCE,
+                              f"in maintenance until {spoken_time(window.ends_at)}"
+                              + (f": {window.note}" if window.note else ""))
+        announced = (f"maintenance booked from {spoken_time(window.starts_at)} "
+                     f"to {spoken_time(window.ends_at)}")
+        return replace(status, description="; ".join(
+            text for text in (status.description, announced) if text))
+
     def check_open(self, backend: str, principal: Principal) -> None:
         """Refuse a backend that is not available to the caller's role."""
         self.check_known(backend)
-        status = self.backends.status(backend, principal.role)
+        status = self.backend_status(backend, principal)
         if status.status is not ServiceStatus.AVAILABLE:
             raise SchedulerError(
                 "backend_not_available",
@@ -388,6 +409,11 @@ def changeable(record: JobRecord) -> bool:
                     "served read-only, left to a newer scheduler", record.job_id,
                     record.format_version)
     return not record.read_only
+
+
+def spoken_time(moment: datetime) -> str:
+    """A time as users read it in status details: UTC, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def object_tags(record: JobRecord) -> ObjectTags:

@@ -15,16 +15,19 @@ import logging
 from dataclasses import fields, replace
 from datetime import datetime
 
+from common.identity import Principal
 from job_manager.model import BackendTimestamps, JobRecord, JobStatus
 from job_manager.phases.core import JobCore, seconds, store_failed
 from job_manager.phases.inputs import Assignment, ExecutionReport
 from job_manager.phases.liveness import Liveness, check_hand_over, check_node
 from job_manager.phases.recovery import MISSING_PROGRAM
-from job_manager.queue import QueuedJob
+from job_manager.queue import Gate, QueuedJob
 from job_manager.stores import RecordTooNew, SignedUrl, StoreError
 from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
+
+BUDGET_RETRY_S = 5.0  # a budget's use the store could not give is asked for again after this
 
 # What a user reads when the node said nothing: a completed job needs no words (the
 # original answers it empty); a failure or a timeout without a reason gets one.
@@ -60,13 +63,37 @@ class HandOver:
         clock = self._core.clock
         deadline_s = clock.monotonic() + wait_s
         while True:
-            while (job := self._ledger.claim_next(backend)) is not None:
+            while (job := self._ledger.claim_next(backend, self._gate(backend))) is not None:
                 if (assignment := await self._hand_over(job, node)) is not None:
                     return assignment
             with self._liveness.waiting(backend):
                 woken = await self._ledger.wait_for_job(backend, deadline_s - clock.monotonic())
             if not woken:
                 return None
+
+    def _gate(self, backend: str) -> Gate | None:
+        """Who may be handed ``backend``'s jobs now (job_manager/turns.py); owners whose
+        budget use is not counted yet are counted in the background, then looked at again."""
+        turns = self._core.turns
+        gate = turns.gate(backend, self._core.clock.now())
+        for owner in turns.take_uncounted():
+            self._core.in_background(self._count_budget(owner))
+        return gate
+
+    async def _count_budget(self, owner: Principal) -> None:
+        """Count an owner's budget use from the store; their jobs wait until it is counted
+        (tried again BUDGET_RETRY_S after a failure, never in a loop of wake-ups)."""
+        turns = self._core.turns
+        try:
+            await turns.budgets.left(owner, self._core.clock.now())
+        except (StoreError, SchedulerError) as exc:
+            log.warning("budget use of %s not counted, tried again in %g s: %s",
+                        owner.log_name, BUDGET_RETRY_S, exc)
+            await asyncio.sleep(BUDGET_RETRY_S)
+            turns.counted(owner)
+            return
+        turns.counted(owner)
+        self._ledger.wake_all()
 
     async def _hand_over(self, job: QueuedJob, node: str) -> Assignment | None:
         """Mark ``job`` RUNNING for the calling node; if the node leaves meanwhile, undo it."""
@@ -111,6 +138,9 @@ class HandOver:
             await core.believe_store(job.job_id)
             return None
         self._ledger.handed_over(job, running)
+        core.turns.budgets.handed_over(running)
+        if core.turns.sessions.open_of(running.owner_fingerprint, running.backend) is not None:
+            core.in_background(self._session_begins(running))
         core.observer.handed_over(running)
         log.info(
             "job %s RUNNING backend=%s user=%s node=%s waited_s=%.3f",
@@ -134,6 +164,15 @@ class HandOver:
         if job.program is None:
             await self._core.fail_claimed(job, MISSING_PROGRAM)
         return job.program is not None
+
+    async def _session_begins(self, running: JobRecord) -> None:
+        """The owner's open session on the backend holds it from its first hand-over on."""
+        try:
+            await self._core.turns.sessions.handed_over(running.owner_fingerprint,
+                                                        running.backend)
+        except (StoreError, SchedulerError) as exc:
+            log.warning("session of %s on %s not marked begun: %s", running.owner_label,
+                        running.backend, exc)
 
     # --- given back ---------------------------------------------------------------------------
     def give_back(self, assignment: Assignment) -> None:

@@ -25,6 +25,7 @@ class JobSpec:
     idempotency_key: str = ""
     request_digest: str = ""  # with a key: what a retry with that key must match
     tags: Tags = ()
+    session_id: str = ""  # x-mqc3-session: the caller's open session it names, if any
 
 
 @dataclass(frozen=True)

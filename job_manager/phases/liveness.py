@@ -54,7 +54,7 @@ class Liveness:
         """The backend's status and description for the caller's role; the leader adds
         that no node has asked for work lately (docs/nodes.md), the status stays."""
         self._core.check_known(backend)
-        status = self._core.backends.status(backend, principal.role)
+        status = self._core.backend_status(backend, principal)
         quiet = self._nodes.note(backend) if self._core.leads else ""
         return status.status, "; ".join(text for text in (status.description, quiet) if text)
 
@@ -65,6 +65,16 @@ class Liveness:
     def _check_nodes(self) -> None:
         if self._core.leads:
             self._nodes.check(self._core.backends.known())
+
+    async def _follow_turns(self) -> None:
+        """A follower reads the bookings and sessions the leader wrote, each round, so that
+        what it answers itself (a backend's status, a job's wait) agrees with the leader."""
+        turns = self._core.turns
+        try:
+            await turns.calendar.load()
+            await turns.sessions.load()
+        except StoreError as exc:
+            log.warning("bookings and sessions not read from the store now: %s", exc)
 
     # --- heartbeats ------------------------------------------------------------------------
     async def heartbeat(self, job_id: str, node: str = "", handover: int | None = None) -> float:
@@ -89,7 +99,27 @@ class Liveness:
         while True:
             await self.check_deadlines()
             self._check_nodes()
+            await self._check_turns()
             await self._ledger.until_next_deadline()
+
+    async def _check_turns(self) -> None:
+        """End the sessions idle too long or at their length, and, while anything may hold
+        jobs back (a booking, a session, a budget), let waiting nodes look again: a window
+        may have opened, a session ended, a budget's period turned. So who may go changes
+        within a round of this watch (at most MAX_SLEEP_S, job_manager/watchdog.py)."""
+        turns = self._core.turns
+        if not self._core.leads:
+            await self._follow_turns()
+            return
+        if not turns.active():
+            return
+        try:
+            for ended in await turns.sessions.watch(self._ledger.live_jobs_of):
+                log.info("session %s on %s ended: %s", ended.session_id, ended.backend,
+                         ended.end_reason)
+        except (SchedulerError, StoreError) as exc:
+            log.warning("sessions could not be ended now, tried again soon: %s", exc)
+        self._ledger.wake_all()
 
     async def check_deadlines(self) -> int:
         """Deal with every deadline that has passed; returns how many were due."""

@@ -62,7 +62,8 @@ class Reads:
         seconds_per_job = self._ledger.seconds_per_job(record.backend)
         if seconds_per_job is not None:
             detail += f", about {spoken_duration(position * seconds_per_job)}"
-        return detail
+        because = self._core.turns.waiting_because(record, self._core.clock.now())
+        return f"{detail}; {because}" if because else detail
 
     async def result(self, principal: Principal, job_id: str) -> tuple[JobRecord, SignedUrl | None]:
         """The finished job and, when it completed, a short-lived download URL."""

@@ -42,6 +42,9 @@ class Recovery:
         if fence is not None and not self._fence_raised:
             await store.raise_fence(fence)
             self._fence_raised = True
+        turns = self._core.turns
+        await turns.calendar.load()
+        await turns.sessions.load()
         async for record in store.list_by_status(JobStatus.RUNNING):
             if changeable(record):
                 self._ledger.admit_running(record)

@@ -91,6 +91,8 @@ class Submission:
         core = self._core
         try:
             core.check_open(spec.backend, principal)
+            self._check_session(principal, spec)
+            await self._check_budget(principal, spec)
             job_id = new_job_id()
             self._ledger.check_limits(
                 principal, n_shots=spec.n_shots, timeout_s=spec.timeout_s,
@@ -123,6 +125,30 @@ class Submission:
         # Shielded: once the writes begin, a caller hanging up cannot leave a stored
         # job out of its queue.
         return await asyncio.shield(self._accept(record, spec.program))
+
+    def _check_session(self, principal: Principal, spec: JobSpec) -> None:
+        """A session named by x-mqc3-session must be the caller's open one on the backend
+        (without the header, an open session takes the job all the same)."""
+        if not spec.session_id:
+            return
+        session = self._core.turns.sessions.open_of(principal.fingerprint, spec.backend)
+        if session is None or session.session_id != spec.session_id:
+            raise SchedulerError("session_header_invalid", session_id=spec.session_id[:64],
+                                 backend=spec.backend)
+
+    async def _check_budget(self, principal: Principal, spec: JobSpec) -> None:
+        """Refuse a job that would start past its owner's budget (job_manager/budgets.py)."""
+        budgets = self._core.turns.budgets
+        if budgets.budget_of(principal) is None:
+            return
+        try:
+            left = await budgets.left(principal, self._core.clock.now())
+        except StoreError as exc:
+            log.error("budget use of %s could not be read: %s", principal.log_name, exc)
+            raise SchedulerError("submission_not_stored") from None
+        refusal = left.refusal(spec.n_shots) if left is not None else None
+        if refusal is not None:
+            raise refusal
 
     def _assignment_bytes(self, job_id: str, spec: JobSpec) -> int:
         """About how large the job's AssignNextJobResponse will be (its URL is signed alike,

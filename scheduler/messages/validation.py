@@ -21,6 +21,7 @@ MAX_SDK_VERSION_CHARS = 64
 MAX_NANOS = 999_999_999
 IDEMPOTENCY_METADATA = "x-mqc3-idempotency-key"
 TAGS_METADATA = "x-mqc3-tags"  # k1=v1,k2=v2 (job_manager/tags.py)
+SESSION_METADATA = "x-mqc3-session"  # the caller's open session the job is for (optional)
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 _IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}$")
 
@@ -91,6 +92,12 @@ def submitted_tags(context: grpc.aio.ServicerContext) -> Tags:
     return parse_tags(metadata_value(context, TAGS_METADATA) or "")
 
 
+def named_session(context: grpc.aio.ServicerContext) -> str:
+    """The session a submission names in its metadata ("" when none); checked against the
+    caller's open sessions by the JobManager (job_manager/phases/submission.py)."""
+    return metadata_value(context, SESSION_METADATA) or ""
+
+
 def request_digest(request: submission_pb2.SubmitJobRequest, tags: Tags) -> str:
     """What a retry under the same idempotency key must repeat: the job as sent (backend,
     settings, program), its options and its tags; not the token (the key is the token's
@@ -105,7 +112,7 @@ def request_digest(request: submission_pb2.SubmitJobRequest, tags: Tags) -> str:
 
 
 def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
-             idempotency_key: str = "", tags: Tags = ()) -> JobSpec:
+             idempotency_key: str = "", tags: Tags = (), session_id: str = "") -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
     if len(request.sdk_version) > MAX_SDK_VERSION_CHARS:
         raise SchedulerError(
@@ -135,4 +142,5 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
         idempotency_key=idempotency_key,
         request_digest=request_digest(request, tags) if idempotency_key else "",
         tags=tags,
+        session_id=session_id,
     )

@@ -18,6 +18,7 @@ from common import audit, timestamps
 from common.clock import Clock
 from common.identity import Principal, Role
 from job_manager import listing
+from job_manager.budgets import BudgetLeft
 from job_manager.manager import JobManager
 from job_manager.model import JobRecord
 from job_manager.tags import checked_tags, parse_tag_filter
@@ -126,7 +127,7 @@ class JobsService(jobs_pb2_grpc.JobsServiceServicer):
             totals[principal.fingerprint] = listing.Totals(
                 principal.name, principal.fingerprint, principal.role.value)
         response = pb.GetUsageResponse(usage=[
-            _usage(t, manager) for t in sorted(totals.values(), key=lambda t: t.owner_name)])
+            await _usage(t, manager) for t in sorted(totals.values(), key=lambda t: t.owner_name)])
         response.to.CopyFrom(convert.timestamp(until))
         getattr(response, "from").CopyFrom(convert.timestamp(since))
         return response
@@ -187,8 +188,11 @@ def summary(record: JobRecord, manager: JobManager, admin: bool) -> pb.JobSummar
     return entry
 
 
-def _usage(totals: listing.Totals, manager: JobManager) -> pb.Usage:
-    usage = manager.usage(totals.owner_fingerprint, Role(totals.role))
+async def _usage(totals: listing.Totals, manager: JobManager) -> pb.Usage:
+    role = Role(totals.role)
+    usage = manager.usage(totals.owner_fingerprint, role)
+    left = await manager.budget_left(
+        Principal(totals.owner_name, role, totals.owner_fingerprint))
     return pb.Usage(
         owner_name=totals.owner_name,
         jobs_by_final_status=[
@@ -201,5 +205,13 @@ def _usage(totals: listing.Totals, manager: JobManager) -> pb.Usage:
         max_live_jobs=usage.max_live_jobs,
         queued_bytes=usage.queued_bytes,
         max_queued_bytes=usage.max_queued_bytes,
-        role=totals.role)
+        role=totals.role,
+        budget=_budget(left) if left is not None else None)
+
+
+def _budget(left: BudgetLeft) -> pb.Budget:
+    """A budget and its use this period, as GetUsage shows it (docs/reservations.md)."""
+    return pb.Budget(period=left.budget.period.value, qpu_seconds=left.budget.qpu_seconds,
+                     shots=left.budget.shots, qpu_seconds_used=left.spent_qpu_s,
+                     shots_used=left.spent_shots, resets_at=convert.timestamp(left.resets_at))
 

@@ -10,7 +10,12 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2_grpc
 from scheduler.access.auth import TokenResolver
 from scheduler.messages import convert
-from scheduler.messages.validation import idempotency_key, job_spec, submitted_tags
+from scheduler.messages.validation import (
+    idempotency_key,
+    job_spec,
+    named_session,
+    submitted_tags,
+)
 from scheduler.services.edge import Edge, in_band
 
 GET_JOB_STATUS = f"/{pb.DESCRIPTOR.services_by_name['SubmissionService'].full_name}/GetJobStatus"
@@ -34,7 +39,8 @@ class SubmissionService(submission_pb2_grpc.SubmissionServiceServicer):
         manager: JobManager,
     ) -> pb.SubmitJobResponse:
         principal = await self._auth.resolve(request.token)
-        spec = job_spec(request, principal, idempotency_key(context), submitted_tags(context))
+        spec = job_spec(request, principal, idempotency_key(context), submitted_tags(context),
+                        named_session(context))
         job_id = await manager.submit(principal, spec)
         return pb.SubmitJobResponse(job_id=job_id)
 

@@ -31,7 +31,11 @@ from job_manager.stores.unreadable import UnreadableRecords
 from leadership.lease import Lease
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2_grpc, submission_pb2_grpc
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc, nodes_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import (
+    jobs_pb2_grpc,
+    nodes_pb2_grpc,
+    reservations_pb2_grpc,
+)
 from scheduler.access.absent_jobs import remembering_absent
 from scheduler.access.admission import Admission, LeaderWaitRoom, TokenLimits
 from scheduler.access.auth import TokenResolver
@@ -45,7 +49,8 @@ from scheduler.replication.replicas import Replicas
 from scheduler.services.edge import DRAINING, Edge, add_servicer
 from scheduler.services.execution_service import NODES, ExecutionService, NodeService
 from scheduler.services.http_server import Uploads, build_http_app
-from scheduler.services.jobs_service import JOBS, JobsService
+from scheduler.services.jobs_service import JOBS, JobsService, n_shots
+from scheduler.services.reservations_service import RESERVATIONS, ReservationsService
 from scheduler.services.submission_service import SubmissionService
 from scheduler.services.watches import Watches
 from scheduler.wiring.aws import aws_stack
@@ -288,6 +293,9 @@ class Scheduler:
                 max_requeues=config.max_requeues,
                 heartbeat_timeout_s=config.nodes.heartbeat_timeout_s,
                 node_quiet_s=config.nodes.quiet_after_s,
+                budgets=config.budgets,
+                session_limits=config.session_limits,
+                shots_of=n_shots,
             )
 
         lease = forwarder = None
@@ -299,7 +307,7 @@ class Scheduler:
                           config.replicas.lease_duration_s, config.replicas.lease_renew_s)
             forwarder = Forwarder(me, _channel_credentials(config.submission_tls),
                                   _channel_credentials(config.execution_tls))
-            self.metrics.know_forwarding(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
+            self.metrics.know_forwarding(_methods(SUBMISSION, EXECUTION, JOBS, RESERVATIONS, NODES))
             self._resources.push_async_callback(forwarder.close)
         replicas = self._replicas = Replicas(make_manager, self.metrics,
                                              monotonic=self.clock.monotonic, lease=lease,
@@ -391,7 +399,7 @@ class Scheduler:
         # The nodes' extension shares the execution port, its limit and its credential.
         execution_admission = Admission(config.execution_max_concurrent_rpcs,
                                         config.execution_max_waiting_rpcs)
-        self.metrics.know_calls(_methods(SUBMISSION, EXECUTION, JOBS, NODES))
+        self.metrics.know_calls(_methods(SUBMISSION, EXECUTION, JOBS, RESERVATIONS, NODES))
         self.metrics.watch_waiting_calls({"submission": lambda: submission_admission.waiting,
                                           "execution": lambda: execution_admission.waiting})
         submission_edge = Edge(SUBMISSION, replicas, submission_admission, self.metrics,
@@ -399,13 +407,17 @@ class Scheduler:
         execution_edge = Edge(EXECUTION, replicas, execution_admission, self.metrics, secret)
         jobs_edge = Edge(JOBS, replicas, submission_admission, self.metrics,
                          tokens=token_limits, resolver=auth)
+        reservations_edge = Edge(RESERVATIONS, replicas, submission_admission, self.metrics,
+                                 tokens=token_limits, resolver=auth)
         nodes_edge = Edge(NODES, replicas, execution_admission, self.metrics, secret)
-        self._edges = [submission_edge, execution_edge, jobs_edge, nodes_edge]
+        self._edges = [submission_edge, execution_edge, jobs_edge, reservations_edge, nodes_edge]
         submission = _grpc_server(config.submission_max_message_bytes)
         add_servicer(submission_pb2_grpc.add_SubmissionServiceServicer_to_server,
                      SubmissionService(auth, submission_edge), submission)
         add_servicer(jobs_pb2_grpc.add_JobsServiceServicer_to_server,
                      JobsService(auth, jobs_edge, self.clock, self.watches), submission)
+        add_servicer(reservations_pb2_grpc.add_ReservationsServiceServicer_to_server,
+                     ReservationsService(auth, reservations_edge, self.clock), submission)
         execution = _grpc_server(config.execution_max_message_bytes)
         certified = config.execution_tls is not None and config.execution_tls.client_ca is not None
         add_servicer(execution_pb2_grpc.add_ExecutionServiceServicer_to_server,
@@ -414,8 +426,8 @@ class Scheduler:
         add_servicer(nodes_pb2_grpc.add_NodeServiceServicer_to_server,
                      NodeService(nodes_edge, certified), execution)
         self.submission_port = await self._start_service(
-            submission, (SUBMISSION, JOBS), health, config.submission_host, config.submission_port,
-            config.submission_tls)
+            submission, (SUBMISSION, JOBS, RESERVATIONS), health, config.submission_host,
+            config.submission_port, config.submission_tls)
         self.execution_port = await self._start_service(
             execution, (EXECUTION, NODES), health, config.execution_host, config.execution_port,
             config.execution_tls)

@@ -15,8 +15,10 @@ from typing import Callable, Mapping, Sequence, TypedDict, TypeVar
 
 from common.audit import DESTINATION_VARIABLE as AUDIT_LOG_VARIABLE
 from common.identity import Role
+from job_manager.budgets import BudgetRules, parse_budget_rules
 from job_manager.limits import Limits, RoleLimits
 from job_manager.queue import SchedulingPolicy
+from job_manager.sessions import SessionLimits
 from job_manager.stores.dynamodb_job_store import STATUS_INDEX
 from scheduler.access.admission import (
     LEADER_WAIT_MAX_BYTES,
@@ -118,6 +120,8 @@ class Config:
     idempotency_window_s: float
     max_watches_per_token: int  # open WatchJob streams per token (the extension)
     max_requeues: int  # a lost node's job queued again at most this often; 0: never
+    session_limits: Mapping[Role, SessionLimits]
+    budgets: BudgetRules
     unify_backends: bool
     backend_reload_interval_s: float
     token_cache_ttl_s: float
@@ -409,6 +413,37 @@ def _policy(env: Mapping[str, str]) -> SchedulingPolicy:
     )
 
 
+def _session_limits(env: Mapping[str, str]) -> dict[Role, SessionLimits]:
+    """What each role's sessions may ask for (docs/reservations.md, "Sessions")."""
+    defaults = SessionLimits()
+    default_length = _positive_float(env, "SCHEDULER_SESSION_DEFAULT_LENGTH_S",
+                                     defaults.default_length_s)
+    default_idle = _positive_float(env, "SCHEDULER_SESSION_DEFAULT_IDLE_S",
+                                   defaults.default_idle_timeout_s)
+    limits = {}
+    for role in Role:
+        suffix = role.value.upper()
+        longest = _positive_float(env, f"SCHEDULER_SESSION_MAX_LENGTH_S_{suffix}",
+                                  defaults.max_length_s)
+        idlest = _positive_float(env, f"SCHEDULER_SESSION_MAX_IDLE_S_{suffix}",
+                                 defaults.max_idle_timeout_s)
+        limits[role] = SessionLimits(longest, idlest, min(default_length, longest),
+                                     min(default_idle, idlest))
+    return limits
+
+
+def _budgets(env: Mapping[str, str]) -> BudgetRules:
+    """The QPU-time budgets SCHEDULER_BUDGETS_FILE gives (none when unset)."""
+    name = env.get("SCHEDULER_BUDGETS_FILE")
+    if not name:
+        return BudgetRules()
+    text = _read("SCHEDULER_BUDGETS_FILE", Path(name)).decode("utf-8", errors="replace")
+    try:
+        return parse_budget_rules(text)
+    except ValueError as exc:
+        raise ConfigError(f"SCHEDULER_BUDGETS_FILE {name}: {exc}") from None
+
+
 def _read(flag: str, path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -575,6 +610,8 @@ def _calls_in_progress(env: Mapping[str, str],
 class _Jobs(TypedDict):
     limits: Limits
     policy: SchedulingPolicy
+    session_limits: Mapping[Role, SessionLimits]
+    budgets: BudgetRules
     max_assign_wait_s: float
     report_grace_s: float
     idempotency_window_s: float
@@ -588,6 +625,8 @@ def _jobs(args: argparse.Namespace, env: Mapping[str, str], limits: Limits) -> _
     return _Jobs(
         limits=limits,
         policy=_policy(env),
+        session_limits=_session_limits(env),
+        budgets=_budgets(env),
         max_assign_wait_s=_positive_int(env, "SCHEDULER_MAX_ASSIGN_WAIT_MS", 20_000) / 1000,
         report_grace_s=_positive_float(env, "SCHEDULER_REPORT_GRACE_S", 60.0),
         idempotency_window_s=_positive_float(env, "SCHEDULER_IDEMPOTENCY_WINDOW_S", 86_400.0),

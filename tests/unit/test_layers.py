@@ -104,6 +104,7 @@ PHASES: dict[str, set[str]] = {
     "handover": {"core", "inputs", "liveness", "recovery"},
     "owner_changes": {"core"},
     "reads": {"core"},
+    "reservations": {"core"},
 }
 
 

@@ -315,7 +315,7 @@ def test_a_job_without_its_program_counts_the_size_its_record_gives(
 # --- gates: who may be handed a job now (reservations, budgets, sessions) ------------------
 def test_a_gate_that_admits_no_one_takes_nothing(queue: JobQueue, clock: FakeClock) -> None:
     queue.push(make_job(clock, "a"))
-    assert queue.pop(Gate(lambda owner: False)) is None
+    assert queue.pop(Gate(lambda origin: False)) is None
     assert len(queue) == 1 and queue.pop() is not None
 
 
@@ -328,7 +328,7 @@ def test_a_gate_passes_over_the_owners_it_does_not_admit(queue: JobQueue,
     admitted = [make_job(clock, "b"), make_job(clock, "b")]
     for job in admitted:
         queue.push(job)
-    gate = Gate(lambda owner: owner == "b")
+    gate = Gate(lambda origin: origin.owner_fingerprint == "b")
     assert [queue.pop(gate), queue.pop(gate), queue.pop(gate)] == [*admitted, None]
     assert drain(queue) == held  # in their order once the gate is gone
 
@@ -341,7 +341,7 @@ def test_the_first_owner_goes_before_everyone_it_admits(queue: JobQueue,
     session = [make_job(clock, "s"), make_job(clock, "s")]
     for job in session:
         queue.push(job)
-    everyone = Gate(lambda owner: True, first="s")
+    everyone = Gate(lambda origin: True, first="s")
     assert [queue.pop(everyone), queue.pop(everyone)] == session
     assert queue.pop(everyone) is early  # the session has nothing queued: the rest goes
 
@@ -350,8 +350,8 @@ def test_a_first_owner_the_gate_does_not_admit_waits(queue: JobQueue, clock: Fak
     other, session = make_job(clock, "a"), make_job(clock, "s")
     queue.push(other)
     queue.push(session)
-    assert queue.pop(Gate(lambda owner: owner != "s", first="s")) is other
-    assert queue.pop(Gate(lambda owner: owner != "s", first="s")) is None
+    assert queue.pop(Gate(lambda origin: origin.owner_fingerprint != "s", first="s")) is other
+    assert queue.pop(Gate(lambda origin: origin.owner_fingerprint != "s", first="s")) is None
 
 
 def test_the_starvation_bound_holds_among_the_admitted(clock: FakeClock) -> None:
@@ -364,7 +364,7 @@ def test_the_starvation_bound_holds_among_the_admitted(clock: FakeClock) -> None
     clock.advance(49)
     soon = make_job(clock, "c", timeout_s=1)
     queue.push(soon)
-    gate = Gate(lambda owner: owner != "a")
+    gate = Gate(lambda origin: origin.owner_fingerprint != "a")
     clock.advance(60)  # b's job has waited 109 s, c's 60 s
     assert queue.pop(gate) is overdue
     assert queue.pop(gate) is soon
@@ -377,4 +377,4 @@ def test_within_the_bound_the_fair_share_orders_the_admitted(clock: FakeClock) -
     queue.push(late)
     soon = make_job(clock, "c", timeout_s=1)
     queue.push(soon)
-    assert queue.pop(Gate(lambda owner: True)) is soon  # the shorter timeout first
+    assert queue.pop(Gate(lambda origin: True)) is soon  # the shorter timeout first

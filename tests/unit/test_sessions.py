@@ -42,7 +42,7 @@ def book(store: SqliteJobStore, clock: FakeClock) -> SessionBook:
 
 async def test_a_session_gets_the_roles_defaults_and_holds_its_backend_once_begun(
         book: SessionBook) -> None:
-    session = await book.open(ALICE, "qpu", 0, 0)
+    session = await book.open(ALICE, "qpu", None, None)
     assert (session.max_length_s, session.idle_timeout_s) == (600, 60)
     assert book.open_of(ALICE.fingerprint, "qpu") == session
     assert book.holder("qpu") is None  # open, but no job of it handed over yet
@@ -54,8 +54,8 @@ async def test_a_session_gets_the_roles_defaults_and_holds_its_backend_once_begu
 
 
 @pytest.mark.parametrize(("length", "idle", "field"), [
-    (3600.001, 10, "max_length_s"), (-1, 10, "max_length_s"),
-    (100, 300.5, "idle_timeout_s"), (100, -5, "idle_timeout_s"),
+    (3600.001, 10, "max_length_s"), (-1, 10, "max_length_s"), (0, 10, "max_length_s"),
+    (100, 300.5, "idle_timeout_s"), (100, -5, "idle_timeout_s"), (100, 0, "idle_timeout_s"),
 ])
 async def test_limits_past_the_roles_are_refused(book: SessionBook, length: float, idle: float,
                                                  field: str) -> None:
@@ -73,16 +73,16 @@ async def test_the_limits_themselves_are_allowed(book: SessionBook) -> None:
 
 
 async def test_one_open_session_per_token_and_backend(book: SessionBook) -> None:
-    first = await book.open(ALICE, "qpu", 0, 0)
-    await refused_as(book.open(ALICE, "qpu", 0, 0), "session_already_open",
+    first = await book.open(ALICE, "qpu", None, None)
+    await refused_as(book.open(ALICE, "qpu", None, None), "session_already_open",
                      session_id=first.session_id, backend="qpu")
-    await book.open(ALICE, "emulator", 0, 0)
-    await book.open(BOB, "qpu", 0, 0)
+    await book.open(ALICE, "emulator", None, None)
+    await book.open(BOB, "qpu", None, None)
     assert len(book.sessions) == 3
 
 
 async def test_only_its_owner_or_an_admin_closes_a_session(book: SessionBook) -> None:
-    session = await book.open(ALICE, "qpu", 0, 0)
+    session = await book.open(ALICE, "qpu", None, None)
     await refused_as(book.close(session.session_id, BOB), "session_not_found",
                      session_id=session.session_id)
     closed = await book.close(session.session_id, ALICE)
@@ -90,14 +90,14 @@ async def test_only_its_owner_or_an_admin_closes_a_session(book: SessionBook) ->
         ALICE.fingerprint, "qpu") is None
     await refused_as(book.close(session.session_id, ALICE), "session_not_found",
                      session_id=session.session_id)
-    other = await book.open(ALICE, "qpu", 0, 0)  # a new one may be opened now
+    other = await book.open(ALICE, "qpu", None, None)  # a new one may be opened now
     ended = await book.close(other.session_id, ROOT)
     assert ended.end_reason.startswith("ended by root")
 
 
 async def test_an_idle_session_ends_after_its_idle_timeout(
         book: SessionBook, clock: FakeClock) -> None:
-    session = await book.open(ALICE, "qpu", 0, 30)
+    session = await book.open(ALICE, "qpu", None, 30)
     live = {"n": 1}
 
     def live_jobs(owner: str, backend: str) -> int:
@@ -120,7 +120,7 @@ async def test_an_idle_session_ends_after_its_idle_timeout(
 
 async def test_a_session_ends_at_its_maximum_length_even_while_busy(
         book: SessionBook, clock: FakeClock) -> None:
-    await book.open(ALICE, "qpu", 100, 0)
+    await book.open(ALICE, "qpu", 100, None)
     await book.handed_over(ALICE.fingerprint, "qpu")
     clock.advance(99.999)
     assert await book.watch(lambda owner, backend: 1) == []
@@ -132,7 +132,7 @@ async def test_a_session_ends_at_its_maximum_length_even_while_busy(
 
 async def test_sessions_survive_a_restart(store: SqliteJobStore, clock: FakeClock) -> None:
     book = SessionBook(store, clock, LIMITS)
-    session = await book.open(ALICE, "qpu", 0, 0)
+    session = await book.open(ALICE, "qpu", None, None)
     await book.handed_over(ALICE.fingerprint, "qpu")
     again = SessionBook(store, clock, LIMITS)
     await again.load()
@@ -143,8 +143,8 @@ async def test_sessions_survive_a_restart(store: SqliteJobStore, clock: FakeCloc
 
 async def test_the_earliest_begun_session_holds_a_backend(
         book: SessionBook, clock: FakeClock) -> None:
-    await book.open(ALICE, "qpu", 0, 0)
-    bob = await book.open(BOB, "qpu", 0, 0)
+    await book.open(ALICE, "qpu", None, None)
+    bob = await book.open(BOB, "qpu", None, None)
     await book.handed_over(BOB.fingerprint, "qpu")
     clock.advance(1)
     await book.handed_over(ALICE.fingerprint, "qpu")

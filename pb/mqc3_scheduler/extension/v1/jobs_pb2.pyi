@@ -119,7 +119,7 @@ class StatusCount(_message.Message):
     def __init__(self, status: _Optional[_Union[_job_pb2.JobStatus, str]] = ..., jobs: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("owner_name", "jobs_by_final_status", "total_shots", "queue_wait_seconds", "execution_seconds", "live_jobs", "max_live_jobs", "queued_bytes", "max_queued_bytes", "role")
+    __slots__ = ("owner_name", "jobs_by_final_status", "total_shots", "queue_wait_seconds", "execution_seconds", "live_jobs", "max_live_jobs", "queued_bytes", "max_queued_bytes", "role", "budget")
     OWNER_NAME_FIELD_NUMBER: _ClassVar[int]
     JOBS_BY_FINAL_STATUS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SHOTS_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class Usage(_message.Message):
     QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUED_BYTES_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     owner_name: str
     jobs_by_final_status: _containers.RepeatedCompositeFieldContainer[StatusCount]
     total_shots: int
@@ -140,7 +141,24 @@ class Usage(_message.Message):
     queued_bytes: int
     max_queued_bytes: int
     role: str
-    def __init__(self, owner_name: _Optional[str] = ..., jobs_by_final_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., total_shots: _Optional[int] = ..., queue_wait_seconds: _Optional[float] = ..., execution_seconds: _Optional[float] = ..., live_jobs: _Optional[int] = ..., max_live_jobs: _Optional[int] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
+    budget: Budget
+    def __init__(self, owner_name: _Optional[str] = ..., jobs_by_final_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., total_shots: _Optional[int] = ..., queue_wait_seconds: _Optional[float] = ..., execution_seconds: _Optional[float] = ..., live_jobs: _Optional[int] = ..., max_live_jobs: _Optional[int] = ..., queued_bytes: _Optional[int] = ..., max_queued_bytes: _Optional[int] = ..., role: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("period", "qpu_seconds", "shots", "qpu_seconds_used", "shots_used", "resets_at")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    QPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHOTS_FIELD_NUMBER: _ClassVar[int]
+    QPU_SECONDS_USED_FIELD_NUMBER: _ClassVar[int]
+    SHOTS_USED_FIELD_NUMBER: _ClassVar[int]
+    RESETS_AT_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    qpu_seconds: float
+    shots: int
+    qpu_seconds_used: float
+    shots_used: int
+    resets_at: _timestamp_pb2.Timestamp
+    def __init__(self, period: _Optional[str] = ..., qpu_seconds: _Optional[float] = ..., shots: _Optional[int] = ..., qpu_seconds_used: _Optional[float] = ..., shots_used: _Optional[int] = ..., resets_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("error", "to", "usage")

@@ -1,0 +1,134 @@
+"""Sessions, bookings and budgets over real gRPC, in both modes (docs/reservations.md):
+the first, simplest promise of each, end to end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
+from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
+from pb.mqc3_scheduler.extension.v1 import reservations_pb2_grpc
+from scheduler.messages import convert
+from tests.conftest import Running, scheduler_in
+from tests.helpers import TokenDatabase, submit_request
+
+QUEUED, RUNNING = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING
+
+
+@pytest.fixture
+async def reservations(running: Running) -> AsyncIterator[
+        reservations_pb2_grpc.ReservationsServiceStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+    yield reservations_pb2_grpc.ReservationsServiceStub(channel)
+    await channel.close()
+
+
+async def submit(running: Running, token: str, metadata: tuple[tuple[str, str], ...] = ()) -> str:
+    answer = await running.clients.submission.SubmitJob(submit_request(token),
+                                                        metadata=metadata or None)
+    assert answer.error.code == "", answer.error
+    return str(answer.job_id)
+
+
+async def take(running: Running) -> str:
+    answer = await running.clients.execution.AssignNextJob(
+        execution_pb2.AssignNextJobRequest(backend="emulator"))
+    assert answer.error.code == "", answer.error
+    return str(answer.job_id)
+
+
+async def detail(running: Running, token: str, job_id: str) -> str:
+    answer = await running.clients.submission.GetJobStatus(
+        submission_pb2.GetJobStatusRequest(token=token, job_id=job_id))
+    assert answer.error.code == "", answer.error
+    return str(answer.status_detail)
+
+
+async def test_a_window_admits_only_its_users_and_says_why_the_others_wait(
+        running: Running, reservations: reservations_pb2_grpc.ReservationsServiceStub) -> None:
+    root, alice, bob = running.token("root", "admin"), running.token("alice"), running.token("bob")
+    now = datetime.now(UTC)
+    request = pb.BookBackendRequest(token=root, backend="emulator", users=["alice"],
+                                    note="alice's experiment")
+    request.starts_at.CopyFrom(convert.timestamp(now - timedelta(seconds=1)))
+    request.ends_at.CopyFrom(convert.timestamp(now + timedelta(hours=1)))
+    booked = await reservations.BookBackend(request)
+    assert booked.error.code == "", booked.error
+    assert list(booked.booking.users) == ["alice"] and not booked.booking.maintenance
+    bobs = await submit(running, bob)
+    alices = await submit(running, alice)
+    assert await take(running) == alices  # bob's came first, but the window is alice's
+    assert await take(running) == ""
+    assert "emulator is reserved for alice until" in await detail(running, bob, bobs)
+    # Listed for anyone, whose only for an admin.
+    listed = await reservations.ListBookings(pb.ListBookingsRequest(token=bob))
+    assert [(b.booking_id, list(b.users), b.for_you) for b in listed.bookings] == [
+        (booked.booking.booking_id, [], False)]
+    # Cancelled: the window ends at once, and bob's job goes.
+    cancelled = await reservations.CancelBooking(pb.CancelBookingRequest(
+        token=root, booking_id=booked.booking.booking_id))
+    assert cancelled.error.code == "", cancelled.error
+    assert await take(running) == bobs
+
+
+async def test_only_an_admin_books_and_an_overlap_is_refused(
+        running: Running, reservations: reservations_pb2_grpc.ReservationsServiceStub) -> None:
+    root, alice = running.token("root", "admin"), running.token("alice")
+    now = datetime.now(UTC)
+    request = pb.BookBackendRequest(token=alice, backend="emulator", maintenance=True)
+    request.starts_at.CopyFrom(convert.timestamp(now + timedelta(hours=1)))
+    request.ends_at.CopyFrom(convert.timestamp(now + timedelta(hours=2)))
+    refused = await reservations.BookBackend(request)
+    assert refused.error.code == "INVALID_ARGUMENT" and "for admins only" in refused.error.description
+    request.token = root
+    first = await reservations.BookBackend(request)
+    assert first.error.code == "", first.error
+    again = await reservations.BookBackend(request)
+    assert again.error.code == "FAILED_PRECONDITION"
+    assert first.booking.booking_id in again.error.description
+    status = await running.clients.submission.GetServiceStatus(
+        submission_pb2.GetServiceStatusRequest(token=alice, backend="emulator"))
+    assert "maintenance booked from" in status.description
+
+
+async def test_a_session_goes_before_the_queue_once_it_has_begun(
+        running: Running, reservations: reservations_pb2_grpc.ReservationsServiceStub) -> None:
+    alice, bob = running.token("alice"), running.token("bob")
+    opened = await reservations.OpenSession(pb.OpenSessionRequest(token=alice, backend="emulator"))
+    assert opened.error.code == "", opened.error
+    session_id = opened.session.session_id
+    first = await submit(running, alice, (("x-mqc3-session", session_id),))
+    assert await take(running) == first  # the session begins
+    bobs = [await submit(running, bob) for _ in range(3)]
+    second = await submit(running, alice)  # no header: the open session takes it all the same
+    assert await take(running) == second
+    assert "a session of another user holds emulator" in await detail(running, bob, bobs[0])
+    wrong = await running.clients.submission.SubmitJob(
+        submit_request(alice), metadata=(("x-mqc3-session", "not-a-session"),))
+    assert wrong.error.code == "INVALID_ARGUMENT"
+    closed = await reservations.CloseSession(pb.CloseSessionRequest(token=alice,
+                                                                    session_id=session_id))
+    assert closed.error.code == "" and not closed.session.open
+    assert await take(running) == bobs[0]
+
+
+async def test_a_budget_refuses_the_job_that_would_start_past_it(
+        mode: str, tmp_path: Path, request: pytest.FixtureRequest,
+        token_database: TokenDatabase) -> None:
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[roles.developer]\nperiod = "day"\nshots = 150\n')
+    async with scheduler_in(mode, tmp_path, request, token_database,
+                            {"SCHEDULER_BUDGETS_FILE": str(budgets)}) as running:
+        alice = running.token("alice")
+        job_id = await submit(running, alice)  # 100 shots: within 150
+        assert await take(running) == job_id  # handed over: 100 used
+        refused = await running.clients.submission.SubmitJob(submit_request(alice))
+        assert refused.error.code == "RESOURCE_EXHAUSTED"
+        assert "the budget of 150 shots per day is spent: 100 used" in refused.error.description
+        root = running.token("root", "admin")
+        assert (await running.clients.submission.SubmitJob(submit_request(root))).job_id
