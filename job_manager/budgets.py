@@ -79,6 +79,11 @@ class Spent:
     shots: int = 0
     qpu_s: float = 0.0
 
+    def used(self, *, shots: int = 0, qpu_s: float = 0.0) -> None:
+        """Count more use."""
+        self.shots += shots
+        self.qpu_s += qpu_s
+
 
 @dataclass(frozen=True)
 class BudgetLeft:
@@ -160,13 +165,13 @@ class BudgetBook:
         """A job of the period began to run: its shots are used."""
         spent = self._counted(record)
         if spent is not None:
-            spent.shots += self._shots_of(record)
+            spent.used(shots=self._shots_of(record))
 
     def finished(self, record: JobRecord) -> None:
         """A job ended: the QPU time its node reported is used."""
         spent = self._counted(record)
         if spent is not None:
-            spent.qpu_s += listing.qpu_seconds(record)
+            spent.used(qpu_s=listing.qpu_seconds(record))
 
     def _counted(self, record: JobRecord) -> Spent | None:
         """The owner's count this job belongs to (the period it was submitted in), if kept."""

@@ -220,7 +220,7 @@ class Ledger:
 
     def given_back(self, job: QueuedJob, queued: JobRecord) -> None:
         """A RUNNING job no node received is QUEUED again, in its place at the head."""
-        job.record = queued
+        job.become(queued)
         self._running.pop(job.job_id, None)
         self._quotas.rejoined_queue(job.owner, job.size_bytes)
         self.put_back(job)
@@ -268,7 +268,7 @@ class Ledger:
         if running is not None:
             self._running[job_id] = replace(running, tags=tags)
         elif (queued := self._claimed.get(job_id) or self._queued(job_id)) is not None:
-            queued.record = replace(queued.record, tags=tags)
+            queued.become(replace(queued.record, tags=tags))
         finished = self._finished.get(job_id)
         if finished is not None:
             self._finished[job_id] = replace(finished, tags=tags)

@@ -130,11 +130,12 @@ class QueuedJob:
     _size_bytes: int | None  # None: the length of its program
     _whole: JobRecord | None  # the record, when it cannot be rebuilt from the fields above
 
-    def __init__(self, record: JobRecord, program: bytes | None) -> None:
+    def __init__(self, record: JobRecord, program: bytes | None,
+                 rank_key: int | None = None) -> None:
         self.job_id = record.job_id
         self.program = program
         self.charged = False
-        self.rank_key = None
+        self.rank_key = rank_key
         self._size_bytes = None if program is not None else record.input_size_bytes
         self.record = record
 
@@ -145,24 +146,26 @@ class QueuedJob:
         if isinstance(found, JobRecord):
             return cls(found, None)
         job = cls.__new__(cls)
-        job.job_id = found.job_id
-        job.origin = _ORIGINS.shared(JobOrigin(
+        job._take_row(found)
+        return job
+
+    def _take_row(self, found: QueuedRow) -> None:
+        """Be the job a lean row describes (no record is built)."""
+        self.job_id = found.job_id
+        self.origin = _ORIGINS.shared(JobOrigin(
             found.owner_name, found.owner_fingerprint, found.role, found.backend,
             found.sdk_version, found.save_job))
-        job.settings = _SETTINGS.shared(found.settings)
-        job.timeout_s = _TIMEOUTS.shared(found.timeout_s)
-        job.program, job.charged, job.rank_key = None, False, None
-        job._size_bytes, job._whole = found.input_size_bytes, None
-        job.age_key = _key_of_time(_microseconds(found.queued_at), 0)
-        return job
+        self.settings = _SETTINGS.shared(found.settings)
+        self.timeout_s = _TIMEOUTS.shared(found.timeout_s)
+        self.program, self.charged, self.rank_key = None, False, None
+        self._size_bytes, self._whole = found.input_size_bytes, None
+        self.age_key = _key_of_time(_microseconds(found.queued_at), 0)
 
     @classmethod
     def at_head(cls, record: JobRecord) -> QueuedJob:
         """A job queued again after its node vanished, ahead of every other job of its
         owner (rank 0, sequence 0) and early by age (its old queued_at)."""
-        job = cls(record, None)
-        job.rank_key = 0
-        return job
+        return cls(record, None, rank_key=0)
 
     @property
     def record(self) -> JobRecord:
@@ -190,6 +193,24 @@ class QueuedJob:
         self._whole = None
         if self.record != record:
             self._whole = record
+
+    def become(self, record: JobRecord) -> None:
+        """Take ``record``'s fields (a status change, new tags); see ``record``'s setter."""
+        self.record = record
+
+    def give_program(self, program: bytes | None) -> None:
+        """Hold the program read for a recovered job (None: it was not found)."""
+        self.program = program
+
+    def number(self, sequence: int, timeout_weight: float) -> None:
+        """Take its arrival ``sequence`` in a queue, and its rank from its age and timeout."""
+        self.age_key |= sequence
+        self.rank_key = _key_of_rank(self.queued_at_s + timeout_weight * self.timeout_s,
+                                     sequence)
+
+    def taken(self, charged: bool) -> None:
+        """Taken out of its queue; ``charged``: its owner's turn was spent on it."""
+        self.charged = charged
 
     @property
     def idempotency_key(self) -> str:
@@ -262,6 +283,26 @@ class _Owner:
     def order_key(self) -> tuple[float, int]:
         return (self.virtual_time, self.jobs[0].rank_key)
 
+    def catch_up(self, virtual_clock: float) -> None:
+        """Start no earlier than the queue's virtual clock: an idle token saves no turns."""
+        self.virtual_time = max(self.virtual_time, virtual_clock)
+
+    def add(self, jobs: list[QueuedJob]) -> None:
+        """Its jobs joined the queue."""
+        self.jobs.update(jobs)
+
+    def drop(self, job: QueuedJob) -> None:
+        """One of its jobs left the queue."""
+        self.jobs.remove(job)
+
+    def turn_spent(self) -> None:
+        """One of its jobs was handed over: its next turn is a stride later."""
+        self.virtual_time += 1.0 / self.weight
+
+    def turn_given_back(self) -> None:
+        """A job whose turn was spent came back unstarted: the turn is its own again."""
+        self.virtual_time -= 1.0 / self.weight
+
 
 class JobQueue:
     """The jobs waiting for one backend (or for all, with --unify-backends)."""
@@ -313,9 +354,7 @@ class JobQueue:
         if job.rank_key is None:
             sequence = next(self._sequence)
             assert sequence <= _SEQUENCE_MASK, "a queue numbered 2**39 jobs"
-            job.age_key |= sequence
-            job.rank_key = _key_of_rank(
-                job.queued_at_s + self._policy.timeout_weight * job.timeout_s, sequence)
+            job.number(sequence, self._policy.timeout_weight)
         self._jobs[job.job_id] = job
         self.bytes_held += job.size_bytes
 
@@ -326,8 +365,8 @@ class JobQueue:
         if owner.jobs:
             self._turns.remove(owner)
         else:
-            owner.virtual_time = max(owner.virtual_time, self._virtual_clock)
-        owner.jobs.update(jobs)
+            owner.catch_up(self._virtual_clock)
+        owner.add(jobs)
         self._turns.add(owner)
 
     def _owner(self, job: QueuedJob) -> _Owner:
@@ -391,7 +430,7 @@ class JobQueue:
         if owner is not None and job.charged:
             if owner.jobs:
                 self._turns.remove(owner)
-            owner.virtual_time -= 1.0 / owner.weight
+            owner.turn_given_back()
             if owner.jobs:
                 self._turns.add(owner)
         self.push(job)
@@ -448,14 +487,14 @@ class JobQueue:
         self._positions.clear()
         owner = self._owners[job.owner]
         self._turns.remove(owner)
-        owner.jobs.remove(job)
+        owner.drop(job)
         self._by_age.remove(job)
         del self._jobs[job.job_id]
         self.bytes_held -= job.size_bytes
-        job.charged = charge
+        job.taken(charge)
         if charge:
             self._virtual_clock = max(self._virtual_clock, owner.virtual_time)
-            owner.virtual_time += 1.0 / owner.weight
+            owner.turn_spent()
         if owner.jobs:
             self._turns.add(owner)
         elif owner.virtual_time <= self._virtual_clock:

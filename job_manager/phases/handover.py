@@ -156,7 +156,7 @@ class HandOver:
         """Read a claimed recovered job's program before its hand-over; a job whose
         program is gone FAILS."""
         try:
-            job.program = await self._core.payloads.get_input(job.job_id)
+            job.give_program(await self._core.payloads.get_input(job.job_id))
         except StoreError as exc:
             self._ledger.put_back(job)
             raise store_failed(f"job {job.job_id} not handed over (it stays queued)",

@@ -134,7 +134,7 @@ class Recovery:
                 return 0
             if not self._waits_for_program(job):
                 return 0  # handed over (or ended) while its program was read
-        job.program = program
+        job.give_program(program)
         return 1
 
     def _waits_for_program(self, job: QueuedJob) -> bool:

@@ -527,7 +527,7 @@ class DynamoDbJobStore:
             try:
                 record = self._record(item)
             except RecordUnreadable:
-                scrubbed.unreadable += 1
+                scrubbed.count(unreadable=True)
                 continue
             rewritten = await self._put_if(
                 self._item(record),
@@ -535,10 +535,7 @@ class DynamoDbJobStore:
                 {"#token": "token", "#status": "status"},
                 {":status": item["status"]},
             )
-            if rewritten:
-                scrubbed.rewritten += 1
-            else:
-                scrubbed.changed_meanwhile += 1
+            scrubbed.count(rewritten=rewritten)
         return scrubbed
 
     async def export_queued_to_original(self, token_of: Callable[[JobRecord], str],
@@ -588,6 +585,15 @@ class Scrubbed:
     rewritten: int = 0
     unreadable: int = 0  # left as they are, and logged
     changed_meanwhile: int = 0  # the scheduler wrote them first: already scrubbed
+
+    def count(self, *, rewritten: bool = False, unreadable: bool = False) -> None:
+        """One record more: rewritten, unreadable, or (neither) changed meanwhile."""
+        if unreadable:
+            self.unreadable += 1
+        elif rewritten:
+            self.rewritten += 1
+        else:
+            self.changed_meanwhile += 1
 
 
 def missing_from_table(description: dict[str, Any], status_index: str) -> str | None:

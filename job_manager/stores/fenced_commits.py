@@ -45,6 +45,13 @@ class FencedWrite:
     size_bytes: int = 0
     conflicted_since: float | None = None
 
+    def conflicted_for(self, now: float) -> float:
+        """How long this write has been in conflict, its first conflict being at ``now``
+        when it had none before."""
+        if self.conflicted_since is None:
+            self.conflicted_since = now
+        return now - self.conflicted_since
+
 
 class FencedCommits:
     """The committers of one store's fenced writes, one per fence item."""
@@ -215,9 +222,7 @@ class _Committer:
         now = self._monotonic()
         again = []
         for write in batch:
-            if write.conflicted_since is None:
-                write.conflicted_since = now
-            if now - write.conflicted_since > GIVE_UP_S:
+            if write.conflicted_for(now) > GIVE_UP_S:
                 _answer(write, StoreError(
                     f"dynamodb-jobs: transaction conflicts for {GIVE_UP_S:g} s"))
             else:

@@ -137,10 +137,14 @@ class LocalPayloadStore:
         private_files.private_directory(directory)  # ours alone: uploads land here
         self._dir = self.directory = directory
         self._signer = signer
-        self.base_url = base_url.rstrip("/")  # may be set once the HTTP port is known
+        self.base_url = base_url.rstrip("/")  # may be set once the HTTP port is known (serve_at)
         self._clock = clock
         self._calls = self.calls = BlockingCalls("local-payloads", max_workers=4,
                                                  errors=(OSError,))
+
+    def serve_at(self, base_url: str) -> None:
+        """Sign URLs for the HTTP endpoint at ``base_url`` (known once its port is bound)."""
+        self.base_url = base_url.rstrip("/")
 
     # --- PayloadStore -----------------------------------------------------------
     async def put_input(self, job_id: str, program: bytes, tags: ObjectTags | None = None) -> None:

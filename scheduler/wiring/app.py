@@ -506,8 +506,7 @@ class Scheduler:
                            uploads=Uploads(self._accepts_result, self.config.max_result_bytes,
                                            self._result_written)),
             port, auto_decompress=False)
-        payloads.base_url = (public_url
-                             or f"http://{self.config.host}:{self.http_port}").rstrip("/")
+        payloads.serve_at(public_url or f"http://{self.config.host}:{self.http_port}")
 
     async def _serve_metrics(self) -> None:
         app = build_http_app(self._is_serving, metrics=self.metrics.exposition,
