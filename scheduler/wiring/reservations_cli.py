@@ -10,6 +10,7 @@ in UTC.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -126,27 +127,28 @@ def bookings_main(argv: Sequence[str]) -> int:
     """Entry point of ``scheduler.py bookings``; returns the exit code."""
     parser = _bookings_parser()
     args = parser.parse_args(list(argv))
+    window = None
     if args.command == "add":
         now = SystemClock().now()
         try:
-            args.starts_at = parse_time(args.starts, now)
-            args.ends_at = parse_time(args.ends, now)
+            window = parse_time(args.starts, now), parse_time(args.ends, now)
         except ValueError as exc:
             parser.error(str(exc))
-    return run_client("bookings", args, _run_bookings)
+    return run_client("bookings", args, functools.partial(_run_bookings, window=window))
 
 
-async def _run_bookings(args: argparse.Namespace, channel: grpc.aio.Channel,
-                        token: str) -> None:
+async def _run_bookings(args: argparse.Namespace, channel: grpc.aio.Channel, token: str,
+                        window: tuple[datetime, datetime] | None) -> None:
+    """``window``: (from, to) of ``add``, parsed before any call is made."""
     stub = reservations_pb2_grpc.ReservationsServiceStub(channel)
     now = SystemClock().now()
     columns = ["booking_id", "backend", "state", "starts_at", "ends_at", "for", "note"]
-    if args.command == "add":
+    if window is not None:
         request = pb.BookBackendRequest(token=token, backend=args.backend,
                                         users=args.users or [],
                                         maintenance=args.maintenance, note=args.note)
-        request.starts_at.CopyFrom(_timestamp(args.starts_at))
-        request.ends_at.CopyFrom(_timestamp(args.ends_at))
+        request.starts_at.CopyFrom(_timestamp(window[0]))
+        request.ends_at.CopyFrom(_timestamp(window[1]))
         booked = checked(await stub.BookBackend(request))
         print_rows(args, [_booking_row(booked.booking, now)], columns)
     elif args.command == "cancel":
