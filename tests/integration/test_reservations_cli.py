@@ -19,6 +19,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2
 from scheduler.wiring.reservations_cli import parse_time
 from tests.conftest import Running, scheduler_in
 from tests.helpers import TokenDatabase, submit_request
+from tests.operations.support import has_series, scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +83,9 @@ async def test_sessions_open_list_and_close(running: Running) -> None:
     assert code == 0 and [(s["session_id"], s["state"]) for s in listed] == [
         (session_id, "begun")]
     assert listed[0]["started_at"] and listed[0]["ends_by"]
+    samples = await scrape(running.scheduler.metrics_port)  # the dashboard's view of it
+    assert value(samples, "mqc3_session_holding", backend="emulator") == 1
+    assert value(samples, "mqc3_sessions_open", backend="emulator") == 1
 
     # Everyone's is an admin's: another user is refused; the admin sees the owner.
     code, _, err = await command(where, alice, "sessions", "list", "--all")
@@ -98,6 +102,9 @@ async def test_sessions_open_list_and_close(running: Running) -> None:
     assert code == 1 and "NOT_FOUND" in err
     code, out, _ = await command(where, alice, "sessions", "--json", "list")
     assert [s["state"] for s in rows(out)] == ["ended"]  # listed a day after its end
+    samples = await scrape(running.scheduler.metrics_port)
+    assert value(samples, "mqc3_session_holding", backend="emulator") == 0
+    assert has_series(samples, "mqc3_session_holding", backend="emulator")
 
     code, _, err = await command(where, alice, "sessions", "open", "emulator",
                                  "--idle-timeout", "0")
@@ -135,6 +142,15 @@ async def test_bookings_add_list_and_cancel(running: Running) -> None:
     maintenance = rows(out)[0]
     assert (maintenance["state"], maintenance["for"]) == ("upcoming", "maintenance")
     assert maintenance["starts_at"] == later.replace(tzinfo=UTC).isoformat()  # no offset: UTC
+
+    samples = await scrape(running.scheduler.metrics_port)  # the dashboard's view of them
+    assert value(samples, "mqc3_booking_open", backend="emulator", kind="user") == 1
+    assert value(samples, "mqc3_booking_open", backend="emulator", kind="maintenance") == 0
+    coming_s = value(samples, "mqc3_booking_next_start_seconds", backend="emulator",
+                     kind="maintenance")
+    assert timedelta(days=2) - timedelta(minutes=1) < timedelta(seconds=coming_s) <= timedelta(
+        days=2)
+    assert not has_series(samples, "mqc3_booking_next_start_seconds", kind="user")
 
     # Listed for anyone, the earliest first; whose only for an admin.
     code, out, _ = await command(where, bob, "bookings", "list")
