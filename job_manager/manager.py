@@ -242,6 +242,12 @@ class JobManager:
         """Each queue's (name, jobs, program bytes, waiting nodes)."""
         return self._reads.queue_snapshot()
 
+    def reservations_snapshot(self) -> tuple[list[str], tuple[Booking, ...], tuple[Session, ...]]:
+        """(known backends, bookings, sessions), for metrics; the leader's only."""
+        turns = self._core.turns
+        return ((self._core.backends.known(), turns.calendar.bookings, turns.sessions.sessions)
+                if self.leads else ([], (), ()))
+
     def live(self, job_id: str) -> JobRecord | None:
         """The job if it is QUEUED or RUNNING in this process's memory."""
         return self._ledger.live(job_id)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from common.identity import Role
+from job_manager.bookings import Booking
 from job_manager.model import JobRecord, JobStatus
 from job_manager.observer import UNKNOWN_BACKEND
+from job_manager.sessions import Session
 from message_manager.catalogue import Catalogue, default_catalogue
 
 _WAIT_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200)
@@ -25,6 +28,10 @@ OUTCOMES = tuple(status.value for status in JobStatus if status.is_final)
 # field or backend, a backend closed to the role, a quota.
 SUBMISSION_REFUSALS = ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE")
 FORWARD_RESULTS = ("answered", "unreachable")
+# A booked window's kind: some users' reservation, or maintenance (no one).
+BOOKING_KINDS = ("user", "maintenance")
+# What the leader holds of the bookings and sessions: (known backends, bookings, sessions).
+ReservationsView = tuple[Sequence[str], Sequence[Booking], Sequence[Session]]
 
 
 class QueueCollector(Collector):
@@ -59,6 +66,51 @@ class NodeCollector(Collector):
         for backend, seconds in self._snapshot():
             quiet.add_metric([backend], seconds)
         yield quiet
+
+
+class ReservationsCollector(Collector):
+    """Sessions holding backends and booked windows, read at scrape time from the leader's
+    bookings and sessions (docs/reservations.md); a follower exports none."""
+
+    def __init__(self, snapshot: Callable[[], ReservationsView],
+                 now: Callable[[], datetime]) -> None:
+        self._snapshot = snapshot
+        self._now = now
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        backends, bookings, sessions = self._snapshot()
+        now = self._now()
+        holding = GaugeMetricFamily(
+            "mqc3_session_holding", "1 while a session holds the backend (its first job was "
+            "handed over: its queued jobs go first), else 0; exported by the leader only",
+            labels=["backend"])
+        open_sessions = GaugeMetricFamily(
+            "mqc3_sessions_open", "Open sessions on the backend, begun or not",
+            labels=["backend"])
+        window_open = GaugeMetricFamily(
+            "mqc3_booking_open", "1 while a booked window of the kind (user: a reservation, "
+            "maintenance) is open on the backend, else 0", labels=["backend", "kind"])
+        next_start = GaugeMetricFamily(
+            "mqc3_booking_next_start_seconds", "Seconds until the backend's next window of "
+            "the kind opens (no series while none is booked)", labels=["backend", "kind"])
+        every = sorted({*backends, *(b.backend for b in bookings), *(s.backend for s in sessions)})
+        for backend in every:
+            mine = [s for s in sessions if s.backend == backend]
+            holding.add_metric([backend], float(any(s.holds for s in mine)))
+            open_sessions.add_metric([backend], sum(s.is_open for s in mine))
+            for kind in BOOKING_KINDS:
+                windows = [b for b in bookings if b.backend == backend
+                           and _kind(b) == kind and now < b.ends_at]
+                window_open.add_metric([backend, kind], float(any(b.is_open(now)
+                                                                  for b in windows)))
+                coming = [b.starts_at for b in windows if now < b.starts_at]
+                if coming:
+                    next_start.add_metric([backend, kind], (min(coming) - now).total_seconds())
+        yield from (holding, open_sessions, window_open, next_start)
+
+
+def _kind(booking: Booking) -> str:
+    return "maintenance" if booking.maintenance else "user"
 
 
 class Metrics:
@@ -200,6 +252,11 @@ class Metrics:
     def watch_nodes(self, snapshot: Callable[[], list[tuple[str, float]]]) -> None:
         """Export how long each backend's nodes have been quiet, from ``snapshot``."""
         self.registry.register(NodeCollector(snapshot))
+
+    def watch_reservations(self, snapshot: Callable[[], ReservationsView],
+                           now: Callable[[], datetime]) -> None:
+        """Export sessions holding backends and booked windows from ``snapshot``."""
+        self.registry.register(ReservationsCollector(snapshot, now))
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

@@ -318,6 +318,8 @@ class Scheduler:
                                                  config.replicas.leader_wait_max_bytes))
         self.metrics.watch_queues(lambda: replicas.manager.queue_snapshot())
         self.metrics.watch_nodes(lambda: replicas.manager.node_snapshot())
+        self.metrics.watch_reservations(lambda: replicas.manager.reservations_snapshot(),
+                                        self.clock.now)
         # Standalone's results directory is watched as a store of its own: its programs
         # are in SQLite, whose writes succeeding must not hide the uploads' failing.
         results = (monitor.wrap(stack.local_payloads, "results")

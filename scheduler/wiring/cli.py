@@ -1,5 +1,7 @@
 """The command line: serve (the default), manage the standalone mode's tokens, migrate the
-table, or (``jobs``) a person's view of their jobs (scheduler/wiring/jobs_cli.py)."""
+table, or, over gRPC to a running scheduler, a person's view of their jobs (``jobs``,
+scheduler/wiring/jobs_cli.py) and of sessions and bookings (``sessions``, ``bookings``,
+scheduler/wiring/reservations_cli.py)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from scheduler.wiring.app import Scheduler
 from scheduler.wiring.aws import aws_job_store
 from scheduler.wiring.config import AwsConfig, Config, ConfigError, audit_log, load_config
 from scheduler.wiring.jobs_cli import jobs_main
+from scheduler.wiring.reservations_cli import bookings_main, sessions_main
 from scheduler.wiring.standalone import open_data_directory, token_store_path
 from token_database.service import (
     audit_created,
@@ -228,6 +231,10 @@ def main(argv: Sequence[str]) -> int:
         return _migrate_main(argv[1:])
     if argv[:1] == ["jobs"]:
         return jobs_main(argv[1:])
+    if argv[:1] == ["sessions"]:
+        return sessions_main(argv[1:])
+    if argv[:1] == ["bookings"]:
+        return bookings_main(argv[1:])
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
