@@ -136,8 +136,8 @@ class Calendar:
         if window is not None:
             if owner_name in window.users:
                 return None
-            what = ("in maintenance" if window.maintenance
-                    else f"reserved for {window.for_whom()}")
+            # Who it is reserved for is an admin's to know (ListBookings), not every user's.
+            what = "in maintenance" if window.maintenance else "reserved for other users"
             return Hold(f"{backend} is {what} until {_spoken(window.ends_at)}", window.ends_at)
         for booking in self._bookings:
             if (booking.backend == backend and owner_name in booking.users
@@ -150,11 +150,6 @@ class Calendar:
         """The maintenance window of ``backend`` open now or the next to open."""
         return next((b for b in self._bookings if b.backend == backend and b.maintenance
                      and now < b.ends_at), None)
-
-    def next_change(self, now: datetime) -> datetime | None:
-        """When a window next opens or closes: who may run may change then."""
-        times = [t for b in self._bookings for t in (b.starts_at, b.ends_at) if t > now]
-        return min(times, default=None)
 
     # --- the document -----------------------------------------------------------------------
     async def _change(self, change: object) -> None:

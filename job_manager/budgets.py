@@ -167,6 +167,13 @@ class BudgetBook:
         if spent is not None:
             spent.used(shots=self._shots_of(record))
 
+    def back_in_queue(self, record: JobRecord) -> None:
+        """A job handed over came back to its queue (given back, or requeued): its shots
+        are used again only at its next hand-over, as the store counts them."""
+        spent = self._counted(record)
+        if spent is not None:
+            spent.used(shots=-self._shots_of(record))
+
     def finished(self, record: JobRecord) -> None:
         """A job ended: the QPU time its node reported is used."""
         spent = self._counted(record)

@@ -137,10 +137,13 @@ class SessionBook:
         """The owner's open session on ``backend``, if any."""
         return self._open_of(self._sessions, owner_fingerprint, backend)
 
-    def holder(self, backend: str) -> Session | None:
-        """The session holding ``backend`` now, if any: the earliest opened of those that
-        have begun (one at a time holds it; the others wait their turn)."""
-        holding = [s for s in self._sessions if s.backend == backend and s.holds]
+    def holder(self, backend: str, now: datetime) -> Session | None:
+        """The session holding ``backend`` at ``now``, if any: the earliest begun of those
+        that have begun and not reached their length (one at a time holds it; the others
+        wait their turn). One past its length holds nothing, even before the watch has
+        written its end (say the store is down)."""
+        holding = [s for s in self._sessions
+                   if s.backend == backend and s.holds and now < s.deadline]
         return min(holding, key=lambda s: s.started_at or s.opened_at, default=None)
 
     async def handed_over(self, owner_fingerprint: str, backend: str) -> None:
@@ -184,10 +187,6 @@ class SessionBook:
         for session_id in due:
             self._idle_since.pop(session_id, None)
         return [s for s in self._sessions if s.session_id in due]
-
-    def next_change(self) -> datetime | None:
-        """When an open session next reaches its maximum length."""
-        return min((s.deadline for s in self._sessions if s.is_open), default=None)
 
     # --- the document -------------------------------------------------------------------
     @staticmethod

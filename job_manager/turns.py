@@ -40,7 +40,7 @@ class Turns:
 
     def gate(self, backend: str, now: datetime) -> Gate | None:
         """Who may be handed ``backend``'s jobs now; None when nothing holds anyone back."""
-        holder = self.sessions.holder(backend)
+        holder = self.sessions.holder(backend, now)
         if not (self.calendar.bookings or holder is not None or self.budgets.rules):
             return None
 
@@ -61,7 +61,7 @@ class Turns:
         if left is not None and left.spent:
             return (f"waiting: your budget for this {left.budget.period.value} is spent; "
                     f"it resets at {left.resets_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
-        holder = self.sessions.holder(record.backend)
+        holder = self.sessions.holder(record.backend, now)
         if holder is not None and holder.owner_fingerprint != record.owner_fingerprint:
             return (f"a session of another user holds {record.backend}, at most until "
                     f"{holder.deadline.strftime('%Y-%m-%d %H:%M:%S UTC')}")

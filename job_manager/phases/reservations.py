@@ -82,6 +82,9 @@ class Reservations:
         """End an open session: its owner's, or any for an admin."""
         session = await self._turns.sessions.close(session_id, principal)
         self._core.ledger.wake_all()
+        if session.owner_fingerprint != principal.fingerprint:
+            audit.record(audit.Actor.of(principal), "session.end", session_id=session_id,
+                         owner_name=session.owner_name, backend=session.backend)
         log.info("session %s on %s ended: %s", session_id, session.backend,
                  session.end_reason)
         return session

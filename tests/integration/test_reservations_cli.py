@@ -245,10 +245,6 @@ def test_times_are_iso_now_or_from_now() -> None:
             parse_time(wrong, now)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "job_manager/budgets.py counts a job's shots at each hand-over (BudgetBook.handed_over "
-    "from HandOver._start): a job queued again and handed over anew is counted twice in the "
-    "leader's memory, once when the next term reads the store (listing.Totals.add)"))
 @pytest.mark.parametrize("mode", ["standalone"])
 async def test_a_job_queued_again_spends_its_shots_once(
         mode: str, tmp_path: Path, request: pytest.FixtureRequest,

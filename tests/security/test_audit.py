@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,7 +35,9 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2 as tpb
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2_grpc
-from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, reservations_pb2_grpc
+from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as rpb
+from scheduler.messages import convert
 from tests.conftest import Running, scheduler_in
 from tests.helpers import UPLOAD_HEADERS, TokenDatabase, standalone_token, submit_request
 
@@ -292,3 +295,33 @@ def test_a_token_made_by_the_token_databases_own_command_line_is_audited(tmp_pat
     assert (logged[0]["token_fingerprint"], logged[0]["token_role"]) == (fingerprint(token),
                                                                           "admin")
     assert token not in audit_path.read_text() + made.stderr
+
+
+async def test_bookings_and_an_admins_end_of_anothers_session_are_audited(
+        tmp_path: Path, request: pytest.FixtureRequest, token_database: TokenDatabase,
+        audit_log: Path) -> None:
+    async with scheduler_in("standalone", tmp_path, request, token_database) as running:
+        alice, root = _alice_and_root(running)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+        stub = reservations_pb2_grpc.ReservationsServiceStub(channel)
+        own = await stub.OpenSession(rpb.OpenSessionRequest(token=alice, backend="emulator"))
+        closed = await stub.CloseSession(rpb.CloseSessionRequest(
+            token=alice, session_id=own.session.session_id))  # her own: not audited
+        other = await stub.OpenSession(rpb.OpenSessionRequest(token=alice, backend="emulator"))
+        ended = await stub.CloseSession(rpb.CloseSessionRequest(
+            token=root, session_id=other.session.session_id))
+        book = rpb.BookBackendRequest(token=root, backend="emulator", maintenance=True)
+        now = datetime.now(UTC)
+        book.starts_at.CopyFrom(convert.timestamp(now + timedelta(hours=1)))
+        book.ends_at.CopyFrom(convert.timestamp(now + timedelta(hours=2)))
+        booked = await stub.BookBackend(book)
+        cancelled = await stub.CancelBooking(rpb.CancelBookingRequest(
+            token=root, booking_id=booked.booking.booking_id))
+        await channel.close()
+    assert not [a.error.code for a in (own, closed, other, ended, booked, cancelled)
+                if a.error.code]
+    assert what(audit_log) == [("session.end", "root", "ok", ""),
+                               ("booking.add", "root", "ok", ""),
+                               ("booking.cancel", "root", "ok", "")]
+    assert entries(audit_log)[0]["owner_name"] == "alice"
+    assert entries(audit_log)[1]["booking_id"] == booked.booking.booking_id

@@ -95,6 +95,11 @@ async def test_a_periods_use_is_read_from_the_store_once_then_counted_in_memory(
     counted = book.known_left(ALICE.fingerprint, NOW)
     assert counted is not None and (counted.spent_shots, counted.spent_qpu_s) == (300, 60.0)
     assert counted.spent  # 300 of 300 shots, and 60 of 60 s
+    # A job handed over that comes back to its queue uses its shots only when handed over
+    # again, as the store counts them.
+    book.back_in_queue(handed)
+    back = book.known_left(ALICE.fingerprint, NOW)
+    assert back is not None and back.spent_shots == 200
 
 
 async def test_the_refusal_names_the_use_the_budget_and_the_reset(
@@ -107,9 +112,8 @@ async def test_the_refusal_names_the_use_the_budget_and_the_reset(
     assert left is not None and left.refusal(50) is None  # exactly the budget
     refusal = left.refusal(51)
     assert refusal is not None and refusal.key == "budget_spent"
-    assert str(refusal) == ("the budget of 150 shots per day is spent: 100 used this day, "
-                            "and this job would start past it; it resets at "
-                            "2026-12-08 00:00:00 UTC")
+    assert str(refusal) == ("this job would start past the budget of 150 shots per day: "
+                            "100 used this day; it resets at 2026-12-08 00:00:00 UTC")
     seconds = BudgetBook(BudgetRules({Role.DEVELOPER: Budget(Period.DAY, qpu_seconds=30)}),
                          store, shots_of)
     spent = await seconds.left(ALICE, NOW)

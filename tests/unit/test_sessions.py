@@ -45,12 +45,12 @@ async def test_a_session_gets_the_roles_defaults_and_holds_its_backend_once_begu
     session = await book.open(ALICE, "qpu", None, None)
     assert (session.max_length_s, session.idle_timeout_s) == (600, 60)
     assert book.open_of(ALICE.fingerprint, "qpu") == session
-    assert book.holder("qpu") is None  # open, but no job of it handed over yet
+    assert book.holder("qpu", T0) is None  # open, but no job of it handed over yet
     await book.handed_over(ALICE.fingerprint, "qpu")
-    holder = book.holder("qpu")
+    holder = book.holder("qpu", T0)
     assert holder is not None and holder.session_id == session.session_id
     assert holder.started_at == T0
-    assert book.holder("emulator") is None
+    assert book.holder("emulator", T0) is None
 
 
 @pytest.mark.parametrize(("length", "idle", "field"), [
@@ -123,11 +123,13 @@ async def test_a_session_ends_at_its_maximum_length_even_while_busy(
     await book.open(ALICE, "qpu", 100, None)
     await book.handed_over(ALICE.fingerprint, "qpu")
     clock.advance(99.999)
+    assert book.holder("qpu", clock.now()) is not None
     assert await book.watch(lambda owner, backend: 1) == []
     clock.advance(0.001)
+    assert book.holder("qpu", clock.now()) is None  # at its length: holds nothing already
     [ended] = await book.watch(lambda owner, backend: 1)
     assert ended.end_reason == "reached its maximum length (100 s)"
-    assert book.holder("qpu") is None
+    assert book.holder("qpu", T0) is None
 
 
 async def test_sessions_survive_a_restart(store: SqliteJobStore, clock: FakeClock) -> None:
@@ -136,7 +138,7 @@ async def test_sessions_survive_a_restart(store: SqliteJobStore, clock: FakeCloc
     await book.handed_over(ALICE.fingerprint, "qpu")
     again = SessionBook(store, clock, LIMITS)
     await again.load()
-    holder = again.holder("qpu")
+    holder = again.holder("qpu", T0)
     assert holder is not None and holder.session_id == session.session_id
     assert holder.role is Role.DEVELOPER and holder.opened_at == T0
 
@@ -148,5 +150,5 @@ async def test_the_earliest_begun_session_holds_a_backend(
     await book.handed_over(BOB.fingerprint, "qpu")
     clock.advance(1)
     await book.handed_over(ALICE.fingerprint, "qpu")
-    holder = book.holder("qpu")
+    holder = book.holder("qpu", T0)
     assert holder is not None and holder.session_id == bob.session_id
