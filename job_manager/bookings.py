@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from common.clock import Clock
-from job_manager.stores import Document, Fence, JobStore
+from job_manager.documents import StoredDocument
+from job_manager.stores import Fence, JobStore
 from message_manager import SchedulerError
 
 DOCUMENT = "bookings"
 KEEP_ENDED = timedelta(days=7)  # ended windows still listed this long
-WRITE_ATTEMPTS = 3  # a booking raced by another write to the document is tried again
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,17 @@ class Calendar:
     """The bookings of every backend, as the job store holds them, and what they allow now."""
 
     def __init__(self, store: JobStore, clock: Clock, fence: Fence | None = None) -> None:
-        self._store = store
         self._clock = clock
-        self._fence = fence
-        self._bookings: tuple[Booking, ...] = ()
-        self._version = 0
+        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence)
 
     @property
     def bookings(self) -> tuple[Booking, ...]:
         """Every booking known, the earliest window first."""
-        return self._bookings
+        return self._document.items
 
     async def load(self) -> None:
         """Read the bookings from the store (a term's start, or a follower's answer)."""
-        self._take(await self._store.read_document(DOCUMENT))
+        await self._document.load()
 
     async def book(self, backend: str, starts_at: datetime, ends_at: datetime,
                    users: tuple[str, ...], booked_by: str, note: str = "") -> Booking:
@@ -126,7 +124,7 @@ class Calendar:
     # --- what the bookings allow now --------------------------------------------------------
     def open_window(self, backend: str, now: datetime) -> Booking | None:
         """The booking whose window is open on ``backend`` now, if any."""
-        return next((b for b in self._bookings if b.backend == backend and b.is_open(now)),
+        return next((b for b in self.bookings if b.backend == backend and b.is_open(now)),
                     None)
 
     def hold(self, backend: str, owner_name: str, now: datetime) -> Hold | None:
@@ -139,7 +137,7 @@ class Calendar:
             # Who it is reserved for is an admin's to know (ListBookings), not every user's.
             what = "in maintenance" if window.maintenance else "reserved for other users"
             return Hold(f"{backend} is {what} until {_spoken(window.ends_at)}", window.ends_at)
-        for booking in self._bookings:
+        for booking in self.bookings:
             if (booking.backend == backend and owner_name in booking.users
                     and now < booking.starts_at):
                 return Hold(f"waiting for your reservation of {backend}, "
@@ -148,28 +146,15 @@ class Calendar:
 
     def next_maintenance(self, backend: str, now: datetime) -> Booking | None:
         """The maintenance window of ``backend`` open now or the next to open."""
-        return next((b for b in self._bookings if b.backend == backend and b.maintenance
+        return next((b for b in self.bookings if b.backend == backend and b.maintenance
                      and now < b.ends_at), None)
 
     # --- the document -----------------------------------------------------------------------
-    async def _change(self, change: object) -> None:
-        assert callable(change)
-        for _ in range(WRITE_ATTEMPTS):
-            now = self._clock.now()
-            kept = tuple(b for b in self._bookings if b.ends_at + KEEP_ENDED > now)
-            changed = tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend)))
-            body = encode(changed)
-            if await self._store.write_document(DOCUMENT, body, self._version, self._fence):
-                self._bookings, self._version = changed, self._version + 1
-                return
-            await self.load()  # another write came first (a retry, another leader's)
-        raise SchedulerError("store_failed")
-
-    def _take(self, document: Document | None) -> None:
-        if document is None:
-            self._bookings, self._version = (), 0
-        else:
-            self._bookings, self._version = decode(document.body), document.version
+    async def _change(self, change: Callable[[tuple[Booking, ...]], tuple[Booking, ...]]) -> None:
+        now = self._clock.now()
+        await self._document.change(
+            lambda kept: tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend))),
+            lambda booking: booking.ends_at + KEEP_ENDED > now)
 
 
 def encode(bookings: tuple[Booking, ...]) -> bytes:

@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 
 from common.clock import Clock
 from common.identity import Principal, Role
-from job_manager.stores import Document, Fence, JobStore
+from job_manager.documents import StoredDocument
+from job_manager.stores import Fence, JobStore
 from message_manager import SchedulerError
 
 DOCUMENT = "sessions"
 KEEP_ENDED = timedelta(days=1)  # ended sessions still listed this long
-WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,19 @@ class SessionBook:
 
     def __init__(self, store: JobStore, clock: Clock, limits: dict[Role, SessionLimits],
                  fence: Fence | None = None) -> None:
-        self._store = store
         self._clock = clock
         self._limits = limits
-        self._fence = fence
-        self._sessions: tuple[Session, ...] = ()
-        self._version = 0
+        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence)
         self._idle_since: dict[str, datetime] = {}  # open sessions with no live job
 
     @property
     def sessions(self) -> tuple[Session, ...]:
-        return self._sessions
+        """Every session known: the open ones, and those ended in the last KEEP_ENDED."""
+        return self._document.items
 
     async def load(self) -> None:
-        self._take(await self._store.read_document(DOCUMENT))
+        """Read the sessions from the store (a term's start, or a follower's round)."""
+        await self._document.load()
         self._idle_since.clear()
 
     async def open(self, principal: Principal, backend: str, max_length_s: float | None,
@@ -135,14 +134,14 @@ class SessionBook:
     # --- what the sessions say now ---------------------------------------------------------
     def open_of(self, owner_fingerprint: str, backend: str) -> Session | None:
         """The owner's open session on ``backend``, if any."""
-        return self._open_of(self._sessions, owner_fingerprint, backend)
+        return self._open_of(self.sessions, owner_fingerprint, backend)
 
     def holder(self, backend: str, now: datetime) -> Session | None:
         """The session holding ``backend`` at ``now``, if any: the earliest begun of those
         that have begun and not reached their length (one at a time holds it; the others
         wait their turn). One past its length holds nothing, even before the watch has
         written its end (say the store is down)."""
-        holding = [s for s in self._sessions
+        holding = [s for s in self.sessions
                    if s.backend == backend and s.holds and now < s.deadline]
         return min(holding, key=lambda s: s.started_at or s.opened_at, default=None)
 
@@ -165,7 +164,7 @@ class SessionBook:
         the owner's QUEUED and RUNNING jobs on a backend); the sessions ended."""
         now = self._clock.now()
         due: dict[str, str] = {}
-        for s in self._sessions:
+        for s in self.sessions:
             if not s.is_open:
                 continue
             if now >= s.deadline:
@@ -186,7 +185,7 @@ class SessionBook:
         await self._change(end)
         for session_id in due:
             self._idle_since.pop(session_id, None)
-        return [s for s in self._sessions if s.session_id in due]
+        return [s for s in self.sessions if s.session_id in due]
 
     # --- the document -------------------------------------------------------------------
     @staticmethod
@@ -195,23 +194,9 @@ class SessionBook:
                      and s.backend == backend), None)
 
     async def _change(self, change: Callable[[tuple[Session, ...]], tuple[Session, ...]]) -> None:
-        for _ in range(WRITE_ATTEMPTS):
-            now = self._clock.now()
-            kept = tuple(s for s in self._sessions
-                         if s.ended_at is None or s.ended_at + KEEP_ENDED > now)
-            changed = change(kept)
-            if await self._store.write_document(DOCUMENT, encode(changed), self._version,
-                                                self._fence):
-                self._sessions, self._version = changed, self._version + 1
-                return
-            await self.load()  # another write came first
-        raise SchedulerError("store_failed")
-
-    def _take(self, document: Document | None) -> None:
-        if document is None:
-            self._sessions, self._version = (), 0
-        else:
-            self._sessions, self._version = decode(document.body), document.version
+        now = self._clock.now()
+        await self._document.change(
+            change, lambda s: s.ended_at is None or s.ended_at + KEEP_ENDED > now)
 
 
 def _within(field: str, value: float, maximum: float, role: Role) -> float:

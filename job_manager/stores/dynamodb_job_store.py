@@ -483,26 +483,14 @@ class DynamoDbJobStore:
     async def write_document(self, name: str, body: bytes, version: int,
                              fence: Fence | None = None) -> bool:
         key = DOCUMENT_PREFIX + name
-        write = {
-            "TableName": self._table,
-            "Item": {"job_id": {"S": key}, "document": {"B": body},
-                     "document_version": {"N": str(version + 1)}},
-            "ConditionExpression": ("attribute_not_exists(job_id)" if version == 0
-                                    else "document_version = :version"),
-            **({} if version == 0 else
-               {"ExpressionAttributeValues": {":version": {"N": str(version)}}}),
-        }
+        item = {"job_id": {"S": key}, "document": {"B": body},
+                "document_version": {"N": str(version + 1)}}
+        condition, values = (("attribute_not_exists(job_id)", {}) if version == 0 else
+                             ("document_version = :version", {":version": {"N": str(version)}}))
         if fence is None:
-            def put() -> bool:
-                try:
-                    self._client.put_item(**write)
-                except ClientError as exc:
-                    if _conditional_failure(exc):
-                        return False
-                    raise
-                return True
-
-            return await self._calls.run(put)
+            return await self._put_if(item, condition, {}, values)
+        write = {"TableName": self._table, "Item": item, "ConditionExpression": condition,
+                 **({"ExpressionAttributeValues": values} if values else {})}
         landed = await self._fenced.write(fence, [{"Put": write}], frozenset([key]),
                                           lambda reasons: reasons is None, key)
         return bool(landed)
@@ -563,12 +551,14 @@ class DynamoDbJobStore:
 
     async def _put_if(self, item: dict[str, Any], condition: str, names: dict[str, str],
                       values: dict[str, Any]) -> bool:
+        # DynamoDB refuses empty maps of names or values: each is sent only when it has some.
+        optional = {**({"ExpressionAttributeNames": names} if names else {}),
+                    **({"ExpressionAttributeValues": values} if values else {})}
+
         def put() -> bool:
             try:
                 self._client.put_item(TableName=self._table, Item=item,
-                                      ConditionExpression=condition,
-                                      ExpressionAttributeNames=names,
-                                      ExpressionAttributeValues=values)
+                                      ConditionExpression=condition, **optional)
             except ClientError as exc:
                 if _conditional_failure(exc):
                     return False

@@ -1,0 +1,53 @@
+"""One small document of the scheduler's own in the job store, held in memory and changed
+whole: the bookings (job_manager/bookings.py), the sessions (job_manager/sessions.py).
+
+Each change is a compare-and-set on the document's version, fenced like a job's write
+(job_manager/stores/job_store.py); a change raced by another write (a retry whose answer
+was lost, another leader's) reads the document again and is applied to what it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from job_manager.stores import Fence, JobStore
+from message_manager import SchedulerError
+
+T = TypeVar("T")
+WRITE_ATTEMPTS = 3  # a change raced by other writes is tried this often in all
+
+
+class StoredDocument(Generic[T]):
+    """The items of one document, as last read or written here."""
+
+    def __init__(self, store: JobStore, name: str, encode: Callable[[tuple[T, ...]], bytes],
+                 decode: Callable[[bytes], tuple[T, ...]], fence: Fence | None) -> None:
+        self._store = store
+        self._name = name
+        self._encode = encode
+        self._decode = decode
+        self._fence = fence
+        self.items: tuple[T, ...] = ()
+        self._version = 0
+
+    async def load(self) -> None:
+        """Read the document from the store."""
+        document = await self._store.read_document(self._name)
+        if document is None:
+            self.items, self._version = (), 0
+        else:
+            self.items, self._version = self._decode(document.body), document.version
+
+    async def change(self, change: Callable[[tuple[T, ...]], tuple[T, ...]],
+                     keep: Callable[[T], bool]) -> None:
+        """Write ``change`` of the items ``keep`` keeps; a SchedulerError ``change`` raises
+        (a refusal) changes nothing."""
+        for _ in range(WRITE_ATTEMPTS):
+            changed = change(tuple(item for item in self.items if keep(item)))
+            if await self._store.write_document(self._name, self._encode(changed),
+                                                self._version, self._fence):
+                self.items, self._version = changed, self._version + 1
+                return
+            await self.load()  # another write came first
+        raise SchedulerError("store_failed")
