@@ -161,7 +161,8 @@ class Calendar:
         assert callable(change)
         for _ in range(WRITE_ATTEMPTS):
             now = self._clock.now()
-            kept = tuple(b for b in self._bookings if b.ends_at + KEEP_ENDED > now)
+            # Compared on now's side: a window to the last date held has no date a week on.
+            kept = tuple(b for b in self._bookings if b.ends_at > now - KEEP_ENDED)
             changed = tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend)))
             body = encode(changed)
             if await self._store.write_document(DOCUMENT, body, self._version, self._fence):
