@@ -408,11 +408,13 @@ async def test_a_restarted_manager_with_budget_left_hands_over_once_counted(h: H
 
 async def test_qpu_seconds_are_counted_from_the_nodes_reports(h: Harness) -> None:
     manager = with_settings(h, **budgets(Budget(Period.MONTH, qpu_seconds=10)))
-    first, second = await h.submit(ALICE), await h.submit(ALICE)
+    first, second, held = [await h.submit(ALICE) for _ in range(3)]
     assert await next_job(manager) == first
     await run_for(h, first, 9.5)
     assert await next_job(manager) == second  # 9.5 of 10 s: not spent yet
     await run_for(h, second, 0.5)  # 10 of 10 s: spent
+    assert await next_job(manager) == ""
+    assert "your budget for this month is spent" in await detail(h, held, ALICE)
     third = await h.submit(BOB)
     await refused_as(h.submit(ALICE), "budget_spent", budget="10", unit="QPU seconds",
                      period="month", used="10.0", reset_at="2026-02-01 00:00:00 UTC")
@@ -439,6 +441,14 @@ async def test_a_user_budget_replaces_the_roles_and_an_admin_budget_holds_if_set
     assert left is not None and (left.budget.shots, left.spent_shots) == (5 * SHOTS, 2 * SHOTS)
     await refused_as(h.submit(ROOT), "budget_spent", budget=0, unit="shots", period="day",
                      used=0, reset_at=reset_at)
+
+
+async def test_an_admin_has_no_budget_unless_one_is_set(h: Harness) -> None:
+    manager = with_settings(h, **budgets(Budget(Period.DAY, shots=SHOTS)))
+    for _ in range(3):
+        job_id = await h.submit(ROOT)
+        assert await next_job(manager) == job_id
+    assert await manager.budget_left(ROOT) is None
 
 
 # --- the words of each wait -------------------------------------------------------------------
