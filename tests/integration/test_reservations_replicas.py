@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
@@ -150,3 +151,37 @@ async def test_a_budget_holds_for_the_whole_service_through_a_follower_and_a_fai
                                                             timeout=20)
         assert "the budget of 200 shots per day is spent: 200 used" in \
             again.error.description
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "GetServiceStatus is answered by the replica the call reaches, and a follower's "
+    "calendar is read from the store only for ListBookings: behind one address, a "
+    "follower says `available` during a maintenance window and announces none ahead "
+    "(scheduler/services/submission_service.py GetServiceStatus; job_manager/phases/"
+    "core.py backend_status)"))
+async def test_every_replica_shows_a_maintenance_window_ahead_and_while_it_is_open(
+        aws_names: AwsNames, token_database: TokenDatabase) -> None:
+    async with replicas(aws_names, token_database) as (leader, follower), \
+            reservations_of(follower) as through_follower:
+        root, alice = token_database.token("root", "admin"), token_database.token(
+            "alice", "developer")
+        now = datetime.now(UTC)
+        ahead = pb.BookBackendRequest(token=root, backend="emulator", maintenance=True)
+        ahead.starts_at.CopyFrom(convert.timestamp(now + timedelta(hours=1)))
+        ahead.ends_at.CopyFrom(convert.timestamp(now + timedelta(hours=2)))
+        assert (await through_follower.BookBackend(ahead)).error.code == ""
+        for replica in (leader, follower):
+            status = await replica.clients.submission.GetServiceStatus(
+                submission_pb2.GetServiceStatusRequest(token=alice, backend="emulator"),
+                timeout=20)
+            assert "maintenance booked from" in status.description, (replica is leader, status)
+        open_now = window(root, [], 0.5)
+        open_now.maintenance = True
+        assert (await through_follower.BookBackend(open_now)).error.code == ""
+        for replica in (leader, follower):
+            status = await replica.clients.submission.GetServiceStatus(
+                submission_pb2.GetServiceStatusRequest(token=alice, backend="emulator"),
+                timeout=20)
+            assert status.status == submission_pb2.SERVICE_STATUS_MAINTENANCE, (
+                replica is leader, status)
+            assert status.description.startswith("in maintenance until "), status.description

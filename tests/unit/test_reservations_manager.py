@@ -249,6 +249,26 @@ async def test_bookings_and_sessions_survive_a_restart_and_are_enforced_by_the_n
     assert await next_job(manager, "qpu") == alices_qpu
 
 
+async def test_with_one_shared_queue_no_job_goes_outside_its_window(h: Harness) -> None:
+    # --unify-backends: any node may be handed any backend's job; the window still holds
+    # the jobs sent to its backend, whichever name the node asks under. The gate is per
+    # owner, asked of the owner's first queued job (job_manager/queue.py, Gate): bob's
+    # emulator job behind his held qpu job waits with it.
+    manager = with_settings(h, unify_backends=True)
+    await manager.book(ROOT, "qpu", T0, T0 + HOUR, ("alice",))
+    bobs_qpu = await h.submit(BOB, backend="qpu")
+    bobs_emulator = await h.submit(BOB)
+    alices_qpu = await h.submit(ALICE, backend="qpu")
+    assert await next_job(manager, "emulator") == alices_qpu
+    assert await next_job(manager, "qpu") == ""
+    assert "qpu is reserved for alice" in await detail(h, bobs_qpu, BOB)
+    waiting = await parked(manager, "emulator")
+    h.clock.advance(HOUR_S)
+    await watch_round(manager)
+    assert await handed(waiting) == bobs_qpu
+    assert await next_job(manager, "anything") == bobs_emulator
+
+
 # --- sessions -------------------------------------------------------------------------------
 async def test_a_sessions_jobs_go_first_only_once_it_has_begun(h: Harness) -> None:
     manager = h.manager
