@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -138,11 +139,11 @@ async def test_a_budget_refuses_the_job_that_would_start_past_it(
 
 
 # --- a client that knows nothing of any of it -------------------------------------------------
-async def what_a_plain_client_sees(running: Running, token: str) -> list[object]:
+async def what_a_plain_client_sees(running: Running, token: str) -> list[Any]:
     """The SDK's calls for one job, submitted, run and fetched, with no new metadata: every
     answer as the client sees it, ids and times left out."""
     submission = running.clients.submission
-    seen: list[object] = []
+    seen: list[Any] = []
     service = await submission.GetServiceStatus(
         submission_pb2.GetServiceStatusRequest(token=token, backend="emulator"))
     seen.append((service.error, service.status, service.description))
