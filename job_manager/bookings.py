@@ -154,7 +154,8 @@ class Calendar:
         now = self._clock.now()
         await self._document.change(
             lambda kept: tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend))),
-            lambda booking: booking.ends_at + KEEP_ENDED > now)
+            # Compared on now's side: a window to the last date held has no date a week on.
+            lambda booking: booking.ends_at > now - KEEP_ENDED)
 
 
 def encode(bookings: tuple[Booking, ...]) -> bytes:

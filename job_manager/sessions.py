@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from common.clock import Clock
 from common.identity import Principal, Role
+from common.timestamps import LATEST
 from job_manager.documents import StoredDocument
 from job_manager.stores import Fence, JobStore
 from message_manager import SchedulerError
@@ -59,8 +60,12 @@ class Session:
 
     @property
     def deadline(self) -> datetime:
-        """When it reaches its maximum length."""
-        return self.opened_at + timedelta(seconds=self.max_length_s)
+        """When it reaches its maximum length (the last date held, for a length past it:
+        an operator may allow lengths a date cannot hold)."""
+        try:
+            return self.opened_at + timedelta(seconds=self.max_length_s)
+        except OverflowError:
+            return LATEST
 
     @property
     def is_open(self) -> bool:
@@ -173,7 +178,7 @@ class SessionBook:
                 self._idle_since.pop(s.session_id, None)
             else:
                 since = self._idle_since.setdefault(s.session_id, now)
-                if now - since >= timedelta(seconds=s.idle_timeout_s):
+                if (now - since).total_seconds() >= s.idle_timeout_s:
                     due[s.session_id] = f"idle for {s.idle_timeout_s:g} s"
         if not due:
             return []
@@ -196,7 +201,7 @@ class SessionBook:
     async def _change(self, change: Callable[[tuple[Session, ...]], tuple[Session, ...]]) -> None:
         now = self._clock.now()
         await self._document.change(
-            change, lambda s: s.ended_at is None or s.ended_at + KEEP_ENDED > now)
+            change, lambda s: s.ended_at is None or s.ended_at > now - KEEP_ENDED)
 
 
 def _within(field: str, value: float, maximum: float, role: Role) -> float:

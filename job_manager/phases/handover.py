@@ -21,7 +21,7 @@ from job_manager.phases.core import JobCore, seconds, store_failed
 from job_manager.phases.inputs import Assignment, ExecutionReport
 from job_manager.phases.liveness import Liveness, check_hand_over, check_node
 from job_manager.phases.recovery import MISSING_PROGRAM
-from job_manager.queue import Gate, QueuedJob
+from job_manager.queue import QueuedJob
 from job_manager.stores import RecordTooNew, SignedUrl, StoreError
 from message_manager import SchedulerError
 
@@ -63,7 +63,7 @@ class HandOver:
         clock = self._core.clock
         deadline_s = clock.monotonic() + wait_s
         while True:
-            while (job := self._ledger.claim_next(backend, self._gate(backend))) is not None:
+            while (job := self._claim_next(backend)) is not None:
                 if (assignment := await self._hand_over(job, node)) is not None:
                     return assignment
             with self._liveness.waiting(backend):
@@ -71,14 +71,15 @@ class HandOver:
             if not woken:
                 return None
 
-    def _gate(self, backend: str) -> Gate | None:
-        """Who may be handed ``backend``'s jobs now (job_manager/turns.py); owners whose
-        budget use is not counted yet are counted in the background, then looked at again."""
+    def _claim_next(self, backend: str) -> QueuedJob | None:
+        """The next job for ``backend`` among those who may go now (job_manager/turns.py);
+        owners whose budget use is not counted yet are counted in the background, then
+        looked at again. Taken after the claim: the gate finds them while the queue asks it."""
         turns = self._core.turns
-        gate = turns.gate(backend, self._core.clock.now())
+        job = self._ledger.claim_next(backend, turns.gate(backend, self._core.clock.now()))
         for owner in turns.take_uncounted():
             self._core.in_background(self._count_budget(owner))
-        return gate
+        return job
 
     async def _count_budget(self, owner: Principal) -> None:
         """Count an owner's budget use from the store; their jobs wait until it is counted

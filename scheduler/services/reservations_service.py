@@ -31,6 +31,7 @@ RESERVATIONS = pb.DESCRIPTOR.services_by_name["ReservationsService"].full_name
 MAX_ID_CHARS = 64  # a session's or a booking's id (a UUID: 36)
 MAX_NOTE_CHARS = 1024
 MAX_NANOS = 999_999_999
+MAX_DURATION_S = 315_576_000_000  # the largest Duration protobuf defines (10,000 years)
 
 
 class ReservationsService(reservations_pb2_grpc.ReservationsServiceServicer):
@@ -121,7 +122,8 @@ class ReservationsService(reservations_pb2_grpc.ReservationsServiceServicer):
 
 def _seconds(duration: Duration, field: str) -> float:
     """A session limit as sent, in seconds; a malformed one is refused naming it."""
-    if not -MAX_NANOS <= duration.nanos <= MAX_NANOS or duration.seconds * duration.nanos < 0:
+    if (not -MAX_NANOS <= duration.nanos <= MAX_NANOS or duration.seconds * duration.nanos < 0
+            or abs(duration.seconds) > MAX_DURATION_S):
         raise SchedulerError("session_limit_out_of_range", field=field, minimum="more than 0",
                              maximum="the role's", role="-", value="malformed")
     return float(duration.seconds + duration.nanos / 1e9)

@@ -3,19 +3,22 @@ the first, simplest promise of each, end to end."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, reservations_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
-from pb.mqc3_scheduler.extension.v1 import reservations_pb2_grpc
 from scheduler.messages import convert
 from tests.conftest import Running, scheduler_in
-from tests.helpers import TokenDatabase, submit_request
+from tests.helpers import UPLOAD_HEADERS, TokenDatabase, gzip_result, submit_request
 
 QUEUED, RUNNING = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING
 
@@ -135,3 +138,63 @@ async def test_a_budget_refuses_the_job_that_would_start_past_it(
                 in refused.error.description)
         root = running.token("root", "admin")
         assert (await running.clients.submission.SubmitJob(submit_request(root))).job_id
+
+
+# --- a client that knows nothing of any of it -------------------------------------------------
+async def what_a_plain_client_sees(running: Running, token: str) -> list[Any]:
+    """The SDK's calls for one job, submitted, run and fetched, with no new metadata: every
+    answer as the client sees it, ids and times left out."""
+    submission = running.clients.submission
+    seen: list[Any] = []
+    service = await submission.GetServiceStatus(
+        submission_pb2.GetServiceStatusRequest(token=token, backend="emulator"))
+    seen.append((service.error, service.status, service.description))
+    submitted = await submission.SubmitJob(submit_request(token))
+    seen.append((submitted.error, bool(submitted.job_id)))
+    job_id = submitted.job_id
+    status = await submission.GetJobStatus(
+        submission_pb2.GetJobStatusRequest(token=token, job_id=job_id))
+    seen.append((status.error, status.status, status.status_detail))
+    assigned = await running.clients.assign()
+    seen.append((assigned.error, assigned.job_id == job_id))
+    put = await asyncio.to_thread(requests.put, assigned.upload_target.upload_url,
+                                  data=gzip_result(b"\x0a\x02ok"), headers=UPLOAD_HEADERS,
+                                  timeout=10)
+    seen.append(put.status_code < 300)
+    reported = await running.clients.execution.ReportExecutionResult(
+        execution_pb2.ReportExecutionResultRequest(
+            job_id=job_id, status=execution_pb2.EXECUTION_STATUS_SUCCESS))
+    seen.append(reported.error)
+    result = await submission.GetJobResult(
+        submission_pb2.GetJobResultRequest(token=token, job_id=job_id))
+    seen.append((result.error, result.status, result.status_detail,
+                 bool(result.result.result_url)))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+    try:
+        usage = await jobs_pb2_grpc.JobsServiceStub(channel).GetUsage(
+            jobs_pb2.GetUsageRequest(token=token))
+    finally:
+        await channel.close()
+    seen.append((usage.error, [u.HasField("budget") for u in usage.usage]))
+    return seen
+
+
+async def test_a_client_that_sends_nothing_new_sees_no_difference_beside_others_bookings(
+        running: Running, reservations: reservations_pb2_grpc.ReservationsServiceStub) -> None:
+    alice, root = running.token("alice"), running.token("root", "admin")
+    before = await what_a_plain_client_sees(running, alice)
+    assert before[2][1:] == (QUEUED, "queued: 1st of 1 on emulator")
+    assert before[-1][1] == [False]  # no budget: none shown
+    # Someone else's window on another backend, and an admin's session there.
+    now = datetime.now(UTC)
+    request = pb.BookBackendRequest(token=root, backend="qpu", users=["carol"])
+    request.starts_at.CopyFrom(convert.timestamp(now - timedelta(seconds=1)))
+    request.ends_at.CopyFrom(convert.timestamp(now + timedelta(hours=1)))
+    assert (await reservations.BookBackend(request)).error.code == ""
+    ahead = pb.BookBackendRequest(token=root, backend="qpu", maintenance=True)
+    ahead.starts_at.CopyFrom(convert.timestamp(now + timedelta(days=1)))
+    ahead.ends_at.CopyFrom(convert.timestamp(now + timedelta(days=2)))
+    assert (await reservations.BookBackend(ahead)).error.code == ""
+    opened = await reservations.OpenSession(pb.OpenSessionRequest(token=root, backend="qpu"))
+    assert opened.error.code == "", opened.error
+    assert await what_a_plain_client_sees(running, alice) == before
