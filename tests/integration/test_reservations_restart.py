@@ -123,7 +123,7 @@ async def test_a_budget_spent_before_a_restart_is_spent_after_it(
         assert await take(running) == ""  # counted: spent
         refused = await running.clients.submission.SubmitJob(submit_request(alice))
         assert refused.error.code == "RESOURCE_EXHAUSTED"
-        assert "the budget of 200 shots per month is spent: 200 used" in \
+        assert "this job would start past the budget of 200 shots per month: 200 used" in \
             refused.error.description
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
         try:
