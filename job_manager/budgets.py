@@ -2,8 +2,9 @@
 
 An operator gives a budget per role, and for some users by name (a user's own replaces
 their role's); admins have none unless one is set for them. A period is a UTC day or a
-UTC month; a period's use is that of the jobs submitted in it: the shots of those handed
-over to a node, and the QPU seconds their nodes reported (``listing.qpu_seconds``).
+UTC month; a period's use is that of the jobs handed over to a node in it: their shots,
+and the QPU seconds their nodes reported (``listing.qpu_seconds``). So jobs that waited
+for a reset (their owner's budget was spent) count in the period they run in.
 
 A submission that would start past its owner's budget is refused in band, with the use,
 the budget and when it resets; a queued job whose owner's budget was spent meanwhile waits
@@ -38,6 +39,13 @@ class Period(StrEnum):
         now = now.astimezone(UTC)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return day if self is Period.DAY else day.replace(day=1)
+
+    def previous_start(self, now: datetime) -> datetime:
+        """The start of the period before the one holding ``now``."""
+        start = self.start(now)
+        if self is Period.DAY:
+            return start - timedelta(days=1)
+        return (start - timedelta(days=1)).replace(day=1)
 
     def next_start(self, now: datetime) -> datetime:
         """When the period holding ``now`` ends and the next begins."""
@@ -145,12 +153,21 @@ class BudgetBook:
         start = budget.period.start(now)
         spent = self._spent.get(principal.fingerprint)
         if spent is None or spent.period_start != start:
-            totals = await listing.usage(self._store, principal.fingerprint, start, now,
-                                         self._shots_of)
-            found = totals.get(principal.fingerprint)
-            spent = self._spent[principal.fingerprint] = Spent(
-                start, found.shots_run if found else 0, found.qpu_s if found else 0.0)
+            spent = self._spent[principal.fingerprint] = await self._read(principal, budget,
+                                                                          now)
         return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
+
+    async def _read(self, principal: Principal, budget: Budget, now: datetime) -> Spent:
+        """The owner's use this period, from the store: the jobs handed over since its
+        start, among those submitted since the start of the period before (a job that
+        waited longer than a whole period is not found: docs/reservations.md)."""
+        start = budget.period.start(now)
+        spent = Spent(start)
+        async for record in listing.records(self._store, principal.fingerprint,
+                                            budget.period.previous_start(now), now):
+            if record.dequeued_at is not None and record.dequeued_at >= start:
+                spent.used(shots=self._shots_of(record), qpu_s=listing.qpu_seconds(record))
+        return spent
 
     def known_left(self, owner_fingerprint: str, now: datetime) -> BudgetLeft | None:
         """The owner's budget as last counted in this period, without reading the store;
@@ -181,13 +198,14 @@ class BudgetBook:
             spent.used(qpu_s=listing.qpu_seconds(record))
 
     def _counted(self, record: JobRecord) -> Spent | None:
-        """The owner's count this job belongs to (the period it was submitted in), if kept."""
+        """The owner's count this job belongs to (the period it was handed over in), if
+        kept."""
         spent = self._spent.get(record.owner_fingerprint)
         budget = self._budgets.get(record.owner_fingerprint)
-        if spent is None or budget is None:
-            return None  # counted from the store when first needed
-        if budget.period.start(record.submitted_at) != spent.period_start:
-            return None  # a job of an earlier period: that period's use no longer matters
+        if spent is None or budget is None or record.dequeued_at is None:
+            return None  # counted from the store when first needed; or never ran
+        if budget.period.start(record.dequeued_at) != spent.period_start:
+            return None  # run in an earlier period: that period's use no longer matters
         return spent
 
 

@@ -173,6 +173,15 @@ class _PageReading:
         return page, self.resume
 
 
+async def records(store: JobStore, owner: str | None, since: datetime,
+                  until: datetime) -> AsyncIterator[JobRecord]:
+    """Every record of one owner (None: every owner's) submitted from ``since`` to
+    ``until``, newest first; store failures become the caller's answer."""
+    async for found in _listed(store, owner, since, until):
+        if not isinstance(found, Reached):
+            yield found
+
+
 async def _listed(store: JobStore, owner: str | None, since: datetime,
                   until: datetime, batch: int = 0) -> AsyncIterator[JobRecord | Reached]:
     try:

@@ -144,3 +144,21 @@ async def test_no_budget_no_count(store: SqliteJobStore) -> None:
     assert await book.left(ALICE, NOW) is None
     book.handed_over(ran(NOW, 1))
     assert book.known_left(ALICE.fingerprint, NOW) is None
+
+
+async def test_a_job_counts_in_the_period_it_ran_in_not_the_one_it_was_submitted_in(
+        store: SqliteJobStore) -> None:
+    SHOTS["value"] = 100
+    yesterday = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
+    waited = replace(ran(yesterday, 5), dequeued_at=NOW - timedelta(minutes=5))
+    await store.create(waited)  # submitted yesterday, run today (it waited for the reset)
+    await store.create(ran(yesterday, 5))  # submitted and run yesterday
+    two_days_ago = replace(ran(NOW - timedelta(days=2), 5), dequeued_at=NOW)
+    await store.create(two_days_ago)  # waited more than a whole day: not looked for
+    book = BudgetBook(BudgetRules({Role.DEVELOPER: Budget(Period.DAY, shots=1000)}), store,
+                      shots_of)
+    left = await book.left(ALICE, NOW)
+    assert left is not None and left.spent_shots == 100
+    assert Period.DAY.previous_start(NOW) == datetime(2026, 12, 6, tzinfo=UTC)
+    assert Period.MONTH.previous_start(datetime(2026, 1, 15, tzinfo=UTC)) == datetime(
+        2025, 12, 1, tzinfo=UTC)

@@ -545,11 +545,6 @@ async def test_a_given_back_job_is_counted_once_as_the_store_counts_it(h: Harnes
     assert (kept.spent_shots, read.spent_shots) == (SHOTS, SHOTS)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jobs held by a spent budget run after the reset but count to the period they were "
-    "submitted in, whose count is no longer kept: that period's budget is passed by jobs "
-    "that were only queued when it was reached (the chosen rule: a period's use is that "
-    "of the jobs submitted in it)"))
 async def test_a_periods_budget_is_passed_by_no_job_that_was_only_queued_when_it_was_reached(
         h: Harness) -> None:
     h.clock.advance(23 * 3600)
