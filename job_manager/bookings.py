@@ -72,7 +72,8 @@ class Calendar:
 
     def __init__(self, store: JobStore, clock: Clock, fence: Fence | None = None) -> None:
         self._clock = clock
-        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence)
+        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence,
+                                        "cancel a booking, or book for fewer users")
 
     @property
     def bookings(self) -> tuple[Booking, ...]:

@@ -16,15 +16,20 @@ from message_manager import SchedulerError
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 3  # a change raced by other writes is tried this often in all
+# The most a document may take, in both stores alike: DynamoDB holds an item of at most
+# 400 KB, key and attribute names included; this leaves room for them.
+MAX_DOCUMENT_BYTES = 350_000
 
 
 class StoredDocument(Generic[T]):
     """The items of one document, as last read or written here."""
 
     def __init__(self, store: JobStore, name: str, encode: Callable[[tuple[T, ...]], bytes],
-                 decode: Callable[[bytes], tuple[T, ...]], fence: Fence | None) -> None:
+                 decode: Callable[[bytes], tuple[T, ...]], fence: Fence | None,
+                 full_advice: str) -> None:
         self._store = store
         self._name = name
+        self._full_advice = full_advice  # what a user can do when the document is full
         self._encode = encode
         self._decode = decode
         self._fence = fence
@@ -42,11 +47,16 @@ class StoredDocument(Generic[T]):
     async def change(self, change: Callable[[tuple[T, ...]], tuple[T, ...]],
                      keep: Callable[[T], bool]) -> None:
         """Write ``change`` of the items ``keep`` keeps; a SchedulerError ``change`` raises
-        (a refusal) changes nothing."""
+        (a refusal) changes nothing, nor does a change that would take the document past
+        MAX_DOCUMENT_BYTES (``document_full``: a change that shrinks it always fits)."""
         for _ in range(WRITE_ATTEMPTS):
             changed = change(tuple(item for item in self.items if keep(item)))
-            if await self._store.write_document(self._name, self._encode(changed),
-                                                self._version, self._fence):
+            body = self._encode(changed)
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise SchedulerError("document_full", what=self._name, size=len(body),
+                                     limit=MAX_DOCUMENT_BYTES, advice=self._full_advice)
+            if await self._store.write_document(self._name, body, self._version,
+                                                self._fence):
                 self.items, self._version = changed, self._version + 1
                 return
             await self.load()  # another write came first

@@ -84,7 +84,8 @@ class SessionBook:
                  fence: Fence | None = None) -> None:
         self._clock = clock
         self._limits = limits
-        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence)
+        self._document = StoredDocument(store, DOCUMENT, encode, decode, fence,
+                                        "close open sessions (ended ones leave after a day)")
         self._idle_since: dict[str, datetime] = {}  # open sessions with no live job
 
     @property
@@ -129,7 +130,7 @@ class SessionBook:
             if not found:
                 raise SchedulerError("session_not_found", session_id=session_id)
             why = reason or ("closed by its owner" if found[0].owner_fingerprint == by.fingerprint
-                             else f"ended by {by.log_name}")
+                             else f"ended by an admin ({by.name})")
             ended[:] = [replace(found[0], ended_at=now, end_reason=why)]
             return tuple(ended[0] if s is found[0] else s for s in current)
 

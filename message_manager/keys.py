@@ -13,6 +13,8 @@ ErrorKey = Literal[
     "booking_users_invalid",
     "booking_window_empty",
     "budget_spent",
+    "document_full",
+    "duration_malformed",
     "earlier_hand_over",
     "execution_status_invalid",
     "forwarded_call_unknown",

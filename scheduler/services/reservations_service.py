@@ -124,8 +124,7 @@ def _seconds(duration: Duration, field: str) -> float:
     """A session limit as sent, in seconds; a malformed one is refused naming it."""
     if (not -MAX_NANOS <= duration.nanos <= MAX_NANOS or duration.seconds * duration.nanos < 0
             or abs(duration.seconds) > MAX_DURATION_S):
-        raise SchedulerError("session_limit_out_of_range", field=field, minimum="more than 0",
-                             maximum="the role's", role="-", value="malformed")
+        raise SchedulerError("duration_malformed", field=field.removesuffix("_s"))
     return float(duration.seconds + duration.nanos / 1e9)
 
 
