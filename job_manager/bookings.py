@@ -16,6 +16,7 @@ KEEP_ENDED ago are dropped at the next write.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ class Calendar:
         self._fence = fence
         self._bookings: tuple[Booking, ...] = ()
         self._version = 0
+        # This process's writes go one at a time, each on the last: run at once, they would
+        # all write on one version and all but one lose (only another leader's may race).
+        self._writing = asyncio.Lock()
 
     @property
     def bookings(self) -> tuple[Booking, ...]:
@@ -159,16 +163,17 @@ class Calendar:
     # --- the document -----------------------------------------------------------------------
     async def _change(self, change: object) -> None:
         assert callable(change)
-        for _ in range(WRITE_ATTEMPTS):
-            now = self._clock.now()
-            kept = tuple(b for b in self._bookings if b.ends_at + KEEP_ENDED > now)
-            changed = tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend)))
-            body = encode(changed)
-            if await self._store.write_document(DOCUMENT, body, self._version, self._fence):
-                self._bookings, self._version = changed, self._version + 1
-                return
-            await self.load()  # another write came first (a retry, another leader's)
-        raise SchedulerError("store_failed")
+        async with self._writing:
+            for _ in range(WRITE_ATTEMPTS):
+                now = self._clock.now()
+                kept = tuple(b for b in self._bookings if b.ends_at + KEEP_ENDED > now)
+                changed = tuple(sorted(change(kept), key=lambda b: (b.starts_at, b.backend)))
+                body = encode(changed)
+                if await self._store.write_document(DOCUMENT, body, self._version, self._fence):
+                    self._bookings, self._version = changed, self._version + 1
+                    return
+                await self.load()  # another write came first (another leader's)
+            raise SchedulerError("store_failed")
 
     def _take(self, document: Document | None) -> None:
         if document is None:

@@ -142,9 +142,13 @@ class BudgetBook:
         if spent is None or spent.period_start != start:
             totals = await listing.usage(self._store, principal.fingerprint, start, now,
                                          self._shots_of)
-            found = totals.get(principal.fingerprint)
-            spent = self._spent[principal.fingerprint] = Spent(
-                start, found.shots_run if found else 0, found.qpu_s if found else 0.0)
+            spent = self._spent.get(principal.fingerprint)
+            if spent is None or spent.period_start != start:
+                found = totals.get(principal.fingerprint)
+                spent = self._spent[principal.fingerprint] = Spent(
+                    start, found.shots_run if found else 0, found.qpu_s if found else 0.0)
+            # else another read was kept meanwhile, and hand-overs since counted on it: this
+            # read may be older than they are.
         return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
 
     def known_left(self, owner_fingerprint: str, now: datetime) -> BudgetLeft | None:
@@ -157,10 +161,17 @@ class BudgetBook:
         return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
 
     def handed_over(self, record: JobRecord) -> None:
-        """A job of the period began to run: its shots are used."""
+        """A job of the period began to run: its shots are used, once (a requeued job's
+        were counted at its first hand-over, as a count read from the store finds)."""
         spent = self._counted(record)
-        if spent is not None:
+        if spent is not None and not record.requeues:
             spent.shots += self._shots_of(record)
+
+    def given_back(self, record: JobRecord) -> None:
+        """A hand-over no node received was undone, as if never made: so is its count."""
+        spent = self._counted(record)
+        if spent is not None and not record.requeues:
+            spent.shots = max(0, spent.shots - self._shots_of(record))
 
     def finished(self, record: JobRecord) -> None:
         """A job ended: the QPU time its node reported is used."""

@@ -17,6 +17,7 @@ starts again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -83,6 +84,7 @@ class SessionBook:
         self._fence = fence
         self._sessions: tuple[Session, ...] = ()
         self._version = 0
+        self._writing = asyncio.Lock()  # one write at a time, each on the last (bookings.py)
         self._idle_since: dict[str, datetime] = {}  # open sessions with no live job
 
     @property
@@ -196,17 +198,18 @@ class SessionBook:
                      and s.backend == backend), None)
 
     async def _change(self, change: Callable[[tuple[Session, ...]], tuple[Session, ...]]) -> None:
-        for _ in range(WRITE_ATTEMPTS):
-            now = self._clock.now()
-            kept = tuple(s for s in self._sessions
-                         if s.ended_at is None or s.ended_at + KEEP_ENDED > now)
-            changed = change(kept)
-            if await self._store.write_document(DOCUMENT, encode(changed), self._version,
-                                                self._fence):
-                self._sessions, self._version = changed, self._version + 1
-                return
-            await self.load()  # another write came first
-        raise SchedulerError("store_failed")
+        async with self._writing:
+            for _ in range(WRITE_ATTEMPTS):
+                now = self._clock.now()
+                kept = tuple(s for s in self._sessions
+                             if s.ended_at is None or s.ended_at + KEEP_ENDED > now)
+                changed = change(kept)
+                if await self._store.write_document(DOCUMENT, encode(changed), self._version,
+                                                    self._fence):
+                    self._sessions, self._version = changed, self._version + 1
+                    return
+                await self.load()  # another write came first (another leader's)
+            raise SchedulerError("store_failed")
 
     def _take(self, document: Document | None) -> None:
         if document is None:
