@@ -521,6 +521,18 @@ def broken_rules(world: TurnsWorld) -> list[base.Violation]:
     return [*_windows(world), *_session_bounds(world), *_budget(world)]
 
 
+def requeued_then_cancelled(world: TurnsWorld, violation: base.Violation) -> bool:
+    """A [cancel-truth] break of the base rules that is no break here: a refusal that said
+    RUNNING, of a job no node received that ended CANCELLED, when the store counts a
+    requeue of it (so it was RUNNING: its answer lost in transit, or its node gone). The
+    base rule excuses such a job once a later node received it ("RUNNING, then lost"); here
+    none may, as a spent budget holds it back until its owner cancels it (seen standalone,
+    seed 19, the job requeued by its timeout)."""
+    return (violation.rule == "cancel-truth" and " said RUNNING, but no node ever got the job "
+            "and it ended CANCELLED" in violation.text
+            and any(world.requeues.get(job_id, 0) > 0 for job_id in violation.about))
+
+
 def _owner(world: TurnsWorld, job_id: str) -> str:
     """Whose job it is: known from its submission, or from the program a node received or
     the server sent (each names its user)."""

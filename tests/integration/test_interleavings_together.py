@@ -518,7 +518,8 @@ def _reported_before(world: Together, report: Report) -> bool:
 
 
 def broken_rules(world: Together) -> list[base.Violation]:
-    return [*base.broken_rules(world), *_stale_hand_over(world), *turns.broken_rules(world)]
+    kept = [v for v in base.broken_rules(world) if not turns.requeued_then_cancelled(world, v)]
+    return [*kept, *_stale_hand_over(world), *turns.broken_rules(world)]
 
 
 def summary(world: Together) -> str:
