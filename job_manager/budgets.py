@@ -153,8 +153,12 @@ class BudgetBook:
         start = budget.period.start(now)
         spent = self._spent.get(principal.fingerprint)
         if spent is None or spent.period_start != start:
-            spent = self._spent[principal.fingerprint] = await self._read(principal, budget,
-                                                                          now)
+            read = await self._read(principal, budget, now)
+            spent = self._spent.get(principal.fingerprint)
+            if spent is None or spent.period_start != start:
+                spent = self._spent[principal.fingerprint] = read
+            # else another read was kept meanwhile, and hand-overs since counted on it:
+            # this read may be older than they are.
         return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
 
     async def _read(self, principal: Principal, budget: Budget, now: datetime) -> Spent:
@@ -165,8 +169,15 @@ class BudgetBook:
         spent = Spent(start)
         async for record in listing.records(self._store, principal.fingerprint,
                                             budget.period.previous_start(now), now):
-            if record.dequeued_at is not None and record.dequeued_at >= start:
-                spent.used(shots=self._shots_of(record), qpu_s=listing.qpu_seconds(record))
+            ran_now = record.dequeued_at is not None and record.dequeued_at >= start
+            # A requeued job waiting for its next node: its first ran; when is not stored,
+            # so it counts in the period it was submitted in.
+            requeued = (record.dequeued_at is None and record.requeues > 0
+                        and record.submitted_at >= start)
+            if ran_now or requeued:
+                spent.used(shots=self._shots_of(record))
+            if ran_now:
+                spent.used(qpu_s=listing.qpu_seconds(record))
         return spent
 
     def known_left(self, owner_fingerprint: str, now: datetime) -> BudgetLeft | None:
@@ -179,16 +190,16 @@ class BudgetBook:
         return BudgetLeft(budget, spent.shots, spent.qpu_s, budget.period.next_start(now))
 
     def handed_over(self, record: JobRecord) -> None:
-        """A job of the period began to run: its shots are used."""
+        """A job began to run: its shots are used, once (a requeued job's were counted at
+        its first hand-over, and it keeps that count)."""
         spent = self._counted(record)
-        if spent is not None:
+        if spent is not None and not record.requeues:
             spent.used(shots=self._shots_of(record))
 
-    def back_in_queue(self, record: JobRecord) -> None:
-        """A job handed over came back to its queue (given back, or requeued): its shots
-        are used again only at its next hand-over, as the store counts them."""
+    def given_back(self, record: JobRecord) -> None:
+        """A hand-over no node received was undone, as if never made: so is its count."""
         spent = self._counted(record)
-        if spent is not None:
+        if spent is not None and not record.requeues:
             spent.used(shots=-self._shots_of(record))
 
     def finished(self, record: JobRecord) -> None:

@@ -8,6 +8,7 @@ was lost, another leader's) reads the document again and is applied to what it h
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -35,6 +36,9 @@ class StoredDocument(Generic[T]):
         self._fence = fence
         self.items: tuple[T, ...] = ()
         self._version = 0
+        # This process's writes go one at a time, each on the last: run at once, they would
+        # all write on one version and all but one lose (only another leader's may race).
+        self._writing = asyncio.Lock()
 
     async def load(self) -> None:
         """Read the document from the store."""
@@ -49,6 +53,11 @@ class StoredDocument(Generic[T]):
         """Write ``change`` of the items ``keep`` keeps; a SchedulerError ``change`` raises
         (a refusal) changes nothing, nor does a change that would take the document past
         MAX_DOCUMENT_BYTES (``document_full``: a change that shrinks it always fits)."""
+        async with self._writing:
+            await self._write(change, keep)
+
+    async def _write(self, change: Callable[[tuple[T, ...]], tuple[T, ...]],
+                     keep: Callable[[T], bool]) -> None:
         for _ in range(WRITE_ATTEMPTS):
             changed = change(tuple(item for item in self.items if keep(item)))
             body = self._encode(changed)

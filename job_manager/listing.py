@@ -206,13 +206,14 @@ class Totals:
     shots: int = 0  # of the jobs that completed
     queue_wait_s: float = 0.0  # queued_at to dequeued_at
     execution_s: float = 0.0  # dequeued_at to finished_at
-    shots_run: int = 0  # of the jobs handed over to a node (running, or ended after running)
+    shots_run: int = 0  # of the jobs a node received (running, ended, or queued again)
     qpu_s: float = 0.0  # the execution times the nodes reported (job_manager/budgets.py)
 
     def add(self, record: JobRecord, shots: int) -> None:
         """Count one job submitted in the period."""
+        if record.dequeued_at is not None or record.requeues:
+            self.shots_run += shots  # a requeued job's first node received it
         if record.dequeued_at is not None:
-            self.shots_run += shots
             self.qpu_s += qpu_seconds(record)
         if record.status.is_final:
             self.by_final_status[record.status] += 1

@@ -206,7 +206,7 @@ class HandOver:
             return
         job = assignment.queued
         self._ledger.given_back(job, queued)
-        core.turns.budgets.back_in_queue(running)
+        core.turns.budgets.given_back(running)
         core.observer.given_back(queued)
         log.warning("job %s given back: its node's call ended before it received the job",
                     job.job_id)

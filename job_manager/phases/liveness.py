@@ -200,7 +200,6 @@ class Liveness:
             await core.believe_store(running.job_id)
             return None
         self._ledger.requeued(QueuedJob.at_head(queued))
-        core.turns.budgets.back_in_queue(running)
         core.observer.requeued(queued)
         log.warning("job %s requeued (%d of %d): %s", running.job_id,
                     queued.requeues, core.max_requeues, why)

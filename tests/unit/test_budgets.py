@@ -95,9 +95,8 @@ async def test_a_periods_use_is_read_from_the_store_once_then_counted_in_memory(
     counted = book.known_left(ALICE.fingerprint, NOW)
     assert counted is not None and (counted.spent_shots, counted.spent_qpu_s) == (300, 60.0)
     assert counted.spent  # 300 of 300 shots, and 60 of 60 s
-    # A job handed over that comes back to its queue uses its shots only when handed over
-    # again, as the store counts them.
-    book.back_in_queue(handed)
+    # A hand-over no node received is undone, and so is its count.
+    book.given_back(handed)
     back = book.known_left(ALICE.fingerprint, NOW)
     assert back is not None and back.spent_shots == 200
 
