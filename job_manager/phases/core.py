@@ -362,7 +362,8 @@ class JobCore:
         if stored is not None and changeable(stored):
             if stored.status is JobStatus.RUNNING:
                 self.ledger.admit_running(stored)
-            elif stored.status is JobStatus.QUEUED and self.ledger.queue(stored.backend):
+            elif (stored.status is JobStatus.QUEUED
+                  and self.ledger.queue(stored.backend) is not None):
                 self.ledger.admit(QueuedJob(stored, None), reserved=False)
         log.warning("job %s was %s in the store, not as expected in memory", job_id,
                     stored.status.value if stored else "missing")
