@@ -17,10 +17,11 @@ from dataclasses import replace
 import pytest
 
 from backend_manager import ServiceStatus
+from backend_manager.status import parse_backend_table
 from job_manager.manager import ExecutionReport
 from job_manager.model import JobStatus
 from tests.helpers import refused_as
-from tests.unit.test_job_rules import ALICE, GRACE_S, Harness, h, report
+from tests.unit.test_job_rules import ALICE, BACKENDS, EMULATOR_ONLY, GRACE_S, Harness, h, report
 from tests.unit.test_nodes import BEAT_TIMEOUT_S, beating, later, taken
 
 __all__ = ["h"]  # the fixture, shared with test_job_rules
@@ -183,3 +184,16 @@ async def test_a_quiet_backends_note_follows_its_description(h: Harness) -> None
     assert note.startswith("no node has asked for work for ")
     assert h.manager.service_status("emulator", ALICE) == (
         ServiceStatus.AVAILABLE, f"simulated on CPUs; {note}")
+
+
+async def test_a_name_a_node_asked_before_it_named_a_backend_was_not_remembered(
+        h: Harness) -> None:
+    # With one shared queue a node may ask under any name; only backends are watched, so
+    # made-up names cannot grow memory (the earlier run held this by reading the manager's
+    # node table, private since the split).
+    h.manager = h.new_manager(EMULATOR_ONLY, unify_backends=True)
+    h.clock.advance(100)
+    assert await h.manager.assign("qpu") is None  # not a backend yet
+    h.clock.advance(300)
+    h.manager.use_backends(parse_backend_table(BACKENDS))
+    assert dict(h.manager.node_snapshot())["qpu"] == 400  # quiet since the start
