@@ -10,10 +10,12 @@ import pytest
 
 from common.clock import FakeClock
 from common.identity import Principal, Role, fingerprint
-from job_manager.ledger import FINISHED_CACHE_SIZE, Ledger
+from job_manager import ledger as ledger_module
+from job_manager.ledger import FINISHED_CACHE_SIZE, Beat, Ledger
 from job_manager.limits import Limits, RoleLimits
 from job_manager.model import JobRecord, JobStatus, new_job_id
 from job_manager.queue import QueuedJob, SchedulingPolicy
+from job_manager.watchdog import Due
 
 ALICE = Principal("alice", Role.DEVELOPER, fingerprint("alice"))
 LIMITS = Limits(by_role={role: RoleLimits(5, 1 << 20) for role in Role},
@@ -205,3 +207,113 @@ async def test_a_recovery_wakes_a_node_parked_on_the_queue(
     await asyncio.sleep(0)
     ledger.admit_all([_job(clock)])
     assert await parked  # woken, not timed out
+
+
+async def test_a_recovery_admitted_in_slices_counts_every_job_and_keeps_their_order(
+        ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "ADMIT_SLICE", 2)
+    jobs = [_job(clock) for _ in range(5)]
+    # Between slices the loop turns without waiting: a million jobs take no extra time.
+    assert await asyncio.wait_for(ledger.admit_in_slices(jobs), 0.5) == 5
+    assert [ledger.claim_next("emulator") for _ in jobs] == jobs
+
+
+# --- claims, requeues and tags ------------------------------------------------------------
+def test_a_job_of_a_backend_without_a_queue_cannot_be_claimed(
+        ledger: Ledger, clock: FakeClock) -> None:
+    gone = replace(_job(clock).record, backend="gone")  # a finished job of a removed backend
+    assert ledger.claim(gone) is None
+
+
+async def test_a_requeued_job_is_queued_with_its_bytes_and_wakes_a_parked_node(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job = _admitted(ledger, clock)
+    assert ledger.claim_next("emulator") is job
+    running = replace(job.record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    ledger.handed_over(job, running)
+    parked = asyncio.ensure_future(ledger.wait_for_job("emulator", 1.0))
+    await asyncio.sleep(0)
+    queued = replace(running, status=JobStatus.QUEUED, dequeued_at=None, requeues=1)
+    ledger.requeued(QueuedJob.at_head(queued))
+    assert await parked  # woken, not timed out
+    assert _state(ledger) == (1, 1, 1, 1)
+    assert ledger.usage(ALICE.fingerprint, ALICE.role).queued_bytes == 1
+    assert ledger.snapshot() == [("emulator", 1, 1, 0)]  # no queue opened beside its own
+    assert ledger.live(job.job_id) == queued
+
+
+def test_a_retag_reaches_the_record_of_a_job_in_every_state(
+        ledger: Ledger, clock: FakeClock) -> None:
+    tags = (("team", "optics"),)
+    queued, claimed, running = (_admitted(ledger, clock) for _ in range(3))
+    assert ledger.claim_next("emulator") is queued  # the oldest first: queued is claimed...
+    ledger.put_back(queued)  # ... and put back, so that ``claimed`` is the one claimed
+    assert ledger.claim(claimed.record) is claimed
+    assert ledger.claim(running.record) is running
+    ledger.handed_over(running, replace(running.record, status=JobStatus.RUNNING,
+                                        dequeued_at=clock.now()))
+    done = replace(_job(clock).record, status=JobStatus.COMPLETED, finished_at=clock.now())
+    ledger.remember_finished(done)
+    for job_id in (queued.job_id, claimed.job_id, running.job_id, done.job_id):
+        ledger.retag(job_id, tags)
+        record = ledger.remembered(job_id)
+        assert record is not None and record.tags == tags, job_id
+    assert ledger.live(running.job_id) == replace(
+        running.record, status=JobStatus.RUNNING, dequeued_at=clock.now(), tags=tags)
+
+
+def test_a_stale_final_record_is_forgotten(ledger: Ledger, clock: FakeClock) -> None:
+    done = replace(_job(clock).record, status=JobStatus.COMPLETED, finished_at=clock.now())
+    ledger.remember_finished(done)
+    ledger.forget_finished(done.job_id)
+    assert ledger.remembered(done.job_id) is None
+    ledger.forget_finished(done.job_id)  # twice: nothing to forget
+
+
+# --- deadlines and heartbeats ------------------------------------------------------------------
+def test_a_job_watched_again_is_due_one_grace_from_now_for_its_hand_over(
+        clock: FakeClock) -> None:
+    ledger = Ledger(LIMITS, SchedulingPolicy(), clock, timedelta(seconds=60))
+    running = replace(_job(clock).record, status=JobStatus.RUNNING, dequeued_at=clock.now())
+    clock.advance(500)
+    ledger.watch_again(running)
+    clock.advance(59.9)
+    assert ledger.due() == []
+    clock.advance(0.1)
+    [due] = ledger.due()
+    assert (due.job_id, due.watched) == (running.job_id, running.dequeued_at)
+
+
+def beats(due: list[Due]) -> list[Beat]:
+    """The beats whose deadlines are due."""
+    found = []
+    for each in due:
+        assert isinstance(each.watched, Beat)
+        found.append(each.watched)
+    return found
+
+
+def test_a_beat_says_whether_it_is_the_first_since_the_last_was_dealt_with(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job_id, handed_over = new_job_id(), clock.now()
+    assert ledger.beat(job_id, handed_over, 1.0)
+    assert not ledger.beat(job_id, handed_over, 1.0)
+    clock.advance(1.0)
+    earlier, latest = beats(ledger.due())  # due at one instant, in the order watched
+    assert not ledger.latest_beat(job_id, earlier)
+    assert ledger.latest_beat(job_id, latest)
+    ledger.beat_over(job_id, latest)
+    assert ledger.beat(job_id, handed_over, 1.0)  # a first beat again
+
+
+def test_an_earlier_beat_dealt_with_leaves_the_latest_one(
+        ledger: Ledger, clock: FakeClock) -> None:
+    job_id, handed_over = new_job_id(), clock.now()
+    ledger.beat(job_id, handed_over, 1.0)
+    clock.advance(0.5)
+    ledger.beat(job_id, handed_over, 1.0)
+    clock.advance(0.5)
+    [earlier] = beats(ledger.due())
+    assert not ledger.latest_beat(job_id, earlier)
+    ledger.beat_over(job_id, earlier)
+    assert not ledger.beat(job_id, handed_over, 1.0)  # the latest beat is still known
