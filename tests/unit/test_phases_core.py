@@ -59,8 +59,6 @@ async def test_a_job_the_store_holds_queued_again_is_queued_here_and_counted(
     assert (usage.live_jobs, usage.queued_bytes) == (2, len(b"program") + len(b"other"))
 
 
-@pytest.mark.xfail(strict=True, reason="defect: JobCore._follow_store asks an empty queue "
-                                       "for its truth (len 0), not whether it exists")
 async def test_a_job_the_store_holds_queued_again_is_queued_here_when_its_queue_is_empty(
         h: Harness) -> None:
     job_id = await stale_report(h, others_queued=0)
