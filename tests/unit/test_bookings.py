@@ -3,9 +3,8 @@ what survives a restart (job_manager/bookings.py; docs/reservations.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,9 @@ from job_manager.bookings import Calendar
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from message_manager import SchedulerError
 from tests.helpers import refused_as
+from tests.unit.stores import store
+
+__all__ = ["store"]  # the fixture, shared (tests/unit/stores.py)
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -24,13 +26,6 @@ async def refused_with(call: Awaitable[object], key: str) -> SchedulerError:
         await call
     assert info.value.key == key, str(info.value)
     return info.value
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    opened = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

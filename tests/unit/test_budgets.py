@@ -3,10 +3,8 @@ is, the refusal's words, and counting that goes on in memory (job_manager/budget
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +12,9 @@ from common.identity import Principal, Role, fingerprint
 from job_manager.budgets import Budget, BudgetBook, BudgetRules, Period
 from job_manager.model import BackendTimestamps, JobRecord, JobStatus, new_job_id
 from job_manager.stores.sqlite_job_store import SqliteJobStore
+from tests.unit.stores import store
+
+__all__ = ["store"]  # the fixture, shared (tests/unit/stores.py)
 
 ALICE = Principal("alice", Role.DEVELOPER, fingerprint("token-alice"))
 ROOT = Principal("root", Role.ADMIN, fingerprint("token-root"))
@@ -23,13 +24,6 @@ SHOTS = {"value": 100}
 
 def shots_of(record: JobRecord) -> int:
     return SHOTS["value"]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    opened = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    yield opened
-    await opened.close()
 
 
 def ran(submitted_at: datetime, qpu_s: float, status: JobStatus = JobStatus.COMPLETED,

@@ -3,9 +3,7 @@ the holder of a backend, and the ways a session ends (job_manager/sessions.py)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +12,9 @@ from common.identity import Principal, Role, fingerprint
 from job_manager.sessions import SessionBook, SessionLimits
 from job_manager.stores.sqlite_job_store import SqliteJobStore
 from tests.helpers import refused_as
+from tests.unit.stores import store
+
+__all__ = ["store"]  # the fixture, shared (tests/unit/stores.py)
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 ALICE = Principal("alice", Role.DEVELOPER, fingerprint("token-alice"))
@@ -21,13 +22,6 @@ BOB = Principal("bob", Role.DEVELOPER, fingerprint("token-bob"))
 ROOT = Principal("root", Role.ADMIN, fingerprint("token-root"))
 LIMITS = {Role.DEVELOPER: SessionLimits(max_length_s=3600, max_idle_timeout_s=300,
                                         default_length_s=600, default_idle_timeout_s=60)}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    opened = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
