@@ -52,6 +52,11 @@ class FakeClock:
         self._now += timedelta(seconds=seconds)
 
 
+def spoken_time(moment: datetime) -> str:
+    """A time as users read it in answers and status details: UTC, to the second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def spoken_duration(seconds: float) -> str:
     """A duration as a person reads it: "40 s", "12 min", "2.5 h"."""
     if seconds < 90:

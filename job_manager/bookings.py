@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from common.clock import Clock
+from common.clock import Clock, spoken_time
 from job_manager.documents import StoredDocument
 from job_manager.stores import Fence, JobStore
 from message_manager import SchedulerError
@@ -90,10 +90,10 @@ class Calendar:
         already booked for that backend (``booking_overlaps``)."""
         now = self._clock.now()
         if ends_at <= starts_at:
-            raise SchedulerError("booking_window_empty", starts_at=_spoken(starts_at),
-                                 ends_at=_spoken(ends_at))
+            raise SchedulerError("booking_window_empty", starts_at=spoken_time(starts_at),
+                                 ends_at=spoken_time(ends_at))
         if ends_at <= now:
-            raise SchedulerError("booking_in_the_past", ends_at=_spoken(ends_at))
+            raise SchedulerError("booking_in_the_past", ends_at=spoken_time(ends_at))
         booking = Booking(str(uuid.uuid4()), backend, starts_at, ends_at,
                           tuple(sorted(set(users))), booked_by, note)
 
@@ -102,7 +102,7 @@ class Calendar:
                 if other.overlaps(booking):
                     raise SchedulerError(
                         "booking_overlaps", backend=backend, booking_id=other.booking_id,
-                        starts_at=_spoken(other.starts_at), ends_at=_spoken(other.ends_at),
+                        starts_at=spoken_time(other.starts_at), ends_at=spoken_time(other.ends_at),
                         users=other.for_whom())
             return (*current, booking)
 
@@ -137,12 +137,12 @@ class Calendar:
                 return None
             # Who it is reserved for is an admin's to know (ListBookings), not every user's.
             what = "in maintenance" if window.maintenance else "reserved for other users"
-            return Hold(f"{backend} is {what} until {_spoken(window.ends_at)}", window.ends_at)
+            return Hold(f"{backend} is {what} until {spoken_time(window.ends_at)}", window.ends_at)
         for booking in self.bookings:
             if (booking.backend == backend and owner_name in booking.users
                     and now < booking.starts_at):
                 return Hold(f"waiting for your reservation of {backend}, "
-                            f"from {_spoken(booking.starts_at)}", booking.starts_at)
+                            f"from {spoken_time(booking.starts_at)}", booking.starts_at)
         return None
 
     def next_maintenance(self, backend: str, now: datetime) -> Booking | None:
@@ -174,7 +174,3 @@ def decode(body: bytes) -> tuple[Booking, ...]:
                          item["booked_by"], item.get("note", ""))
                  for item in json.loads(body))
 
-
-def _spoken(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment.utcoffset() == timedelta(0) \
-        else moment.isoformat()

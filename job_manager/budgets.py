@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from common.clock import spoken_time
 from common.identity import Principal, Role
 from job_manager import listing
 from job_manager.model import JobRecord
@@ -111,7 +112,7 @@ class BudgetLeft:
 
     def refusal(self, n_shots: int) -> SchedulerError | None:
         """Why a job of ``n_shots`` would start past the budget, if it would."""
-        period, resets = self.budget.period.value, _spoken(self.resets_at)
+        period, resets = self.budget.period.value, spoken_time(self.resets_at)
         shots = self.budget.shots
         if shots is not None and self.spent_shots + n_shots > shots:
             return SchedulerError("budget_spent", budget=shots, unit="shots", period=period,
@@ -218,10 +219,6 @@ class BudgetBook:
         if budget.period.start(record.dequeued_at) != spent.period_start:
             return None  # run in an earlier period: that period's use no longer matters
         return spent
-
-
-def _spoken(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def parse_budget_rules(text: str) -> BudgetRules:

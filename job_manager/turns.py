@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from common.clock import spoken_time
 from common.identity import Principal
 from job_manager.bookings import Calendar
 from job_manager.budgets import BudgetBook
@@ -60,11 +61,11 @@ class Turns:
         left = self.budgets.known_left(record.owner_fingerprint, now)
         if left is not None and left.spent:
             return (f"waiting: your budget for this {left.budget.period.value} is spent; "
-                    f"it resets at {left.resets_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+                    f"it resets at {spoken_time(left.resets_at)}")
         holder = self.sessions.holder(record.backend, now)
         if holder is not None and holder.owner_fingerprint != record.owner_fingerprint:
             return (f"a session of another user holds {record.backend}, at most until "
-                    f"{holder.deadline.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+                    f"{spoken_time(holder.deadline)}")
         if holder is not None:
             return f"in your session {holder.session_id}: goes before the rest of the queue"
         return ""

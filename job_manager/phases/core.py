@@ -17,13 +17,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Coroutine
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from backend_manager import BackendTable, RoleStatus, ServiceStatus
 from common import audit
 from common.caller import looking_as
-from common.clock import Clock
+from common.clock import Clock, spoken_time
 from common.identity import Principal
 from job_manager.ledger import Ledger
 from job_manager.model import JobRecord, JobStatus, is_job_id
@@ -410,11 +410,6 @@ def changeable(record: JobRecord) -> bool:
                     "served read-only, left to a newer scheduler", record.job_id,
                     record.format_version)
     return not record.read_only
-
-
-def spoken_time(moment: datetime) -> str:
-    """A time as users read it in status details: UTC, to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def object_tags(record: JobRecord) -> ObjectTags:

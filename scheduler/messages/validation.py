@@ -8,8 +8,10 @@ import sys
 from contextvars import ContextVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from common.identity import Principal
+from common.timestamps import MAX_NANOS
 from job_manager.manager import JobSpec
 from job_manager.tags import Tags, parse_tags
 from message_manager import SchedulerError
@@ -18,7 +20,6 @@ from pb.mqc3_cloud.scheduler.v1 import job_pb2, submission_pb2
 from scheduler.messages.metadata import metadata_value
 
 MAX_SDK_VERSION_CHARS = 64
-MAX_NANOS = 999_999_999
 IDEMPOTENCY_METADATA = "x-mqc3-idempotency-key"
 TAGS_METADATA = "x-mqc3-tags"  # k1=v1,k2=v2 (job_manager/tags.py)
 SESSION_METADATA = "x-mqc3-session"  # the caller's open session the job is for (optional)
@@ -111,6 +112,13 @@ def request_digest(request: submission_pb2.SubmitJobRequest, tags: Tags) -> str:
     return digest.hexdigest()
 
 
+def well_formed(duration: Duration) -> bool:
+    """Whether a Duration's parts agree: nanos within a second, of the seconds' sign (its
+    seconds may be any int64 the wire carries)."""
+    return bool(-MAX_NANOS <= duration.nanos <= MAX_NANOS
+                and duration.seconds * duration.nanos >= 0)
+
+
 def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
              idempotency_key: str = "", tags: Tags = (), session_id: str = "") -> JobSpec:
     """The submission as the JobManager takes it; role-dependent limits are checked there."""
@@ -127,7 +135,7 @@ def job_spec(request: submission_pb2.SubmitJobRequest, principal: Principal,
     # The role comes from the token; whatever the request said is replaced.
     settings.role = principal.role.value
     timeout = settings.timeout
-    if not -MAX_NANOS <= timeout.nanos <= MAX_NANOS or timeout.seconds * timeout.nanos < 0:
+    if not well_formed(timeout):
         raise SchedulerError("timeout_malformed")
     return JobSpec(
         # Interned: 100,000 queued jobs then share a handful of backend and version strings.

@@ -25,12 +25,12 @@ from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2_grpc
 from scheduler.access.auth import TokenResolver
 from scheduler.messages import convert
+from scheduler.messages.validation import well_formed
 from scheduler.services.edge import Edge, in_band
 
 RESERVATIONS = pb.DESCRIPTOR.services_by_name["ReservationsService"].full_name
 MAX_ID_CHARS = 64  # a session's or a booking's id (a UUID: 36)
 MAX_NOTE_CHARS = 1024
-MAX_NANOS = 999_999_999
 MAX_DURATION_S = 315_576_000_000  # the largest Duration protobuf defines (10,000 years)
 
 
@@ -122,8 +122,7 @@ class ReservationsService(reservations_pb2_grpc.ReservationsServiceServicer):
 
 def _seconds(duration: Duration, field: str) -> float:
     """A session limit as sent, in seconds; a malformed one is refused naming it."""
-    if (not -MAX_NANOS <= duration.nanos <= MAX_NANOS or duration.seconds * duration.nanos < 0
-            or abs(duration.seconds) > MAX_DURATION_S):
+    if not well_formed(duration) or abs(duration.seconds) > MAX_DURATION_S:
         raise SchedulerError("duration_malformed", field=field.removesuffix("_s"))
     return float(duration.seconds + duration.nanos / 1e9)
 
