@@ -24,6 +24,9 @@ from scheduler.wiring.app import PROBE_JOB_ID
 
 RECORDER_ENV = "MOTO_RECORDER_FILEPATH"
 LEASE_KEY = "scheduler-lease"  # the lease item's key (docs/replicas.md)
+# A query of the status index (a recovery's, or the leader's sweep for a deposed leader's
+# late writes every few seconds): it belongs to no job.
+STATUS_QUERY = "#status = :status"
 _S3_KEY_PATH = re.compile(r"^/[^/]+/.+")  # path-style: /bucket/key
 
 
@@ -95,7 +98,8 @@ def _entries(line: str) -> list[dict[str, Any]]:
 def classify(entry: dict[str, Any]) -> tuple[str, str]:
     """(who, ``service.Operation``) of one recorded request. ``who`` is ``scheduler`` for a
     job's store request, ``lease`` for the replicas' lease item, ``background`` for the
-    store probe's record and object and the backend-status parameter (SSM), ``presigned``
+    store probe's record and object, the backend-status parameter (SSM) and the queries
+    of the status index (the leader's sweep), ``presigned``
     for a node's upload or a user's download through a presigned URL (not the
     scheduler's own request)."""
     headers = {k.lower(): v for k, v in entry.get("headers", {}).items()}
@@ -108,6 +112,8 @@ def classify(entry: dict[str, Any]) -> tuple[str, str]:
         body = request_body(entry)
         if PROBE_JOB_ID in body:
             return "background", operation
+        if operation == "dynamodb.Query" and STATUS_QUERY in body:
+            return "background", operation  # the leader's sweep (docs/replicas.md, "Fence")
         # A job write's transaction names a fence item too: it is the job's. A new term's
         # raise of the fence items belongs with the lease.
         lease = not operation.endswith("TransactWriteItems") and (

@@ -313,6 +313,10 @@ class Ledger:
         return queued + sum(1 for r in others
                             if r.owner_fingerprint == owner_fingerprint and r.backend == backend)
 
+    def running_ids(self) -> frozenset[str]:
+        """The ids of the live jobs that are RUNNING."""
+        return frozenset(self._running)
+
     def running_count(self) -> int:
         """How many live jobs are RUNNING."""
         return len(self._running)

@@ -113,6 +113,10 @@ class JobManager:
         """Watch RUNNING jobs' deadlines and the nodes for ever (the supervisor runs it)."""
         await self._liveness.run()
 
+    async def sweep_late_writes(self) -> int:
+        """Believe the store about jobs a deposed leader wrote late (phases/liveness.py)."""
+        return await self._liveness.sweep_late_writes()
+
     async def check_deadlines(self) -> int:
         """Deal with the deadlines that have passed now; how many were due."""
         return await self._liveness.check_deadlines()

@@ -96,6 +96,12 @@ class Lease:
         """Whether this replica holds the lease (and has not let its hold lapse)."""
         return self._mine is not None
 
+    def holds(self, epoch: int) -> bool:
+        """Whether this replica leads at ``epoch`` and its own clock says the hold has not
+        lapsed yet: asked before a job write that carries no fence check (docs/replicas.md)."""
+        mine = self._mine
+        return mine is not None and mine.epoch == epoch and self._monotonic() < self._valid_until
+
     @property
     def epoch(self) -> int:
         """The epoch this replica leads at; 0 when it does not lead."""

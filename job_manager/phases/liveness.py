@@ -5,11 +5,16 @@ A RUNNING job whose node never reports by its deadline, or whose heartbeats stop
 lost: it is requeued while SCHEDULER_MAX_REQUEUES allows, else it times out
 (docs/job-rules.md, rule 5; docs/nodes.md). The deadlines are kept by the ledger; this
 phase decides what a passed one means.
+
+Among replicas the leader also sweeps for what a deposed leader wrote late: a hand-over
+or a report it sent just before its lease lapsed, which goes out without the fence item
+and so can land after this term read the store (docs/replicas.md, "Fence").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -27,6 +32,8 @@ from message_manager import SchedulerError
 
 log = logging.getLogger(__name__)
 
+SWEEP_EVERY_S = 5.0  # how often a leader among replicas looks for a deposed leader's writes
+
 
 class Liveness:
     """Watches nodes and RUNNING jobs; requeues or times out what a lost node held."""
@@ -40,6 +47,8 @@ class Liveness:
         # Who asks for work (docs/nodes.md): a backend no node asked lately is noted.
         self._nodes = NodeLiveness(core.clock, node_quiet_s,
                                    lambda name: core.backends.is_known(name))
+        self._next_sweep = 0.0  # monotonic time of the next sweep for late writes
+        self._running_at_last_sweep: frozenset[str] = frozenset()
 
     # --- nodes ---------------------------------------------------------------------------
     def polled(self, backend: str) -> None:
@@ -100,6 +109,9 @@ class Liveness:
             await self.check_deadlines()
             self._check_nodes()
             await self._check_turns()
+            if self._core.clock.monotonic() >= self._next_sweep:
+                self._next_sweep = self._core.clock.monotonic() + SWEEP_EVERY_S
+                await self.sweep_late_writes()
             await self._ledger.until_next_deadline()
 
     async def _check_turns(self) -> None:
@@ -120,6 +132,53 @@ class Liveness:
         except (SchedulerError, StoreError) as exc:
             log.warning("sessions could not be ended now, tried again soon: %s", exc)
         self._ledger.wake_all()
+
+    async def sweep_late_writes(self) -> int:
+        """Find a deposed leader's late hand-overs and reports; returns how many jobs memory
+        had wrong, now believed from the store.
+
+        Such a write lands only on a job this term has not written yet (its condition names
+        the term), so it leaves a job RUNNING that memory holds QUEUED, or ends one memory
+        holds RUNNING since the term began. The status index shows both: a job it lists as
+        RUNNING that is queued here, and one RUNNING here since the last sweep that it no
+        longer lists. Each is read (strongly consistent) before memory follows the store,
+        as the index lags a little behind the table. Only a leader among replicas sweeps.
+        """
+        core = self._core
+        if core.fence is None or not core.leads:
+            return 0
+        running_before = self._running_at_last_sweep
+        self._running_at_last_sweep = self._ledger.running_ids()
+        try:
+            listed = {record.job_id: record
+                      async for record in core.store.list_by_status(JobStatus.RUNNING)}
+        except StoreError as exc:
+            log.warning("no sweep for a deposed leader's writes now: %s", exc)
+            return 0
+        suspects = [job_id for job_id, stored in listed.items()
+                    if (held := self._ledger.live(job_id)) is not None
+                    and held.status is JobStatus.QUEUED and stored.requeues >= held.requeues]
+        suspects += [job_id for job_id in running_before & self._ledger.running_ids()
+                     if job_id not in listed]
+        wrong = 0
+        for job_id in suspects:
+            held = self._ledger.live(job_id)
+            if held is None or core.changing(job_id):
+                continue  # ended or changing here: this term writes it
+            try:
+                stored = await core.read(job_id)
+            except SchedulerError:
+                continue  # the next sweep reads it again
+            if self._ledger.live(job_id) != held or core.changing(job_id) or (
+                    stored is not None and (stored.status, stored.requeues)
+                    == (held.status, held.requeues)):
+                continue  # changed here meanwhile, or memory was right
+            log.warning("job %s was written by a deposed leader after this term began",
+                        job_id)
+            wrong += 1
+            with contextlib.suppress(SchedulerError):
+                await core.believe_store(job_id)  # read again later if this read fails
+        return wrong
 
     async def check_deadlines(self) -> int:
         """Deal with every deadline that has passed; returns how many were due."""

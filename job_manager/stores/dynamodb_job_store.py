@@ -36,7 +36,7 @@ from job_manager.stores.errors import (
     RecordUnreadable,
     StoreError,
 )
-from job_manager.stores.fence import Fence
+from job_manager.stores.fence import Deposed, Fence
 from job_manager.stores.fenced_commits import FencedCommits, cancellation_reasons
 from job_manager.stores.job_store import Document, Reached
 from job_manager.stores.original_format import (
@@ -57,6 +57,10 @@ STATUS_INDEX = "status-index"
 OWNER_INDEX = "owner-index"
 TIME_INDEX = "submitted-index"
 MONTH = "submitted_month"
+# The epoch of the leader's term that last wrote the job (docs/replicas.md, "Fence"): the
+# hand-over and the report, written without the fence item, land only where no later
+# term has written. The store's own, beside the record's fields, like MONTH.
+TERM = "term"
 FINISHED_JOB_RETENTION = timedelta(days=30)
 CLAIM_PREFIX = "idempotency-key#"
 # The scheduler's own small documents (bookings, sessions): items beside the jobs, with no
@@ -98,6 +102,20 @@ def _refused(job_id: str, item: Any, written: Written) -> bool:
     if int(stored.get("format_version", RECORD_FORMAT)) > RECORD_FORMAT:
         raise RecordTooNew(job_id, int(stored["format_version"]))
     return False
+
+
+def goes_alone(before: JobRecord, after: JobRecord) -> bool:
+    """Whether a leader's transition goes out as a plain conditional write, not in a fenced
+    transaction: the two every job's life makes, its hand-over and its node's report
+    (docs/replicas.md, "Fence"). Any other change is rare and stays fenced."""
+    return ((before.status is JobStatus.QUEUED and after.status is JobStatus.RUNNING)
+            or (before.status is JobStatus.RUNNING
+                and after.status in (JobStatus.COMPLETED, JobStatus.FAILED)))
+
+
+def _term_of(item: Any) -> int:
+    """The epoch of the term that last wrote a stored item (0: none wrote one)."""
+    return int((item or {}).get(TERM, {}).get("N", 0))
 
 
 # What a transition writes: the attributes it sets (before serialization) and those it removes.
@@ -165,9 +183,12 @@ class DynamoDbJobStore:
             raise RecordUnreadable(job_id, why) from None
 
     async def create(self, record: JobRecord, fence: Fence | None = None) -> None:
+        item = self._item(record)
+        if fence is not None:
+            item[TERM] = {"N": str(fence.epoch)}
         new_job = {
             "TableName": self._table,
-            "Item": self._item(record),
+            "Item": item,
             "ConditionExpression": "attribute_not_exists(job_id)",
         }
         claim = [{"Put": self._claim(record)}] if record.idempotency_key else []
@@ -237,7 +258,10 @@ class DynamoDbJobStore:
                          fence: Fence | None = None) -> bool:
         if before.read_only:
             raise RecordTooNew(before.job_id, before.format_version)
-        kind, write, written = self._change(before, after)
+        kind, write, written = self._change(before, after, fence)
+        if fence is not None and kind == "Update" and goes_alone(before, after):
+            return await self._calls.run(
+                lambda: self._write_in_term(fence, write, before.job_id, written))
         if fence is None:
             def write_alone() -> bool:
                 operation = self._client.put_item if kind == "Put" else self._client.update_item
@@ -260,26 +284,56 @@ class DynamoDbJobStore:
                                           frozenset([before.job_id]), outcome, before.job_id)
         return bool(landed)
 
-    def _change(self, before: JobRecord,
-                after: JobRecord) -> tuple[str, dict[str, Any], Written]:
+    def _write_in_term(self, fence: Fence, write: dict[str, Any], job_id: str,
+                       written: Written) -> bool:
+        """A hand-over or a report, written alone: only while this replica's lease holds by
+        its own clock, and only on an item no later term has written (Deposed otherwise)."""
+        if fence.epoch <= 0 or not fence.holds():
+            raise Deposed(fence)  # a follower's, or one whose lease lapsed: nothing sent
+        try:
+            self._client.update_item(**write)
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+            item = exc.response.get("Item")
+            if _refused(job_id, item, written):
+                return True  # this very write, landed by an attempt whose answer was lost
+            if _term_of(item) > fence.epoch:
+                raise Deposed(fence) from None
+            return False
+        return True
+
+    def _change(self, before: JobRecord, after: JobRecord,
+                fence: Fence | None = None) -> tuple[str, dict[str, Any], Written]:
         """The one conditional write of a transition: an Update of the attributes that differ,
         or, for a record in the original's form, a Put of the whole item in this one's; and
-        what it writes."""
+        what it writes. A fenced write carries its term's epoch, and one that goes out
+        alone lands only on an item of that term or an earlier one."""
         names = {"#status": "status", "#format": "format_version"}
         values: dict[str, Any] = {":expected": {"S": before.status.value},
                                   ":format": {"N": str(RECORD_FORMAT)}}
+        expected = ("#status = :expected AND "
+                    "(attribute_not_exists(#format) OR #format <= :format)")
+        if fence is not None and goes_alone(before, after):
+            names["#term"] = TERM
+            values[":term"] = {"N": str(fence.epoch)}
+            expected += " AND (attribute_not_exists(#term) OR #term <= :term)"
         condition = {
             "TableName": self._table,
-            "ConditionExpression": "#status = :expected AND "
-                                   "(attribute_not_exists(#format) OR #format <= :format)",
+            "ConditionExpression": expected,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if before.format_version == ORIGINAL_FORMAT:
-            return "Put", {**condition, "Item": self._item(after)}, (self._row(after), [])
+            item = self._item(after)
+            if fence is not None:
+                item[TERM] = {"N": str(fence.epoch)}
+            return "Put", {**condition, "Item": item}, (self._row(after), [])
         to_set, to_remove = codec.changes(self._row(before), self._row(after))
         to_set["status"] = after.status.value  # an update sets something, even a retag to the same
+        if fence is not None:
+            to_set[TERM] = fence.epoch
         sets = []
         for i, (name, value) in enumerate(to_set.items()):
             names[f"#s{i}"], values[f":s{i}"] = name, _serializer.serialize(value)
@@ -325,7 +379,7 @@ class DynamoDbJobStore:
         fresh submission's, or one that is no record (then _record says why)."""
         try:
             values = {name: _deserializer.deserialize(v) for name, v in item.items()
-                      if name != MONTH}  # the store's own, beside the record's fields
+                      if name not in (MONTH, TERM)}  # the store's own, beside the record's
             return None if is_original(values) else codec.decode_lean(values)
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError):
             return None

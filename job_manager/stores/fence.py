@@ -6,6 +6,13 @@ deposed while it slept (a pause, a partition) therefore changes no job when it w
 the new leader raised every fence item to its own epoch before it read a job, so the
 old one's write is refused with Deposed and nothing happens.
 
+Two writes of every job's life go out alone instead, as a plain conditional write: the
+hand-over (QUEUED to RUNNING) and the node's report (RUNNING to its end). They carry the
+term's epoch in the job item and land only on an item no later term has written; a
+deposed leader checks its lease before it sends one, and the new leader's sweep finds
+what one sent just before its lease ended (job_manager/phases/liveness.py; docs/replicas.md,
+"Fence", for why these two and what each costs).
+
 There are ``FENCE_ITEMS`` fence items, and each job is fenced by one of them, chosen by
 its id. DynamoDB cancels transactions that name one item side by side, so the writes
 fenced by one item go one transaction at a time; spread over several items, as many
@@ -16,7 +23,8 @@ therefore never meet a job transaction.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from job_manager.stores.errors import StoreError
 
@@ -35,6 +43,9 @@ class Fence:
     holder: str
     epoch: int
     items: int = FENCE_ITEMS
+    # Whether this replica's own clock says its lease still holds at ``epoch``: asked
+    # before a write that goes out without the fence item (none such in a test's fence).
+    holds: Callable[[], bool] = field(default=lambda: True, compare=False, repr=False)
 
     def item_of(self, job_id: str) -> str:
         """The fence item of a job: the same for every write to it, so they keep order."""

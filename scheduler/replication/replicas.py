@@ -227,8 +227,9 @@ class Replicas:
     def _new_manager(self, epoch: int | None) -> JobManager:
         # Among replicas every manager is fenced: by its term's epoch, or (a follower's)
         # by epoch 0, which no lease ever has.
-        fence = (Fence(self._lease.me, epoch)
-                 if self._lease is not None and epoch is not None else None)
+        lease = self._lease
+        fence = (Fence(lease.me, epoch, holds=lambda: lease.holds(epoch))
+                 if lease is not None and epoch is not None else None)
         manager = self._make(fence)
         if self._table is not None:
             manager.use_backends(self._table)

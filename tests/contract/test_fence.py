@@ -20,7 +20,7 @@ from job_manager.stores import Deposed, Fence, RecordTooNew
 from job_manager.stores.dynamodb_job_store import DynamoDbJobStore, create_table
 from leadership.dynamodb_lease import LEASE_KEY, DynamoDbLeaseTable
 from leadership.lease import Lease, LeaseRecord, LeaseUnreachable
-from tests.contract.test_job_store_contract import record, running
+from tests.contract.test_job_store_contract import finished, record, running
 from tests.contract.test_record_formats import RawDynamoDb, newer_writer
 from tests.helpers import aws_client
 
@@ -106,30 +106,72 @@ async def test_a_deposed_leader_changes_no_job(dynamodb_endpoint: str, table: st
     await a.step()
     store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
     await lead(store, a)
-    queued = record()
+    queued, handed = record(), record()
     await store.create(queued, fence_of(a))
-    stale = fence_of(a)
+    await store.create(handed, fence_of(a))
+    assert await store.transition(handed, running(handed), fence_of(a))
+    # a's fence as its manager holds it: asking a's own lease whether it still holds.
+    stale = Fence(a.me, a.epoch, holds=lambda: a.holds(1))
+    sent_late = fence_of(a)  # a write a sent before its lease lapsed, landing now
     await a.release()  # as if a slept through its lease: b takes over
     await b.step()
     assert b.leading and b.epoch == 2
-    # Until b's term raises its fence, a's writes still land; b raises it before it reads
-    # a job (JobManager.recover), so none of them is missed.
+    # Until b's term raises its fence, a's fenced writes still land; b raises it before
+    # it reads a job (JobManager.recover), so none of them is missed.
     await lead(store, b)
 
+    # Fenced: a creation, a cancel.
     with pytest.raises(Deposed) as deposed:
-        await store.transition(queued, running(queued), stale)
+        await store.transition(queued, replace(queued, status=JobStatus.CANCELLED), stale)
     assert (str(deposed.value), deposed.value.fence) == (
         "this replica no longer leads at epoch 1", stale)
-    stored = await store.get(queued.job_id)
-    assert stored is not None and stored.status is JobStatus.QUEUED
     other = record()
     with pytest.raises(Deposed):
         await store.create(other, stale)
     with pytest.raises(Deposed):
         await store.create(replace(other, idempotency_key="k"), stale)
     assert await store.get(other.job_id) is None
-    # The new leader's epoch writes.
-    assert await store.transition(queued, running(queued), fence_of(b))
+    # Alone (a hand-over, a report): a's own clock says its lease lapsed, so nothing is sent.
+    with pytest.raises(Deposed):
+        await store.transition(queued, running(queued), stale)
+    with pytest.raises(Deposed):
+        await store.transition(running(handed), finished(running(handed)), stale)
+    # One sent before the lapse lands only where b has not written: b's hand-over of
+    # the queued job stamps it with epoch 2, and a's late one is refused.
+    assert await store.transition(queued, running(queued, node="qpu-2"), fence_of(b))
+    with pytest.raises(Deposed):
+        await store.transition(queued, running(queued), sent_late)
+    stored = await store.get(queued.job_id)
+    assert stored is not None and stored.actual_backend == "qpu-2"
+    stored = await store.get(handed.job_id)
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    await store.close()
+
+
+async def test_a_write_sent_before_the_lease_lapsed_lands_where_no_later_term_wrote(
+        dynamodb_endpoint: str, table: str) -> None:
+    # What the new leader's sweep is for (job_manager/phases/liveness.py): a hand-over
+    # or a report a deposed leader sent just before its lease lapsed, landing on a job
+    # the new term has not written yet, lands; no other write of that term does.
+    a, b = lease(dynamodb_endpoint, table, "a"), lease(dynamodb_endpoint, table, "b")
+    await a.step()
+    store = DynamoDbJobStore(aws_client("dynamodb", dynamodb_endpoint), table)
+    await lead(store, a)
+    queued, handed = record(), record()
+    for job in (queued, handed):
+        await store.create(job, fence_of(a))
+    assert await store.transition(handed, running(handed), fence_of(a))
+    sent_late = fence_of(a)
+    await a.release()
+    await b.step()
+    await lead(store, b)
+
+    assert await store.transition(queued, running(queued), sent_late)
+    assert await store.transition(running(handed), finished(running(handed)), sent_late)
+    assert [(await store.get(job.job_id)).status for job in (queued, handed)] == [
+        JobStatus.RUNNING, JobStatus.COMPLETED]  # type: ignore[union-attr]
+    # The new term writes over it as over any other: by compare-and-set.
+    assert await store.transition(running(queued), finished(running(queued)), fence_of(b))
     await store.close()
 
 

@@ -456,3 +456,31 @@ async def test_each_takeover_is_logged_with_how_the_lease_came(
         "this replica leads now (epoch 3, ours before a step-down)",
         "this replica leads now (epoch 4, lapsed under a)",
     ]
+
+
+async def test_a_lease_holds_at_its_epoch_until_its_own_clock_says_it_lapsed(
+        table: Table, clock: Clock) -> None:
+    # Asked before a job write that carries no fence check (docs/replicas.md, "Fence"):
+    # a leader that slept past its hold must not send one, even before a round notices.
+    a = replica(table, clock, "a")
+    assert not a.holds(0) and not a.holds(1)
+    await a.step()
+    assert a.holds(1) and not a.holds(2) and not a.holds(0)
+    clock.now += DURATION_S - RENEW_S - 0.001
+    assert a.holds(1)
+    clock.now += 0.001  # no renewal since: the hold ends exactly where a step-down would
+    assert not a.holds(1)
+    await a.step()  # the round agrees: it steps down, and takes its own lease again
+    assert a.epoch == 2 and a.holds(2) and not a.holds(1)  # a new term: the old one's over
+
+
+async def test_a_renewal_extends_the_hold_and_a_release_ends_it(
+        table: Table, clock: Clock) -> None:
+    a = replica(table, clock, "a")
+    await a.step()
+    clock.now += RENEW_S
+    await a.step()  # renewed: held until duration - renewal after this round began
+    clock.now += DURATION_S - RENEW_S - 0.001
+    assert a.holds(1)
+    await a.release()
+    assert not a.holds(1)
