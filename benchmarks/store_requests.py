@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
+from job_manager.stores.dynamodb_job_store import DOCUMENT_PREFIX
 from job_manager.stores.fence import FENCE_ITEM_PREFIX
 from scheduler.wiring.app import PROBE_JOB_ID
 
@@ -98,10 +99,10 @@ def _entries(line: str) -> list[dict[str, Any]]:
 def classify(entry: dict[str, Any]) -> tuple[str, str]:
     """(who, ``service.Operation``) of one recorded request. ``who`` is ``scheduler`` for a
     job's store request, ``lease`` for the replicas' lease item, ``background`` for the
-    store probe's record and object, the backend-status parameter (SSM) and the queries
-    of the status index (the leader's sweep), ``presigned``
-    for a node's upload or a user's download through a presigned URL (not the
-    scheduler's own request)."""
+    store probe's record and object, the backend-status parameter (SSM), the queries of
+    the status index (the leader's sweep) and the reads of the bookings and sessions
+    documents (a follower's each round), ``presigned`` for a node's upload or a user's
+    download through a presigned URL (not the scheduler's own request)."""
     headers = {k.lower(): v for k, v in entry.get("headers", {}).items()}
     target = headers.get("x-amz-target", "")
     url = urlsplit(entry.get("url", ""))
@@ -114,6 +115,8 @@ def classify(entry: dict[str, Any]) -> tuple[str, str]:
             return "background", operation
         if operation == "dynamodb.Query" and STATUS_QUERY in body:
             return "background", operation  # the leader's sweep (docs/replicas.md, "Fence")
+        if DOCUMENT_PREFIX in body:
+            return "background", operation  # bookings and sessions, a follower's each round
         # A job write's transaction names a fence item too: it is the job's. A new term's
         # raise of the fence items belongs with the lease.
         lease = not operation.endswith("TransactWriteItems") and (

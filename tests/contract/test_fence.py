@@ -168,8 +168,9 @@ async def test_a_write_sent_before_the_lease_lapsed_lands_where_no_later_term_wr
 
     assert await store.transition(queued, running(queued), sent_late)
     assert await store.transition(running(handed), finished(running(handed)), sent_late)
-    assert [(await store.get(job.job_id)).status for job in (queued, handed)] == [
-        JobStatus.RUNNING, JobStatus.COMPLETED]  # type: ignore[union-attr]
+    landed = [await store.get(job.job_id) for job in (queued, handed)]
+    assert [job.status if job else None for job in landed] == [
+        JobStatus.RUNNING, JobStatus.COMPLETED]
     # The new term writes over it as over any other: by compare-and-set.
     assert await store.transition(running(queued), finished(running(queued)), fence_of(b))
     await store.close()
