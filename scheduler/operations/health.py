@@ -67,6 +67,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             if status != sent:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 sent = status
+                continue  # read again: a drain may have begun while it was written
             if self._ended:
                 return
             await changed.wait()
