@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
@@ -19,7 +20,7 @@ from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
 from scheduler.wiring import cli
 from scheduler.wiring.app import Scheduler
-from tests.conftest import Running, scheduler_in
+from tests.conftest import SHARED, Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,
     TokenDatabase,
@@ -34,6 +35,15 @@ QUEUED, CANCELLED = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_CANCELLED
 @pytest.fixture
 async def jobs(running: Running) -> AsyncIterator[jobs_pb2_grpc.JobsServiceStub]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+    yield jobs_pb2_grpc.JobsServiceStub(channel)
+    await channel.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_jobs(shared: Running) -> AsyncIterator[jobs_pb2_grpc.JobsServiceStub]:
+    """The jobs service of the module's shared scheduler (tests/conftest.py, SHARED): its
+    listings are per token, and each test lists with a token of its own."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{shared.scheduler.submission_port}")
     yield jobs_pb2_grpc.JobsServiceStub(channel)
     await channel.close()
 
@@ -81,17 +91,18 @@ async def test_tags_from_submission_metadata_are_listed_and_filter_the_listing(
     assert await listed(jobs, alice, tag="team=other") == []
 
 
+@SHARED
 @pytest.mark.parametrize("header", [
     ",".join(f"k{i}=v" for i in range(17)),  # 17 tags
     "Upper=v", "k=" + "x" * 65, "novalue", "=v", "a=1,a=2", "k" * 33 + "=v"])
 async def test_a_bad_tags_header_is_invalid_argument_and_makes_no_job(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub, header: str) -> None:
-    alice = running.token("alice")
-    answer = await running.clients.submission.SubmitJob(
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub, header: str) -> None:
+    alice = shared.token("alice")
+    answer = await shared.clients.submission.SubmitJob(
         submit_request(alice), metadata=(("x-mqc3-tags", header),))
     assert answer.error.code == "INVALID_ARGUMENT" and "tags" in answer.error.description
     assert answer.job_id == ""
-    assert await listed(jobs, alice) == []
+    assert await listed(shared_jobs, alice) == []
 
 
 async def test_sixteen_tags_of_the_longest_sizes_are_taken(
@@ -182,14 +193,15 @@ async def test_pages_cover_every_job_once_while_jobs_change_between_them(
     assert [e.job_id for e in statuses.jobs] == [made[6], made[1]]
 
 
+@SHARED
 async def test_page_tokens_and_sizes_are_checked(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
     for request in (pb.ListJobsRequest(token=alice, page_token="not a token"),
                     pb.ListJobsRequest(token=alice, page_token="eyJ0IjogMX0="),
                     pb.ListJobsRequest(token=alice, page_size=501),
                     pb.ListJobsRequest(token=alice, tag="no-equals")):
-        answer = await jobs.ListJobs(request)
+        answer = await shared_jobs.ListJobs(request)
         assert answer.error.code == "INVALID_ARGUMENT", request
 
 
