@@ -87,6 +87,11 @@ class Running:
         self._tokens = tokens
         self.data_dir = data_dir
 
+    @property
+    def token_database(self) -> TokenDatabase | None:
+        """AWS mode: the TokenDatabaseService the scheduler asks (standalone: None)."""
+        return self._tokens
+
     def token(self, name: str = "alice", role: str = "developer") -> str:
         if self._tokens is not None:
             return self._tokens.token(name, role)

@@ -74,12 +74,13 @@ async def _upload(url: str) -> None:
     assert answer.status_code == 200
 
 
-def _expired_token(running: Running, token_database: TokenDatabase) -> str:
+def _expired_token(running: Running) -> str:
     """A developer token that expired an hour ago, in whichever store the scheduler reads."""
     expired_at = datetime.now(UTC) - timedelta(hours=1)
-    if running.data_dir is None:  # AWS mode: the test's own TokenDatabase
-        return create_token(token_database.store, SystemClock(), "alice", "developer",
+    if running.token_database is not None:  # AWS mode: the test's own TokenDatabase
+        return create_token(running.token_database.store, SystemClock(), "alice", "developer",
                             expired_at)[0]
+    assert running.data_dir is not None
     store = SqliteTokenStore(token_store_path(running.data_dir))
     try:
         return create_token(store, SystemClock(), "alice", "developer", expired_at)[0]
@@ -162,18 +163,20 @@ async def test_an_unknown_job_is_not_found(shared: Running, call: JobCall) -> No
     assert _live(shared) == live
 
 
+@SHARED
 @pytest.mark.parametrize("call", JOB_CALLS)
-async def test_another_users_job_is_not_found_and_untouched(running: Running,
+async def test_another_users_job_is_not_found_and_untouched(shared: Running,
                                                             call: JobCall) -> None:
-    alice = running.token("alice", "developer")
-    job_id = await _submit(running, alice)
+    alice = shared.token("alice", "developer")
+    queued = _queued(shared)
+    job_id = await _submit(shared, alice)
 
-    answer = await call(running.clients.submission, running.token("bob", "developer"), job_id)
+    answer = await call(shared.clients.submission, shared.token("bob", "developer"), job_id)
 
     assert answer.error.code == "NOT_FOUND"
     assert job_id in answer.error.description
-    assert await _status(running, alice, job_id) == job_pb2.JOB_STATUS_QUEUED
-    assert _queued(running) == 1
+    assert await _status(shared, alice, job_id) == job_pb2.JOB_STATUS_QUEUED
+    assert _queued(shared) == queued + 1
 
 
 @SHARED
@@ -256,21 +259,22 @@ async def test_service_status_of_an_unknown_backend_is_invalid_argument(shared: 
 
 
 # --- tokens -------------------------------------------------------------------------------
+@SHARED
 @pytest.mark.parametrize(("kind", "says"), [("empty", "no token"), ("unknown", "not known"),
                                             ("expired", "expired")])
-async def test_a_bad_token_is_unauthenticated_everywhere(running: Running,
-                                                        token_database: TokenDatabase,
-                                                        kind: str, says: str) -> None:
-    job_id = await _submit(running, running.token())
+async def test_a_bad_token_is_unauthenticated_everywhere(shared: Running, kind: str,
+                                                        says: str) -> None:
+    queued = _queued(shared)
+    job_id = await _submit(shared, shared.token())
     token = {"empty": lambda: "", "unknown": lambda: "mqc3_" + uuid.uuid4().hex,
-             "expired": lambda: _expired_token(running, token_database)}[kind]()
+             "expired": lambda: _expired_token(shared)}[kind]()
 
-    errors = await _token_refusals(running.clients.submission, token, job_id)
+    errors = await _token_refusals(shared.clients.submission, token, job_id)
 
     for rpc, error in errors.items():
         assert error.code == "UNAUTHENTICATED", rpc
         assert says in error.description, rpc
-    assert _queued(running) == 1
+    assert _queued(shared) == queued + 1
 
 
 @SHARED
