@@ -145,18 +145,21 @@ async def running(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
 
 
 # --- one scheduler per mode for a whole module ------------------------------------------------
-# Starting a scheduler costs far more than most calls a test makes. Tests whose calls change
-# nothing another test reads (refusals, reads of what does not exist) may share one: they
-# take ``shared`` instead of ``running`` and are marked SHARED, so that they run in
-# the module's event loop, where that scheduler serves. Each keeps to users, ids and
-# backends of its own, and checks what its own call changed (counts before and after), not
-# that the scheduler is empty.
+# Starting a scheduler costs more than most calls a test makes. Tests whose calls change
+# nothing another test reads (refusals, reads of what does not exist, jobs read back only
+# with tokens of their own) may share one: they take ``shared`` instead of ``running`` and
+# are marked SHARED, so that they run in the module's event loop, where that scheduler
+# serves. Each uses tokens of its own (listings, quotas and call budgets are per token) and
+# checks what its own calls changed (a count before and after), never that the scheduler
+# is empty. A test that books a backend or reads every user's jobs keeps a scheduler of its
+# own, and so does one that takes a job from a queue, unless the module's shared tests all
+# leave that queue empty (tests/security/test_ownership.py).
 SHARED = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["standalone", "aws"])
 async def shared(request: pytest.FixtureRequest,
-                         tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     """A scheduler in each mode shared by a module's SHARED tests."""
     mode = str(request.param)
     directory = tmp_path_factory.mktemp(f"shared-{mode}")
