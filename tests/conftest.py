@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from common import audit
 from emulators.server import EmulatorServer
@@ -86,6 +87,11 @@ class Running:
         self._tokens = tokens
         self.data_dir = data_dir
 
+    @property
+    def token_database(self) -> TokenDatabase | None:
+        """AWS mode: the TokenDatabaseService the scheduler asks (standalone: None)."""
+        return self._tokens
+
     def token(self, name: str = "alice", role: str = "developer") -> str:
         if self._tokens is not None:
             return self._tokens.token(name, role)
@@ -98,15 +104,26 @@ async def scheduler_in(mode: str, tmp_path: Path, request: pytest.FixtureRequest
                        token_database: TokenDatabase, env: dict[str, str] | None = None,
                        *flags: str) -> AsyncIterator[Running]:
     """A started scheduler in ``mode`` on loopback, with the test backends, and its clients."""
+    names: AwsNames | None = None
+    if mode != "standalone":
+        names = request.getfixturevalue("aws_names")
+    async with _started(mode, tmp_path, names, token_database, env, *flags) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def _started(mode: str, directory: Path, names: AwsNames | None,
+                   token_database: TokenDatabase, env: dict[str, str] | None,
+                   *flags: str) -> AsyncIterator[Running]:
     tokens: TokenDatabase | None = None
     data_dir: Path | None = None
     if mode == "standalone":
-        data_dir = tmp_path / "data"
+        data_dir = directory / "data"
         data_dir.mkdir(exist_ok=True)
         (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
         config = local_config(data_dir, *flags, env=env)
     else:
-        names: AwsNames = request.getfixturevalue("aws_names")
+        assert names is not None
         tokens = token_database
         config = aws_config(names, tokens.address, *flags, env=env)
     scheduler = Scheduler(config)
@@ -125,3 +142,35 @@ async def running(mode: str, tmp_path: Path, request: pytest.FixtureRequest,
     """A scheduler in each mode, on loopback, with the test backends."""
     async with scheduler_in(mode, tmp_path, request, token_database) as started:
         yield started
+
+
+# --- one scheduler per mode for a whole module ------------------------------------------------
+# Starting a scheduler costs more than most calls a test makes. Tests whose calls change
+# nothing another test reads (refusals, reads of what does not exist, jobs read back only
+# with tokens of their own) may share one: they take ``shared`` instead of ``running`` and
+# are marked SHARED, so that they run in the module's event loop, where that scheduler
+# serves. Each uses tokens of its own (listings, quotas and call budgets are per token) and
+# checks what its own calls changed (a count before and after), never that the scheduler
+# is empty. A test that books a backend or reads every user's jobs keeps a scheduler of its
+# own, and so does one that takes a job from a queue, unless the module's shared tests all
+# leave that queue empty (tests/security/test_ownership.py).
+SHARED = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["standalone", "aws"])
+async def shared(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    """A scheduler in each mode shared by a module's SHARED tests."""
+    mode = str(request.param)
+    directory = tmp_path_factory.mktemp(f"shared-{mode}")
+    tokens = TokenDatabase(directory / "tokens.sqlite3")
+    await tokens.start()
+    try:
+        names = None
+        if mode != "standalone":
+            names = create_aws_resources(request.getfixturevalue("moto_endpoint"),
+                                         uuid.uuid4().hex[:12])
+        async with _started(mode, directory, names, tokens, None) as started:
+            yield started
+    finally:
+        await tokens.stop()

@@ -4,10 +4,11 @@ store families; and DynamoDB's owner-index, missing and then added."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,15 @@ class CountingClient:
         return getattr(self._inner, name)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-plain-moto"])
-async def metered(request: pytest.FixtureRequest, tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[JobStore, Meter]]:
-    """A store as production configures it (default page sizes), and its meter."""
+BACKENDS = ["sqlite", "dynamodb", "dynamodb-plain-moto"]
+
+
+@contextlib.asynccontextmanager
+async def metered_store(request: pytest.FixtureRequest, directory: Path,
+                        monkeypatch: pytest.MonkeyPatch
+                        ) -> AsyncIterator[tuple[JobStore, Meter]]:
+    """A store of ``request.param``'s backend as production configures it (default page
+    sizes), and its meter."""
     meter = Meter()
     job_store: JobStore
     if request.param == "sqlite":
@@ -208,15 +214,25 @@ async def metered(request: pytest.FixtureRequest, tmp_path: Path,
             return conn
 
         monkeypatch.setattr(sqlite3, "connect", metered_connect)
-        job_store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        job_store = SqliteJobStore(directory / "jobs.sqlite3")
     else:
         endpoint = endpoint_of(request)
         client = aws_client("dynamodb", endpoint)
         name = f"jobs-{uuid.uuid4().hex[:12]}"
         create_table(client, name)
         job_store = DynamoDbJobStore(CountingClient(client, meter), name)
-    yield job_store, meter
-    await job_store.close()
+    try:
+        yield job_store, meter
+    finally:
+        await job_store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def metered(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[JobStore, Meter]]:
+    """A store as production configures it (default page sizes), and its meter."""
+    async with metered_store(request, tmp_path, monkeypatch) as found:
+        yield found
 
 
 async def create_all(store: JobStore, records: list[JobRecord]) -> None:
@@ -240,35 +256,63 @@ async def two_pages_cost(store: JobStore, meter: Meter, owner: str | None) -> in
     return meter.cost
 
 
-@pytest.mark.parametrize("owner", [ALICE, None], ids=["one owner", "every owner"])
-async def test_a_page_costs_the_same_however_many_older_jobs_the_store_holds(
-        metered: tuple[JobStore, Meter], owner: str | None) -> None:
-    store, meter = metered
-    recent = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i))
-              for i in range(30)]
-    await create_all(store, [*recent, *older_jobs(100, T0)])
-    few = await two_pages_cost(store, meter, owner)
-    await create_all(store, older_jobs(600, T0 - timedelta(seconds=100)))
-    many = await two_pages_cost(store, meter, owner)
+async def usage_cost(store: JobStore, meter: Meter) -> tuple[int, dict[str, Any]]:
+    """What every owner's usage of the minute after T0 costs, and the totals it gave."""
+    meter.cost = 0
+    totals = await listing.usage(store, None, T0, T0 + timedelta(minutes=1), lambda _: 0)
+    return meter.cost, dict(totals)
+
+
+OWNERS = {"one owner": ALICE, "every owner": None}
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What the same reads cost with 130 jobs stored, and again with 730."""
+
+    pages: dict[str, tuple[int, int]]  # by OWNERS' name: two pages' cost, few and many
+    usage: tuple[int, int]
+    usage_totals: tuple[dict[str, Any], dict[str, Any]]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def growth(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Growth:
+    """The reads the two tests below compare, measured on one store per backend (they only
+    read, and read the same jobs): with 30 of Alice's jobs in the period and 100 older
+    ones of Alice and Bob, then once 600 more older ones are stored."""
+    directory = tmp_path_factory.mktemp("growth")
+
+    async def measure() -> Growth:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            async with metered_store(request, directory, monkeypatch) as (store, meter):
+                recent = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i))
+                          for i in range(30)]
+                await create_all(store, [*recent, *older_jobs(100, T0)])
+                few = {name: await two_pages_cost(store, meter, owner)
+                       for name, owner in OWNERS.items()}
+                few_usage, few_totals = await usage_cost(store, meter)
+                await create_all(store, older_jobs(600, T0 - timedelta(seconds=100)))
+                many = {name: await two_pages_cost(store, meter, owner)
+                        for name, owner in OWNERS.items()}
+                many_usage, many_totals = await usage_cost(store, meter)
+        return Growth({name: (few[name], many[name]) for name in OWNERS},
+                      (few_usage, many_usage), (few_totals, many_totals))
+
+    return asyncio.run(measure())
+
+
+@pytest.mark.parametrize("owner", list(OWNERS))
+def test_a_page_costs_the_same_however_many_older_jobs_the_store_holds(
+        growth: Growth, owner: str) -> None:
+    few, many = growth.pages[owner]
     assert many < 2 * few, f"two pages cost {few} with 130 jobs stored, {many} with 730"
 
 
-async def test_every_owners_usage_of_a_period_costs_that_period_not_the_table(
-        metered: tuple[JobStore, Meter]) -> None:
-    store, meter = metered
-    recent = [record(owner_fingerprint=ALICE, submitted_at=T0 + timedelta(seconds=i))
-              for i in range(30)]
-    await create_all(store, [*recent, *older_jobs(100, T0)])
-
-    async def cost() -> int:
-        meter.cost = 0
-        totals = await listing.usage(store, None, T0, T0 + timedelta(minutes=1), lambda _: 0)
+def test_every_owners_usage_of_a_period_costs_that_period_not_the_table(
+        growth: Growth) -> None:
+    for totals in growth.usage_totals:
         assert totals[ALICE].by_final_status == {} and BOB not in totals
-        return meter.cost
-
-    few = await cost()
-    await create_all(store, older_jobs(600, T0 - timedelta(seconds=100)))
-    many = await cost()
+    few, many = growth.usage
     assert many < 2 * few, f"the period's totals cost {few} with 130 jobs stored, {many} with 730"
 
 

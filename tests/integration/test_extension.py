@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2
@@ -19,7 +20,7 @@ from pb.mqc3_scheduler.extension.v1 import jobs_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2_grpc
 from scheduler.wiring import cli
 from scheduler.wiring.app import Scheduler
-from tests.conftest import Running, scheduler_in
+from tests.conftest import SHARED, Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,
     TokenDatabase,
@@ -34,6 +35,15 @@ QUEUED, CANCELLED = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_CANCELLED
 @pytest.fixture
 async def jobs(running: Running) -> AsyncIterator[jobs_pb2_grpc.JobsServiceStub]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.scheduler.submission_port}")
+    yield jobs_pb2_grpc.JobsServiceStub(channel)
+    await channel.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_jobs(shared: Running) -> AsyncIterator[jobs_pb2_grpc.JobsServiceStub]:
+    """The jobs service of the module's shared scheduler (tests/conftest.py, SHARED): its
+    listings are per token, and each test lists with a token of its own."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{shared.scheduler.submission_port}")
     yield jobs_pb2_grpc.JobsServiceStub(channel)
     await channel.close()
 
@@ -65,41 +75,44 @@ async def listed(jobs: jobs_pb2_grpc.JobsServiceStub, token: str, **fields: Any)
     return [entry.job_id for entry in answer.jobs]
 
 
+@SHARED
 async def test_tags_from_submission_metadata_are_listed_and_filter_the_listing(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
-    tagged = await submit(running, alice, "team=optics,run=7")
-    plain = await submit(running, alice)
-    answer = await jobs.ListJobs(pb.ListJobsRequest(token=alice))
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
+    tagged = await submit(shared, alice, "team=optics,run=7")
+    plain = await submit(shared, alice)
+    answer = await shared_jobs.ListJobs(pb.ListJobsRequest(token=alice))
     assert [e.job_id for e in answer.jobs] == [plain, tagged]  # newest first
     entry = answer.jobs[1]
     assert [(t.key, t.value) for t in entry.tags] == [("run", "7"), ("team", "optics")]
     assert entry.status == QUEUED and entry.backend == "emulator" and entry.n_shots == 100
     assert entry.HasField("submitted_at") and not entry.HasField("finished_at")
     assert entry.owner_name == ""  # only admins are told whose
-    assert await listed(jobs, alice, tag="team=optics") == [tagged]
-    assert await listed(jobs, alice, tag="team=other") == []
+    assert await listed(shared_jobs, alice, tag="team=optics") == [tagged]
+    assert await listed(shared_jobs, alice, tag="team=other") == []
 
 
+@SHARED
 @pytest.mark.parametrize("header", [
     ",".join(f"k{i}=v" for i in range(17)),  # 17 tags
     "Upper=v", "k=" + "x" * 65, "novalue", "=v", "a=1,a=2", "k" * 33 + "=v"])
 async def test_a_bad_tags_header_is_invalid_argument_and_makes_no_job(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub, header: str) -> None:
-    alice = running.token("alice")
-    answer = await running.clients.submission.SubmitJob(
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub, header: str) -> None:
+    alice = shared.token("alice")
+    answer = await shared.clients.submission.SubmitJob(
         submit_request(alice), metadata=(("x-mqc3-tags", header),))
     assert answer.error.code == "INVALID_ARGUMENT" and "tags" in answer.error.description
     assert answer.job_id == ""
-    assert await listed(jobs, alice) == []
+    assert await listed(shared_jobs, alice) == []
 
 
+@SHARED
 async def test_sixteen_tags_of_the_longest_sizes_are_taken(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
     header = ",".join(f"{i:0>32}={'~' * 64}" for i in range(16))
-    alice = running.token("alice")
-    job = await submit(running, alice, header)
-    answer = await jobs.ListJobs(pb.ListJobsRequest(token=alice))
+    alice = shared.token("alice")
+    job = await submit(shared, alice, header)
+    answer = await shared_jobs.ListJobs(pb.ListJobsRequest(token=alice))
     assert answer.error.code == "", answer.error
     assert answer.jobs[0].job_id == job and len(answer.jobs[0].tags) == 16
 
@@ -129,20 +142,22 @@ async def test_nobody_sees_anothers_jobs_and_an_admin_sees_everyones_with_names(
     assert [(t.key, t.value) for t in unchanged.jobs[0].tags] == [("k", "v")]
 
 
+@SHARED
 async def test_set_job_tags_replaces_them_all_in_any_status_and_checks_them(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
-    job = await submit(running, alice, "old=1,keep=no")
-    await cancel(running, alice, job)  # final: still tagged
-    answer = await jobs.SetJobTags(pb.SetJobTagsRequest(
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
+    job = await submit(shared, alice, "old=1,keep=no")
+    await cancel(shared, alice, job)  # final: still tagged
+    answer = await shared_jobs.SetJobTags(pb.SetJobTagsRequest(
         token=alice, job_id=job, tags=[pb.Tag(key="new", value="2")]))
     assert answer.error.code == "" and [(t.key, t.value) for t in answer.tags] == [("new", "2")]
-    assert await listed(jobs, alice, tag="new=2") == [job]
-    assert await listed(jobs, alice, tag="old=1") == []
-    bad = await jobs.SetJobTags(pb.SetJobTagsRequest(
+    assert await listed(shared_jobs, alice, tag="new=2") == [job]
+    assert await listed(shared_jobs, alice, tag="old=1") == []
+    bad = await shared_jobs.SetJobTags(pb.SetJobTagsRequest(
         token=alice, job_id=job, tags=[pb.Tag(key="k", value=str(i)) for i in range(17)]))
     assert bad.error.code == "INVALID_ARGUMENT"
-    missing = await jobs.SetJobTags(pb.SetJobTagsRequest(token=alice, job_id=str(uuid.uuid4())))
+    missing = await shared_jobs.SetJobTags(pb.SetJobTagsRequest(token=alice,
+                                                                job_id=str(uuid.uuid4())))
     assert missing.error.code == "NOT_FOUND"
 
 
@@ -182,30 +197,32 @@ async def test_pages_cover_every_job_once_while_jobs_change_between_them(
     assert [e.job_id for e in statuses.jobs] == [made[6], made[1]]
 
 
+@SHARED
 async def test_page_tokens_and_sizes_are_checked(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
     for request in (pb.ListJobsRequest(token=alice, page_token="not a token"),
                     pb.ListJobsRequest(token=alice, page_token="eyJ0IjogMX0="),
                     pb.ListJobsRequest(token=alice, page_size=501),
                     pb.ListJobsRequest(token=alice, tag="no-equals")):
-        answer = await jobs.ListJobs(request)
+        answer = await shared_jobs.ListJobs(request)
         assert answer.error.code == "INVALID_ARGUMENT", request
 
 
+@SHARED
 async def test_filters_by_backend_and_time_range(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
-    first = await submit(running, alice)
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
+    first = await submit(shared, alice)
     await asyncio.sleep(0.01)
-    middle = running.scheduler.clock.now()
-    second = await submit(running, alice)
+    middle = shared.scheduler.clock.now()
+    second = await submit(shared, alice)
     request = pb.ListJobsRequest(token=alice)
     request.submitted_from.FromDatetime(middle)
-    assert await listed(jobs, alice, submitted_from=request.submitted_from) == [second]
-    assert await listed(jobs, alice, submitted_to=request.submitted_from) == [first]
-    assert await listed(jobs, alice, backend="qpu") == []
-    assert await listed(jobs, alice, backend="emulator") == [second, first]
+    assert await listed(shared_jobs, alice, submitted_from=request.submitted_from) == [second]
+    assert await listed(shared_jobs, alice, submitted_to=request.submitted_from) == [first]
+    assert await listed(shared_jobs, alice, backend="qpu") == []
+    assert await listed(shared_jobs, alice, backend="emulator") == [second, first]
 
 
 async def _complete(running: Running) -> None:
@@ -244,14 +261,15 @@ async def test_usage_counts_final_statuses_shots_times_and_the_quota_in_use(
     assert refused.error.code == "INVALID_ARGUMENT"
 
 
+@SHARED
 async def test_a_watch_sends_the_status_then_each_change_and_ends_at_the_final_one(
-        running: Running, jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
-    alice = running.token("alice")
-    job = await submit(running, alice)
-    stream = jobs.WatchJob(pb.WatchJobRequest(token=alice, job_id=job))
+        shared: Running, shared_jobs: jobs_pb2_grpc.JobsServiceStub) -> None:
+    alice = shared.token("alice")
+    job = await submit(shared, alice)
+    stream = shared_jobs.WatchJob(pb.WatchJobRequest(token=alice, job_id=job))
     first = await stream.read()
     assert first.status == QUEUED and first.error.code == ""
-    await cancel(running, alice, job)
+    await cancel(shared, alice, job)
     rest = await rest_of(stream)
     assert [m.status for m in rest][-1] == CANCELLED
     assert all(m.status == QUEUED for m in rest[:-1])  # detail changes only

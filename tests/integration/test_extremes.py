@@ -35,13 +35,19 @@ from pb.mqc3_cloud.scheduler.v1 import (
 from pb.mqc3_cloud.token_database.v1 import token_database_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, nodes_pb2, nodes_pb2_grpc
 from scheduler.access.auth import TokenResolver
+from scheduler.wiring.standalone import open_data_directory
 from tests.conftest import Running, scheduler_in
-from tests.helpers import UPLOAD_HEADERS, TokenDatabase, gzip_result, submit_request
+from tests.helpers import (
+    UPLOAD_HEADERS,
+    TokenDatabase,
+    gzip_result,
+    standalone_token,
+    submit_request,
+)
 from tests.integration.processes import (
     ROOT,
     Deployment,
     ScriptProcess,
-    create_token,
     deployment_in,
 )
 from tests.security.test_token_database import Served, served, token_store
@@ -666,7 +672,10 @@ async def test_a_token_whose_expiry_is_any_value_the_wire_allows_is_resolved(
 def test_an_expiry_in_days_that_names_no_date_is_refused_in_one_line_changing_nothing(
         tmp_path: Path, command: str, days: str) -> None:
     data_dir = tmp_path / "data"
-    token = create_token(data_dir, "alice", "developer")
+    # Alice's token, made as ``tokens create`` makes it (in this process: the two commands
+    # below are the test).
+    open_data_directory(data_dir)
+    token = standalone_token(data_dir, "alice", "developer")
     argv = (["create", "--name", "bob", "--role", "guest"] if command == "create"
             else ["renew", token])
     refused = subprocess.run(

@@ -96,7 +96,10 @@ from tests.helpers import (
     submit_request,
 )
 
-DEFAULT_SEEDS = (1, 2, 3, 4)
+# Two seeds, each of which takes every kind of step (the ``steps`` each prints: seeds 1 and 4
+# never take cancel_known) and meets both refusals, FAILED_PRECONDITION and
+# RESOURCE_EXHAUSTED; more with INTERLEAVING_SEEDS.
+DEFAULT_SEEDS = (2, 3)
 USER_STEPS = 10  # steps each user actor takes per seed
 PATIENT_S = 3.0  # a caller that waits this long must be answered
 # A cut-short deadline is a random fraction of how long the same kind of call took when

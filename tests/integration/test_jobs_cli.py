@@ -38,29 +38,38 @@ async def test_list_show_cancel_usage_and_watch_print_what_the_scheduler_says(
     job = submitted.job_id
     await running.clients.submission.SubmitJob(submit_request(running.token("bob")))
 
-    code, out, _ = await jobs_command(running, alice, "list")
+    # Reads run at once (each command is a Python start); the cancel comes after them.
+    listed, show = await asyncio.gather(jobs_command(running, alice, "list"),
+                                        jobs_command(running, alice, "--json", "show", job))
+    code, out, _ = listed
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["JOB_ID", "STATUS", "BACKEND", "SUBMITTED_AT",
                                               "SHOTS", "TAGS"]
     assert len(lines) == 2 and lines[1].split()[:2] == [job, "QUEUED"]  # not bob's
     assert lines[1].split()[-2:] == ["100", "team=optics"]
 
-    code, out, _ = await jobs_command(running, alice, "--json", "show", job)
+    code, out, _ = show
     shown = json.loads(out)
     assert code == 0 and (shown["job_id"], shown["status"]) == (job, "QUEUED")
 
     code, out, _ = await jobs_command(running, alice, "cancel", job)
     assert code == 0 and "CANCELLED" in out
-    code, out, _ = await jobs_command(running, alice, "--json", "watch", job)
+    # After the cancel, what each command reads or refuses does not depend on the others.
+    watched, used, again, no_token = await asyncio.gather(
+        jobs_command(running, alice, "--json", "watch", job),
+        jobs_command(running, alice, "--json", "usage"),
+        jobs_command(running, alice, "cancel", job),
+        jobs_command(running, "", "list"))
+    code, out, _ = watched
     assert code == 0 and [json.loads(line)["status"] for line in out.splitlines()] == [
         "CANCELLED"]
 
-    code, out, _ = await jobs_command(running, alice, "--json", "usage")
+    code, out, _ = used
     usage = json.loads(out)
     assert code == 0 and (usage["owner"], usage["final"], usage["live_jobs"]) == (
         "alice", "CANCELLED=1", "0/" + usage["live_jobs"].split("/")[1])
 
-    code, _, err = await jobs_command(running, alice, "cancel", job)
+    code, _, err = again
     assert code == 1 and "FAILED_PRECONDITION" in err
-    code, _, err = await jobs_command(running, "", "list")
+    code, _, err = no_token
     assert code == 2 and "MQC3_CLIENT_TOKEN" in err

@@ -10,7 +10,7 @@ import pytest
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc
-from tests.conftest import Running
+from tests.conftest import SHARED, Running
 from tests.helpers import submit_request
 
 KEY = "x-mqc3-idempotency-key"
@@ -25,16 +25,17 @@ async def _jobs_of(running: Running, token: str) -> list[str]:
     return [entry.job_id for entry in answer.jobs]
 
 
+@SHARED
 @pytest.mark.parametrize("header", [KEY, "x-mqc3-tags"])
 async def test_a_repeated_submission_header_is_refused_naming_it_and_makes_no_job(
-        running: Running, header: str) -> None:
-    token = running.token("alice", "developer")
+        shared: Running, header: str) -> None:
+    token = shared.token("alice", "developer")
     values = ("run-1", "run-2") if header == KEY else ("team=optics", "run=7")
-    answer = await running.clients.submission.SubmitJob(
+    answer = await shared.clients.submission.SubmitJob(
         submit_request(token), metadata=tuple((header, value) for value in values), timeout=10)
     assert answer.error.code == "INVALID_ARGUMENT", answer.error
     assert answer.error.description.startswith(f"metadata {header} was sent 2 times"), answer
-    assert await _jobs_of(running, token) == []
+    assert await _jobs_of(shared, token) == []
 
 
 @pytest.mark.parametrize("header", ["x-mqc3-wait-ms", "x-mqc3-node-id"])

@@ -18,7 +18,7 @@ import pytest
 from pb.mqc3_cloud.program.v1 import quantum_program_pb2 as program_pb2
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, execution_pb2_grpc, job_pb2
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from tests.conftest import Running
+from tests.conftest import SHARED, Running
 from tests.helpers import submit_request
 
 ORIGINAL = Path(__file__).parent.parent / "data" / "original_records"
@@ -39,17 +39,18 @@ async def _cancel(running: Running, token: str, job_id: str) -> None:
     assert answer.error.code == "", answer.error
 
 
+@SHARED
 @pytest.mark.parametrize("role", ["admin", "developer", "guest"])
 async def test_the_sdks_timeouts_and_shots_are_accepted_for_every_role(
-        running: Running, role: str) -> None:
-    token = running.token(f"sdk-{role}", role)
+        shared: Running, role: str) -> None:
+    token = shared.token(f"sdk-{role}", role)
     for timeout_s, n_shots in [(180, 1024), (3600, 1), (3600, 2**31 - 1), (86_400, 10**7)]:
         request = submit_request(token, timeout_s=timeout_s, n_shots=n_shots)
-        job_id = await _accepted(running, request)
-        status = await running.clients.submission.GetJobStatus(
+        job_id = await _accepted(shared, request)
+        status = await shared.clients.submission.GetJobStatus(
             pb.GetJobStatusRequest(token=token, job_id=job_id))
         assert status.status == job_pb2.JOB_STATUS_QUEUED
-        await _cancel(running, token, job_id)  # stays within the role's concurrent jobs
+        await _cancel(shared, token, job_id)  # stays within the role's concurrent jobs
 
 
 @pytest.mark.parametrize("role", ["guest", "developer"])

@@ -23,7 +23,7 @@ from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_gr
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
 from scheduler.wiring.app import Scheduler
 from scheduler.wiring.standalone import token_store_path
-from tests.conftest import Running, scheduler_in
+from tests.conftest import SHARED, Running, scheduler_in
 from tests.helpers import (
     UPLOAD_HEADERS,
     AwsNames,
@@ -74,12 +74,13 @@ async def _upload(url: str) -> None:
     assert answer.status_code == 200
 
 
-def _expired_token(running: Running, token_database: TokenDatabase) -> str:
+def _expired_token(running: Running) -> str:
     """A developer token that expired an hour ago, in whichever store the scheduler reads."""
     expired_at = datetime.now(UTC) - timedelta(hours=1)
-    if running.data_dir is None:  # AWS mode: the test's own TokenDatabase
-        return create_token(token_database.store, SystemClock(), "alice", "developer",
+    if running.token_database is not None:  # AWS mode: the test's own TokenDatabase
+        return create_token(running.token_database.store, SystemClock(), "alice", "developer",
                             expired_at)[0]
+    assert running.data_dir is not None
     store = SqliteTokenStore(token_store_path(running.data_dir))
     try:
         return create_token(store, SystemClock(), "alice", "developer", expired_at)[0]
@@ -149,37 +150,42 @@ async def test_cancelling_a_running_job_is_refused_and_it_keeps_running(running:
 
 
 # --- unknown and malformed ids ------------------------------------------------------------
+@SHARED
 @pytest.mark.parametrize("call", JOB_CALLS)
-async def test_an_unknown_job_is_not_found(running: Running, call: JobCall) -> None:
+async def test_an_unknown_job_is_not_found(shared: Running, call: JobCall) -> None:
     job_id = str(uuid.uuid4())
+    live = _live(shared)
 
-    answer = await call(running.clients.submission, running.token(), job_id)
+    answer = await call(shared.clients.submission, shared.token(), job_id)
 
     assert answer.error.code == "NOT_FOUND"
     assert job_id in answer.error.description
-    assert _live(running) == 0
+    assert _live(shared) == live
 
 
+@SHARED
 @pytest.mark.parametrize("call", JOB_CALLS)
-async def test_another_users_job_is_not_found_and_untouched(running: Running,
+async def test_another_users_job_is_not_found_and_untouched(shared: Running,
                                                             call: JobCall) -> None:
-    alice = running.token("alice", "developer")
-    job_id = await _submit(running, alice)
+    alice = shared.token("alice", "developer")
+    queued = _queued(shared)
+    job_id = await _submit(shared, alice)
 
-    answer = await call(running.clients.submission, running.token("bob", "developer"), job_id)
+    answer = await call(shared.clients.submission, shared.token("bob", "developer"), job_id)
 
     assert answer.error.code == "NOT_FOUND"
     assert job_id in answer.error.description
-    assert await _status(running, alice, job_id) == job_pb2.JOB_STATUS_QUEUED
-    assert _queued(running) == 1
+    assert await _status(shared, alice, job_id) == job_pb2.JOB_STATUS_QUEUED
+    assert _queued(shared) == queued + 1
 
 
+@SHARED
 @pytest.mark.parametrize("call", JOB_CALLS)
 @pytest.mark.parametrize("job_id", ["not-a-job-id", f"{uuid.uuid4()}\n", f" {uuid.uuid4()}",
                                     str(uuid.uuid4())[:-1], f"{{{uuid.uuid4()}}}"])
-async def test_a_malformed_job_id_is_invalid_argument(running: Running, call: JobCall,
+async def test_a_malformed_job_id_is_invalid_argument(shared: Running, call: JobCall,
                                                       job_id: str) -> None:
-    answer = await call(running.clients.submission, running.token(), job_id)
+    answer = await call(shared.clients.submission, shared.token(), job_id)
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "job_id" in answer.error.description
@@ -191,89 +197,99 @@ NEVER_ISSUED = ["00000000-0000-0000-0000-000000000000", str(uuid.uuid1()),
                 str(uuid.uuid4()).upper()]
 
 
+@SHARED
 @pytest.mark.parametrize("call", JOB_CALLS)
 @pytest.mark.parametrize("job_id", NEVER_ISSUED)
-async def test_a_well_formed_unknown_job_id_is_not_found(running: Running, call: JobCall,
+async def test_a_well_formed_unknown_job_id_is_not_found(shared: Running, call: JobCall,
                                                          job_id: str) -> None:
-    answer = await call(running.clients.submission, running.token(), job_id)
+    answer = await call(shared.clients.submission, shared.token(), job_id)
 
     assert answer.error.code == "NOT_FOUND", answer.error
     assert job_id in answer.error.description
 
 
+@SHARED
 @pytest.mark.parametrize("job_id", NEVER_ISSUED)
-async def test_a_node_naming_an_unknown_job_id_is_answered_not_found(running: Running,
+async def test_a_node_naming_an_unknown_job_id_is_answered_not_found(shared: Running,
                                                                     job_id: str) -> None:
-    report = await _report(running, job_id, execution_pb2.EXECUTION_STATUS_FAILURE)
-    refresh = await running.clients.execution.RefreshUploadUrl(
+    report = await _report(shared, job_id, execution_pb2.EXECUTION_STATUS_FAILURE)
+    refresh = await shared.clients.execution.RefreshUploadUrl(
         execution_pb2.RefreshUploadUrlRequest(job_id=job_id))
 
     assert (report.code, refresh.error.code) == ("NOT_FOUND", "NOT_FOUND")
 
 
 # --- unknown backends ---------------------------------------------------------------------
+@SHARED
 async def test_submitting_to_an_unknown_backend_is_invalid_argument_naming_it(
-        running: Running) -> None:
-    answer = await running.clients.submission.SubmitJob(
-        submit_request(running.token(), "no-such-backend"))
+        shared: Running) -> None:
+    live = _live(shared)
+    answer = await shared.clients.submission.SubmitJob(
+        submit_request(shared.token(), "no-such-backend"))
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "no-such-backend" in answer.error.description
     assert "emulator" in answer.error.description  # the known ones are listed
     assert answer.job_id == ""
-    assert _queued(running, "no-such-backend") == 0
-    assert _live(running) == 0
+    assert _queued(shared, "no-such-backend") == 0
+    assert _live(shared) == live
 
 
+@SHARED
 async def test_assigning_from_an_unknown_backend_is_invalid_argument_naming_it(
-        running: Running) -> None:
-    await _submit(running, running.token())
+        shared: Running) -> None:
+    queued = _queued(shared)
+    await _submit(shared, shared.token("alice-of-the-unknown-backend"))
 
-    answer = await running.clients.assign("no-such-backend")
+    answer = await shared.clients.assign("no-such-backend")
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "no-such-backend" in answer.error.description
     assert answer.job_id == ""
-    assert _queued(running) == 1
+    assert _queued(shared) == queued + 1
 
 
-async def test_service_status_of_an_unknown_backend_is_invalid_argument(running: Running) -> None:
-    answer = await running.clients.submission.GetServiceStatus(
-        pb.GetServiceStatusRequest(token=running.token(), backend="no-such-backend"))
+@SHARED
+async def test_service_status_of_an_unknown_backend_is_invalid_argument(shared: Running) -> None:
+    answer = await shared.clients.submission.GetServiceStatus(
+        pb.GetServiceStatusRequest(token=shared.token(), backend="no-such-backend"))
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "no-such-backend" in answer.error.description
 
 
 # --- tokens -------------------------------------------------------------------------------
+@SHARED
 @pytest.mark.parametrize(("kind", "says"), [("empty", "no token"), ("unknown", "not known"),
                                             ("expired", "expired")])
-async def test_a_bad_token_is_unauthenticated_everywhere(running: Running,
-                                                        token_database: TokenDatabase,
-                                                        kind: str, says: str) -> None:
-    job_id = await _submit(running, running.token())
+async def test_a_bad_token_is_unauthenticated_everywhere(shared: Running, kind: str,
+                                                        says: str) -> None:
+    queued = _queued(shared)
+    job_id = await _submit(shared, shared.token())
     token = {"empty": lambda: "", "unknown": lambda: "mqc3_" + uuid.uuid4().hex,
-             "expired": lambda: _expired_token(running, token_database)}[kind]()
+             "expired": lambda: _expired_token(shared)}[kind]()
 
-    errors = await _token_refusals(running.clients.submission, token, job_id)
+    errors = await _token_refusals(shared.clients.submission, token, job_id)
 
     for rpc, error in errors.items():
         assert error.code == "UNAUTHENTICATED", rpc
         assert says in error.description, rpc
-    assert _queued(running) == 1
+    assert _queued(shared) == queued + 1
 
 
-async def test_a_token_fingerprint_is_not_a_token(running: Running) -> None:
+@SHARED
+async def test_a_token_fingerprint_is_not_a_token(shared: Running) -> None:
     # Stores and listings hold fingerprints so that reading them reveals no credential.
-    token = running.token()
-    job_id = await _submit(running, token)
+    token = shared.token("alice-of-the-fingerprint")
+    queued = _queued(shared)
+    job_id = await _submit(shared, token)
 
-    errors = await _token_refusals(running.clients.submission,
+    errors = await _token_refusals(shared.clients.submission,
                                    FINGERPRINT_PREFIX + fingerprint(token), job_id)
 
     for rpc, error in errors.items():
         assert error.code == "UNAUTHENTICATED", rpc
-    assert _queued(running) == 1
+    assert _queued(shared) == queued + 1
 
 
 async def test_token_database_down_is_unavailable(aws_names: AwsNames) -> None:
@@ -293,45 +309,52 @@ async def test_token_database_down_is_unavailable(aws_names: AwsNames) -> None:
 
 
 # --- backend availability by role ---------------------------------------------------------
+@SHARED
 async def test_submitting_to_a_backend_in_maintenance_is_unavailable_with_its_description(
-        running: Running) -> None:
-    answer = await running.clients.submission.SubmitJob(
-        submit_request(running.token("dave", "developer"), "qpu"))
+        shared: Running) -> None:
+    queued = _queued(shared, "qpu")
+    answer = await shared.clients.submission.SubmitJob(
+        submit_request(shared.token("dave", "developer"), "qpu"))
 
     assert answer.error.code == "UNAVAILABLE"
     assert MAINTENANCE_DESCRIPTION in answer.error.description
     assert answer.job_id == ""
-    assert _queued(running, "qpu") == 0
+    assert _queued(shared, "qpu") == queued
 
 
+@SHARED
 async def test_service_status_of_a_backend_in_maintenance_is_an_answer_not_an_error(
-        running: Running) -> None:
-    answer = await running.clients.submission.GetServiceStatus(
-        pb.GetServiceStatusRequest(token=running.token("dave", "developer"), backend="qpu"))
+        shared: Running) -> None:
+    answer = await shared.clients.submission.GetServiceStatus(
+        pb.GetServiceStatusRequest(token=shared.token("dave", "developer"), backend="qpu"))
 
     assert answer.error.code == ""
     assert answer.status == pb.SERVICE_STATUS_MAINTENANCE
     assert answer.description == MAINTENANCE_DESCRIPTION
 
 
-async def test_a_backend_not_offered_to_guests_refuses_their_jobs(running: Running) -> None:
-    guest = running.token("gus", "guest")
+@SHARED
+async def test_a_backend_not_offered_to_guests_refuses_their_jobs(shared: Running) -> None:
+    guest = shared.token("gus", "guest")
+    queued = _queued(shared, "qpu")
 
-    submitted = await running.clients.submission.SubmitJob(submit_request(guest, "qpu"))
-    status = await running.clients.submission.GetServiceStatus(
+    submitted = await shared.clients.submission.SubmitJob(submit_request(guest, "qpu"))
+    status = await shared.clients.submission.GetServiceStatus(
         pb.GetServiceStatusRequest(token=guest, backend="qpu"))
 
     assert submitted.error.code == "UNAVAILABLE"
     assert GUEST_DESCRIPTION in submitted.error.description
     assert (status.error.code, status.status) == ("", pb.SERVICE_STATUS_UNAVAILABLE)
     assert status.description == GUEST_DESCRIPTION
-    assert _queued(running, "qpu") == 0
+    assert _queued(shared, "qpu") == queued
 
 
-async def test_an_admin_may_submit_to_a_backend_closed_to_other_roles(running: Running) -> None:
-    await _submit(running, running.token("ada", "admin"), "qpu")
+@SHARED
+async def test_an_admin_may_submit_to_a_backend_closed_to_other_roles(shared: Running) -> None:
+    queued = _queued(shared, "qpu")
+    await _submit(shared, shared.token("ada", "admin"), "qpu")
 
-    assert _queued(running, "qpu") == 1
+    assert _queued(shared, "qpu") == queued + 1
 
 
 # --- results and reports ------------------------------------------------------------------
@@ -405,6 +428,7 @@ def _graph_format_with_circuit_payload(request: pb.SubmitJobRequest) -> None:
     request.job.program.format = program_pb2.REPRESENTATION_FORMAT_GRAPH
 
 
+@SHARED
 @pytest.mark.parametrize(("change", "says"), [
     pytest.param(_n_shots(0), ["settings.n_shots", "at least 1", "got 0"], id="n_shots-zero"),
     pytest.param(_n_shots(-5), ["settings.n_shots", "at least 1", "got -5"], id="n_shots-below"),
@@ -415,17 +439,18 @@ def _graph_format_with_circuit_payload(request: pb.SubmitJobRequest) -> None:
                  id="format-not-matching-payload"),
 ])
 async def test_a_bad_field_is_invalid_argument_naming_it(
-        running: Running, change: Callable[[pb.SubmitJobRequest], None], says: list[str]) -> None:
-    request = submit_request(running.token("alice", "developer"))
+        shared: Running, change: Callable[[pb.SubmitJobRequest], None], says: list[str]) -> None:
+    request = submit_request(shared.token("alice", "developer"))
     change(request)
+    live = _live(shared)
 
-    answer = await running.clients.submission.SubmitJob(request)
+    answer = await shared.clients.submission.SubmitJob(request)
 
     assert answer.error.code == "INVALID_ARGUMENT"
     for fragment in says:
         assert fragment in answer.error.description
     assert answer.job_id == ""
-    assert _live(running) == 0
+    assert _live(shared) == live
 
 
 # --- roles come from the token ------------------------------------------------------------
@@ -439,17 +464,19 @@ async def test_a_role_sent_in_the_request_is_replaced_by_the_tokens(running: Run
     assert assigned.job.settings.role == "developer"
 
 
+@SHARED
 async def test_a_role_sent_in_the_request_does_not_lift_the_tokens_limits(
-        running: Running) -> None:
+        shared: Running) -> None:
     # A guest may submit 1 MiB, an admin 10 MiB: the guest's token decides.
-    request = submit_request(running.token("gus", "guest"), payload=b"\x01" * (1024 * 1024))
+    request = submit_request(shared.token("gwen", "guest"), payload=b"\x01" * (1024 * 1024))
     request.job.settings.role = "admin"
+    live = _live(shared)
 
-    answer = await running.clients.submission.SubmitJob(request)
+    answer = await shared.clients.submission.SubmitJob(request)
 
     assert answer.error.code == "INVALID_ARGUMENT"
     assert "guest" in answer.error.description
-    assert _live(running) == 0
+    assert _live(shared) == live
 
 
 async def test_shots_over_a_cap_the_operator_set_are_refused_naming_it(

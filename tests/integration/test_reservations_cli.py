@@ -60,12 +60,15 @@ async def test_sessions_open_list_and_close(running: Running) -> None:
     session_id, backend, state, *_, idle, length = line.split()
     assert (backend, state, idle, length) == ("emulator", "open", "30.0", "600.0")
 
+    # (Commands that change nothing run at once: each is a Python start.)
+    second, too_long = await asyncio.gather(
+        command(where, alice, "sessions", "open", "emulator"),
+        command(where, alice, "sessions", "open", "emulator", "--max-length", "1e9"))
     # A second on the same backend is refused, its words printed; exit code 1.
-    code, _, err = await command(where, alice, "sessions", "open", "emulator")
+    code, _, err = second
     assert code == 1 and "FAILED_PRECONDITION" in err and session_id in err
     # Past the role's limit: refused by the scheduler, naming the field.
-    code, _, err = await command(where, alice, "sessions", "open", "emulator",
-                                 "--max-length", "1e9")
+    code, _, err = too_long
     assert code == 1 and "max_length_s" in err
 
     # Its first job handed over: the session has begun.
@@ -88,26 +91,30 @@ async def test_sessions_open_list_and_close(running: Running) -> None:
     assert value(samples, "mqc3_sessions_open", backend="emulator") == 1
 
     # Everyone's is an admin's: another user is refused; the admin sees the owner.
-    code, _, err = await command(where, alice, "sessions", "list", "--all")
+    (code, _, err), (root_code, out, _) = await asyncio.gather(
+        command(where, alice, "sessions", "list", "--all"),
+        command(where, root, "sessions", "list", "--all"))
     assert code == 1 and "for admins only" in err
-    code, out, _ = await command(where, root, "sessions", "list", "--all")
-    assert code == 0 and out.splitlines()[0].split()[-1] == "OWNER"
+    assert root_code == 0 and out.splitlines()[0].split()[-1] == "OWNER"
     assert out.splitlines()[1].split()[-1] == "alice"
 
     code, out, _ = await command(where, alice, "sessions", "--json", "close", session_id)
     closed = rows(out)[0]
     assert code == 0 and (closed["state"], closed["end_reason"]) == (
         "ended", "closed by its owner")
-    code, _, err = await command(where, alice, "sessions", "close", session_id)
+    again, listed_after, unsent = await asyncio.gather(
+        command(where, alice, "sessions", "close", session_id),
+        command(where, alice, "sessions", "--json", "list"),
+        command(where, alice, "sessions", "open", "emulator", "--idle-timeout", "0"))
+    code, _, err = again
     assert code == 1 and "NOT_FOUND" in err
-    code, out, _ = await command(where, alice, "sessions", "--json", "list")
+    code, out, _ = listed_after
     assert [s["state"] for s in rows(out)] == ["ended"]  # listed a day after its end
     samples = await scrape(running.scheduler.metrics_port)
     assert value(samples, "mqc3_session_holding", backend="emulator") == 0
     assert has_series(samples, "mqc3_session_holding", backend="emulator")
 
-    code, _, err = await command(where, alice, "sessions", "open", "emulator",
-                                 "--idle-timeout", "0")
+    code, _, err = unsent
     assert code == 2 and "above 0" in err  # a usage error, never sent
 
 
@@ -127,13 +134,15 @@ async def test_bookings_add_list_and_cancel(running: Running) -> None:
     assert abs((datetime.fromisoformat(booked["ends_at"]) - starts_at)
                - timedelta(hours=1)) < timedelta(seconds=2)
 
-    # An overlap is refused with the booking it meets; only an admin books.
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--from", "+30m",
-                                 "--to", "+2h", "--maintenance")
+    # An overlap is refused with the booking it meets; only an admin books. (Commands
+    # that change nothing run at once: each is a Python start.)
+    (code, _, err), (alices_code, _, alices_err) = await asyncio.gather(
+        command(where, root, "bookings", "add", "emulator", "--from", "+30m", "--to", "+2h",
+                "--maintenance"),
+        command(where, alice, "bookings", "add", "emulator", "--from", "+2h", "--to", "+3h",
+                "--maintenance"))
     assert code == 1 and "FAILED_PRECONDITION" in err and booked["booking_id"] in err
-    code, _, err = await command(where, alice, "bookings", "add", "emulator", "--from", "+2h",
-                                 "--to", "+3h", "--maintenance")
-    assert code == 1 and "for admins only" in err
+    assert alices_code == 1 and "for admins only" in alices_err
     later = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0, tzinfo=None)
     code, out, err = await command(
         where, root, "bookings", "--json", "add", "emulator", "--from", later.isoformat(),
@@ -153,45 +162,57 @@ async def test_bookings_add_list_and_cancel(running: Running) -> None:
     assert not has_series(samples, "mqc3_booking_next_start_seconds", kind="user")
 
     # Listed for anyone, the earliest first; whose only for an admin.
-    code, out, _ = await command(where, bob, "bookings", "list")
+    bobs, alices, roots, nowhere = await asyncio.gather(
+        command(where, bob, "bookings", "list"),
+        command(where, alice, "bookings", "--json", "list"),
+        command(where, root, "bookings", "list", "--backend", "emulator"),
+        command(where, root, "bookings", "list", "--backend", "nowhere"))
+    code, out, _ = bobs
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["BOOKING_ID", "BACKEND", "STATE", "STARTS_AT",
                                               "ENDS_AT", "FOR", "NOTE"]
     assert [line.split()[5] for line in lines[1:]] == ["others", "maintenance"]
-    code, out, _ = await command(where, alice, "bookings", "--json", "list")
+    code, out, _ = alices
     assert [(b["for"], b["for_you"]) for b in rows(out)] == [
         ("you", True), ("maintenance", False)]
-    code, out, _ = await command(where, root, "bookings", "list", "--backend", "emulator")
+    code, out, _ = roots
     assert out.splitlines()[0].split()[-1] == "BOOKED_BY" and "alice" in out.splitlines()[1]
-    code, out, _ = await command(where, root, "bookings", "list", "--backend", "nowhere")
+    code, out, _ = nowhere
     assert code == 0 and len(out.splitlines()) == 1  # the header alone
 
     code, out, _ = await command(where, root, "bookings", "--json", "cancel",
                                  booked["booking_id"])
     assert code == 0 and rows(out)[0]["state"] == "cancelled"
-    code, _, err = await command(where, root, "bookings", "cancel", booked["booking_id"])
+    (code, _, err), (_, out, _) = await asyncio.gather(
+        command(where, root, "bookings", "cancel", booked["booking_id"]),
+        command(where, alice, "bookings", "--json", "list", "--ended"))
     assert code == 1 and "NOT_FOUND" in err
-    code, out, _ = await command(where, alice, "bookings", "--json", "list", "--ended")
     assert [b["booking_id"] for b in rows(out)] == [maintenance["booking_id"]]
 
 
 @pytest.mark.parametrize("mode", ["standalone"])
 async def test_bookings_refuse_what_is_not_a_booking_before_asking(running: Running) -> None:
     where, root = address_of(running), running.token("root", "admin")
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--to", "+1h")
+    # Every one is refused (nothing changes): they run at once, each a Python start.
+    neither, both, soon, too_late, backwards = await asyncio.gather(
+        command(where, root, "bookings", "add", "emulator", "--to", "+1h"),
+        command(where, root, "bookings", "add", "emulator", "--to", "+1h", "--user", "alice",
+                "--maintenance"),
+        command(where, root, "bookings", "add", "emulator", "--to", "soon", "--maintenance"),
+        command(where, root, "bookings", "add", "emulator", "--to", "+99999999999d",
+                "--maintenance"),
+        command(where, root, "bookings", "add", "emulator", "--from", "+2h", "--to", "+1h",
+                "--maintenance"))
+    code, _, err = neither
     assert code == 2 and "--user" in err and "--maintenance" in err
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--to", "+1h",
-                                 "--user", "alice", "--maintenance")
+    code, _, err = both
     assert code == 2 and "not allowed with" in err
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--to", "soon",
-                                 "--maintenance")
+    code, _, err = soon
     assert code == 2 and "'soon' is not a time" in err
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--to",
-                                 "+99999999999d", "--maintenance")
+    code, _, err = too_late
     assert code == 2 and "beyond the year 9999" in err
     # A window that ends before it starts is the scheduler's to refuse, in its words.
-    code, _, err = await command(where, root, "bookings", "add", "emulator", "--from", "+2h",
-                                 "--to", "+1h", "--maintenance")
+    code, _, err = backwards
     assert code == 1 and "must end after it starts" in err
 
 
@@ -199,10 +220,11 @@ async def test_the_commands_say_when_there_is_no_token_or_no_scheduler() -> None
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
-    code, _, err = await command(nowhere, "", "sessions", "list")
+    (code, _, err), (unanswered, _, why) = await asyncio.gather(
+        command(nowhere, "", "sessions", "list"),
+        command(nowhere, "some-token", "bookings", "list"))
     assert code == 2 and "MQC3_CLIENT_TOKEN" in err
-    code, _, err = await command(nowhere, "some-token", "bookings", "list")
-    assert code == 3 and nowhere in err and "UNAVAILABLE" in err
+    assert unanswered == 3 and nowhere in why and "UNAVAILABLE" in why
 
 
 @pytest.mark.parametrize("mode", ["standalone"])
@@ -219,16 +241,20 @@ async def test_jobs_usage_shows_the_budget_left(
             execution_pb2.AssignNextJobRequest(backend="emulator"))
         assert taken.job_id  # handed over: its 100 shots are used
 
-        code, out, err = await command(address_of(running), alice, "jobs", "--json", "usage")
+        as_json, as_text, roots = await asyncio.gather(  # reads: at once
+            command(address_of(running), alice, "jobs", "--json", "usage"),
+            command(address_of(running), alice, "jobs", "usage"),
+            command(address_of(running), root, "jobs", "--json", "usage"))
+        code, out, err = as_json
         assert code == 0, err
         usage = rows(out)[0]
         assert usage["budget"] == "100/150 shots, 0.0/600 QPU s per day"
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
         assert usage["budget_resets_at"] == f"{tomorrow.isoformat()}T00:00:00+00:00"
-        code, out, _ = await command(address_of(running), alice, "jobs", "usage")
+        code, out, _ = as_text
         assert code == 0 and "100/150 shots, 0.0/600 QPU s per day" in out
         # Admins have none unless one is set for them.
-        code, out, _ = await command(address_of(running), root, "jobs", "--json", "usage")
+        code, out, _ = roots
         assert code == 0 and rows(out)[0]["budget"] == "-"
 
 

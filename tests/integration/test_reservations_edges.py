@@ -10,11 +10,13 @@ a value accepted must travel: listed, enforced, and harmless to every later call
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -22,13 +24,22 @@ from pb.mqc3_cloud.scheduler.v1 import submission_pb2
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2_grpc
 from scheduler.messages import convert
-from tests.conftest import Running, scheduler_in
+from tests.conftest import SHARED, Running, scheduler_in
 from tests.helpers import TokenDatabase, submit_request
 from tests.integration.test_reservations import reservations, submit, take
 
 __all__ = ["reservations"]
 
 Stub = reservations_pb2_grpc.ReservationsServiceStub
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stub(shared: Running) -> AsyncIterator[Stub]:
+    """The reservations service of the module's shared scheduler (its refusals change
+    nothing: tests/conftest.py, SHARED)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{shared.scheduler.submission_port}")
+    yield Stub(channel)
+    await channel.close()
 LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a date holds
 FIRST_SECOND = -62_135_596_800  # 0001-01-01T00:00:00Z
 LARGEST_DURATION_S = 315_576_000_000  # the largest Duration protobuf defines (10,000 years)
@@ -112,19 +123,21 @@ async def test_a_window_from_before_the_year_1_is_open_now(
         assert await take(running) == bobs
 
 
+@SHARED
 @pytest.mark.parametrize(("field", "nanos"), [
     ("starts_at", -1), ("starts_at", 1_000_000_000), ("ends_at", -1),
     ("ends_at", -999_999_999), ("ends_at", 2**31 - 1), ("starts_at", -(2**31)),
 ])
 async def test_a_timestamp_with_nanos_out_of_range_is_refused_naming_it(
-        running: Running, reservations: Stub, field: str, nanos: int) -> None:
-    root = running.token("root", "admin")
+        shared: Running, stub: Stub, field: str, nanos: int) -> None:
+    root = shared.token("root", "admin")
     now = int(datetime.now(UTC).timestamp())
     request = booking(root, stamp(now), stamp(now + 3600))
     getattr(request, field).nanos = nanos
-    refused(await reservations.BookBackend(request), "INVALID_ARGUMENT",
+    before = (await stub.ListBookings(pb.ListBookingsRequest(token=root))).bookings
+    refused(await stub.BookBackend(request), "INVALID_ARGUMENT",
             f"{field} is not a valid timestamp")
-    assert not (await reservations.ListBookings(pb.ListBookingsRequest(token=root))).bookings
+    assert (await stub.ListBookings(pb.ListBookingsRequest(token=root))).bookings == before
 
 
 async def test_an_unset_start_is_now_and_an_unset_end_is_refused(
@@ -168,16 +181,17 @@ async def test_windows_of_no_length_or_less_or_past_are_refused(
 
 
 # --- BookBackend's users, note and backend ----------------------------------------------------
+@SHARED
 async def test_users_are_named_or_the_booking_is_maintenance_never_both_nor_neither(
-        running: Running, reservations: Stub) -> None:
-    root = running.token("root", "admin")
+        shared: Running, stub: Stub) -> None:
+    root = shared.token("root", "admin")
     neither = booking(root, soon(1), soon(2), ())
     neither.maintenance = False
-    refused(await reservations.BookBackend(neither), "INVALID_ARGUMENT",
+    refused(await stub.BookBackend(neither), "INVALID_ARGUMENT",
             "name at least one user, or book it for maintenance")
     both = booking(root, soon(1), soon(2), ("alice",))
     both.maintenance = True
-    refused(await reservations.BookBackend(both), "INVALID_ARGUMENT",
+    refused(await stub.BookBackend(both), "INVALID_ARGUMENT",
             "name its users, or book it for maintenance (no users), not both")
 
 
@@ -200,13 +214,14 @@ async def test_a_thousand_users_of_256_characters_each_are_the_most_a_booking_na
         token=root, booking_id=other.booking.booking_id)))
 
 
+@SHARED
 @pytest.mark.parametrize("name", [
     "", " ", "a" * 257, " alice", "alice ", "\talice", "alice\n", "é" * 257,
 ])
 async def test_a_name_that_is_not_a_name_is_refused(
-        running: Running, reservations: Stub, name: str) -> None:
-    root = running.token("root", "admin")
-    refused(await reservations.BookBackend(booking(root, soon(1), soon(2), ("alice", name))),
+        shared: Running, stub: Stub, name: str) -> None:
+    root = shared.token("root", "admin")
+    refused(await stub.BookBackend(booking(root, soon(1), soon(2), ("alice", name))),
             "INVALID_ARGUMENT", "each 1 to 256 characters", "is not a name")
 
 
@@ -230,16 +245,17 @@ async def test_a_note_of_1024_characters_is_the_longest(
     assert answer.booking.note == "ñ" * 1024
 
 
+@SHARED
 async def test_a_backend_that_is_not_known_is_refused(
-        running: Running, reservations: Stub) -> None:
-    root = running.token("root", "admin")
-    refused(await reservations.BookBackend(booking(root, soon(1), soon(2), backend="")),
+        shared: Running, stub: Stub) -> None:
+    root = shared.token("root", "admin")
+    refused(await stub.BookBackend(booking(root, soon(1), soon(2), backend="")),
             "INVALID_ARGUMENT")
-    refused(await reservations.BookBackend(booking(root, soon(1), soon(2),
+    refused(await stub.BookBackend(booking(root, soon(1), soon(2),
                                                    backend="nowhere")),
             "INVALID_ARGUMENT", "nowhere")
-    refused(await reservations.OpenSession(pb.OpenSessionRequest(
-        token=running.token("alice"), backend="nowhere")), "INVALID_ARGUMENT", "nowhere")
+    refused(await stub.OpenSession(pb.OpenSessionRequest(
+        token=shared.token("alice"), backend="nowhere")), "INVALID_ARGUMENT", "nowhere")
 
 
 # --- OpenSession's limits ------------------------------------------------------------------------
@@ -247,6 +263,7 @@ def duration(seconds: int, nanos: int = 0) -> Duration:
     return Duration(seconds=seconds, nanos=nanos)
 
 
+@SHARED
 @pytest.mark.parametrize(("seconds", "nanos", "value"), [
     (0, 0, "0"), (-1, 0, "-1"), (0, -1, "-1e-09"), (-1, -999_999_999, "-1.999999999"),
     (28_800, 1, "28800.000000001"),  # a nanosecond past the developer's 8 hours
@@ -254,31 +271,33 @@ def duration(seconds: int, nanos: int = 0) -> Duration:
     (-LARGEST_DURATION_S, -999_999_999, "-315576000001"),
 ])
 async def test_a_session_length_out_of_range_is_refused_naming_it(
-        running: Running, reservations: Stub, seconds: int, nanos: int, value: str) -> None:
-    alice = running.token("alice")
+        shared: Running, stub: Stub, seconds: int, nanos: int, value: str) -> None:
+    alice = shared.token("alice")
     for field, name, maximum in (("max_length", "max_length_s", "28800"),
                                  ("idle_timeout", "idle_timeout_s", "600")):
         request = pb.OpenSessionRequest(token=alice, backend="emulator")
         getattr(request, field).CopyFrom(duration(seconds, nanos))
-        description = refused(await reservations.OpenSession(request), "INVALID_ARGUMENT",
+        description = refused(await stub.OpenSession(request), "INVALID_ARGUMENT",
                               f"{name} must be from more than 0 to {maximum} s")
         if not (field == "idle_timeout" and seconds == 28_800):
             assert f"it is {value} s" in description
 
 
+@SHARED
 @pytest.mark.parametrize(("seconds", "nanos"), [
     (1, -1), (-1, 1), (0, 1_000_000_000), (0, -1_000_000_000), (INT64_MAX, 0),
     (-INT64_MAX - 1, 0), (LARGEST_DURATION_S + 1, 0),
 ])
 async def test_a_malformed_duration_is_refused_naming_it(
-        running: Running, reservations: Stub, seconds: int, nanos: int) -> None:
-    alice = running.token("alice")
+        shared: Running, stub: Stub, seconds: int, nanos: int) -> None:
+    alice = shared.token("alice")
+    before = (await stub.ListSessions(pb.ListSessionsRequest(token=alice))).sessions
     for field in ("max_length", "idle_timeout"):
         request = pb.OpenSessionRequest(token=alice, backend="emulator")
         getattr(request, field).CopyFrom(duration(seconds, nanos))
-        refused(await reservations.OpenSession(request), "INVALID_ARGUMENT",
+        refused(await stub.OpenSession(request), "INVALID_ARGUMENT",
                 f"{field} is not a Duration")
-    assert not (await reservations.ListSessions(pb.ListSessionsRequest(token=alice))).sessions
+    assert (await stub.ListSessions(pb.ListSessionsRequest(token=alice))).sessions == before
 
 
 async def test_a_session_of_a_nanosecond_is_taken_and_unset_limits_are_the_roles_defaults(
@@ -340,16 +359,17 @@ async def test_the_largest_duration_is_taken_where_an_operator_allows_it(
 
 
 # --- ids and the header ------------------------------------------------------------------------
+@SHARED
 async def test_ids_that_name_nothing_are_not_found_whatever_their_length(
-        running: Running, reservations: Stub) -> None:
-    root, alice = running.token("root", "admin"), running.token("alice")
+        shared: Running, stub: Stub) -> None:
+    root, alice = shared.token("root", "admin"), shared.token("alice")
     for given, named in [("", ""), ("x" * 65, "x" * 64), ("x" * 64, "x" * 64),
                          ("00000000-0000-0000-0000-000000000000",
                           "00000000-0000-0000-0000-000000000000"), ("é" * 100, "é" * 64)]:
-        closed = await reservations.CloseSession(pb.CloseSessionRequest(token=alice,
+        closed = await stub.CloseSession(pb.CloseSessionRequest(token=alice,
                                                                         session_id=given))
         assert refused(closed, "NOT_FOUND") == f"there is no open session {named} of yours"
-        cancelled = await reservations.CancelBooking(pb.CancelBookingRequest(
+        cancelled = await stub.CancelBooking(pb.CancelBookingRequest(
             token=root, booking_id=given))
         assert refused(cancelled, "NOT_FOUND") == f"there is no booking {named}"
 

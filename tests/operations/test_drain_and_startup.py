@@ -363,12 +363,23 @@ async def test_a_health_watcher_sees_not_serving_on_sigterm_and_does_not_hold_th
     await until_serving(process, ports)
     async with grpc.aio.insecure_channel(f"{HOST}:{ports.submission}") as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=""), timeout=30)
-        first = await asyncio.wait_for(watch.read(), 5)
+            health_pb2.HealthCheckRequest(service=""), timeout=3 * grace_s)
+        first = await asyncio.wait_for(watch.read(), grace_s / 2)
         assert first.status == SERVING
+        # The watcher has had its first status; the server's stream may not have finished
+        # sending it yet. A stream whose write is still in flight when the drain begins ends
+        # without NOT_SERVING (HealthServicer.Watch checks for the end before it reads the
+        # status again): under load the SIGTERM was handled before the server took up the
+        # stream again, and the watcher saw the stream end. A load balancer watches long
+        # before a drain: wait until the server has answered a call made after that status
+        # (its completions are handled in order), so the stream waits for a change.
+        assert await check(channel, "", grace_s / 2) == SERVING
         process.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        flipped = await asyncio.wait_for(watch.read(), 2)
+        # Health turns once the drain's first steps are done, which under load may take
+        # more than a moment: wait for the stream's next message itself, within the bound
+        # the whole drain is held to below.
+        flipped = await asyncio.wait_for(watch.read(), grace_s / 2)
         assert flipped is not grpc.aio.EOF and flipped.status == NOT_SERVING, flipped
         code = await _exit_code(process, grace_s + 10)
         took = time.monotonic() - signalled

@@ -68,7 +68,9 @@ async def test_not_serving_until_recovery_has_finished(
     data_dir.mkdir()
     (data_dir / "backends.toml").write_text(TEST_BACKENDS_TOML)
     token = standalone_token(data_dir, "alice", "developer")
-    scheduler = Scheduler(local_config(data_dir))
+    # A call waits for recovery (as for a leader) at most SCHEDULER_LEADER_WAIT_S, within its
+    # deadline, before its UNAVAILABLE: a short wait, so the refusals below come in a second.
+    scheduler = Scheduler(local_config(data_dir, env={"SCHEDULER_LEADER_WAIT_S": "0.5"}))
     starting = asyncio.ensure_future(scheduler.start())
     try:
         await recovery.until_entered(1)

@@ -12,17 +12,20 @@ import asyncio
 import gzip
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+import pytest_asyncio
 import requests
 
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2, job_pb2, submission_pb2_grpc
 from pb.mqc3_cloud.scheduler.v1 import submission_pb2 as pb
-from tests.conftest import Running, scheduler_in
+from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc
+from tests.conftest import SHARED, Running, scheduler_in
 from tests.helpers import UPLOAD_HEADERS, TokenDatabase, submit_request
 
 OWNER = ("alice", "developer")
@@ -154,53 +157,71 @@ CASES = [
 
 
 # --- the tests ----------------------------------------------------------------------------
+@pytest_asyncio.fixture(loop_scope="module")
+async def owner_token(shared: Running) -> AsyncIterator[str]:
+    """A token of the owner's, new for each test on the module's shared scheduler
+    (tests/conftest.py, SHARED). A job it leaves queued is cancelled afterwards: a node takes
+    the oldest queued job, and the next test's completed job must be the one it hands over
+    (``_completed_job`` checks that it is)."""
+    token = shared.token(*OWNER)
+    yield token
+    async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{shared.scheduler.submission_port}") as channel:
+        left = await jobs_pb2_grpc.JobsServiceStub(channel).ListJobs(jobs_pb2.ListJobsRequest(
+            token=token, statuses=[job_pb2.JOB_STATUS_QUEUED]))
+        assert left.error.code == "", left.error
+        for entry in left.jobs:
+            cancelled = await _cancel_job(shared.clients.submission, token, entry.job_id)
+            assert cancelled.error.code == "", cancelled.error
+
+
+@SHARED
 @pytest.mark.parametrize("caller", ENTITLED)
 @pytest.mark.parametrize("case", CASES)
-async def test_the_owner_and_an_admin_are_answered(running: Running, case: Case,
+async def test_the_owner_and_an_admin_are_answered(shared: Running, owner_token: str, case: Case,
                                                    caller: str) -> None:
-    owner_token = running.token(*OWNER)
-    job_id = await case.make_job(running, owner_token)
-    token = owner_token if caller == "owner" else running.token(*CALLERS[caller])
+    job_id = await case.make_job(shared, owner_token)
+    token = owner_token if caller == "owner" else shared.token(*CALLERS[caller])
 
-    answer = await _observe(case.call(running.clients.submission, token, job_id))
+    answer = await _observe(case.call(shared.clients.submission, token, job_id))
 
     assert answer.response.error.code == "", answer.response.error
     case.check_entitled(answer.response)
-    assert await _owners_view(running, owner_token, job_id) == case.status_after_entitled_call
+    assert await _owners_view(shared, owner_token, job_id) == case.status_after_entitled_call
 
 
+@SHARED
 @pytest.mark.parametrize("caller", STRANGERS)
 @pytest.mark.parametrize("case", CASES)
 async def test_to_anyone_else_the_job_looks_exactly_like_one_that_does_not_exist(
-        running: Running, case: Case, caller: str) -> None:
-    owner_token = running.token(*OWNER)
-    job_id = await case.make_job(running, owner_token)
-    stranger = running.token(*CALLERS[caller])
+        shared: Running, owner_token: str, case: Case, caller: str) -> None:
+    job_id = await case.make_job(shared, owner_token)
+    stranger = shared.token(*CALLERS[caller])
     never_issued = str(uuid.uuid4())
 
-    refused = await _observe(case.call(running.clients.submission, stranger, job_id))
-    unknown = await _observe(case.call(running.clients.submission, stranger, never_issued))
+    refused = await _observe(case.call(shared.clients.submission, stranger, job_id))
+    unknown = await _observe(case.call(shared.clients.submission, stranger, never_issued))
 
     assert refused.response.error.code == "NOT_FOUND", refused.response.error
     assert job_id in refused.response.error.description
     assert unknown.response.error.code == "NOT_FOUND"
     assert refused.with_job_id(job_id, never_issued).comparable() == unknown.comparable()
     # Nothing about the job changed, and nothing of it leaked into the answer.
-    assert await _owners_view(running, owner_token, job_id) == case.status_before
+    assert await _owners_view(shared, owner_token, job_id) == case.status_before
     assert OWNER[0] not in refused.response.error.description
 
 
+@SHARED
 @pytest.mark.parametrize("case", CASES)
 async def test_a_strangers_refusal_equals_the_owners_answer_for_a_job_that_does_not_exist(
-        running: Running, case: Case) -> None:
+        shared: Running, owner_token: str, case: Case) -> None:
     # Not even the caller's identity changes the shape of NOT_FOUND.
-    owner_token = running.token(*OWNER)
-    job_id = await case.make_job(running, owner_token)
+    job_id = await case.make_job(shared, owner_token)
     never_issued = str(uuid.uuid4())
 
-    refused = await _observe(case.call(running.clients.submission,
-                                       running.token("bob", "developer"), job_id))
-    owners_unknown = await _observe(case.call(running.clients.submission, owner_token,
+    refused = await _observe(case.call(shared.clients.submission,
+                                       shared.token("bob", "developer"), job_id))
+    owners_unknown = await _observe(case.call(shared.clients.submission, owner_token,
                                               never_issued))
 
     assert refused.with_job_id(job_id, never_issued).comparable() == owners_unknown.comparable()
