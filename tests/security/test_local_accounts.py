@@ -85,6 +85,7 @@ def shared() -> Iterator[Path]:
 STRANGER_SCRIPT = """
 import json, os, sys
 import grpc
+import grpc._channel  # insecure_channel imports it at its first call: load it while root
 from pb.mqc3_cloud.scheduler.v1 import execution_pb2 as pb, execution_pb2_grpc
 uid, gid, address, secret_path, job_id = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
 os.setgroups([]); os.setgid(gid); os.setuid(uid)
