@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from job_manager.model import JobRecord, JobStatus
@@ -28,6 +29,13 @@ def timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     _set_time(stamp, value)
     return stamp
+
+
+def duration(seconds: float) -> Duration:
+    """A protobuf Duration of ``seconds`` (to the microsecond)."""
+    message = Duration()
+    message.FromTimedelta(timedelta(seconds=seconds))
+    return message
 
 
 def _set_time(stamp: Timestamp, value: datetime) -> None:

@@ -9,7 +9,7 @@ only an admin is told whose others' reservations are.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -134,19 +134,14 @@ def _time(request: pb.BookBackendRequest, field: str) -> datetime:
         raise SchedulerError("timestamp_invalid", field=field) from None
 
 
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromTimedelta(timedelta(seconds=seconds))
-    return duration
-
 
 def _session(session: Session, viewer: Principal) -> pb.Session:
     message = pb.Session(
         session_id=session.session_id, backend=session.backend,
         owner_name=(session.owner_name if viewer.role is Role.ADMIN
                     and session.owner_fingerprint != viewer.fingerprint else ""),
-        max_length=_duration(session.max_length_s),
-        idle_timeout=_duration(session.idle_timeout_s), open=session.is_open,
+        max_length=convert.duration(session.max_length_s),
+        idle_timeout=convert.duration(session.idle_timeout_s), open=session.is_open,
         end_reason=session.end_reason)
     message.opened_at.CopyFrom(convert.timestamp(session.opened_at))
     message.ends_by.CopyFrom(convert.timestamp(session.deadline))

@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.clock import SystemClock
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as pb
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2_grpc
+from scheduler.messages import convert
 from scheduler.wiring.jobs_cli import checked, client_parser, print_rows, run_client, time_text
 
 _FROM_NOW = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
@@ -62,9 +62,9 @@ async def _run_sessions(args: argparse.Namespace, channel: grpc.aio.Channel,
     if args.command == "open":
         request = pb.OpenSessionRequest(token=token, backend=args.backend)
         if args.max_length is not None:
-            request.max_length.CopyFrom(_duration(args.max_length))
+            request.max_length.CopyFrom(convert.duration(args.max_length))
         if args.idle_timeout is not None:
-            request.idle_timeout.CopyFrom(_duration(args.idle_timeout))
+            request.idle_timeout.CopyFrom(convert.duration(args.idle_timeout))
         opened = checked(await stub.OpenSession(request))
         print_rows(args, [_session_row(opened.session)], [*columns, "max_length_s"])
     elif args.command == "close":
@@ -147,8 +147,8 @@ async def _run_bookings(args: argparse.Namespace, channel: grpc.aio.Channel, tok
         request = pb.BookBackendRequest(token=token, backend=args.backend,
                                         users=args.users or [],
                                         maintenance=args.maintenance, note=args.note)
-        request.starts_at.CopyFrom(_timestamp(window[0]))
-        request.ends_at.CopyFrom(_timestamp(window[1]))
+        request.starts_at.CopyFrom(convert.timestamp(window[0]))
+        request.ends_at.CopyFrom(convert.timestamp(window[1]))
         booked = checked(await stub.BookBackend(request))
         print_rows(args, [_booking_row(booked.booking, now)], columns)
     elif args.command == "cancel":
@@ -209,16 +209,6 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromTimedelta(timedelta(seconds=seconds))
-    return duration
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
 
 
 def _seconds(duration: Duration) -> float:

@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from job_manager.watchdog import MAX_SLEEP_S
 from pb.mqc3_scheduler.extension.v1 import jobs_pb2, jobs_pb2_grpc, reservations_pb2_grpc
 from pb.mqc3_scheduler.extension.v1 import reservations_pb2 as rpb
+from scheduler.messages import convert
 from tests.helpers import Clients
 from tests.integration import test_interleavings as base
 
@@ -245,16 +245,6 @@ class TurnsWorld(base.World):
         return False
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromTimedelta(timedelta(seconds=seconds))
-    return duration
 
 
 def _moment(stamp: Timestamp) -> datetime:
@@ -289,8 +279,8 @@ async def _book(world: TurnsWorld, ops: base.User, rng: random.Random,
     note = world.turns.next_note()
     request = rpb.BookBackendRequest(token=ops.token, backend=base.BACKEND, users=users,
                                      maintenance=not users, note=note)
-    request.starts_at.CopyFrom(_timestamp(world.turns.moment(starts_ms)))
-    request.ends_at.CopyFrom(_timestamp(world.turns.moment(ends_ms)))
+    request.starts_at.CopyFrom(convert.timestamp(world.turns.moment(starts_ms)))
+    request.ends_at.CopyFrom(convert.timestamp(world.turns.moment(ends_ms)))
     call, response = await world.rpc(ops.name, "BookBackend", request, base.PATIENT_S)
     seen = world.turns.bookings[note] = BookingSeen(note, users, starts_ms, ends_ms, call)
     call.answer = f"{note} {seen.for_whom()} +{starts_ms:.0f}..{ends_ms:.0f} ms"
@@ -379,8 +369,8 @@ def _open_one(world: TurnsWorld, user: base.User) -> SessionSeen | None:
 async def open_session(world: TurnsWorld, user: base.User, rng: random.Random) -> None:
     request = rpb.OpenSessionRequest(token=user.token, backend=base.BACKEND)
     if rng.random() < 0.9:  # else the role's defaults (an hour; a minute idle)
-        request.max_length.CopyFrom(_duration(rng.uniform(*SESSION_LENGTH_S)))
-        request.idle_timeout.CopyFrom(_duration(rng.uniform(*SESSION_IDLE_S)))
+        request.max_length.CopyFrom(convert.duration(rng.uniform(*SESSION_LENGTH_S)))
+        request.idle_timeout.CopyFrom(convert.duration(rng.uniform(*SESSION_IDLE_S)))
     call, response = await world.rpc(user.name, "OpenSession", request, base.PATIENT_S)
     if call.ok:
         seen = _note_session(world, user.name, call, response.session)
